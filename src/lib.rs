@@ -1,0 +1,29 @@
+//! Snorky: live data for Django. This crate is the server core (WebSocket frontend, HTTP
+//! backend, the built-in services) and, behind the `python` feature, the `snorky._core`
+//! extension module.
+//!
+//! - [`protocol`]: the wire contract: envelopes, RPC, error texts, close codes.
+//! - [`connection`]: one client as services see it, with its bounded outgoing queue.
+//! - [`service`] and [`registry`]: the `Service` trait and the name → service maps.
+//! - [`services`]: PubSub and the other built-in services.
+//! - [`datasync`]: subscriptions, dealers, filters and deltas.
+//! - [`server`]: the axum listeners, health, metrics and shutdown.
+//! - [`backend_client`]: the fast HTTP client the web application uses.
+
+pub mod backend_client;
+pub mod connection;
+pub mod datasync;
+pub mod error;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+pub mod service;
+pub mod services;
+pub mod value_key;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::Error;
+pub use registry::ServiceRegistry;
+pub use server::{BoundServer, Server, ServerConfig};

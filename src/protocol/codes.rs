@@ -1,0 +1,17 @@
+//! WebSocket close codes the server sends, and what a client should do on each.
+//!
+//! Ranges follow RFC 6455: 1000–1015 are protocol codes. Snorky uses only standard codes so any
+//! WebSocket client understands them. A client should reconnect after [`GOING_AWAY`] (the server
+//! restarts) and after [`POLICY_VIOLATION`] (it fell behind: reconnect and resync); after
+//! [`MESSAGE_TOO_BIG`] reconnecting and resending the same frame would fail again, so it should
+//! reconnect without repeating the frame.
+
+/// Normal closure, used when the client closed first.
+pub const NORMAL: u16 = 1000;
+/// The server is shutting down (graceful shutdown). Reconnect with backoff.
+pub const GOING_AWAY: u16 = 1001;
+/// The connection's outgoing queue overflowed because the client stopped reading. Reconnect and
+/// resync: messages were dropped.
+pub const POLICY_VIOLATION: u16 = 1008;
+/// The client sent a frame larger than the configured maximum.
+pub const MESSAGE_TOO_BIG: u16 = 1009;

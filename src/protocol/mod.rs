@@ -1,0 +1,16 @@
+//! The wire contract of PROTOCOL.md: envelopes, RPC requests and replies, parameter extraction,
+//! the error texts clients see, and WebSocket close codes.
+//!
+//! Nothing here does I/O; the server feeds text in and gets typed values or ready-to-send frames
+//! out, so every rule is testable without a socket.
+
+pub mod codes;
+pub mod envelope;
+pub mod frame;
+pub mod params;
+pub mod rpc;
+
+pub use envelope::{Envelope, EnvelopeError};
+pub use frame::Frame;
+pub use params::Params;
+pub use rpc::{Request, RequestError, RpcError};

@@ -1,0 +1,183 @@
+//! RPC requests and replies: `{"command", "params", "callId"}` answered by
+//! `{"type": "response", "callId", "data"}` or `{"type": "error", "callId", "message"}`.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::envelope::OutgoingEnvelope;
+use super::frame::Frame;
+use super::params::Params;
+
+/// An error reply's text. The generic texts of PROTOCOL.md's RPC section are variants; every
+/// service-specific text ("Already subscribed", "No such dealer", ...) is a [`RpcError::Service`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// The service has no such command.
+    #[error("Unknown command")]
+    UnknownCommand,
+    /// Missing, extra or wrongly typed parameters.
+    #[error("Invalid params")]
+    InvalidParams,
+    /// A bug or a failing Python callback; details go to the log, never to the client.
+    #[error("Internal error")]
+    Internal,
+    /// The request lacks `command` or `params`.
+    #[error("Invalid message")]
+    InvalidMessage,
+    /// A service-specific failure, shown to the client verbatim.
+    #[error("{0}")]
+    Service(Cow<'static, str>),
+}
+
+impl RpcError {
+    /// A service-specific error with a fixed text.
+    pub const fn service(text: &'static str) -> RpcError {
+        RpcError::Service(Cow::Borrowed(text))
+    }
+}
+
+/// A request that passed the envelope-level checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The command name. A non-string `command` is kept as `None` and answered "Unknown command".
+    pub command: Option<String>,
+    /// The parameters object.
+    pub params: Params,
+    /// The caller's `callId`, echoed verbatim; `None` when the request had none.
+    pub call_id: Option<Value>,
+}
+
+/// Why a message is not a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RequestError {
+    /// Not even a `callId` can be read: the frame is dropped.
+    Unreadable(&'static str),
+    /// The request can be answered, with this error.
+    Reply {
+        /// The `callId` to echo.
+        call_id: Option<Value>,
+        /// The error to send.
+        error: RpcError,
+    },
+}
+
+impl Request {
+    /// Interprets a service message as an RPC request, applying PROTOCOL.md's rules in order:
+    /// a non-object is unreadable; an absent `command` or `params` is "Invalid message" when a
+    /// `callId` can be echoed and unreadable otherwise; a present `params` that is not an object
+    /// (including `null`) is "Invalid params".
+    pub fn parse(message: Value) -> Result<Request, RequestError> {
+        let Value::Object(mut object) = message else {
+            return Err(RequestError::Unreadable("message is not an object"));
+        };
+        let call_id = object.remove("callId");
+        let (Some(command), Some(params)) = (object.remove("command"), object.remove("params")) else {
+            return match call_id {
+                Some(call_id) => Err(RequestError::Reply { call_id: Some(call_id), error: RpcError::InvalidMessage }),
+                None => Err(RequestError::Unreadable("request without command or params, and no callId")),
+            };
+        };
+        let Value::Object(params) = params else {
+            return Err(RequestError::Reply { call_id, error: RpcError::InvalidParams });
+        };
+        let command = match command {
+            Value::String(command) => Some(command),
+            _ => None,
+        };
+        Ok(Request { command, params: Params::new(params), call_id })
+    }
+}
+
+/// The `message` part of a reply, in protocol field order.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ReplyMessage<'a> {
+    Response {
+        #[serde(rename = "callId", skip_serializing_if = "Option::is_none")]
+        call_id: Option<&'a Value>,
+        data: &'a Value,
+    },
+    Error {
+        #[serde(rename = "callId", skip_serializing_if = "Option::is_none")]
+        call_id: Option<&'a Value>,
+        message: &'a str,
+    },
+}
+
+/// Serializes the reply to a request addressed to `service`.
+pub fn reply_frame(service: &str, call_id: Option<&Value>, result: &Result<Value, RpcError>) -> Frame {
+    Frame::from_serialize(&reply_envelope(service, call_id, result))
+}
+
+/// The reply envelope as a value (the backend's HTTP answer is the same document).
+pub fn reply_envelope<'a>(
+    service: &'a str,
+    call_id: Option<&'a Value>,
+    result: &'a Result<Value, RpcError>,
+) -> impl Serialize + 'a {
+    let message = match result {
+        Ok(data) => ReplyMessage::Response { call_id, data },
+        Err(error) => ReplyMessage::Error { call_id, message: error_text(error) },
+    };
+    OutgoingEnvelope { service, message }
+}
+
+fn error_text(error: &RpcError) -> &str {
+    match error {
+        RpcError::UnknownCommand => "Unknown command",
+        RpcError::InvalidParams => "Invalid params",
+        RpcError::Internal => "Internal error",
+        RpcError::InvalidMessage => "Invalid message",
+        RpcError::Service(text) => text,
+    }
+}
+
+/// Builds a pushed message's frame: `{"service": service, "message": message}`.
+pub fn push_frame<M: Serialize>(service: &str, message: M) -> Frame {
+    Frame::from_serialize(&OutgoingEnvelope { service, message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(value: Value) -> Result<Request, RequestError> {
+        Request::parse(value)
+    }
+
+    #[test]
+    fn a_complete_request_parses() {
+        let request = parse(json!({"command": "subscribe", "params": {"channel": "a"}, "callId": 7})).expect("valid");
+        assert_eq!(request.command.as_deref(), Some("subscribe"));
+        assert_eq!(request.call_id, Some(json!(7)));
+    }
+
+    #[test]
+    fn missing_command_or_params_is_invalid_message_only_with_a_call_id() {
+        let error = parse(json!({"params": {}, "callId": "x"})).expect_err("no command");
+        assert_eq!(error, RequestError::Reply { call_id: Some(json!("x")), error: RpcError::InvalidMessage });
+        let error = parse(json!({"command": "a", "callId": {"k": 1}})).expect_err("no params");
+        assert_eq!(error, RequestError::Reply { call_id: Some(json!({"k": 1})), error: RpcError::InvalidMessage });
+        assert!(matches!(parse(json!({"command": "a"})), Err(RequestError::Unreadable(_))));
+        assert!(matches!(parse(json!([1])), Err(RequestError::Unreadable(_))));
+    }
+
+    #[test]
+    fn params_that_are_not_an_object_are_invalid_params() {
+        for params in [Value::Null, json!([]), json!("x"), json!(3)] {
+            let error = parse(json!({"command": "a", "params": params, "callId": 1})).expect_err("bad params");
+            assert_eq!(error, RequestError::Reply { call_id: Some(json!(1)), error: RpcError::InvalidParams });
+        }
+    }
+
+    #[test]
+    fn replies_carry_exactly_the_protocol_fields() {
+        let ok = reply_frame("pubsub", Some(&json!(7)), &Ok(Value::Null));
+        assert_eq!(ok.as_str(), r#"{"service":"pubsub","message":{"type":"response","callId":7,"data":null}}"#);
+        let err = reply_frame("pubsub", None, &Err(RpcError::service("Not subscribed")));
+        assert_eq!(err.as_str(), r#"{"service":"pubsub","message":{"type":"error","message":"Not subscribed"}}"#);
+    }
+}

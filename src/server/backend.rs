@@ -1,0 +1,69 @@
+//! `POST /backend`: the web application's RPC endpoint, guarded by the API key.
+
+use std::sync::Arc;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::protocol::rpc::reply_envelope;
+use crate::protocol::{Envelope, Request, RequestError, RpcError};
+use crate::service::Caller;
+
+use super::App;
+
+/// The header carrying the API key.
+pub const KEY_HEADER: &str = "x-backend-key";
+
+/// Handles one backend request: key first (before the body is even read), then the envelope,
+/// then the call. Every request gets an answer.
+pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    app.metrics.backend_requests.inc();
+    if !key_matches(&app, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "Missing or wrong X-Backend-Key");
+    }
+    let Ok(body) = to_bytes(body, app.config.backend_body_limit).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "Body too large (backend_body_limit)");
+    };
+    let envelope = match Envelope::parse(&body) {
+        Ok(envelope) => envelope,
+        Err(err) => return error(StatusCode::BAD_REQUEST, &err.to_string()),
+    };
+    let Some(service) = app.backend.get(&envelope.service) else {
+        return error(StatusCode::BAD_REQUEST, &format!("Unknown service {:?}", envelope.service));
+    };
+    let (call_id, result) = match Request::parse(envelope.message) {
+        Ok(Request { command, params, call_id }) => {
+            let result = match command {
+                Some(command) => service.handle(Caller::Backend, &command, params).await,
+                None => Err(RpcError::UnknownCommand),
+            };
+            (call_id, result)
+        }
+        Err(RequestError::Unreadable(why)) => return error(StatusCode::BAD_REQUEST, &format!("Invalid message: {why}")),
+        Err(RequestError::Reply { error: RpcError::InvalidMessage, .. }) => {
+            return error(StatusCode::BAD_REQUEST, "Invalid message: command and params are required")
+        }
+        Err(RequestError::Reply { call_id, error }) => (call_id, Err(error)),
+    };
+    if result.is_err() {
+        app.metrics.rpc_error(service.name());
+    }
+    Json(reply_envelope(service.name(), call_id.as_ref(), &result)).into_response()
+}
+
+/// Compares the key in constant time (for keys of equal length; the length itself is not secret
+/// enough to matter and `ct_eq` on slices of different lengths answers at once).
+fn key_matches(app: &App, headers: &HeaderMap) -> bool {
+    let Some(expected) = app.config.api_key.as_deref() else { return false };
+    let Some(given) = headers.get(KEY_HEADER) else { return false };
+    bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+fn error(status: StatusCode, text: &str) -> Response {
+    (status, Json(json!({"error": text}))).into_response()
+}

@@ -1,0 +1,151 @@
+//! Server configuration, with the safe defaults of PROTOCOL.md, validated before anything binds.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// Everything a server needs besides its services. Deserialized from the Python keyword
+/// arguments (unknown keys are refused, naming the key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Where browsers connect (`GET /ws`). All interfaces by default.
+    pub frontend_address: String,
+    /// Where the web application posts (`POST /backend`). Loopback by default: exposing it is a
+    /// deliberate choice.
+    pub backend_address: String,
+    /// The shared secret of the backend (`X-Backend-Key`). Required.
+    pub api_key: Option<String>,
+    /// Browser origins allowed to open WebSockets (`https://app.example.com`); `"*"` allows any.
+    /// Upgrades without an `Origin` header (non-browser clients) are always accepted.
+    pub allowed_origins: Vec<String>,
+    /// The largest frame a client may send, in bytes (larger closes with 1009).
+    pub max_frame_size: usize,
+    /// The outgoing queue bound per connection, in bytes (overflow closes with 1008).
+    pub outbox_limit: usize,
+    /// Seconds between pings; a connection that leaves two unanswered is dropped.
+    pub ping_interval: f64,
+    /// Seconds a closing connection gets to receive its close frame.
+    pub close_timeout: f64,
+    /// Seconds graceful shutdown waits for connections to close.
+    pub shutdown_timeout: f64,
+    /// The largest body `POST /backend` accepts, in bytes.
+    pub backend_body_limit: usize,
+    /// The secret that signs connection tokens (HS256); without it every connection is anonymous.
+    pub token_secret: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            frontend_address: "0.0.0.0:5001".into(),
+            backend_address: "127.0.0.1:5002".into(),
+            api_key: None,
+            allowed_origins: Vec::new(),
+            max_frame_size: 1024 * 1024,
+            outbox_limit: 4 * 1024 * 1024,
+            ping_interval: 30.0,
+            close_timeout: 5.0,
+            shutdown_timeout: 10.0,
+            backend_body_limit: 16 * 1024 * 1024,
+            token_secret: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the configuration, saying what to set when something is wrong.
+    pub fn validate(&self) -> Result<(), Error> {
+        match &self.api_key {
+            None => {
+                return Err(Error::Config(
+                    "no API key: set api_key (the shared secret the web application sends as X-Backend-Key; \
+                     SNORKY_API_KEY for `python -m snorky serve`)"
+                        .into(),
+                ))
+            }
+            Some(key) if key.trim().is_empty() => {
+                return Err(Error::Config("api_key is empty: set it to a long random secret".into()))
+            }
+            Some(_) => {}
+        }
+        if self.max_frame_size < 1024 {
+            return Err(Error::Config(format!("max_frame_size must be at least 1024 bytes, not {}", self.max_frame_size)));
+        }
+        if self.backend_body_limit < self.max_frame_size.max(1024 * 1024) {
+            return Err(Error::Config("backend_body_limit must be at least 1 MiB and at least max_frame_size".into()));
+        }
+        for (name, seconds) in [
+            ("ping_interval", self.ping_interval),
+            ("close_timeout", self.close_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+        ] {
+            if !(seconds.is_finite() && seconds > 0.0) {
+                return Err(Error::Config(format!("{name} must be a positive number of seconds, not {seconds}")));
+            }
+        }
+        for origin in &self.allowed_origins {
+            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(Error::Config(format!(
+                    "allowed_origins entry {origin:?} must be \"*\" or an origin such as \"https://app.example.com\""
+                )));
+            }
+        }
+        if let Some(secret) = &self.token_secret {
+            if secret.len() < 16 {
+                return Err(Error::Config("token_secret must be at least 16 characters".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// `ping_interval` as a duration.
+    pub fn ping_every(&self) -> Duration {
+        Duration::from_secs_f64(self.ping_interval)
+    }
+
+    /// `close_timeout` as a duration.
+    pub fn close_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.close_timeout)
+    }
+
+    /// `shutdown_timeout` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_timeout)
+    }
+
+    /// The queue bound actually applied: never below one maximum-size frame.
+    pub fn queue_limit(&self) -> usize {
+        self.outbox_limit.max(self.max_frame_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key() -> ServerConfig {
+        ServerConfig { api_key: Some("swordfish".into()), ..ServerConfig::default() }
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let config = ServerConfig::default();
+        assert!(config.backend_address.starts_with("127.0.0.1:"));
+        assert!(config.allowed_origins.is_empty());
+        assert!(config.validate().is_err(), "no API key must refuse to start");
+        assert!(with_key().validate().is_ok());
+    }
+
+    #[test]
+    fn errors_name_what_to_set() {
+        let err = ServerConfig::default().validate().expect_err("no key").to_string();
+        assert!(err.contains("api_key"), "{err}");
+        let config = ServerConfig { allowed_origins: vec!["example.com".into()], ..with_key() };
+        assert!(config.validate().expect_err("bad origin").to_string().contains("allowed_origins"));
+        let config = ServerConfig { ping_interval: 0.0, ..with_key() };
+        assert!(config.validate().expect_err("bad ping").to_string().contains("ping_interval"));
+    }
+}

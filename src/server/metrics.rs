@@ -1,0 +1,78 @@
+//! Prometheus metrics of one server, served as text on the backend listener's `GET /metrics`.
+//!
+//! `prometheus-client` (the Prometheus project's own Rust client) is used with a registry per
+//! server rather than a process-global recorder, so several servers in one process (tests,
+//! embedding) keep separate numbers.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of the per-service error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    /// The service name.
+    pub service: String,
+}
+
+/// The counters a server keeps. Cloning shares them.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// WebSocket connections accepted since start.
+    pub connections_opened: Counter,
+    /// Text frames received from clients.
+    pub frames_received: Counter,
+    /// Frames written to clients.
+    pub frames_sent: Counter,
+    /// Frames dropped because they were malformed or addressed no known service.
+    pub frames_dropped: Counter,
+    /// Error replies, by service.
+    pub rpc_errors: Family<ServiceLabel, Counter>,
+    /// Pushed messages queued to a connection (one per recipient).
+    pub deliveries: Counter,
+    /// Connections closed with 1008 because they stopped reading.
+    pub slow_consumers: Counter,
+    /// Backend requests answered, any status.
+    pub backend_requests: Counter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics::default();
+        let prefixed = registry.sub_registry_with_prefix("snorky");
+        prefixed.register("connections", "Open WebSocket connections", metrics.connections.clone());
+        prefixed.register("connections_opened", "WebSocket connections accepted", metrics.connections_opened.clone());
+        prefixed.register("frames_received", "Text frames received from clients", metrics.frames_received.clone());
+        prefixed.register("frames_sent", "Frames written to clients", metrics.frames_sent.clone());
+        prefixed.register("frames_dropped", "Malformed or unroutable frames dropped", metrics.frames_dropped.clone());
+        prefixed.register("rpc_errors", "Error replies by service", metrics.rpc_errors.clone());
+        prefixed.register("deliveries", "Pushed messages queued to connections", metrics.deliveries.clone());
+        prefixed.register(
+            "slow_consumers_dropped",
+            "Connections closed because they stopped reading",
+            metrics.slow_consumers.clone(),
+        );
+        prefixed.register("backend_requests", "Backend HTTP requests answered", metrics.backend_requests.clone());
+        metrics
+    }
+
+    /// Counts an error reply of `service`.
+    pub fn rpc_error(&self, service: &str) {
+        self.rpc_errors.get_or_create(&ServiceLabel { service: service.to_owned() }).inc();
+    }
+}
+
+/// Renders `registry` in the Prometheus text exposition format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(err) = encode(&mut out, registry) {
+        log::error!("could not encode metrics: {err}");
+    }
+    out
+}

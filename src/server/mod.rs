@@ -1,0 +1,171 @@
+//! The axum server: a frontend listener (`GET /ws`, `GET /health`) and a backend listener
+//! (`POST /backend`, `GET /health`, `GET /metrics`), graceful shutdown, and the per-server
+//! state connections share.
+
+pub mod backend;
+pub mod config;
+pub mod dispatch;
+pub mod metrics;
+pub mod origin;
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::ServerConfig;
+
+use crate::error::Error;
+use crate::registry::ServiceRegistry;
+use metrics::Metrics;
+
+/// What every request handler and connection of one server shares.
+#[derive(Debug)]
+pub struct App {
+    /// The configuration, validated.
+    pub config: ServerConfig,
+    /// Services browsers may call.
+    pub frontend: ServiceRegistry,
+    /// Services the web application may call.
+    pub backend: ServiceRegistry,
+    /// The counters behind `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Cancelled on shutdown; every connection's close signal is a child of it.
+    pub shutdown: CancellationToken,
+    /// Tracks open connections so shutdown can wait for their close frames.
+    pub connections: TaskTracker,
+    /// The next connection id.
+    pub next_connection_id: AtomicU64,
+}
+
+/// A server that is configured but not yet listening.
+#[derive(Debug)]
+pub struct Server {
+    config: ServerConfig,
+    frontend: ServiceRegistry,
+    backend: ServiceRegistry,
+}
+
+/// A server whose listeners are bound (so their ports are known) and that is ready to run.
+#[derive(Debug)]
+pub struct BoundServer {
+    app: Arc<App>,
+    frontend: TcpListener,
+    backend: TcpListener,
+}
+
+impl Server {
+    /// Validates the configuration; nothing is bound yet.
+    pub fn new(config: ServerConfig, frontend: ServiceRegistry, backend: ServiceRegistry) -> Result<Server, Error> {
+        config.validate()?;
+        Ok(Server { config, frontend, backend })
+    }
+
+    /// Binds both listeners.
+    pub async fn bind(self) -> Result<BoundServer, Error> {
+        let frontend = bind(&self.config.frontend_address).await?;
+        let backend = bind(&self.config.backend_address).await?;
+        if self.config.allowed_origins.is_empty() {
+            log::warn!(
+                "allowed_origins is empty: browsers will be refused (non-browser clients still connect); \
+                 set allowed_origins to your site's origins, or [\"*\"]"
+            );
+        }
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let app = App {
+            config: self.config,
+            frontend: self.frontend,
+            backend: self.backend,
+            metrics,
+            registry,
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            next_connection_id: AtomicU64::new(1),
+        };
+        Ok(BoundServer { app: Arc::new(app), frontend, backend })
+    }
+}
+
+async fn bind(address: &str) -> Result<TcpListener, Error> {
+    TcpListener::bind(address).await.map_err(|source| Error::Bind { address: address.to_owned(), source })
+}
+
+impl BoundServer {
+    /// The frontend listener's address (with the real port when 0 was asked for).
+    pub fn frontend_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(self.frontend.local_addr()?)
+    }
+
+    /// The backend listener's address.
+    pub fn backend_addr(&self) -> Result<SocketAddr, Error> {
+        Ok(self.backend.local_addr()?)
+    }
+
+    /// Serves until `shutdown` resolves, then closes every connection with 1001 and waits (up to
+    /// `shutdown_timeout`) for them to go.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+        let app = self.app;
+        log::info!(
+            "snorky listening: frontend ws://{}/ws ({}), backend http://{}/backend ({})",
+            self.frontend.local_addr()?,
+            app.frontend.names().join(", "),
+            self.backend.local_addr()?,
+            app.backend.names().join(", "),
+        );
+        let token = app.shutdown.clone();
+        let trigger = token.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+
+        let frontend_routes = Router::new()
+            .route("/ws", get(ws::upgrade))
+            .route("/health", get(health))
+            .with_state(Arc::clone(&app));
+        let backend_routes = Router::new()
+            .route("/backend", post(backend::handle))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics_text))
+            .with_state(Arc::clone(&app));
+
+        let frontend = axum::serve(
+            self.frontend,
+            frontend_routes.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(token.clone().cancelled_owned());
+        let backend = axum::serve(self.backend, backend_routes).with_graceful_shutdown(token.clone().cancelled_owned());
+        let (frontend_result, backend_result) = tokio::join!(frontend, backend);
+
+        app.connections.close();
+        if tokio::time::timeout(app.config.shutdown_grace(), app.connections.wait()).await.is_err() {
+            log::warn!("shutdown: {} connections did not close in time", app.connections.len());
+        }
+        log::info!("snorky stopped");
+        frontend_result?;
+        backend_result?;
+        Ok(())
+    }
+}
+
+async fn health() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics_text(axum::extract::State(app): axum::extract::State<Arc<App>>) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        metrics::render(&app.registry),
+    )
+}

@@ -1,0 +1,194 @@
+//! The WebSocket endpoint: the handshake checks, then one reader and one writer per connection.
+//!
+//! The reader (the upgrade task) parses frames and runs requests one at a time, in order. The
+//! writer drains the connection's queue into the socket, batching whatever is queued into one
+//! flush, and sends pings. Either side can ask the other to stop through the connection's close
+//! signal; the writer always gets to send the close frame (bounded by `close_timeout`).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+use crate::connection::{Connection, Identity, Outbox};
+use crate::protocol::codes;
+
+use super::{dispatch, origin, App};
+
+/// Initial read buffer per connection. Tungstenite's default (128 KiB) would dominate the memory
+/// of idle connections; the buffer grows on demand for larger frames.
+const READ_BUFFER: usize = 2 * 1024;
+/// Bytes the writer buffers before writing to the socket when it batches frames.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// `GET /ws`: checks the origin (and, later, the token), then upgrades.
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok());
+    if !origin::origin_allowed(&app.config.allowed_origins, origin) {
+        log::warn!("refused a WebSocket from origin {origin:?} ({remote}): not in allowed_origins");
+        return (StatusCode::FORBIDDEN, "Origin not allowed").into_response();
+    }
+    let identity = Identity::default();
+    let max = app.config.max_frame_size;
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| serve(app, socket, remote, identity))
+}
+
+async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: Identity) {
+    // Held for the connection's life so that shutdown waits for the close frame.
+    let _drain = app.connections.token();
+    let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let (connection, outbox) =
+        Connection::new(id, identity, remote, app.config.queue_limit(), &app.shutdown, Arc::clone(&app.metrics));
+    app.metrics.connections.inc();
+    app.metrics.connections_opened.inc();
+    log::debug!("connection {id} opened from {remote}");
+
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(
+        Arc::clone(&connection),
+        sink,
+        outbox,
+        app.config.ping_every(),
+        app.config.close_grace(),
+    ));
+    read_loop(&app, &connection, stream).await;
+    connection.close(codes::NORMAL);
+    // Disconnect takes effect now, not after the close handshake: subscriptions, names and
+    // memberships go at once.
+    app.frontend.disconnected(&connection);
+    if let Err(err) = writer.await {
+        log::error!("connection {id}: writer task failed: {err}");
+    }
+    app.metrics.connections.dec();
+    log::debug!("connection {id} closed");
+}
+
+async fn read_loop(app: &App, connection: &Arc<Connection>, mut stream: SplitStream<WebSocket>) {
+    loop {
+        let message = tokio::select! {
+            () = connection.closed() => return,
+            message = stream.next() => message,
+        };
+        match message {
+            None | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(Message::Text(text))) => {
+                app.metrics.frames_received.inc();
+                dispatch::frontend_frame(app, connection, text.as_str()).await;
+            }
+            Some(Ok(Message::Binary(_))) => {
+                app.metrics.frames_received.inc();
+                app.metrics.frames_dropped.inc();
+                log::debug!("connection {}: dropped a binary frame (text JSON expected)", connection.id());
+            }
+            Some(Ok(Message::Pong(_))) => connection.pong_received(),
+            // Tungstenite answers pings itself.
+            Some(Ok(Message::Ping(_))) => {}
+            Some(Err(err)) => {
+                if is_too_big(err) {
+                    log::info!("connection {}: frame over max_frame_size, closing with 1009", connection.id());
+                    connection.close(codes::MESSAGE_TOO_BIG);
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn is_too_big(err: axum::Error) -> bool {
+    match err.into_inner().downcast::<tungstenite::Error>() {
+        Ok(err) => matches!(*err, tungstenite::Error::Capacity(_)),
+        Err(other) => {
+            log::debug!("websocket read error: {other}");
+            false
+        }
+    }
+}
+
+async fn write_loop(
+    connection: Arc<Connection>,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut outbox: Outbox,
+    ping_every: Duration,
+    close_grace: Duration,
+) {
+    let mut ping = interval_at(Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = connection.closed() => break,
+            frame = outbox.frames.recv() => {
+                let Some(frame) = frame else { break };
+                let written = tokio::select! {
+                    biased;
+                    () = connection.closed() => break,
+                    written = write_batch(&connection, &mut sink, &mut outbox, frame) => written,
+                };
+                if let Err(err) = written {
+                    log::debug!("connection {}: write failed: {err}", connection.id());
+                    connection.close(codes::GOING_AWAY);
+                    break;
+                }
+            }
+            _ = ping.tick() => {
+                if connection.ping_sent() > 2 {
+                    log::info!("connection {} answered no ping twice: dropping it", connection.id());
+                    connection.close(codes::GOING_AWAY);
+                    break;
+                }
+                let sent = tokio::select! {
+                    biased;
+                    () = connection.closed() => break,
+                    sent = sink.send(Message::Ping(bytes::Bytes::new())) => sent,
+                };
+                if sent.is_err() {
+                    connection.close(codes::GOING_AWAY);
+                    break;
+                }
+            }
+        }
+    }
+    // Whatever is still queued will never be sent: free it before the (possibly slow) close.
+    drop(outbox);
+    let close = CloseFrame { code: connection.close_code(), reason: "".into() };
+    let _ = tokio::time::timeout(close_grace, sink.send(Message::Close(Some(close)))).await;
+    let _ = tokio::time::timeout(close_grace, sink.close()).await;
+}
+
+/// Writes `first` and every frame already queued behind it, then flushes once.
+async fn write_batch(
+    connection: &Connection,
+    sink: &mut SplitSink<WebSocket, Message>,
+    outbox: &mut Outbox,
+    first: crate::protocol::Frame,
+) -> Result<(), axum::Error> {
+    let mut frame = first;
+    loop {
+        let size = frame.len();
+        connection.frame_written(size);
+        sink.feed(Message::Text(frame.into_inner())).await?;
+        match outbox.frames.try_recv() {
+            Ok(next) => frame = next,
+            Err(_) => break,
+        }
+    }
+    sink.flush().await
+}

@@ -1,0 +1,3 @@
+//! The built-in services, one file each.
+
+pub mod pubsub;
