@@ -8,6 +8,7 @@
 //! - [`services`]: PubSub and the other built-in services.
 //! - [`datasync`]: subscriptions, dealers, filters and deltas.
 //! - [`server`]: the axum listeners, health, metrics and shutdown.
+//! - [`value`]: JSON value semantics shared by channels, keys and filters.
 //! - [`backend_client`]: the fast HTTP client the web application uses.
 
 pub mod backend_client;
@@ -19,7 +20,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod services;
-pub mod value_key;
+pub mod value;
 
 #[cfg(feature = "python")]
 mod python;

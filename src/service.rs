@@ -76,7 +76,9 @@ pub async fn ask_policy(
     connection: &Arc<Connection>,
     subject: &Value,
 ) -> Result<bool, RpcError> {
-    let Some(policy) = policy else { return Ok(true) };
+    let Some(policy) = policy else {
+        return Ok(true);
+    };
     policy.decide(connection, subject).await.map_err(|err| {
         log::error!("policy hook of service {service:?} failed: {err}");
         RpcError::Internal

@@ -44,7 +44,9 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
             };
             (call_id, result)
         }
-        Err(RequestError::Unreadable(why)) => return error(StatusCode::BAD_REQUEST, &format!("Invalid message: {why}")),
+        Err(RequestError::Unreadable(why)) => {
+            return error(StatusCode::BAD_REQUEST, &format!("Invalid message: {why}"))
+        }
         Err(RequestError::Reply { error: RpcError::InvalidMessage, .. }) => {
             return error(StatusCode::BAD_REQUEST, "Invalid message: command and params are required")
         }
@@ -59,8 +61,12 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
 /// Compares the key in constant time (for keys of equal length; the length itself is not secret
 /// enough to matter and `ct_eq` on slices of different lengths answers at once).
 fn key_matches(app: &App, headers: &HeaderMap) -> bool {
-    let Some(expected) = app.config.api_key.as_deref() else { return false };
-    let Some(given) = headers.get(KEY_HEADER) else { return false };
+    let Some(expected) = app.config.api_key.as_deref() else {
+        return false;
+    };
+    let Some(given) = headers.get(KEY_HEADER) else {
+        return false;
+    };
     bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
 }
 

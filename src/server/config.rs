@@ -72,7 +72,10 @@ impl ServerConfig {
             Some(_) => {}
         }
         if self.max_frame_size < 1024 {
-            return Err(Error::Config(format!("max_frame_size must be at least 1024 bytes, not {}", self.max_frame_size)));
+            return Err(Error::Config(format!(
+                "max_frame_size must be at least 1024 bytes, not {}",
+                self.max_frame_size
+            )));
         }
         if self.backend_body_limit < self.max_frame_size.max(1024 * 1024) {
             return Err(Error::Config("backend_body_limit must be at least 1 MiB and at least max_frame_size".into()));

@@ -130,21 +130,16 @@ impl BoundServer {
             trigger.cancel();
         });
 
-        let frontend_routes = Router::new()
-            .route("/ws", get(ws::upgrade))
-            .route("/health", get(health))
-            .with_state(Arc::clone(&app));
+        let frontend_routes =
+            Router::new().route("/ws", get(ws::upgrade)).route("/health", get(health)).with_state(Arc::clone(&app));
         let backend_routes = Router::new()
             .route("/backend", post(backend::handle))
             .route("/health", get(health))
             .route("/metrics", get(metrics_text))
             .with_state(Arc::clone(&app));
 
-        let frontend = axum::serve(
-            self.frontend,
-            frontend_routes.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(token.clone().cancelled_owned());
+        let frontend = axum::serve(self.frontend, frontend_routes.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(token.clone().cancelled_owned());
         let backend = axum::serve(self.backend, backend_routes).with_graceful_shutdown(token.clone().cancelled_owned());
         let (frontend_result, backend_result) = tokio::join!(frontend, backend);
 
@@ -164,8 +159,5 @@ async fn health() -> axum::Json<serde_json::Value> {
 }
 
 async fn metrics_text(axum::extract::State(app): axum::extract::State<Arc<App>>) -> impl axum::response::IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        metrics::render(&app.registry),
-    )
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], metrics::render(&app.registry))
 }

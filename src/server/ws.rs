@@ -5,8 +5,9 @@
 //! flush, and sends pings. Either side can ask the other to stop through the connection's close
 //! signal; the writer always gets to send the close frame (bounded by `close_timeout`).
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use crate::connection::{Connection, Identity, Outbox};
 use crate::protocol::codes;
@@ -70,7 +71,13 @@ async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: I
         app.config.close_grace(),
     ));
     read_loop(&app, &connection, stream).await;
-    connection.close(codes::NORMAL);
+    // The reader stops either because the client left (close frame, end of stream, read error)
+    // or because the connection was already asked to close (shutdown, slow consumer, oversized
+    // frame, dead peer). Only the first is a normal closure; in the second case the code already
+    // chosen must stand, and shutdown leaves none so that the writer sends 1001.
+    if !connection.is_closing() {
+        connection.close(codes::NORMAL);
+    }
     // Disconnect takes effect now, not after the close handshake: subscriptions, names and
     // memberships go at once.
     app.frontend.disconnected(&connection);
@@ -129,36 +136,29 @@ async fn write_loop(
     ping_every: Duration,
     close_grace: Duration,
 ) {
-    let mut ping = interval_at(Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut ping = PingClock::new(ping_every);
+    // Frames handed to the socket so far; lets the ping clock tell a slow writer from a stuck one.
+    let progress = AtomicU64::new(0);
     loop {
         tokio::select! {
             biased;
             () = connection.closed() => break,
             frame = outbox.frames.recv() => {
                 let Some(frame) = frame else { break };
-                let written = tokio::select! {
-                    biased;
-                    () = connection.closed() => break,
-                    written = write_batch(&connection, &mut sink, &mut outbox, frame) => written,
-                };
+                let write = write_batch(&connection, &mut sink, &mut outbox, &progress, frame);
+                let Some(written) = ping.guard(&connection, &progress, write).await else { break };
                 if let Err(err) = written {
                     log::debug!("connection {}: write failed: {err}", connection.id());
                     connection.close(codes::GOING_AWAY);
                     break;
                 }
             }
-            _ = ping.tick() => {
-                if connection.ping_sent() > 2 {
-                    log::info!("connection {} answered no ping twice: dropping it", connection.id());
-                    connection.close(codes::GOING_AWAY);
+            _ = ping.interval.tick() => {
+                if !ping_due(&connection) {
                     break;
                 }
-                let sent = tokio::select! {
-                    biased;
-                    () = connection.closed() => break,
-                    sent = sink.send(Message::Ping(bytes::Bytes::new())) => sent,
-                };
+                let ping_frame = sink.send(Message::Ping(bytes::Bytes::new()));
+                let Some(sent) = ping.guard(&connection, &progress, ping_frame).await else { break };
                 if sent.is_err() {
                     connection.close(codes::GOING_AWAY);
                     break;
@@ -173,17 +173,77 @@ async fn write_loop(
     let _ = tokio::time::timeout(close_grace, sink.close()).await;
 }
 
+/// The writer's ping schedule, which keeps running while a write is blocked.
+struct PingClock {
+    interval: Interval,
+    /// `progress` at the last tick that found a write blocked.
+    seen_progress: u64,
+}
+
+impl PingClock {
+    fn new(every: Duration) -> PingClock {
+        let mut interval = interval_at(Instant::now() + every, every);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        PingClock { interval, seen_progress: 0 }
+    }
+
+    /// Awaits `write`, still watching the close signal and the ping clock; `None` when the
+    /// connection must close.
+    ///
+    /// A write blocks when the peer stops reading and the socket buffers are full. The pings due
+    /// meanwhile cannot even be sent, and a peer that does not read cannot answer them, so each
+    /// tick that finds the write stuck (no frame handed to the socket since the previous tick)
+    /// counts as an unanswered ping. Without this, a client that stopped reading while its queue
+    /// stayed under the bound would hold its connection and queue forever. A slow but reading
+    /// client makes progress between ticks and is left alone.
+    async fn guard<T>(
+        &mut self,
+        connection: &Connection,
+        progress: &AtomicU64,
+        write: impl Future<Output = T>,
+    ) -> Option<T> {
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                biased;
+                () = connection.closed() => return None,
+                done = &mut write => return Some(done),
+                _ = self.interval.tick() => {
+                    let now = progress.load(Ordering::Relaxed);
+                    if now != self.seen_progress {
+                        self.seen_progress = now;
+                    } else if !ping_due(connection) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Records a ping due; `false` (after asking the connection to close) when two went unanswered.
+fn ping_due(connection: &Connection) -> bool {
+    if connection.ping_sent() > 2 {
+        log::info!("connection {} answered no ping twice: dropping it", connection.id());
+        connection.close(codes::GOING_AWAY);
+        return false;
+    }
+    true
+}
+
 /// Writes `first` and every frame already queued behind it, then flushes once.
 async fn write_batch(
     connection: &Connection,
     sink: &mut SplitSink<WebSocket, Message>,
     outbox: &mut Outbox,
+    progress: &AtomicU64,
     first: crate::protocol::Frame,
 ) -> Result<(), axum::Error> {
     let mut frame = first;
     loop {
         let size = frame.len();
         connection.frame_written(size);
+        progress.fetch_add(1, Ordering::Relaxed);
         sink.feed(Message::Text(frame.into_inner())).await?;
         match outbox.frames.try_recv() {
             Ok(next) => frame = next,

@@ -11,7 +11,7 @@ use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{Params, RpcError};
 use crate::service::{ask_policy, Caller, Policy, Service, Side};
-use crate::value_key::ValueKey;
+use crate::value::ValueKey;
 
 /// The state shared by a PubSub service and its backend twin.
 #[derive(Debug)]
@@ -51,7 +51,9 @@ impl PubSubHub {
     pub fn publish(&self, channel: &Value, message: &Value) -> usize {
         let key = ValueKey::of(channel);
         let state = self.lock();
-        let Some(subscribers) = state.channels.get(&key) else { return 0 };
+        let Some(subscribers) = state.channels.get(&key) else {
+            return 0;
+        };
         let frame = push_frame(&self.frontend_name, Delivery { kind: "message", channel, message });
         subscribers.values().filter(|connection| connection.deliver(frame.clone())).count()
     }
@@ -160,7 +162,9 @@ impl Service for PubSubService {
     }
 
     async fn handle(&self, caller: Caller<'_>, command: &str, params: Params) -> Result<Value, RpcError> {
-        let Caller::Client(connection) = caller else { return Err(RpcError::UnknownCommand) };
+        let Caller::Client(connection) = caller else {
+            return Err(RpcError::UnknownCommand);
+        };
         match command {
             "subscribe" => self.hub.subscribe(connection, &take_channel(params)?).map(|()| Value::Null),
             "unsubscribe" => self.hub.unsubscribe(connection, &take_channel(params)?).map(|()| Value::Null),

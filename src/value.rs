@@ -1,12 +1,12 @@
 //! JSON value semantics shared by filters, Simple dealer keys and hash indexes.
 //!
-//! PROTOCOL ("Precise rules" → DataSync) fixes how values compare: numbers by numeric
+//! PROTOCOL ("Precise rules", `DataSync`) fixes how values compare: numbers by numeric
 //! value (`1` equals `1.0`), every other type strictly (`"1"` is not `1`, `true` is not
 //! `1`), arrays and objects structurally (objects ignoring key order), strings ordered by
 //! Unicode code point, and any other ordering pair (a number against a string included)
 //! not comparable. This module owns those rules, the dotted-path lookup into nested
 //! objects, and [`ValueKey`], the hashable form of a value that lets the router (and
-//! PubSub channels) find equal values with a hash map instead of a scan.
+//! `pubsub` channels) find equal values with a hash map instead of a scan.
 
 use std::cmp::Ordering;
 
@@ -18,9 +18,9 @@ use serde_json::{Number, Value};
 /// addressed. Returns `None` ("missing field") when a key is absent or when the path goes
 /// through anything that is not an object: arrays are not indexed, because PROTOCOL says
 /// a path through a non-object is a missing field.
+#[must_use]
 pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.')
-        .try_fold(value, |current, segment| current.as_object()?.get(segment))
+    path.split('.').try_fold(value, |current, segment| current.as_object()?.get(segment))
 }
 
 /// Whether two values are equal under PROTOCOL's rules.
@@ -29,21 +29,18 @@ pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
 /// `2^53`); everything else is type-strict; arrays compare element by element; objects
 /// compare as key → value maps, ignoring key order. Never allocates, because filters call
 /// it once per candidate subscription.
+#[must_use]
 pub fn values_equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Null, Value::Null) => true,
         (Value::Bool(x), Value::Bool(y)) => x == y,
         (Value::Number(x), Value::Number(y)) => Num::of(x) == Num::of(y),
         (Value::String(x), Value::String(y)) => x == y,
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(v, w)| values_equal(v, w))
-        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(v, w)| values_equal(v, w)),
         (Value::Object(x), Value::Object(y)) => {
             // Keys are unique within an object, so equal sizes plus "every key of x is in y
             // with an equal value" is map equality.
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| values_equal(v, w)))
         }
         _ => false,
     }
@@ -55,6 +52,7 @@ pub fn values_equal(a: &Value, b: &Value) -> bool {
 /// Unicode code point (Rust's byte order on UTF-8 is code-point order). Every other pair —
 /// number against string, booleans, null, arrays, objects — is not comparable, so an
 /// ordering filter on them is false rather than an arbitrary answer.
+#[must_use]
 pub fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => Num::of(x).partial_cmp_num(Num::of(y)),
@@ -63,11 +61,11 @@ pub fn compare(a: &Value, b: &Value) -> Option<Ordering> {
     }
 }
 
-/// A hashable, canonical form of a JSON value: `ValueKey::new(a) == ValueKey::new(b)`
+/// A hashable, canonical form of a JSON value: `ValueKey::of(a) == ValueKey::of(b)`
 /// exactly when [`values_equal`]`(a, b)`.
 ///
 /// It lets equal values meet in a `HashMap` (Simple dealer keys, the Filter equality
-/// index, PubSub channels) although `serde_json::Value` is neither `Hash` nor compares
+/// index, `pubsub` channels) although `serde_json::Value` is neither `Hash` nor compares
 /// `1` equal to `1.0`. Numbers are normalised (integral values become integers), and
 /// object entries are sorted by key so key order does not matter.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -86,15 +84,17 @@ enum Repr {
 }
 
 impl ValueKey {
-    /// Computes the key of `value`.
-    pub fn new(value: &Value) -> Self {
+    /// Computes the key of `value` (named like the placeholder `crate::value_key`, which
+    /// this replaces).
+    #[must_use]
+    pub fn of(value: &Value) -> Self {
         Self(Repr::of(value))
     }
 }
 
 impl From<&Value> for ValueKey {
     fn from(value: &Value) -> Self {
-        Self::new(value)
+        Self::of(value)
     }
 }
 
@@ -107,10 +107,8 @@ impl Repr {
             Value::String(s) => Self::Str(s.as_str().into()),
             Value::Array(items) => Self::Array(items.iter().map(Self::of).collect()),
             Value::Object(map) => {
-                let mut entries: Vec<(Box<str>, Self)> = map
-                    .iter()
-                    .map(|(k, v)| (k.as_str().into(), Self::of(v)))
-                    .collect();
+                let mut entries: Vec<(Box<str>, Self)> =
+                    map.iter().map(|(k, v)| (k.as_str().into(), Self::of(v))).collect();
                 entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 Self::Object(entries.into_boxed_slice())
             }
@@ -196,11 +194,7 @@ mod tests {
 
     fn eq(a: &Value, b: &Value) -> bool {
         let by_value = values_equal(a, b);
-        assert_eq!(
-            by_value,
-            ValueKey::new(a) == ValueKey::new(b),
-            "key and equality disagree on {a} / {b}"
-        );
+        assert_eq!(by_value, ValueKey::of(a) == ValueKey::of(b), "key and equality disagree on {a} / {b}");
         by_value
     }
 
@@ -309,7 +303,7 @@ mod tests {
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
             (-3i64..3).prop_map(Value::from),
-            (-3i64..3).prop_map(|i| json!(i as f64)),
+            (-3i32..3).prop_map(|i| json!(f64::from(i))),
             prop::sample::select(vec![0.5, -0.5, -0.0, 1e20, 2.5, 9_007_199_254_740_992.0]).prop_map(Value::from),
             prop::sample::select(vec![u64::MAX, 9_007_199_254_740_993, 1 << 53]).prop_map(Value::from),
             prop::sample::select(vec!["", "a", "b", "1", "é", "\u{1F600}"]).prop_map(Value::from),
@@ -329,7 +323,7 @@ mod tests {
     proptest! {
         #[test]
         fn key_equality_is_value_equality(a in any_value(), b in any_value()) {
-            prop_assert_eq!(values_equal(&a, &b), ValueKey::new(&a) == ValueKey::new(&b));
+            prop_assert_eq!(values_equal(&a, &b), ValueKey::of(&a) == ValueKey::of(&b));
             prop_assert!(values_equal(&a, &a));
             prop_assert_eq!(values_equal(&a, &b), values_equal(&b, &a));
         }
@@ -350,7 +344,7 @@ mod tests {
                 forward.iter().rev().map(|(k, v)| (k.clone(), v.clone())).collect();
             let (a, b) = (Value::Object(forward), Value::Object(backward));
             prop_assert!(values_equal(&a, &b));
-            prop_assert_eq!(ValueKey::new(&a), ValueKey::new(&b));
+            prop_assert_eq!(ValueKey::of(&a), ValueKey::of(&b));
         }
     }
 }

@@ -1,0 +1,54 @@
+# Developer tasks. `scripts/setup` installs what these need; `make help` lists them.
+VENV := .venv/bin
+PYTHON := $(VENV)/python
+
+.PHONY: help install build-dev format lint lint-rust lint-python lint-js test test-rust test-python test-js bench bench-smoke demo all
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+install: ## install everything (Debian packages, virtualenv, npm packages) and build
+	scripts/setup
+
+build-dev: ## rebuild the extension module in place
+	. $(VENV)/activate && maturin develop -q
+
+format: ## format Rust, Python and TypeScript sources
+	cargo fmt
+	$(VENV)/ruff format python tests demos bench
+	$(VENV)/ruff check --fix python tests demos bench
+
+lint: lint-rust lint-python lint-js ## every linter
+
+lint-rust: ## rustfmt and clippy -D warnings (with and without the Python bindings)
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features python -- -D warnings
+
+lint-python: ## ruff, mypy, and stubtest (the .pyi must match the extension)
+	$(VENV)/ruff check python tests demos bench
+	$(VENV)/ruff format --check python tests demos bench
+	$(VENV)/mypy
+	$(PYTHON) -m mypy.stubtest snorky._core --allowlist tests/stubtest-allowlist.txt
+
+lint-js: ## TypeScript type check
+	@if [ -f js/package.json ]; then cd js && npm run -s lint; fi
+
+test: test-rust test-python test-js ## every test suite
+
+test-rust: ## Rust unit and integration tests
+	cargo test --all-targets
+
+test-python: ## Python tests against real servers
+	$(PYTHON) -m pytest
+
+test-js: ## JavaScript client tests and the stale-bundle check
+	@if [ -f js/package.json ]; then cd js && npm test && npm run -s check-bundle; fi
+
+bench: ## the full benchmark (release build); writes bench/RESULTS.md
+	bench/run.sh
+
+demo: ## the PubSub demo
+	$(PYTHON) demos/pubsub/run.py
+
+all: lint test ## lint and test

@@ -1,0 +1,7 @@
+"""``python -m snorky``."""
+
+import sys
+
+from snorky.cli import main
+
+sys.exit(main())

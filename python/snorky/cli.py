@@ -1,0 +1,104 @@
+"""``python -m snorky``: run a Snorky server from the command line.
+
+Every option can also come from an environment variable (shown in ``--help``), so a container or
+a systemd unit configures the server without a command line full of secrets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from snorky import ConfigurationError, Server, ServiceRegistry
+from snorky.services import PubSubBackend, PubSubService
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m snorky", description="Snorky: live data over WebSocket.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run a PubSub server with its backend",
+        description="Run a Snorky server: PubSub for browsers on the frontend, PubSub publishing on the backend.",
+    )
+    serve.add_argument(
+        "--frontend-address",
+        default=_env("SNORKY_FRONTEND_ADDRESS", "0.0.0.0:5001"),
+        help="host:port browsers connect to (env SNORKY_FRONTEND_ADDRESS; default %(default)s)",
+    )
+    serve.add_argument(
+        "--backend-address",
+        default=_env("SNORKY_BACKEND_ADDRESS", "127.0.0.1:5002"),
+        help="host:port of the web application's backend endpoint (env SNORKY_BACKEND_ADDRESS; default %(default)s)",
+    )
+    serve.add_argument(
+        "--api-key",
+        default=_env("SNORKY_API_KEY"),
+        help="shared secret for the backend, sent as X-Backend-Key (env SNORKY_API_KEY; required)",
+    )
+    serve.add_argument(
+        "--allowed-origin",
+        dest="allowed_origins",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="browser origin allowed to connect, e.g. https://app.example.com; repeatable; '*' allows any "
+        "(env SNORKY_ALLOWED_ORIGINS, comma-separated)",
+    )
+    serve.add_argument("--pubsub-name", default="pubsub", help="frontend PubSub service name (default %(default)s)")
+    serve.add_argument(
+        "--pubsub-backend-name", default="pubsub_backend", help="backend PubSub service name (default %(default)s)"
+    )
+    serve.add_argument("--max-frame-size", type=int, default=None, help="largest client frame in bytes (1 MiB)")
+    serve.add_argument("--ping-interval", type=float, default=None, help="seconds between pings (30)")
+    serve.add_argument(
+        "--log-level",
+        default=_env("SNORKY_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (env SNORKY_LOG_LEVEL; default %(default)s)",
+    )
+    return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    origins = args.allowed_origins
+    if origins is None:
+        origins = [o.strip() for o in (_env("SNORKY_ALLOWED_ORIGINS") or "").split(",") if o.strip()]
+    options: dict[str, object] = {}
+    if args.max_frame_size is not None:
+        options["max_frame_size"] = args.max_frame_size
+    if args.ping_interval is not None:
+        options["ping_interval"] = args.ping_interval
+    pubsub = PubSubService(args.pubsub_name)
+    server = Server(
+        frontend=ServiceRegistry([pubsub]),
+        backend=ServiceRegistry([PubSubBackend(args.pubsub_backend_name, pubsub)]),
+        frontend_address=args.frontend_address,
+        backend_address=args.backend_address,
+        api_key=args.api_key,
+        allowed_origins=origins,
+        **options,
+    )
+    server.run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return serve(args)
+    except ConfigurationError as err:
+        print(f"snorky: configuration error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

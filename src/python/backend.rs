@@ -1,0 +1,89 @@
+//! `snorky._core.BackendClient`: the fast backend client for the web application.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use serde_json::{Map, Value};
+
+use super::convert::backend_error;
+use super::ConfigurationError;
+use crate::backend_client::BackendClient;
+
+/// The runtime and client of one process. Rebuilt after a fork (gunicorn `--preload`, Celery
+/// prefork): runtime threads and pooled sockets do not survive `fork()`.
+struct PerProcess {
+    pid: u32,
+    runtime: Arc<tokio::runtime::Runtime>,
+    client: BackendClient,
+}
+
+/// A pooled HTTP client for `POST /backend`.
+#[pyclass(module = "snorky._core", name = "BackendClient", frozen)]
+pub struct PyBackendClient {
+    url: String,
+    key: String,
+    timeout: Duration,
+    state: Mutex<Option<PerProcess>>,
+}
+
+#[pymethods]
+impl PyBackendClient {
+    #[new]
+    #[pyo3(signature = (url, key, timeout=10.0))]
+    fn py_new(url: String, key: String, timeout: f64) -> PyResult<PyBackendClient> {
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(ConfigurationError::new_err("timeout must be a positive number of seconds"));
+        }
+        let timeout = Duration::from_secs_f64(timeout);
+        // Validate the URL and key now, not at the first call.
+        BackendClient::new(&url, &key, timeout).map_err(backend_error)?;
+        Ok(PyBackendClient { url, key, timeout, state: Mutex::new(None) })
+    }
+
+    /// The backend URL.
+    #[getter]
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Calls `command` of `service` with `params` (a dict); returns the reply's data.
+    #[pyo3(signature = (service, command, params=None))]
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        service: &str,
+        command: &str,
+        params: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let params: Map<String, Value> = match params {
+            Some(params) => pythonize::depythonize(params.as_any())?,
+            None => Map::new(),
+        };
+        let (runtime, client) = self.per_process()?;
+        let result = py.detach(|| runtime.block_on(client.call(service, command, &params)));
+        let data = result.map_err(backend_error)?;
+        Ok(pythonize::pythonize(py, &data)?)
+    }
+}
+
+impl PyBackendClient {
+    fn per_process(&self) -> PyResult<(Arc<tokio::runtime::Runtime>, BackendClient)> {
+        let pid = std::process::id();
+        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(current) = state.as_ref().filter(|current| current.pid == pid) {
+            return Ok((Arc::clone(&current.runtime), current.client.clone()));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("snorky-backend-client")
+            .enable_all()
+            .build()
+            .map_err(|err| super::ServerError::new_err(format!("cannot start the client runtime: {err}")))?;
+        let runtime = Arc::new(runtime);
+        let client = BackendClient::new(&self.url, &self.key, self.timeout).map_err(backend_error)?;
+        *state = Some(PerProcess { pid, runtime: Arc::clone(&runtime), client: client.clone() });
+        Ok((runtime, client))
+    }
+}

@@ -1,0 +1,58 @@
+//! The `snorky._core` extension module: the only code that touches pyo3.
+//!
+//! Classes are thin handles over the Rust types; `python/snorky/` wraps them in typed Python
+//! classes. Every wait on Rust happens with the GIL released (`py.detach`), and user Python code
+//! runs on worker threads, never inside an async task.
+
+mod backend;
+mod client;
+mod convert;
+mod policy;
+mod server;
+mod services;
+
+use pyo3::prelude::*;
+
+pyo3::create_exception!(_core, SnorkyError, pyo3::exceptions::PyException, "Base class of Snorky's errors.");
+pyo3::create_exception!(
+    _core,
+    ConfigurationError,
+    SnorkyError,
+    "The configuration is wrong; the message says what to set."
+);
+pyo3::create_exception!(_core, BackendError, SnorkyError, "A backend call was answered with an error.");
+pyo3::create_exception!(_core, SnorkyConnectionError, SnorkyError, "The Snorky backend could not be reached.");
+pyo3::create_exception!(_core, ServerError, SnorkyError, "The server failed while running.");
+
+/// Drops pyo3-log's cache of Python logger levels, so logging configured after import (Django's
+/// LOGGING, `logging.basicConfig`) takes effect.
+#[pyfunction]
+fn reset_log_cache() {
+    if let Some(handle) = LOG_RESET.get() {
+        handle.reset();
+    }
+}
+
+static LOG_RESET: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLock::new();
+
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    if let Ok(handle) = pyo3_log::try_init() {
+        let _ = LOG_RESET.set(handle);
+    }
+    let py = m.py();
+    m.add("SnorkyError", py.get_type::<SnorkyError>())?;
+    m.add("ConfigurationError", py.get_type::<ConfigurationError>())?;
+    m.add("BackendError", py.get_type::<BackendError>())?;
+    m.add("SnorkyConnectionError", py.get_type::<SnorkyConnectionError>())?;
+    m.add("ServerError", py.get_type::<ServerError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
+    m.add_class::<server::PyServer>()?;
+    m.add_class::<server::PyServerHandle>()?;
+    m.add_class::<services::PyPubSubService>()?;
+    m.add_class::<services::PyPubSubBackend>()?;
+    m.add_class::<client::PyClient>()?;
+    m.add_class::<backend::PyBackendClient>()?;
+    Ok(())
+}

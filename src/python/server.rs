@@ -1,0 +1,165 @@
+//! `snorky._core.Server` and the handle of a running server.
+
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use tokio_util::sync::CancellationToken;
+
+use super::convert::server_error;
+use super::services::extract_service;
+use super::{ConfigurationError, ServerError};
+use crate::error::Error;
+use crate::registry::ServiceRegistry;
+use crate::server::{Server, ServerConfig};
+use crate::service::{AnyService, Side};
+
+/// How long each GIL-free wait lasts before Python gets a chance to deliver signals.
+const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// A configured server: services plus settings. `start()` binds and serves in the background.
+#[pyclass(module = "snorky._core", name = "Server", frozen)]
+pub struct PyServer {
+    config: ServerConfig,
+    frontend: Vec<AnyService>,
+    backend: Vec<AnyService>,
+}
+
+#[pymethods]
+impl PyServer {
+    #[new]
+    #[pyo3(signature = (frontend, backend, config))]
+    fn py_new(
+        frontend: Vec<Bound<'_, PyAny>>,
+        backend: Vec<Bound<'_, PyAny>>,
+        config: &Bound<'_, PyDict>,
+    ) -> PyResult<PyServer> {
+        let config: ServerConfig = pythonize::depythonize(config.as_any())
+            .map_err(|err| ConfigurationError::new_err(format!("invalid server option: {err}")))?;
+        config.validate().map_err(server_error)?;
+        let frontend = frontend.iter().map(extract_service).collect::<PyResult<Vec<_>>>()?;
+        let backend = backend.iter().map(extract_service).collect::<PyResult<Vec<_>>>()?;
+        // Build the registries once now so naming mistakes fail at construction.
+        registries(&frontend, &backend).map_err(server_error)?;
+        Ok(PyServer { config, frontend, backend })
+    }
+
+    /// Binds both listeners and serves on background threads. Returns once the ports are bound.
+    fn start(&self, py: Python<'_>) -> PyResult<PyServerHandle> {
+        let (frontend, backend) = registries(&self.frontend, &self.backend).map_err(server_error)?;
+        let server = Server::new(self.config.clone(), frontend, backend).map_err(server_error)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("snorky-server")
+            .build()
+            .map_err(|err| ServerError::new_err(format!("cannot start the runtime: {err}")))?;
+        let bound = py.detach(|| runtime.block_on(server.bind())).map_err(server_error)?;
+        let frontend_port = bound.frontend_addr().map_err(server_error)?.port();
+        let backend_port = bound.backend_addr().map_err(server_error)?.port();
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let thread = std::thread::Builder::new()
+            .name("snorky".into())
+            .spawn(move || {
+                let result = runtime.block_on(bound.run(stop.cancelled_owned()));
+                // Python hooks still running on blocking threads get a moment, not forever.
+                runtime.shutdown_timeout(Duration::from_secs(5));
+                result
+            })
+            .map_err(|err| ServerError::new_err(format!("cannot start the server thread: {err}")))?;
+        Ok(PyServerHandle { frontend_port, backend_port, token, thread: Mutex::new(Some(thread)) })
+    }
+}
+
+fn registries(frontend: &[AnyService], backend: &[AnyService]) -> Result<(ServiceRegistry, ServiceRegistry), Error> {
+    Ok((
+        ServiceRegistry::new(Side::Frontend, frontend.to_vec())?,
+        ServiceRegistry::new(Side::Backend, backend.to_vec())?,
+    ))
+}
+
+/// A running server.
+#[pyclass(module = "snorky._core", name = "ServerHandle", frozen)]
+pub struct PyServerHandle {
+    /// The bound frontend port.
+    #[pyo3(get)]
+    frontend_port: u16,
+    /// The bound backend port.
+    #[pyo3(get)]
+    backend_port: u16,
+    token: CancellationToken,
+    thread: Mutex<Option<JoinHandle<Result<(), Error>>>>,
+}
+
+#[pymethods]
+impl PyServerHandle {
+    /// Whether the server is still serving.
+    #[getter]
+    fn running(&self) -> bool {
+        self.lock().as_ref().is_some_and(|thread| !thread.is_finished())
+    }
+
+    /// Asks for a graceful shutdown (every client gets 1001) without waiting.
+    fn request_stop(&self) {
+        self.token.cancel();
+    }
+
+    /// Shuts down gracefully and waits up to `timeout` seconds (forever when None).
+    /// Returns whether the server has stopped.
+    #[pyo3(signature = (timeout=None))]
+    fn stop(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        self.token.cancel();
+        self.join(py, timeout)
+    }
+
+    /// Waits up to `timeout` seconds (forever when None) for the server to stop. Signals are
+    /// delivered while waiting, so Ctrl-C interrupts it.
+    #[pyo3(signature = (timeout=None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let deadline = match timeout {
+            Some(seconds) if !(seconds.is_finite() && seconds >= 0.0) => {
+                return Err(pyo3::exceptions::PyValueError::new_err("timeout must be a non-negative number"))
+            }
+            Some(seconds) => Some(Instant::now() + Duration::from_secs_f64(seconds)),
+            None => None,
+        };
+        loop {
+            let finished = self.lock().as_ref().is_none_or(JoinHandle::is_finished);
+            if finished {
+                return self.reap();
+            }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Ok(false);
+            }
+            py.detach(|| std::thread::sleep(WAIT_SLICE));
+            py.check_signals()?;
+        }
+    }
+}
+
+impl PyServerHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<Result<(), Error>>>> {
+        self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Collects the finished thread's result, raising the server's error if it failed.
+    fn reap(&self) -> PyResult<bool> {
+        let Some(thread) = self.lock().take() else {
+            return Ok(true);
+        };
+        match thread.join() {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(err)) => Err(server_error(err)),
+            Err(_) => Err(ServerError::new_err("the server thread panicked; see the log")),
+        }
+    }
+}
+
+impl Drop for PyServerHandle {
+    fn drop(&mut self) {
+        // A forgotten handle must not leave a server listening.
+        self.token.cancel();
+    }
+}

@@ -1,0 +1,73 @@
+//! Python handles of the built-in services.
+
+use pyo3::prelude::*;
+
+use super::policy::PyPolicy;
+use crate::service::AnyService;
+use crate::services::pubsub::{PubSubBackend, PubSubService};
+
+/// The browser-facing PubSub service.
+#[pyclass(module = "snorky._core", name = "PubSubService", frozen)]
+pub struct PyPubSubService {
+    pub(crate) inner: PubSubService,
+}
+
+#[pymethods]
+impl PyPubSubService {
+    #[new]
+    #[pyo3(signature = (name, can_publish=None))]
+    fn py_new(name: String, can_publish: Option<Py<PyAny>>) -> PyPubSubService {
+        let mut inner = PubSubService::new(name);
+        if let Some(callable) = can_publish {
+            inner = inner.with_publish_policy(std::sync::Arc::new(PyPolicy::new(callable)));
+        }
+        PyPubSubService { inner }
+    }
+
+    /// The service name.
+    #[getter]
+    fn name(&self) -> String {
+        crate::service::Service::name(&self.inner).to_owned()
+    }
+
+    /// Publishes from Python, in-process; returns the number of subscribers reached.
+    fn publish(&self, py: Python<'_>, channel: &Bound<'_, PyAny>, message: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let channel: serde_json::Value = pythonize::depythonize(channel)?;
+        let message: serde_json::Value = pythonize::depythonize(message)?;
+        Ok(py.detach(|| self.inner.hub().publish(&channel, &message)))
+    }
+}
+
+/// The web application's PubSub service.
+#[pyclass(module = "snorky._core", name = "PubSubBackend", frozen)]
+pub struct PyPubSubBackend {
+    pub(crate) inner: PubSubBackend,
+}
+
+#[pymethods]
+impl PyPubSubBackend {
+    #[new]
+    fn py_new(name: String, frontend: PyRef<'_, PyPubSubService>) -> PyPubSubBackend {
+        PyPubSubBackend { inner: PubSubBackend::new(name, &frontend.inner) }
+    }
+
+    /// The service name.
+    #[getter]
+    fn name(&self) -> String {
+        crate::service::Service::name(&self.inner).to_owned()
+    }
+}
+
+/// Extracts the Rust service behind any of the service handles.
+pub fn extract_service(object: &Bound<'_, PyAny>) -> PyResult<AnyService> {
+    if let Ok(service) = object.cast::<PyPubSubService>() {
+        return Ok(AnyService::PubSub(service.get().inner.clone()));
+    }
+    if let Ok(service) = object.cast::<PyPubSubBackend>() {
+        return Ok(AnyService::PubSubBackend(service.get().inner.clone()));
+    }
+    Err(super::ConfigurationError::new_err(format!(
+        "{} is not a Snorky service (expected PubSubService, PubSubBackend, ...)",
+        object.repr()?
+    )))
+}

@@ -1,0 +1,63 @@
+"""SnorkyBackend: calls, error mapping, connection failures."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+
+from snorky import BackendError, ConfigurationError, SnorkyConnectionError, SnorkyError
+from snorky.backend import SnorkyBackend
+
+
+def test_call_returns_data_and_raises_the_server_text(pubsub_server):
+    backend = pubsub_server.backend()
+    assert backend.call("pubsub_backend", "publish", channel="c", message=1) is None
+    with pytest.raises(BackendError, match=r"^Invalid params$"):
+        backend.call("pubsub_backend", "publish", channel="c")
+    with pytest.raises(SnorkyError, match="Unknown command"):
+        backend.call("pubsub_backend", "subscribe", channel="c")
+
+
+def test_refusals_are_explained(pubsub_server):
+    wrong = SnorkyBackend(pubsub_server.backend_url, "not the key")
+    with pytest.raises(BackendError, match="401"):
+        wrong.publish("c", 1)
+    with pytest.raises(BackendError, match="Unknown service"):
+        pubsub_server.backend().call("pubsub", "publish", channel="c", message=1)
+
+
+def test_unreachable_server_raises_connection_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    backend = SnorkyBackend(f"http://127.0.0.1:{port}/backend", "k", timeout=2)
+    with pytest.raises(SnorkyConnectionError, match=f"127.0.0.1:{port}"):
+        backend.publish("c", 1)
+
+
+def test_bad_url_fails_at_construction():
+    with pytest.raises(ConfigurationError, match="http://"):
+        SnorkyBackend("127.0.0.1:5002/backend", "k")
+    with pytest.raises(ConfigurationError, match="empty"):
+        SnorkyBackend("http://127.0.0.1:5002/backend", "")
+
+
+def test_one_client_is_shared_between_threads(pubsub_server):
+    backend = pubsub_server.backend()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for i in range(50):
+                backend.publish("c", i)
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []

@@ -1,0 +1,116 @@
+"""``python -m snorky serve``: options, environment variables, start-up errors, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from conftest import TIMEOUT, WsClient
+from snorky.backend import SnorkyBackend
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def snorky(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SNORKY_")}
+    full_env.update(env or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "snorky", *args],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def wait_healthy(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("server did not become healthy")
+
+
+def test_help_lists_options_and_environment_variables():
+    process = snorky("serve", "--help")
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    for text in ("--frontend-address", "--backend-address", "--api-key", "SNORKY_API_KEY", "--allowed-origin"):
+        assert text in out
+
+
+def test_missing_api_key_fails_with_what_to_set():
+    process = snorky("serve", "--frontend-address", "127.0.0.1:0", "--backend-address", "127.0.0.1:0")
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert "api_key" in err and "SNORKY_API_KEY" in err
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+def test_serves_and_shuts_down_gracefully_on_sigterm(via_env: bool):
+    front, back = free_port(), free_port()
+    settings = {
+        "SNORKY_FRONTEND_ADDRESS": f"127.0.0.1:{front}",
+        "SNORKY_BACKEND_ADDRESS": f"127.0.0.1:{back}",
+        "SNORKY_API_KEY": "swordfish",
+    }
+    if via_env:
+        process = snorky("serve", env=settings)
+    else:
+        process = snorky(
+            "serve",
+            "--frontend-address", settings["SNORKY_FRONTEND_ADDRESS"],
+            "--backend-address", settings["SNORKY_BACKEND_ADDRESS"],
+            "--api-key", "swordfish",
+        )  # fmt: skip
+    try:
+        wait_healthy(back, process)
+        client = WsClient(f"ws://127.0.0.1:{front}/ws")
+        assert client.call("pubsub", "subscribe", channel="news")["type"] == "response"
+        SnorkyBackend(f"http://127.0.0.1:{back}/backend", "swordfish").publish("news", {"n": 1})
+        assert client.recv()["message"] == {"type": "message", "channel": "news", "message": {"n": 1}}
+        process.send_signal(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as closed:
+            client.recv(timeout=TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert "snorky stopped" in err
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_sigint_also_stops_it():
+    front, back = free_port(), free_port()
+    process = snorky(
+        "serve", "--frontend-address", f"127.0.0.1:{front}", "--backend-address", f"127.0.0.1:{back}",
+        "--api-key", "k",
+    )  # fmt: skip
+    try:
+        wait_healthy(back, process)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+        assert process.returncode == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()

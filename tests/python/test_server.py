@@ -1,0 +1,116 @@
+"""The Server API: start/stop, configuration errors, graceful shutdown, health and metrics."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from conftest import TIMEOUT, WsClient
+from snorky import ConfigurationError, Server, ServiceRegistry
+from snorky.services import PubSubBackend, PubSubService
+from snorky.testing import running_server
+
+
+def make_server(**options: object) -> Server:
+    pubsub = PubSubService()
+    return Server(
+        frontend=ServiceRegistry([pubsub]),
+        backend=ServiceRegistry([PubSubBackend("pubsub_backend", pubsub)]),
+        frontend_address="127.0.0.1:0",
+        backend_address="127.0.0.1:0",
+        **options,
+    )
+
+
+def test_refuses_to_start_without_an_api_key():
+    with pytest.raises(ConfigurationError, match="api_key"):
+        make_server()
+
+
+def test_unknown_option_is_named():
+    with pytest.raises(ConfigurationError, match="frobnicate"):
+        make_server(api_key="k", frobnicate=1)
+
+
+def test_wrong_option_type_is_named():
+    with pytest.raises(ConfigurationError, match="invalid server option"):
+        make_server(api_key="k", ping_interval="often")
+
+
+def test_a_bad_origin_entry_is_refused():
+    with pytest.raises(ConfigurationError, match="allowed_origins"):
+        make_server(api_key="k", allowed_origins=["example.com"])
+
+
+def test_duplicate_names_are_refused():
+    with pytest.raises(ConfigurationError, match="unique"):
+        Server([PubSubService("a"), PubSubService("a")], api_key="k")
+
+
+def test_services_must_be_on_their_side():
+    pubsub = PubSubService()
+    with pytest.raises(ConfigurationError, match="backend registry"):
+        Server([pubsub, PubSubBackend("b", pubsub)], api_key="k")
+    with pytest.raises(ConfigurationError, match="not a Snorky service"):
+        Server([object()], api_key="k")  # type: ignore[list-item]
+
+
+def test_a_busy_port_fails_at_start_with_the_address():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = Server(
+            [PubSubService()], frontend_address=f"127.0.0.1:{port}", backend_address="127.0.0.1:0", api_key="k"
+        )
+        with pytest.raises(ConfigurationError, match=f"127.0.0.1:{port}"):
+            server.start()
+
+
+def test_start_gives_ports_and_the_context_manager_stops_gracefully():
+    server = make_server(api_key="k", allowed_origins=["*"])
+    with server.start() as handle:
+        assert handle.running
+        assert handle.frontend_port > 0 and handle.backend_port > 0
+        client = WsClient(f"ws://127.0.0.1:{handle.frontend_port}/ws")
+        assert client.call("pubsub", "subscribe", channel="x")["type"] == "response"
+    assert not handle.running
+    with pytest.raises(ConnectionClosed) as closed:
+        client.recv(timeout=TIMEOUT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+
+def test_health_on_both_listeners_and_metrics_on_the_backend(pubsub_server):
+    for port in (pubsub_server.handle.frontend_port, pubsub_server.handle.backend_port):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=TIMEOUT) as response:
+            assert json.load(response) == {"status": "ok"}
+    client = WsClient(pubsub_server.ws_url)
+    client.call("pubsub", "subscribe", channel="m")
+    pubsub_server.backend().publish("m", "hello")
+    assert client.recv()["message"]["message"] == "hello"
+    url = f"http://127.0.0.1:{pubsub_server.handle.backend_port}/metrics"
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    assert "snorky_connections 1" in text
+    assert "snorky_deliveries_total 1" in text
+    assert "snorky_frames_received_total 1" in text
+    client.close()
+
+
+def test_two_servers_in_one_process_are_independent():
+    one = PubSubService()
+    two = PubSubService()
+    with running_server([one], [PubSubBackend("pubsub_backend", one)]) as a, running_server([two]) as b:
+        ca, cb = WsClient(a.ws_url), WsClient(b.ws_url)
+        ca.call("pubsub", "subscribe", channel="c")
+        cb.call("pubsub", "subscribe", channel="c")
+        a.backend().publish("c", 1)
+        assert ca.recv()["message"]["message"] == 1
+        with pytest.raises(TimeoutError):
+            cb.recv(timeout=0.3)
+        ca.close()
+        cb.close()
