@@ -41,6 +41,13 @@ impl ServiceRegistry {
         self.services.get(name)
     }
 
+    /// Tells every service that a connection opened.
+    pub async fn connected(&self, connection: &Arc<Connection>) {
+        for service in self.services.values() {
+            service.connected(connection).await;
+        }
+    }
+
     /// Tells every service that a connection closed.
     pub fn disconnected(&self, connection: &Arc<Connection>) {
         for service in self.services.values() {

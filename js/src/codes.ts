@@ -65,6 +65,8 @@ export const ErrorCode = {
   notConnected: "notConnected",
   /** The call waited longer than `queueTimeout` for a connection. */
   timeout: "timeout",
+  /** The params could not be serialized as JSON; nothing was sent. */
+  invalidParams: "invalidParams",
   /** `close()` was called. */
   closed: "closed",
   /** `fetchWithSubscription` got a failed or token-less response. */

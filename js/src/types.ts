@@ -107,8 +107,8 @@ export interface RestoreFailure {
 
 export interface PubSubMessage {
   type: "message";
-  channel: Json;
-  message: Json;
+  channel: any;
+  message: any;
 }
 
 // ---------------------------------------------------------------------------
@@ -118,28 +118,28 @@ export interface PubSubMessage {
 export interface ChatMessage {
   type: "message";
   from: Identity;
-  channel: Json;
-  body: Json;
+  channel: any;
+  body: any;
   timestamp: string;
 }
 
 export interface ChatPresence {
   type: "presence";
   from: Identity;
-  channel: Json;
+  channel: any;
   status: "joined" | "left";
   timestamp: string;
 }
 
 export interface ChatRead {
   type: "read";
-  channel: Json;
+  channel: any;
   timestamp: string;
 }
 
 /** Payload of `chat.membersChanged`. */
 export interface ChatMembers {
-  channel: Json;
+  channel: any;
   members: Identity[];
 }
 
@@ -150,16 +150,16 @@ export interface ChatMembers {
 /** A cursor as the server describes it. */
 export interface Cursor {
   publicHandle: number;
-  document: Json;
-  position: Json;
-  status: Json;
+  document: any;
+  position: any;
+  status: any;
   owner: Identity;
 }
 
 /** `cursorRemoved` carries only the cursor's handle and document. */
 export interface RemovedCursor {
   publicHandle: number;
-  document: Json;
+  document: any;
 }
 
 /** A cursor this connection created; the client keeps it up to date and recreates it after a reconnection. */
@@ -167,9 +167,9 @@ export interface OwnCursor {
   privateHandle: number;
   /** Changes when the cursor is recreated after a reconnection. */
   publicHandle: number | null;
-  document: Json;
-  position: Json;
-  status: Json;
+  document: any;
+  position: any;
+  status: any;
 }
 
 // ---------------------------------------------------------------------------
@@ -180,7 +180,7 @@ export interface ParticipantMessage {
   type: "message";
   sender: string;
   dest: string;
-  body: Json;
+  body: any;
 }
 
 // ---------------------------------------------------------------------------

@@ -7,10 +7,12 @@ a systemd unit configures the server without a command line full of secrets.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from snorky import ConfigurationError, Server, ServiceRegistry
 from snorky.services import PubSubBackend, PubSubService
@@ -56,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--pubsub-backend-name", default="pubsub_backend", help="backend PubSub service name (default %(default)s)"
     )
+    serve.add_argument(
+        "--services",
+        action="append",
+        default=[],
+        metavar="MODULE:CALLABLE",
+        help="also serve the services returned by this callable (e.g. myapp.snorky_services:build); each goes to "
+        "the frontend or backend registry by its `side`; repeatable",
+    )
+    serve.add_argument("--no-pubsub", action="store_true", help="do not serve the default PubSub services")
     serve.add_argument("--max-frame-size", type=int, default=None, help="largest client frame in bytes (1 MiB)")
     serve.add_argument("--ping-interval", type=float, default=None, help="seconds between pings (30)")
     serve.add_argument(
@@ -77,10 +88,17 @@ def serve(args: argparse.Namespace) -> int:
         options["max_frame_size"] = args.max_frame_size
     if args.ping_interval is not None:
         options["ping_interval"] = args.ping_interval
-    pubsub = PubSubService(args.pubsub_name)
+    frontend, backend = ServiceRegistry(), ServiceRegistry()
+    if not args.no_pubsub:
+        pubsub = PubSubService(args.pubsub_name)
+        frontend.register(pubsub)
+        backend.register(PubSubBackend(args.pubsub_backend_name, pubsub))
+    for path in args.services:
+        for service in load_services(path):
+            (backend if getattr(service, "side", "frontend") == "backend" else frontend).register(service)
     server = Server(
-        frontend=ServiceRegistry([pubsub]),
-        backend=ServiceRegistry([PubSubBackend(args.pubsub_backend_name, pubsub)]),
+        frontend=frontend,
+        backend=backend,
         frontend_address=args.frontend_address,
         backend_address=args.backend_address,
         api_key=args.api_key,
@@ -89,6 +107,22 @@ def serve(args: argparse.Namespace) -> int:
     )
     server.run()
     return 0
+
+
+def load_services(path: str) -> list[Any]:
+    """Imports ``module:callable`` and calls it; it returns an iterable of services."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"--services {path!r} must look like package.module:callable")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ConfigurationError(f"--services {path!r}: cannot import it: {err}") from err
+    services = list(factory())
+    for service in services:
+        if not hasattr(service, "_core"):
+            raise ConfigurationError(f"--services {path!r} returned {service!r}, which is not a Snorky service")
+    return services
 
 
 def main(argv: Sequence[str] | None = None) -> int:

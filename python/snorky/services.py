@@ -6,8 +6,18 @@ from typing import Any
 
 from snorky import _core
 from snorky._core import Client
+from snorky.rpc import Request, RPCError, RPCService, rpc_asynchronous, rpc_command
 
-__all__ = ["Client", "PubSubBackend", "PubSubService"]
+__all__ = [
+    "Client",
+    "PubSubBackend",
+    "PubSubService",
+    "RPCError",
+    "RPCService",
+    "Request",
+    "rpc_asynchronous",
+    "rpc_command",
+]
 
 
 def _overrides(instance: object, base: type, method: str) -> bool:
@@ -20,6 +30,8 @@ class PubSubService:
 
     Override :meth:`can_publish` in a subclass to decide which clients may publish where.
     """
+
+    side = "frontend"
 
     def __init__(self, name: str = "pubsub") -> None:
         self.name = name
@@ -43,6 +55,8 @@ class PubSubService:
 
 class PubSubBackend:
     """The web application's side of a PubSub service: ``publish``, always allowed."""
+
+    side = "backend"
 
     def __init__(self, name: str, frontend: PubSubService) -> None:
         self.name = name

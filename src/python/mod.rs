@@ -6,10 +6,13 @@
 
 mod backend;
 mod client;
+mod collab;
 mod convert;
 mod policy;
+mod rpc;
 mod server;
 mod services;
+mod tokens;
 
 use pyo3::prelude::*;
 
@@ -48,11 +51,17 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ServerError", py.get_type::<ServerError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(tokens::connection_token, m)?)?;
     m.add_class::<server::PyServer>()?;
     m.add_class::<server::PyServerHandle>()?;
     m.add_class::<services::PyPubSubService>()?;
     m.add_class::<services::PyPubSubBackend>()?;
+    m.add_class::<collab::PyChatService>()?;
+    m.add_class::<collab::PyCursorsService>()?;
+    m.add_class::<collab::PyMessagingService>()?;
     m.add_class::<client::PyClient>()?;
     m.add_class::<backend::PyBackendClient>()?;
+    m.add_class::<rpc::PyExternalService>()?;
+    m.add_class::<rpc::PyRequest>()?;
     Ok(())
 }

@@ -66,6 +66,18 @@ pub fn extract_service(object: &Bound<'_, PyAny>) -> PyResult<AnyService> {
     if let Ok(service) = object.cast::<PyPubSubBackend>() {
         return Ok(AnyService::PubSubBackend(service.get().inner.clone()));
     }
+    if let Ok(service) = object.cast::<super::rpc::PyExternalService>() {
+        return Ok(AnyService::External(service.get().inner.clone()));
+    }
+    if let Ok(service) = object.cast::<super::collab::PyChatService>() {
+        return Ok(AnyService::Chat(service.get().inner.clone()));
+    }
+    if let Ok(service) = object.cast::<super::collab::PyCursorsService>() {
+        return Ok(AnyService::Cursors(service.get().inner.clone()));
+    }
+    if let Ok(service) = object.cast::<super::collab::PyMessagingService>() {
+        return Ok(AnyService::Messaging(service.get().inner.clone()));
+    }
     Err(super::ConfigurationError::new_err(format!(
         "{} is not a Snorky service (expected PubSubService, PubSubBackend, ...)",
         object.repr()?

@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::protocol::rpc::reply_envelope;
 use crate::protocol::{Envelope, Request, RequestError, RpcError};
 use crate::service::Caller;
+use crate::services::external::Handled;
 
 use super::App;
 
@@ -38,11 +39,14 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
     };
     let (call_id, result) = match Request::parse(envelope.message) {
         Ok(Request { command, params, call_id }) => {
-            let result = match command {
-                Some(command) => service.handle(Caller::Backend, &command, params).await,
-                None => Err(RpcError::UnknownCommand),
+            let handled = match command {
+                Some(command) => service.handle_request(Caller::Backend, command, params, call_id.as_ref()).await,
+                None => Handled::Reply(Err(RpcError::UnknownCommand)),
             };
-            (call_id, result)
+            match handled {
+                Handled::Reply(result) => (call_id, result),
+                Handled::Later => (call_id, Err(RpcError::Internal)),
+            }
         }
         Err(RequestError::Unreadable(why)) => {
             return error(StatusCode::BAD_REQUEST, &format!("Invalid message: {why}"))

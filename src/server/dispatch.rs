@@ -6,6 +6,7 @@ use crate::connection::Connection;
 use crate::protocol::rpc::reply_frame;
 use crate::protocol::{Envelope, Request, RequestError, RpcError};
 use crate::service::Caller;
+use crate::services::external::Handled;
 
 use super::App;
 
@@ -21,11 +22,16 @@ pub async fn frontend_frame(app: &App, connection: &Arc<Connection>, text: &str)
     };
     let (call_id, result) = match Request::parse(envelope.message) {
         Ok(Request { command, params, call_id }) => {
-            let result = match command {
-                Some(command) => service.handle(Caller::Client(connection), &command, params).await,
-                None => Err(RpcError::UnknownCommand),
+            let handled = match command {
+                Some(command) => {
+                    service.handle_request(Caller::Client(connection), command, params, call_id.as_ref()).await
+                }
+                None => Handled::Reply(Err(RpcError::UnknownCommand)),
             };
-            (call_id, result)
+            match handled {
+                Handled::Reply(result) => (call_id, result),
+                Handled::Later => return,
+            }
         }
         Err(RequestError::Unreadable(why)) => return dropped(app, connection, why),
         Err(RequestError::Reply { call_id, error }) => (call_id, Err(error)),

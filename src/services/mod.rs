@@ -1,3 +1,7 @@
 //! The built-in services, one file each.
 
+pub mod chat;
+pub mod cursors;
+pub mod external;
+pub mod messaging;
 pub mod pubsub;

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -114,3 +115,39 @@ def test_sigint_also_stops_it():
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def test_services_are_loaded_from_a_module_path():
+    front, back = free_port(), free_port()
+    fixtures = str(Path(__file__).parent / "fixtures")
+    process = snorky(
+        "serve", "--frontend-address", f"127.0.0.1:{front}", "--backend-address", f"127.0.0.1:{back}",
+        "--api-key", "k", "--services", "cli_services:build",
+        env={"PYTHONPATH": fixtures},
+    )  # fmt: skip
+    try:
+        wait_healthy(back, process)
+        client = WsClient(f"ws://127.0.0.1:{front}/ws")
+        assert client.call("echo", "echo", value=[1, "a"])["data"] == [1, "a"]
+        assert client.call("pubsub", "subscribe", channel="c")["type"] == "response"
+        assert SnorkyBackend(f"http://127.0.0.1:{back}/backend", "k").call("stats", "ping") == "pong"
+        client.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("nodots", "must look like"),
+        ("no_such_module:build", "cannot import"),
+        ("cli_services:not_services", "not a Snorky service"),
+    ],
+)
+def test_bad_services_paths_fail_clearly(path: str, message: str):
+    fixtures = str(Path(__file__).parent / "fixtures")
+    process = snorky("serve", "--api-key", "k", "--services", path, env={"PYTHONPATH": fixtures})
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert message in err

@@ -1,0 +1,57 @@
+/**
+ * WebSocket close codes the client acts on, and error codes it reports.
+ *
+ * The server's side of this table is `src/protocol/codes.rs`; keep the two in
+ * step. What a close code means for the client:
+ *
+ * - reconnect: everything except the terminal codes below. A server shutting
+ *   down (1001), a connection that stopped reading (1008), an oversized frame
+ *   (1009) and a lost network (1006) are all transient.
+ * - stop: codes that say talking again would fail the same way: a protocol or
+ *   data error on our side (1002, 1003, 1007, 1010, 1015), and the application
+ *   range 4500-4999 reserved for "do not reconnect" closes.
+ * - lost messages: 1008 means the server dropped what was queued for us, so a
+ *   resumed DataSync subscription would have a gap; the client asks the
+ *   application to resync instead of resuming.
+ */
+/** WebSocket close codes (RFC 6455 section 7.4.1 and Snorky's own). */
+export declare const CloseCode: {
+    /** The client closed on purpose (`close()`). */
+    readonly normal: 1000;
+    /** The server is shutting down. */
+    readonly goingAway: 1001;
+    readonly protocolError: 1002;
+    readonly unsupportedData: 1003;
+    /** No close frame: the network or the process went away. */
+    readonly abnormal: 1006;
+    readonly invalidPayload: 1007;
+    /** Policy violation; Snorky uses it for a slow consumer whose queue overflowed. */
+    readonly policyViolation: 1008;
+    /** A frame larger than the server's maximum. */
+    readonly messageTooBig: 1009;
+    readonly mandatoryExtension: 1010;
+    readonly internalError: 1011;
+    readonly tlsHandshake: 1015;
+};
+/** Whether a close with `code` should be followed by a reconnection attempt. */
+export declare function shouldReconnect(code: number): boolean;
+/** Whether a close with `code` means the server dropped messages queued for us. */
+export declare function lostMessages(code: number): boolean;
+/** The `code` of a {@link SnorkyError}: why a call or a connection failed. */
+export declare const ErrorCode: {
+    /** The server answered the call with an error; the message is its text. */
+    readonly server: "server";
+    /** The connection dropped after the call was sent; it may or may not have taken effect. */
+    readonly disconnected: "disconnected";
+    /** The client is not connected and is not going to reconnect. */
+    readonly notConnected: "notConnected";
+    /** The call waited longer than `queueTimeout` for a connection. */
+    readonly timeout: "timeout";
+    /** The params could not be serialized as JSON; nothing was sent. */
+    readonly invalidParams: "invalidParams";
+    /** `close()` was called. */
+    readonly closed: "closed";
+    /** `fetchWithSubscription` got a failed or token-less response. */
+    readonly http: "http";
+};
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
