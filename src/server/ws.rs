@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -21,6 +22,7 @@ use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use crate::connection::{Connection, Identity, Outbox};
 use crate::protocol::codes;
+use crate::tokens;
 
 use super::{dispatch, origin, App};
 
@@ -30,11 +32,19 @@ const READ_BUFFER: usize = 2 * 1024;
 /// Bytes the writer buffers before writing to the socket when it batches frames.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-/// `GET /ws`: checks the origin (and, later, the token), then upgrades.
+/// The query string of `GET /ws`; parameters other than `token` are ignored.
+#[derive(Debug, serde::Deserialize)]
+pub struct WsQuery {
+    /// The connection token (PROTOCOL.md "Identity"), if the client has one.
+    token: Option<String>,
+}
+
+/// `GET /ws`: checks the origin and the connection token, then upgrades.
 pub async fn upgrade(
     State(app): State<Arc<App>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok());
@@ -42,7 +52,19 @@ pub async fn upgrade(
         log::warn!("refused a WebSocket from origin {origin:?} ({remote}): not in allowed_origins");
         return (StatusCode::FORBIDDEN, "Origin not allowed").into_response();
     }
-    let identity = Identity::default();
+    let identity = match query {
+        Ok(Query(query)) => handshake_identity(app.config.token_secret.as_deref(), query.token.as_deref()),
+        // A query string that does not parse (a repeated `token`, bad percent-encoding) cannot
+        // be trusted to carry no token.
+        Err(rejection) => Err(format!("Invalid connection token: {}", rejection.body_text())),
+    };
+    let identity = match identity {
+        Ok(identity) => identity,
+        Err(text) => {
+            log::info!("refused a WebSocket from {remote}: {text}");
+            return (StatusCode::UNAUTHORIZED, text).into_response();
+        }
+    };
     let max = app.config.max_frame_size;
     upgrade
         .read_buffer_size(READ_BUFFER)
@@ -50,6 +72,20 @@ pub async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| serve(app, socket, remote, identity))
+}
+
+/// The identity a handshake proves (PROTOCOL.md "Identity"): anonymous without a token, the
+/// token's `sub` and `info` with a valid one. The error is the text of the HTTP 401 answer.
+fn handshake_identity(secret: Option<&str>, token: Option<&str>) -> Result<Identity, String> {
+    let Some(token) = token else {
+        return Ok(Identity::default());
+    };
+    // A token the server cannot check is refused rather than ignored: silently connecting a
+    // client that believes it is authenticated as anonymous hides a deployment mistake.
+    let Some(secret) = secret else {
+        return Err("Invalid connection token: server has no token_secret".to_owned());
+    };
+    tokens::verify(token, secret.as_bytes()).map_err(|err| format!("Invalid connection token: {err}"))
 }
 
 async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: Identity) {
@@ -62,6 +98,7 @@ async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: I
     app.metrics.connections_opened.inc();
     log::debug!("connection {id} opened from {remote}");
 
+    app.frontend.connected(&connection).await;
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(
         Arc::clone(&connection),
@@ -166,11 +203,33 @@ async fn write_loop(
             }
         }
     }
-    // Whatever is still queued will never be sent: free it before the (possibly slow) close.
+    let code = connection.close_code();
+    let deadline = Instant::now() + close_grace;
+    if code == codes::GOING_AWAY || code == codes::NORMAL {
+        // A graceful close (shutdown, or the client leaving) still delivers what was queued
+        // before it, within the grace period, so a resuming client misses nothing.
+        let _ = tokio::time::timeout_at(deadline, drain(&connection, &mut sink, &mut outbox, &progress)).await;
+    }
+    // Whatever is still queued will never be sent (a slow consumer's backlog, or the grace
+    // period ran out): free it before the close handshake.
     drop(outbox);
-    let close = CloseFrame { code: connection.close_code(), reason: "".into() };
-    let _ = tokio::time::timeout(close_grace, sink.send(Message::Close(Some(close)))).await;
+    let close = CloseFrame { code, reason: "".into() };
+    let _ = tokio::time::timeout_at(deadline, sink.send(Message::Close(Some(close)))).await;
     let _ = tokio::time::timeout(close_grace, sink.close()).await;
+}
+
+/// Writes every frame still queued.
+async fn drain(
+    connection: &Connection,
+    sink: &mut SplitSink<WebSocket, Message>,
+    outbox: &mut Outbox,
+    progress: &AtomicU64,
+) {
+    while let Ok(frame) = outbox.frames.try_recv() {
+        if write_batch(connection, sink, outbox, progress, frame).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The writer's ping schedule, which keeps running while a write is blocked.

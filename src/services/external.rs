@@ -135,13 +135,14 @@ impl ExternalService {
                 Handled::Reply(Err(RpcError::Internal))
             }
             Err(oneshot::error::TryRecvError::Empty) => match connection {
-                None => match tokio::time::timeout(BACKEND_REPLY_TIMEOUT, receiver).await {
-                    Ok(Ok(result)) => Handled::Reply(result),
-                    _ => {
+                None => {
+                    if let Ok(Ok(result)) = tokio::time::timeout(BACKEND_REPLY_TIMEOUT, receiver).await {
+                        Handled::Reply(result)
+                    } else {
                         log::error!("service {:?}: a backend request got no reply", self.name);
                         Handled::Reply(Err(RpcError::Internal))
                     }
-                },
+                }
                 Some(connection) => {
                     let connection = Arc::clone(connection);
                     let name = self.name.clone();
