@@ -5,7 +5,8 @@
 //! - [`protocol`]: the wire contract: envelopes, RPC, error texts, close codes.
 //! - [`connection`]: one client as services see it, with its bounded outgoing queue.
 //! - [`service`] and [`registry`]: the `Service` trait and the name → service maps.
-//! - [`services`]: PubSub and the other built-in services.
+//! - [`services`]: PubSub, Chat, Cursors, Messaging and the other built-in services.
+//! - [`tokens`]: connection tokens (JWT HS256), which give a connection its identity.
 //! - [`datasync`]: subscriptions, dealers, filters and deltas.
 //! - [`server`]: the axum listeners, health, metrics and shutdown.
 //! - [`value`]: JSON value semantics shared by channels, keys and filters.
@@ -20,6 +21,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod services;
+pub mod tokens;
 pub mod value;
 
 #[cfg(feature = "python")]

@@ -9,7 +9,12 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::connection::Connection;
+use crate::datasync::{DataSyncBackend, DataSyncService};
 use crate::protocol::{Params, RpcError};
+use crate::services::chat::ChatService;
+use crate::services::cursors::CursorsService;
+use crate::services::external::{ExternalService, Handled};
+use crate::services::messaging::MessagingService;
 use crate::services::pubsub::{PubSubBackend, PubSubService};
 
 /// Which registry a call came through.
@@ -92,38 +97,79 @@ pub enum AnyService {
     PubSub(PubSubService),
     /// PubSub publishing for the web application.
     PubSubBackend(PubSubBackend),
+    /// DataSync for browsers: acquiring and cancelling subscriptions.
+    DataSync(DataSyncService),
+    /// DataSync for the web application: authorizing subscriptions, publishing deltas.
+    DataSyncBackend(DataSyncBackend),
+    /// A service whose commands run outside the core (Python `RPCService`s).
+    External(ExternalService),
+    /// Chat: channels, messages, presence, read receipts.
+    Chat(ChatService),
+    /// Cursors: shared cursors in documents.
+    Cursors(CursorsService),
+    /// Messaging: named participants and messages between them.
+    Messaging(MessagingService),
+}
+
+/// Applies `$body` to the service inside every built-in variant (not `External`, whose
+/// requests take a different path).
+macro_rules! each_builtin {
+    ($value:expr, $service:ident => $body:expr, external $external:ident => $other:expr) => {
+        match $value {
+            AnyService::PubSub($service) => $body,
+            AnyService::PubSubBackend($service) => $body,
+            AnyService::DataSync($service) => $body,
+            AnyService::DataSyncBackend($service) => $body,
+            AnyService::Chat($service) => $body,
+            AnyService::Cursors($service) => $body,
+            AnyService::Messaging($service) => $body,
+            AnyService::External($external) => $other,
+        }
+    };
 }
 
 impl AnyService {
     /// The service's name.
     pub fn name(&self) -> &str {
-        match self {
-            AnyService::PubSub(service) => service.name(),
-            AnyService::PubSubBackend(service) => service.name(),
-        }
+        each_builtin!(self, service => service.name(), external service => service.name())
     }
 
     /// Which registry the service belongs in.
     pub fn side(&self) -> Side {
-        match self {
-            AnyService::PubSub(service) => service.side(),
-            AnyService::PubSubBackend(service) => service.side(),
-        }
+        each_builtin!(self, service => service.side(), external service => service.side())
     }
 
-    /// Runs one command.
-    pub async fn handle(&self, caller: Caller<'_>, command: &str, params: Params) -> Result<Value, RpcError> {
-        match self {
-            AnyService::PubSub(service) => service.handle(caller, command, params).await,
-            AnyService::PubSubBackend(service) => service.handle(caller, command, params).await,
+    /// Runs one request. Built-in services always answer at once; external ones may answer
+    /// later (the reply is then written by a task).
+    pub async fn handle_request(
+        &self,
+        caller: Caller<'_>,
+        command: String,
+        params: Params,
+        call_id: Option<&Value>,
+    ) -> Handled {
+        each_builtin!(
+            self,
+            service => Handled::Reply(service.handle(caller, &command, params).await),
+            external service => {
+                let connection = match caller {
+                    Caller::Client(connection) => Some(connection),
+                    Caller::Backend => None,
+                };
+                service.handle_request(connection, command, params.into_map(), call_id).await
+            }
+        )
+    }
+
+    /// Tells the service a client connected (only external services care).
+    pub async fn connected(&self, connection: &Arc<Connection>) {
+        if let AnyService::External(service) = self {
+            service.connected(connection).await;
         }
     }
 
     /// Forgets a connection that closed.
     pub fn disconnected(&self, connection: &Arc<Connection>) {
-        match self {
-            AnyService::PubSub(service) => service.disconnected(connection),
-            AnyService::PubSubBackend(service) => service.disconnected(connection),
-        }
+        each_builtin!(self, service => service.disconnected(connection), external service => service.disconnected(connection));
     }
 }

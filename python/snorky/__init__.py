@@ -12,6 +12,7 @@ from snorky._core import (
     SnorkyConnectionError,
     SnorkyError,
     __version__,
+    connection_token,
 )
 from snorky.server import Server, ServerHandle, ServiceRegistry
 
@@ -26,4 +27,5 @@ __all__ = [
     "SnorkyConnectionError",
     "SnorkyError",
     "__version__",
+    "connection_token",
 ]

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from snorky import _core
-from snorky._core import Client
+from snorky._core import Client, ConfigurationError
+from snorky.dealers import Dealer
 from snorky.rpc import Request, RPCError, RPCService, rpc_asynchronous, rpc_command
 
 __all__ = [
+    "ChatService",
     "Client",
+    "CursorsService",
+    "DataSyncBackend",
+    "DataSyncService",
+    "MessagingService",
     "PubSubBackend",
     "PubSubService",
     "RPCError",
@@ -65,3 +72,169 @@ class PubSubBackend:
 
     def __repr__(self) -> str:
         return f"PubSubBackend({self.name!r}, {self.frontend!r})"
+
+
+class ChatService:
+    """Chat for browsers: ``join``, ``leave``, ``send``, ``read``, with presence per identity.
+
+    Only connections with an identity (a connection token) may join. Override :meth:`can_join`
+    in a subclass to decide who may join which channel.
+    """
+
+    side = "frontend"
+
+    def __init__(self, name: str = "chat") -> None:
+        self.name = name
+        hook = self.can_join if _overrides(self, ChatService, "can_join") else None
+        self._core = _core.ChatService(name, can_join=hook)
+
+    def can_join(self, client: Client, channel: Any) -> bool:
+        """Whether ``client`` may join ``channel`` (refused → "Not authorized").
+
+        Asked after the identity check, so ``client.identity`` is a string. Runs on a worker
+        thread; it may block (a database query) without stalling others.
+        """
+        return True
+
+    def members(self, channel: Any) -> list[str]:
+        """The identities present in ``channel``, sorted."""
+        return self._core.members(channel)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class CursorsService:
+    """Shared cursors for browsers: ``join``, ``leave``, ``createCursor``, ``updateCursor``,
+    ``removeCursor``.
+
+    Only connections with an identity may join. Override :meth:`can_join` in a subclass to
+    decide who may join which document.
+    """
+
+    side = "frontend"
+
+    def __init__(self, name: str = "cursors") -> None:
+        self.name = name
+        hook = self.can_join if _overrides(self, CursorsService, "can_join") else None
+        self._core = _core.CursorsService(name, can_join=hook)
+
+    def can_join(self, client: Client, document: Any) -> bool:
+        """Whether ``client`` may join ``document`` (refused → "Not authorized").
+
+        Asked after the identity check, so ``client.identity`` is a string. Runs on a worker
+        thread; it may block without stalling others.
+        """
+        return True
+
+    def cursor_count(self, document: Any) -> int:
+        """The number of cursors in ``document``."""
+        return self._core.cursor_count(document)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class MessagingService:
+    """Messages between named participants: ``registerParticipant``, ``unregisterParticipant``,
+    ``listParticipants``, ``send``. Names are freed when their connection closes.
+
+    Override :meth:`is_name_allowed` in a subclass to decide which names a client may register.
+    """
+
+    side = "frontend"
+
+    def __init__(self, name: str = "messaging") -> None:
+        self.name = name
+        hook = self.is_name_allowed if _overrides(self, MessagingService, "is_name_allowed") else None
+        self._core = _core.MessagingService(name, is_name_allowed=hook)
+
+    def is_name_allowed(self, client: Client, name: str) -> bool:
+        """Whether ``client`` may register ``name`` (refused → "Name not allowed").
+
+        Asked only for names nobody holds. Runs on a worker thread; it may block without
+        stalling others.
+        """
+        return True
+
+    def participants(self) -> list[str]:
+        """Every registered name, sorted by code point."""
+        return self._core.participants()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class DataSyncService:
+    """Live data for browsers: ``acquireSubscription`` and ``cancelSubscription``.
+
+    The web application authorizes a subscription through :class:`DataSyncBackend` (which
+    returns a token), hands the token to the browser, and publishes deltas; the browser acquires
+    the token and receives every delta its subscription items match, routed by ``dealers``
+    (classes or instances from :mod:`snorky.dealers`).
+
+    - ``subscription_timeout``: seconds an authorized subscription waits to be acquired.
+    - ``resume_timeout``: seconds a subscription whose connection closed waits to be acquired
+      again (buffering what it matches, so a reconnecting client misses nothing).
+    - ``resume_buffer``: the most deltas a waiting subscription buffers; one more drops it, and
+      acquiring it then fails with "No such subscription" (the client fetches its data again).
+    """
+
+    side = "frontend"
+
+    def __init__(
+        self,
+        name: str = "datasync",
+        dealers: Iterable[type[Dealer] | Dealer] = (),
+        *,
+        subscription_timeout: float = 120,
+        resume_timeout: float = 60,
+        resume_buffer: int = 10_000,
+    ) -> None:
+        self.name = name
+        self.dealers: list[Dealer] = [dealer() if isinstance(dealer, type) else dealer for dealer in dealers]
+        for dealer in self.dealers:
+            if not isinstance(dealer, Dealer):
+                raise ConfigurationError(f"{dealer!r} is not a dealer (subclass one of snorky.dealers)")
+        self.subscription_timeout = subscription_timeout
+        self.resume_timeout = resume_timeout
+        self.resume_buffer = resume_buffer
+        self._core = _core.DataSyncService(
+            name,
+            [dealer.spec() for dealer in self.dealers],
+            subscription_timeout=subscription_timeout,
+            resume_timeout=resume_timeout,
+            resume_buffer=resume_buffer,
+        )
+
+    @property
+    def subscription_count(self) -> int:
+        """How many subscriptions exist, waiting or acquired."""
+        return self._core.subscription_count
+
+    @property
+    def waiting_count(self) -> int:
+        """How many subscriptions wait to be acquired (authorized, or their connection closed)."""
+        return self._core.waiting_count
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, {[dealer.name for dealer in self.dealers]!r})"
+
+
+class DataSyncBackend:
+    """The web application's side of a DataSync service: ``authorizeSubscription`` (items →
+    token) and ``publishDeltas`` (a batch, refused whole if any delta is invalid).
+
+    Call it with :meth:`snorky.backend.SnorkyBackend.authorize_subscription` and
+    :meth:`~snorky.backend.SnorkyBackend.publish_deltas`.
+    """
+
+    side = "backend"
+
+    def __init__(self, name: str, datasync: DataSyncService) -> None:
+        self.name = name
+        self.datasync = datasync
+        self._core = _core.DataSyncBackend(name, datasync._core)
+
+    def __repr__(self) -> str:
+        return f"DataSyncBackend({self.name!r}, {self.datasync!r})"

@@ -81,6 +81,11 @@ pub enum DeltaError {
 
 impl Delta {
     /// Parses one delta, taking ownership so the (possibly large) data is moved, not copied.
+    ///
+    /// # Errors
+    ///
+    /// [`DeltaError`] for a missing field, an invalid type, a non-string model, or a delta
+    /// that is not an object, checked in the order the module documentation gives.
     pub fn parse(delta: Value) -> Result<Self, DeltaError> {
         let Value::Object(mut fields) = delta else {
             return Err(DeltaError::InvalidParams);
@@ -95,14 +100,8 @@ impl Delta {
             _ => return Err(DeltaError::InvalidType),
         };
         Ok(match kind {
-            DeltaShape::Insert => Self::Insert {
-                model,
-                data: take(&mut fields, "data", None)?,
-            },
-            DeltaShape::Delete => Self::Delete {
-                model,
-                data: take(&mut fields, "data", None)?,
-            },
+            DeltaShape::Insert => Self::Insert { model, data: take(&mut fields, "data", None)? },
+            DeltaShape::Delete => Self::Delete { model, data: take(&mut fields, "data", None)? },
             DeltaShape::Update => {
                 // Check both before moving either, so the error does not depend on
                 // which one happens to be taken first.
@@ -119,6 +118,10 @@ impl Delta {
 
     /// Parses a whole `deltas` parameter; fails on the first bad delta, so the caller
     /// delivers nothing unless the entire batch is valid.
+    ///
+    /// # Errors
+    ///
+    /// The first delta's [`DeltaError`], or `InvalidParams` when `deltas` is not a list.
     pub fn parse_batch(deltas: Value) -> Result<Vec<Self>, DeltaError> {
         let Value::Array(deltas) = deltas else {
             return Err(DeltaError::InvalidParams);
@@ -127,6 +130,7 @@ impl Delta {
     }
 
     /// The model the delta concerns.
+    #[must_use]
     pub fn model(&self) -> &str {
         match self {
             Self::Insert { model, .. } | Self::Update { model, .. } | Self::Delete { model, .. } => model,
@@ -134,6 +138,7 @@ impl Delta {
     }
 
     /// The type of this delta as published.
+    #[must_use]
     pub fn shape(&self) -> DeltaShape {
         match self {
             Self::Insert { .. } => DeltaShape::Insert,
@@ -144,6 +149,7 @@ impl Delta {
 
     /// The object before the change: `oldData` of an update, `data` of a delete, none for
     /// an insert (the object did not exist).
+    #[must_use]
     pub fn old_object(&self) -> Option<&Value> {
         match self {
             Self::Insert { .. } => None,
@@ -154,6 +160,7 @@ impl Delta {
 
     /// The object after the change: `newData` of an update, `data` of an insert, none for
     /// a delete.
+    #[must_use]
     pub fn new_object(&self) -> Option<&Value> {
         match self {
             Self::Insert { data, .. } => Some(data),
@@ -167,6 +174,7 @@ impl Delta {
     /// new → an insert of the new object, only the old → a delete of the old object,
     /// neither → nothing. Inserts and deletes have a single object and pass through
     /// unchanged when it is visible (an absent object is never "seen").
+    #[must_use]
     pub fn shape_for(&self, sees_old: bool, sees_new: bool) -> Option<DeltaShape> {
         let sees_old = sees_old && self.old_object().is_some();
         let sees_new = sees_new && self.new_object().is_some();
@@ -181,27 +189,15 @@ impl Delta {
     /// The delta translated to `shape`, borrowing the data. `None` when the shape needs
     /// an object this delta does not have (an update shape of an insert, a delete of an
     /// insert, ...); shapes from [`shape_for`](Self::shape_for) always work.
+    #[must_use]
     pub fn view(&self, shape: DeltaShape) -> Option<DeltaView<'_>> {
         let model = self.model();
         Some(match (shape, self) {
-            (DeltaShape::Insert, _) => DeltaView::Insert {
-                model,
-                data: self.new_object()?,
-            },
-            (DeltaShape::Delete, _) => DeltaView::Delete {
-                model,
-                data: self.old_object()?,
-            },
-            (
-                DeltaShape::Update,
-                Self::Update {
-                    new_data, old_data, ..
-                },
-            ) => DeltaView::Update {
-                model,
-                new_data,
-                old_data,
-            },
+            (DeltaShape::Insert, _) => DeltaView::Insert { model, data: self.new_object()? },
+            (DeltaShape::Delete, _) => DeltaView::Delete { model, data: self.old_object()? },
+            (DeltaShape::Update, Self::Update { new_data, old_data, .. }) => {
+                DeltaView::Update { model, new_data, old_data }
+            }
             (DeltaShape::Update, _) => return None,
         })
     }
@@ -209,24 +205,20 @@ impl Delta {
     /// The message pushed to a subscriber, `{"type": "delta", "delta": <delta>}`, for
     /// `shape`; see [`view`](Self::view) for when it is `None`. Build it once per shape
     /// and share the serialised text among the subscriptions that receive it.
+    #[must_use]
     pub fn frame(&self, shape: DeltaShape) -> Option<DeltaFrame<'_>> {
-        Some(DeltaFrame {
-            kind: FrameType::Delta,
-            delta: self.view(shape)?,
-        })
+        Some(DeltaFrame { kind: FrameType::Delta, delta: self.view(shape)? })
     }
 }
 
 /// Takes `key` out of a delta, or reports it missing under the name `report` (defaults
 /// to `key`).
 fn take(fields: &mut Map<String, Value>, key: &'static str, report: Option<&'static str>) -> Result<Value, DeltaError> {
-    fields
-        .remove(key)
-        .ok_or(DeltaError::MissingField(report.unwrap_or(key)))
+    fields.remove(key).ok_or(DeltaError::MissingField(report.unwrap_or(key)))
 }
 
-/// Which spelling of a field is present: PROTOCOL's camelCase first, 0.1's snake_case
-/// as a fallback.
+/// Which spelling of a field is present: PROTOCOL's `newData` spelling first, 0.1's
+/// `new_data` spelling as a fallback.
 fn pick(fields: &Map<String, Value>, key: &'static str, legacy: &'static str) -> Result<&'static str, DeltaError> {
     if fields.contains_key(key) {
         Ok(key)
@@ -270,7 +262,7 @@ pub enum DeltaView<'a> {
 }
 
 /// The pushed message `{"type": "delta", "delta": <delta>}` (the `message` of the
-/// envelope the server sends under its frontend DataSync service name).
+/// envelope the server sends under its frontend `datasync` service name).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct DeltaFrame<'a> {
     /// Always `"delta"`.
@@ -290,6 +282,12 @@ pub enum FrameType {
 
 impl DeltaFrame<'_> {
     /// The frame as a JSON value (copies the data).
+    ///
+    /// # Panics
+    ///
+    /// Never: every part of a frame is a string or a `serde_json::Value`, which always
+    /// serialise.
+    #[must_use]
     pub fn to_value(&self) -> Value {
         serde_json::to_value(self).expect("a frame of JSON values always serialises")
     }
@@ -419,8 +417,9 @@ mod tests {
 
     #[test]
     fn frame_has_exactly_the_protocol_fields_in_order() {
-        let d = Delta::parse(json!({"extra": 1, "oldData": {"b": 1}, "newData": {"a": 1}, "model": "T", "type": "update"}))
-            .expect("valid delta");
+        let d =
+            Delta::parse(json!({"extra": 1, "oldData": {"b": 1}, "newData": {"a": 1}, "model": "T", "type": "update"}))
+                .expect("valid delta");
         let text = serde_json::to_string(&d.frame(DeltaShape::Update).expect("update")).expect("serialises");
         assert_eq!(
             text,

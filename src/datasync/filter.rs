@@ -22,7 +22,7 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
-use super::value::{compare, lookup, values_equal, ValueKey};
+use crate::value::{compare, lookup, values_equal, ValueKey};
 
 /// How deeply expressions may nest (`["not", ["not", ...]]` counts one level per array).
 pub const MAX_DEPTH: usize = 64;
@@ -64,6 +64,7 @@ pub enum CompareOp {
 
 impl CompareOp {
     /// The operator as written in an expression.
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Eq => "==",
@@ -139,6 +140,10 @@ pub enum FilterError {
 impl Filter {
     /// Parses and validates an expression; nothing invalid gets through, so evaluation
     /// never has to deal with malformed input.
+    ///
+    /// # Errors
+    ///
+    /// A [`FilterError`] saying what is wrong with the first invalid part found.
     pub fn parse(expr: &Value) -> Result<Self, FilterError> {
         Self::parse_at(expr, 1)
     }
@@ -151,11 +156,7 @@ impl Filter {
             return Err(FilterError::NotAnExpression);
         };
         let op = op.as_str().ok_or(FilterError::OperatorNotString)?;
-        let operands = || {
-            args.iter()
-                .map(|a| Self::parse_at(a, depth + 1))
-                .collect::<Result<Vec<_>, _>>()
-        };
+        let operands = || args.iter().map(|a| Self::parse_at(a, depth + 1)).collect::<Result<Vec<_>, _>>();
         match op {
             "and" => Ok(Self::And(operands()?)),
             "or" => Ok(Self::Or(operands()?)),
@@ -164,29 +165,21 @@ impl Filter {
                 _ => Err(FilterError::NotArity),
             },
             _ => {
-                let op = CompareOp::from_str(op)
-                    .ok_or_else(|| FilterError::UnknownOperator(op.to_owned()))?;
+                let op = CompareOp::from_str(op).ok_or_else(|| FilterError::UnknownOperator(op.to_owned()))?;
                 let [field, value] = args else {
                     return Err(FilterError::CompareArity { op: op.as_str() });
                 };
-                let field = field
-                    .as_str()
-                    .ok_or(FilterError::FieldNotString { op: op.as_str() })?;
-                Ok(Self::Compare {
-                    op,
-                    field: field.to_owned(),
-                    value: value.clone(),
-                })
+                let field = field.as_str().ok_or(FilterError::FieldNotString { op: op.as_str() })?;
+                Ok(Self::Compare { op, field: field.to_owned(), value: value.clone() })
             }
         }
     }
 
     /// Whether `object` satisfies the expression.
+    #[must_use]
     pub fn matches(&self, object: &Value) -> bool {
         match self {
-            Self::Compare { op, field, value } => {
-                lookup(object, field).is_some_and(|found| op.holds(found, value))
-            }
+            Self::Compare { op, field, value } => lookup(object, field).is_some_and(|found| op.holds(found, value)),
             Self::And(operands) => operands.iter().all(|f| f.matches(object)),
             Self::Or(operands) => operands.iter().any(|f| f.matches(object)),
             Self::Not(inner) => !inner.matches(object),
@@ -201,6 +194,7 @@ impl Filter {
     /// same condition. Other `not` and `or` forms contribute nothing: they can match
     /// objects where the field is missing or different. The router indexes an item under
     /// one of these, which is sound exactly because the list never claims too much.
+    #[must_use]
     pub fn required_equalities(&self) -> Vec<(&str, ValueKey)> {
         let mut out = Vec::new();
         self.collect_required(&mut out);
@@ -210,11 +204,7 @@ impl Filter {
 
     fn collect_required<'a>(&'a self, out: &mut Vec<(&'a str, ValueKey)>) {
         match self {
-            Self::Compare {
-                op: CompareOp::Eq,
-                field,
-                value,
-            } => out.push((field, ValueKey::new(value))),
+            Self::Compare { op: CompareOp::Eq, field, value } => out.push((field, ValueKey::of(value))),
             Self::Compare { .. } => {}
             Self::And(operands) => {
                 for operand in operands {
@@ -417,15 +407,11 @@ mod tests {
     }
 
     fn required(expr: &Value) -> Vec<(String, ValueKey)> {
-        parse(expr)
-            .required_equalities()
-            .into_iter()
-            .map(|(p, k)| (p.to_owned(), k))
-            .collect()
+        parse(expr).required_equalities().into_iter().map(|(p, k)| (p.to_owned(), k)).collect()
     }
 
     fn cond(path: &str, value: &Value) -> (String, ValueKey) {
-        (path.to_owned(), ValueKey::new(value))
+        (path.to_owned(), ValueKey::of(value))
     }
 
     #[test]
@@ -446,9 +432,11 @@ mod tests {
         assert_eq!(required(&json!(["or", ["==", "a", 1], ["==", "b", 1]])), vec![]);
         assert_eq!(required(&json!(["or"])), vec![]);
         assert_eq!(
-            required(&json!(["or",
+            required(&json!([
+                "or",
                 ["and", ["==", "a", 1], ["==", "b", 2]],
-                ["and", ["==", "b", 2.0], ["==", "c", 3]]])),
+                ["and", ["==", "b", 2.0], ["==", "c", 3]]
+            ])),
             vec![cond("b", &json!(2))]
         );
         assert_eq!(required(&json!(["or", ["==", "a", 1]])), vec![cond("a", &json!(1))]);

@@ -1,2 +1,44 @@
-//! DataSync: dealers, filters, deltas and the router that decides which subscriptions a delta
-//! concerns. (Being written; see issue 3.)
+//! DataSync: the `datasync` and `datasync_backend` services, the life cycle of
+//! subscriptions, and the routing core that decides which subscriptions a published delta
+//! reaches, and as what.
+//!
+//! The routing core is plain synchronous logic with no I/O, so it is tested without a
+//! server; the services wrap it in their shared state. The pieces, one file each:
+//!
+//! - `crate::value` (shared with PubSub): PROTOCOL's value semantics — dotted-path [`lookup`],
+//!   [`values_equal`] (`1 == 1.0`, `"1" != 1`, `true != 1`), [`compare`] (numbers and
+//!   strings only), and [`ValueKey`], a hashable form of a value with the same equality
+//!   (usable for `pubsub` channels too).
+//! - `filter.rs`: the filter language of Filter dealers ([`Filter`]).
+//! - `delta.rs`: [`Delta`] parsing with PROTOCOL's error texts, the
+//!   per-subscription translation of updates ([`DeltaShape`]) and the pushed
+//!   `{"type": "delta"}` frame ([`DeltaFrame`]).
+//! - `dealer.rs`: [`Dealer`]s (Broadcast, Simple, Filter) and the
+//!   [`KeyFunction`] trait the Python bindings implement for Simple dealers.
+//! - `router.rs`: the [`Router`], which indexes authorized subscription
+//!   items and routes deltas without scanning every subscription.
+//! - `token.rs`: subscription tokens ([`new_token`]).
+//! - `subscription.rs`: [`Subscriptions`], the life cycle (waiting, acquired, back to
+//!   waiting, dropped), buffering and timeouts.
+//! - `service.rs`: [`DataSyncService`] (frontend: `acquireSubscription`,
+//!   `cancelSubscription`) and the [`DataSyncHub`] it shares with its backend twin.
+//! - `backend.rs`: [`DataSyncBackend`] (`authorizeSubscription`, `publishDeltas`).
+
+mod backend;
+mod dealer;
+mod delta;
+mod filter;
+mod router;
+mod service;
+mod subscription;
+mod token;
+
+pub use crate::value::{compare, lookup, values_equal, ValueKey};
+pub use backend::DataSyncBackend;
+pub use dealer::{Dealer, DealerKind, KeyFunction, KeyFunctionError, PreparedQuery, SimpleKey};
+pub use delta::{Delta, DeltaError, DeltaFrame, DeltaShape, DeltaView, FrameType};
+pub use filter::{CompareOp, Filter, FilterError, MAX_DEPTH};
+pub use router::{AuthError, AuthItem, FunctionKeys, Router, RouterError};
+pub use service::{DataSyncHub, DataSyncService, SWEEP_INTERVAL};
+pub use subscription::{Limits, SubscriptionError, Subscriptions};
+pub use token::{new_token, TOKEN_ALPHABET, TOKEN_LENGTH};

@@ -1,5 +1,5 @@
 //! The wire contract of PROTOCOL.md: envelopes, RPC requests and replies, parameter extraction,
-//! the error texts clients see, and WebSocket close codes.
+//! the error texts clients see, WebSocket close codes, and the format of timestamps.
 //!
 //! Nothing here does I/O; the server feeds text in and gets typed values or ready-to-send frames
 //! out, so every rule is testable without a socket.
@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod frame;
 pub mod params;
 pub mod rpc;
+pub mod timestamp;
 
 pub use envelope::{Envelope, EnvelopeError};
 pub use frame::Frame;

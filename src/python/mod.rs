@@ -8,6 +8,7 @@ mod backend;
 mod client;
 mod collab;
 mod convert;
+mod datasync;
 mod policy;
 mod rpc;
 mod server;
@@ -56,6 +57,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::PyServerHandle>()?;
     m.add_class::<services::PyPubSubService>()?;
     m.add_class::<services::PyPubSubBackend>()?;
+    m.add_class::<datasync::PyDataSyncService>()?;
+    m.add_class::<datasync::PyDataSyncBackend>()?;
     m.add_class::<collab::PyChatService>()?;
     m.add_class::<collab::PyCursorsService>()?;
     m.add_class::<collab::PyMessagingService>()?;

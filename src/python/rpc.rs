@@ -27,7 +27,8 @@ struct PyHandler {
 impl PyHandler {
     fn call_hook(target: &Py<PyAny>, name: &str, hook: &str, connection: Arc<Connection>) {
         Python::attach(|py| {
-            let outcome = Py::new(py, PyClient { connection }).and_then(|client| target.call_method1(py, hook, (client,)));
+            let outcome =
+                Py::new(py, PyClient { connection }).and_then(|client| target.call_method1(py, hook, (client,)));
             if let Err(err) = outcome {
                 log::error!("service {name:?}: {hook} failed: {}", describe(py, &err));
             }
@@ -110,13 +111,8 @@ impl PyRequest {
             Some(call_id) => pythonize::pythonize(py, call_id)?.unbind(),
             None => py.None(),
         };
-        let request = PyRequest {
-            client,
-            command: call.command,
-            params,
-            call_id,
-            responder: Mutex::new(Some(call.responder)),
-        };
+        let request =
+            PyRequest { client, command: call.command, params, call_id, responder: Mutex::new(Some(call.responder)) };
         Py::new(py, request)
     }
 

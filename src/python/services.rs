@@ -66,6 +66,12 @@ pub fn extract_service(object: &Bound<'_, PyAny>) -> PyResult<AnyService> {
     if let Ok(service) = object.cast::<PyPubSubBackend>() {
         return Ok(AnyService::PubSubBackend(service.get().inner.clone()));
     }
+    if let Ok(service) = object.cast::<super::datasync::PyDataSyncService>() {
+        return Ok(AnyService::DataSync(service.get().inner.clone()));
+    }
+    if let Ok(service) = object.cast::<super::datasync::PyDataSyncBackend>() {
+        return Ok(AnyService::DataSyncBackend(service.get().inner.clone()));
+    }
     if let Ok(service) = object.cast::<super::rpc::PyExternalService>() {
         return Ok(AnyService::External(service.get().inner.clone()));
     }

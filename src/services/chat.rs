@@ -1,0 +1,300 @@
+//! Chat: authenticated connections join channels, send messages to everyone there, see who
+//! else is present, and tell their other tabs what they have read (PROTOCOL.md "Chat").
+//!
+//! Presence is per *identity*, not per connection: a user with three tabs in a channel is one
+//! member. `joined` is pushed when an identity's first connection joins and `left` when its
+//! last one leaves (by `leave` or by disconnecting), never to that identity's own connections,
+//! and `join` pushes nothing to the joiner. A channel is any JSON value compared by value (as
+//! in PubSub); pushes echo the value the acting connection gave.
+//!
+//! Policy: [`ChatService::with_join_policy`] installs a `can_join(client, channel)` hook; when it
+//! refuses, `join` answers [`NOT_AUTHORIZED`] ("Not authorized", the text PubSub's publish
+//! policy uses), checked after "Not authenticated" and "Already joined".
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::connection::{Connection, ConnectionId};
+use crate::protocol::rpc::push_frame;
+use crate::protocol::{timestamp, Frame, Params, RpcError};
+use crate::service::{ask_policy, Caller, Policy, Service, Side};
+use crate::value::ValueKey;
+
+/// The error of a `join` the join policy refused.
+pub const NOT_AUTHORIZED: &str = "Not authorized";
+
+/// A Chat service: `join`, `leave`, `send`, `read`.
+#[derive(Debug, Clone)]
+pub struct ChatService {
+    shared: Arc<ChatShared>,
+    /// Decides joins; `None` lets every authenticated connection join any channel.
+    join_policy: Option<Arc<dyn Policy>>,
+}
+
+#[derive(Debug)]
+struct ChatShared {
+    /// The name clients address, which every push carries.
+    name: String,
+    /// Rooms and memberships. A std `Mutex` because nothing awaits while holding it; pushes are
+    /// queued under it (queueing never blocks) so that every member of a channel sees that
+    /// channel's messages and presence in one order.
+    state: Mutex<ChatState>,
+}
+
+#[derive(Debug, Default)]
+struct ChatState {
+    /// The rooms that have at least one connection.
+    rooms: HashMap<ValueKey, Room>,
+    /// Each connection's channels, with the value it gave when joining (for the `left`
+    /// presence its disconnect sends).
+    joined: HashMap<ConnectionId, HashMap<ValueKey, Value>>,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    /// Every connection in the room.
+    connections: HashMap<ConnectionId, Arc<Connection>>,
+    /// The connections of each identity in the room. A `BTreeMap` so that `members` comes out
+    /// sorted by code point, the same for every caller.
+    identities: BTreeMap<String, HashSet<ConnectionId>>,
+}
+
+#[derive(Serialize)]
+struct MessagePush<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    from: &'a str,
+    channel: &'a Value,
+    body: &'a Value,
+    timestamp: &'a str,
+}
+
+#[derive(Serialize)]
+struct PresencePush<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    from: &'a str,
+    channel: &'a Value,
+    status: &'static str,
+    timestamp: &'a str,
+}
+
+#[derive(Serialize)]
+struct ReadPush<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: &'a Value,
+    timestamp: &'a str,
+}
+
+impl ChatShared {
+    fn lock(&self) -> MutexGuard<'_, ChatState> {
+        // A poisoned lock means a panic happened mid-update elsewhere; the maps are still
+        // structurally valid, so keep serving rather than take the whole service down.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn presence(&self, from: &str, channel: &Value, status: &'static str) -> Frame {
+        let timestamp = timestamp::now();
+        push_frame(&self.name, PresencePush { kind: "presence", from, channel, status, timestamp: &timestamp })
+    }
+
+    fn is_joined(&self, connection: &Connection, key: &ValueKey) -> bool {
+        self.lock().joined.get(&connection.id()).is_some_and(|channels| channels.contains_key(key))
+    }
+
+    fn join(&self, connection: &Arc<Connection>, identity: &str, channel: Value) -> Result<Value, RpcError> {
+        let key = ValueKey::of(&channel);
+        let mut guard = self.lock();
+        // Reborrowed so `joined` and `rooms` can be borrowed separately.
+        let state = &mut *guard;
+        let channels = state.joined.entry(connection.id()).or_default();
+        if channels.contains_key(&key) {
+            return Err(RpcError::service("Already joined"));
+        }
+        channels.insert(key.clone(), channel.clone());
+        let room = state.rooms.entry(key).or_default();
+        if !room.identities.contains_key(identity) {
+            // The identity's first connection here: the members already there learn of it. The
+            // joiner is not in the room yet, so it gets nothing.
+            let frame = self.presence(identity, &channel, "joined");
+            for member in room.connections.values() {
+                member.deliver(frame.clone());
+            }
+        }
+        room.identities.entry(identity.to_owned()).or_default().insert(connection.id());
+        room.connections.insert(connection.id(), Arc::clone(connection));
+        Ok(json!({"members": room.identities.keys().collect::<Vec<_>>()}))
+    }
+
+    fn leave(&self, connection: &Connection, channel: &Value) -> Result<(), RpcError> {
+        let key = ValueKey::of(channel);
+        let mut state = self.lock();
+        let removed = state.joined.get_mut(&connection.id()).and_then(|channels| channels.remove(&key));
+        if removed.is_none() {
+            return Err(RpcError::service("Not joined"));
+        }
+        if state.joined.get(&connection.id()).is_some_and(HashMap::is_empty) {
+            state.joined.remove(&connection.id());
+        }
+        self.remove_from_room(&mut state, connection, &key, channel);
+        Ok(())
+    }
+
+    /// Takes `connection` out of the room of `key`, pushing `left` when it was its identity's
+    /// last connection there, and drops the room when it empties.
+    fn remove_from_room(&self, state: &mut ChatState, connection: &Connection, key: &ValueKey, channel: &Value) {
+        let Some(room) = state.rooms.get_mut(key) else {
+            return;
+        };
+        room.connections.remove(&connection.id());
+        if let Some(identity) = connection.identity().id.as_deref() {
+            let last = room.identities.get_mut(identity).is_some_and(|ids| {
+                ids.remove(&connection.id());
+                ids.is_empty()
+            });
+            if last {
+                room.identities.remove(identity);
+                let frame = self.presence(identity, channel, "left");
+                for member in room.connections.values() {
+                    member.deliver(frame.clone());
+                }
+            }
+        }
+        if room.connections.is_empty() {
+            state.rooms.remove(key);
+        }
+    }
+
+    fn send(&self, connection: &Connection, channel: &Value, body: &Value) -> Result<(), RpcError> {
+        let key = ValueKey::of(channel);
+        let state = self.lock();
+        let room = state.rooms.get(&key).filter(|room| room.connections.contains_key(&connection.id()));
+        let (Some(room), Some(from)) = (room, connection.identity().id.as_deref()) else {
+            return Err(RpcError::service("Not joined"));
+        };
+        let timestamp = timestamp::now();
+        let frame = push_frame(&self.name, MessagePush { kind: "message", from, channel, body, timestamp: &timestamp });
+        for member in room.connections.values() {
+            member.deliver(frame.clone());
+        }
+        Ok(())
+    }
+
+    fn read(&self, connection: &Connection, channel: &Value) {
+        let Some(identity) = connection.identity().id.as_deref() else {
+            return;
+        };
+        let state = self.lock();
+        let Some(room) = state.rooms.get(&ValueKey::of(channel)) else {
+            return;
+        };
+        let Some(own) = room.identities.get(identity) else {
+            return;
+        };
+        let timestamp = timestamp::now();
+        let frame = push_frame(&self.name, ReadPush { kind: "read", channel, timestamp: &timestamp });
+        for id in own.iter().filter(|&&id| id != connection.id()) {
+            if let Some(tab) = room.connections.get(id) {
+                tab.deliver(frame.clone());
+            }
+        }
+    }
+
+    fn disconnected(&self, connection: &Connection) {
+        let mut state = self.lock();
+        let Some(channels) = state.joined.remove(&connection.id()) else {
+            return;
+        };
+        for (key, channel) in channels {
+            self.remove_from_room(&mut state, connection, &key, &channel);
+        }
+    }
+}
+
+impl ChatService {
+    /// A Chat service named `name`.
+    pub fn new(name: impl Into<String>) -> ChatService {
+        let shared = ChatShared { name: name.into(), state: Mutex::default() };
+        ChatService { shared: Arc::new(shared), join_policy: None }
+    }
+
+    /// Installs the policy that decides joins ([`NOT_AUTHORIZED`] when it refuses). Its subject
+    /// is the channel.
+    #[must_use]
+    pub fn with_join_policy(mut self, policy: Arc<dyn Policy>) -> ChatService {
+        self.join_policy = Some(policy);
+        self
+    }
+
+    /// The identities present in `channel`, sorted (for tests and introspection).
+    pub fn members(&self, channel: &Value) -> Vec<String> {
+        let state = self.shared.lock();
+        state
+            .rooms
+            .get(&ValueKey::of(channel))
+            .map(|room| room.identities.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn join(&self, connection: &Arc<Connection>, params: Params) -> Result<Value, RpcError> {
+        let channel = take_channel(params)?;
+        let Some(identity) = connection.identity().id.as_deref() else {
+            return Err(RpcError::service("Not authenticated"));
+        };
+        // Checked before the policy so a hook is not asked about a join that fails anyway.
+        // Requests of one connection run one at a time, so the answer still holds after the
+        // hook returns; `ChatShared::join` checks again under the lock regardless.
+        if self.shared.is_joined(connection, &ValueKey::of(&channel)) {
+            return Err(RpcError::service("Already joined"));
+        }
+        if !ask_policy(self.join_policy.as_ref(), self.name(), connection, &channel).await? {
+            return Err(RpcError::service(NOT_AUTHORIZED));
+        }
+        self.shared.join(connection, identity, channel)
+    }
+}
+
+fn take_channel(mut params: Params) -> Result<Value, RpcError> {
+    let channel = params.take("channel")?;
+    params.finish()?;
+    Ok(channel)
+}
+
+impl Service for ChatService {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn side(&self) -> Side {
+        Side::Frontend
+    }
+
+    async fn handle(&self, caller: Caller<'_>, command: &str, mut params: Params) -> Result<Value, RpcError> {
+        let Caller::Client(connection) = caller else {
+            return Err(RpcError::UnknownCommand);
+        };
+        match command {
+            "join" => self.join(connection, params).await,
+            "leave" => self.shared.leave(connection, &take_channel(params)?).map(|()| Value::Null),
+            "send" => {
+                let channel = params.take("channel")?;
+                let body = params.take("body")?;
+                params.finish()?;
+                self.shared.send(connection, &channel, &body).map(|()| Value::Null)
+            }
+            "read" => {
+                self.shared.read(connection, &take_channel(params)?);
+                Ok(Value::Null)
+            }
+            _ => Err(RpcError::UnknownCommand),
+        }
+    }
+
+    fn disconnected(&self, connection: &Arc<Connection>) {
+        self.shared.disconnected(connection);
+    }
+}

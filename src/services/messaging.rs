@@ -1,0 +1,196 @@
+//! Messaging: connections register participant names and send each other messages by name
+//! (PROTOCOL.md "Messaging"). No identity is needed: a name belongs to the connection that
+//! registered it until it unregisters it or disconnects.
+//!
+//! Names are strings (another type is "Invalid params"). `listParticipants` lists every name
+//! registered on the service, sorted by code point.
+//!
+//! Policy: [`MessagingService::with_name_policy`] installs an `is_name_allowed(client, name)`
+//! hook; when it refuses, `registerParticipant` answers "Name not allowed". It is asked only
+//! about names that are free (a taken name is "Name already registered" first, as in 0.1).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::connection::{Connection, ConnectionId};
+use crate::protocol::rpc::push_frame;
+use crate::protocol::{Params, RpcError};
+use crate::service::{ask_policy, Caller, Policy, Service, Side};
+
+/// A Messaging service: `registerParticipant`, `unregisterParticipant`, `listParticipants`,
+/// `send`.
+#[derive(Debug, Clone)]
+pub struct MessagingService {
+    shared: Arc<MessagingShared>,
+    /// Decides which names a connection may register; `None` allows every name (the default).
+    name_policy: Option<Arc<dyn Policy>>,
+}
+
+#[derive(Debug)]
+struct MessagingShared {
+    /// The name clients address, which every push carries.
+    name: String,
+    /// The registered names. A std `Mutex` because nothing awaits while holding it; a message
+    /// is queued under it, so messages to one participant arrive in the order they were sent.
+    state: Mutex<MessagingState>,
+}
+
+#[derive(Debug, Default)]
+struct MessagingState {
+    /// Every registered name and its connection. A `BTreeMap` because `listParticipants` is
+    /// sorted by code point, which is the order of Rust strings.
+    names: BTreeMap<String, Arc<Connection>>,
+    /// The names of each connection, to free them on disconnect.
+    by_connection: HashMap<ConnectionId, HashSet<String>>,
+}
+
+#[derive(Serialize)]
+struct MessagePush<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sender: &'a str,
+    dest: &'a str,
+    body: &'a Value,
+}
+
+const TAKEN: RpcError = RpcError::service("Name already registered");
+
+impl MessagingShared {
+    fn lock(&self) -> MutexGuard<'_, MessagingState> {
+        // A poisoned lock means a panic happened mid-update elsewhere; the maps are still
+        // structurally valid, so keep serving rather than take the whole service down.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn register(&self, connection: &Arc<Connection>, name: String) -> Result<(), RpcError> {
+        let mut state = self.lock();
+        if state.names.contains_key(&name) {
+            return Err(TAKEN);
+        }
+        state.by_connection.entry(connection.id()).or_default().insert(name.clone());
+        state.names.insert(name, Arc::clone(connection));
+        Ok(())
+    }
+
+    fn unregister(&self, connection: &Connection, name: &str) -> Result<(), RpcError> {
+        let mut state = self.lock();
+        match state.names.get(name) {
+            None => return Err(RpcError::service("Unknown participant")),
+            Some(owner) if owner.id() != connection.id() => return Err(RpcError::service("Invalid participant")),
+            Some(_) => {}
+        }
+        state.names.remove(name);
+        if let Some(names) = state.by_connection.get_mut(&connection.id()) {
+            names.remove(name);
+            if names.is_empty() {
+                state.by_connection.remove(&connection.id());
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, connection: &Connection, sender: &str, dest: &str, body: &Value) -> Result<(), RpcError> {
+        let state = self.lock();
+        if state.names.get(sender).is_none_or(|owner| owner.id() != connection.id()) {
+            return Err(RpcError::service("Invalid sender"));
+        }
+        let Some(recipient) = state.names.get(dest) else {
+            return Err(RpcError::service("Unknown destination"));
+        };
+        recipient.deliver(push_frame(&self.name, MessagePush { kind: "message", sender, dest, body }));
+        Ok(())
+    }
+
+    fn disconnected(&self, connection: &Connection) {
+        let mut state = self.lock();
+        if let Some(names) = state.by_connection.remove(&connection.id()) {
+            for name in names {
+                state.names.remove(&name);
+            }
+        }
+    }
+}
+
+impl MessagingService {
+    /// A Messaging service named `name`.
+    pub fn new(name: impl Into<String>) -> MessagingService {
+        let shared = MessagingShared { name: name.into(), state: Mutex::default() };
+        MessagingService { shared: Arc::new(shared), name_policy: None }
+    }
+
+    /// Installs the policy that decides names ("Name not allowed" when it refuses). Its subject
+    /// is the name, a JSON string.
+    #[must_use]
+    pub fn with_name_policy(mut self, policy: Arc<dyn Policy>) -> MessagingService {
+        self.name_policy = Some(policy);
+        self
+    }
+
+    /// Every registered name, sorted by code point.
+    pub fn participants(&self) -> Vec<String> {
+        self.shared.lock().names.keys().cloned().collect()
+    }
+
+    async fn register(&self, connection: &Arc<Connection>, mut params: Params) -> Result<Value, RpcError> {
+        let name = take_name(&mut params, "name")?;
+        params.finish()?;
+        // Checked before the policy so a hook is not asked about a name that is taken anyway;
+        // `MessagingShared::register` checks again under the lock, since another connection
+        // may take the name while the hook runs.
+        if self.shared.lock().names.contains_key(&name) {
+            return Err(TAKEN);
+        }
+        let subject = Value::String(name.clone());
+        if !ask_policy(self.name_policy.as_ref(), self.name(), connection, &subject).await? {
+            return Err(RpcError::service("Name not allowed"));
+        }
+        self.shared.register(connection, name).map(|()| Value::Null)
+    }
+}
+
+fn take_name(params: &mut Params, key: &str) -> Result<String, RpcError> {
+    params.take_string(key, RpcError::InvalidParams)
+}
+
+impl Service for MessagingService {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn side(&self) -> Side {
+        Side::Frontend
+    }
+
+    async fn handle(&self, caller: Caller<'_>, command: &str, mut params: Params) -> Result<Value, RpcError> {
+        let Caller::Client(connection) = caller else {
+            return Err(RpcError::UnknownCommand);
+        };
+        match command {
+            "registerParticipant" => self.register(connection, params).await,
+            "unregisterParticipant" => {
+                let name = take_name(&mut params, "name")?;
+                params.finish()?;
+                self.shared.unregister(connection, &name).map(|()| Value::Null)
+            }
+            "listParticipants" => {
+                params.finish()?;
+                Ok(Value::from(self.participants()))
+            }
+            "send" => {
+                let sender = take_name(&mut params, "sender")?;
+                let dest = take_name(&mut params, "dest")?;
+                let body = params.take("body")?;
+                params.finish()?;
+                self.shared.send(connection, &sender, &dest, &body).map(|()| Value::Null)
+            }
+            _ => Err(RpcError::UnknownCommand),
+        }
+    }
+
+    fn disconnected(&self, connection: &Arc<Connection>) {
+        self.shared.disconnected(connection);
+    }
+}
