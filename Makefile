@@ -39,8 +39,9 @@ test: test-rust test-python test-js ## every test suite
 test-rust: ## Rust unit and integration tests
 	cargo test --all-targets
 
-test-python: ## Python tests against real servers
+test-python: ## Python and Django tests against real servers (SQLite), then the Django tests on PostgreSQL
 	$(PYTHON) -m pytest
+	SNORKY_TEST_DB=postgres $(PYTHON) -m pytest tests/django_tests
 
 test-js: ## JavaScript client tests and the stale-bundle check
 	@if [ -f js/package.json ]; then cd js && npm test && npm run -s check-bundle; fi

@@ -1,0 +1,402 @@
+"""``@subscribable``: models whose committed changes become DataSync deltas.
+
+For a decorated model:
+
+- ``save()`` publishes an ``insert`` delta for a new row and an ``update`` delta (``newData`` and
+  ``oldData``, the row as it was in the database, read under ``SELECT ... FOR UPDATE``) for an
+  existing one; an update that changes nothing publishes nothing. ``delete()`` publishes a
+  ``delete`` delta, for the cascade too.
+- Each ``save()`` runs in a transaction (``atomic(savepoint=False)``: a no-op inside an existing
+  one), so the old row, the change and, in outbox mode, the outbox row are consistent.
+- The model's automatic ``objects`` manager becomes a :class:`SubscribableManager`, whose querysets
+  publish deltas for ``update()``, ``bulk_create()`` and ``bulk_update()`` too (``delete()`` goes
+  through Django's signals). A model that declares its own manager should build it from
+  :class:`SubscribableQuerySet` (the ``snorky.W002`` check says so).
+- The server gets two dealers for it: a BroadcastDealer named after the model (``"Task"``, as in
+  Snorky 0.1) and a SimpleDealer keyed by primary key (``"TaskById"``), used by
+  :class:`~snorky_django.rest_framework.RetrieveSubscribeModelMixin`.
+
+Not covered, because Django changes rows there without signals: raw SQL, ``QuerySet.update()`` on
+a manager that is not subscribable, the ``on_delete=SET_NULL``/``SET_DEFAULT``/``SET()`` updates of
+related rows, many-to-many changes (``m2m_changed``), and fixture loading (``raw`` saves). Publish
+those with :func:`snorky_django.publish_deltas` or by re-saving the objects.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from django.db import connections, models, router, transaction
+from django.db.models import Q
+from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
+
+from snorky_django.delivery import enqueue
+from snorky_django.serialization import jsonable, serialize
+
+__all__ = ["SubscribableManager", "SubscribableOptions", "SubscribableQuerySet", "options_for", "subscribable"]
+
+logger = logging.getLogger("snorky_django")
+
+M = TypeVar("M", bound=type[models.Model])
+
+_OLD_DATA = "_snorky_old_data"
+_DELETED_DATA = "_snorky_deleted_data"
+_CHUNK = 500
+
+# Set while a bulk operation publishes its own deltas, so the QuerySet.update() calls Django's
+# bulk_update() makes inside it do not publish them a second time.
+_bulk_in_progress: ContextVar[bool] = ContextVar("snorky_bulk_in_progress", default=False)
+
+
+@dataclass(frozen=True)
+class SubscribableOptions:
+    """What ``@subscribable`` recorded about a model."""
+
+    model: type[models.Model]
+    name: str
+    """The model name deltas carry (``delta["model"]``) and the broadcast dealer's name."""
+    serializer: type[Any] | None
+    """A DRF serializer class, when given to the decorator."""
+    dealers: bool
+    """Whether the default dealers are registered on the server."""
+
+    @property
+    def pk_dealer(self) -> str:
+        """The name of the default dealer keyed by primary key."""
+        return f"{self.name}ById"
+
+    @property
+    def pk_field(self) -> str:
+        """The key of the primary key in serialized data."""
+        return self.model._meta.pk.name
+
+
+_registry: dict[type[models.Model], SubscribableOptions] = {}
+
+
+def registered() -> list[SubscribableOptions]:
+    """Every ``@subscribable`` model's options, in declaration order."""
+    return list(_registry.values())
+
+
+def options_for(model: type[models.Model]) -> SubscribableOptions | None:
+    """The options of ``model`` (or of the concrete model a proxy stands for), if subscribable."""
+    options = _registry.get(model)
+    if options is None and model._meta.proxy:
+        options = _registry.get(model._meta.concrete_model)  # type: ignore[arg-type]
+    return options
+
+
+@overload
+def subscribable(model: M, /) -> M: ...
+
+
+@overload
+def subscribable(
+    *, name: str | None = None, serializer: type[Any] | None = None, dealers: bool = True
+) -> Callable[[M], M]: ...
+
+
+def subscribable(
+    model: M | None = None,
+    /,
+    *,
+    name: str | None = None,
+    serializer: type[Any] | None = None,
+    dealers: bool = True,
+) -> M | Callable[[M], M]:
+    """Makes a model publish a delta for every committed insert, update and delete.
+
+    Use bare (``@subscribable``) or with options:
+
+    - ``name``: the model name in deltas and dealers (default: the class name);
+    - ``serializer``: a DRF serializer class producing the delta data (default: the model's
+      ``jsonify()``, else a DRF ModelSerializer, else the field values; see
+      :mod:`snorky_django.serialization`);
+    - ``dealers``: ``False`` to register no default dealer for this model.
+    """
+
+    def decorate(cls: M) -> M:
+        meta = cls._meta
+        if meta.abstract or meta.proxy or meta.swapped:
+            raise TypeError(f"@subscribable applies to concrete models, not to {cls.__name__}")
+        options = SubscribableOptions(model=cls, name=name or cls.__name__, serializer=serializer, dealers=dealers)
+        _registry[cls] = options
+        _install_manager(cls)
+        _make_saves_atomic(cls)
+        connect_signals(cls)
+        return cls
+
+    return decorate(model) if model is not None else decorate
+
+
+def connect_signals(sender: type[models.Model]) -> None:
+    """Connects the delta receivers for ``sender`` (a subscribable model or one of its proxies)."""
+    uid = f"snorky_django:{sender._meta.label}"
+    pre_save.connect(_pre_save, sender=sender, weak=False, dispatch_uid=uid)
+    post_save.connect(_post_save, sender=sender, weak=False, dispatch_uid=uid)
+    pre_delete.connect(_pre_delete, sender=sender, weak=False, dispatch_uid=uid)
+    post_delete.connect(_post_delete, sender=sender, weak=False, dispatch_uid=uid)
+
+
+def connect_proxies() -> None:
+    """Connects the receivers for proxies of subscribable models (called once apps are ready)."""
+    from django.apps import apps
+
+    for model in apps.get_models():
+        if model._meta.proxy and options_for(model) is not None:
+            connect_signals(model)
+
+
+def _install_manager(cls: type[models.Model]) -> None:
+    """Replaces the ``objects`` manager Django created automatically by a subscribable one."""
+    local = cls._meta.local_managers
+    if len(local) != 1:
+        return
+    manager = local[0]
+    if not getattr(manager, "auto_created", False) or type(manager) is not models.Manager:
+        return
+    local.remove(manager)
+    replacement = SubscribableManager()
+    replacement.auto_created = True
+    cls.add_to_class(manager.name, replacement)
+
+
+def _make_saves_atomic(cls: type[models.Model]) -> None:
+    save_base = cls.save_base
+    if getattr(save_base, "_snorky_atomic", False):
+        return
+
+    @functools.wraps(save_base)
+    def atomic_save_base(self: models.Model, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > 3:  # `using` given positionally: leave the call as it is
+            return save_base(self, *args, **kwargs)
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        kwargs["using"] = using
+        with transaction.atomic(using=using, savepoint=False):
+            return save_base(self, *args, **kwargs)
+
+    atomic_save_base._snorky_atomic = True  # type: ignore[attr-defined]
+    cls.save_base = atomic_save_base  # type: ignore[method-assign]
+
+
+def _locked(model: type[models.Model], using: str) -> models.QuerySet[Any]:
+    """A plain queryset of ``model`` that locks what it reads when a transaction is open."""
+    queryset = model._base_manager.using(using)
+    if connections[using].in_atomic_block:
+        queryset = queryset.select_for_update()
+    return queryset
+
+
+def _name(model: type[models.Model]) -> str:
+    options = options_for(model)
+    assert options is not None, f"{model.__name__} is not subscribable"
+    return options.name
+
+
+def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool, using: str, **kwargs: Any) -> None:
+    if raw:
+        return
+    old_data = None
+    pk_field = instance._meta.pk
+    # A new instance whose primary key has a default is inserted without looking (as Django does).
+    has_db_default = getattr(pk_field, "has_db_default", None)  # Django 5.0+
+    new_with_default = (
+        instance._state.adding
+        and pk_field is not None
+        and (pk_field.has_default() or (callable(has_db_default) and has_db_default()))
+    )
+    if instance.pk is not None and not new_with_default:
+        old = _locked(type(instance), using).filter(pk=instance.pk).first()
+        if old is not None:
+            old_data = serialize(old)
+    instance.__dict__[_OLD_DATA] = old_data
+
+
+def _post_save(
+    sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kw: Any
+) -> None:
+    if raw:
+        return
+    old_data = instance.__dict__.pop(_OLD_DATA, None)
+    new_data = serialize(instance)
+    model = _name(sender)
+    if created or old_data is None:
+        enqueue([{"type": "insert", "model": model, "data": new_data}], using)
+    elif new_data != old_data:
+        enqueue([{"type": "update", "model": model, "newData": new_data, "oldData": old_data}], using)
+
+
+def _pre_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
+    data = None
+    if kwargs.get("origin") is instance:
+        # `instance.delete()`: the caller's copy may be stale, the database's is what clients saw.
+        # (Objects collected by a queryset delete or a cascade were just read by Django.)
+        current = _locked(type(instance), using).filter(pk=instance.pk).first()
+        if current is not None:
+            data = serialize(current)
+    instance.__dict__[_DELETED_DATA] = data if data is not None else serialize(instance)
+
+
+def _post_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
+    data = instance.__dict__.pop(_DELETED_DATA, None)
+    if data is None:
+        data = serialize(instance)
+    enqueue([{"type": "delete", "model": _name(sender), "data": data}], using)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SubscribableQuerySet(models.QuerySet[Any]):
+    """A QuerySet whose bulk operations publish deltas (for ``@subscribable`` models).
+
+    ``update()``, ``bulk_create()`` and ``bulk_update()`` read the affected rows before (locked)
+    and after the change, in one transaction, and publish one delta per changed row, together
+    with the transaction's other deltas. That costs two extra queries and holds the rows in
+    memory: for millions of rows, prefer batches. ``delete()`` publishes through Django's signals.
+    """
+
+    def _subscribable(self) -> bool:
+        return options_for(self.model) is not None and not _bulk_in_progress.get()
+
+    def update(self, **kwargs: Any) -> int:
+        """Updates the rows and publishes an ``update`` delta for each row that changed."""
+        if not self._subscribable():
+            return super().update(**kwargs)
+        using = self.db
+        with transaction.atomic(using=using, savepoint=False):
+            pks = list(self.values_list("pk", flat=True))
+            old = _locked(self.model, using).in_bulk(pks)
+            updated = 0
+            for chunk in _chunks(pks):
+                updated += super(SubscribableQuerySet, self.filter(pk__in=chunk)).update(**kwargs)
+            new = self.model._base_manager.using(using).in_bulk(pks)
+            enqueue(_update_deltas(self.model, pks, old, new), using)
+        return updated
+
+    update.alters_data = True  # type: ignore[attr-defined]
+
+    def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        """Creates the objects and publishes an ``insert`` delta for each.
+
+        With ``update_conflicts=True`` and ``unique_fields``, rows that existed get an ``update``
+        delta instead (rows are matched by their unique fields). Rows whose primary key the
+        database does not return (``ignore_conflicts``, or a backend without ``RETURNING``)
+        cannot be read back: that is logged as a warning.
+        """
+        if not self._subscribable():
+            return super().bulk_create(objs, *args, **kwargs)
+        objs = list(objs)
+        using = self.db
+        with transaction.atomic(using=using, savepoint=False):
+            unique = self._unique_fields(kwargs)
+            before = self._rows_by_key(objs, unique) if unique else {}
+            reset = _bulk_in_progress.set(True)
+            try:
+                created = super().bulk_create(objs, *args, **kwargs)
+            finally:
+                _bulk_in_progress.reset(reset)
+            if unique:
+                after = self._rows_by_key(objs, unique)
+                keys = list(dict.fromkeys(self._key(obj, unique) for obj in objs))
+                enqueue(_update_deltas(self.model, keys, before, after, insert_missing=True), using)
+                return created
+            pks = [obj.pk for obj in created if obj.pk is not None]
+            if len(pks) < len(created):
+                logger.warning(
+                    "Snorky: bulk_create on %s did not return %d primary key(s): no delta for those rows",
+                    self.model.__name__,
+                    len(created) - len(pks),
+                )
+            new = self.model._base_manager.using(using).in_bulk(pks)
+            enqueue(_update_deltas(self.model, pks, {}, new, insert_missing=True), using)
+        return created
+
+    bulk_create.alters_data = True  # type: ignore[attr-defined]
+
+    def _unique_fields(self, kwargs: dict[str, Any]) -> list[Any]:
+        """The fields identifying the rows of an upsert (``update_conflicts`` with ``unique_fields``)."""
+        names = kwargs.get("unique_fields")
+        if not kwargs.get("update_conflicts") or not names:
+            return []
+        meta = self.model._meta
+        return [meta.pk if name == "pk" else meta.get_field(name) for name in names]
+
+    @staticmethod
+    def _key(obj: models.Model, fields: list[Any]) -> tuple[Any, ...]:
+        return tuple(getattr(obj, field.attname) for field in fields)
+
+    def _rows_by_key(self, objs: list[Any], fields: list[Any]) -> dict[Any, models.Model]:
+        """The rows whose unique fields equal those of ``objs``, by those values (locked)."""
+        rows: dict[Any, models.Model] = {}
+        for chunk in _chunks(objs, 100):
+            condition = Q()
+            for obj in chunk:
+                condition |= Q(**{field.attname: getattr(obj, field.attname) for field in fields})
+            for row in _locked(self.model, self.db).filter(condition):
+                rows[self._key(row, fields)] = row
+        return rows
+
+    def bulk_update(self, objs: Iterable[Any], fields: Iterable[str], batch_size: int | None = None) -> int:
+        """Updates the objects' ``fields`` and publishes an ``update`` delta for each changed row."""
+        if not self._subscribable():
+            return super().bulk_update(objs, fields, batch_size=batch_size)
+        objs = list(objs)
+        using = self.db
+        with transaction.atomic(using=using, savepoint=False):
+            pks = list(dict.fromkeys(obj.pk for obj in objs))
+            old = _locked(self.model, using).in_bulk(pks)
+            reset = _bulk_in_progress.set(True)
+            try:
+                updated = super().bulk_update(objs, fields, batch_size=batch_size)
+            finally:
+                _bulk_in_progress.reset(reset)
+            new = self.model._base_manager.using(using).in_bulk(pks)
+            enqueue(_update_deltas(self.model, pks, old, new), using)
+        return updated
+
+    bulk_update.alters_data = True  # type: ignore[attr-defined]
+
+
+def _update_deltas(
+    model: type[models.Model],
+    keys: Iterable[Any],
+    old: dict[Any, models.Model],
+    new: dict[Any, models.Model],
+    *,
+    insert_missing: bool = False,
+) -> list[dict[str, Any]]:
+    """Deltas for rows read before (``old``) and after (``new``) a bulk change, in ``keys`` order."""
+    name = _name(model)
+    deltas: list[dict[str, Any]] = []
+    for key in keys:
+        after = new.get(key)
+        if after is None:
+            continue
+        new_data = serialize(after)
+        before = old.get(key)
+        if before is None:
+            if insert_missing:
+                deltas.append({"type": "insert", "model": name, "data": new_data})
+            continue
+        old_data = serialize(before)
+        if old_data != new_data:
+            deltas.append({"type": "update", "model": name, "newData": new_data, "oldData": old_data})
+    return deltas
+
+
+class SubscribableManager(models.Manager.from_queryset(SubscribableQuerySet)):  # type: ignore[misc]
+    """The default manager of ``@subscribable`` models: its bulk operations publish deltas."""
+
+
+def pk_query(value: Any) -> Any:
+    """A primary key as the default primary-key dealer sees it in serialized data."""
+    return jsonable(value.pk if isinstance(value, models.Model) else value)

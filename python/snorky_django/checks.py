@@ -1,0 +1,229 @@
+"""System checks (``manage.py check``): the ``SNORKY`` settings and the declared dealers.
+
+=========== ==================================================================================
+id          what
+=========== ==================================================================================
+E001        no ``API_KEY``
+E002        ``BACKEND_URL`` is not an ``http(s)://host:port/path`` URL
+E003        a dealer names a model that is not ``@subscribable``
+E004        ``FRONTEND_ADDRESS`` or ``BACKEND_ADDRESS`` is not ``host:port``
+E005        ``DELIVERY`` is neither ``"direct"`` nor ``"outbox"``
+E006        a ``SERVICES`` entry is neither a built-in service nor a dotted path
+E007        two dealers, or two subscribable models, share a name
+E008        ``TOKEN_SECRET`` is shorter than 16 characters
+E009        ``PUBLIC_URL`` is neither a ``ws(s)://`` URL nor a path
+E010        a ``snorky.py`` module or a ``DEALERS`` path cannot be imported
+W001        an unknown key in ``SNORKY`` (a typo?)
+W002        a subscribable model's default manager is not a ``SubscribableManager``
+W003        browsers from any origin may connect (``ALLOWED_ORIGINS`` is ``"*"``) outside DEBUG
+W004        a wildcard ``CSRF_TRUSTED_ORIGINS`` entry cannot be used as a WebSocket origin
+W005        outbox delivery on SQLite without ``"transaction_mode": "IMMEDIATE"``
+=========== ==================================================================================
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
+
+from snorky_django.conf import (
+    BUILTIN_SERVICES,
+    DEFAULTS,
+    DELIVERY_MODES,
+    snorky_settings,
+    split_address,
+    valid_backend_url,
+)
+
+__all__ = ["check_dealers", "check_settings"]
+
+
+@register("snorky")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Checks the ``SNORKY`` dict."""
+    messages: list[CheckMessage] = []
+    user = snorky_settings.user_settings
+    for key in user:
+        if key not in DEFAULTS:
+            messages.append(
+                Warning(
+                    f'Unknown Snorky setting SNORKY["{key}"].',
+                    hint=f"Known settings: {', '.join(sorted(DEFAULTS))}.",
+                    id="snorky.W001",
+                )
+            )
+    api_key = snorky_settings.API_KEY
+    if not isinstance(api_key, str) or not api_key.strip():
+        messages.append(
+            Error(
+                'SNORKY["API_KEY"] is not set: Django cannot talk to the Snorky server.',
+                hint='Set SNORKY = {"API_KEY": os.environ["SNORKY_API_KEY"]} with a long random secret '
+                '(python -c "import secrets; print(secrets.token_urlsafe(32))").',
+                id="snorky.E001",
+            )
+        )
+    url = snorky_settings.BACKEND_URL
+    if not valid_backend_url(url):
+        messages.append(
+            Error(
+                f'SNORKY["BACKEND_URL"] = {url!r} is not a backend URL.',
+                hint='Use the form "http://127.0.0.1:5002/backend", '
+                "or leave it unset to derive it from BACKEND_ADDRESS.",
+                id="snorky.E002",
+            )
+        )
+    for key in ("FRONTEND_ADDRESS", "BACKEND_ADDRESS"):
+        value = getattr(snorky_settings, key)
+        try:
+            split_address(value) if isinstance(value, str) else split_address("")
+        except ValueError:
+            messages.append(
+                Error(
+                    f'SNORKY["{key}"] = {value!r} is not host:port.',
+                    hint=f'For example {DEFAULTS[key]!r}; an IPv6 host goes in brackets: "[::1]:5001".',
+                    id="snorky.E004",
+                )
+            )
+    if snorky_settings.DELIVERY not in DELIVERY_MODES:
+        messages.append(
+            Error(
+                f'SNORKY["DELIVERY"] = {snorky_settings.DELIVERY!r} is not a delivery mode.',
+                hint='Use "direct" (publish on commit) or "outbox" '
+                "(through the outbox table, relayed by manage.py snorky).",
+                id="snorky.E005",
+            )
+        )
+    for entry in list(snorky_settings.SERVICES) + list(snorky_settings.BACKEND_SERVICES):
+        if not isinstance(entry, str) or (entry not in BUILTIN_SERVICES and "." not in entry):
+            messages.append(
+                Error(
+                    f"{entry!r} in SNORKY services is neither a built-in service nor a dotted path.",
+                    hint=f"Built-in services: {', '.join(BUILTIN_SERVICES)}; or a path like 'myapp.services.build'.",
+                    id="snorky.E006",
+                )
+            )
+    secret = user.get("TOKEN_SECRET")
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 16):
+        messages.append(
+            Error(
+                'SNORKY["TOKEN_SECRET"] is shorter than 16 characters: the server refuses it.',
+                hint="Use a long random secret, or leave it unset to derive it from SECRET_KEY.",
+                id="snorky.E008",
+            )
+        )
+    public_url = snorky_settings.PUBLIC_URL
+    if public_url is not None and (
+        not isinstance(public_url, str) or not public_url.startswith(("ws://", "wss://", "/"))
+    ):
+        messages.append(
+            Error(
+                f'SNORKY["PUBLIC_URL"] = {public_url!r} is not a WebSocket URL.',
+                hint='Use "wss://example.com/snorky/ws", or a path ("/snorky/ws") completed from the request.',
+                id="snorky.E009",
+            )
+        )
+    origins = snorky_settings.ALLOWED_ORIGINS
+    if not settings.DEBUG and "*" in origins:
+        messages.append(
+            Warning(
+                "Browsers from any origin may open WebSockets to Snorky.",
+                hint='Set SNORKY["ALLOWED_ORIGINS"] to your sites\' origins (["https://app.example.com"]); '
+                'it is derived as ["*"] from ALLOWED_HOSTS = ["*"].',
+                id="snorky.W003",
+            )
+        )
+    if not snorky_settings.is_set("ALLOWED_ORIGINS"):
+        for origin in getattr(settings, "CSRF_TRUSTED_ORIGINS", []):
+            if "*" in origin:
+                messages.append(
+                    Warning(
+                        f"CSRF_TRUSTED_ORIGINS entry {origin!r} is not usable as a WebSocket origin.",
+                        hint='Snorky matches origins exactly: list them in SNORKY["ALLOWED_ORIGINS"].',
+                        id="snorky.W004",
+                    )
+                )
+    if snorky_settings.DELIVERY == "outbox":
+        for alias, database in settings.DATABASES.items():
+            options = database.get("OPTIONS") or {}
+            if "sqlite3" in database.get("ENGINE", "") and options.get("transaction_mode") != "IMMEDIATE":
+                messages.append(
+                    Warning(
+                        f"Database {alias!r} is SQLite: the outbox relay writing beside your requests can make "
+                        "either fail with 'database is locked'.",
+                        hint=f'Set DATABASES["{alias}"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE" (Django 5.1+), '
+                        "or use PostgreSQL.",
+                        id="snorky.W005",
+                    )
+                )
+    return messages
+
+
+@register("snorky")
+def check_dealers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Checks the subscribable models and the declared dealers."""
+    from snorky_django.changes import SubscribableQuerySet, registered
+    from snorky_django.dealers import declared_dealers, model_names, resolve_model
+
+    messages: list[CheckMessage] = []
+    subscribable = registered()
+    for name, count in Counter(options.name for options in subscribable).items():
+        if count > 1:
+            models = ", ".join(o.model._meta.label for o in subscribable if o.name == name)
+            messages.append(
+                Error(
+                    f"Subscribable models {models} publish deltas under the same name {name!r}.",
+                    hint='Give one of them another name: @subscribable(name="...").',
+                    id="snorky.E007",
+                )
+            )
+    for options in subscribable:
+        queryset_class = getattr(options.model._default_manager, "_queryset_class", None)
+        if not (isinstance(queryset_class, type) and issubclass(queryset_class, SubscribableQuerySet)):
+            messages.append(
+                Warning(
+                    f"The default manager of subscribable {options.model._meta.label} is not a SubscribableManager: "
+                    "its QuerySet.update(), bulk_create() and bulk_update() publish no deltas.",
+                    hint="Use objects = SubscribableManager(), or build your manager with "
+                    "YourManager.from_queryset(SubscribableQuerySet) (from snorky_django).",
+                    obj=options.model,
+                    id="snorky.W002",
+                )
+            )
+    try:
+        declared = declared_dealers()
+    except ImportError as err:
+        return [
+            *messages,
+            Error(
+                f"A Snorky dealer module cannot be imported: {err}",
+                hint='Fix the app\'s snorky.py module or the SNORKY["DEALERS"] paths.',
+                id="snorky.E010",
+            ),
+        ]
+    known = model_names()
+    for item in declared:
+        if resolve_model(item.model) is None:
+            messages.append(
+                Error(
+                    f"Dealer {item.name!r} ({item.origin}) names model "
+                    f"{getattr(item.model, '__name__', item.model)!r}, which is not a @subscribable model.",
+                    hint=f"Subscribable models: {', '.join(sorted(known)) or 'none'}. "
+                    "Decorate the model with @subscribable, or fix the dealer's model.",
+                    obj=item.dealer,
+                    id="snorky.E003",
+                )
+            )
+    for name, count in Counter(item.name for item in declared).items():
+        if count > 1:
+            origins = ", ".join(item.origin for item in declared if item.name == name)
+            messages.append(
+                Error(
+                    f"Several dealers are named {name!r} ({origins}).",
+                    hint="Dealer names are what subscriptions refer to: make them unique (set name = ...).",
+                    id="snorky.E007",
+                )
+            )
+    return messages

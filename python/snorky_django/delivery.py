@@ -1,0 +1,290 @@
+"""Getting deltas from a committed transaction to the Snorky server.
+
+:func:`enqueue` is where every delta goes (from the model signals, the bulk operations of
+:class:`~snorky_django.SubscribableQuerySet`, and :func:`snorky_django.publish_deltas`). What
+happens next depends on ``SNORKY["DELIVERY"]``:
+
+``"direct"`` (the default)
+    Deltas wait for the transaction to commit, then every delta of the transaction goes in one
+    ``publishDeltas`` request, sent from the committing thread. Outside an atomic block each save
+    is its own transaction (one request per save). A rolled-back transaction, or a rolled-back
+    savepoint, publishes nothing of what it did. When the server cannot be reached the deltas are
+    logged (logger ``snorky_django``) and counted in :data:`stats`, and :data:`delivery_failed` is
+    sent; the request that made the change is never broken.
+
+``"outbox"``
+    Deltas are written to the :class:`~snorky_django.models.OutboxEntry` table *in the
+    transaction*, so they commit or roll back with the change itself. ``manage.py snorky`` relays
+    them in order and deletes each batch only once the server accepted it: a server or relay that
+    dies loses nothing (a batch in flight when the relay dies is sent again: at least once).
+
+How a transaction's deltas become one request: each :func:`enqueue` inside an atomic block
+registers a *step* with ``transaction.on_commit`` (so a savepoint rollback discards the steps of
+what it undid, exactly as Django discards on_commit callbacks). A step moves its deltas to this
+thread's ready queue, and the transaction's last step sends the queue. Should the last step be
+discarded by a savepoint rollback, a *flush* entry registered outside any savepoint sends instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.transaction import TransactionManagementError
+from django.dispatch import Signal
+
+from snorky.backend import BackendError, SnorkyBackend, SnorkyError
+from snorky_django.conf import snorky_settings
+
+__all__ = ["DeliveryStats", "delivery_failed", "enqueue", "get_backend", "send_deltas", "stats"]
+
+logger = logging.getLogger("snorky_django")
+
+#: Sent (``sender=None``) when deltas could not be delivered in direct mode, with ``deltas`` (the
+#: list) and ``error`` (the exception). Receivers run in the thread that committed.
+delivery_failed = Signal()
+
+
+@dataclass
+class DeliveryStats:
+    """Counters of direct delivery, for metrics and health checks (read ``stats``)."""
+
+    published: int = 0
+    """Deltas the server accepted."""
+    failed: int = 0
+    """Deltas that could not be delivered (server unreachable or refusing them)."""
+    failed_requests: int = 0
+    """``publishDeltas`` requests that failed."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def _add(self, *, published: int = 0, failed: int = 0, failed_requests: int = 0) -> None:
+        with self._lock:
+            self.published += published
+            self.failed += failed
+            self.failed_requests += failed_requests
+
+    def reset(self) -> None:
+        """Sets every counter back to zero."""
+        with self._lock:
+            self.published = self.failed = self.failed_requests = 0
+
+
+#: The process-wide delivery counters.
+stats = DeliveryStats()
+
+_backend_lock = threading.Lock()
+_backend: SnorkyBackend | None = None
+
+
+def get_backend() -> SnorkyBackend:
+    """The shared backend client (``BACKEND_URL``, ``API_KEY``, ``BACKEND_TIMEOUT``)."""
+    global _backend
+    with _backend_lock:
+        if _backend is None:
+            api_key = snorky_settings.API_KEY
+            if not api_key:
+                raise SnorkyError('SNORKY["API_KEY"] is not set')
+            _backend = SnorkyBackend(
+                snorky_settings.BACKEND_URL, api_key, timeout=float(snorky_settings.BACKEND_TIMEOUT)
+            )
+        return _backend
+
+
+def reset_backend() -> None:
+    """Forgets the shared client (its settings changed)."""
+    global _backend
+    with _backend_lock:
+        _backend = None
+
+
+def send_deltas(deltas: list[dict[str, Any]], backend: SnorkyBackend | None = None) -> list[tuple[dict[str, Any], str]]:
+    """Publishes ``deltas`` in one request; returns the deltas the server refused, with its reason.
+
+    The server validates a batch as a whole, so when it refuses one, each delta is sent again on
+    its own and only those refused alone are returned. Errors that are not about the deltas (the
+    server unreachable, a wrong API key) propagate: the caller decides whether to retry.
+    """
+    if not deltas:
+        return []
+    backend = backend or get_backend()
+    service = snorky_settings.DATASYNC_BACKEND_SERVICE
+    try:
+        backend.publish_deltas(deltas, service=service)
+        return []
+    except BackendError as err:
+        if not _about_the_deltas(err):
+            raise
+        if len(deltas) == 1:
+            return [(deltas[0], str(err))]
+    refused: list[tuple[dict[str, Any], str]] = []
+    for delta in deltas:
+        try:
+            backend.publish_deltas([delta], service=service)
+        except BackendError as err:
+            if not _about_the_deltas(err):
+                raise
+            refused.append((delta, str(err)))
+    return refused
+
+
+_REFUSED_REQUEST = re.compile(r"^backend refused the request \(HTTP (\d+)\)")
+
+
+def _about_the_deltas(err: BackendError) -> bool:
+    """Whether the server refused the deltas themselves (an error reply, or a body too large),
+    rather than the request (a wrong key, a protocol problem), which no split would cure."""
+    text = str(err)
+    if text.startswith("unexpected answer from the Snorky backend"):
+        return False
+    refused = _REFUSED_REQUEST.match(text)
+    return refused is None or refused.group(1) == "413"
+
+
+def _deliver_direct(deltas: list[dict[str, Any]]) -> None:
+    """Sends now; failures are logged, counted and signalled, never raised."""
+    try:
+        refused = send_deltas(deltas)
+    except Exception as err:
+        stats._add(failed=len(deltas), failed_requests=1)
+        logger.error(
+            "Snorky: could not publish %d delta(s) to %s: %s",
+            len(deltas),
+            snorky_settings.BACKEND_URL,
+            err,
+            extra={"deltas": deltas},
+        )
+        _signal_failure(deltas, err)
+        return
+    stats._add(published=len(deltas) - len(refused), failed=len(refused), failed_requests=1 if refused else 0)
+    for delta, reason in refused:
+        logger.error("Snorky refused a %s delta of %s: %s", delta.get("type"), delta.get("model"), reason)
+    if refused:
+        _signal_failure([delta for delta, _ in refused], BackendError(refused[0][1]))
+
+
+def _signal_failure(deltas: list[dict[str, Any]], error: Exception) -> None:
+    for receiver, result in delivery_failed.send_robust(sender=None, deltas=deltas, error=error):
+        if isinstance(result, Exception):
+            logger.error("Snorky: delivery_failed receiver %r raised %r", receiver, result)
+
+
+class _ThreadState(threading.local):
+    def __init__(self) -> None:
+        # Deltas of committed transactions not sent yet, in commit order.
+        self.ready: list[dict[str, Any]] = []
+        # The open batch per database alias.
+        self.batches: dict[str, _Batch] = {}
+
+
+_state = _ThreadState()
+
+
+class _Batch:
+    """The deltas of one transaction on one connection, between its first enqueue and its commit."""
+
+    __slots__ = ("done", "generation", "hooks")
+
+    def __init__(self, hooks: list[Any]) -> None:
+        # Django's list of on_commit callbacks: the list is replaced when the transaction commits
+        # or rolls back (and when a savepoint rolls back), so finding another list there means
+        # this batch is over, unless a savepoint rollback left some of its entries in it.
+        self.hooks = hooks
+        self.generation = 0
+        self.done = False
+
+
+class _Step:
+    """An on_commit callback: these deltas committed; the transaction's last step sends them."""
+
+    __slots__ = ("batch", "deltas", "generation")
+
+    def __init__(self, batch: _Batch, deltas: list[dict[str, Any]], generation: int) -> None:
+        self.batch = batch
+        self.deltas = deltas
+        self.generation = generation
+
+    def __call__(self) -> None:
+        _state.ready.extend(self.deltas)
+        if self.generation == self.batch.generation:
+            _flush(self.batch)
+
+
+class _Flush:
+    """Sends the ready queue if the batch's last step was discarded by a savepoint rollback."""
+
+    __slots__ = ("batch", "generation")
+
+    def __init__(self, batch: _Batch, generation: int) -> None:
+        self.batch = batch
+        self.generation = generation
+
+    def __call__(self) -> None:
+        if self.generation == self.batch.generation and not self.batch.done:
+            _flush(self.batch)
+
+
+def _flush(batch: _Batch) -> None:
+    batch.done = True
+    _send_ready()
+
+
+def _send_ready() -> None:
+    ready, _state.ready = _state.ready, []
+    if ready:
+        _deliver_direct(ready)
+
+
+def _current_batch(using: str, hooks: list[Any]) -> _Batch:
+    """The open batch of this transaction on ``using``, or a new one."""
+    batch = _state.batches.get(using)
+    if batch is not None and not batch.done:
+        if batch.hooks is hooks:
+            return batch
+        # A savepoint rollback replaced the list: the batch goes on if its entries are still there
+        # (the most recent Snorky entry is enough to tell).
+        for _, func, _ in reversed(hooks):
+            if isinstance(func, (_Step, _Flush)):
+                if func.batch is batch:
+                    batch.hooks = hooks
+                    return batch
+                break
+    batch = _Batch(hooks)
+    _state.batches[using] = batch
+    return batch
+
+
+def enqueue(deltas: Iterable[dict[str, Any]], using: str = DEFAULT_DB_ALIAS) -> None:
+    """Publishes ``deltas`` once the current transaction on ``using`` commits (see the module docs)."""
+    deltas = list(deltas)
+    if not deltas:
+        return
+    if snorky_settings.DELIVERY == "outbox":
+        from snorky_django.models import OutboxEntry
+
+        OutboxEntry.objects.using(using).bulk_create([OutboxEntry(delta=delta) for delta in deltas])
+        return
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        if not connection.get_autocommit():
+            # Manual transaction management: Django cannot tell us about the commit.
+            logger.warning("Snorky: publishing deltas immediately: %r is not in autocommit mode", using)
+        _state.ready.extend(deltas)
+        _send_ready()
+        return
+    batch = _current_batch(using, connection.run_on_commit)
+    batch.generation += 1
+    try:
+        connection.on_commit(_Step(batch, deltas, batch.generation), robust=True)
+    except TransactionManagementError:  # pragma: no cover (on_commit refuses nothing in an atomic block)
+        _state.ready.extend(deltas)
+        _send_ready()
+        return
+    if connection.savepoint_ids:
+        # The step may be discarded with its savepoint; this entry, outside every savepoint, may not.
+        hooks: list[Any] = connection.run_on_commit
+        hooks.append((set(), _Flush(batch, batch.generation), True))

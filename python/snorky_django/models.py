@@ -1,0 +1,34 @@
+"""The outbox table of ``DELIVERY = "outbox"``."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+__all__ = ["OutboxEntry"]
+
+
+class OutboxEntry(models.Model):
+    """A delta written in the transaction that made the change, waiting for the relay.
+
+    The relay (run by ``manage.py snorky``) sends entries in ``id`` order and deletes them once the
+    server accepted them. An entry the server refuses (a delta no dealer handles, say) keeps its
+    row with ``error`` set and is not retried: inspect it, then delete it.
+    """
+
+    id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
+    created: models.DateTimeField[datetime.datetime, datetime.datetime] = models.DateTimeField(default=timezone.now)
+    delta: Any = models.JSONField()
+    error: models.TextField[str, str] = models.TextField(blank=True, default="")
+
+    class Meta:
+        verbose_name = "outbox entry"
+        verbose_name_plural = "outbox entries"
+        ordering = ("id",)
+
+    def __str__(self) -> str:
+        delta = self.delta if isinstance(self.delta, dict) else {}
+        return f"{delta.get('type')} {delta.get('model')} #{self.pk}"

@@ -1,0 +1,174 @@
+"""The outbox relay: moves committed deltas from the outbox table to the Snorky server.
+
+One pass (:meth:`OutboxRelay.relay_once`) locks the oldest entries (``SELECT ... FOR UPDATE``, so
+two relays never send the same batch nor reorder it), publishes them in one request and deletes
+them in the same transaction, only after the server accepted them. (SQLite has no row locks: there,
+run a single relay.) If the server cannot be
+reached the transaction rolls back and the entries stay for the next try; if the relay dies
+between the server's answer and the commit, the batch is sent again on restart (at least once).
+Entries the server refuses on their own are kept with ``error`` set and not retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from django.db import DatabaseError, close_old_connections, connections, router, transaction
+
+from snorky.backend import SnorkyBackend, SnorkyError
+from snorky_django.conf import snorky_settings
+from snorky_django.delivery import get_backend, send_deltas
+
+if TYPE_CHECKING:
+    from snorky_django.models import OutboxEntry
+
+__all__ = ["OutboxRelay"]
+
+logger = logging.getLogger("snorky_django.relay")
+
+
+class OutboxRelay:
+    """Relays the outbox on a background thread (``start()``/``stop()``), or pass by pass.
+
+    ``backend`` defaults to the shared client (``BACKEND_URL``); ``databases`` to every database
+    the outbox table is migrated to.
+    """
+
+    def __init__(
+        self,
+        backend: SnorkyBackend | None = None,
+        *,
+        databases: list[str] | None = None,
+        batch_size: int | None = None,
+        poll_interval: float | None = None,
+        max_retry_delay: float | None = None,
+    ) -> None:
+        self.backend = backend
+        self.databases = databases
+        self.batch_size = batch_size or int(snorky_settings.OUTBOX_BATCH_SIZE)
+        self.poll_interval = poll_interval if poll_interval is not None else float(snorky_settings.OUTBOX_POLL_INTERVAL)
+        self.max_retry_delay = (
+            max_retry_delay if max_retry_delay is not None else float(snorky_settings.OUTBOX_MAX_RETRY_DELAY)
+        )
+        self.relayed = 0
+        """Deltas the server accepted through this relay."""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _databases(self) -> list[str]:
+        if self.databases is not None:
+            return self.databases
+        from snorky_django.models import OutboxEntry
+
+        return [alias for alias in connections if router.allow_migrate_model(alias, OutboxEntry)]
+
+    def relay_once(self, using: str) -> int:
+        """Relays one batch from database ``using``; returns how many deltas the server accepted.
+
+        Raises :class:`~snorky.SnorkyConnectionError` (nothing deleted) when the server is down.
+        """
+        from snorky_django.models import OutboxEntry
+
+        backend = self.backend or get_backend()
+        entries_of = OutboxEntry.objects.using(using).filter(error="").order_by("id")
+        if connections[using].features.has_select_for_update:
+            # The batch stays locked until it is deleted: another relay waits, then takes the next.
+            with transaction.atomic(using=using):
+                return self._relay(list(entries_of.select_for_update()[: self.batch_size]), backend, using)
+        # Without row locks (SQLite), hold no transaction during the request: one relay per database.
+        return self._relay(list(entries_of[: self.batch_size]), backend, using)
+
+    def _relay(self, entries: list[OutboxEntry], backend: SnorkyBackend, using: str) -> int:
+        from snorky_django.models import OutboxEntry
+
+        if not entries:
+            return 0
+        by_delta = {id(entry.delta): entry for entry in entries}
+        refused = send_deltas([entry.delta for entry in entries], backend)
+        failed_ids = set()
+        for delta, reason in refused:
+            entry = by_delta[id(delta)]
+            logger.error(
+                "Snorky refused outbox entry %d (%s %s): %s", entry.pk, delta.get("type"), delta.get("model"), reason
+            )
+            OutboxEntry.objects.using(using).filter(pk=entry.pk).update(error=reason)
+            failed_ids.add(entry.pk)
+        accepted = [entry.pk for entry in entries if entry.pk not in failed_ids]
+        OutboxEntry.objects.using(using).filter(pk__in=accepted).delete()
+        self.relayed += len(accepted)
+        return len(accepted)
+
+    def drain(self, timeout: float = 10.0) -> int:
+        """Relays until every database's outbox is empty (or ``timeout``); returns the count."""
+        deadline = time.monotonic() + timeout
+        total = 0
+        for using in self._databases():
+            while time.monotonic() < deadline:
+                count = self.relay_once(using)
+                total += count
+                if count < self.batch_size:
+                    break
+        return total
+
+    def start(self) -> None:
+        """Relays on a daemon thread until :meth:`stop`."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="snorky-outbox-relay", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stops the thread after its current batch; returns whether it stopped within ``timeout``."""
+        self._stop.set()
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        """Whether the relay thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        delay = self.poll_interval
+        failing_since: float | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    busy = False
+                    for using in self._databases():
+                        busy = self.relay_once(using) >= self.batch_size or busy
+                except (SnorkyError, DatabaseError) as err:
+                    if failing_since is None:
+                        failing_since = time.monotonic()
+                        logger.warning("Snorky outbox relay: %s; retrying", err)
+                    else:
+                        logger.debug("Snorky outbox relay still failing: %s", err)
+                    close_old_connections()
+                    delay = min(max(delay * 2, self.poll_interval), self.max_retry_delay)
+                    self._stop.wait(delay)
+                    continue
+                except Exception:
+                    logger.exception("Snorky outbox relay: unexpected error; retrying")
+                    self._stop.wait(self.max_retry_delay)
+                    continue
+                if failing_since is not None:
+                    logger.warning(
+                        "Snorky outbox relay: delivering again after %.1f s", time.monotonic() - failing_since
+                    )
+                    failing_since = None
+                delay = self.poll_interval
+                if not busy:
+                    self._stop.wait(self.poll_interval)
+        finally:
+            for connection in connections.all(initialized_only=True):
+                connection.close()
+
+    def __repr__(self) -> str:
+        return f"<OutboxRelay running={self.running} relayed={self.relayed}>"

@@ -1,0 +1,34 @@
+"""Template tags: ``{% load snorky %}``.
+
+``{% snorky_client_config %}`` renders what the JS client needs to connect, as JSON in a
+``<script type="application/json" id="snorky-config">`` element (escaped like ``json_script``, so
+no value can close the script element)::
+
+    {"url": "wss://example.com/snorky/ws", "token": "<connection token, or null>"}
+
+Read it with ``JSON.parse(document.getElementById("snorky-config").textContent)``. The token is
+the current user's (``request.user``, which needs the ``request`` context processor); pass an
+element id as the argument to render several: ``{% snorky_client_config "live-config" %}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+from django.utils.html import json_script
+from django.utils.safestring import SafeString
+
+from snorky_django import connection_token
+from snorky_django.conf import snorky_settings
+
+register = template.Library()
+
+
+@register.simple_tag(takes_context=True)
+def snorky_client_config(context: template.Context, element_id: str = "snorky-config") -> SafeString:
+    """The public WebSocket URL and the user's connection token, as a JSON script element."""
+    request = context.get("request")
+    user = getattr(request, "user", None) or context.get("user")
+    config: dict[str, Any] = {"url": snorky_settings.public_url(request), "token": connection_token(user)}
+    return json_script(config, element_id)

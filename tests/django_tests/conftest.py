@@ -1,0 +1,313 @@
+"""Fixtures of the Django tests: the database (SQLite, or a PostgreSQL server started for the run),
+a live Snorky server built from the test project's settings, users, and WebSocket clients.
+
+SNORKY_TEST_DB=postgres runs everything on PostgreSQL: the session starts `initdb`/`pg_ctl` from
+Debian's `postgresql` package in a temporary directory on a free port (as the `postgres` user when
+running as root, since PostgreSQL refuses root) and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.test import Client
+from websockets.sync.client import ClientConnection, connect
+
+from snorky_django.testing import LiveSnorkyServer, live_snorky_server
+from snorky_django.testing import snorky_server as snorky_server  # the fixture shipped for users
+
+TIMEOUT = 5.0
+QUIET = 0.5  # how long "nothing arrives" is watched, when no later event can prove it
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------
+
+
+def _postgres_binary(name: str) -> str | None:
+    found = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda path: int(path.split("/")[4]) if path.split("/")[4].isdigit() else 0,
+    )
+    return found[-1] if found else shutil.which(name)
+
+
+def _run(command: list[str], timeout: float) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[dict[str, Any] | None]:
+    """A PostgreSQL server for the session when SNORKY_TEST_DB=postgres, else None."""
+    if os.environ.get("SNORKY_TEST_DB", "sqlite") != "postgres":
+        yield None
+        return
+    initdb, pg_ctl = _postgres_binary("initdb"), _postgres_binary("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.fail("SNORKY_TEST_DB=postgres, but initdb/pg_ctl are missing: apt-get install postgresql")
+    base = Path(tempfile.mkdtemp(prefix="snorky-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        # PostgreSQL refuses to run as root: run it as the `postgres` user, in a directory it owns.
+        shutil.chown(base, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log = base / "data", base / "server.log"
+    port = free_port()
+    try:
+        _run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"], 120)
+        options = (
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
+        )
+        _run([*as_user, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start"], 90)
+    except Exception:
+        if log.exists():
+            print(log.read_text())
+        shutil.rmtree(base, ignore_errors=True)
+        raise
+    try:
+        yield {"port": port, "host": "127.0.0.1"}
+    finally:
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "-t", "30", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None, postgres_server: dict[str, Any] | None
+) -> None:
+    """Points the default database at the session's PostgreSQL server (pytest-django's hook)."""
+    if postgres_server is not None:
+        settings.DATABASES["default"]["PORT"] = str(postgres_server["port"])
+
+
+def database_env() -> dict[str, str]:
+    """Environment variables that make a subprocess use the test database."""
+    from django.db import connection
+
+    env = {
+        "SNORKY_TEST_DB": os.environ.get("SNORKY_TEST_DB", "sqlite"),
+        "SNORKY_TEST_DB_NAME": connection.settings_dict["NAME"],
+    }
+    if connection.vendor == "postgresql":
+        env["SNORKY_TEST_DB_PORT"] = str(connection.settings_dict["PORT"])
+    return env
+
+
+# --- WebSocket clients ----------------------------------------------------------------------------
+
+
+class WsClient:
+    """A WebSocket client speaking Snorky's envelope; every wait bounded."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self._stack = ExitStack()
+        self.ws: ClientConnection = self._stack.enter_context(connect(url, open_timeout=TIMEOUT, **kwargs))
+        self._call_id = 0
+        self._pushed: list[dict[str, Any]] = []
+
+    def send(self, service: str, message: Any) -> None:
+        self.ws.send(json.dumps({"service": service, "message": message}))
+
+    def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        if self._pushed:
+            return self._pushed.pop(0)
+        return json.loads(self.ws.recv(timeout=timeout))
+
+    def call(self, service: str, command: str, **params: Any) -> dict[str, Any]:
+        self._call_id += 1
+        call_id = self._call_id
+        self.send(service, {"command": command, "params": params, "callId": call_id})
+        while True:
+            frame = json.loads(self.ws.recv(timeout=TIMEOUT))
+            message = frame["message"]
+            if message.get("type") in ("response", "error") and message.get("callId") == call_id:
+                return message
+            self._pushed.append(frame)
+
+    def acquire(self, token: str) -> None:
+        reply = self.call("datasync", "acquireSubscription", token=token)
+        assert reply["type"] == "response", reply
+
+    def delta(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        frame = self.recv(timeout)
+        assert frame["service"] == "datasync" and frame["message"]["type"] == "delta", frame
+        return frame["message"]["delta"]
+
+    def deltas(self, count: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+        return [self.delta(timeout) for _ in range(count)]
+
+    def assert_silent(self, within: float = QUIET) -> None:
+        assert not self._pushed, self._pushed
+        try:
+            frame = self.ws.recv(timeout=within)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected frame {frame}")
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+@pytest.fixture
+def ws_factory() -> Iterator[Any]:
+    clients: list[WsClient] = []
+
+    def make(url: str, **kwargs: Any) -> WsClient:
+        client = WsClient(url, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+# --- The live server, users, HTTP clients ---------------------------------------------------------
+
+
+@pytest.fixture
+def live(transactional_db: None) -> Iterator[LiveSnorkyServer]:
+    """A live Snorky server from the test settings; deltas leave on real commits."""
+    with live_snorky_server() as server:
+        yield server
+
+
+@pytest.fixture
+def live_outbox(transactional_db: None) -> Iterator[LiveSnorkyServer]:
+    """A live server in outbox mode, with its relay."""
+    with live_snorky_server(DELIVERY="outbox") as server:
+        yield server
+
+
+@pytest.fixture
+def alice(transactional_db: None) -> Any:
+    return get_user_model().objects.create_user("alice", first_name="Alice", last_name="Liddell", password="x")
+
+
+@pytest.fixture
+def bob(transactional_db: None) -> Any:
+    return get_user_model().objects.create_user("bob", password="x")
+
+
+def client_for(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def subscribe(client: Client, path: str) -> tuple[Any, str]:
+    """GETs ``path`` with ``X-Snorky: Subscribe``; returns the JSON body and the token."""
+    response = client.get(path, headers={"X-Snorky": "Subscribe"})
+    assert response.status_code == 200, response.content
+    token = response["X-Subscription-Token"]
+    assert len(token) == 32 and token.isalnum(), token
+    return response.json(), token
+
+
+# --- A TCP proxy that can take the server away and give it back ----------------------------------
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target port; ``down()`` refuses and cuts connections, ``up()``
+    listens again on the same port. What the relay sees of a server that dies and comes back."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.up()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/backend"
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        listener.settimeout(0.1)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._listener is listener:
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=TIMEOUT)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        source.settimeout(None)
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+def wait_until(condition: Any, timeout: float = TIMEOUT, message: str = "condition") -> None:
+    """Polls ``condition`` until true; fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.02)

@@ -1,0 +1,193 @@
+"""`manage.py snorky` as a real process: banner, deltas through it, SIGTERM, configuration errors,
+and the outbox surviving a SIGKILL of the server and its relay."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.db import transaction
+
+from django_tests.conftest import TIMEOUT, client_for, database_env, free_port, subscribe, wait_until
+from django_tests.testapp.models import Task
+from snorky.backend import SnorkyBackend
+from snorky_django.models import OutboxEntry
+from snorky_django.relay import OutboxRelay
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TESTS = Path(__file__).resolve().parent.parent
+API_KEY = "django-tests-api-key"
+
+
+class SnorkyProcess:
+    """`python -m django snorky ...` with the test settings and database; output read by threads."""
+
+    def __init__(self, *args: str, **env: str) -> None:
+        self.frontend_port, self.backend_port = free_port(), free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "django",
+            "snorky",
+            f"--frontend-address=127.0.0.1:{self.frontend_port}",
+            f"--backend-address=127.0.0.1:{self.backend_port}",
+            *args,
+        ]
+        environment = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "django_tests.settings",
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+            **database_env(),
+            **env,
+        }
+        self.process = subprocess.Popen(
+            command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, sink), daemon=True)
+            for stream, sink in ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream, sink) -> None:
+        for line in stream:
+            sink.append(line)
+            self._lines.put(line)
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.stdout + self.stderr):
+            if time.monotonic() > deadline or (self.process.poll() is not None and self._lines.empty()):
+                raise AssertionError(
+                    f"{text!r} not printed; stdout: {''.join(self.stdout)} stderr: {''.join(self.stderr)}"
+                )
+            with contextlib.suppress(queue.Empty):
+                self._lines.get(timeout=0.1)
+
+    def finish(self, timeout: float = 15.0) -> int:
+        """Waits for the process to exit and its output to be read; returns the exit code."""
+        code = self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join(5.0)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+        return code
+
+    @property
+    def output(self) -> str:
+        return "".join(self.stdout + self.stderr)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.frontend_port}/ws"
+
+    @property
+    def backend_url(self) -> str:
+        return f"http://127.0.0.1:{self.backend_port}/backend"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.finish()
+
+
+@pytest.fixture
+def processes():
+    started: list[SnorkyProcess] = []
+
+    def start(*args: str, **env: str) -> SnorkyProcess:
+        process = SnorkyProcess(*args, **env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def test_serves_deltas_and_stops_gracefully_on_sigterm(processes, settings, ws_factory, alice):
+    server = processes()
+    server.wait_for("Quit the server with CONTROL-C.")
+    banner = "".join(server.stdout)
+    assert f"WebSocket at ws://127.0.0.1:{server.frontend_port}/ws" in banner
+    assert "Services: pubsub, datasync (backend: pubsub_backend, datasync_backend)" in banner
+    assert "DataSync dealers: Task, TaskById, Note, NoteById, Tag, TagById, TasksByOwner" in banner
+    assert "Delivery: direct" in banner
+
+    settings.SNORKY = {**settings.SNORKY, "BACKEND_URL": server.backend_url}
+    _, token = subscribe(client_for(alice), "/api/tasks/")
+    ws = ws_factory(server.ws_url)
+    ws.acquire(token)
+    with transaction.atomic():
+        Task.objects.create(title="through manage.py snorky", owner=alice)
+    assert ws.delta()["data"]["title"] == "through manage.py snorky"
+
+    server.process.send_signal(signal.SIGTERM)
+    assert server.finish() == 0
+    assert "Snorky stopped." in server.output
+    with pytest.raises(Exception, match="1001"):
+        ws.ws.recv(timeout=TIMEOUT)
+
+
+def test_a_missing_api_key_is_a_system_check_error(processes):
+    server = processes(SNORKY_TEST_API_KEY="")
+    assert server.finish() == 1
+    assert "snorky.E001" in server.output and "API_KEY" in server.output
+
+
+def test_a_bad_address_option_is_a_command_error(processes):
+    server = processes("--frontend-address=nowhere")
+    assert server.finish() == 1
+    assert "--frontend-address 'nowhere' is not HOST:PORT" in server.output
+
+
+def test_a_busy_port_says_how_to_change_it(processes):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        server = processes(f"--frontend-address=127.0.0.1:{port}")
+        assert server.finish() == 1
+    assert "Snorky could not start" in server.output and "--frontend-address" in server.output
+
+
+def test_the_outbox_survives_killing_the_server_and_its_relay(processes, settings, ws_factory, alice):
+    settings.SNORKY = {**settings.SNORKY, "DELIVERY": "outbox"}
+    first = processes(SNORKY_TEST_DELIVERY="outbox")
+    first.wait_for("Quit the server with CONTROL-C.")
+    assert "Delivery: outbox, relayed by this process" in first.output
+    Task.objects.create(title="relayed", owner=alice)
+    wait_until(lambda: not OutboxEntry.objects.exists(), timeout=10, message="the relay")
+
+    first.kill()
+    for i in range(3):
+        with transaction.atomic():
+            Task.objects.create(title=f"while down {i}", owner=alice)
+    assert OutboxEntry.objects.count() == 3
+
+    # A new server, relaying from this test once a browser is subscribed again.
+    second = processes("--no-relay", SNORKY_TEST_DELIVERY="outbox")
+    second.wait_for("Quit the server with CONTROL-C.")
+    assert "relayed elsewhere (--no-relay)" in second.output
+    backend = SnorkyBackend(second.backend_url, API_KEY)
+    token = backend.authorize_subscription([{"dealer": "TasksByOwner", "query": alice.pk}])
+    ws = ws_factory(second.ws_url)
+    ws.acquire(token)
+    assert OutboxRelay(backend).drain() == 3
+    assert [d["data"]["title"] for d in ws.deltas(3)] == [f"while down {i}" for i in range(3)]
+    assert not OutboxEntry.objects.exists()

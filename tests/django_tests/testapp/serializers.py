@@ -1,0 +1,10 @@
+from rest_framework import serializers
+
+from django_tests.testapp.models import Task
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Task
+        fields = "__all__"
+        read_only_fields = ("owner",)
