@@ -1,5 +1,6 @@
 //! Rust errors → Python exceptions, in one place.
 
+use pyo3::prelude::*;
 use pyo3::PyErr;
 
 use super::{BackendError as PyBackendError, ConfigurationError, ServerError, SnorkyConnectionError};
@@ -15,12 +16,24 @@ pub fn server_error(err: Error) -> PyErr {
     }
 }
 
-/// Maps a backend call failure to its Python exception.
+/// Maps a backend call failure to its Python exception. `BackendError` instances carry `status`:
+/// the HTTP status when the server refused the request (401 wrong key, 400 malformed, ...), or
+/// None for an error reply of the service.
 pub fn backend_error(err: BackendError) -> PyErr {
     match err {
-        BackendError::Rpc(text) => PyBackendError::new_err(text),
-        BackendError::Refused { .. } | BackendError::Protocol(_) => PyBackendError::new_err(err.to_string()),
+        BackendError::Rpc(text) => with_status(PyBackendError::new_err(text), None),
+        BackendError::Refused { status, .. } => with_status(PyBackendError::new_err(err.to_string()), Some(status)),
+        BackendError::Protocol(_) => with_status(PyBackendError::new_err(err.to_string()), None),
         BackendError::Connection { .. } => SnorkyConnectionError::new_err(err.to_string()),
         BackendError::Config(text) => ConfigurationError::new_err(text),
     }
+}
+
+fn with_status(err: PyErr, status: Option<u16>) -> PyErr {
+    Python::attach(|py| {
+        if let Err(failed) = err.value(py).setattr("status", status) {
+            log::debug!("could not set BackendError.status: {failed}");
+        }
+    });
+    err
 }

@@ -61,3 +61,12 @@ def test_one_client_is_shared_between_threads(pubsub_server):
     for thread in threads:
         thread.join(timeout=30)
     assert errors == []
+
+
+def test_backend_errors_carry_the_http_status(pubsub_server):
+    with pytest.raises(BackendError) as refused:
+        SnorkyBackend(pubsub_server.backend_url, "wrong").publish("c", 1)
+    assert refused.value.status == 401
+    with pytest.raises(BackendError) as rpc:
+        pubsub_server.backend().call("pubsub_backend", "publish")
+    assert rpc.value.status is None
