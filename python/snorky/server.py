@@ -52,7 +52,7 @@ class Server:
     - ``frontend_address`` (``"0.0.0.0:5001"``), ``backend_address`` (``"127.0.0.1:5002"``)
     - ``api_key``: the shared secret the web application sends as ``X-Backend-Key`` (required)
     - ``allowed_origins``: browser origins allowed to connect, or ``["*"]``
-    - ``max_frame_size`` (1 MiB), ``outbox_limit`` (4 MiB per connection), ``ping_interval``
+    - ``max_frame_size`` (1 MiB), ``outbox_limit`` (16 MiB per connection), ``ping_interval``
       (30 s), ``close_timeout`` (5 s), ``shutdown_timeout`` (10 s), ``backend_body_limit`` (16 MiB)
     - ``token_secret``: the secret that signs connection tokens
     """

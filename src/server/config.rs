@@ -45,7 +45,7 @@ impl Default for ServerConfig {
             api_key: None,
             allowed_origins: Vec::new(),
             max_frame_size: 1024 * 1024,
-            outbox_limit: 4 * 1024 * 1024,
+            outbox_limit: 16 * 1024 * 1024,
             ping_interval: 30.0,
             close_timeout: 5.0,
             shutdown_timeout: 10.0,
