@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from snorky import _core
@@ -39,3 +40,29 @@ class SnorkyBackend:
     def publish(self, channel: Any, message: Any, *, service: str = "pubsub_backend") -> None:
         """Publishes ``message`` to every browser subscribed to ``channel``."""
         self._client.call(service, "publish", {"channel": channel, "message": message})
+
+    def authorize_subscription(self, items: Iterable[Mapping[str, Any]], *, service: str = "datasync_backend") -> str:
+        """Authorizes a DataSync subscription and returns its token, for the browser to acquire.
+
+        ``items`` are ``{"dealer": <dealer name>, "query": <value>}`` dicts: the subscription
+        receives the deltas any of them matches (each delta at most once). The server refuses
+        the whole list with a :class:`BackendError` (``"No such dealer"``, ``"Missing field
+        query"``, an invalid filter expression, ...) if any item is wrong.
+        """
+        token = self._client.call(service, "authorizeSubscription", {"items": list(items)})
+        if not isinstance(token, str):
+            raise BackendError(f"authorizeSubscription answered {token!r}, not a token")
+        return token
+
+    def publish_deltas(
+        self, deltas: Mapping[str, Any] | Iterable[Mapping[str, Any]], *, service: str = "datasync_backend"
+    ) -> None:
+        """Publishes DataSync deltas: one delta (a dict), or many in one request (a list).
+
+        A delta is ``{"type": "insert"|"delete", "model": ..., "data": {...}}`` or
+        ``{"type": "update", "model": ..., "newData": {...}, "oldData": {...}}``. The server
+        checks the whole batch before delivering any of it: one bad delta refuses all of them
+        with a :class:`BackendError`.
+        """
+        batch = [deltas] if isinstance(deltas, Mapping) else list(deltas)
+        self._client.call(service, "publishDeltas", {"deltas": batch})

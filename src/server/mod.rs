@@ -11,7 +11,6 @@ pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::routing::{get, post};
@@ -44,8 +43,6 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Tracks open connections so shutdown can wait for their close frames.
     pub connections: TaskTracker,
-    /// The next connection id.
-    pub next_connection_id: AtomicU64,
 }
 
 /// A server that is configured but not yet listening.
@@ -91,7 +88,6 @@ impl Server {
             registry,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
-            next_connection_id: AtomicU64::new(1),
         };
         Ok(BoundServer { app: Arc::new(app), frontend, backend })
     }

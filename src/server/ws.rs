@@ -26,6 +26,10 @@ use crate::tokens;
 
 use super::{dispatch, origin, App};
 
+/// Connection ids are process-wide, not per server: one service object may be registered in two
+/// servers of one process (tests, embedding), and its maps are keyed by id.
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Initial read buffer per connection. Tungstenite's default (128 KiB) would dominate the memory
 /// of idle connections; the buffer grows on demand for larger frames.
 const READ_BUFFER: usize = 2 * 1024;
@@ -91,7 +95,7 @@ fn handshake_identity(secret: Option<&str>, token: Option<&str>) -> Result<Ident
 async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: Identity) {
     // Held for the connection's life so that shutdown waits for the close frame.
     let _drain = app.connections.token();
-    let id = app.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
     let (connection, outbox) =
         Connection::new(id, identity, remote, app.config.queue_limit(), &app.shutdown, Arc::clone(&app.metrics));
     app.metrics.connections.inc();

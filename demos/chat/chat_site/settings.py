@@ -1,0 +1,96 @@
+"""Settings of the chat demo: a development setup (DEBUG, SQLite), not one to deploy.
+
+``run.py`` starts ``runserver`` and ``manage.py snorky`` with these settings; the addresses, the
+API key and the database come from the environment, so that it (and the browser tests) can choose
+ports and a fresh database:
+
+| variable | default | what |
+|---|---|---|
+| ``SNORKY_FRONTEND_ADDRESS`` | ``127.0.0.1:5001`` | where browsers open the WebSocket |
+| ``SNORKY_BACKEND_ADDRESS`` | ``127.0.0.1:5002`` | where Django publishes the shared notes |
+| ``SNORKY_API_KEY`` | a fixed demo key | the secret shared by the two processes |
+| ``SNORKY_ALLOWED_ORIGINS`` | derived (loopback on ports 8000, 8080, ...) | comma-separated page origins |
+| ``DEMO_DATABASE`` | ``db.sqlite3`` beside ``manage.py`` | the SQLite file |
+"""
+
+import os
+from pathlib import Path
+
+import django
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Fixed so that sessions survive a restart of the demo; never reuse it anywhere else. Both
+# processes derive the connection tokens' secret from it (SNORKY["TOKEN_SECRET"] unset).
+SECRET_KEY = "chat-demo-not-secret-6f1e0c9a2b8d4f7e9a3c5b1d7e2f4a6c"
+DEBUG = True
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.staticfiles",
+    "snorky_django",
+    "chat",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+ROOT_URLCONF = "chat_site.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",  # {% snorky_client_config %} needs it
+                "django.contrib.auth.context_processors.auth",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("DEMO_DATABASE") or str(BASE_DIR / "db.sqlite3"),
+        # Several browsers save the notes at once: take the write lock at BEGIN (Django 5.1+), so
+        # that no transaction fails upgrading a read lock, and wait for it rather than fail.
+        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20} if django.VERSION >= (5, 1) else {"timeout": 20},
+    }
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "index"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    return [item.strip() for item in value.split(",") if item.strip()] if value else None
+
+
+SNORKY = {
+    "API_KEY": os.environ.get("SNORKY_API_KEY") or "chat-demo-api-key-not-secret",
+    "FRONTEND_ADDRESS": os.environ.get("SNORKY_FRONTEND_ADDRESS") or "127.0.0.1:5001",
+    "BACKEND_ADDRESS": os.environ.get("SNORKY_BACKEND_ADDRESS") or "127.0.0.1:5002",
+    # None: derived from ALLOWED_HOSTS (in DEBUG, loopback pages on ports 8000, 8080, 3000, 5173).
+    "ALLOWED_ORIGINS": _env_list("SNORKY_ALLOWED_ORIGINS"),
+    # Chat (rooms, presence, read receipts), Cursors (the shared notes' cursors), and PubSub (the
+    # notes' text, which Django saves and publishes). No DataSync: nothing here is a live list.
+    "SERVICES": ["pubsub", "chat", "cursors"],
+}
