@@ -21,6 +21,7 @@ pub mod registry;
 pub mod server;
 pub mod service;
 pub mod services;
+pub mod sync;
 pub mod tokens;
 pub mod value;
 

@@ -70,9 +70,7 @@ impl fmt::Debug for DataSyncHub {
 
 impl DataSyncHub {
     fn lock(&self) -> MutexGuard<'_, Subscriptions> {
-        // A poisoned lock means a panic happened mid-update elsewhere; the maps are still
-        // structurally valid, so keep serving rather than take the whole service down.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// The frontend service's name.

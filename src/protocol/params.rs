@@ -24,6 +24,13 @@ impl Params {
         self.0.shift_remove(name).ok_or(RpcError::InvalidParams)
     }
 
+    /// Takes the one parameter a command has, refusing any other ("Invalid params").
+    pub fn only(mut self, name: &str) -> Result<Value, RpcError> {
+        let value = self.take(name)?;
+        self.finish()?;
+        Ok(value)
+    }
+
     /// Takes an optional parameter.
     pub fn take_optional(&mut self, name: &str) -> Option<Value> {
         self.0.shift_remove(name)

@@ -92,9 +92,7 @@ struct ReadPush<'a> {
 
 impl ChatShared {
     fn lock(&self) -> MutexGuard<'_, ChatState> {
-        // A poisoned lock means a panic happened mid-update elsewhere; the maps are still
-        // structurally valid, so keep serving rather than take the whole service down.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     fn presence(&self, from: &str, channel: &Value, status: &'static str) -> Frame {
@@ -241,7 +239,7 @@ impl ChatService {
     }
 
     async fn join(&self, connection: &Arc<Connection>, params: Params) -> Result<Value, RpcError> {
-        let channel = take_channel(params)?;
+        let channel = params.only("channel")?;
         let Some(identity) = connection.identity().id.as_deref() else {
             return Err(RpcError::service("Not authenticated"));
         };
@@ -256,12 +254,6 @@ impl ChatService {
         }
         self.shared.join(connection, identity, channel)
     }
-}
-
-fn take_channel(mut params: Params) -> Result<Value, RpcError> {
-    let channel = params.take("channel")?;
-    params.finish()?;
-    Ok(channel)
 }
 
 impl Service for ChatService {
@@ -279,7 +271,7 @@ impl Service for ChatService {
         };
         match command {
             "join" => self.join(connection, params).await,
-            "leave" => self.shared.leave(connection, &take_channel(params)?).map(|()| Value::Null),
+            "leave" => self.shared.leave(connection, &params.only("channel")?).map(|()| Value::Null),
             "send" => {
                 let channel = params.take("channel")?;
                 let body = params.take("body")?;
@@ -287,7 +279,7 @@ impl Service for ChatService {
                 self.shared.send(connection, &channel, &body).map(|()| Value::Null)
             }
             "read" => {
-                self.shared.read(connection, &take_channel(params)?);
+                self.shared.read(connection, &params.only("channel")?);
                 Ok(Value::Null)
             }
             _ => Err(RpcError::UnknownCommand),

@@ -132,9 +132,7 @@ impl Document {
 
 impl CursorsShared {
     fn lock(&self) -> MutexGuard<'_, CursorsState> {
-        // A poisoned lock means a panic happened mid-update elsewhere; the maps are still
-        // structurally valid, so keep serving rather than take the whole service down.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     fn push<C: Serialize>(&self, kind: &'static str, cursor: &C) -> Frame {

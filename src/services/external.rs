@@ -108,7 +108,7 @@ impl ExternalService {
     }
 
     fn clients(&self) -> MutexGuard<'_, HashMap<ConnectionId, Arc<Connection>>> {
-        self.clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.clients)
     }
 
     /// Handles one request: dispatches it, then answers now or when the reply comes.

@@ -60,9 +60,7 @@ const TAKEN: RpcError = RpcError::service("Name already registered");
 
 impl MessagingShared {
     fn lock(&self) -> MutexGuard<'_, MessagingState> {
-        // A poisoned lock means a panic happened mid-update elsewhere; the maps are still
-        // structurally valid, so keep serving rather than take the whole service down.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     fn register(&self, connection: &Arc<Connection>, name: String) -> Result<(), RpcError> {

@@ -41,9 +41,7 @@ struct Delivery<'a> {
 
 impl PubSubHub {
     fn lock(&self) -> MutexGuard<'_, HubState> {
-        // A poisoned lock means a panic happened mid-update elsewhere; the maps are still
-        // structurally valid, so keep serving rather than take the whole service down.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Delivers `message` to every subscriber of `channel`; returns how many it reached.
@@ -146,12 +144,6 @@ impl PubSubService {
     }
 }
 
-fn take_channel(mut params: Params) -> Result<Value, RpcError> {
-    let channel = params.take("channel")?;
-    params.finish()?;
-    Ok(channel)
-}
-
 impl Service for PubSubService {
     fn name(&self) -> &str {
         &self.hub.frontend_name
@@ -166,8 +158,8 @@ impl Service for PubSubService {
             return Err(RpcError::UnknownCommand);
         };
         match command {
-            "subscribe" => self.hub.subscribe(connection, &take_channel(params)?).map(|()| Value::Null),
-            "unsubscribe" => self.hub.unsubscribe(connection, &take_channel(params)?).map(|()| Value::Null),
+            "subscribe" => self.hub.subscribe(connection, &params.only("channel")?).map(|()| Value::Null),
+            "unsubscribe" => self.hub.unsubscribe(connection, &params.only("channel")?).map(|()| Value::Null),
             "publish" => self.publish(connection, params).await,
             _ => Err(RpcError::UnknownCommand),
         }
