@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -134,9 +135,15 @@ impl BoundServer {
             .route("/metrics", get(metrics_text))
             .with_state(Arc::clone(&app));
 
-        let frontend = axum::serve(self.frontend, frontend_routes.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(token.clone().cancelled_owned());
-        let backend = axum::serve(self.backend, backend_routes).with_graceful_shutdown(token.clone().cancelled_owned());
+        // Small frames (replies, deliveries) must leave at once: Nagle's algorithm would hold
+        // them back waiting for the peer's ACK and add tens of milliseconds to p99 latency.
+        let frontend_listener = self.frontend.tap_io(set_nodelay);
+        let backend_listener = self.backend.tap_io(set_nodelay);
+        let frontend =
+            axum::serve(frontend_listener, frontend_routes.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(token.clone().cancelled_owned());
+        let backend =
+            axum::serve(backend_listener, backend_routes).with_graceful_shutdown(token.clone().cancelled_owned());
         let (frontend_result, backend_result) = tokio::join!(frontend, backend);
 
         app.connections.close();
@@ -147,6 +154,12 @@ impl BoundServer {
         frontend_result?;
         backend_result?;
         Ok(())
+    }
+}
+
+fn set_nodelay(stream: &mut tokio::net::TcpStream) {
+    if let Err(err) = stream.set_nodelay(true) {
+        log::debug!("could not set TCP_NODELAY: {err}");
     }
 }
 
