@@ -102,7 +102,7 @@ async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: I
     app.metrics.connections_opened.inc();
     log::debug!("connection {id} opened from {remote}");
 
-    app.frontend.connected(&connection).await;
+    Box::pin(app.frontend.connected(&connection)).await;
     let (sink, stream) = socket.split();
     let writer = tokio::spawn(write_loop(
         Arc::clone(&connection),
@@ -139,7 +139,10 @@ async fn read_loop(app: &App, connection: &Arc<Connection>, mut stream: SplitStr
             None | Some(Ok(Message::Close(_))) => return,
             Some(Ok(Message::Text(text))) => {
                 app.metrics.frames_received.inc();
-                dispatch::frontend_frame(app, connection, text.as_str()).await;
+                // Boxed: the request's future (the largest of every service's) is then allocated
+                // only while a frame is handled, instead of living inline in every idle
+                // connection's task.
+                Box::pin(dispatch::frontend_frame(app, connection, text.as_str())).await;
             }
             Some(Ok(Message::Binary(_))) => {
                 app.metrics.frames_received.inc();
