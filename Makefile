@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTHON := $(VENV)/python
 
-.PHONY: help install build-dev format lint lint-rust lint-python lint-js test test-rust test-python test-js bench bench-smoke demo all
+.PHONY: help install build-dev format lint lint-rust lint-python lint-js test test-rust test-python test-js test-browser bench bench-smoke demo all
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -34,7 +34,7 @@ lint-python: ## ruff, mypy, and stubtest (the .pyi must match the extension)
 lint-js: ## TypeScript type check
 	@if [ -f js/package.json ]; then cd js && npm run -s lint; fi
 
-test: test-rust test-python test-js ## every test suite
+test: test-rust test-python test-js test-browser ## every test suite
 
 test-rust: ## Rust unit and integration tests
 	cargo test --all-targets
@@ -46,10 +46,13 @@ test-python: ## Python and Django tests against real servers (SQLite), then the 
 test-js: ## JavaScript client tests and the stale-bundle check
 	@if [ -f js/package.json ]; then cd js && npm test && npm run -s check-bundle; fi
 
+test-browser: ## the demos in Chromium (tests/browser: playwright-core, Debian's chromium)
+	cd tests/browser && SNORKY_PYTHON=$(abspath $(PYTHON)) npm test
+
 bench: ## the full benchmark (release build); writes bench/RESULTS.md
 	bench/run.sh
 
-demo: ## the PubSub demo
-	$(PYTHON) demos/pubsub/run.py
+demo: ## the todo demo (scripts/demo without the set-up)
+	$(PYTHON) demos/todo/run.py
 
 all: lint test ## lint and test

@@ -1,0 +1,320 @@
+/**
+ * The todo demo (demos/todo) in Chromium: alice in two tabs (two contexts, one session each) and
+ * bob in a third. Changes show up live on the pages that may see them and never reach the others;
+ * a todo that leaves a user's view disappears there; the Snorky server is restarted mid-test and
+ * the pages recover without a reload, with what changed while it was down. Then `run.py` itself:
+ * one command, a URL and credentials printed, both servers stopped on SIGTERM.
+ */
+
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+
+import { eventually, launchBrowser, LIVE_TIMEOUT, login, newPage, REPO_ROOT, screenshotPath } from "./support/browser.mjs";
+import { PYTHON, startDjangoDemo } from "./support/django.mjs";
+import { freePorts, isListening, startProcess, stopAll, waitForUrl } from "./support/processes.mjs";
+
+const USERS = { alice: "wonderland", bob: "builder" };
+/** A recovery after a restart waits for the client's reconnection backoff (at most 5 s in the demo). */
+const RECOVERY_TIMEOUT = 20_000;
+
+// --- Reading and driving the page ---------------------------------------------------------------
+
+const rows = (page, list) => page.locator(`#${list} .items li`);
+const row = (page, list, title) =>
+  rows(page, list).filter({ has: page.locator(".title", { hasText: new RegExp(`^${escape(title)}$`) }) });
+const escape = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+
+/** The titles in `list` ("mine" or "team"), in order. */
+const titles = (page, list) => page.locator(`#${list} .items li .title`).allTextContents();
+
+/** Waits until `list` on `page` holds exactly `expected` (titles, in order). */
+function shows(page, list, expected, timeoutMs = LIVE_TIMEOUT) {
+  return eventually(async () => assert.deepEqual(await titles(page, list), expected), {
+    timeoutMs,
+    message: `${page.user}'s ${list} list`,
+  });
+}
+
+async function add(page, list, title) {
+  const input = page.locator(`#${list} .new-todo`);
+  await input.fill(title);
+  await input.press("Enter");
+}
+
+/** Whether the todo titled `title` is ticked on `page`, waited for until it is `done`. */
+function isDone(page, list, title, done, timeoutMs = LIVE_TIMEOUT) {
+  return eventually(
+    async () => {
+      const item = row(page, list, title);
+      assert.equal(await item.count(), 1, `${title} is listed once`);
+      assert.equal(await item.locator(".toggle").isChecked(), done);
+      assert.equal(await item.evaluate((li) => li.classList.contains("done")), done);
+    },
+    { timeoutMs, message: `${page.user}: ${title} done=${done}` },
+  );
+}
+
+const status = (page, state, timeoutMs = LIVE_TIMEOUT) =>
+  page.locator(`#status[data-state="${state}"]`).waitFor({ timeout: timeoutMs });
+
+/** Every Todo delta the page received, as parsed objects. */
+function deltas(page) {
+  return page.frames
+    .map((frame) => JSON.parse(frame))
+    .filter((envelope) => envelope.service === "datasync" && envelope.message?.type === "delta")
+    .map((envelope) => envelope.message.delta);
+}
+
+/** Calls the API with a page's session (its context's cookies), as a script would. */
+async function api(page, method, path, data) {
+  const cookies = await page.context().cookies();
+  const csrf = cookies.find((cookie) => cookie.name === "csrftoken")?.value ?? "";
+  const response = await page.request.fetch(path, {
+    method,
+    data,
+    headers: { "X-CSRFToken": csrf },
+    timeout: 10_000,
+  });
+  assert.ok(response.ok(), `${method} ${path}: HTTP ${response.status()} ${await response.text()}`);
+  return response.status() === 204 ? null : response.json();
+}
+
+// --- Live sync between users --------------------------------------------------------------------
+
+describe("todo demo: live lists", () => {
+  let demo;
+  let browser;
+  let alice; // two tabs of alice's, in separate contexts (sessions)
+  let alice2;
+  let bob;
+  const unique = randomBytes(3).toString("hex");
+  const t = (title) => `${title} ${unique}`;
+
+  before(async () => {
+    demo = await startDjangoDemo("demos/todo", { setup: [["demo_users", "--no-samples"]] });
+    browser = await launchBrowser();
+    [alice, alice2, bob] = await Promise.all(
+      ["alice", "alice", "bob"].map(async (user) => {
+        const page = await newPage(browser, { baseURL: demo.baseUrl });
+        page.user = user;
+        await login(page, `${demo.baseUrl}/accounts/login/`, user, USERS[user]);
+        await status(page, "live", 10_000);
+        return page;
+      }),
+    );
+  });
+
+  after(async () => {
+    await browser?.close();
+    await demo?.stop();
+    await stopAll();
+  });
+
+  test("a todo added in one tab appears in the user's other tab, not in another user's page", async () => {
+    await add(alice, "mine", t("Buy milk"));
+    await shows(alice, "mine", [t("Buy milk")]);
+    await shows(alice2, "mine", [t("Buy milk")]);
+
+    await add(bob, "mine", t("Bob's secret"));
+    await add(bob, "team", t("Standup at ten"));
+    for (const page of [alice, alice2, bob]) await shows(page, "team", [t("Standup at ten")]);
+    // Deltas arrive in commit order: alice has seen the later team todo, so the private one would
+    // have arrived before it, had it been sent.
+    await shows(alice, "mine", [t("Buy milk")]);
+    await shows(alice2, "mine", [t("Buy milk")]);
+    await shows(bob, "mine", [t("Bob's secret")]);
+  });
+
+  test("ticking, editing and deleting show up live", async () => {
+    await alice2.locator("#mine li .toggle").first().check();
+    await isDone(alice, "mine", t("Buy milk"), true);
+
+    await row(alice, "mine", t("Buy milk")).locator(".title").dblclick();
+    const edit = alice.locator("#mine li .edit");
+    await edit.fill(t("Buy oat milk"));
+    await edit.press("Enter");
+    await shows(alice2, "mine", [t("Buy oat milk")]);
+    await isDone(alice2, "mine", t("Buy oat milk"), true);
+
+    // Bob ticks a team todo; alice unticks it.
+    await row(bob, "team", t("Standup at ten")).locator(".toggle").check();
+    await isDone(alice, "team", t("Standup at ten"), true);
+    await row(alice2, "team", t("Standup at ten")).locator(".toggle").uncheck();
+    await isDone(bob, "team", t("Standup at ten"), false);
+
+    await add(alice, "team", t("Retro notes"));
+    await shows(bob, "team", [t("Standup at ten"), t("Retro notes")]);
+    await row(bob, "team", t("Retro notes")).locator(".destroy").click();
+    for (const page of [alice, alice2, bob]) await shows(page, "team", [t("Standup at ten")]);
+  });
+
+  test("sharing moves a todo to everyone's team list; unsharing takes it out of bob's view", async () => {
+    await add(alice, "mine", t("Plan the offsite"));
+    await shows(alice2, "mine", [t("Buy oat milk"), t("Plan the offsite")]);
+
+    await row(alice2, "mine", t("Plan the offsite")).locator(".share").click();
+    for (const page of [alice, alice2, bob]) await shows(page, "team", [t("Standup at ten"), t("Plan the offsite")]);
+    await shows(alice, "mine", [t("Buy oat milk")]);
+    // Only the owner may unshare: bob's page offers no button for it.
+    assert.equal(await row(bob, "team", t("Plan the offsite")).locator(".share").isVisible(), false);
+    assert.equal(await row(bob, "team", t("Plan the offsite")).locator(".owner").textContent(), "alice");
+
+    await row(alice, "team", t("Plan the offsite")).locator(".share").click();
+    await shows(bob, "team", [t("Standup at ten")]);
+    await shows(alice2, "team", [t("Standup at ten")]);
+    await shows(alice2, "mine", [t("Buy oat milk"), t("Plan the offsite")]);
+    // Bob's page got a delete for it, not an update of a todo it may no longer see.
+    const last = deltas(bob).filter((delta) => (delta.data ?? delta.newData).title === t("Plan the offsite")).at(-1);
+    assert.equal(last.type, "delete");
+  });
+
+  test("giving a todo to bob takes it out of alice's tabs and into bob's list", async () => {
+    await row(alice, "mine", t("Plan the offsite")).locator(".give").selectOption({ label: "bob" });
+    await shows(alice, "mine", [t("Buy oat milk")]);
+    await shows(alice2, "mine", [t("Buy oat milk")]);
+    await shows(bob, "mine", [t("Bob's secret"), t("Plan the offsite")]);
+
+    // Bob may edit it now; alice's pages hear nothing more of it.
+    const before = deltas(alice).length;
+    await row(bob, "mine", t("Plan the offsite")).locator(".toggle").check();
+    await isDone(bob, "mine", t("Plan the offsite"), true);
+    await add(bob, "team", t("Barrier"));
+    await shows(alice, "team", [t("Standup at ten"), t("Barrier")]);
+    assert.deepEqual(
+      deltas(alice)
+        .slice(before)
+        .map((delta) => (delta.data ?? delta.newData).title),
+      [t("Barrier")],
+    );
+  });
+
+  test("the Snorky server restarts: pages recover without a reload, with the changes made meanwhile", async () => {
+    for (const page of [alice, alice2, bob]) await page.evaluate(() => (window.notReloaded = true));
+
+    await demo.stopSnorky();
+    for (const page of [alice, alice2, bob]) await status(page, "reconnecting", 10_000);
+
+    // While it is down: bob adds a team todo from his page (it shows there at once), alice adds
+    // one to her list and ticks a team todo through the API.
+    await add(bob, "team", t("Written while down"));
+    await shows(bob, "team", [t("Standup at ten"), t("Barrier"), t("Written while down")]);
+    const created = await api(alice2, "POST", "/api/todos/", { title: t("Posted while down") });
+    const standup = (await api(alice2, "GET", "/api/todos/")).find((todo) => todo.title === t("Standup at ten"));
+    await api(alice2, "PATCH", `/api/todos/${standup.id}/`, { done: true });
+    assert.equal(created.shared, false);
+    // A page opened meanwhile shows the data (Django answers 503 to the subscription request).
+    const late = await newPage(browser, { baseURL: demo.baseUrl });
+    late.user = "bob (opened while down)";
+    await login(late, `${demo.baseUrl}/accounts/login/`, "bob", USERS.bob);
+    await shows(late, "team", [t("Standup at ten"), t("Barrier"), t("Written while down")], 10_000);
+    assert.notEqual(await late.locator("#status").getAttribute("data-state"), "live");
+
+    await demo.startSnorky();
+    for (const page of [alice, alice2, bob, late]) await status(page, "live", RECOVERY_TIMEOUT);
+    for (const page of [alice, alice2]) {
+      await shows(page, "team", [t("Standup at ten"), t("Barrier"), t("Written while down")], RECOVERY_TIMEOUT);
+      await shows(page, "mine", [t("Buy oat milk"), t("Posted while down")], RECOVERY_TIMEOUT);
+    }
+    await shows(bob, "mine", [t("Bob's secret"), t("Plan the offsite")]);
+    for (const page of [alice, alice2, bob]) {
+      await isDone(page, "team", t("Standup at ten"), true, RECOVERY_TIMEOUT);
+      assert.equal(await page.evaluate(() => window.notReloaded), true, `${page.user}'s page was reloaded`);
+    }
+
+    // Live again.
+    await add(bob, "team", t("After the restart"));
+    for (const page of [alice, alice2, late]) {
+      await shows(page, "team", [t("Standup at ten"), t("Barrier"), t("Written while down"), t("After the restart")]);
+    }
+    await add(alice2, "mine", t("Also after"));
+    await shows(alice, "mine", [t("Buy oat milk"), t("Posted while down"), t("Also after")]);
+    await shows(late, "mine", [t("Bob's secret"), t("Plan the offsite")]);
+    await late.context().close();
+  });
+
+  test("clearing the team's completed todos removes them everywhere", async () => {
+    await row(alice, "team", t("Barrier")).locator(".toggle").check();
+    await isDone(bob, "team", t("Barrier"), true);
+    await bob.locator("#team .clear").click();
+    const left = [t("Written while down"), t("After the restart")];
+    for (const page of [alice, alice2, bob]) await shows(page, "team", left);
+    await shows(alice, "mine", [t("Buy oat milk"), t("Posted while down"), t("Also after")]);
+  });
+
+  test("nothing private ever reached the other user's browser, and no page reported an error", async () => {
+    const received = (page) => page.frames.join("\n");
+    for (const title of [t("Buy milk"), t("Buy oat milk"), t("Posted while down"), t("Also after")]) {
+      assert.ok(!received(bob).includes(title), `bob's browser received alice's private ${title}`);
+    }
+    for (const page of [alice, alice2]) {
+      assert.ok(!received(page).includes(t("Bob's secret")), `${page.user}'s browser received bob's private todo`);
+      assert.equal(await row(page, "mine", t("Bob's secret")).count(), 0);
+    }
+    for (const page of [alice, alice2, bob]) {
+      // Chromium logs the failed WebSocket reconnection attempts while the server was down.
+      const errors = page.errors.filter((error) => !/WebSocket connection to .* failed/.test(error));
+      assert.deepEqual(errors, [], `${page.user}'s page reported errors`);
+    }
+  });
+});
+
+// --- The one command ------------------------------------------------------------------------------
+
+describe("todo demo: run.py", () => {
+  let runner;
+  let tmp;
+
+  after(async () => {
+    await stopAll();
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  });
+
+  test("starts both servers with sample todos, prints the URL and the credentials, stops on SIGTERM", async () => {
+    tmp = mkdtempSync(join(tmpdir(), "snorky-todo-run-"));
+    const [http, ws, backend] = await freePorts(3);
+    runner = startProcess(
+      PYTHON,
+      [
+        "demos/todo/run.py",
+        "--no-browser",
+        `--port=${http}`,
+        `--ws-port=${ws}`,
+        `--backend-port=${backend}`,
+        `--db=${join(tmp, "db.sqlite3")}`,
+      ],
+      { name: "run.py", cwd: REPO_ROOT, env: { DISPLAY: "" } },
+    );
+    const url = `http://127.0.0.1:${http}/`;
+    await runner.waitForOutput(`Snorky todo demo: ${url}`, { timeoutMs: 60_000 });
+    await runner.waitForOutput("alice / wonderland");
+    await runner.waitForOutput("bob / builder");
+    await waitForUrl(`http://127.0.0.1:${ws}/health`, { process: runner, accept: (code) => code === 200 });
+
+    const browser = await launchBrowser();
+    try {
+      const page = await newPage(browser, { viewport: { width: 1100, height: 470 } });
+      page.user = "alice";
+      await login(page, url, "alice", USERS.alice);
+      await status(page, "live", 10_000);
+      await shows(page, "mine", ["Open this page as bob in a private window", "Tick me here, watch the other window", "Water the plants"]);
+      await shows(page, "team", ["Write the release notes", "Double-click a todo to edit it", "Review alice's pull request"]);
+      const path = screenshotPath("todo.png"); // what a new user sees first (npm run screenshots)
+      if (path) await page.screenshot({ path });
+      assert.deepEqual(page.errors, []);
+    } finally {
+      await browser.close();
+    }
+
+    const { code } = await runner.stop({ signal: "SIGTERM", timeoutMs: 15_000 });
+    assert.equal(code, 0, runner.tail());
+    for (const port of [http, ws, backend]) {
+      await eventually(async () => assert.equal(await isListening(port), false, `port ${port} still open`), {
+        timeoutMs: 5_000,
+      });
+    }
+  });
+});
