@@ -69,6 +69,9 @@ def test_server_unreachable_while_changes_commit_then_back(ws_factory, alice):
         try:
             Task.objects.create(title="before", owner=alice)
             assert ws.delta()["data"]["title"] == "before"
+            # The relay deletes a batch only once the server's answer is back: wait for that, or
+            # cutting the proxy could catch the answer in flight (and the entry be sent again).
+            wait_until(lambda: not OutboxEntry.objects.exists(), message="the first entry relayed")
 
             proxy.down()
             for i in range(5):
