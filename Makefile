@@ -24,6 +24,7 @@ lint-rust: ## rustfmt and clippy -D warnings (with and without the Python bindin
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --all-targets --features python -- -D warnings
+	cargo clippy -p snorky-bench --all-targets -- -D warnings
 
 lint-python: ## ruff, mypy, and stubtest (the .pyi must match the extension)
 	$(VENV)/ruff check python tests demos bench
@@ -34,7 +35,7 @@ lint-python: ## ruff, mypy, and stubtest (the .pyi must match the extension)
 lint-js: ## TypeScript type check
 	@if [ -f js/package.json ]; then cd js && npm run -s lint; fi
 
-test: test-rust test-python test-js test-browser ## every test suite
+test: test-rust test-python test-js test-browser bench-smoke ## every test suite
 
 test-rust: ## Rust unit and integration tests
 	cargo test --all-targets
@@ -48,6 +49,9 @@ test-js: ## JavaScript client tests and the stale-bundle check
 
 test-browser: ## the demos in Chromium (tests/browser: playwright-core, Debian's chromium)
 	cd tests/browser && SNORKY_PYTHON=$(abspath $(PYTHON)) npm test
+
+bench-smoke: ## every benchmark scenario, tiny, against the ceiling and Snorky (debug build)
+	cargo test -p snorky-bench
 
 bench: ## the full benchmark (release build); writes bench/RESULTS.md
 	bench/run.sh

@@ -32,7 +32,7 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Initial read buffer per connection. Tungstenite's default (128 KiB) would dominate the memory
 /// of idle connections; the buffer grows on demand for larger frames.
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 512;
 /// Bytes the writer buffers before writing to the socket when it batches frames.
 const WRITE_BUFFER: usize = 16 * 1024;
 

@@ -1,0 +1,235 @@
+//! Starting and stopping the servers under test, each in its own process.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::client::Target;
+
+/// A kind of server the benchmark measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The minimal reference (`serve-ceiling`).
+    Ceiling,
+    /// Snorky (`serve-snorky`).
+    Snorky,
+    /// Django Channels under daphne.
+    Channels,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ceiling => "ceiling",
+            Kind::Snorky => "snorky",
+            Kind::Channels => "channels",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Kind, String> {
+        match name.trim() {
+            "ceiling" => Ok(Kind::Ceiling),
+            "snorky" => Ok(Kind::Snorky),
+            "channels" => Ok(Kind::Channels),
+            other => Err(format!("unknown server kind {other:?} (ceiling, snorky, channels)")),
+        }
+    }
+}
+
+/// Where to find the Channels reference.
+#[derive(Debug, Clone)]
+pub struct ChannelsSetup {
+    pub venv: PathBuf,
+    pub project: PathBuf,
+}
+
+impl ChannelsSetup {
+    pub fn daphne(&self) -> PathBuf {
+        absolute(&self.venv.join("bin").join("daphne"))
+    }
+
+    pub fn installed(&self) -> bool {
+        self.daphne().is_file() && self.project.join("channels_ref").join("asgi.py").is_file()
+    }
+}
+
+/// A running server process.
+pub struct ServerProcess {
+    pub kind: Kind,
+    pub target: Target,
+    child: Child,
+    pid: u32,
+    /// `ALLOC` lines the server printed (servers started with `--alloc-stats`).
+    alloc_lines: Option<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl ServerProcess {
+    /// Starts a server of `kind` and waits until it accepts connections.
+    /// With `alloc_stats`, the Rust servers count their heap allocations (see `alloc.rs`).
+    pub async fn start(kind: Kind, channels: &ChannelsSetup, alloc_stats: bool) -> Result<ServerProcess, String> {
+        match kind {
+            Kind::Ceiling => Self::start_rust(kind, "serve-ceiling", alloc_stats).await,
+            Kind::Snorky => Self::start_rust(kind, "serve-snorky", alloc_stats).await,
+            Kind::Channels => Self::start_channels(channels).await,
+        }
+    }
+
+    async fn start_rust(kind: Kind, subcommand: &str, alloc_stats: bool) -> Result<ServerProcess, String> {
+        let exe = std::env::current_exe().map_err(|err| format!("current_exe: {err}"))?;
+        let mut command = Command::new(exe);
+        die_with_parent(&mut command);
+        let mut child = command
+            .arg(subcommand)
+            .args(["--frontend", "127.0.0.1:0", "--backend", "127.0.0.1:0", "--key", crate::KEY])
+            .args(alloc_stats.then_some("--alloc-stats"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| format!("cannot start {subcommand}: {err}"))?;
+        let pid = child.id().ok_or("server exited at once")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(START_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("READY ") {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("{subcommand} did not become ready"))?;
+        // Keep draining stdout so the server never blocks on a full pipe.
+        let (alloc_tx, alloc_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.starts_with("ALLOC ") {
+                    let _ = alloc_tx.send(line);
+                }
+            }
+        });
+        let mut ws_url = None;
+        let mut backend_url = None;
+        for word in line.split_whitespace() {
+            if let Some(url) = word.strip_prefix("ws=") {
+                ws_url = Some(url.to_owned());
+            } else if let Some(url) = word.strip_prefix("backend=") {
+                backend_url = Some(url.to_owned());
+            }
+        }
+        let (Some(ws_url), Some(backend_url)) = (ws_url, backend_url) else {
+            return Err(format!("bad READY line {line:?}"));
+        };
+        let target = Target::new(&ws_url, &backend_url)?;
+        let alloc_lines = alloc_stats.then(|| tokio::sync::Mutex::new(alloc_rx));
+        Ok(ServerProcess { kind, target, child, pid, alloc_lines })
+    }
+
+    async fn start_channels(setup: &ChannelsSetup) -> Result<ServerProcess, String> {
+        if !setup.installed() {
+            return Err(format!(
+                "the Channels reference is not installed ({} missing): run bench/run.sh",
+                setup.daphne().display()
+            ));
+        }
+        let port = free_port()?;
+        let endpoint = format!("tcp:port={port}:interface=127.0.0.1:backlog=4096");
+        let mut command = Command::new(setup.daphne());
+        die_with_parent(&mut command);
+        let child = command
+            .args(["-e", &endpoint, "-v", "0", "channels_ref.asgi:application"])
+            .current_dir(absolute(&setup.project))
+            .env("DJANGO_SETTINGS_MODULE", "channels_ref.settings")
+            .env("SNORKY_BENCH_KEY", crate::KEY)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| format!("cannot start daphne: {err}"))?;
+        let pid = child.id().ok_or("daphne exited at once")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("daphne did not start listening".into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let target = Target::new(&format!("ws://{addr}/ws"), &format!("http://{addr}/backend"))?;
+        Ok(ServerProcess { kind: Kind::Channels, target, child, pid, alloc_lines: None })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The server's resident memory, in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        crate::sys::rss_kib(self.pid)
+    }
+
+    /// Asks a server started with `alloc_stats` for its live-heap snapshot: (alive tasks,
+    /// buckets).
+    pub async fn alloc_snapshot(&self) -> Option<(i64, Vec<crate::alloc::Bucket>)> {
+        let mut lines = self.alloc_lines.as_ref()?.lock().await;
+        while lines.try_recv().is_ok() {}
+        crate::sys::signal_usr1(self.pid);
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.recv()).await.ok()??;
+        crate::alloc::parse(&line)
+    }
+
+    /// The server's CPU time so far.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        crate::sys::cpu_time(self.pid)
+    }
+
+    /// Asks the server to stop (stdin closed and SIGTERM), waits a little, then kills it.
+    pub async fn stop(mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            eprintln!("    the {} server had already exited: {status}", self.kind.name());
+        }
+        drop(self.child.stdin.take());
+        crate::sys::terminate(self.pid);
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// Makes the child get SIGTERM if the load generator dies without stopping it.
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+    // async-signal-safe.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = StdListener::bind("127.0.0.1:0").map_err(|err| format!("no free port: {err}"))?;
+    Ok(listener.local_addr().map_err(|err| err.to_string())?.port())
+}
+
+/// Resolves `path` against the current directory (for messages).
+pub fn absolute(path: &Path) -> PathBuf {
+    std::env::current_dir().map(|dir| dir.join(path)).unwrap_or_else(|_| path.to_owned())
+}

@@ -1,0 +1,319 @@
+//! The results table (printed, and written as `RESULTS.md`).
+
+use std::fmt::Write as _;
+
+use crate::procs::Kind;
+
+/// One measured value of one server in one run.
+#[derive(Debug, Clone, Default)]
+pub struct Cell {
+    pub value: Option<f64>,
+    decimals: usize,
+    text: String,
+    notes: Vec<String>,
+}
+
+impl Cell {
+    pub fn number(value: f64, decimals: usize) -> Cell {
+        Cell { value: Some(value), decimals, ..Cell::default() }
+    }
+
+    pub fn text(text: impl Into<String>) -> Cell {
+        Cell { text: text.into(), ..Cell::default() }
+    }
+
+    /// Adds a parenthesized note (e.g. the reduced size Channels ran at).
+    #[must_use]
+    pub fn note(mut self, note: &str) -> Cell {
+        if !note.is_empty() && !self.notes.iter().any(|n| n == note) {
+            self.notes.push(note.to_owned());
+        }
+        self
+    }
+
+    fn base(&self) -> String {
+        self.value.map_or_else(|| self.text.clone(), |value| format_number(value, self.decimals))
+    }
+}
+
+/// Several runs of one cell: the median of numbers, the distinct texts otherwise.
+fn merge(samples: &[Cell]) -> Option<Cell> {
+    let first = samples.first()?;
+    let mut notes: Vec<String> = Vec::new();
+    for sample in samples {
+        for note in &sample.notes {
+            if !notes.contains(note) {
+                notes.push(note.clone());
+            }
+        }
+    }
+    let mut values: Vec<f64> = samples.iter().filter_map(|cell| cell.value).collect();
+    let merged = if values.len() == samples.len() {
+        values.sort_by(f64::total_cmp);
+        let mid = values.len() / 2;
+        let median = if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 };
+        Cell { value: Some(median), decimals: first.decimals, text: String::new(), notes }
+    } else {
+        let mut texts: Vec<String> = Vec::new();
+        for sample in samples {
+            let text = sample.base();
+            if !texts.contains(&text) {
+                texts.push(text);
+            }
+        }
+        Cell { value: None, decimals: 0, text: texts.join(" / "), notes }
+    };
+    Some(merged)
+}
+
+/// One line of the table: a metric of a scenario, per server (one cell per run).
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub metric: String,
+    samples: [Vec<Cell>; 3],
+    /// Whether ratios make sense for this metric.
+    pub ratios: bool,
+}
+
+fn slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Ceiling => 0,
+        Kind::Snorky => 1,
+        Kind::Channels => 2,
+    }
+}
+
+impl Row {
+    pub fn new(metric: impl Into<String>, ratios: bool) -> Row {
+        Row { metric: metric.into(), samples: [Vec::new(), Vec::new(), Vec::new()], ratios }
+    }
+
+    /// Records one run's value.
+    pub fn set(&mut self, kind: Kind, cell: Cell) {
+        self.samples[slot(kind)].push(cell);
+    }
+
+    /// The value over all runs (median).
+    pub fn get(&self, kind: Kind) -> Option<Cell> {
+        merge(&self.samples[slot(kind)])
+    }
+
+    /// The rendered cell.
+    pub fn text(&self, kind: Kind) -> Option<String> {
+        let cell = self.get(kind)?;
+        let mut text = cell.base();
+        if !cell.notes.is_empty() {
+            let _ = write!(text, " ({})", cell.notes.join("; "));
+        }
+        Some(text)
+    }
+
+    /// Every run's value, when there was more than one run.
+    fn runs(&self, kind: Kind) -> Option<String> {
+        let samples = &self.samples[slot(kind)];
+        (samples.len() > 1).then(|| samples.iter().map(Cell::base).collect::<Vec<_>>().join(", "))
+    }
+
+    fn value(&self, kind: Kind) -> Option<f64> {
+        self.get(kind).and_then(|cell| cell.value)
+    }
+
+    /// snorky / `other`, when both are numbers.
+    pub fn ratio(&self, other: Kind) -> Option<f64> {
+        if !self.ratios {
+            return None;
+        }
+        let (snorky, other) = (self.value(Kind::Snorky)?, self.value(other)?);
+        (other > 0.0).then(|| snorky / other)
+    }
+}
+
+/// Whether a target was reached.
+#[derive(Debug, Clone)]
+pub struct TargetLine {
+    pub target: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+/// Everything the run produced.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub command: String,
+    pub date: String,
+    pub machine: String,
+    pub revision: String,
+    pub load_before: String,
+    pub load_after: String,
+    pub smoke: bool,
+    pub rows: Vec<Row>,
+    pub targets: Vec<TargetLine>,
+    pub notes: Vec<String>,
+    pub duration_s: f64,
+}
+
+impl Report {
+    pub fn row_mut(&mut self, metric: &str, ratios: bool) -> &mut Row {
+        if let Some(index) = self.rows.iter().position(|row| row.metric == metric) {
+            return &mut self.rows[index];
+        }
+        self.rows.push(Row::new(metric, ratios));
+        self.rows.last_mut().expect("just pushed")
+    }
+
+    /// The table alone.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        out.push_str("| metric | ceiling | snorky | channels | snorky/ceiling | snorky/channels |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|\n");
+        for row in &self.rows {
+            let cell = |kind| row.text(kind).unwrap_or_else(|| "–".to_owned());
+            let ratio = |kind| row.ratio(kind).map_or_else(|| "–".to_owned(), |r| format!("{}×", format_ratio(r)));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                row.metric,
+                cell(Kind::Ceiling),
+                cell(Kind::Snorky),
+                cell(Kind::Channels),
+                ratio(Kind::Ceiling),
+                ratio(Kind::Channels)
+            );
+        }
+        out
+    }
+
+    /// Every run's value of the metrics measured more than once.
+    pub fn runs_table(&self) -> String {
+        let mut out = String::new();
+        for row in &self.rows {
+            let runs: Vec<String> = [Kind::Ceiling, Kind::Snorky, Kind::Channels]
+                .into_iter()
+                .filter_map(|kind| row.runs(kind).map(|runs| format!("{}: {runs}", kind.name())))
+                .collect();
+            if !runs.is_empty() {
+                let _ = writeln!(out, "- {}: {}", row.metric, runs.join("; "));
+            }
+        }
+        out
+    }
+
+    /// The targets table.
+    pub fn targets_table(&self) -> String {
+        let mut out = String::new();
+        out.push_str("| target | measured | met |\n|---|---|---|\n");
+        for line in &self.targets {
+            let met = match line.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            };
+            let _ = writeln!(out, "| {} | {} | {met} |", line.target, line.measured);
+        }
+        out
+    }
+
+    /// The notes, each once.
+    pub fn distinct_notes(&self) -> Vec<&String> {
+        let mut seen: Vec<&String> = Vec::new();
+        for note in &self.notes {
+            if !seen.contains(&note) {
+                seen.push(note);
+            }
+        }
+        seen
+    }
+
+    /// The whole markdown document.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        out.push_str("# Snorky benchmark results\n\n");
+        if self.smoke {
+            out.push_str("**Smoke run: tiny sizes, the numbers mean nothing; targets are not judged.**\n\n");
+        }
+        let _ = writeln!(out, "- Command: `{}`", self.command);
+        let _ = writeln!(out, "- Date: {}", self.date);
+        let _ = writeln!(out, "- Snorky revision: {}", self.revision);
+        let _ = writeln!(out, "- Machine: {}", self.machine);
+        let _ = writeln!(
+            out,
+            "- Load average (1/5/15 min) before: {}, after: {} (the machine is shared: other work may run)",
+            self.load_before, self.load_after
+        );
+        let _ = writeln!(out, "- Wall time of the run: {:.0} s", self.duration_s);
+        out.push_str(
+            "- Load generator and server run as separate processes on the same machine, over loopback; \
+             each scenario starts a fresh server process. Ratios are snorky ÷ reference \
+             (for latency and memory, lower is better).\n\n",
+        );
+        out.push_str(
+            "- Reading the rows: fan-out latency includes waiting behind the publisher's 32-message \
+             window (it is a throughput test; the steady rows are the latency test). \"server CPU\" and \
+             \"load generator CPU\" are process CPU time divided by the work done, which is less \
+             sensitive to other load on the machine than rates are. Channels' in-memory layer runs \
+             `_clean_expired()` over every channel and group member on each `receive` and `group_send`, \
+             so its cost per delivery grows with the number of connections.\n\n",
+        );
+        out.push_str("## Results\n\n");
+        out.push_str(&self.table());
+        let runs = self.runs_table();
+        if !runs.is_empty() {
+            out.push_str("\nThe table shows the median of the runs; every run's value:\n\n");
+            out.push_str(&runs);
+        }
+        out.push_str("\n## Targets\n\n");
+        out.push_str(&self.targets_table());
+        if !self.notes.is_empty() {
+            out.push_str("\n## Notes\n\n");
+            for note in self.distinct_notes() {
+                let _ = writeln!(out, "- {note}");
+            }
+        }
+        out
+    }
+}
+
+/// `1234567.8` → `1,234,568`; fewer than 100 gets `decimals` decimals.
+pub fn format_number(value: f64, decimals: usize) -> String {
+    if !value.is_finite() {
+        return value.to_string();
+    }
+    if value.abs() < 100.0 && decimals > 0 {
+        return format!("{value:.decimals$}");
+    }
+    let rounded = value.round() as i64;
+    let digits = rounded.unsigned_abs().to_string();
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    if rounded < 0 {
+        grouped.insert(0, '-');
+    }
+    grouped
+}
+
+pub fn format_ratio(ratio: f64) -> String {
+    if ratio >= 100.0 {
+        format_number(ratio, 0)
+    } else if ratio >= 10.0 {
+        format!("{ratio:.1}")
+    } else {
+        format!("{ratio:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped() {
+        assert_eq!(format_number(1_234_567.8, 0), "1,234,568");
+        assert_eq!(format_number(12.345, 2), "12.35");
+        assert_eq!(format_number(999.0, 2), "999");
+    }
+}

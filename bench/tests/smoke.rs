@@ -1,0 +1,21 @@
+//! The benchmark's smoke run: every scenario at tiny sizes against the ceiling and Snorky (and
+//! Channels when its venv exists), checking that every delivery arrives once and in order.
+//! Not part of the root crate's `cargo test`; run with `cargo test -p snorky-bench`.
+
+use std::process::Command;
+
+#[test]
+fn smoke_run_passes() {
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let output = Command::new(env!("CARGO_BIN_EXE_snorky-bench"))
+        .current_dir(repo)
+        .args(["run", "--smoke"])
+        .output()
+        .expect("snorky-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "smoke run failed\n{stdout}\n{stderr}");
+    for metric in ["fan-out", "idle", "set-up", "channels ×", "steady", "RPC", "backend"] {
+        assert!(stdout.contains(metric), "no {metric:?} row in\n{stdout}");
+    }
+}
