@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTHON := $(VENV)/python
 
-.PHONY: help install build-dev format lint lint-rust lint-python lint-js test test-rust test-python test-js test-browser bench bench-smoke demo all
+.PHONY: help install build-dev format lint lint-rust lint-python lint-js test test-rust test-python test-django42 test-js test-browser bench bench-smoke demo all
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,7 +35,7 @@ lint-python: ## ruff, mypy, and stubtest (the .pyi must match the extension)
 lint-js: ## TypeScript type check
 	@if [ -f js/package.json ]; then cd js && npm run -s lint; fi
 
-test: test-rust test-python test-js test-browser bench-smoke ## every test suite
+test: test-rust test-python test-django42 test-js test-browser bench-smoke ## every test suite
 
 test-rust: ## Rust unit and integration tests
 	cargo test --all-targets
@@ -43,6 +43,9 @@ test-rust: ## Rust unit and integration tests
 test-python: ## Python and Django tests against real servers (SQLite), then the Django tests on PostgreSQL
 	$(PYTHON) -m pytest
 	SNORKY_TEST_DB=postgres $(PYTHON) -m pytest tests/django_tests
+
+test-django42: ## the Django tests on Django 4.2 LTS and PostgreSQL (compatibility)
+	SNORKY_TEST_DB=postgres PYTHONPATH=python .venv-django42/bin/python -m pytest tests/django_tests -p no:cacheprovider
 
 test-js: ## JavaScript client tests and the stale-bundle check
 	@if [ -f js/package.json ]; then cd js && npm test && npm run -s check-bundle; fi
