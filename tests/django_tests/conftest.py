@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import os
 import shutil
 import socket
@@ -19,7 +18,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
-from websockets.sync.client import ClientConnection, connect
+from wsclient import WsClient as BaseWsClient
 
 from snorky_django.testing import LiveSnorkyServer, live_snorky_server
 from snorky_django.testing import snorky_server as snorky_server  # the fixture shipped for users
@@ -125,33 +123,8 @@ def database_env() -> dict[str, str]:
 # --- WebSocket clients ----------------------------------------------------------------------------
 
 
-class WsClient:
-    """A WebSocket client speaking Snorky's envelope; every wait bounded."""
-
-    def __init__(self, url: str, **kwargs: Any) -> None:
-        self._stack = ExitStack()
-        self.ws: ClientConnection = self._stack.enter_context(connect(url, open_timeout=TIMEOUT, **kwargs))
-        self._call_id = 0
-        self._pushed: list[dict[str, Any]] = []
-
-    def send(self, service: str, message: Any) -> None:
-        self.ws.send(json.dumps({"service": service, "message": message}))
-
-    def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
-        if self._pushed:
-            return self._pushed.pop(0)
-        return json.loads(self.ws.recv(timeout=timeout))
-
-    def call(self, service: str, command: str, **params: Any) -> dict[str, Any]:
-        self._call_id += 1
-        call_id = self._call_id
-        self.send(service, {"command": command, "params": params, "callId": call_id})
-        while True:
-            frame = json.loads(self.ws.recv(timeout=TIMEOUT))
-            message = frame["message"]
-            if message.get("type") in ("response", "error") and message.get("callId") == call_id:
-                return message
-            self._pushed.append(frame)
+class WsClient(BaseWsClient):
+    """The shared test client, plus DataSync helpers."""
 
     def acquire(self, token: str) -> None:
         reply = self.call("datasync", "acquireSubscription", token=token)

@@ -9,9 +9,9 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from wsclient import WsClient
 
 import snorky
-from conftest import WsClient
 from snorky.services import ChatService, Client
 from snorky.testing import RunningServer, running_server
 

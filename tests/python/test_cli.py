@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
+from wsclient import TIMEOUT, WsClient
 
-from conftest import TIMEOUT, WsClient
 from snorky.backend import SnorkyBackend
 
 

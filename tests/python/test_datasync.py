@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from wsclient import WsClient
 
-from conftest import WsClient
 from snorky.backend import BackendError
 from snorky.dealers import BroadcastDealer, FilterDealer, SimpleDealer
 from snorky.services import DataSyncBackend, DataSyncService

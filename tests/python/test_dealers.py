@@ -7,8 +7,8 @@ import logging
 from typing import Any
 
 import pytest
+from wsclient import WsClient
 
-from conftest import WsClient
 from snorky import ConfigurationError
 from snorky.dealers import BroadcastDealer, Dealer, FilterDealer, SimpleDealer
 from snorky.services import DataSyncBackend, DataSyncService

@@ -9,7 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from conftest import WsClient
+from wsclient import WsClient
+
 from test_cli import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

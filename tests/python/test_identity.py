@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
+from wsclient import WsClient
 
 import snorky
-from conftest import WsClient
 from snorky.services import ChatService, Client, MessagingService
 from snorky.testing import running_server
 

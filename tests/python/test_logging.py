@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from conftest import WsClient
+from wsclient import WsClient
+
 from snorky.services import PubSubService
 from snorky.testing import running_server
 

@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 import pytest
+from wsclient import WsClient
 
 import snorky
-from conftest import WsClient
 from snorky.services import Client, MessagingService
 from snorky.testing import running_server
 

@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
+from wsclient import WsClient
 
-from conftest import WsClient
 from snorky.services import Client, PubSubBackend, PubSubService
 from snorky.testing import running_server
 

@@ -8,8 +8,8 @@ import threading
 import time
 
 import pytest
+from wsclient import WsClient
 
-from conftest import WsClient
 from snorky.services import (
     Client,
     PubSubBackend,

@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 from websockets.exceptions import ConnectionClosed
+from wsclient import TIMEOUT, WsClient
 
-from conftest import TIMEOUT, WsClient
 from snorky import ConfigurationError, Server, ServiceRegistry
 from snorky.services import PubSubBackend, PubSubService
 from snorky.testing import running_server
