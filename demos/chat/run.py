@@ -8,28 +8,17 @@ prints the URL and the credentials, and opens a browser. Ctrl-C (or SIGTERM) sto
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-import webbrowser
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # demos/, for the shared devserver module
+import devserver
 
 HERE = Path(__file__).resolve().parent
 MANAGE = [sys.executable, str(HERE / "manage.py")]
-START_TIMEOUT = 60.0  # seconds each server has to answer
-STOP_TIMEOUT = 10.0  # seconds each server has to stop before it is killed
-
-
-class StopRequestedError(Exception):
-    """SIGINT or SIGTERM arrived."""
 
 
 def main() -> int:
@@ -41,7 +30,7 @@ def main() -> int:
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
     args = parser.parse_args()
     for option, port in (("--port", args.port), ("--ws-port", args.ws_port), ("--backend-port", args.backend_port)):
-        if not port_is_free(port):
+        if not devserver.port_is_free(port, reuse_address=False):
             parser.exit(2, f"run.py: port {port} is in use: stop what uses it, or pick another with {option}\n")
 
     url = f"http://127.0.0.1:{args.port}/"
@@ -56,12 +45,8 @@ def main() -> int:
         "SNORKY_ALLOWED_ORIGINS": f"http://127.0.0.1:{args.port},http://localhost:{args.port}",
     }
 
-    def stop_requested(signum: int, frame: object) -> None:
-        raise StopRequestedError
-
-    signal.signal(signal.SIGINT, stop_requested)
-    signal.signal(signal.SIGTERM, stop_requested)
-    servers: list[subprocess.Popen[bytes]] = []
+    devserver.interrupt_on_stop_signals()
+    servers: list[devserver.Child] = []
     try:
         subprocess.run([*MANAGE, "migrate", "--noinput", "-v", "0"], env=env, cwd=HERE, check=True)
         credentials = subprocess.run(
@@ -69,8 +54,8 @@ def main() -> int:
         ).stdout.splitlines()
         servers.append(start_server("snorky", env))
         servers.append(start_server("runserver", env, f"127.0.0.1:{args.port}", "--noreload"))
-        wait_until_up(servers[0], f"http://127.0.0.1:{args.backend_port}/health")
-        wait_until_up(servers[1], f"{url}login/")
+        devserver.wait_until_up(f"http://127.0.0.1:{args.backend_port}/health", servers[0])
+        devserver.wait_until_up(f"{url}login/", servers[1])
         print(
             f"\n  Snorky chat demo: {url}\n"
             f"  Log in as {', '.join(credentials)} (username / password);\n"
@@ -79,89 +64,29 @@ def main() -> int:
             flush=True,
         )
         if not args.no_browser:
-            open_browser(url)
-        while True:
-            for server in servers:
-                if server.poll() is not None:
-                    print(f"run.py: manage.py {server.args[2]} exited with status {server.returncode}", file=sys.stderr)
-                    return 1
-            time.sleep(0.2)
-    except (StopRequestedError, KeyboardInterrupt):
+            devserver.open_browser(url, "  (no display: open {url} in your browser)\n")
+        return devserver.supervise(servers)
+    except KeyboardInterrupt:
         return 0
     except subprocess.CalledProcessError as err:
         print(f"run.py: manage.py {err.cmd[2]} failed with status {err.returncode}", file=sys.stderr)
         if err.stderr:
             print(err.stderr, file=sys.stderr, end="")
         return 1
+    except devserver.ServerExitedError as err:
+        print(f"run.py: {err.name} exited with status {err.status}", file=sys.stderr)
+        return 1
     except TimeoutError as err:
         print(f"run.py: {err}", file=sys.stderr)
         return 1
     finally:
-        # A second Ctrl-C must not cut the shutdown short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop_servers(servers)
+        devserver.ignore_stop_signals()  # a second Ctrl-C must not cut the shutdown short
+        devserver.stop(servers)
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def start_server(command: str, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    """``manage.py <command>`` in a session of its own: Ctrl-C in the terminal reaches only run.py,
-    which stops each server once, in order; and SIGTERM when run.py dies, however it dies."""
-    return subprocess.Popen(
-        [*MANAGE, command, *args], env=env, cwd=HERE, start_new_session=True, preexec_fn=_die_with_parent
-    )
-
-
-def _die_with_parent() -> None:
-    # prctl(PR_SET_PDEATHSIG, SIGTERM), on Linux; elsewhere an orphan is stopped by hand.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
-
-
-def wait_until_up(server: subprocess.Popen[bytes], url: str) -> None:
-    """Polls ``url`` until it answers (any status), for at most START_TIMEOUT seconds."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise TimeoutError(f"manage.py {server.args[2]} exited with status {server.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"manage.py {server.args[2]} did not answer at {url} within {START_TIMEOUT:.0f} s")
-
-
-def stop_servers(servers: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM to each server (both stop gracefully on it), SIGKILL after STOP_TIMEOUT seconds."""
-    for server in servers:
-        if server.poll() is None:
-            server.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for server in servers:
-        try:
-            server.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def open_browser(url: str) -> None:
-    # With no display, webbrowser would start a text browser in this terminal: print the URL instead.
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        print(f"  (no display: open {url} in your browser)\n", flush=True)
-        return
-    webbrowser.open(url)
+def start_server(command: str, env: dict[str, str], *args: str) -> devserver.Child:
+    """``manage.py <command> <args>``, started by :func:`devserver.start`."""
+    return devserver.start([*MANAGE, command, *args], env, HERE)
 
 
 if __name__ == "__main__":

@@ -8,24 +8,17 @@ processes, creates the demo users, prints the URL and the credentials, and opens
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-import webbrowser
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # demos/, for the shared devserver module
+import devserver
 
 HERE = Path(__file__).resolve().parent
 MANAGE = [sys.executable, str(HERE / "manage.py")]
-START_TIMEOUT = 60.0  # seconds each server gets to answer
-STOP_TIMEOUT = 10.0  # seconds each server gets to stop gracefully before it is killed
 
 
 def main() -> int:
@@ -39,7 +32,7 @@ def main() -> int:
     args = parser.parse_args()
 
     for name, port in (("--port", args.port), ("--ws-port", args.ws_port), ("--backend-port", args.backend_port)):
-        if not port_is_free(port):
+        if not devserver.port_is_free(port):
             parser.exit(2, f"run.py: port {port} is in use: stop what uses it, or choose another with {name}\n")
 
     url = f"http://127.0.0.1:{args.port}/"
@@ -52,23 +45,18 @@ def main() -> int:
         "SNORKY_BACKEND_ADDRESS": f"127.0.0.1:{args.backend_port}",
         "SNORKY_ALLOWED_ORIGINS": f"http://127.0.0.1:{args.port},http://localhost:{args.port}",
     }
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[devserver.Child] = []
 
-    def on_signal(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # SIGINT too: a shell may have started this process with SIGINT ignored (in the background).
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    devserver.interrupt_on_stop_signals()
     try:
         subprocess.run([*MANAGE, "migrate", "--noinput", "-v", "0"], env=env, check=True)
         # Snorky first, so that the sample todos the next step may create are published somewhere.
-        children.append(start([*MANAGE, "snorky"], env))
-        wait_until_up(f"http://127.0.0.1:{args.backend_port}/health", children[-1], "manage.py snorky")
+        children.append(devserver.start([*MANAGE, "snorky"], env, HERE))
+        devserver.wait_until_up(f"http://127.0.0.1:{args.backend_port}/health", children[-1])
         setup = [*MANAGE, "demo_users", *(["--no-samples"] if args.no_samples else [])]
         users = subprocess.run(setup, env=env, check=True, capture_output=True, text=True).stdout.split()
-        children.append(start([*MANAGE, "runserver", f"127.0.0.1:{args.port}", "--noreload"], env))
-        wait_until_up(f"{url}accounts/login/", children[-1], "manage.py runserver")
+        children.append(devserver.start([*MANAGE, "runserver", f"127.0.0.1:{args.port}", "--noreload"], env, HERE))
+        devserver.wait_until_up(f"{url}accounts/login/", children[-1])
 
         credentials = "  and  ".join(" ".join(users[i : i + 3]) for i in range(0, len(users), 3))
         print(
@@ -78,13 +66,8 @@ def main() -> int:
             flush=True,
         )
         if not args.no_browser:
-            open_browser(url)
-        while True:
-            for child in children:
-                if child.poll() is not None:
-                    print(f"run.py: manage.py {child.args[2]} exited with status {child.returncode}", file=sys.stderr)
-                    return 1
-            time.sleep(0.2)
+            devserver.open_browser(url)
+        return devserver.supervise(children)
     except KeyboardInterrupt:
         return 0
     except subprocess.CalledProcessError as err:
@@ -96,71 +79,8 @@ def main() -> int:
         print(f"run.py: {err}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop(children)
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        # As the servers do: connections of a previous run lingering in TIME_WAIT do not count.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # A session of its own, so that Ctrl-C reaches only this process, which then stops each child
-    # once; and a signal when this process dies, so that no server outlives it even if it is killed.
-    return subprocess.Popen(command, env=env, cwd=HERE, start_new_session=True, preexec_fn=die_with_parent)
-
-
-def die_with_parent() -> None:
-    """In the child: asks Linux for SIGTERM when the parent dies (a no-op elsewhere)."""
-    with contextlib.suppress(OSError, AttributeError):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def wait_until_up(url: str, child: subprocess.Popen[bytes], name: str) -> None:
-    """Polls ``url`` until it answers (any HTTP status), for at most START_TIMEOUT seconds."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            raise TimeoutError(f"{name} exited with status {child.returncode} before answering at {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{name} did not answer at {url} within {START_TIMEOUT:.0f} s")
-
-
-def stop(children: list[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM to each child, then SIGKILL to those still running after STOP_TIMEOUT seconds."""
-    for child in children:
-        if child.poll() is None:
-            child.terminate()
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for child in children:
-        try:
-            child.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-
-
-def open_browser(url: str) -> None:
-    # Without a display, Python would start a text-mode browser in this terminal: just say so.
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        print(f"  (no display found: open {url} in your browser)\n", flush=True)
-        return
-    webbrowser.open(url)
+        devserver.ignore_stop_signals()
+        devserver.stop(children)
 
 
 if __name__ == "__main__":
