@@ -59,6 +59,11 @@ pub fn source_ip(index: usize, source_ips: u8) -> Option<IpAddr> {
 
 /// Opens a WebSocket to `target` (optionally from a given loopback source address).
 pub async fn connect(target: &Target, source: Option<IpAddr>) -> Result<Ws, String> {
+    connect_url(target, source, &target.ws_url).await
+}
+
+/// [`connect`] to `url` (the target's address with, e.g., a `?token=` query).
+pub async fn connect_url(target: &Target, source: Option<IpAddr>, url: &str) -> Result<Ws, String> {
     let stream = match source {
         None => TcpStream::connect(target.ws_addr).await,
         Some(ip) => {
@@ -71,7 +76,7 @@ pub async fn connect(target: &Target, source: Option<IpAddr>) -> Result<Ws, Stri
     let _ = stream.set_nodelay(true);
     // Client buffers: the deliveries are small, so 8 KiB reads hold many of them.
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(target.ws_url.as_str(), stream, Some(config))
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|err| format!("handshake: {err}"))?;
     Ok(ws)
@@ -101,6 +106,88 @@ pub async fn call(ws: &mut Ws, command: &str, channel: &Value, call_id: u64) -> 
             Some(Err(err)) => return Err(format!("{command}: {err}")),
             None => return Err(format!("connection ended during {command}")),
         }
+    }
+}
+
+/// Any RPC on `ws`: sends `{"service", "message": {"command", "params", "callId"}}` and waits
+/// for the reply with that `callId` (other frames, e.g. pushes, are skipped); returns its
+/// `data`.
+pub async fn call_service(
+    ws: &mut Ws,
+    service: &str,
+    command: &str,
+    params: Value,
+    call_id: u64,
+) -> Result<Value, String> {
+    let request = json!({"service": service, "message": {"command": command, "params": params, "callId": call_id}});
+    ws.send(Message::text(request.to_string())).await.map_err(|err| format!("send: {err}"))?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                // Pushes carry no callId: skip them without parsing.
+                if !text.as_str().contains("\"callId\"") {
+                    continue;
+                }
+                let mut reply: Value =
+                    serde_json::from_str(text.as_str()).map_err(|_| format!("reply is not JSON: {text}"))?;
+                let message = &mut reply["message"];
+                if message["callId"] != json!(call_id) {
+                    continue;
+                }
+                return match message["type"].as_str() {
+                    Some("response") => Ok(message["data"].take()),
+                    _ => Err(format!("{service}.{command} failed: {text}")),
+                };
+            }
+            Some(Ok(Message::Close(frame))) => return Err(format!("closed during {command}: {frame:?}")),
+            Some(Ok(_)) => {}
+            Some(Err(err)) => return Err(format!("{command}: {err}")),
+            None => return Err(format!("connection ended during {command}")),
+        }
+    }
+}
+
+/// How a subscriber joins what it listens to, and what its deliveries look like.
+#[derive(Debug, Clone)]
+pub enum Join {
+    /// `pubsub.subscribe` to its channel; deliveries are PubSub messages.
+    PubSub,
+    /// `datasync.acquireSubscription` with the token of its index (authorized beforehand
+    /// through the backend); deliveries are `delta` frames whose object holds `seq`/`ts`.
+    DataSync(Arc<Vec<String>>),
+    /// Connects with the connection token of its index (`?token=`), then `chat.join` its
+    /// channel; deliveries are chat messages whose body holds `seq`/`ts` (presence pushes
+    /// are skipped).
+    Chat(Arc<Vec<String>>),
+}
+
+/// Connects and joins as `join` says, within [`SETUP_TIMEOUT`].
+pub async fn connect_and_join(
+    target: &Target,
+    source: Option<IpAddr>,
+    channel: &Value,
+    join: &Join,
+    index: usize,
+) -> Result<Ws, String> {
+    match join {
+        Join::PubSub => connect_and_subscribe(target, source, channel).await,
+        Join::DataSync(tokens) => tokio::time::timeout(SETUP_TIMEOUT, async {
+            let mut ws = connect(target, source).await?;
+            let token = tokens.get(index).ok_or("no subscription token")?;
+            call_service(&mut ws, "datasync", "acquireSubscription", json!({"token": token}), 1).await?;
+            Ok(ws)
+        })
+        .await
+        .map_err(|_| "connect + acquire timed out".to_owned())?,
+        Join::Chat(tokens) => tokio::time::timeout(SETUP_TIMEOUT, async {
+            let token = tokens.get(index).ok_or("no connection token")?;
+            let url = format!("{}?token={token}", target.ws_url);
+            let mut ws = connect_url(target, source, &url).await?;
+            call_service(&mut ws, "chat", "join", json!({"channel": channel}), 1).await?;
+            Ok(ws)
+        })
+        .await
+        .map_err(|_| "connect + join timed out".to_owned())?,
     }
 }
 
@@ -232,6 +319,18 @@ impl Subscribers {
         clock: Clock,
         options: OpenOptions,
     ) -> Subscribers {
+        Self::open_with(target, channels, assignment, clock, options, &Join::PubSub)
+    }
+
+    /// [`open`](Self::open) for any service: subscriber `i` joins as `join` says.
+    pub fn open_with(
+        target: &Target,
+        channels: &Arc<Vec<Value>>,
+        assignment: &[usize],
+        clock: Clock,
+        options: OpenOptions,
+        join: &Join,
+    ) -> Subscribers {
         let progress = Arc::new(Progress::new(assignment.len()));
         let (stop, stop_rx) = watch::channel(false);
         let ready = Arc::new(AtomicUsize::new(0));
@@ -248,11 +347,12 @@ impl Subscribers {
             let ready = Arc::clone(&ready);
             let failed = Arc::clone(&failed);
             let mut stop_rx = stop_rx.clone();
+            let join = join.clone();
             tasks.push(tokio::spawn(async move {
                 let channel = &channels[channel_index];
                 let mut result = SubResult { channel: channel_index, ..SubResult::default() };
                 let permit = gate.acquire().await;
-                let ws = connect_and_subscribe(&target, source_ip(index, options.source_ips), channel).await;
+                let ws = connect_and_join(&target, source_ip(index, options.source_ips), channel, &join, index).await;
                 drop(permit);
                 let mut ws = match ws {
                     Ok(ws) => ws,
@@ -264,7 +364,8 @@ impl Subscribers {
                     }
                 };
                 ready.fetch_add(1, Ordering::Relaxed);
-                receive(&mut ws, channel, index, &progress, &mut stop_rx, clock, options, &mut result).await;
+                let shape = Shape::of(&join);
+                receive(&mut ws, channel, shape, index, &progress, &mut stop_rx, clock, options, &mut result).await;
                 result
             }));
         }
@@ -327,6 +428,7 @@ impl Subscribers {
 async fn receive(
     ws: &mut Ws,
     channel: &Value,
+    shape: Shape,
     index: usize,
     progress: &Progress,
     stop: &mut watch::Receiver<bool>,
@@ -361,7 +463,7 @@ async fn receive(
                 break;
             }
         };
-        if !options.record {
+        if !options.record || (shape == Shape::Chat && text.as_str().contains("\"type\":\"presence\"")) {
             continue;
         }
         let now = clock.micros();
@@ -369,7 +471,7 @@ async fn receive(
         // numbers are read straight from the text to keep the client's cost per delivery low.
         if !checked_shape {
             checked_shape = true;
-            if !well_formed(text.as_str(), channel) {
+            if !shape.well_formed(text.as_str(), channel) {
                 result.malformed += 1;
                 continue;
             }
@@ -403,6 +505,52 @@ async fn receive(
     }
     if result.closed.is_some() {
         progress.set(index, u64::MAX);
+    }
+}
+
+/// The kind of delivery a subscriber expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    PubSub,
+    DataSync,
+    Chat,
+}
+
+impl Shape {
+    fn of(join: &Join) -> Shape {
+        match join {
+            Join::PubSub => Shape::PubSub,
+            Join::DataSync(_) => Shape::DataSync,
+            Join::Chat(_) => Shape::Chat,
+        }
+    }
+
+    /// Whether `text` is a well-formed delivery of this kind (for `channel`).
+    fn well_formed(self, text: &str, channel: &Value) -> bool {
+        match self {
+            Shape::PubSub => well_formed(text, channel),
+            Shape::DataSync => {
+                let Ok(frame) = serde_json::from_str::<Value>(text) else {
+                    return false;
+                };
+                let message = &frame["message"];
+                frame["service"] == json!("datasync")
+                    && message["type"] == json!("delta")
+                    && message["delta"]["type"] == json!("insert")
+                    && message["delta"]["data"]["seq"].is_u64()
+            }
+            Shape::Chat => {
+                let Ok(frame) = serde_json::from_str::<Value>(text) else {
+                    return false;
+                };
+                let message = &frame["message"];
+                frame["service"] == json!("chat")
+                    && message["type"] == json!("message")
+                    && &message["channel"] == channel
+                    && message["from"].is_string()
+                    && message["body"]["seq"].is_u64()
+            }
+        }
     }
 }
 

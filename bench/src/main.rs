@@ -9,6 +9,9 @@
 //! - `snorky-bench run`: the load generator. It starts each server kind as a child process
 //!   (the Django Channels reference is `daphne` from `bench/.venv-channels`), runs every
 //!   scenario against each of them, prints the table and optionally writes `RESULTS.md`.
+//!   The scenarios of issues 3 and 6 (`services.rs`) run against Snorky only: DataSync and Chat
+//!   through `serve-snorky --mode ...`, the Python service through the project's venv Python.
+//! - `snorky-bench routing`: the DataSync router micro-benchmark (no sockets, `routing.rs`).
 //!
 //! Server processes print one line `READY ws=<url> backend=<url>` on stdout once listening and
 //! exit when their stdin closes or on SIGTERM/SIGINT, so they never outlive the load generator.
@@ -18,7 +21,9 @@ mod ceiling;
 mod client;
 mod procs;
 mod report;
+mod routing;
 mod scenarios;
+mod services;
 mod snorky_server;
 mod stats;
 mod sys;
@@ -48,6 +53,8 @@ enum Command {
     ServeCeiling(ServeArgs),
     /// Run the scenarios against the servers and print (and optionally write) the results.
     Run(Box<RunArgs>),
+    /// Issue 3's routing micro-benchmark: `snorky::datasync::Router` in this process, no sockets.
+    Routing(routing::RoutingArgs),
 }
 
 /// Where a server listens.
@@ -68,6 +75,14 @@ pub struct ServeArgs {
     /// Count live heap allocations by size; print a snapshot line (`ALLOC ...`) on SIGUSR1.
     #[arg(long)]
     pub alloc_stats: bool,
+    /// Services of `serve-snorky`: `pubsub` (PubSub + backend), `datasync` (DataSync + backend:
+    /// a Simple dealer `tasks_by_owner` on model `Task` keyed by `owner`, a Broadcast dealer
+    /// `all_notes` on model `Note`), `chat` (Chat + PubSub; needs --token-secret).
+    #[arg(long, default_value = "pubsub")]
+    pub mode: String,
+    /// The secret that signs connection tokens (`serve-snorky`).
+    #[arg(long)]
+    pub token_secret: Option<String>,
 }
 
 /// The load generator's options. Sizes left unset take the full-run defaults, or the smoke
@@ -80,9 +95,32 @@ pub struct RunArgs {
     /// Server kinds to measure, comma-separated: ceiling, snorky, channels.
     #[arg(long, default_value = "ceiling,snorky,channels")]
     pub servers: String,
-    /// Scenarios to run, comma-separated: fanout, idle, setup, multi, latency, rpc.
-    #[arg(long, default_value = "fanout,idle,setup,multi,latency,rpc")]
+    /// Scenarios to run, comma-separated: fanout, idle, setup, multi, latency, rpc (every
+    /// server), and routing, datasync, chat, python (Snorky only; issues 3 and 6).
+    #[arg(long, default_value = "fanout,idle,setup,multi,latency,rpc,routing,datasync,chat,python")]
     pub scenarios: String,
+    /// The Python with the built `snorky` extension, for the `python` scenario (skipped with a
+    /// note when it does not exist).
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// Routing: subscriptions in the router (and Filter subscriptions in the equality test).
+    #[arg(long)]
+    pub routing_subs: Option<usize>,
+    /// Routing: deltas routed per measurement.
+    #[arg(long)]
+    pub routing_deltas: Option<usize>,
+    /// DataSync and Chat: subscribed connections (members).
+    #[arg(long)]
+    pub service_conns: Option<usize>,
+    /// DataSync: deltas per owner in the Simple-dealer run (each batch holds 100 deltas).
+    #[arg(long)]
+    pub datasync_per_owner: Option<u64>,
+    /// DataSync: deltas in the Broadcast-dealer run.
+    #[arg(long)]
+    pub datasync_broadcast: Option<u64>,
+    /// Chat: messages the one sender sends.
+    #[arg(long)]
+    pub chat_msgs: Option<u64>,
     /// The Channels reference's virtualenv (holds bin/daphne).
     #[arg(long, default_value = "bench/.venv-channels")]
     pub channels_venv: PathBuf,
@@ -170,6 +208,7 @@ fn main() {
         Command::ServeSnorky(args) => snorky_server::main(&args),
         Command::ServeCeiling(args) => ceiling::main(&args),
         Command::Run(args) => scenarios::main(&args),
+        Command::Routing(args) => routing::main(&args),
     };
     if let Err(err) = result {
         eprintln!("snorky-bench: {err}");

@@ -81,13 +81,47 @@ impl ServerProcess {
     }
 
     async fn start_rust(kind: Kind, subcommand: &str, alloc_stats: bool) -> Result<ServerProcess, String> {
+        Self::start_rust_with(kind, subcommand, alloc_stats, &[]).await
+    }
+
+    /// Starts `serve-snorky` with extra options (`--mode datasync`, `--token-secret ...`).
+    pub async fn start_snorky_with(extra: &[&str]) -> Result<ServerProcess, String> {
+        Self::start_rust_with(Kind::Snorky, "serve-snorky", false, extra).await
+    }
+
+    async fn start_rust_with(
+        kind: Kind,
+        subcommand: &str,
+        alloc_stats: bool,
+        extra: &[&str],
+    ) -> Result<ServerProcess, String> {
         let exe = std::env::current_exe().map_err(|err| format!("current_exe: {err}"))?;
         let mut command = Command::new(exe);
-        die_with_parent(&mut command);
-        let mut child = command
+        command
             .arg(subcommand)
             .args(["--frontend", "127.0.0.1:0", "--backend", "127.0.0.1:0", "--key", crate::KEY])
             .args(alloc_stats.then_some("--alloc-stats"))
+            .args(extra);
+        Self::spawn_ready(kind, command, subcommand, alloc_stats).await
+    }
+
+    /// Starts Snorky inside Python (`python -c script`): the script builds the server with the
+    /// `snorky` package and prints the same `READY` line.
+    pub async fn start_python(python: &Path, script: &str) -> Result<ServerProcess, String> {
+        let mut command = Command::new(absolute(python));
+        command.args(["-c", script]).env("SNORKY_BENCH_KEY", crate::KEY).env("PYTHONDONTWRITEBYTECODE", "1");
+        Self::spawn_ready(Kind::Snorky, command, "the Python server", false).await
+    }
+
+    /// Spawns `command` (a server printing `READY ws=... backend=...`) and waits for that line.
+    async fn spawn_ready(
+        kind: Kind,
+        mut command: Command,
+        subcommand: &str,
+        alloc_stats: bool,
+    ) -> Result<ServerProcess, String> {
+        die_with_parent(&mut command);
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

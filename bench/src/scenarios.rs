@@ -61,6 +61,8 @@ struct Sizes {
     latency_secs: f64,
     rpc_conns: usize,
     rpc_secs: f64,
+    /// The scenarios of issues 3 and 6 (`services.rs`).
+    services: crate::services::ServiceSizes,
 }
 
 impl Sizes {
@@ -73,10 +75,25 @@ impl Sizes {
         let idle_conns = pick(args.idle_conns, 10_000, 50);
         let setup_conns = pick(args.setup_conns, 2_000, 50);
         let repeat = pick(args.repeat, 3, 1).max(1);
+        let concurrency = pick(args.connect_concurrency, 64, 16);
+        let services = crate::services::ServiceSizes {
+            conns: pick(args.service_conns, 1_000, 20),
+            per_owner: pick64(args.datasync_per_owner, 100, 10),
+            broadcast: pick64(args.datasync_broadcast, 2_000, 200),
+            chat_msgs: pick64(args.chat_msgs, 400, 50),
+            window: pick64(args.window, 32, 32),
+            concurrency,
+            source_ips: args.source_ips.max(1),
+            rpc_secs: pickf(args.rpc_secs, 3.0, 0.3),
+            rpc_conns: 32,
+            python: args.python.clone(),
+            routing_subs: pick(args.routing_subs, 100_000, 1_000),
+            routing_deltas: pick(args.routing_deltas, 20_000, 200),
+        };
         Sizes {
             repeat,
             channels_repeat: args.channels_repeat.unwrap_or(1).clamp(1, repeat),
-            concurrency: pick(args.connect_concurrency, 64, 16),
+            concurrency,
             source_ips: args.source_ips.max(1),
             window: pick64(args.window, 32, 32),
             budget: Duration::from_secs_f64(pickf(args.publish_budget, 20.0, 5.0)),
@@ -96,6 +113,7 @@ impl Sizes {
             latency_secs: pickf(args.latency_secs, 10.0, 1.0),
             rpc_conns: pick(args.rpc_conns, 100, 10),
             rpc_secs: pickf(args.rpc_secs, 3.0, 0.5),
+            services,
         }
     }
 }
@@ -110,6 +128,15 @@ impl Ctx {
     fn open_options(&self, max_seq: u64, record: bool) -> OpenOptions {
         OpenOptions { concurrency: self.sizes.concurrency, source_ips: self.sizes.source_ips, max_seq, record }
     }
+}
+
+/// Every scenario; the last four are Snorky's alone (issues 3 and 6, `services.rs`).
+const ALL_SCENARIOS: [&str; 10] =
+    ["fanout", "idle", "setup", "multi", "latency", "rpc", "routing", "datasync", "chat", "python"];
+
+/// Whether `scenario` runs against Snorky only (it starts its own servers).
+fn snorky_only(scenario: &str) -> bool {
+    ["routing", "datasync", "chat", "python"].contains(&scenario)
 }
 
 /// `snorky-bench run`.
@@ -142,8 +169,8 @@ pub fn main(args: &RunArgs) -> Result<(), String> {
     let scenarios: Vec<String> =
         args.scenarios.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
     for scenario in &scenarios {
-        if !["fanout", "idle", "setup", "multi", "latency", "rpc"].contains(&scenario.as_str()) {
-            return Err(format!("unknown scenario {scenario:?} (fanout, idle, setup, multi, latency, rpc)"));
+        if !ALL_SCENARIOS.contains(&scenario.as_str()) {
+            return Err(format!("unknown scenario {scenario:?} ({})", ALL_SCENARIOS.join(", ")));
         }
     }
     let runtime =
@@ -196,6 +223,29 @@ async fn run_all(
     for scenario in scenarios {
         for (run, &kind) in (0..ctx.sizes.repeat).flat_map(|run| kinds.iter().map(move |kind| (run, kind))) {
             if kind == Kind::Channels && run >= ctx.sizes.channels_repeat {
+                continue;
+            }
+            if snorky_only(scenario) {
+                if kind != Kind::Snorky {
+                    continue;
+                }
+                eprintln!(
+                    "[{:>6.1}s] {scenario} / snorky (run {} of {})",
+                    ctx.clock.micros() as f64 / 1e6,
+                    run + 1,
+                    ctx.sizes.repeat
+                );
+                let services = &ctx.sizes.services;
+                let outcome = match scenario.as_str() {
+                    "routing" => crate::services::routing(services, report),
+                    "datasync" => crate::services::datasync(services, ctx.clock, report).await,
+                    "chat" => crate::services::chat(services, ctx.clock, report).await,
+                    _ => crate::services::python(services, report).await,
+                };
+                if let Err(err) = outcome {
+                    eprintln!("    {scenario}: {err}");
+                    failures.push(format!("{scenario}: {err}"));
+                }
                 continue;
             }
             eprintln!(
@@ -869,6 +919,36 @@ fn judge_targets(sizes: &Sizes, report: &mut Report) {
         measured: p99.map_or_else(|| "not measured".into(), |ms| format!("{ms:.2} ms")),
         met: if smoke { None } else { p99.map(|ms| ms <= 10.0) },
     });
+    let routing = report
+        .rows
+        .iter()
+        .find(|row| {
+            row.metric.starts_with("routing: update through")
+                && row.metric.contains("equality condition: route µs median")
+        })
+        .and_then(|row| row.get(Kind::Snorky))
+        .and_then(|cell| cell.value);
+    lines.push(TargetLine {
+        target: "routing an update through 100,000 equality Filter subs: median < 50 µs".into(),
+        measured: routing.map_or_else(
+            || "not measured".into(),
+            |us| format!("{us:.2} µs at {}", format_number(sizes.services.routing_subs as f64, 0)),
+        ),
+        met: if smoke { None } else { routing.map(|us| us < 50.0) },
+    });
+    for (what, starts) in [("DataSync", "DataSync"), ("chat", "chat")] {
+        let texts: Vec<String> = report
+            .rows
+            .iter()
+            .filter(|row| row.metric.starts_with(starts) && row.metric.ends_with("missing/dup/reordered"))
+            .filter_map(|row| row.text(Kind::Snorky))
+            .collect();
+        lines.push(TargetLine {
+            target: format!("{what}: 0 missing, duplicated, reordered"),
+            met: if smoke || texts.is_empty() { None } else { Some(texts.iter().all(|t| t == "0/0/0")) },
+            measured: if texts.is_empty() { "not measured".into() } else { texts.join(", ") },
+        });
+    }
     report.targets = lines;
 }
 

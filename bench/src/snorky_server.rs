@@ -1,9 +1,12 @@
 //! The server under test: Snorky's own `Server` with `pubsub` on the frontend and
 //! `pubsub_backend` on the backend, default configuration (queue bounds, pings, metrics and all),
-//! in its own process and runtime.
+//! in its own process and runtime. `--mode datasync` and `--mode chat` serve those services
+//! instead (issues 3 and 6).
 
+use snorky::datasync::{DataSyncBackend, DataSyncService, Dealer, Limits};
 use snorky::registry::ServiceRegistry;
 use snorky::service::{AnyService, Side};
+use snorky::services::chat::ChatService;
 use snorky::services::pubsub::{PubSubBackend, PubSubService};
 use snorky::{Server, ServerConfig};
 
@@ -20,11 +23,27 @@ pub fn main(args: &ServeArgs) -> Result<(), String> {
     runtime.block_on(async {
         crate::sys::serve_alloc_stats(args.alloc_stats);
         let pubsub = PubSubService::new("pubsub");
-        let backend = PubSubBackend::new("pubsub_backend", &pubsub);
-        let frontend =
-            ServiceRegistry::new(Side::Frontend, vec![AnyService::PubSub(pubsub)]).map_err(|e| e.to_string())?;
-        let backend =
-            ServiceRegistry::new(Side::Backend, vec![AnyService::PubSubBackend(backend)]).map_err(|e| e.to_string())?;
+        let pubsub_backend = PubSubBackend::new("pubsub_backend", &pubsub);
+        let (frontend, backend) = match args.mode.as_str() {
+            "pubsub" => (vec![AnyService::PubSub(pubsub)], vec![AnyService::PubSubBackend(pubsub_backend)]),
+            "datasync" => {
+                let dealers = vec![
+                    Dealer::simple_field("tasks_by_owner", "Task", "owner"),
+                    Dealer::broadcast("all_notes", "Note"),
+                ];
+                let datasync =
+                    DataSyncService::with_limits("datasync", dealers, Limits::default()).map_err(|e| e.to_string())?;
+                let backend = DataSyncBackend::new("datasync_backend", &datasync);
+                (vec![AnyService::DataSync(datasync)], vec![AnyService::DataSyncBackend(backend)])
+            }
+            "chat" => (
+                vec![AnyService::Chat(ChatService::new("chat")), AnyService::PubSub(pubsub)],
+                vec![AnyService::PubSubBackend(pubsub_backend)],
+            ),
+            other => return Err(format!("unknown mode {other:?} (pubsub, datasync, chat)")),
+        };
+        let frontend = ServiceRegistry::new(Side::Frontend, frontend).map_err(|e| e.to_string())?;
+        let backend = ServiceRegistry::new(Side::Backend, backend).map_err(|e| e.to_string())?;
         let config = ServerConfig {
             frontend_address: args.frontend.clone(),
             backend_address: args.backend.clone(),
@@ -32,6 +51,7 @@ pub fn main(args: &ServeArgs) -> Result<(), String> {
             allowed_origins: vec!["*".into()],
             shutdown_timeout: 2.0,
             close_timeout: 1.0,
+            token_secret: args.token_secret.clone(),
             ..ServerConfig::default()
         };
         let server = Server::new(config, frontend, backend).map_err(|e| e.to_string())?;

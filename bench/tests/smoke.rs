@@ -1,5 +1,6 @@
 //! The benchmark's smoke run: every scenario at tiny sizes against the ceiling and Snorky (and
-//! Channels when its venv exists), checking that every delivery arrives once and in order.
+//! Channels when its venv exists; the Python-service scenario when the project's `.venv`
+//! exists), checking that every delivery arrives once and in order.
 //! Not part of the root crate's `cargo test`; run with `cargo test -p snorky-bench`.
 
 use std::process::Command;
@@ -15,7 +16,13 @@ fn smoke_run_passes() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "smoke run failed\n{stdout}\n{stderr}");
-    for metric in ["fan-out", "idle", "set-up", "channels ×", "steady", "RPC", "backend"] {
+    for metric in
+        ["fan-out", "idle", "set-up", "channels ×", "steady", "RPC", "backend", "routing:", "DataSync", "chat 1 room"]
+    {
         assert!(stdout.contains(metric), "no {metric:?} row in\n{stdout}");
     }
+    // The Python-service scenario runs only when the project's venv exists (else a skip line).
+    let python = std::path::Path::new(repo).join(".venv/bin/python");
+    let expected = if python.exists() { "Python RPCService echo" } else { "python: skipped" };
+    assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
 }
