@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from contextlib import ExitStack
 from typing import Any
 
@@ -34,8 +35,10 @@ class WsClient:
         self._call_id += 1
         call_id = self._call_id
         self.send(service, {"command": command, "params": params, "callId": call_id})
+        deadline = time.monotonic() + TIMEOUT
         while True:
-            frame = json.loads(self.ws.recv(timeout=TIMEOUT))
+            # One deadline for the whole wait, however many pushed messages arrive before the reply.
+            frame = json.loads(self.ws.recv(timeout=max(deadline - time.monotonic(), 0.0)))
             message = frame["message"]
             if message.get("type") in ("response", "error") and message.get("callId") == call_id:
                 return message
