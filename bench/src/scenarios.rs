@@ -281,13 +281,13 @@ async fn run_all(
     failures
 }
 
-fn backend_client(target: &Target) -> Result<BackendClient, String> {
+pub(crate) fn backend_client(target: &Target) -> Result<BackendClient, String> {
     BackendClient::new(&target.backend_url, crate::KEY, Duration::from_secs(30)).map_err(|err| err.to_string())
 }
 
 /// Waits until every subscriber in `indices` has at least `needed` deliveries. False when the
 /// slowest made no progress for [`WINDOW_WAIT_MAX`].
-async fn wait_window(subscribers: &Subscribers, indices: &[usize], needed: u64) -> bool {
+pub(crate) async fn wait_window(subscribers: &Subscribers, indices: &[usize], needed: u64) -> bool {
     let mut last = subscribers.progress.min_of(indices.iter().copied());
     let mut since = Instant::now();
     loop {
@@ -353,7 +353,8 @@ fn check_clean(kind: Kind, summary: &Deliveries) -> Result<(), String> {
     Ok(())
 }
 
-fn cpu_per_delivery(before: Option<Duration>, after: Option<Duration>, deliveries: u64) -> Option<f64> {
+/// Server CPU microseconds per counted unit (delivery, request) between two readings.
+pub(crate) fn cpu_per_delivery(before: Option<Duration>, after: Option<Duration>, deliveries: u64) -> Option<f64> {
     let spent = after?.checked_sub(before?)?;
     (deliveries > 0).then(|| spent.as_secs_f64() * 1e6 / deliveries as f64)
 }

@@ -21,11 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use snorky::backend_client::BackendClient;
 
 use crate::client::{self, Clock, Join, OpenOptions, Subscribers, Target};
 use crate::procs::{Kind, ServerProcess};
 use crate::report::{format_number, Cell, Report};
+use crate::scenarios::{backend_client, cpu_per_delivery, wait_window};
 use crate::stats::{Deliveries, Latency};
 
 /// Deltas per `publishDeltas` call (issue 3).
@@ -37,7 +37,6 @@ const MESSAGE_SIZE: usize = 100;
 const OPEN_MAX: Duration = Duration::from_secs(300);
 const DRAIN_IDLE: Duration = Duration::from_secs(10);
 const DRAIN_MAX: Duration = Duration::from_secs(120);
-const WINDOW_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// Sizes and options of these scenarios.
 #[derive(Debug, Clone)]
@@ -59,34 +58,6 @@ pub struct ServiceSizes {
 impl ServiceSizes {
     fn open_options(&self, max_seq: u64) -> OpenOptions {
         OpenOptions { concurrency: self.concurrency, source_ips: self.source_ips, max_seq, record: true }
-    }
-}
-
-fn backend_client(target: &Target) -> Result<BackendClient, String> {
-    BackendClient::new(&target.backend_url, crate::KEY, Duration::from_secs(30)).map_err(|err| err.to_string())
-}
-
-fn cpu_per(before: Option<Duration>, after: Option<Duration>, count: u64) -> Option<f64> {
-    let spent = after?.checked_sub(before?)?;
-    (count > 0).then(|| spent.as_secs_f64() * 1e6 / count as f64)
-}
-
-/// Waits until every subscriber in `indices` has at least `needed` deliveries.
-async fn wait_window(subscribers: &Subscribers, indices: &[usize], needed: u64) -> bool {
-    let mut last = subscribers.progress.min_of(indices.iter().copied());
-    let mut since = Instant::now();
-    loop {
-        let min = subscribers.progress.min_of(indices.iter().copied());
-        if min >= needed {
-            return true;
-        }
-        if min != last {
-            last = min;
-            since = Instant::now();
-        } else if since.elapsed() > WINDOW_WAIT_MAX {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_micros(200)).await;
     }
 }
 
@@ -262,7 +233,7 @@ async fn datasync_run(
     let cpu_after = server.cpu_time();
     let results = subscribers.finish().await;
     let mut summary = Deliveries::summarize(results, &published, errors, start);
-    summary.server_cpu_us_per_delivery = cpu_per(cpu_before, cpu_after, summary.received);
+    summary.server_cpu_us_per_delivery = cpu_per_delivery(cpu_before, cpu_after, summary.received);
     let deltas_sent: u64 = published.iter().sum();
     let prefix = if broadcast {
         format!(
@@ -352,7 +323,7 @@ async fn chat_run(
     let results = subscribers.finish().await;
     drop(sender);
     let mut summary = Deliveries::summarize(results, &[sent], errors, start);
-    summary.server_cpu_us_per_delivery = cpu_per(cpu_before, cpu_after, summary.received);
+    summary.server_cpu_us_per_delivery = cpu_per_delivery(cpu_before, cpu_after, summary.received);
     let prefix = format!(
         "chat 1 room × {} members, {} msgs from one member",
         format_number(members as f64, 0),
@@ -461,10 +432,10 @@ async fn python_run(sizes: &ServiceSizes, server: &ServerProcess, report: &mut R
         let label = if conns == 1 { "1 connection".to_owned() } else { format!("{conns} connections") };
         let cpu_before = server.cpu_time();
         let (py_count, py_rate, py_latency) = round_trips(&server.target, conns, duration, echo_request).await?;
-        let py_cpu = cpu_per(cpu_before, server.cpu_time(), py_count);
+        let py_cpu = cpu_per_delivery(cpu_before, server.cpu_time(), py_count);
         let cpu_before = server.cpu_time();
         let (rs_count, rs_rate, rs_latency) = round_trips(&server.target, conns, duration, pubsub_request).await?;
-        let rs_cpu = cpu_per(cpu_before, server.cpu_time(), rs_count);
+        let rs_cpu = cpu_per_delivery(cpu_before, server.cpu_time(), rs_count);
         let py = format!("Python RPCService echo, {label}");
         let rs = format!("built-in PubSub subscribe/unsubscribe (same server), {label}");
         report.row_mut(&format!("{py}: requests/s"), false).set(kind, Cell::number(py_rate, 0));
