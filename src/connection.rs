@@ -9,8 +9,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::protocol::{codes, Frame};
-use crate::server::metrics::Metrics;
 
 /// A process-unique connection number; never reused while the process lives.
 pub type ConnectionId = u64;

@@ -9,6 +9,7 @@
 //! - [`tokens`]: connection tokens (JWT HS256), which give a connection its identity.
 //! - [`datasync`]: subscriptions, dealers, filters and deltas.
 //! - [`server`]: the axum listeners, health, metrics and shutdown.
+//! - [`metrics`]: the Prometheus counters and gauges a server keeps, which services update.
 //! - [`value`]: JSON value semantics shared by channels, keys and filters.
 //! - [`backend_client`]: the fast HTTP client the web application uses.
 
@@ -16,6 +17,7 @@ pub mod backend_client;
 pub mod connection;
 pub mod datasync;
 pub mod error;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -420,7 +420,7 @@ mod tests {
             "127.0.0.1:1".parse().expect("an address"),
             1 << 20,
             &tokio_util::sync::CancellationToken::new(),
-            Arc::new(crate::server::metrics::Metrics::default()),
+            Arc::new(crate::metrics::Metrics::default()),
         );
         hub.acquire(&token, &connection).expect("acquired");
         let deltas = json!([

@@ -417,7 +417,7 @@ mod tests {
     use super::*;
     use crate::connection::{Identity, Outbox};
     use crate::datasync::Dealer;
-    use crate::server::metrics::Metrics;
+    use crate::metrics::Metrics;
     use serde_json::json;
     use tokio_util::sync::CancellationToken;
 

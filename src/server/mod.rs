@@ -5,7 +5,6 @@
 pub mod backend;
 pub mod config;
 pub mod dispatch;
-pub mod metrics;
 pub mod origin;
 pub mod ws;
 
@@ -24,8 +23,8 @@ use tokio_util::task::TaskTracker;
 pub use config::ServerConfig;
 
 use crate::error::Error;
+use crate::metrics::{self, Metrics};
 use crate::registry::ServiceRegistry;
-use metrics::Metrics;
 
 /// What every request handler and connection of one server shares.
 #[derive(Debug)]

@@ -1,4 +1,5 @@
-//! Prometheus metrics of one server, served as text on the backend listener's `GET /metrics`.
+//! Prometheus metrics of one server, served as text on the backend listener's `GET /metrics`. A
+//! module of its own (not part of `server`) because connections and services update them too.
 //!
 //! `prometheus-client` (the Prometheus project's own Rust client) is used with a registry per
 //! server rather than a process-global recorder, so several servers in one process (tests,
