@@ -26,6 +26,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// WebSocket connections accepted since start.
     pub connections_opened: Counter,
+    /// WebSocket handshakes refused with 503 because a connection cap was reached.
+    pub connections_refused: Counter,
     /// Text frames received from clients.
     pub frames_received: Counter,
     /// Frames written to clients.
@@ -49,6 +51,11 @@ impl Metrics {
         let prefixed = registry.sub_registry_with_prefix("snorky");
         prefixed.register("connections", "Open WebSocket connections", metrics.connections.clone());
         prefixed.register("connections_opened", "WebSocket connections accepted", metrics.connections_opened.clone());
+        prefixed.register(
+            "connections_refused",
+            "WebSocket handshakes refused at a connection cap",
+            metrics.connections_refused.clone(),
+        );
         prefixed.register("frames_received", "Text frames received from clients", metrics.frames_received.clone());
         prefixed.register("frames_sent", "Frames written to clients", metrics.frames_sent.clone());
         prefixed.register("frames_dropped", "Malformed or unroutable frames dropped", metrics.frames_dropped.clone());

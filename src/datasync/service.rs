@@ -418,7 +418,7 @@ mod tests {
             1,
             crate::connection::Identity::default(),
             "127.0.0.1:1".parse().expect("an address"),
-            1 << 20,
+            crate::connection::QueueBounds::default(),
             &tokio_util::sync::CancellationToken::new(),
             Arc::new(crate::metrics::Metrics::default()),
         );
@@ -431,7 +431,7 @@ mod tests {
         assert_eq!(hub.publish_deltas(deltas).await, Ok(2));
         assert_eq!(checking.calls.load(Ordering::SeqCst), 3);
         let mut types = Vec::new();
-        while let Ok(frame) = outbox.frames.try_recv() {
+        while let Some(frame) = outbox.try_recv() {
             let value: Value = serde_json::from_str(frame.as_str()).expect("JSON");
             types.push(value["message"]["delta"]["type"].clone());
         }

@@ -442,7 +442,7 @@ mod tests {
             id,
             Identity::default(),
             "127.0.0.1:1".parse().expect("an address"),
-            1 << 20,
+            crate::connection::QueueBounds::default(),
             &CancellationToken::new(),
             Arc::new(Metrics::default()),
         )
@@ -455,7 +455,7 @@ mod tests {
     /// The `n` of every delta queued to `outbox` so far (asserting each is an insert frame).
     fn received(outbox: &mut Outbox) -> Vec<i64> {
         let mut ns = Vec::new();
-        while let Ok(frame) = outbox.frames.try_recv() {
+        while let Some(frame) = outbox.try_recv() {
             let value: Value = serde_json::from_str(frame.as_str()).expect("JSON");
             assert_eq!(value["service"], "datasync");
             assert_eq!(value["message"]["type"], "delta");
@@ -687,7 +687,7 @@ mod tests {
         assert_eq!(subs.publish(&[update.clone(), update], &[], t0), 6);
         let frames = |out: &mut Outbox| {
             let mut frames = Vec::new();
-            while let Ok(frame) = out.frames.try_recv() {
+            while let Some(frame) = out.try_recv() {
                 frames.push(frame);
             }
             frames

@@ -10,6 +10,8 @@
 pub const NORMAL: u16 = 1000;
 /// The server is shutting down (graceful shutdown). Reconnect with backoff.
 pub const GOING_AWAY: u16 = 1001;
+/// A text frame that is not valid UTF-8 (RFC 6455 section 7.4.1). Do not resend it.
+pub const INVALID_PAYLOAD: u16 = 1007;
 /// The connection's outgoing queue overflowed because the client stopped reading. Reconnect and
 /// resync: messages were dropped.
 pub const POLICY_VIOLATION: u16 = 1008;

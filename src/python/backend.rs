@@ -8,7 +8,6 @@ use pyo3::types::PyDict;
 use serde_json::{Map, Value};
 
 use super::convert::backend_error;
-use super::ConfigurationError;
 use crate::backend_client::BackendClient;
 
 /// The runtime and client of one process. Rebuilt after a fork (gunicorn `--preload`, Celery
@@ -33,10 +32,7 @@ impl PyBackendClient {
     #[new]
     #[pyo3(signature = (url, key, timeout=10.0))]
     fn py_new(url: String, key: String, timeout: f64) -> PyResult<PyBackendClient> {
-        if !(timeout.is_finite() && timeout > 0.0) {
-            return Err(ConfigurationError::new_err("timeout must be a positive number of seconds"));
-        }
-        let timeout = Duration::from_secs_f64(timeout);
+        let timeout = super::datasync::seconds(timeout, "timeout")?;
         // Validate the URL and key now, not at the first call.
         BackendClient::new(&url, &key, timeout).map_err(backend_error)?;
         Ok(PyBackendClient { url, key, timeout, state: Mutex::new(None) })

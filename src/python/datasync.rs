@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use crate::server::config::check_seconds;
+
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use serde_json::Value;
@@ -112,12 +114,11 @@ fn spec_string(spec: &Bound<'_, PyDict>, key: &str, what: &str) -> PyResult<Opti
     }
 }
 
-/// Seconds from Python as a duration; a negative, NaN or infinite value names the option.
-fn seconds(value: f64, option: &str) -> PyResult<Duration> {
-    if !(value.is_finite() && value > 0.0) {
-        return Err(ConfigurationError::new_err(format!("{option} must be a positive number of seconds, not {value}")));
-    }
-    Duration::try_from_secs_f64(value).map_err(|err| ConfigurationError::new_err(format!("{option}: {err}")))
+/// Seconds from Python as a duration; a value that is not positive, not finite or longer than a
+/// year (which could overflow a clock later) names the option.
+pub(super) fn seconds(value: f64, option: &str) -> PyResult<Duration> {
+    check_seconds(option, value).map_err(|err| ConfigurationError::new_err(err.to_string()))?;
+    Ok(Duration::from_secs_f64(value))
 }
 
 /// The browser-facing DataSync service.

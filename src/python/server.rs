@@ -122,7 +122,8 @@ impl PyServerHandle {
             Some(seconds) if !(seconds.is_finite() && seconds >= 0.0) => {
                 return Err(pyo3::exceptions::PyValueError::new_err("timeout must be a non-negative number"))
             }
-            Some(seconds) => Some(Instant::now() + Duration::from_secs_f64(seconds)),
+            // A timeout too long to add to the clock is as good as none.
+            Some(seconds) => Instant::now().checked_add(Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)),
             None => None,
         };
         loop {

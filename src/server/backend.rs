@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -27,8 +27,18 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
     if !key_matches(&app, &headers) {
         return error(StatusCode::UNAUTHORIZED, "Missing or wrong X-Backend-Key");
     }
-    let Ok(body) = to_bytes(body, app.config.backend_body_limit).await else {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "Body too large (backend_body_limit)");
+    // A body announced over the limit is refused from the head alone, before a byte of it is
+    // read; one that does not announce its size is cut off at the limit.
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let limit = app.config.backend_body_limit;
+    if announced.is_some_and(|length| length > limit as u64) {
+        return too_large();
+    }
+    let Ok(body) = to_bytes(body, limit).await else {
+        return too_large();
     };
     let envelope = match Envelope::parse(&body) {
         Ok(envelope) => envelope,
@@ -72,6 +82,10 @@ fn key_matches(app: &App, headers: &HeaderMap) -> bool {
         return false;
     };
     bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+fn too_large() -> Response {
+    error(StatusCode::PAYLOAD_TOO_LARGE, "Body too large (backend_body_limit)")
 }
 
 fn error(status: StatusCode, text: &str) -> Response {

@@ -4,7 +4,30 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::connection::QueueBounds;
 use crate::error::Error;
+
+/// The shortest API key accepted: shorter keys can be guessed.
+pub const MIN_API_KEY_LENGTH: usize = 16;
+
+/// The longest duration any setting may have (a year), so that adding it to a clock reading can
+/// never overflow.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// Checks a duration setting: a positive, finite number of seconds no longer than a year.
+///
+/// # Errors
+///
+/// [`Error::Config`] naming the setting.
+pub fn check_seconds(name: &str, seconds: f64) -> Result<(), Error> {
+    if seconds.is_finite() && seconds > 0.0 && seconds <= MAX_SECONDS {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{name} must be a positive number of seconds no larger than {MAX_SECONDS} (a year), not {seconds}"
+        )))
+    }
+}
 
 /// Everything a server needs besides its services. Deserialized from the Python keyword
 /// arguments (unknown keys are refused, naming the key).
@@ -23,8 +46,20 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// The largest frame a client may send, in bytes (larger closes with 1009).
     pub max_frame_size: usize,
-    /// The outgoing queue bound per connection, in bytes (overflow closes with 1008).
+    /// The outgoing queue bound per connection, in bytes. Pushed messages that would overflow it
+    /// close the connection with 1008; DataSync deltas wait in their stream instead.
     pub outbox_limit: usize,
+    /// Seconds a connection's outgoing queue may stay non-empty before the client counts as not
+    /// reading and is closed with 1008, whatever it sends meanwhile.
+    pub stall_timeout: f64,
+    /// The most WebSocket connections the server holds; the handshake past it gets HTTP 503.
+    pub max_connections: usize,
+    /// The most WebSocket connections from one client address (`None`: no cap). Behind a
+    /// reverse proxy every client has the proxy's address, so this is off by default.
+    pub max_connections_per_address: Option<usize>,
+    /// Seconds a client may take to send a request's head (both listeners); slower ones are
+    /// disconnected.
+    pub header_read_timeout: f64,
     /// Seconds between pings; a connection that leaves two unanswered is dropped.
     pub ping_interval: f64,
     /// Seconds a closing connection gets to receive its close frame.
@@ -46,6 +81,10 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             max_frame_size: 1024 * 1024,
             outbox_limit: 16 * 1024 * 1024,
+            stall_timeout: 30.0,
+            max_connections: 50_000,
+            max_connections_per_address: None,
+            header_read_timeout: 10.0,
             ping_interval: 30.0,
             close_timeout: 5.0,
             shutdown_timeout: 10.0,
@@ -66,8 +105,11 @@ impl ServerConfig {
                         .into(),
                 ))
             }
-            Some(key) if key.trim().is_empty() => {
-                return Err(Error::Config("api_key is empty: set it to a long random secret".into()))
+            Some(key) if key.trim().chars().count() < MIN_API_KEY_LENGTH => {
+                return Err(Error::Config(format!(
+                    "api_key is too short: use at least {MIN_API_KEY_LENGTH} characters of a random secret \
+                     (python -c \"import secrets; print(secrets.token_urlsafe(32))\")"
+                )))
             }
             Some(_) => {}
         }
@@ -84,10 +126,16 @@ impl ServerConfig {
             ("ping_interval", self.ping_interval),
             ("close_timeout", self.close_timeout),
             ("shutdown_timeout", self.shutdown_timeout),
+            ("stall_timeout", self.stall_timeout),
+            ("header_read_timeout", self.header_read_timeout),
         ] {
-            if !(seconds.is_finite() && seconds > 0.0) {
-                return Err(Error::Config(format!("{name} must be a positive number of seconds, not {seconds}")));
-            }
+            check_seconds(name, seconds)?;
+        }
+        if self.max_connections == 0 {
+            return Err(Error::Config("max_connections must be at least 1".into()));
+        }
+        if self.max_connections_per_address == Some(0) {
+            return Err(Error::Config("max_connections_per_address must be at least 1 (or None for no cap)".into()));
         }
         for origin in &self.allowed_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -102,6 +150,16 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+
+    /// The bounds of every connection's outgoing queue.
+    pub fn queue_bounds(&self) -> QueueBounds {
+        QueueBounds { limit: self.queue_limit(), stall_timeout: Duration::from_secs_f64(self.stall_timeout) }
+    }
+
+    /// `header_read_timeout` as a duration.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.header_read_timeout)
     }
 
     /// `ping_interval` as a duration.
@@ -130,7 +188,7 @@ mod tests {
     use super::*;
 
     fn with_key() -> ServerConfig {
-        ServerConfig { api_key: Some("swordfish".into()), ..ServerConfig::default() }
+        ServerConfig { api_key: Some("swordfish-swordfish".into()), ..ServerConfig::default() }
     }
 
     #[test]
@@ -150,5 +208,27 @@ mod tests {
         assert!(config.validate().expect_err("bad origin").to_string().contains("allowed_origins"));
         let config = ServerConfig { ping_interval: 0.0, ..with_key() };
         assert!(config.validate().expect_err("bad ping").to_string().contains("ping_interval"));
+    }
+
+    #[test]
+    fn durations_that_would_overflow_a_clock_are_refused() {
+        for (name, config) in [
+            ("ping_interval", ServerConfig { ping_interval: 1e300, ..with_key() }),
+            ("stall_timeout", ServerConfig { stall_timeout: f64::INFINITY, ..with_key() }),
+            ("header_read_timeout", ServerConfig { header_read_timeout: f64::NAN, ..with_key() }),
+            ("close_timeout", ServerConfig { close_timeout: MAX_SECONDS * 2.0, ..with_key() }),
+        ] {
+            let err = config.validate().expect_err("refused").to_string();
+            assert!(err.contains(name) && err.contains("a year"), "{err}");
+        }
+        assert!(ServerConfig { ping_interval: MAX_SECONDS, ..with_key() }.validate().is_ok());
+    }
+
+    #[test]
+    fn short_api_keys_are_refused() {
+        let config = ServerConfig { api_key: Some("fifteen-chars!!".into()), ..with_key() };
+        let err = config.validate().expect_err("15 characters").to_string();
+        assert!(err.contains("at least 16"), "{err}");
+        assert!(ServerConfig { api_key: Some("sixteen-chars!!!".into()), ..with_key() }.validate().is_ok());
     }
 }

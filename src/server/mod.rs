@@ -4,7 +4,9 @@
 
 pub mod backend;
 pub mod config;
+pub mod connections;
 pub mod dispatch;
+pub mod listener;
 pub mod origin;
 pub mod ws;
 
@@ -13,7 +15,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -25,6 +26,7 @@ pub use config::ServerConfig;
 use crate::error::Error;
 use crate::metrics::{self, Metrics};
 use crate::registry::ServiceRegistry;
+use connections::ConnectionTable;
 
 /// What every request handler and connection of one server shares.
 #[derive(Debug)]
@@ -43,6 +45,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Tracks open connections so shutdown can wait for their close frames.
     pub connections: TaskTracker,
+    /// The open connections, with the caps on how many there may be.
+    pub table: Arc<ConnectionTable>,
 }
 
 /// A server that is configured but not yet listening.
@@ -80,6 +84,7 @@ impl Server {
         }
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
+        let table = ConnectionTable::new(self.config.max_connections, self.config.max_connections_per_address);
         let app = App {
             config: self.config,
             frontend: self.frontend,
@@ -88,6 +93,7 @@ impl Server {
             registry,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
+            table,
         };
         Ok(BoundServer { app: Arc::new(app), frontend, backend })
     }
@@ -134,31 +140,19 @@ impl BoundServer {
             .route("/metrics", get(metrics_text))
             .with_state(Arc::clone(&app));
 
-        // Small frames (replies, deliveries) must leave at once: Nagle's algorithm would hold
-        // them back waiting for the peer's ACK and add tens of milliseconds to p99 latency.
-        let frontend_listener = self.frontend.tap_io(set_nodelay);
-        let backend_listener = self.backend.tap_io(set_nodelay);
-        let frontend =
-            axum::serve(frontend_listener, frontend_routes.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(token.clone().cancelled_owned());
-        let backend =
-            axum::serve(backend_listener, backend_routes).with_graceful_shutdown(token.clone().cancelled_owned());
-        let (frontend_result, backend_result) = tokio::join!(frontend, backend);
+        let header_timeout = app.config.header_timeout();
+        let grace = app.config.shutdown_grace();
+        tokio::join!(
+            listener::serve(self.frontend, frontend_routes, header_timeout, token.clone(), grace),
+            listener::serve(self.backend, backend_routes, header_timeout, token.clone(), grace),
+        );
 
         app.connections.close();
         if tokio::time::timeout(app.config.shutdown_grace(), app.connections.wait()).await.is_err() {
             log::warn!("shutdown: {} connections did not close in time", app.connections.len());
         }
         log::info!("snorky stopped");
-        frontend_result?;
-        backend_result?;
         Ok(())
-    }
-}
-
-fn set_nodelay(stream: &mut tokio::net::TcpStream) {
-    if let Err(err) = stream.set_nodelay(true) {
-        log::debug!("could not set TCP_NODELAY: {err}");
     }
 }
 

@@ -24,6 +24,7 @@ use crate::connection::{Connection, Identity, Outbox};
 use crate::protocol::codes;
 use crate::tokens;
 
+use super::connections::Slot;
 use super::{dispatch, origin, App};
 
 /// Connection ids are process-wide, not per server: one service object may be registered in two
@@ -35,6 +36,9 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 const READ_BUFFER: usize = 512;
 /// Bytes the writer buffers before writing to the socket when it batches frames.
 const WRITE_BUFFER: usize = 16 * 1024;
+/// How often a blocked write re-checks the stall rule while the queue is empty (the writer holds
+/// the frames it is writing; new ones restart the stall clock).
+const STALL_RECHECK: Duration = Duration::from_secs(1);
 
 /// The query string of `GET /ws`; parameters other than `token` are ignored.
 #[derive(Debug, serde::Deserialize)]
@@ -69,13 +73,21 @@ pub async fn upgrade(
             return (StatusCode::UNAUTHORIZED, text).into_response();
         }
     };
+    let slot = match app.table.admit(remote) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            log::warn!("refused a WebSocket from {remote}: {refusal}");
+            app.metrics.connections_refused.inc();
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("Server busy: {refusal}")).into_response();
+        }
+    };
     let max = app.config.max_frame_size;
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(app, socket, remote, identity))
+        .on_upgrade(move |socket| serve(app, socket, remote, identity, slot))
 }
 
 /// The identity a handshake proves (PROTOCOL.md "Identity"): anonymous without a token, the
@@ -92,12 +104,13 @@ fn handshake_identity(secret: Option<&str>, token: Option<&str>) -> Result<Ident
     tokens::verify(token, secret.as_bytes()).map_err(|err| format!("Invalid connection token: {err}"))
 }
 
-async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: Identity) {
+async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: Identity, mut slot: Slot) {
     // Held for the connection's life so that shutdown waits for the close frame.
     let _drain = app.connections.token();
     let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
     let (connection, outbox) =
-        Connection::new(id, identity, remote, app.config.queue_limit(), &app.shutdown, Arc::clone(&app.metrics));
+        Connection::new(id, identity, remote, app.config.queue_bounds(), &app.shutdown, Arc::clone(&app.metrics));
+    slot.register(&connection);
     app.metrics.connections.inc();
     app.metrics.connections_opened.inc();
     log::debug!("connection {id} opened from {remote}");
@@ -149,13 +162,13 @@ async fn read_loop(app: &App, connection: &Arc<Connection>, mut stream: SplitStr
                 app.metrics.frames_dropped.inc();
                 log::debug!("connection {}: dropped a binary frame (text JSON expected)", connection.id());
             }
-            Some(Ok(Message::Pong(_))) => connection.pong_received(),
+            Some(Ok(Message::Pong(payload))) => connection.pong_received(&payload),
             // Tungstenite answers pings itself.
             Some(Ok(Message::Ping(_))) => {}
             Some(Err(err)) => {
-                if is_too_big(err) {
-                    log::info!("connection {}: frame over max_frame_size, closing with 1009", connection.id());
-                    connection.close(codes::MESSAGE_TOO_BIG);
+                if let Some(code) = close_code_for(err) {
+                    log::info!("connection {}: closing with {code} after a bad frame", connection.id());
+                    connection.close(code);
                 }
                 return;
             }
@@ -163,12 +176,18 @@ async fn read_loop(app: &App, connection: &Arc<Connection>, mut stream: SplitStr
     }
 }
 
-fn is_too_big(err: axum::Error) -> bool {
+/// The close code a read error calls for: 1009 for a frame over `max_frame_size`, 1007 for a
+/// text frame that is not UTF-8 (RFC 6455 section 7.4.1); `None` when the peer simply went away.
+fn close_code_for(err: axum::Error) -> Option<u16> {
     match err.into_inner().downcast::<tungstenite::Error>() {
-        Ok(err) => matches!(*err, tungstenite::Error::Capacity(_)),
+        Ok(err) => match *err {
+            tungstenite::Error::Capacity(_) => Some(codes::MESSAGE_TOO_BIG),
+            tungstenite::Error::Utf8(_) => Some(codes::INVALID_PAYLOAD),
+            _ => None,
+        },
         Err(other) => {
             log::debug!("websocket read error: {other}");
-            false
+            None
         }
     }
 }
@@ -180,29 +199,31 @@ async fn write_loop(
     ping_every: Duration,
     close_grace: Duration,
 ) {
-    let mut ping = PingClock::new(ping_every);
-    // Frames handed to the socket so far; lets the ping clock tell a slow writer from a stuck one.
-    let progress = AtomicU64::new(0);
+    let mut pings = interval_at(Instant::now() + ping_every, ping_every);
+    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             () = connection.closed() => break,
-            frame = outbox.frames.recv() => {
+            frame = outbox.recv() => {
                 let Some(frame) = frame else { break };
-                let write = write_batch(&connection, &mut sink, &mut outbox, &progress, frame);
-                let Some(written) = ping.guard(&connection, &progress, write).await else { break };
+                let write = write_batch(&mut sink, &mut outbox, frame);
+                let Some(written) = unless_stuck(&connection, &mut pings, write).await else { break };
                 if let Err(err) = written {
                     log::debug!("connection {}: write failed: {err}", connection.id());
                     connection.close(codes::GOING_AWAY);
                     break;
                 }
-            }
-            _ = ping.interval.tick() => {
-                if !ping_due(&connection) {
+                // A client reading a trickle completes every write and still never empties
+                // its queue.
+                if connection.stalled(Instant::now()) {
                     break;
                 }
-                let ping_frame = sink.send(Message::Ping(bytes::Bytes::new()));
-                let Some(sent) = ping.guard(&connection, &progress, ping_frame).await else { break };
+            }
+            _ = pings.tick() => {
+                let Some(payload) = connection.next_ping() else { break };
+                let ping = sink.send(Message::Ping(bytes::Bytes::copy_from_slice(&payload)));
+                let Some(sent) = unless_stuck(&connection, &mut pings, ping).await else { break };
                 if sent.is_err() {
                     connection.close(codes::GOING_AWAY);
                     break;
@@ -215,7 +236,7 @@ async fn write_loop(
     if code == codes::GOING_AWAY || code == codes::NORMAL {
         // A graceful close (shutdown, or the client leaving) still delivers what was queued
         // before it, within the grace period, so a resuming client misses nothing.
-        let _ = tokio::time::timeout_at(deadline, drain(&connection, &mut sink, &mut outbox, &progress)).await;
+        let _ = tokio::time::timeout_at(deadline, drain(&mut sink, &mut outbox)).await;
     }
     // Whatever is still queued will never be sent (a slow consumer's backlog, or the grace
     // period ran out): free it before the close handshake.
@@ -226,95 +247,61 @@ async fn write_loop(
 }
 
 /// Writes every frame still queued.
-async fn drain(
-    connection: &Connection,
-    sink: &mut SplitSink<WebSocket, Message>,
-    outbox: &mut Outbox,
-    progress: &AtomicU64,
-) {
-    while let Ok(frame) = outbox.frames.try_recv() {
-        if write_batch(connection, sink, outbox, progress, frame).await.is_err() {
+async fn drain(sink: &mut SplitSink<WebSocket, Message>, outbox: &mut Outbox) {
+    while let Some(frame) = outbox.try_recv() {
+        if write_batch(sink, outbox, frame).await.is_err() {
             return;
         }
     }
 }
 
-/// The writer's ping schedule, which keeps running while a write is blocked.
-struct PingClock {
-    interval: Interval,
-    /// `progress` at the last tick that found a write blocked.
-    seen_progress: u64,
-}
-
-impl PingClock {
-    fn new(every: Duration) -> PingClock {
-        let mut interval = interval_at(Instant::now() + every, every);
-        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        PingClock { interval, seen_progress: 0 }
+/// Awaits `write`, still watching the close signal, the stall deadline and the ping clock;
+/// `None` when the connection must close.
+///
+/// A write blocks when the peer stops reading and the socket buffers are full. A peer that does
+/// not read cannot answer pings either, and the pings due meanwhile cannot even be sent, so each
+/// tick during a blocked write counts as an unanswered ping: two of them drop the connection.
+/// Independently, a queue that stays non-empty past the stall timeout closes it with 1008.
+async fn unless_stuck<T>(connection: &Connection, pings: &mut Interval, write: impl Future<Output = T>) -> Option<T> {
+    tokio::pin!(write);
+    // Most writes complete at once (the socket has room): only a write that blocks needs the
+    // timers below, so they are not armed for every frame.
+    if let Some(done) = futures_util::FutureExt::now_or_never(write.as_mut()) {
+        return Some(done);
     }
-
-    /// Awaits `write`, still watching the close signal and the ping clock; `None` when the
-    /// connection must close.
-    ///
-    /// A write blocks when the peer stops reading and the socket buffers are full. The pings due
-    /// meanwhile cannot even be sent, and a peer that does not read cannot answer them, so each
-    /// tick that finds the write stuck (no frame handed to the socket since the previous tick)
-    /// counts as an unanswered ping. Without this, a client that stopped reading while its queue
-    /// stayed under the bound would hold its connection and queue forever. A slow but reading
-    /// client makes progress between ticks and is left alone.
-    async fn guard<T>(
-        &mut self,
-        connection: &Connection,
-        progress: &AtomicU64,
-        write: impl Future<Output = T>,
-    ) -> Option<T> {
-        tokio::pin!(write);
-        loop {
-            tokio::select! {
-                biased;
-                () = connection.closed() => return None,
-                done = &mut write => return Some(done),
-                _ = self.interval.tick() => {
-                    let now = progress.load(Ordering::Relaxed);
-                    if now != self.seen_progress {
-                        self.seen_progress = now;
-                    } else if !ping_due(connection) {
-                        return None;
-                    }
+    loop {
+        let check_stall_at = connection.stall_deadline().unwrap_or_else(|| Instant::now() + STALL_RECHECK);
+        tokio::select! {
+            biased;
+            () = connection.closed() => return None,
+            done = &mut write => return Some(done),
+            () = tokio::time::sleep_until(check_stall_at) => {
+                if connection.stalled(Instant::now()) {
+                    return None;
                 }
+            }
+            _ = pings.tick() => {
+                connection.next_ping()?;
             }
         }
     }
 }
 
-/// Records a ping due; `false` (after asking the connection to close) when two went unanswered.
-fn ping_due(connection: &Connection) -> bool {
-    if connection.ping_sent() > 2 {
-        log::info!("connection {} answered no ping twice: dropping it", connection.id());
-        connection.close(codes::GOING_AWAY);
-        return false;
-    }
-    true
-}
-
-/// Writes `first` and every frame already queued behind it, then flushes once.
+/// Writes `first` and every frame already queued behind it, flushes once, then confirms them.
 async fn write_batch(
-    connection: &Connection,
     sink: &mut SplitSink<WebSocket, Message>,
     outbox: &mut Outbox,
-    progress: &AtomicU64,
     first: crate::protocol::Frame,
 ) -> Result<(), axum::Error> {
     let mut frame = first;
     loop {
-        let size = frame.len();
-        connection.frame_written(size);
-        progress.fetch_add(1, Ordering::Relaxed);
         sink.feed(Message::Text(frame.into_inner())).await?;
-        match outbox.frames.try_recv() {
-            Ok(next) => frame = next,
-            Err(_) => break,
+        match outbox.try_recv() {
+            Some(next) => frame = next,
+            None => break,
         }
     }
-    sink.flush().await
+    sink.flush().await?;
+    outbox.written();
+    Ok(())
 }

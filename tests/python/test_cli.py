@@ -70,7 +70,7 @@ def test_serves_and_shuts_down_gracefully_on_sigterm(via_env: bool):
     settings = {
         "SNORKY_FRONTEND_ADDRESS": f"127.0.0.1:{front}",
         "SNORKY_BACKEND_ADDRESS": f"127.0.0.1:{back}",
-        "SNORKY_API_KEY": "swordfish",
+        "SNORKY_API_KEY": "swordfish-swordfish",
     }
     if via_env:
         process = snorky("serve", env=settings)
@@ -79,13 +79,13 @@ def test_serves_and_shuts_down_gracefully_on_sigterm(via_env: bool):
             "serve",
             "--frontend-address", settings["SNORKY_FRONTEND_ADDRESS"],
             "--backend-address", settings["SNORKY_BACKEND_ADDRESS"],
-            "--api-key", "swordfish",
+            "--api-key", "swordfish-swordfish",
         )  # fmt: skip
     try:
         wait_healthy(back, process)
         client = WsClient(f"ws://127.0.0.1:{front}/ws")
         assert client.call("pubsub", "subscribe", channel="news")["type"] == "response"
-        SnorkyBackend(f"http://127.0.0.1:{back}/backend", "swordfish").publish("news", {"n": 1})
+        SnorkyBackend(f"http://127.0.0.1:{back}/backend", "swordfish-swordfish").publish("news", {"n": 1})
         assert client.recv()["message"] == {"type": "message", "channel": "news", "message": {"n": 1}}
         process.send_signal(signal.SIGTERM)
         with pytest.raises(ConnectionClosed) as closed:
@@ -104,7 +104,7 @@ def test_sigint_also_stops_it():
     front, back = free_port(), free_port()
     process = snorky(
         "serve", "--frontend-address", f"127.0.0.1:{front}", "--backend-address", f"127.0.0.1:{back}",
-        "--api-key", "k",
+        "--api-key", "cli-test-key-0123456789",
     )  # fmt: skip
     try:
         wait_healthy(back, process)
@@ -122,7 +122,7 @@ def test_services_are_loaded_from_a_module_path():
     fixtures = str(Path(__file__).parent / "fixtures")
     process = snorky(
         "serve", "--frontend-address", f"127.0.0.1:{front}", "--backend-address", f"127.0.0.1:{back}",
-        "--api-key", "k", "--services", "cli_services:build",
+        "--api-key", "cli-test-key-0123456789", "--services", "cli_services:build",
         env={"PYTHONPATH": fixtures},
     )  # fmt: skip
     try:
@@ -130,7 +130,7 @@ def test_services_are_loaded_from_a_module_path():
         client = WsClient(f"ws://127.0.0.1:{front}/ws")
         assert client.call("echo", "echo", value=[1, "a"])["data"] == [1, "a"]
         assert client.call("pubsub", "subscribe", channel="c")["type"] == "response"
-        assert SnorkyBackend(f"http://127.0.0.1:{back}/backend", "k").call("stats", "ping") == "pong"
+        assert SnorkyBackend(f"http://127.0.0.1:{back}/backend", "cli-test-key-0123456789").call("stats", "ping") == "pong"
         client.close()
     finally:
         process.send_signal(signal.SIGTERM)
@@ -147,7 +147,7 @@ def test_services_are_loaded_from_a_module_path():
 )
 def test_bad_services_paths_fail_clearly(path: str, message: str):
     fixtures = str(Path(__file__).parent / "fixtures")
-    process = snorky("serve", "--api-key", "k", "--services", path, env={"PYTHONPATH": fixtures})
+    process = snorky("serve", "--api-key", "cli-test-key-0123456789", "--services", path, env={"PYTHONPATH": fixtures})
     _, err = process.communicate(timeout=30)
     assert process.returncode == 2
     assert message in err

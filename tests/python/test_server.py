@@ -14,6 +14,8 @@ from snorky import ConfigurationError, Server, ServiceRegistry
 from snorky.services import PubSubBackend, PubSubService
 from snorky.testing import running_server
 
+KEY = "python-tests-api-key"
+
 
 def make_server(**options: object) -> Server:
     pubsub = PubSubService()
@@ -33,30 +35,30 @@ def test_refuses_to_start_without_an_api_key():
 
 def test_unknown_option_is_named():
     with pytest.raises(ConfigurationError, match="frobnicate"):
-        make_server(api_key="k", frobnicate=1)
+        make_server(api_key=KEY, frobnicate=1)
 
 
 def test_wrong_option_type_is_named():
     with pytest.raises(ConfigurationError, match="invalid server option"):
-        make_server(api_key="k", ping_interval="often")
+        make_server(api_key=KEY, ping_interval="often")
 
 
 def test_a_bad_origin_entry_is_refused():
     with pytest.raises(ConfigurationError, match="allowed_origins"):
-        make_server(api_key="k", allowed_origins=["example.com"])
+        make_server(api_key=KEY, allowed_origins=["example.com"])
 
 
 def test_duplicate_names_are_refused():
     with pytest.raises(ConfigurationError, match="unique"):
-        Server([PubSubService("a"), PubSubService("a")], api_key="k")
+        Server([PubSubService("a"), PubSubService("a")], api_key=KEY)
 
 
 def test_services_must_be_on_their_side():
     pubsub = PubSubService()
     with pytest.raises(ConfigurationError, match="backend registry"):
-        Server([pubsub, PubSubBackend("b", pubsub)], api_key="k")
+        Server([pubsub, PubSubBackend("b", pubsub)], api_key=KEY)
     with pytest.raises(ConfigurationError, match="not a Snorky service"):
-        Server([object()], api_key="k")  # type: ignore[list-item]
+        Server([object()], api_key=KEY)  # type: ignore[list-item]
 
 
 def test_a_busy_port_fails_at_start_with_the_address():
@@ -65,14 +67,14 @@ def test_a_busy_port_fails_at_start_with_the_address():
         busy.listen()
         port = busy.getsockname()[1]
         server = Server(
-            [PubSubService()], frontend_address=f"127.0.0.1:{port}", backend_address="127.0.0.1:0", api_key="k"
+            [PubSubService()], frontend_address=f"127.0.0.1:{port}", backend_address="127.0.0.1:0", api_key=KEY
         )
         with pytest.raises(ConfigurationError, match=f"127.0.0.1:{port}"):
             server.start()
 
 
 def test_start_gives_ports_and_the_context_manager_stops_gracefully():
-    server = make_server(api_key="k", allowed_origins=["*"])
+    server = make_server(api_key=KEY, allowed_origins=["*"])
     with server.start() as handle:
         assert handle.running
         assert handle.frontend_port > 0 and handle.backend_port > 0
@@ -114,3 +116,26 @@ def test_two_servers_in_one_process_are_independent():
             cb.recv(timeout=0.3)
         ca.close()
         cb.close()
+
+
+def test_a_short_api_key_is_refused():
+    with pytest.raises(ConfigurationError, match="at least 16"):
+        make_server(api_key="short-key")
+
+
+@pytest.mark.parametrize("option", ["ping_interval", "stall_timeout", "header_read_timeout", "shutdown_timeout"])
+def test_a_duration_too_long_for_the_clock_is_refused_at_start(option):
+    with pytest.raises(ConfigurationError, match=option):
+        make_server(api_key=KEY, **{option: 1e300})
+
+
+def test_datasync_timeouts_too_long_for_the_clock_are_refused():
+    from snorky.dealers import BroadcastDealer
+    from snorky.services import DataSyncService
+
+    class All(BroadcastDealer):
+        model = "Task"
+
+    for option in ("subscription_timeout", "resume_timeout"):
+        with pytest.raises(ConfigurationError, match=option):
+            DataSyncService("datasync", [All], **{option: 1e300})
