@@ -121,6 +121,9 @@ pub struct Connection {
     closing: CancellationToken,
     /// The close code to send, or 0 for "going away" (shutdown).
     close_code: AtomicU16,
+    /// Cancelled when the writer drops the queue: from then on nothing more is written, so
+    /// every [`Ack`] that will ever be confirmed has been.
+    finished: CancellationToken,
     /// Pings sent since the last matching pong: two unanswered pings mean a dead peer.
     unanswered_pings: AtomicU8,
     /// The random number carried by the last ping sent; only a pong echoing it counts as an
@@ -161,6 +164,7 @@ impl Connection {
             drained: Notify::new(),
             closing: shutdown.child_token(),
             close_code: AtomicU16::new(0),
+            finished: CancellationToken::new(),
             unanswered_pings: AtomicU8::new(0),
             last_ping: AtomicU64::new(0),
             metrics,
@@ -336,6 +340,16 @@ impl Connection {
         self.closing.cancelled().await;
     }
 
+    /// Whether the writer is done with the queue (see [`Connection::finished`]).
+    pub fn is_finished(&self) -> bool {
+        self.finished.is_cancelled()
+    }
+
+    /// Resolves once the writer has dropped the queue: what was written is final.
+    pub async fn finished(&self) {
+        self.finished.cancelled().await;
+    }
+
     /// Records a ping about to be sent; returns its payload, or `None` (after asking the
     /// connection to close) when two pings already went unanswered.
     pub fn next_ping(&self) -> Option<[u8; 8]> {
@@ -395,6 +409,12 @@ impl Outbox {
         for ack in self.unconfirmed.drain(..) {
             ack.confirm();
         }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.connection.finished.cancel();
     }
 }
 

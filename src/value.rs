@@ -23,6 +23,19 @@ pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(value, |current, segment| current.as_object()?.get(segment))
 }
 
+/// An estimate of the bytes `value` takes as JSON: exact for strings' contents and keys,
+/// approximate for numbers and punctuation. Cheap (no allocation), for bounds on memory.
+#[must_use]
+pub fn json_size(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 12,
+        Value::String(text) => text.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(|item| json_size(item) + 1).sum::<usize>(),
+        Value::Object(fields) => 2 + fields.iter().map(|(key, item)| key.len() + 4 + json_size(item)).sum::<usize>(),
+    }
+}
+
 /// Whether two values are equal under PROTOCOL's rules.
 ///
 /// Numbers compare by numeric value, exactly (no rounding through `f64`: `2^53 + 1` is not

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{backend_call, eventually, ok_reply, test_config, within, Client, TestServer, WAIT};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use snorky::datasync::{DataSyncBackend, DataSyncHub, DataSyncService, Dealer, KeyFunction, Limits};
+use snorky::datasync::{DataSyncBackend, DataSyncHub, DataSyncService, Dealer, KeyFunction, Limits, Retention};
 use snorky::service::AnyService;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -345,25 +345,33 @@ async fn resume_after_reconnect_delivers_every_missed_delta_once_in_order() {
 }
 
 #[tokio::test]
-async fn buffer_overflow_while_disconnected_drops_the_subscription() {
-    let limits = Limits { resume_buffer: 3, ..Limits::default() };
+async fn missed_deltas_beyond_the_retention_drop_the_subscription() {
+    let limits = Limits { retention: Retention { deltas: 3, ..Retention::default() }, ..Limits::default() };
     let ds = DataSyncServer::start_with(limits).await;
     let overflowing = ds.authorize(all_tasks()).await;
-    let at_bound = ds.authorize(json!([{"dealer": "FilteredTasks", "query": ["<=", "id", 3]}])).await;
-    let mut client = ds.connect().await;
-    acquire(&mut client, &overflowing).await;
-    acquire(&mut client, &at_bound).await;
-    client.close().await;
-    waiting_becomes(&ds.hub, 2).await;
+    let kept = ds.authorize(all_tasks()).await;
+    let mut leaving = ds.connect().await;
+    acquire(&mut leaving, &overflowing).await;
+    let mut staying = ds.connect().await;
+    acquire(&mut staying, &kept).await;
+    leaving.close().await;
+    waiting_becomes(&ds.hub, 1).await;
     let published: Vec<Value> = (1..=4).map(|id| insert(task(id))).collect();
     ds.publish(json!(published)).await;
+    assert_eq!(deltas(&mut staying, 4).await, published, "a connected subscriber gets everything");
+    // Four deltas were missed and the stream keeps three: resuming would leave a gap.
     let mut again = ds.connect().await;
     assert_eq!(refused(&mut again, "acquireSubscription", json!({"token": overflowing})).await, "No such subscription");
-    assert_eq!(acquire(&mut again, &at_bound).await, published[..3].to_vec());
+    // A subscription that missed only what is retained resumes without a gap.
+    staying.close().await;
+    waiting_becomes(&ds.hub, 1).await;
+    let missed: Vec<Value> = (5..=7).map(|id| insert(task(id))).collect();
+    ds.publish(json!(missed)).await;
+    assert_eq!(acquire(&mut again, &kept).await, missed);
     // The bound holds before the first acquire too.
     let never_acquired = ds.authorize(all_tasks()).await;
     ds.publish(json!(published)).await;
-    assert_eq!(deltas(&mut again, 3).await, published[..3].to_vec());
+    assert_eq!(deltas(&mut again, 4).await, published);
     assert_eq!(
         refused(&mut again, "acquireSubscription", json!({"token": never_acquired})).await,
         "No such subscription"
@@ -375,7 +383,7 @@ async fn authorization_and_resume_timeouts() {
     let limits = Limits {
         subscription_timeout: Duration::from_millis(300),
         resume_timeout: Duration::from_millis(300),
-        resume_buffer: 100,
+        ..Limits::default()
     };
     let ds = DataSyncServer::start_with(limits).await;
     let expiring = ds.authorize(all_tasks()).await;

@@ -71,9 +71,7 @@ class DataSyncService:
         cls,
         name: str,
         dealers: list[dict[str, Any]],
-        subscription_timeout: float = 120.0,
-        resume_timeout: float = 60.0,
-        resume_buffer: int = 10000,
+        options: dict[str, Any] | None = None,
     ) -> DataSyncService: ...
     @property
     def name(self) -> str: ...

@@ -173,11 +173,24 @@ class DataSyncService:
     the token and receives every delta its subscription items match, routed by ``dealers``
     (classes or instances from :mod:`snorky.dealers`).
 
-    - ``subscription_timeout``: seconds an authorized subscription waits to be acquired.
-    - ``resume_timeout``: seconds a subscription whose connection closed waits to be acquired
-      again (buffering what it matches, so a reconnecting client misses nothing).
-    - ``resume_buffer``: the most deltas a waiting subscription buffers; one more drops it, and
-      acquiring it then fails with "No such subscription" (the client fetches its data again).
+    Options (keyword arguments; unknown names raise :class:`~snorky.ConfigurationError`):
+
+    - ``subscription_timeout`` (120 s): how long an authorized subscription waits to be
+      acquired.
+    - ``resume_timeout`` (60 s): how long a subscription whose connection closed waits to be
+      acquired again. It resumes after the last delta its connection actually wrote, so a
+      reconnecting client misses nothing and gets nothing twice.
+    - ``retention`` (100,000 deltas), ``retention_bytes`` (64 MiB), ``retention_age`` (300 s):
+      how much of the stream of published deltas is kept. Waiting subscriptions, and clients
+      reading slower than deltas are published, read from it; a subscription whose position
+      fell out of it is dropped ("No such subscription": the client fetches its data again).
+    - ``max_waiting`` (100,000): the most subscriptions waiting at once; the oldest go first.
+    - ``max_items`` (1,000): the most items in one authorization ("Too many items").
+    - ``max_subscriptions`` (100): the most subscriptions one connection may hold ("Too many
+      subscriptions").
+    - ``max_query_size`` (1,000), ``max_query_depth`` (32): the bounds on a Filter query.
+    - ``idempotency_window`` (600 s), ``max_idempotency_keys`` (100,000): how long, and how
+      many, ``publishDeltas`` keys are remembered to drop repeated batches.
     """
 
     side = "frontend"
@@ -186,26 +199,15 @@ class DataSyncService:
         self,
         name: str = "datasync",
         dealers: Iterable[type[Dealer] | Dealer] = (),
-        *,
-        subscription_timeout: float = 120,
-        resume_timeout: float = 60,
-        resume_buffer: int = 10_000,
+        **options: Any,
     ) -> None:
         self.name = name
         self.dealers: list[Dealer] = [dealer() if isinstance(dealer, type) else dealer for dealer in dealers]
         for dealer in self.dealers:
             if not isinstance(dealer, Dealer):
                 raise ConfigurationError(f"{dealer!r} is not a dealer (subclass one of snorky.dealers)")
-        self.subscription_timeout = subscription_timeout
-        self.resume_timeout = resume_timeout
-        self.resume_buffer = resume_buffer
-        self._core = _core.DataSyncService(
-            name,
-            [dealer.spec() for dealer in self.dealers],
-            subscription_timeout=subscription_timeout,
-            resume_timeout=resume_timeout,
-            resume_buffer=resume_buffer,
-        )
+        self.options = options
+        self._core = _core.DataSyncService(name, [dealer.spec() for dealer in self.dealers], options)
 
     @property
     def subscription_count(self) -> int:

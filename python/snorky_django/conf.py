@@ -67,11 +67,12 @@ DEFAULTS: dict[str, Any] = {
     # "direct": publish deltas on commit (an unreachable server is logged and counted).
     # "outbox": write them to the outbox table in the transaction; `manage.py snorky` relays them.
     "DELIVERY": "direct",
-    # DataSync bounds (PROTOCOL.md): seconds an authorized subscription waits to be acquired,
-    # seconds a disconnected one waits to be resumed, deltas buffered meanwhile.
+    # DataSync timeouts: seconds an authorized subscription waits to be acquired, seconds a
+    # disconnected one waits to be resumed.
     "SUBSCRIPTION_TIMEOUT": 120.0,
     "RESUME_TIMEOUT": 60.0,
-    "RESUME_BUFFER": 10_000,
+    # Other options of snorky.services.DataSyncService (retention, max_subscriptions, ...).
+    "DATASYNC_OPTIONS": {},
     # The outbox relay: deltas per request, seconds between polls of an empty outbox, and the
     # longest pause between retries while the server is unreachable.
     "OUTBOX_BATCH_SIZE": 500,
@@ -136,7 +137,7 @@ class SnorkySettings:
     DELIVERY: str
     SUBSCRIPTION_TIMEOUT: float
     RESUME_TIMEOUT: float
-    RESUME_BUFFER: int
+    DATASYNC_OPTIONS: dict[str, Any]
     OUTBOX_BATCH_SIZE: int
     OUTBOX_POLL_INTERVAL: float
     OUTBOX_MAX_RETRY_DELAY: float

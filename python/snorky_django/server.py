@@ -75,9 +75,11 @@ def build_services() -> Services:
             datasync = snorky.services.DataSyncService(
                 conf.DATASYNC_SERVICE,
                 dealers,
-                subscription_timeout=float(conf.SUBSCRIPTION_TIMEOUT),
-                resume_timeout=float(conf.RESUME_TIMEOUT),
-                resume_buffer=int(conf.RESUME_BUFFER),
+                **{
+                    "subscription_timeout": float(conf.SUBSCRIPTION_TIMEOUT),
+                    "resume_timeout": float(conf.RESUME_TIMEOUT),
+                    **conf.DATASYNC_OPTIONS,
+                },
             )
             services.frontend.append(datasync)
             services.backend.append(snorky.services.DataSyncBackend(conf.DATASYNC_BACKEND_SERVICE, datasync))

@@ -6,9 +6,22 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::service::{auth_error, DataSyncHub, DataSyncService};
+use super::idempotency::MAX_KEY_LENGTH;
+use super::service::{DataSyncHub, DataSyncService};
 use crate::protocol::{Params, RpcError};
 use crate::service::{Caller, Service, Side};
+
+/// The error of a `key` that is not a string of at most [`MAX_KEY_LENGTH`] characters.
+const KEY_ERROR: &str = "key must be a string of at most 200 characters";
+
+/// An optional string parameter: absent or `null` is `None`; another type gets `type_error`.
+fn optional_string(params: &mut Params, name: &str, type_error: &'static str) -> Result<Option<String>, RpcError> {
+    match params.take_optional(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(RpcError::service(type_error)),
+    }
+}
 
 /// The backend DataSync service, sharing the subscriptions of a [`DataSyncService`].
 /// Deliveries it causes carry the frontend service's name.
@@ -43,13 +56,18 @@ impl Service for DataSyncBackend {
         match command {
             "authorizeSubscription" => {
                 let items = params.take("items")?;
+                let identity = optional_string(&mut params, "identity", "identity must be string")?;
                 params.finish()?;
-                self.hub.authorize(&items).map(Value::String).map_err(auth_error)
+                self.hub.authorize_request(items, identity).await.map(Value::String)
             }
             "publishDeltas" => {
                 let deltas = params.take("deltas")?;
+                let key = optional_string(&mut params, "key", KEY_ERROR)?;
+                if key.as_ref().is_some_and(|key| key.chars().count() > MAX_KEY_LENGTH) {
+                    return Err(RpcError::service(KEY_ERROR));
+                }
                 params.finish()?;
-                self.hub.publish_deltas(deltas).await.map(|_| Value::Null)
+                self.hub.publish_deltas(deltas, key).await.map(|_| Value::Null)
             }
             _ => Err(RpcError::UnknownCommand),
         }

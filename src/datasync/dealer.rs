@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::filter::{Filter, FilterError};
+use super::filter::{Filter, FilterError, FilterLimits};
 use crate::value::{lookup, ValueKey};
 
 /// Computes the key of an object for a Simple dealer declared with a function (the Python
@@ -83,8 +83,21 @@ pub enum PreparedQuery {
     Broadcast,
     /// A Simple item: the key its query stands for.
     Simple(ValueKey),
-    /// A Filter item: the parsed expression.
-    Filter(Filter),
+    /// A Filter item: the parsed expression and the conditions it may be indexed under.
+    Filter(Box<PreparedFilter>),
+}
+
+/// The most required equalities of a filter considered as its index condition.
+pub const MAX_INDEX_CANDIDATES: usize = 8;
+
+/// A Filter item's query, parsed, with the equality conditions every match requires (the
+/// router indexes the item under the one whose bucket is smallest).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreparedFilter {
+    /// The expression.
+    pub filter: Filter,
+    /// Up to [`MAX_INDEX_CANDIDATES`] `(path, key)` conditions the filter requires.
+    pub candidates: Vec<(String, ValueKey)>,
 }
 
 /// A key function failed; the delta is not delivered through this dealer.
@@ -129,11 +142,19 @@ impl Dealer {
     /// # Errors
     ///
     /// The [`FilterError`] of a Filter dealer's query that is not a valid expression.
-    pub fn prepare_query(&self, query: &Value) -> Result<PreparedQuery, FilterError> {
+    pub fn prepare_query(&self, query: &Value, limits: FilterLimits) -> Result<PreparedQuery, FilterError> {
         Ok(match &self.kind {
             DealerKind::Broadcast => PreparedQuery::Broadcast,
             DealerKind::Simple(_) => PreparedQuery::Simple(ValueKey::of(query)),
-            DealerKind::Filter => PreparedQuery::Filter(Filter::parse(query)?),
+            DealerKind::Filter => {
+                let filter = Filter::parse_within(query, limits)?;
+                let mut candidates: Vec<(String, ValueKey)> =
+                    filter.required_equalities().into_iter().map(|(path, key)| (path.to_owned(), key)).collect();
+                // Any required equality is a sound index; a few are enough to pick a small
+                // bucket, and keep the choice (made under the router's lock) cheap.
+                candidates.truncate(MAX_INDEX_CANDIDATES);
+                PreparedQuery::Filter(Box::new(PreparedFilter { filter, candidates }))
+            }
         })
     }
 
@@ -173,15 +194,16 @@ mod tests {
     #[test]
     fn queries_are_validated_per_kind() {
         let b = Dealer::broadcast("all", "Task");
-        assert_eq!(b.prepare_query(&Value::Null), Ok(PreparedQuery::Broadcast));
-        assert_eq!(b.prepare_query(&json!(["garbage"])), Ok(PreparedQuery::Broadcast));
+        let limits = FilterLimits::default();
+        assert_eq!(b.prepare_query(&Value::Null, limits), Ok(PreparedQuery::Broadcast));
+        assert_eq!(b.prepare_query(&json!(["garbage"]), limits), Ok(PreparedQuery::Broadcast));
         let s = Dealer::simple_field("by_owner", "Task", "owner.id");
-        assert_eq!(s.prepare_query(&json!(1.0)), Ok(PreparedQuery::Simple(ValueKey::of(&json!(1)))));
-        assert!(s.prepare_query(&json!(["==", "not", "parsed"])).is_ok());
+        assert_eq!(s.prepare_query(&json!(1.0), limits), Ok(PreparedQuery::Simple(ValueKey::of(&json!(1)))));
+        assert!(s.prepare_query(&json!(["==", "not", "parsed"]), limits).is_ok());
         let f = Dealer::filter("filtered", "Task");
-        assert!(matches!(f.prepare_query(&json!(["==", "a", 1])), Ok(PreparedQuery::Filter(_))));
-        assert_eq!(f.prepare_query(&Value::Null), Err(FilterError::NotAnExpression));
-        assert_eq!(f.prepare_query(&json!(["=", "a", 1])), Err(FilterError::UnknownOperator("=".into())));
+        assert!(matches!(f.prepare_query(&json!(["==", "a", 1]), limits), Ok(PreparedQuery::Filter(_))));
+        assert_eq!(f.prepare_query(&Value::Null, limits), Err(FilterError::NotAnExpression));
+        assert_eq!(f.prepare_query(&json!(["=", "a", 1]), limits), Err(FilterError::UnknownOperator("=".into())));
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub enum DeltaError {
     /// `model` is not a string.
     #[error("model must be string")]
     ModelNotString,
-    /// No dealer handles `model` (raised by [`Router::parse_deltas`](super::Router::parse_deltas)).
+    /// No dealer handles `model` (raised by [`Delta::parse_batch`]).
     #[error("Unknown model")]
     UnknownModel(String),
 }
@@ -116,17 +116,29 @@ impl Delta {
         })
     }
 
-    /// Parses a whole `deltas` parameter; fails on the first bad delta, so the caller
-    /// delivers nothing unless the entire batch is valid.
+    /// Parses a whole `deltas` parameter and checks that some dealer handles each model
+    /// (`known_model`); fails on the first bad delta, so the caller delivers nothing unless
+    /// the entire batch is valid.
     ///
     /// # Errors
     ///
-    /// The first delta's [`DeltaError`], or `InvalidParams` when `deltas` is not a list.
-    pub fn parse_batch(deltas: Value) -> Result<Vec<Self>, DeltaError> {
+    /// The first delta's [`DeltaError`] (a parse error, or `UnknownModel`), or
+    /// `InvalidParams` when `deltas` is not a list.
+    pub fn parse_batch(deltas: Value, known_model: impl Fn(&str) -> bool) -> Result<Vec<Self>, DeltaError> {
         let Value::Array(deltas) = deltas else {
             return Err(DeltaError::InvalidParams);
         };
-        deltas.into_iter().map(Self::parse).collect()
+        deltas
+            .into_iter()
+            .map(|delta| {
+                let delta = Self::parse(delta)?;
+                if known_model(delta.model()) {
+                    Ok(delta)
+                } else {
+                    Err(DeltaError::UnknownModel(delta.model().to_owned()))
+                }
+            })
+            .collect()
     }
 
     /// The model the delta concerns.
@@ -363,16 +375,16 @@ mod tests {
     #[test]
     fn batch_fails_on_any_bad_delta() {
         let good = json!({"type": "insert", "model": "T", "data": {}});
-        assert_eq!(Delta::parse_batch(json!([good.clone(), good.clone()])).map(|d| d.len()), Ok(2));
-        assert_eq!(Delta::parse_batch(json!([])), Ok(vec![]));
+        assert_eq!(Delta::parse_batch(json!([good.clone(), good.clone()]), |_| true).map(|d| d.len()), Ok(2));
+        assert_eq!(Delta::parse_batch(json!([]), |_| true), Ok(vec![]));
         assert_eq!(
-            Delta::parse_batch(json!([good.clone(), {"type": "x", "model": "T"}, {"model": 3}])),
+            Delta::parse_batch(json!([good.clone(), {"type": "x", "model": "T"}, {"model": 3}]), |_| true),
             Err(DeltaError::InvalidType),
             "the first bad delta decides the error"
         );
-        assert_eq!(Delta::parse_batch(json!([good.clone(), 5])), Err(DeltaError::InvalidParams));
-        assert_eq!(Delta::parse_batch(json!({"0": good})), Err(DeltaError::InvalidParams));
-        assert_eq!(Delta::parse_batch(Value::Null), Err(DeltaError::InvalidParams));
+        assert_eq!(Delta::parse_batch(json!([good.clone(), 5]), |_| true), Err(DeltaError::InvalidParams));
+        assert_eq!(Delta::parse_batch(json!({"0": good}), |_| true), Err(DeltaError::InvalidParams));
+        assert_eq!(Delta::parse_batch(Value::Null, |_| true), Err(DeltaError::InvalidParams));
     }
 
     fn update() -> Delta {

@@ -15,17 +15,40 @@
 //! - `and` and `or` accept zero operands, as 0.1 did: `["and"]` matches everything and
 //!   `["or"]` nothing (the identities of the two operators). Backends that build
 //!   `["and", *conditions]` from a possibly empty list keep working.
-//! - Expressions may nest at most [`MAX_DEPTH`] levels, so a hostile or buggy query cannot
-//!   overflow the stack when it is parsed, evaluated or dropped.
+//! - Expressions are bounded ([`FilterLimits`]): at most `max_depth` levels of nesting, so a
+//!   hostile or buggy query cannot overflow the stack when it is parsed, evaluated or dropped,
+//!   and at most `max_size` expressions in all, so authorizing it and evaluating it per delta
+//!   costs a bounded time. Every operation on a parsed filter is linear in its size (times its
+//!   depth for `or`), so the bound on size is a bound on time.
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 
 use serde_json::Value;
 
 use crate::value::{compare, lookup, values_equal, ValueKey};
 
-/// How deeply expressions may nest (`["not", ["not", ...]]` counts one level per array).
-pub const MAX_DEPTH: usize = 64;
+/// How deeply expressions may nest by default (`["not", ["not", ...]]` counts one level per
+/// array).
+pub const MAX_DEPTH: usize = 32;
+
+/// How many expressions (arrays) one filter may have in all, by default.
+pub const MAX_SIZE: usize = 1_000;
+
+/// The bounds a filter must respect to be accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterLimits {
+    /// The deepest nesting allowed.
+    pub max_depth: usize,
+    /// The most expressions allowed in one filter.
+    pub max_size: usize,
+}
+
+impl Default for FilterLimits {
+    fn default() -> Self {
+        FilterLimits { max_depth: MAX_DEPTH, max_size: MAX_SIZE }
+    }
+}
 
 /// A parsed, valid filter expression.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,9 +155,12 @@ pub enum FilterError {
         /// The operator.
         op: &'static str,
     },
-    /// Nested deeper than [`MAX_DEPTH`].
-    #[error("expression nested deeper than {MAX_DEPTH} levels")]
-    TooDeep,
+    /// Nested deeper than the limit.
+    #[error("expression nested deeper than {0} levels")]
+    TooDeep(usize),
+    /// More expressions than the limit.
+    #[error("expression has more than {0} parts")]
+    TooLarge(usize),
 }
 
 impl Filter {
@@ -145,23 +171,35 @@ impl Filter {
     ///
     /// A [`FilterError`] saying what is wrong with the first invalid part found.
     pub fn parse(expr: &Value) -> Result<Self, FilterError> {
-        Self::parse_at(expr, 1)
+        Self::parse_within(expr, FilterLimits::default())
     }
 
-    fn parse_at(expr: &Value, depth: usize) -> Result<Self, FilterError> {
-        if depth > MAX_DEPTH {
-            return Err(FilterError::TooDeep);
+    /// [`parse`](Self::parse) with explicit bounds.
+    ///
+    /// # Errors
+    ///
+    /// As [`parse`](Self::parse), plus [`FilterError::TooDeep`] and [`FilterError::TooLarge`].
+    pub fn parse_within(expr: &Value, limits: FilterLimits) -> Result<Self, FilterError> {
+        let mut budget = limits.max_size;
+        Self::parse_at(expr, 1, limits, &mut budget)
+    }
+
+    fn parse_at(expr: &Value, depth: usize, limits: FilterLimits, budget: &mut usize) -> Result<Self, FilterError> {
+        if depth > limits.max_depth {
+            return Err(FilterError::TooDeep(limits.max_depth));
         }
         let Some((op, args)) = expr.as_array().and_then(|a| a.split_first()) else {
             return Err(FilterError::NotAnExpression);
         };
+        *budget = budget.checked_sub(1).ok_or(FilterError::TooLarge(limits.max_size))?;
         let op = op.as_str().ok_or(FilterError::OperatorNotString)?;
-        let operands = || args.iter().map(|a| Self::parse_at(a, depth + 1)).collect::<Result<Vec<_>, _>>();
+        let mut operands =
+            || args.iter().map(|a| Self::parse_at(a, depth + 1, limits, budget)).collect::<Result<Vec<_>, _>>();
         match op {
             "and" => Ok(Self::And(operands()?)),
             "or" => Ok(Self::Or(operands()?)),
             "not" => match args {
-                [inner] => Ok(Self::Not(Box::new(Self::parse_at(inner, depth + 1)?))),
+                [inner] => Ok(Self::Not(Box::new(Self::parse_at(inner, depth + 1, limits, budget)?))),
                 _ => Err(FilterError::NotArity),
             },
             _ => {
@@ -223,7 +261,10 @@ impl Filter {
                 };
                 let mut common = first.required_equalities();
                 for operand in rest {
-                    let theirs = operand.required_equalities();
+                    if common.is_empty() {
+                        break;
+                    }
+                    let theirs: HashSet<(&str, ValueKey)> = operand.required_equalities().into_iter().collect();
                     common.retain(|c| theirs.contains(c));
                 }
                 out.extend(common);
@@ -232,16 +273,14 @@ impl Filter {
     }
 }
 
-/// Removes repeated conditions, keeping the first of each (lists are tiny).
-fn dedup<T: PartialEq>(items: &mut Vec<T>) {
-    let mut i = 0;
-    while i < items.len() {
-        if items[..i].contains(&items[i]) {
-            items.remove(i);
-        } else {
-            i += 1;
-        }
-    }
+/// Removes repeated conditions, keeping the first of each, in linear time.
+fn dedup<T: Eq + std::hash::Hash>(items: &mut Vec<T>) {
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(items.len());
+        items.iter().map(|item| seen.insert(item)).collect()
+    };
+    let mut keep = keep.into_iter();
+    items.retain(|_| keep.next().unwrap_or(false));
 }
 
 #[cfg(test)]
@@ -394,7 +433,44 @@ mod tests {
         }
         assert!(Filter::parse(&expr).is_ok(), "exactly MAX_DEPTH levels are fine");
         let too_deep = json!(["not", expr]);
-        assert_eq!(Filter::parse(&too_deep), Err(FilterError::TooDeep));
+        assert_eq!(Filter::parse(&too_deep), Err(FilterError::TooDeep(MAX_DEPTH)));
+        let limits = FilterLimits { max_depth: 3, max_size: 100 };
+        assert!(Filter::parse_within(&json!(["not", ["not", ["==", "a", 1]]]), limits).is_ok());
+        assert_eq!(
+            Filter::parse_within(&json!(["not", ["not", ["not", ["==", "a", 1]]]]), limits),
+            Err(FilterError::TooDeep(3))
+        );
+    }
+
+    #[test]
+    fn size_is_bounded() {
+        let conditions = |n: usize| -> Value {
+            let mut expr = vec![json!("and")];
+            expr.extend((0..n).map(|i| json!(["==", format!("f{i}"), i])));
+            Value::Array(expr)
+        };
+        // `and` plus 999 comparisons: exactly the default bound.
+        assert!(Filter::parse(&conditions(MAX_SIZE - 1)).is_ok());
+        assert_eq!(Filter::parse(&conditions(MAX_SIZE)), Err(FilterError::TooLarge(MAX_SIZE)));
+        assert_eq!(
+            Filter::parse(&conditions(MAX_SIZE)).expect_err("too large").to_string(),
+            "expression has more than 1000 parts"
+        );
+    }
+
+    #[test]
+    fn required_equalities_take_linear_time() {
+        // 50,000 distinct and 50,000 repeated conditions: quadratic deduplication would take
+        // minutes here; this must finish in well under a second even unoptimized.
+        let mut expr = vec![json!("and")];
+        expr.extend((0..50_000).map(|i| json!(["==", "f", i % 25_000])));
+        let filter =
+            Filter::parse_within(&Value::Array(expr.clone()), FilterLimits { max_depth: 4, max_size: 200_000 })
+                .expect("valid");
+        assert_eq!(filter.required_equalities().len(), 25_000);
+        let or = json!(["or", Value::Array(expr.clone()), Value::Array(expr)]);
+        let filter = Filter::parse_within(&or, FilterLimits { max_depth: 4, max_size: 200_000 }).expect("valid");
+        assert_eq!(filter.required_equalities().len(), 25_000);
     }
 
     #[test]

@@ -18,8 +18,13 @@
 //! - `router.rs`: the [`Router`], which indexes authorized subscription
 //!   items and routes deltas without scanning every subscription.
 //! - `token.rs`: subscription tokens ([`new_token`]).
+//! - `stream.rs`: the [`DeltaStream`], every published delta with its offset, retained by
+//!   count, bytes and age; subscriptions read from it instead of buffering.
+//! - `limits.rs`: [`Limits`], the timeouts and bounds, and [`LimitsConfig`], the options
+//!   users write them as.
+//! - `idempotency.rs`: [`RecentKeys`], the idempotency keys of recent batches.
 //! - `subscription.rs`: [`Subscriptions`], the life cycle (waiting, acquired, back to
-//!   waiting, dropped), buffering and timeouts.
+//!   waiting, dropped), positions in the stream, catching up, and timeouts.
 //! - `service.rs`: [`DataSyncService`] (frontend: `acquireSubscription`,
 //!   `cancelSubscription`) and the [`DataSyncHub`] it shares with its backend twin.
 //! - `backend.rs`: [`DataSyncBackend`] (`authorizeSubscription`, `publishDeltas`).
@@ -28,8 +33,11 @@ mod backend;
 mod dealer;
 mod delta;
 mod filter;
+mod idempotency;
+mod limits;
 mod router;
 mod service;
+mod stream;
 mod subscription;
 mod token;
 
@@ -37,8 +45,11 @@ pub use crate::value::{compare, lookup, values_equal, ValueKey};
 pub use backend::DataSyncBackend;
 pub use dealer::{Dealer, DealerKind, KeyFunction, KeyFunctionError, PreparedQuery, SimpleKey};
 pub use delta::{Delta, DeltaError, DeltaFrame, DeltaShape, DeltaView, FrameType};
-pub use filter::{CompareOp, Filter, FilterError, MAX_DEPTH};
-pub use router::{AuthError, AuthItem, FunctionKeys, Router, RouterError};
-pub use service::{DataSyncHub, DataSyncService, SWEEP_INTERVAL};
-pub use subscription::{Limits, SubscriptionError, Subscriptions};
+pub use filter::{CompareOp, Filter, FilterError, FilterLimits, MAX_DEPTH, MAX_SIZE};
+pub use idempotency::{RecentKeys, MAX_KEY_LENGTH};
+pub use limits::{Limits, LimitsConfig};
+pub use router::{AuthError, AuthItem, Authorizer, FunctionKeys, PreparedItems, Router, RouterError};
+pub use service::{DataSyncHub, DataSyncService, PUBLISH_CHUNK, SWEEP_INTERVAL};
+pub use stream::{DeltaStream, Position, Retention};
+pub use subscription::{CatchUp, SubscriptionError, Subscriptions};
 pub use token::{new_token, TOKEN_ALPHABET, TOKEN_LENGTH};

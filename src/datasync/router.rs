@@ -29,12 +29,13 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::dealer::{Dealer, DealerKind, KeyFunctionError, PreparedQuery, SimpleKey};
-use super::delta::{Delta, DeltaError, DeltaShape};
-use super::filter::{Filter, FilterError};
+use super::dealer::{Dealer, DealerKind, KeyFunctionError, PreparedFilter, PreparedQuery, SimpleKey};
+use super::delta::{Delta, DeltaShape};
+use super::filter::{Filter, FilterError, FilterLimits};
 use crate::value::{lookup, ValueKey};
 
 /// Index of an item in [`Router::items`].
@@ -74,6 +75,9 @@ pub enum AuthError {
         #[source]
         error: FilterError,
     },
+    /// More items than the service allows in one authorization.
+    #[error("Too many items")]
+    TooManyItems(usize),
     /// The caller reused a subscription id it had not removed: a bug in the caller, not
     /// something a backend can cause, so it should be answered with "Internal error".
     #[error("subscription {0} is already registered")]
@@ -90,13 +94,10 @@ pub enum RouterError {
 
 /// The authorized subscription items of every dealer, indexed for routing.
 pub struct Router {
-    /// The dealers, in the order given; indexes into this are dealer ids.
-    dealers: Vec<Dealer>,
-    /// Dealer id by name, for authorization.
-    by_name: HashMap<String, usize>,
-    /// Dealer ids by model, for routing; also answers "Unknown model".
-    by_model: HashMap<String, Vec<usize>>,
-    /// The per-dealer index, parallel to `dealers`.
+    /// The dealers and the checks of authorization items, shared with whoever prepares items
+    /// outside the router's lock.
+    authorizer: Authorizer,
+    /// The per-dealer index, parallel to the dealers.
     indexes: Vec<DealerIndex>,
     /// Every live item; `None` slots are free and listed in `free`, so ids stay stable
     /// and removal needs no shifting.
@@ -105,6 +106,128 @@ pub struct Router {
     free: Vec<ItemId>,
     /// Each subscription's items, for removal.
     subscriptions: HashMap<u64, Vec<ItemId>>,
+}
+
+/// The dealers of a router and what authorization checks against them: immutable once built
+/// and cheap to clone, so items can be prepared (filters parsed, keys computed) without the
+/// router, and its lock, at hand.
+#[derive(Clone, Debug)]
+pub struct Authorizer(Arc<Dealers>);
+
+#[derive(Debug)]
+struct Dealers {
+    /// The dealers, in the order given; indexes into this are dealer ids.
+    list: Vec<Dealer>,
+    /// Dealer id by name, for authorization.
+    by_name: HashMap<String, usize>,
+    /// Dealer ids by model, for routing; also answers "Unknown model".
+    by_model: HashMap<String, Vec<usize>>,
+    /// The bounds on Filter queries.
+    limits: FilterLimits,
+}
+
+/// The items of one authorization, checked and prepared, ready for [`Router::insert`].
+#[derive(Debug)]
+pub struct PreparedItems(Vec<(usize, PreparedQuery)>);
+
+impl PreparedItems {
+    /// How many items there are.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Authorizer {
+    /// The dealers with these bounds on Filter queries.
+    ///
+    /// # Errors
+    ///
+    /// [`RouterError::DuplicateDealer`] when two dealers share a name.
+    pub fn new(dealers: Vec<Dealer>, limits: FilterLimits) -> Result<Authorizer, RouterError> {
+        let mut by_name = HashMap::new();
+        let mut by_model: HashMap<String, Vec<usize>> = HashMap::new();
+        for (id, dealer) in dealers.iter().enumerate() {
+            if by_name.insert(dealer.name.clone(), id).is_some() {
+                return Err(RouterError::DuplicateDealer(dealer.name.clone()));
+            }
+            by_model.entry(dealer.model.clone()).or_default().push(id);
+        }
+        Ok(Authorizer(Arc::new(Dealers { list: dealers, by_name, by_model, limits })))
+    }
+
+    /// The dealers, in the order given.
+    #[must_use]
+    pub fn dealers(&self) -> &[Dealer] {
+        &self.0.list
+    }
+
+    /// Whether some dealer handles `model` (otherwise `publishDeltas` says "Unknown model").
+    #[must_use]
+    pub fn known_model(&self, model: &str) -> bool {
+        self.0.by_model.contains_key(model)
+    }
+
+    /// Checks and prepares the raw `items` parameter of `authorizeSubscription`.
+    ///
+    /// Each item is checked in 0.1's order — `dealer` present, a string, an existing
+    /// dealer; then `query` present and valid for that dealer — and the first problem is
+    /// the error. Unknown keys in an item are ignored. An empty list is a valid subscription
+    /// that receives nothing.
+    ///
+    /// # Errors
+    ///
+    /// The [`AuthError`] of the first invalid item (its `Display` is the reply text).
+    pub fn prepare(&self, items: &Value) -> Result<PreparedItems, AuthError> {
+        let items = items.as_array().ok_or(AuthError::InvalidParams)?;
+        items
+            .iter()
+            .map(|item| {
+                let item = item.as_object().ok_or(AuthError::InvalidParams)?;
+                let dealer = item.get("dealer").ok_or(AuthError::MissingField("dealer"))?;
+                let dealer = dealer.as_str().ok_or(AuthError::DealerNotString)?;
+                let dealer = self.dealer_id(dealer)?;
+                let query = item.get("query").ok_or(AuthError::MissingField("query"))?;
+                self.prepare_one(dealer, query)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(PreparedItems)
+    }
+
+    /// [`prepare`](Self::prepare) for items already split into their fields.
+    ///
+    /// # Errors
+    ///
+    /// As [`prepare`](Self::prepare), minus the errors about the shape of the JSON.
+    pub fn prepare_typed(&self, items: &[AuthItem]) -> Result<PreparedItems, AuthError> {
+        items
+            .iter()
+            .map(|item| self.prepare_one(self.dealer_id(&item.dealer)?, &item.query))
+            .collect::<Result<Vec<_>, _>>()
+            .map(PreparedItems)
+    }
+
+    fn dealer_id(&self, name: &str) -> Result<usize, AuthError> {
+        self.0.by_name.get(name).copied().ok_or_else(|| AuthError::NoSuchDealer(name.to_owned()))
+    }
+
+    fn prepare_one(&self, dealer: usize, query: &Value) -> Result<(usize, PreparedQuery), AuthError> {
+        let dealer_spec = &self.0.list[dealer];
+        let prepared = dealer_spec
+            .prepare_query(query, self.0.limits)
+            .map_err(|error| AuthError::InvalidQuery { dealer: dealer_spec.name.clone(), error })?;
+        Ok((dealer, prepared))
+    }
+
+    fn dealers_of(&self, model: &str) -> &[usize] {
+        self.0.by_model.get(model).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// An authorized item in the index.
@@ -122,8 +245,8 @@ enum ItemKind {
     Simple(ValueKey),
     Filter {
         filter: Filter,
-        /// The `(path index, key)` bucket it is listed in, or `None` for the scan list.
-        slot: Option<(usize, ValueKey)>,
+        /// The `(path, key)` bucket it is listed in, or `None` for the scan list.
+        slot: Option<(Arc<str>, ValueKey)>,
     },
 }
 
@@ -131,19 +254,16 @@ enum DealerIndex {
     Broadcast(Vec<ItemId>),
     Simple(HashMap<ValueKey, Vec<ItemId>>),
     Filter {
-        /// Indexed paths; never removed (there are few distinct paths), so an item's path
-        /// index stays valid. A path whose buckets are all gone costs nothing: routing
-        /// skips it.
-        paths: Vec<PathIndex>,
+        /// Per indexed field path, the items by the key they require at that path. A path
+        /// goes with its last item, so distinct field names cannot grow the index for ever.
+        paths: HashMap<Arc<str>, Buckets>,
         /// Items with no required equality, evaluated for every delta of the model.
         scan: Vec<ItemId>,
     },
 }
 
-struct PathIndex {
-    path: String,
-    buckets: HashMap<ValueKey, Vec<ItemId>>,
-}
+/// Items by the key their condition requires.
+type Buckets = HashMap<ValueKey, Vec<ItemId>>;
 
 /// A subscription item's verdict on a delta: (subscription, sees old, sees new).
 type Hit = (u64, bool, bool);
@@ -191,47 +311,47 @@ impl FunctionKeys {
 }
 
 impl Router {
-    /// A router with these dealers and no subscriptions.
+    /// A router with these dealers, the default bounds on Filter queries, and no
+    /// subscriptions.
     ///
     /// # Errors
     ///
     /// [`RouterError::DuplicateDealer`] when two dealers share a name.
     pub fn new(dealers: Vec<Dealer>) -> Result<Self, RouterError> {
-        let mut by_name = HashMap::new();
-        let mut by_model: HashMap<String, Vec<usize>> = HashMap::new();
-        let mut indexes = Vec::with_capacity(dealers.len());
-        for (id, dealer) in dealers.iter().enumerate() {
-            if by_name.insert(dealer.name.clone(), id).is_some() {
-                return Err(RouterError::DuplicateDealer(dealer.name.clone()));
-            }
-            by_model.entry(dealer.model.clone()).or_default().push(id);
-            indexes.push(match dealer.kind {
+        Ok(Self::with_authorizer(Authorizer::new(dealers, FilterLimits::default())?))
+    }
+
+    /// A router for the dealers of `authorizer`, with no subscriptions.
+    #[must_use]
+    pub fn with_authorizer(authorizer: Authorizer) -> Self {
+        let indexes = authorizer
+            .dealers()
+            .iter()
+            .map(|dealer| match dealer.kind {
                 DealerKind::Broadcast => DealerIndex::Broadcast(Vec::new()),
                 DealerKind::Simple(_) => DealerIndex::Simple(HashMap::new()),
-                DealerKind::Filter => DealerIndex::Filter { paths: Vec::new(), scan: Vec::new() },
-            });
-        }
-        Ok(Self {
-            dealers,
-            by_name,
-            by_model,
-            indexes,
-            items: Vec::new(),
-            free: Vec::new(),
-            subscriptions: HashMap::new(),
-        })
+                DealerKind::Filter => DealerIndex::Filter { paths: HashMap::new(), scan: Vec::new() },
+            })
+            .collect();
+        Self { authorizer, indexes, items: Vec::new(), free: Vec::new(), subscriptions: HashMap::new() }
+    }
+
+    /// The dealers and the checks of authorization items.
+    #[must_use]
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.authorizer
     }
 
     /// The dealers, in the order given to [`new`](Self::new).
     #[must_use]
     pub fn dealers(&self) -> &[Dealer] {
-        &self.dealers
+        self.authorizer.dealers()
     }
 
     /// Whether some dealer handles `model` (otherwise `publishDeltas` says "Unknown model").
     #[must_use]
     pub fn known_model(&self, model: &str) -> bool {
-        self.by_model.contains_key(model)
+        self.authorizer.known_model(model)
     }
 
     /// How many subscriptions are registered.
@@ -246,49 +366,51 @@ impl Router {
         self.subscriptions.contains_key(&sub_id)
     }
 
+    /// How many field paths the Filter dealers index (for tests and introspection).
+    #[must_use]
+    pub fn indexed_paths(&self) -> usize {
+        self.indexes
+            .iter()
+            .map(|index| if let DealerIndex::Filter { paths, .. } = index { paths.len() } else { 0 })
+            .sum()
+    }
+
     /// Registers subscription `sub_id` from the raw `items` parameter of
-    /// `authorizeSubscription`.
-    ///
-    /// Each item is checked in 0.1's order — `dealer` present, a string, an existing
-    /// dealer; then `query` present and valid for that dealer — and the first problem is
-    /// the error. Unknown keys in an item are ignored. Nothing is registered unless every
-    /// item is valid. An empty list is a valid subscription that receives nothing.
+    /// `authorizeSubscription` ([`Authorizer::prepare`], then [`insert`](Self::insert)).
+    /// Nothing is registered unless every item is valid.
     ///
     /// # Errors
     ///
-    /// The [`AuthError`] of the first invalid item (its `Display` is the reply text), or
-    /// [`AuthError::DuplicateSubscription`] when `sub_id` is already registered.
+    /// The [`AuthError`] of the first invalid item, or [`AuthError::DuplicateSubscription`]
+    /// when `sub_id` is already registered.
     pub fn authorize(&mut self, sub_id: u64, items: &Value) -> Result<(), AuthError> {
         self.check_new(sub_id)?;
-        let items = items.as_array().ok_or(AuthError::InvalidParams)?;
-        let prepared = items
-            .iter()
-            .map(|item| {
-                let item = item.as_object().ok_or(AuthError::InvalidParams)?;
-                let dealer = item.get("dealer").ok_or(AuthError::MissingField("dealer"))?;
-                let dealer = dealer.as_str().ok_or(AuthError::DealerNotString)?;
-                let dealer = self.dealer_id(dealer)?;
-                let query = item.get("query").ok_or(AuthError::MissingField("query"))?;
-                self.prepare(dealer, query)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.insert(sub_id, prepared);
-        Ok(())
+        let prepared = self.authorizer.prepare(items)?;
+        self.insert(sub_id, prepared)
     }
 
-    /// Registers subscription `sub_id` with already split items (for callers that built
-    /// them natively); checks and atomicity as in [`authorize`](Self::authorize).
+    /// Registers subscription `sub_id` with already split items; checks and atomicity as in
+    /// [`authorize`](Self::authorize).
     ///
     /// # Errors
     ///
     /// As [`authorize`](Self::authorize), minus the errors about the shape of the JSON.
     pub fn add_subscription(&mut self, sub_id: u64, items: &[AuthItem]) -> Result<(), AuthError> {
         self.check_new(sub_id)?;
-        let prepared = items
-            .iter()
-            .map(|item| self.prepare(self.dealer_id(&item.dealer)?, &item.query))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.insert(sub_id, prepared);
+        let prepared = self.authorizer.prepare_typed(items)?;
+        self.insert(sub_id, prepared)
+    }
+
+    /// Registers subscription `sub_id` with items prepared by this router's
+    /// [`Authorizer`]. Costs one index update per item.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::DuplicateSubscription`] when `sub_id` is already registered.
+    pub fn insert(&mut self, sub_id: u64, prepared: PreparedItems) -> Result<(), AuthError> {
+        self.check_new(sub_id)?;
+        let ids = prepared.0.into_iter().map(|(dealer, query)| self.link(sub_id, dealer, query)).collect();
+        self.subscriptions.insert(sub_id, ids);
         Ok(())
     }
 
@@ -301,30 +423,6 @@ impl Router {
             self.unlink(id);
         }
         true
-    }
-
-    /// Parses the `deltas` parameter of `publishDeltas` and checks every model is
-    /// handled. Fails on the first bad delta (parse error or "Unknown model"), so the
-    /// caller routes nothing unless the whole batch is valid.
-    ///
-    /// # Errors
-    ///
-    /// The first bad delta's [`DeltaError`] (its `Display` is the reply text).
-    pub fn parse_deltas(&self, deltas: Value) -> Result<Vec<Delta>, DeltaError> {
-        let Value::Array(deltas) = deltas else {
-            return Err(DeltaError::InvalidParams);
-        };
-        deltas
-            .into_iter()
-            .map(|delta| {
-                let delta = Delta::parse(delta)?;
-                if self.known_model(delta.model()) {
-                    Ok(delta)
-                } else {
-                    Err(DeltaError::UnknownModel(delta.model().to_owned()))
-                }
-            })
-            .collect()
     }
 
     /// The subscriptions `delta` reaches and what each receives, sorted by subscription
@@ -341,7 +439,7 @@ impl Router {
     pub fn route_with(&self, delta: &Delta, keys: &FunctionKeys) -> Vec<(u64, DeltaShape)> {
         let (old, new) = (delta.old_object(), delta.new_object());
         let mut hits: Vec<Hit> = Vec::new();
-        for &dealer in self.dealers_of(delta.model()) {
+        for &dealer in self.authorizer.dealers_of(delta.model()) {
             match &self.indexes[dealer] {
                 DealerIndex::Broadcast(items) => {
                     hits.extend(items.iter().map(|&id| (self.item(id).sub_id, old.is_some(), new.is_some())));
@@ -367,12 +465,11 @@ impl Router {
                     }
                 }
                 DealerIndex::Filter { paths, scan } => {
-                    for index in paths.iter().filter(|p| !p.buckets.is_empty()) {
-                        let key_at =
-                            |object: Option<&Value>| object.and_then(|o| lookup(o, &index.path)).map(ValueKey::of);
+                    for (path, buckets) in paths {
+                        let key_at = |object: Option<&Value>| object.and_then(|o| lookup(o, path)).map(ValueKey::of);
                         let (old_key, new_key) = (key_at(old), key_at(new));
                         let bucket =
-                            |key: &Option<ValueKey>| key.as_ref().and_then(|k| index.buckets.get(k)).map(Vec::as_slice);
+                            |key: &Option<ValueKey>| key.as_ref().and_then(|k| buckets.get(k)).map(Vec::as_slice);
                         if old_key == new_key {
                             self.evaluate(bucket(&old_key), old, new, &mut hits);
                         } else {
@@ -394,42 +491,55 @@ impl Router {
     /// subscription with no index: the reference for tests and benchmarks.
     #[must_use]
     pub fn route_naive(&self, delta: &Delta) -> Vec<(u64, DeltaShape)> {
-        let (old, new) = (delta.old_object(), delta.new_object());
-        // A key function runs once per dealer, as in `route`, and fails for the dealer.
-        let mut simple_keys: HashMap<usize, Option<KeyPair>> = HashMap::new();
+        let none = FunctionKeys::default();
+        let mut keys = KeyCache::new(&none);
         let mut hits = Vec::new();
         for (&sub_id, ids) in &self.subscriptions {
             for &id in ids {
-                let item = self.item(id);
-                if self.dealers[item.dealer].model != delta.model() {
-                    continue;
+                if let Some((sees_old, sees_new)) = self.item_sees(id, delta, &mut keys) {
+                    hits.push((sub_id, sees_old, sees_new));
                 }
-                let (sees_old, sees_new) = match &item.kind {
-                    ItemKind::Broadcast => (old.is_some(), new.is_some()),
-                    ItemKind::Simple(query) => {
-                        let keys =
-                            simple_keys.entry(item.dealer).or_insert_with(|| self.simple_keys(item.dealer, old, new));
-                        let Some((old_key, new_key)) = keys else {
-                            continue;
-                        };
-                        (old_key.as_ref() == Some(query), new_key.as_ref() == Some(query))
-                    }
-                    ItemKind::Filter { filter, .. } => {
-                        (old.is_some_and(|o| filter.matches(o)), new.is_some_and(|n| filter.matches(n)))
-                    }
-                };
-                hits.push((sub_id, sees_old, sees_new));
             }
         }
         finish(delta, hits)
     }
 
-    fn dealers_of(&self, model: &str) -> &[usize] {
-        self.by_model.get(model).map_or(&[], Vec::as_slice)
+    /// What subscription `sub_id` receives of `delta`, by evaluating each of its items (no
+    /// index): for replaying a stream to one subscription. `keys` are the delta's function
+    /// keys computed when it was published (missing ones are computed inline).
+    #[must_use]
+    pub fn shape_for(&self, sub_id: u64, delta: &Delta, keys: &FunctionKeys) -> Option<DeltaShape> {
+        let ids = self.subscriptions.get(&sub_id)?;
+        let mut cache = KeyCache::new(keys);
+        let (mut sees_old, mut sees_new) = (false, false);
+        for &id in ids {
+            if let Some((old, new)) = self.item_sees(id, delta, &mut cache) {
+                sees_old |= old;
+                sees_new |= new;
+            }
+        }
+        delta.shape_for(sees_old, sees_new)
     }
 
-    fn dealer_id(&self, name: &str) -> Result<usize, AuthError> {
-        self.by_name.get(name).copied().ok_or_else(|| AuthError::NoSuchDealer(name.to_owned()))
+    /// Whether item `id` sees the old and the new object of `delta`; `None` for an item of
+    /// another model, or of a Simple dealer whose key function failed.
+    fn item_sees(&self, id: ItemId, delta: &Delta, keys: &mut KeyCache<'_>) -> Option<(bool, bool)> {
+        let item = self.item(id);
+        let dealer = &self.dealers()[item.dealer];
+        if dealer.model != delta.model() {
+            return None;
+        }
+        let (old, new) = (delta.old_object(), delta.new_object());
+        Some(match &item.kind {
+            ItemKind::Broadcast => (old.is_some(), new.is_some()),
+            ItemKind::Simple(query) => {
+                let (old_key, new_key) = keys.get(item.dealer, dealer, delta)?;
+                (old_key.as_ref() == Some(query), new_key.as_ref() == Some(query))
+            }
+            ItemKind::Filter { filter, .. } => {
+                (old.is_some_and(|o| filter.matches(o)), new.is_some_and(|n| filter.matches(n)))
+            }
+        })
     }
 
     fn check_new(&self, sub_id: u64) -> Result<(), AuthError> {
@@ -440,13 +550,6 @@ impl Router {
         }
     }
 
-    fn prepare(&self, dealer: usize, query: &Value) -> Result<(usize, PreparedQuery), AuthError> {
-        let prepared = self.dealers[dealer]
-            .prepare_query(query)
-            .map_err(|error| AuthError::InvalidQuery { dealer: self.dealers[dealer].name.clone(), error })?;
-        Ok((dealer, prepared))
-    }
-
     fn item(&self, id: ItemId) -> &Item {
         self.items[id].as_ref().expect("indexes and subscriptions list only live items")
     }
@@ -454,7 +557,7 @@ impl Router {
     /// The Simple keys of the old and new objects, or `None` (logged) if the key
     /// function failed on either, in which case the dealer delivers nothing.
     fn simple_keys(&self, dealer: usize, old: Option<&Value>, new: Option<&Value>) -> Option<KeyPair> {
-        keys_of(&self.dealers[dealer], old, new)
+        keys_of(&self.dealers()[dealer], old, new)
     }
 
     /// Evaluates the filters of `items` against the objects given (`None`: not checked,
@@ -473,11 +576,6 @@ impl Router {
         }
     }
 
-    fn insert(&mut self, sub_id: u64, prepared: Vec<(usize, PreparedQuery)>) {
-        let ids = prepared.into_iter().map(|(dealer, query)| self.link(sub_id, dealer, query)).collect();
-        self.subscriptions.insert(sub_id, ids);
-    }
-
     /// Lists a new item in its dealer's index.
     fn link(&mut self, sub_id: u64, dealer: usize, query: PreparedQuery) -> ItemId {
         let id = self.free.pop().unwrap_or_else(|| {
@@ -490,10 +588,11 @@ impl Router {
                 let bucket = buckets.entry(key.clone()).or_default();
                 (ItemKind::Simple(key), bucket)
             }
-            (PreparedQuery::Filter(filter), DealerIndex::Filter { paths, scan }) => {
-                let slot = choose_slot(paths, &filter);
+            (PreparedQuery::Filter(prepared), DealerIndex::Filter { paths, scan }) => {
+                let PreparedFilter { filter, candidates } = *prepared;
+                let slot = choose_slot(paths, candidates);
                 let bucket = match &slot {
-                    Some((path, key)) => paths[*path].buckets.entry(key.clone()).or_default(),
+                    Some((path, key)) => paths.entry(Arc::clone(path)).or_default().entry(key.clone()).or_default(),
                     None => scan,
                 };
                 (ItemKind::Filter { filter, slot }, bucket)
@@ -519,7 +618,14 @@ impl Router {
             }
             (DealerIndex::Simple(buckets), ItemKind::Simple(key)) => remove_from_bucket(buckets, key, item.pos),
             (DealerIndex::Filter { paths, .. }, ItemKind::Filter { slot: Some((path, key)), .. }) => {
-                remove_from_bucket(&mut paths[*path].buckets, key, item.pos)
+                let Some(buckets) = paths.get_mut(path) else {
+                    unreachable!("an item's path is indexed while the item is listed")
+                };
+                let moved = remove_from_bucket(buckets, key, item.pos);
+                if buckets.is_empty() {
+                    paths.remove(path);
+                }
+                moved
             }
             _ => unreachable!("an item is listed in the index of its own dealer's kind"),
         };
@@ -545,22 +651,38 @@ fn keys_of(dealer: &Dealer, old: Option<&Value>, new: Option<&Value>) -> Option<
     }
 }
 
-/// The index condition for a new Filter item: among its required equalities, the one
-/// whose bucket is smallest now (the first on ties), creating its path index if needed;
-/// `None` when it has none (the item goes to the scan list).
-fn choose_slot(paths: &mut Vec<PathIndex>, filter: &Filter) -> Option<(usize, ValueKey)> {
-    let bucket_len = |paths: &[PathIndex], path: &str, key: &ValueKey| {
-        paths.iter().find(|p| p.path == path).and_then(|p| p.buckets.get(key)).map_or(0, Vec::len)
-    };
-    let (path, key) =
-        filter.required_equalities().into_iter().min_by_key(|(path, key)| bucket_len(paths, path, key))?;
-    let index = if let Some(index) = paths.iter().position(|p| p.path == path) {
-        index
-    } else {
-        paths.push(PathIndex { path: path.to_owned(), buckets: HashMap::new() });
-        paths.len() - 1
-    };
-    Some((index, key))
+/// The index condition for a new Filter item: among the conditions it requires, the one
+/// whose bucket is smallest now (the first on ties); `None` when it has none (the item goes
+/// to the scan list). The path is shared with the index when it is already there.
+fn choose_slot(
+    paths: &HashMap<Arc<str>, Buckets>,
+    candidates: Vec<(String, ValueKey)>,
+) -> Option<(Arc<str>, ValueKey)> {
+    let bucket_len = |path: &str, key: &ValueKey| paths.get(path).and_then(|b| b.get(key)).map_or(0, Vec::len);
+    let (path, key) = candidates.into_iter().min_by_key(|(path, key)| bucket_len(path, key))?;
+    let path = paths.get_key_value(path.as_str()).map_or_else(|| Arc::from(path), |(shared, _)| Arc::clone(shared));
+    Some((path, key))
+}
+
+/// The keys of Simple dealers for one delta, each computed at most once: from precomputed
+/// [`FunctionKeys`] when there, otherwise by the dealer (a field lookup, or its function).
+struct KeyCache<'a> {
+    precomputed: &'a FunctionKeys,
+    computed: HashMap<usize, Option<KeyPair>>,
+}
+
+impl<'a> KeyCache<'a> {
+    fn new(precomputed: &'a FunctionKeys) -> Self {
+        KeyCache { precomputed, computed: HashMap::new() }
+    }
+
+    /// The key pair of dealer `id`, or `None` when its function failed (already logged).
+    fn get(&mut self, id: usize, dealer: &Dealer, delta: &Delta) -> Option<KeyPair> {
+        if let Some(keys) = self.precomputed.keys.get(&id) {
+            return keys.clone();
+        }
+        self.computed.entry(id).or_insert_with(|| keys_of(dealer, delta.old_object(), delta.new_object())).clone()
+    }
 }
 
 /// `swap_remove` at `pos`, returning the item that moved into `pos`, if any.
@@ -949,7 +1071,7 @@ mod tests {
         assert_eq!(route(&r, &insert(json!({"owner": 1}))), vec![]);
         // Buckets are dropped when empty, and freed slots are reused.
         let DealerIndex::Filter { paths, scan } = &r.indexes[3] else { panic!("tasks is a Filter dealer") };
-        assert!(paths.iter().all(|p| p.buckets.is_empty()) && scan.is_empty());
+        assert!(paths.is_empty() && scan.is_empty(), "paths go with their last item");
         let slots = r.items.len();
         r.authorize(100, &json!([{"dealer": "tasks", "query": ["==", "owner", 1]}])).expect("valid");
         assert_eq!(r.items.len(), slots);
@@ -965,29 +1087,10 @@ mod tests {
         }
         let DealerIndex::Filter { paths, scan } = &r.indexes[3] else { panic!("tasks is a Filter dealer") };
         assert!(scan.is_empty());
-        let largest = paths.iter().flat_map(|p| p.buckets.values()).map(Vec::len).max();
+        let largest = paths.values().flat_map(HashMap::values).map(Vec::len).max();
         assert_eq!(largest, Some(1), "the shared condition does not collect everyone");
         let obj = json!({"deleted": false, "owner": {"id": 42}, "n": 1});
         assert_eq!(route(&r, &insert(obj)), vec![(42, DeltaShape::Insert)]);
-    }
-
-    #[test]
-    fn parse_deltas_checks_models_in_order() {
-        let r = router();
-        let ok = json!({"type": "insert", "model": "Task", "data": {}});
-        assert_eq!(r.parse_deltas(json!([ok.clone(), ok.clone()])).map(|d| d.len()), Ok(2));
-        assert_eq!(
-            r.parse_deltas(json!([ok.clone(), {"type": "insert", "model": "Nope", "data": {}}, {"type": "x"}]))
-                .map_err(|e| e.to_string()),
-            Err("Unknown model".to_owned())
-        );
-        assert_eq!(
-            r.parse_deltas(
-                json!([{"type": "insert", "model": "Task"}, {"type": "insert", "model": "Nope", "data": {}}])
-            ),
-            Err(DeltaError::MissingField("data"))
-        );
-        assert_eq!(r.parse_deltas(json!("nope")), Err(DeltaError::InvalidParams));
     }
 
     #[test]

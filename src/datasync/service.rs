@@ -2,24 +2,30 @@
 //! `cancelSubscription`), and the hub of state it shares with its backend twin
 //! ([`DataSyncBackend`](super::DataSyncBackend)).
 //!
-//! Design of the shared state and its timers:
-//! - One [`DataSyncHub`] per service, behind an `Arc`: the dealers, and the
-//!   [`Subscriptions`] (router, tokens, holders, buffers) behind a std `Mutex`. Nothing awaits
-//!   while it is held, and every mutation and every delivery of a batch happens under it, so
-//!   deltas reach each subscription in the order the batches took the lock.
+//! Design of the shared state, its locks and its tasks:
+//! - One [`DataSyncHub`] per service, behind an `Arc`: the dealers ([`Authorizer`], immutable,
+//!   outside any lock), and the [`Subscriptions`] (router, stream, tokens, holders) behind a
+//!   std `Mutex`. Nothing awaits while it is held, and every piece of work done under it is
+//!   bounded: authorizations are prepared (filters parsed) before it is taken, batches are
+//!   routed in chunks of [`PUBLISH_CHUNK`] deltas with the lock released between them, a
+//!   catch-up step scans a bounded part of the stream, a sweep drops a bounded number.
+//! - Batches are published one at a time, in arrival order, through an async gate (a tokio
+//!   `Mutex` that no thread blocks on): the chunks of one batch are never interleaved with
+//!   another's, so every subscription receives deltas in publish order.
 //! - Python key functions never run under the lock, nor on a runtime thread: when a dealer
 //!   has one, `publishDeltas` computes the keys of the whole batch first on a blocking worker
-//!   thread ([`FunctionKeys`]), then routes under the lock.
+//!   thread ([`FunctionKeys`]), and the stream keeps them for replays.
+//! - A subscription whose connection's queue was full catches up in a task of its own, a
+//!   step each time the queue drains ([`Connection::wait_drained`]).
 //! - Timeouts are exact without any timer: a waiting subscription whose deadline has passed
-//!   is dropped the moment it is acquired or routed to (see `subscription.rs`). A sweeper
-//!   task only reclaims the memory of subscriptions nobody touches again, every
+//!   is dropped the moment it is acquired or routed to. A sweeper task only reclaims the
+//!   memory of subscriptions nobody touches again (and trims the stream by age), every
 //!   [`SWEEP_INTERVAL`]. Services are built outside any runtime (Python builds them before
 //!   the server starts), so the sweeper is spawned by the first command the service handles,
 //!   on the runtime that runs it, and spawned again if that runtime ended (a server stopped
 //!   and started again). It holds only a weak reference, so it ends with the service.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -30,8 +36,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::dealer::Dealer;
 use super::delta::{Delta, DeltaError};
-use super::router::{AuthError, FunctionKeys, Router, RouterError};
-use super::subscription::{Limits, SubscriptionError, Subscriptions};
+use super::idempotency::RecentKeys;
+use super::limits::Limits;
+use super::router::{AuthError, Authorizer, FunctionKeys, Router, RouterError};
+use super::subscription::{CatchUp, Lagging, SubscriptionError, Subscriptions};
 use crate::connection::Connection;
 use crate::protocol::{Params, RpcError};
 use crate::service::{Caller, Service, Side};
@@ -39,22 +47,30 @@ use crate::service::{Caller, Service, Side};
 /// How often the sweeper drops expired subscriptions (memory only: expiry itself is exact).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How many deltas of a batch are routed per hold of the lock.
+pub const PUBLISH_CHUNK: usize = 256;
+
+/// How long `acquireSubscription` waits for the previous holder's writer to finish (it is
+/// bounded by twice the server's close timeout).
+const PREVIOUS_HOLDER_WAIT: Duration = Duration::from_secs(15);
+
 /// The state a DataSync service shares with its backend twin.
 pub struct DataSyncHub {
     /// The frontend service's name, which deliveries carry (also for deltas published through
     /// the backend service).
     frontend_name: String,
-    /// A copy of the router's dealers, in the router's order, so key functions can run
-    /// without the lock.
-    dealers: Vec<Dealer>,
-    /// The models some dealer handles, to refuse a batch ("Unknown model") without the lock.
-    models: HashSet<String>,
+    /// The dealers, for preparing authorizations and checking batches without the lock.
+    authorizer: Authorizer,
+    limits: Limits,
     /// Whether some dealer computes keys with a function (then batches take a worker thread).
     key_functions: bool,
-    /// Subscriptions and the router. A std `Mutex` because nothing awaits while holding it,
-    /// and because queueing every delivery of a batch under it is what keeps each
-    /// subscription's deltas in one order.
+    /// Subscriptions, the router and the stream. A std `Mutex`: nothing awaits while holding
+    /// it, and each hold does a bounded amount of work (see the module documentation).
     state: Mutex<Subscriptions>,
+    /// Lets one batch publish at a time, in arrival order.
+    publishing: tokio::sync::Mutex<()>,
+    /// Idempotency keys of recent batches. Only touched by the batch holding `publishing`.
+    recent_keys: Mutex<RecentKeys>,
     /// The sweeper task, if one was spawned (see the module documentation).
     sweeper: Mutex<Option<JoinHandle<()>>>,
 }
@@ -63,7 +79,7 @@ impl fmt::Debug for DataSyncHub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataSyncHub")
             .field("frontend_name", &self.frontend_name)
-            .field("dealers", &self.dealers)
+            .field("dealers", &self.dealers())
             .finish_non_exhaustive()
     }
 }
@@ -80,12 +96,12 @@ impl DataSyncHub {
 
     /// The dealers, in the order given.
     pub fn dealers(&self) -> &[Dealer] {
-        &self.dealers
+        self.authorizer.dealers()
     }
 
     /// The timeouts and bounds.
     pub fn limits(&self) -> Limits {
-        self.lock().limits()
+        self.limits
     }
 
     /// How many subscriptions exist (waiting or acquired), for tests and introspection.
@@ -98,15 +114,62 @@ impl DataSyncHub {
         self.lock().waiting()
     }
 
-    /// Authorizes a subscription to `items` (the raw parameter of `authorizeSubscription`)
-    /// and returns its token.
+    /// How many deltas the stream retains, and their estimated bytes.
+    pub fn stream_size(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.stream().len(), state.stream().bytes())
+    }
+
+    /// How many field paths the Filter dealers index.
+    pub fn indexed_paths(&self) -> usize {
+        self.lock().router().indexed_paths()
+    }
+
+    /// Authorizes a subscription to `items` (the raw parameter of `authorizeSubscription`),
+    /// preparing them on the calling thread, and returns its token.
     ///
     /// # Errors
     ///
-    /// The [`AuthError`] of the first invalid item.
+    /// The [`AuthError`] of the first invalid item, or [`AuthError::TooManyItems`].
     pub fn authorize(self: &Arc<Self>, items: &Value) -> Result<String, AuthError> {
+        self.authorize_for(items, None)
+    }
+
+    /// [`authorize`](Self::authorize), bound to `identity` when given: only connections with
+    /// that identity may acquire or resume the subscription.
+    ///
+    /// # Errors
+    ///
+    /// As [`authorize`](Self::authorize).
+    pub fn authorize_for(self: &Arc<Self>, items: &Value, identity: Option<String>) -> Result<String, AuthError> {
         self.ensure_sweeper();
-        self.lock().authorize(items, Instant::now())
+        if items.as_array().is_some_and(|items| items.len() > self.limits.max_items) {
+            return Err(AuthError::TooManyItems(self.limits.max_items));
+        }
+        let prepared = self.authorizer.prepare(items)?;
+        self.lock().authorize(prepared, identity, Instant::now())
+    }
+
+    /// `authorizeSubscription`: as [`authorize_for`](Self::authorize_for), with the items
+    /// prepared (filters parsed, indexes chosen) on a blocking worker thread, since a large
+    /// authorization takes a while and must not hold up a runtime thread.
+    ///
+    /// # Errors
+    ///
+    /// As [`authorize`](Self::authorize), or "Internal error" if the worker failed.
+    pub async fn authorize_request(
+        self: &Arc<Self>,
+        items: Value,
+        identity: Option<String>,
+    ) -> Result<String, RpcError> {
+        let hub = Arc::clone(self);
+        tokio::task::spawn_blocking(move || hub.authorize_for(&items, identity))
+            .await
+            .map_err(|err| {
+                log::error!("datasync {:?}: authorizing failed: {err}", self.frontend_name);
+                RpcError::Internal
+            })?
+            .map_err(auth_error)
     }
 
     /// Parses and checks a whole `deltas` parameter (nothing is delivered unless all of it is
@@ -116,59 +179,126 @@ impl DataSyncHub {
     ///
     /// The first bad delta's [`DeltaError`].
     pub fn parse_deltas(&self, deltas: Value) -> Result<Vec<Delta>, DeltaError> {
-        let Value::Array(deltas) = deltas else {
-            return Err(DeltaError::InvalidParams);
-        };
-        deltas
-            .into_iter()
-            .map(|delta| {
-                let delta = Delta::parse(delta)?;
-                if self.models.contains(delta.model()) {
-                    Ok(delta)
-                } else {
-                    Err(DeltaError::UnknownModel(delta.model().to_owned()))
-                }
-            })
-            .collect()
+        Delta::parse_batch(deltas, |model| self.authorizer.known_model(model))
     }
 
-    /// Publishes valid deltas, in order; returns how many deliveries were queued to
-    /// connections. Key functions run here, on the calling thread: call it where blocking
-    /// is allowed (`publish_deltas` does that for the backend service).
-    pub fn publish_parsed(&self, deltas: &[Delta]) -> usize {
-        let keys: Vec<FunctionKeys> = if self.key_functions {
-            deltas.iter().map(|delta| FunctionKeys::compute(&self.dealers, delta)).collect()
-        } else {
-            Vec::new()
-        };
-        self.lock().publish(deltas, &keys, Instant::now())
+    /// Publishes valid deltas at once, in one hold of the lock, computing function keys on the
+    /// calling thread; returns how many deliveries were queued. For in-process use and tests:
+    /// the backend service uses [`publish_deltas`](Self::publish_deltas).
+    pub fn publish_now(self: &Arc<Self>, deltas: Vec<Delta>) -> usize {
+        let batch = self.with_keys(deltas);
+        let (delivered, lagging) = self.lock().publish(batch, Instant::now());
+        self.catch_up_later(lagging);
+        delivered
     }
 
-    /// `publishDeltas`: validates the whole batch, then routes it. Key functions, if any,
-    /// run on a blocking worker thread before the lock is taken.
+    /// `publishDeltas`: validates the whole batch, then routes it, a chunk per hold of the
+    /// lock. A batch whose `key` was seen within the idempotency window is accepted and not
+    /// delivered again. Key functions, if any, run on a blocking worker thread first.
     ///
     /// # Errors
     ///
     /// The reply text of the first bad delta, or "Internal error" if the worker failed.
-    pub async fn publish_deltas(self: &Arc<Self>, deltas: Value) -> Result<usize, RpcError> {
+    pub async fn publish_deltas(self: &Arc<Self>, deltas: Value, key: Option<String>) -> Result<usize, RpcError> {
         self.ensure_sweeper();
         let deltas = self.parse_deltas(deltas).map_err(delta_error)?;
         if deltas.is_empty() {
             return Ok(0);
         }
-        if !self.key_functions {
-            return Ok(self.lock().publish(&deltas, &[], Instant::now()));
+        let _turn = self.publishing.lock().await;
+        if let Some(key) = &key {
+            if crate::sync::lock(&self.recent_keys).contains(key, Instant::now()) {
+                log::debug!("datasync {:?}: batch {key:?} was already published", self.frontend_name);
+                return Ok(0);
+            }
         }
-        let hub = Arc::clone(self);
-        tokio::task::spawn_blocking(move || hub.publish_parsed(&deltas)).await.map_err(|err| {
-            log::error!("datasync {:?}: publishing deltas failed: {err}", self.frontend_name);
-            RpcError::Internal
-        })
+        let batch = if self.key_functions {
+            let hub = Arc::clone(self);
+            tokio::task::spawn_blocking(move || hub.with_keys(deltas)).await.map_err(|err| {
+                log::error!("datasync {:?}: computing keys failed: {err}", self.frontend_name);
+                RpcError::Internal
+            })?
+        } else {
+            deltas.into_iter().map(|delta| (delta, FunctionKeys::default())).collect()
+        };
+        let mut delivered = 0;
+        let mut batch = batch.into_iter().peekable();
+        while batch.peek().is_some() {
+            let chunk = batch.by_ref().take(PUBLISH_CHUNK);
+            let (queued, lagging) = self.lock().publish(chunk, Instant::now());
+            delivered += queued;
+            self.catch_up_later(lagging);
+            if batch.peek().is_some() {
+                tokio::task::yield_now().await;
+            }
+        }
+        if let Some(key) = &key {
+            crate::sync::lock(&self.recent_keys).remember(key, Instant::now());
+        }
+        Ok(delivered)
     }
 
-    fn acquire(self: &Arc<Self>, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
+    /// Pairs each delta with the keys its function-keyed dealers compute (runs user code).
+    fn with_keys(&self, deltas: Vec<Delta>) -> Vec<(Delta, FunctionKeys)> {
+        deltas
+            .into_iter()
+            .map(|delta| {
+                let keys = if self.key_functions {
+                    FunctionKeys::compute(self.dealers(), &delta)
+                } else {
+                    FunctionKeys::default()
+                };
+                (delta, keys)
+            })
+            .collect()
+    }
+
+    /// Runs the catch-up of each lagging subscription in a task of its own: a step every
+    /// time the connection's queue drains, until it is live again or the connection closes.
+    fn catch_up_later(self: &Arc<Self>, lagging: Lagging) {
+        for (id, connection) in lagging {
+            let hub = Arc::downgrade(self);
+            tokio::spawn(async move {
+                loop {
+                    connection.wait_drained().await;
+                    if connection.is_closing() {
+                        return;
+                    }
+                    let Some(hub) = hub.upgrade() else { return };
+                    if hub.lock().catch_up(id, &connection) == CatchUp::Done {
+                        return;
+                    }
+                    drop(hub);
+                    tokio::task::yield_now().await;
+                }
+            });
+        }
+    }
+
+    /// `acquireSubscription`. When the previous holder's connection is still writing out its
+    /// queue, waits for it (bounded) so the subscription resumes exactly after what it wrote.
+    async fn acquire(self: &Arc<Self>, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
         self.ensure_sweeper();
-        self.lock().acquire(token, connection, Instant::now())
+        let mut waited = false;
+        loop {
+            let result = self.lock().acquire(token, connection, Instant::now());
+            match result {
+                Ok(lagging) => {
+                    self.catch_up_later(lagging);
+                    return Ok(());
+                }
+                Err(SubscriptionError::PreviousHolderClosing(previous)) if !waited => {
+                    waited = true;
+                    if tokio::time::timeout(PREVIOUS_HOLDER_WAIT, previous.finished()).await.is_err() {
+                        log::warn!("datasync {:?}: a previous holder took too long to close", self.frontend_name);
+                    }
+                }
+                Err(SubscriptionError::PreviousHolderClosing(_)) => {
+                    return Err(SubscriptionError::NoSuchSubscription);
+                }
+                Err(other) => return Err(other),
+            }
+        }
     }
 
     fn cancel(&self, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
@@ -179,7 +309,8 @@ impl DataSyncHub {
         self.lock().disconnected(connection, Instant::now());
     }
 
-    /// Drops the subscriptions whose deadline has passed; returns how many.
+    /// Drops the subscriptions whose deadline has passed and trims the stream; returns how
+    /// many were dropped.
     pub fn sweep(&self) -> usize {
         self.lock().sweep(Instant::now())
     }
@@ -239,10 +370,10 @@ pub struct DataSyncService {
 }
 
 impl DataSyncService {
-    /// A DataSync service named `name` routing through `dealers`. `subscription_timeout`:
-    /// how long an authorized subscription waits to be acquired; `resume_timeout`: how long
-    /// it waits after its connection closed; `resume_buffer`: the most deltas a waiting
-    /// subscription buffers before it is dropped.
+    /// A DataSync service named `name` routing through `dealers`, with the default limits
+    /// but for the two timeouts: `subscription_timeout` (how long an authorized subscription
+    /// waits to be acquired) and `resume_timeout` (how long it waits after its connection
+    /// closed).
     ///
     /// # Errors
     ///
@@ -252,13 +383,11 @@ impl DataSyncService {
         dealers: Vec<Dealer>,
         subscription_timeout: Duration,
         resume_timeout: Duration,
-        resume_buffer: usize,
     ) -> Result<DataSyncService, RouterError> {
-        Self::with_limits(name, dealers, Limits { subscription_timeout, resume_timeout, resume_buffer })
+        Self::with_limits(name, dealers, Limits { subscription_timeout, resume_timeout, ..Limits::default() })
     }
 
-    /// As [`new`](Self::new), with the limits in one value ([`Limits::default`] for
-    /// PROTOCOL's defaults).
+    /// As [`new`](Self::new), with every limit given ([`Limits::default`] for the defaults).
     ///
     /// # Errors
     ///
@@ -269,13 +398,15 @@ impl DataSyncService {
         limits: Limits,
     ) -> Result<DataSyncService, RouterError> {
         let name = name.into();
-        let router = Router::new(dealers)?;
-        let dealers = router.dealers().to_vec();
+        let authorizer = Authorizer::new(dealers, limits.filter)?;
+        let router = Router::with_authorizer(authorizer.clone());
         let hub = DataSyncHub {
-            models: dealers.iter().map(|d| d.model.clone()).collect(),
-            key_functions: FunctionKeys::needed(&dealers),
-            dealers,
+            key_functions: FunctionKeys::needed(authorizer.dealers()),
+            authorizer,
+            limits,
             state: Mutex::new(Subscriptions::new(name.clone(), router, limits)),
+            publishing: tokio::sync::Mutex::new(()),
+            recent_keys: Mutex::new(RecentKeys::new(limits.idempotency_window, limits.max_idempotency_keys)),
             frontend_name: name,
             sweeper: Mutex::new(None),
         };
@@ -296,7 +427,10 @@ fn take_token(mut params: Params) -> Result<String, RpcError> {
 
 fn subscription_error(error: SubscriptionError) -> RpcError {
     match error {
-        SubscriptionError::NoSuchSubscription => RpcError::service("No such subscription"),
+        SubscriptionError::TooMany => RpcError::service("Too many subscriptions"),
+        SubscriptionError::NoSuchSubscription | SubscriptionError::PreviousHolderClosing(_) => {
+            RpcError::service("No such subscription")
+        }
     }
 }
 
@@ -314,7 +448,7 @@ impl Service for DataSyncService {
             return Err(RpcError::UnknownCommand);
         };
         let result = match command {
-            "acquireSubscription" => self.hub.acquire(&take_token(params)?, connection),
+            "acquireSubscription" => self.hub.acquire(&take_token(params)?, connection).await,
             "cancelSubscription" => self.hub.cancel(&take_token(params)?, connection),
             _ => return Err(RpcError::UnknownCommand),
         };
@@ -335,7 +469,7 @@ mod tests {
     use std::sync::OnceLock;
 
     fn service(dealers: Vec<Dealer>) -> DataSyncService {
-        DataSyncService::new("datasync", dealers, Duration::from_secs(2), Duration::from_secs(1), 10)
+        DataSyncService::new("datasync", dealers, Duration::from_secs(2), Duration::from_secs(1))
             .expect("distinct dealer names")
     }
 
@@ -422,13 +556,13 @@ mod tests {
             &tokio_util::sync::CancellationToken::new(),
             Arc::new(crate::metrics::Metrics::default()),
         );
-        hub.acquire(&token, &connection).expect("acquired");
+        hub.acquire(&token, &connection).await.expect("acquired");
         let deltas = json!([
             {"type": "insert", "model": "Task", "data": {"owner": 1}},
             {"type": "update", "model": "Task", "oldData": {"owner": 1}, "newData": {"owner": 2}},
         ]);
         // A failing check would have kept the deltas from the subscription.
-        assert_eq!(hub.publish_deltas(deltas).await, Ok(2));
+        assert_eq!(hub.publish_deltas(deltas, None).await, Ok(2));
         assert_eq!(checking.calls.load(Ordering::SeqCst), 3);
         let mut types = Vec::new();
         while let Some(frame) = outbox.try_recv() {

@@ -1,125 +1,165 @@
 //! The life cycle of subscriptions: authorized and waiting, acquired by one connection, back
-//! to waiting after a disconnect, and dropped.
+//! to waiting after a disconnect, and dropped; and how deltas reach each of them.
 //!
 //! ```text
 //!  authorizeSubscription ──▶ waiting ──acquireSubscription──▶ acquired ──cancelSubscription──▶ gone
-//!      (deadline: subscription_timeout)  ◀──disconnect──────  (deliveries go straight
-//!       buffers the deltas it matches      (deadline:          to the connection)
-//!                                           resume_timeout)
-//!  waiting ──deadline passed, or buffer would exceed resume_buffer──▶ gone
+//!    (deadline: subscription_timeout)  ◀──────────────────── releasing ◀──disconnect──
+//!     position: the stream's head        (once the connection's writer is done;
+//!                                          deadline: resume_timeout)
+//!  waiting ──deadline passed, evicted as the oldest of too many, or its position fell out of
+//!            the stream──▶ gone
 //! ```
 //!
+//! Subscriptions hold no deltas. Every published delta goes into the service's stream
+//! ([`DeltaStream`]) with an offset, and each subscription keeps a position in it:
+//! - A waiting subscription remembers the offset after which it must resume. Acquiring it
+//!   replays what the stream has after that, then switches to live delivery.
+//! - An acquired subscription is *live*: deltas are routed through the index and offered to
+//!   its connection as they are published. When the connection's queue is full the delta is
+//!   not dropped and the connection not closed: the subscription falls back to *catching up*
+//!   from the stream, a step at a time as the queue drains ([`Subscriptions::catch_up`]), then
+//!   goes live again. So a burst larger than the queue reaches a client that reads, at the
+//!   speed it reads, and only a client that stops reading is cut (by the stall rule of its
+//!   connection).
+//! - Frames carry an acknowledgement: the subscription learns which offsets its connection
+//!   actually wrote. When the connection closes, the subscription waits for its writer to
+//!   finish and resumes after the last delta *written*: deltas queued but never written go
+//!   back to the subscription.
+//! - What the stream no longer retains is a gap: acquiring answers "No such subscription"
+//!   (the client fetches its data again), and a connection whose catch-up meets a gap is
+//!   closed with 1008 (it lost deltas and must resync).
+//!
 //! [`Subscriptions`] is plain data: every method takes the current time, nothing awaits, and
-//! the caller keeps it behind a lock (see `service.rs`). Deliveries are queued while that lock
-//! is held, which is what keeps every subscription's deltas in publish order, buffered or not.
-//!
-//! Timeouts are enforced twice. Exactly, when a subscription is touched: acquiring or routing a
-//! delta to a waiting subscription whose deadline has passed drops it then, so a timeout takes
-//! effect at its nominal time whatever the sweeper does. And eventually, by [`Subscriptions::sweep`],
-//! which the service calls periodically so that subscriptions nobody touches again do not stay
-//! in memory (and in the router's index) forever. Deadlines are kept ordered, so a sweep costs
-//! only the subscriptions that expired.
-//!
-//! What resume can and cannot promise: deltas published after the server handled the
-//! disconnect (and deltas that could not be queued to a connection already closing) are
-//! buffered and delivered on the next acquire, in order, none twice. Deltas already queued to
-//! the connection when it closed are lost with its queue, as the protocol has no
-//! acknowledgements. A connection closed because it stopped reading (code 1008) lost queued
-//! deltas for certain, so its subscriptions are dropped instead of resumed: acquiring them
-//! answers "No such subscription", which tells the client to fetch its data again.
+//! the caller keeps it behind a lock (see `service.rs`). Each method's work is bounded (by a
+//! batch chunk, a scan budget, or the queue's capacity), so the lock is never held for long.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use serde_json::Value;
 use tokio::time::Instant;
 
 use super::delta::{Delta, DeltaShape};
-use super::router::{AuthError, FunctionKeys, Router};
+use super::limits::Limits;
+use super::router::{AuthError, FunctionKeys, PreparedItems, Router};
+use super::stream::{DeltaStream, Position};
 use super::token::new_token;
-use crate::connection::{Connection, ConnectionId};
+use crate::connection::{Ack, Connection, ConnectionId, Offer};
 use crate::protocol::codes;
 use crate::protocol::rpc::push_frame;
 use crate::protocol::Frame;
 
-/// The timeouts and bounds of a DataSync service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// How long an authorized subscription waits to be acquired before it is dropped.
-    pub subscription_timeout: Duration,
-    /// How long a subscription whose connection closed waits to be acquired again.
-    pub resume_timeout: Duration,
-    /// The most deltas a waiting subscription buffers; one more drops it.
-    pub resume_buffer: usize,
+/// The most stream entries one catch-up step looks at, so that a step holds the lock for a
+/// bounded time even when few of the entries concern the subscription.
+pub const CATCH_UP_SCAN: usize = 4_096;
+
+/// The most expired subscriptions one sweep drops (the next sweep takes the rest).
+pub const SWEEP_BATCH: usize = 10_000;
+
+/// Why a frontend command on a token fails. The texts are the protocol's reply texts.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubscriptionError {
+    /// The token names no subscription this connection may acquire or cancel: unknown,
+    /// expired, dropped, held by another connection, or bound to another identity. The
+    /// client cannot tell which (and need not know).
+    #[error("No such subscription")]
+    NoSuchSubscription,
+    /// The connection holds `max_per_connection` subscriptions already.
+    #[error("Too many subscriptions")]
+    TooMany,
+    /// The previous holder is still writing out its queue; retry once it is done.
+    #[error("the previous holder is still closing")]
+    PreviousHolderClosing(Arc<Connection>),
 }
 
-impl Default for Limits {
-    /// PROTOCOL's defaults: 120 s, 60 s, 10,000 deltas.
-    fn default() -> Self {
-        Limits {
-            subscription_timeout: Duration::from_secs(120),
-            resume_timeout: Duration::from_secs(60),
-            resume_buffer: 10_000,
+impl PartialEq for SubscriptionError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::PreviousHolderClosing(a), Self::PreviousHolderClosing(b)) => a.id() == b.id(),
+            (Self::NoSuchSubscription, Self::NoSuchSubscription) | (Self::TooMany, Self::TooMany) => true,
+            _ => false,
         }
     }
 }
 
-/// Why a frontend command on a token fails. The text is PROTOCOL's reply text: the client
-/// cannot tell (and need not know) whether the token is unknown, expired, dropped, or held
-/// by another connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SubscriptionError {
-    /// The token names no subscription this connection may acquire or cancel.
-    #[error("No such subscription")]
-    NoSuchSubscription,
+/// What a catch-up step achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The subscription is live again (or gone, or no longer this connection's).
+    Done,
+    /// More remains: call again once the connection's queue has drained.
+    More,
 }
 
-/// Every subscription of one DataSync service, with the router that indexes their items.
+/// Every subscription of one DataSync service, the router that indexes their items, and the
+/// stream of deltas they read from.
 pub struct Subscriptions {
     /// The frontend service's name, which delivery frames carry.
     frontend_name: String,
     limits: Limits,
     router: Router,
+    stream: DeltaStream,
     /// Every live subscription by id (the id the router knows it by).
     live: HashMap<u64, Subscription>,
     /// Subscription id by token.
     by_token: HashMap<String, u64>,
     /// The subscriptions each connection holds, so a disconnect finds them at once.
     by_connection: HashMap<ConnectionId, HashSet<u64>>,
-    /// `(deadline, id)` of every waiting subscription, earliest first, for the sweep.
+    /// `(deadline, id)` of every waiting or releasing subscription, earliest first.
     deadlines: BTreeSet<(Instant, u64)>,
+    /// Ids of waiting and releasing subscriptions; ids grow with age, so the first is the
+    /// oldest (evicted when there are too many).
+    waiting: BTreeSet<u64>,
     /// The next subscription id; ids are never reused.
     next_id: u64,
 }
 
 struct Subscription {
     token: String,
+    /// When set, only a connection with this identity may acquire it.
+    identity: Option<String>,
+    /// The offset of the newest delta a holder's writer confirmed written.
+    written: Arc<AtomicU64>,
     holder: Holder,
 }
 
 enum Holder {
-    /// Not acquired: deltas are buffered until `deadline`.
-    Waiting {
-        deadline: Instant,
-        /// Serialized deliveries, oldest first; frames are shared with other recipients.
-        buffer: VecDeque<Frame>,
-    },
-    /// Acquired: deltas go to the connection's queue.
-    Acquired(Arc<Connection>),
+    /// Not held: acquiring it delivers what the stream has after `after`.
+    Waiting { deadline: Instant, after: u64 },
+    /// Its connection is closing; it waits once the connection's writer is done, so that it
+    /// resumes after what was really written.
+    Releasing { connection: Arc<Connection>, deadline: Instant },
+    /// Held by an open connection.
+    Acquired { connection: Arc<Connection>, feed: Feed },
 }
+
+#[derive(Clone, Copy)]
+enum Feed {
+    /// Deltas are offered to the connection as they are published.
+    Live,
+    /// The connection's queue was full at some point: deltas after `after` are read from the
+    /// stream as the queue drains.
+    CatchingUp { after: u64 },
+}
+
+/// What [`Subscriptions::acquire`] and [`Subscriptions::publish`] leave to the caller: the
+/// subscriptions of a connection that must catch up from the stream (the caller runs
+/// [`Subscriptions::catch_up`] for each as the connection's queue drains).
+pub type Lagging = Vec<(u64, Arc<Connection>)>;
 
 impl Subscriptions {
     /// No subscriptions yet; deliveries will say `"service": frontend_name`.
     pub fn new(frontend_name: impl Into<String>, router: Router, limits: Limits) -> Self {
         Subscriptions {
             frontend_name: frontend_name.into(),
+            stream: DeltaStream::new(limits.retention),
             limits,
             router,
             live: HashMap::new(),
             by_token: HashMap::new(),
             by_connection: HashMap::new(),
             deadlines: BTreeSet::new(),
+            waiting: BTreeSet::new(),
             next_id: 0,
         }
     }
@@ -129,12 +169,17 @@ impl Subscriptions {
         &self.router
     }
 
+    /// The delta stream.
+    pub fn stream(&self) -> &DeltaStream {
+        &self.stream
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits
     }
 
-    /// How many subscriptions exist (waiting or acquired).
+    /// How many subscriptions exist (waiting, releasing or acquired).
     pub fn len(&self) -> usize {
         self.live.len()
     }
@@ -144,20 +189,28 @@ impl Subscriptions {
         self.live.is_empty()
     }
 
-    /// How many subscriptions are waiting to be acquired.
+    /// How many subscriptions are waiting to be acquired (including those whose connection
+    /// is still closing).
     pub fn waiting(&self) -> usize {
-        self.deadlines.len()
+        self.waiting.len()
     }
 
-    /// `authorizeSubscription`: registers the items (all or nothing) and returns a fresh
-    /// token; the subscription waits for `subscription_timeout`.
+    /// `authorizeSubscription`: registers the prepared items and returns a fresh token; the
+    /// subscription waits for `subscription_timeout` and will receive every delta published
+    /// from now on. With `identity`, only connections with that identity may acquire it.
+    /// When `max_waiting` subscriptions wait already, the oldest is dropped.
     ///
     /// # Errors
     ///
-    /// The router's [`AuthError`] for the first invalid item.
-    pub fn authorize(&mut self, items: &Value, now: Instant) -> Result<String, AuthError> {
+    /// [`AuthError::DuplicateSubscription`] (a bug, never caused by a request).
+    pub fn authorize(
+        &mut self,
+        items: PreparedItems,
+        identity: Option<String>,
+        now: Instant,
+    ) -> Result<String, AuthError> {
         let id = self.next_id;
-        self.router.authorize(id, items)?;
+        self.router.insert(id, items)?;
         self.next_id += 1;
         // 165 bits from a CSPRNG do not collide in practice; the loop makes sure of it.
         let token = loop {
@@ -168,73 +221,92 @@ impl Subscriptions {
         };
         let deadline = now + self.limits.subscription_timeout;
         self.by_token.insert(token.clone(), id);
-        self.deadlines.insert((deadline, id));
+        let after = self.stream.head();
         self.live.insert(
             id,
-            Subscription { token: token.clone(), holder: Holder::Waiting { deadline, buffer: VecDeque::new() } },
+            Subscription {
+                token: token.clone(),
+                identity,
+                written: Arc::new(AtomicU64::new(after)),
+                holder: Holder::Waiting { deadline, after },
+            },
         );
+        self.mark_waiting(id, deadline);
         Ok(token)
     }
 
-    /// `acquireSubscription`: `connection` takes a waiting subscription, receiving what it
-    /// buffered, in order, before anything published later.
-    ///
-    /// Any connection presenting a waiting token may take it. A token held by this same
-    /// connection, or by another one that is still open, is refused and nothing changes. A
-    /// token held by a connection that is already closing is released first (as its
-    /// disconnect is about to), so a client that reconnects quickly is not refused.
+    /// `acquireSubscription`: `connection` takes a waiting subscription. What the stream has
+    /// after the subscription's position is delivered first, in order (as much as the
+    /// connection's queue takes now; the rest through [`catch_up`](Self::catch_up), which the
+    /// caller runs when the returned list is not empty), then deltas flow live.
     ///
     /// # Errors
     ///
-    /// [`SubscriptionError::NoSuchSubscription`] for an unknown, expired or dropped token, or
-    /// one held as described above.
+    /// [`SubscriptionError::NoSuchSubscription`] for an unknown, expired or dropped token, one
+    /// held by this connection or another open one, one bound to another identity, or one
+    /// whose position fell out of the stream (it is dropped then);
+    /// [`SubscriptionError::TooMany`] when the connection holds `max_per_connection`; and
+    /// [`SubscriptionError::PreviousHolderClosing`] when the previous holder's writer is still
+    /// finishing: wait for that connection's [`Connection::finished`] and call again.
     pub fn acquire(
         &mut self,
         token: &str,
         connection: &Arc<Connection>,
         now: Instant,
-    ) -> Result<(), SubscriptionError> {
+    ) -> Result<Lagging, SubscriptionError> {
         let id = self.id_of(token)?;
-        if let Holder::Acquired(holder) = &self.subscription(id).holder {
+        let subscription = self.subscription(id);
+        if subscription.identity.as_ref().is_some_and(|bound| connection.identity().id.as_ref() != Some(bound)) {
+            return Err(SubscriptionError::NoSuchSubscription);
+        }
+        if let Holder::Acquired { connection: holder, .. } = &subscription.holder {
             if holder.id() == connection.id() || !holder.is_closing() {
                 return Err(SubscriptionError::NoSuchSubscription);
             }
+            // Its disconnect is about to run: do now what it would do.
             let holder = Arc::clone(holder);
-            self.disconnected(&holder, now);
+            self.release(id, &holder, now);
+        }
+        self.settle(id);
+        match &self.subscription(id).holder {
+            Holder::Releasing { connection: previous, .. } => {
+                return Err(SubscriptionError::PreviousHolderClosing(Arc::clone(previous)));
+            }
+            Holder::Waiting { deadline, .. } if *deadline <= now => {
+                self.drop_subscription(id, "its timeout passed");
+                return Err(SubscriptionError::NoSuchSubscription);
+            }
+            _ => {}
         }
         if connection.is_closing() {
             // Its disconnect is coming (or its queue is gone): leave the subscription waiting.
             return Err(SubscriptionError::NoSuchSubscription);
         }
-        // Releasing a holder that stopped reading drops its subscriptions.
-        let id = self.id_of(token)?;
-        let Some(subscription) = self.live.get_mut(&id) else {
+        if self.by_connection.get(&connection.id()).is_some_and(|ids| ids.len() >= self.limits.max_per_connection) {
+            return Err(SubscriptionError::TooMany);
+        }
+        let Holder::Waiting { deadline, after } = self.subscription(id).holder else {
             return Err(SubscriptionError::NoSuchSubscription);
         };
-        let Holder::Waiting { deadline, buffer } = &mut subscription.holder else {
-            // Held by an open connection: refused above. Kept as an answer, not a panic.
-            return Err(SubscriptionError::NoSuchSubscription);
-        };
-        let deadline = *deadline;
-        if deadline <= now {
-            self.drop_subscription(id, "its timeout passed");
+        if self.stream.position(after) == Position::Gap {
+            self.drop_subscription(id, "the deltas it missed are no longer retained");
             return Err(SubscriptionError::NoSuchSubscription);
         }
-        let buffered = std::mem::take(buffer);
-        subscription.holder = Holder::Acquired(Arc::clone(connection));
         self.deadlines.remove(&(deadline, id));
+        self.waiting.remove(&id);
         self.by_connection.entry(connection.id()).or_default().insert(id);
-        let mut buffered = buffered.into_iter();
-        while let Some(frame) = buffered.next() {
-            if !connection.deliver(frame.clone()) {
-                // The connection closed while we were delivering: put the subscription back
-                // as its disconnect would, keeping what was not queued.
-                let rest = std::iter::once(frame).chain(buffered).collect();
-                self.release(id, rest, now);
-                break;
-            }
+        let feed = if after < self.stream.head() { Feed::CatchingUp { after } } else { Feed::Live };
+        if let Some(subscription) = self.live.get_mut(&id) {
+            subscription.holder = Holder::Acquired { connection: Arc::clone(connection), feed };
         }
-        Ok(())
+        if matches!(feed, Feed::Live) {
+            return Ok(Vec::new());
+        }
+        // The backlog that fits now goes before the reply, as a buffer would have.
+        match self.catch_up(id, connection) {
+            CatchUp::Done => Ok(Vec::new()),
+            CatchUp::More => Ok(vec![(id, Arc::clone(connection))]),
+        }
     }
 
     /// `cancelSubscription`: ends a subscription `connection` holds.
@@ -246,7 +318,7 @@ impl Subscriptions {
     pub fn cancel(&mut self, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
         let id = self.id_of(token)?;
         match &self.subscription(id).holder {
-            Holder::Acquired(holder) if holder.id() == connection.id() => {
+            Holder::Acquired { connection: holder, .. } if holder.id() == connection.id() => {
                 self.drop_subscription(id, "it was cancelled");
                 Ok(())
             }
@@ -254,119 +326,175 @@ impl Subscriptions {
         }
     }
 
-    /// A connection closed: its subscriptions go back to waiting for `resume_timeout`, or are
-    /// dropped if it was closed for not reading (its queued deltas were lost).
+    /// A connection closed: its subscriptions go back to waiting for `resume_timeout`,
+    /// positioned after the last delta its writer wrote (known once the writer is done).
     pub fn disconnected(&mut self, connection: &Arc<Connection>, now: Instant) {
-        let Some(ids) = self.by_connection.remove(&connection.id()) else {
+        let Some(ids) = self.by_connection.get(&connection.id()).cloned() else {
             return;
         };
-        let lost_deltas = connection.close_code() == codes::POLICY_VIOLATION;
         for id in ids {
-            if lost_deltas {
-                self.drop_subscription(id, "its connection stopped reading and lost deltas");
-            } else {
-                self.set_waiting(id, now + self.limits.resume_timeout, VecDeque::new());
-            }
+            self.release(id, connection, now);
         }
     }
 
-    /// Routes a batch of valid deltas, in order: each reaches every subscription it concerns
-    /// at most once, as the translated shape, queued to the holder or buffered. `keys[i]`
-    /// are the precomputed function keys of `deltas[i]` (missing: computed inline). Returns
-    /// how many deliveries were queued to connections.
-    pub fn publish(&mut self, deltas: &[Delta], keys: &[FunctionKeys], now: Instant) -> usize {
-        let none = FunctionKeys::default();
+    /// Routes a chunk of valid deltas, in order: each is appended to the stream and offered
+    /// to every live subscription it concerns (at most once each, as the translated shape).
+    /// `keys[i]` are the precomputed function keys of `deltas[i]` (missing: computed inline).
+    /// Returns how many deliveries were queued, and the subscriptions that fell behind (their
+    /// connection's queue was full) and must catch up.
+    pub fn publish(
+        &mut self,
+        deltas: impl IntoIterator<Item = (Delta, FunctionKeys)>,
+        now: Instant,
+    ) -> (usize, Lagging) {
         let mut delivered = 0;
-        for (index, delta) in deltas.iter().enumerate() {
-            let routed = self.router.route_with(delta, keys.get(index).unwrap_or(&none));
+        let mut lagging = Vec::new();
+        let mut expired = Vec::new();
+        for (delta, keys) in deltas {
+            let routed = self.router.route_with(&delta, &keys);
+            let offset = self.stream.head() + 1;
             // Serialized once per shape, shared by every recipient of that shape.
             let mut frames: [Option<Frame>; 3] = [None, None, None];
             for (id, shape) in routed {
-                let slot = &mut frames[shape_index(shape)];
-                let frame = if let Some(frame) = slot {
-                    frame.clone()
-                } else {
-                    let Some(message) = delta.frame(shape) else {
-                        log::error!("router produced shape {shape:?} for {delta:?}");
-                        continue;
-                    };
-                    slot.insert(push_frame(&self.frontend_name, message)).clone()
+                let Some(subscription) = self.live.get_mut(&id) else {
+                    log::error!("the router routed to subscription {id}, which does not exist");
+                    continue;
                 };
-                if self.deliver(id, frame, now) {
-                    delivered += 1;
+                match &mut subscription.holder {
+                    Holder::Acquired { connection, feed: feed @ Feed::Live } => {
+                        let slot = &mut frames[shape_index(shape)];
+                        let frame = if let Some(frame) = slot {
+                            frame.clone()
+                        } else {
+                            let Some(frame) = delta_frame(&self.frontend_name, &delta, shape) else { continue };
+                            slot.insert(frame).clone()
+                        };
+                        let ack = Ack { position: Arc::clone(&subscription.written), offset };
+                        match connection.offer(frame, Some(ack)) {
+                            Offer::Queued => delivered += 1,
+                            Offer::Full => {
+                                *feed = Feed::CatchingUp { after: offset - 1 };
+                                lagging.push((id, Arc::clone(connection)));
+                            }
+                            // Closing: its disconnect releases the subscription, which then
+                            // resumes from what was written, this delta included.
+                            Offer::Closed => {}
+                        }
+                    }
+                    Holder::Waiting { deadline, .. } if *deadline <= now => expired.push(id),
+                    // Waiting, releasing or catching up: the stream keeps the delta for it.
+                    _ => {}
                 }
             }
+            self.stream.append(delta, keys, now);
         }
-        delivered
+        for id in expired {
+            self.drop_subscription(id, "its timeout passed");
+        }
+        (delivered, lagging)
     }
 
-    /// Drops every waiting subscription whose deadline has passed; returns how many.
+    /// One step of catching up for subscription `id` held by `connection`: offers what the
+    /// stream has after the subscription's position until the queue is full, the stream's
+    /// head is reached (the subscription goes live), or [`CATCH_UP_SCAN`] entries were looked
+    /// at. A position that fell out of the stream drops the subscription and closes the
+    /// connection with 1008: deltas were lost and the client must resync.
+    pub fn catch_up(&mut self, id: u64, connection: &Arc<Connection>) -> CatchUp {
+        let Some(subscription) = self.live.get(&id) else { return CatchUp::Done };
+        let Holder::Acquired { connection: holder, feed: Feed::CatchingUp { mut after } } = &subscription.holder else {
+            return CatchUp::Done;
+        };
+        if holder.id() != connection.id() {
+            return CatchUp::Done;
+        }
+        if self.stream.position(after) == Position::Gap {
+            log::warn!(
+                "datasync {:?}: connection {} fell further behind than the stream retains: closing it with 1008",
+                self.frontend_name,
+                connection.id()
+            );
+            connection.close(codes::POLICY_VIOLATION);
+            self.drop_subscription(id, "it fell behind what the stream retains");
+            return CatchUp::Done;
+        }
+        let mut outcome = CatchUp::Done;
+        for (scanned, entry) in self.stream.after(after).enumerate() {
+            if scanned == CATCH_UP_SCAN {
+                outcome = CatchUp::More;
+                break;
+            }
+            if let Some(shape) = self.router.shape_for(id, &entry.delta, &entry.keys) {
+                let Some(frame) = delta_frame(&self.frontend_name, &entry.delta, shape) else { continue };
+                let ack = Ack { position: Arc::clone(&subscription.written), offset: entry.offset };
+                match connection.offer(frame, Some(ack)) {
+                    Offer::Queued => {}
+                    Offer::Full => {
+                        outcome = CatchUp::More;
+                        break;
+                    }
+                    Offer::Closed => return CatchUp::Done,
+                }
+            }
+            after = entry.offset;
+        }
+        let feed = match outcome {
+            CatchUp::Done => Feed::Live,
+            CatchUp::More => Feed::CatchingUp { after },
+        };
+        if let Some(Subscription { holder: Holder::Acquired { feed: current, .. }, .. }) = self.live.get_mut(&id) {
+            *current = feed;
+        }
+        outcome
+    }
+
+    /// Drops the waiting subscriptions whose deadline has passed (at most [`SWEEP_BATCH`]),
+    /// and trims the stream; returns how many were dropped.
     pub fn sweep(&mut self, now: Instant) -> usize {
         let mut dropped = 0;
         while let Some(&(deadline, id)) = self.deadlines.first() {
-            if deadline > now {
+            if deadline > now || dropped == SWEEP_BATCH {
                 break;
             }
             self.drop_subscription(id, "nobody acquired it in time");
             dropped += 1;
         }
+        self.stream.trim(now);
         dropped
     }
 
-    /// Queues or buffers one delivery; `true` when it was queued to a connection.
-    fn deliver(&mut self, id: u64, frame: Frame, now: Instant) -> bool {
-        let bound = self.limits.resume_buffer;
-        let Some(subscription) = self.live.get_mut(&id) else {
-            log::error!("the router routed to subscription {id}, which does not exist");
-            return false;
-        };
-        match &mut subscription.holder {
-            Holder::Acquired(connection) => {
-                if connection.deliver(frame.clone()) {
-                    return true;
-                }
-                // The connection is closing and its disconnect has not run yet: buffer the
-                // delta now rather than lose it.
-                self.release(id, VecDeque::from([frame]), now);
-                false
-            }
-            Holder::Waiting { deadline, .. } if *deadline <= now => {
-                self.drop_subscription(id, "its timeout passed");
-                false
-            }
-            Holder::Waiting { buffer, .. } if buffer.len() >= bound => {
-                self.drop_subscription(id, "its buffer would exceed resume_buffer");
-                false
-            }
-            Holder::Waiting { buffer, .. } => {
-                buffer.push_back(frame);
-                false
-            }
-        }
-    }
-
-    /// Takes an acquired subscription from its closing connection, as that connection's
-    /// disconnect would, buffering `pending` (deliveries the connection refused).
-    fn release(&mut self, id: u64, pending: VecDeque<Frame>, now: Instant) {
-        let Some(Holder::Acquired(connection)) = self.live.get(&id).map(|s| &s.holder) else {
-            return;
-        };
-        let connection = Arc::clone(connection);
+    /// Moves an acquired subscription whose connection is closing to releasing.
+    fn release(&mut self, id: u64, connection: &Arc<Connection>, now: Instant) {
         self.forget_holder(connection.id(), id);
-        if connection.close_code() == codes::POLICY_VIOLATION {
-            self.drop_subscription(id, "its connection stopped reading and lost deltas");
-            return;
+        let deadline = now + self.limits.resume_timeout;
+        if let Some(subscription) = self.live.get_mut(&id) {
+            if matches!(&subscription.holder, Holder::Acquired { connection: holder, .. } if holder.id() == connection.id())
+            {
+                subscription.holder = Holder::Releasing { connection: Arc::clone(connection), deadline };
+                self.mark_waiting(id, deadline);
+            }
         }
-        self.set_waiting(id, now + self.limits.resume_timeout, pending);
     }
 
-    fn set_waiting(&mut self, id: u64, deadline: Instant, buffer: VecDeque<Frame>) {
-        if let Some(subscription) = self.live.get_mut(&id) {
-            if let Holder::Waiting { deadline: old, .. } = subscription.holder {
-                self.deadlines.remove(&(old, id));
+    /// A releasing subscription whose connection's writer is done becomes waiting, after the
+    /// last delta written.
+    fn settle(&mut self, id: u64) {
+        let Some(subscription) = self.live.get_mut(&id) else { return };
+        if let Holder::Releasing { connection, deadline } = &subscription.holder {
+            if connection.is_finished() {
+                let after = subscription.written.load(Ordering::Acquire);
+                subscription.holder = Holder::Waiting { deadline: *deadline, after };
             }
-            subscription.holder = Holder::Waiting { deadline, buffer };
-            self.deadlines.insert((deadline, id));
+        }
+    }
+
+    /// Records a waiting (or releasing) subscription's deadline, evicting the oldest waiting
+    /// ones beyond `max_waiting`.
+    fn mark_waiting(&mut self, id: u64, deadline: Instant) {
+        self.deadlines.insert((deadline, id));
+        self.waiting.insert(id);
+        while self.waiting.len() > self.limits.max_waiting {
+            let Some(&oldest) = self.waiting.first() else { break };
+            self.drop_subscription(oldest, "too many subscriptions were waiting (max_waiting)");
         }
     }
 
@@ -386,11 +514,12 @@ impl Subscriptions {
         };
         self.by_token.remove(&subscription.token);
         self.router.remove_subscription(id);
+        self.waiting.remove(&id);
         match subscription.holder {
-            Holder::Waiting { deadline, .. } => {
+            Holder::Waiting { deadline, .. } | Holder::Releasing { deadline, .. } => {
                 self.deadlines.remove(&(deadline, id));
             }
-            Holder::Acquired(connection) => self.forget_holder(connection.id(), id),
+            Holder::Acquired { connection, .. } => self.forget_holder(connection.id(), id),
         }
         log::debug!("datasync {:?}: subscription {id} dropped: {why}", self.frontend_name);
     }
@@ -404,6 +533,15 @@ impl Subscriptions {
     }
 }
 
+/// The frame pushed for `delta` as `shape`.
+fn delta_frame(service: &str, delta: &Delta, shape: DeltaShape) -> Option<Frame> {
+    let Some(message) = delta.frame(shape) else {
+        log::error!("router produced shape {shape:?} for {delta:?}");
+        return None;
+    };
+    Some(push_frame(service, message))
+}
+
 fn shape_index(shape: DeltaShape) -> usize {
     match shape {
         DeltaShape::Insert => 0,
@@ -415,44 +553,59 @@ fn shape_index(shape: DeltaShape) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connection::{Identity, Outbox};
-    use crate::datasync::Dealer;
+    use crate::connection::{Identity, Outbox, QueueBounds};
+    use crate::datasync::{Dealer, Retention};
     use crate::metrics::Metrics;
-    use serde_json::json;
+    use serde_json::{json, Value};
+    use std::time::Duration;
     use tokio_util::sync::CancellationToken;
 
     const SECOND: Duration = Duration::from_secs(1);
 
-    fn subscriptions(resume_buffer: usize) -> Subscriptions {
+    fn subscriptions(limits: Limits) -> Subscriptions {
         let router = Router::new(vec![
             Dealer::broadcast("all", "Task"),
             Dealer::simple_field("by_owner", "Task", "owner"),
             Dealer::filter("filtered", "Task"),
         ])
         .expect("distinct names");
-        Subscriptions::new(
-            "datasync",
-            router,
-            Limits { subscription_timeout: 10 * SECOND, resume_timeout: 5 * SECOND, resume_buffer },
+        Subscriptions::new("datasync", router, limits)
+    }
+
+    fn limits() -> Limits {
+        Limits { subscription_timeout: 10 * SECOND, resume_timeout: 5 * SECOND, ..Limits::default() }
+    }
+
+    fn connection_with(id: u64, identity: Option<&str>, queue: usize) -> (Arc<Connection>, Outbox) {
+        Connection::new(
+            id,
+            Identity { id: identity.map(str::to_owned), info: None },
+            "127.0.0.1:1".parse().expect("an address"),
+            QueueBounds { limit: queue, ..QueueBounds::default() },
+            &CancellationToken::new(),
+            Arc::new(Metrics::default()),
         )
     }
 
     fn connection(id: u64) -> (Arc<Connection>, Outbox) {
-        Connection::new(
-            id,
-            Identity::default(),
-            "127.0.0.1:1".parse().expect("an address"),
-            crate::connection::QueueBounds::default(),
-            &CancellationToken::new(),
-            Arc::new(Metrics::default()),
-        )
+        connection_with(id, None, 1 << 20)
+    }
+
+    fn authorize(s: &mut Subscriptions, items: &Value, identity: Option<&str>, now: Instant) -> String {
+        let prepared = s.router().authorizer().prepare(items).expect("valid items");
+        s.authorize(prepared, identity.map(str::to_owned), now).expect("authorized")
+    }
+
+    fn all(s: &mut Subscriptions, now: Instant) -> String {
+        authorize(s, &json!([{"dealer": "all", "query": null}]), None, now)
     }
 
     fn insert(n: i64) -> Delta {
         Delta::Insert { model: "Task".into(), data: json!({"n": n, "owner": 1}) }
     }
 
-    /// The `n` of every delta queued to `outbox` so far (asserting each is an insert frame).
+    /// The `n` of every delta taken from `outbox` (asserting each is an insert frame); the
+    /// frames count as written.
     fn received(outbox: &mut Outbox) -> Vec<i64> {
         let mut ns = Vec::new();
         while let Some(frame) = outbox.try_recv() {
@@ -461,261 +614,207 @@ mod tests {
             assert_eq!(value["message"]["type"], "delta");
             ns.push(value["message"]["delta"]["data"]["n"].as_i64().expect("n"));
         }
+        outbox.written();
         ns
     }
 
-    fn publish(s: &mut Subscriptions, range: std::ops::Range<i64>, now: Instant) {
-        let deltas: Vec<Delta> = range.map(insert).collect();
-        s.publish(&deltas, &[], now);
+    fn publish(s: &mut Subscriptions, range: std::ops::RangeInclusive<i64>, now: Instant) -> Lagging {
+        s.publish(range.map(|n| (insert(n), FunctionKeys::default())), now).1
     }
 
-    fn all() -> Value {
-        json!([{"dealer": "all", "query": null}])
+    /// Finishes a connection's writer (drops its queue) so its subscriptions can settle.
+    fn finish(connection: &Arc<Connection>, outbox: Outbox, s: &mut Subscriptions, now: Instant) {
+        connection.close(codes::NORMAL);
+        s.disconnected(connection, now);
+        drop(outbox);
     }
 
     #[test]
-    fn buffers_until_acquired_then_delivers_in_order() {
-        let t0 = Instant::now();
-        let mut s = subscriptions(100);
-        let token = s.authorize(&all(), t0).expect("valid");
-        assert_eq!(token.len(), 32);
-        assert_eq!((s.len(), s.waiting()), (1, 1));
-        publish(&mut s, 0..3, t0);
-        let (c, mut out) = connection(1);
-        assert_eq!(s.acquire(&token, &c, t0 + SECOND), Ok(()));
-        assert_eq!(received(&mut out), vec![0, 1, 2]);
-        assert_eq!(s.waiting(), 0);
-        publish(&mut s, 3..5, t0 + SECOND);
-        assert_eq!(received(&mut out), vec![3, 4]);
+    fn deltas_published_before_acquiring_are_replayed_then_flow_live() {
+        let now = Instant::now();
+        let mut s = subscriptions(limits());
+        let token = all(&mut s, now);
+        publish(&mut s, 1..=3, now);
+        let (conn, mut out) = connection(1);
+        assert!(s.acquire(&token, &conn, now).expect("acquired").is_empty());
+        assert_eq!(received(&mut out), vec![1, 2, 3]);
+        publish(&mut s, 4..=5, now);
+        assert_eq!(received(&mut out), vec![4, 5]);
+    }
+
+    #[test]
+    fn resume_starts_after_the_last_delta_written_not_queued() {
+        let now = Instant::now();
+        let mut s = subscriptions(limits());
+        let token = all(&mut s, now);
+        let (conn, mut out) = connection(1);
+        s.acquire(&token, &conn, now).expect("acquired");
+        publish(&mut s, 1..=2, now);
+        assert_eq!(received(&mut out), vec![1, 2], "written");
+        publish(&mut s, 3..=4, now);
+        // 3 and 4 were queued but the connection died before writing them.
+        finish(&conn, out, &mut s, now);
+        publish(&mut s, 5..=5, now);
+        let (again, mut out) = connection(2);
+        s.acquire(&token, &again, now + SECOND).expect("resumed");
+        assert_eq!(received(&mut out), vec![3, 4, 5], "nothing lost, nothing twice");
+    }
+
+    #[test]
+    fn a_resume_waits_for_the_previous_writer() {
+        let now = Instant::now();
+        let mut s = subscriptions(limits());
+        let token = all(&mut s, now);
+        let (conn, out) = connection(1);
+        s.acquire(&token, &conn, now).expect("acquired");
+        conn.close(codes::NORMAL);
+        s.disconnected(&conn, now);
+        let (again, _out2) = connection(2);
+        let err = s.acquire(&token, &again, now).expect_err("the old writer is still running");
+        assert!(matches!(err, SubscriptionError::PreviousHolderClosing(ref c) if c.id() == 1));
+        drop(out);
+        assert!(s.acquire(&token, &again, now).is_ok());
+    }
+
+    #[test]
+    fn a_full_queue_makes_the_subscription_catch_up_instead_of_closing() {
+        let now = Instant::now();
+        let mut s = subscriptions(limits());
+        let token = all(&mut s, now);
+        // Room for about three frames.
+        let (conn, mut out) = connection_with(1, None, 250);
+        s.acquire(&token, &conn, now).expect("acquired");
+        let lagging = publish(&mut s, 1..=20, now);
+        assert_eq!(lagging.len(), 1, "it fell behind");
+        assert!(!conn.is_closing(), "and stays connected");
+        let mut got = received(&mut out);
+        while s.catch_up(lagging[0].0, &conn) == CatchUp::More {
+            got.extend(received(&mut out));
+        }
+        got.extend(received(&mut out));
+        publish(&mut s, 21..=21, now);
+        got.extend(received(&mut out));
+        assert_eq!(got, (1..=21).collect::<Vec<_>>(), "everything, in order, live again at the end");
+    }
+
+    #[test]
+    fn falling_out_of_the_stream_is_reported() {
+        let now = Instant::now();
+        let small = Limits { retention: Retention { deltas: 5, ..Retention::default() }, ..limits() };
+        let mut s = subscriptions(small);
+        let token = all(&mut s, now);
+        publish(&mut s, 1..=6, now);
+        let (conn, _out) = connection(1);
+        assert_eq!(s.acquire(&token, &conn, now).err(), Some(SubscriptionError::NoSuchSubscription));
+        assert!(s.is_empty(), "dropped: the client must fetch its data again");
+
+        // A subscription catching up meets the gap: its connection is closed with 1008.
+        let token = all(&mut s, now);
+        let (conn, _out) = connection_with(2, None, 120);
+        s.acquire(&token, &conn, now).expect("acquired");
+        let lagging = publish(&mut s, 7..=20, now);
+        assert_eq!(s.catch_up(lagging[0].0, &conn), CatchUp::Done);
+        assert_eq!(conn.close_code(), codes::POLICY_VIOLATION);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn identity_bound_tokens_are_acquired_only_by_that_identity() {
+        let now = Instant::now();
+        let mut s = subscriptions(limits());
+        let token = authorize(&mut s, &json!([{"dealer": "all", "query": null}]), Some("alice"), now);
+        for (id, who) in [(1, None), (2, Some("mallory"))] {
+            let (conn, _out) = connection_with(id, who, 1 << 20);
+            assert_eq!(s.acquire(&token, &conn, now).err(), Some(SubscriptionError::NoSuchSubscription));
+        }
+        let (alice, _out) = connection_with(3, Some("alice"), 1 << 20);
+        assert!(s.acquire(&token, &alice, now).is_ok());
+    }
+
+    #[test]
+    fn waiting_subscriptions_are_capped_oldest_first() {
+        let now = Instant::now();
+        let mut s = subscriptions(Limits { max_waiting: 3, ..limits() });
+        let tokens: Vec<String> = (0..5).map(|_| all(&mut s, now)).collect();
+        assert_eq!(s.waiting(), 3);
+        let (conn, _out) = connection(1);
+        for token in &tokens[..2] {
+            assert_eq!(s.acquire(token, &conn, now).err(), Some(SubscriptionError::NoSuchSubscription));
+        }
+        assert!(s.acquire(&tokens[2], &conn, now).is_ok());
+    }
+
+    #[test]
+    fn a_connection_holds_a_bounded_number_of_subscriptions() {
+        let now = Instant::now();
+        let mut s = subscriptions(Limits { max_per_connection: 2, ..limits() });
+        let (conn, _out) = connection(1);
+        for _ in 0..2 {
+            let token = all(&mut s, now);
+            s.acquire(&token, &conn, now).expect("within the bound");
+        }
+        let token = all(&mut s, now);
+        assert_eq!(s.acquire(&token, &conn, now).err(), Some(SubscriptionError::TooMany));
+        let (other, _out) = connection(2);
+        assert!(s.acquire(&token, &other, now).is_ok(), "the token is still good for another connection");
+    }
+
+    #[test]
+    fn timeouts_are_exact_and_sweeps_reclaim() {
+        let now = Instant::now();
+        let mut s = subscriptions(limits());
+        let token = all(&mut s, now);
+        let (conn, _out) = connection(1);
+        assert_eq!(
+            s.acquire(&token, &conn, now + 10 * SECOND).err(),
+            Some(SubscriptionError::NoSuchSubscription),
+            "at the deadline"
+        );
+        all(&mut s, now);
+        assert_eq!(s.sweep(now + 9 * SECOND), 0);
+        assert_eq!(s.sweep(now + 10 * SECOND), 1);
+        assert!(s.is_empty());
     }
 
     #[test]
     fn a_token_is_held_by_one_connection() {
-        let t0 = Instant::now();
-        let mut s = subscriptions(100);
-        let token = s.authorize(&all(), t0).expect("valid");
-        let (a, mut out_a) = connection(1);
-        let (b, mut out_b) = connection(2);
-        assert_eq!(s.acquire(&token, &a, t0), Ok(()));
-        let refused = Err(SubscriptionError::NoSuchSubscription);
-        assert_eq!(s.acquire(&token, &a, t0), refused, "the same connection again");
-        assert_eq!(s.acquire(&token, &b, t0), refused, "another connection");
-        assert_eq!(s.cancel(&token, &b), refused, "someone else's subscription");
-        assert_eq!(s.acquire("nope", &b, t0), refused);
-        assert_eq!(s.cancel("nope", &a), refused);
-        publish(&mut s, 0..1, t0);
-        assert_eq!(received(&mut out_a), vec![0], "nothing changed for the holder");
-        assert!(received(&mut out_b).is_empty());
+        let now = Instant::now();
+        let mut s = subscriptions(limits());
+        let token = all(&mut s, now);
+        let (a, _oa) = connection(1);
+        let (b, _ob) = connection(2);
+        s.acquire(&token, &a, now).expect("acquired");
+        assert_eq!(s.acquire(&token, &a, now).err(), Some(SubscriptionError::NoSuchSubscription));
+        assert_eq!(s.acquire(&token, &b, now).err(), Some(SubscriptionError::NoSuchSubscription));
+        assert_eq!(s.cancel(&token, &b), Err(SubscriptionError::NoSuchSubscription));
         assert_eq!(s.cancel(&token, &a), Ok(()));
-        assert!(s.is_empty() && s.router().subscription_count() == 0);
-        assert_eq!(s.acquire(&token, &a, t0), refused, "cancelled");
-        assert_eq!(s.cancel(&token, &a), refused);
-    }
-
-    #[test]
-    fn a_waiting_subscription_cannot_be_cancelled() {
-        let t0 = Instant::now();
-        let mut s = subscriptions(100);
-        let token = s.authorize(&all(), t0).expect("valid");
-        let (a, _out) = connection(1);
-        assert_eq!(s.cancel(&token, &a), Err(SubscriptionError::NoSuchSubscription));
-        assert_eq!(s.acquire(&token, &a, t0), Ok(()));
-    }
-
-    #[test]
-    fn resume_after_disconnect_gets_what_was_missed_once() {
-        let t0 = Instant::now();
-        let mut s = subscriptions(100);
-        let token = s.authorize(&all(), t0).expect("valid");
-        let (a, mut out_a) = connection(1);
-        s.acquire(&token, &a, t0).expect("acquired");
-        publish(&mut s, 0..2, t0);
-        a.close(codes::NORMAL);
-        s.disconnected(&a, t0);
-        assert_eq!(s.waiting(), 1);
-        publish(&mut s, 2..5, t0 + SECOND);
-        let (b, mut out_b) = connection(2);
-        s.acquire(&token, &b, t0 + 4 * SECOND).expect("resumed");
-        assert_eq!(received(&mut out_a), vec![0, 1]);
-        assert_eq!(received(&mut out_b), vec![2, 3, 4]);
-        publish(&mut s, 5..6, t0 + 4 * SECOND);
-        assert_eq!(received(&mut out_b), vec![5]);
-    }
-
-    #[test]
-    fn a_closing_holder_buffers_and_lets_go() {
-        let t0 = Instant::now();
-        let mut s = subscriptions(100);
-        let token = s.authorize(&all(), t0).expect("valid");
-        let (a, _out_a) = connection(1);
-        s.acquire(&token, &a, t0).expect("acquired");
-        // The connection closed but its disconnect has not run yet.
-        a.close(codes::NORMAL);
-        publish(&mut s, 0..2, t0);
-        assert_eq!(s.waiting(), 1, "the refused delivery put it back to waiting");
-        let (b, mut out_b) = connection(2);
-        s.acquire(&token, &b, t0).expect("taken over");
-        assert_eq!(received(&mut out_b), vec![0, 1]);
-        s.disconnected(&a, t0);
-        publish(&mut s, 2..3, t0);
-        assert_eq!(received(&mut out_b), vec![2], "the late disconnect did not touch it");
-        // A closing holder whose deliveries all succeeded is released on acquire too.
-        let (c, _out_c) = connection(3);
-        b.close(codes::NORMAL);
-        s.acquire(&token, &c, t0).expect("taken over from a closing holder");
-        // A closing connection cannot acquire.
-        let other = s.authorize(&all(), t0).expect("valid");
-        assert_eq!(s.acquire(&other, &b, t0), Err(SubscriptionError::NoSuchSubscription));
-        assert_eq!(s.waiting(), 1);
-    }
-
-    #[test]
-    fn a_connection_that_stopped_reading_loses_its_subscriptions() {
-        let t0 = Instant::now();
-        let mut s = subscriptions(100);
-        let token = s.authorize(&all(), t0).expect("valid");
-        let (a, _out) = connection(1);
-        s.acquire(&token, &a, t0).expect("acquired");
-        a.close(codes::POLICY_VIOLATION);
-        s.disconnected(&a, t0);
-        assert!(s.is_empty());
-        let (b, _out_b) = connection(2);
-        assert_eq!(s.acquire(&token, &b, t0), Err(SubscriptionError::NoSuchSubscription));
-    }
-
-    #[test]
-    fn the_buffer_bound_drops_the_subscription() {
-        let t0 = Instant::now();
-        let mut s = subscriptions(3);
-        let token = s.authorize(&all(), t0).expect("valid");
-        let kept = s.authorize(&all(), t0).expect("valid");
-        publish(&mut s, 0..3, t0);
-        let (a, mut out) = connection(1);
-        s.acquire(&kept, &a, t0).expect("exactly at the bound");
-        assert_eq!(received(&mut out), vec![0, 1, 2]);
-        publish(&mut s, 3..4, t0);
-        assert_eq!(received(&mut out), vec![3]);
-        assert_eq!(s.len(), 1, "the fourth buffered delta dropped the other");
-        let (b, _out) = connection(2);
-        assert_eq!(s.acquire(&token, &b, t0), Err(SubscriptionError::NoSuchSubscription));
-        // The bound applies again after a disconnect.
-        a.close(codes::NORMAL);
-        s.disconnected(&a, t0);
-        publish(&mut s, 4..8, t0);
-        assert!(s.is_empty());
-        assert_eq!(s.acquire(&kept, &b, t0), Err(SubscriptionError::NoSuchSubscription));
-    }
-
-    #[test]
-    fn timeouts_take_effect_at_their_nominal_time() {
-        let t0 = Instant::now();
-        let mut s = subscriptions(100);
-        let late = s.authorize(&all(), t0).expect("valid");
-        let early = s.authorize(&all(), t0).expect("valid");
-        let (a, _out) = connection(1);
-        assert_eq!(s.acquire(&early, &a, t0 + 10 * SECOND - Duration::from_millis(1)), Ok(()));
-        assert_eq!(
-            s.acquire(&late, &a, t0 + 10 * SECOND),
-            Err(SubscriptionError::NoSuchSubscription),
-            "the authorization timeout"
-        );
-        a.close(codes::NORMAL);
-        let t1 = t0 + 20 * SECOND;
-        s.disconnected(&a, t1);
-        let (b, _out_b) = connection(2);
-        assert_eq!(
-            s.acquire(&early, &b, t1 + 5 * SECOND),
-            Err(SubscriptionError::NoSuchSubscription),
-            "the resume timeout"
-        );
         assert!(s.is_empty());
     }
 
     #[test]
-    fn routing_to_an_expired_subscription_drops_it() {
-        let t0 = Instant::now();
-        let mut s = subscriptions(100);
-        s.authorize(&all(), t0).expect("valid");
-        publish(&mut s, 0..1, t0 + 10 * SECOND);
-        assert!(s.is_empty());
-    }
-
-    #[test]
-    fn sweep_drops_only_what_expired() {
-        let t0 = Instant::now();
-        let mut s = subscriptions(100);
-        for i in 0..5 {
-            s.authorize(&all(), t0 + i * SECOND).expect("valid");
-        }
-        let held = s.authorize(&all(), t0).expect("valid");
-        let (a, _out) = connection(1);
-        s.acquire(&held, &a, t0).expect("acquired");
-        assert_eq!(s.sweep(t0 + 9 * SECOND), 0);
-        assert_eq!(s.sweep(t0 + 11 * SECOND), 2);
-        assert_eq!((s.len(), s.waiting()), (4, 3));
-        assert_eq!(s.sweep(t0 + 60 * SECOND), 3);
-        assert_eq!((s.len(), s.router().subscription_count()), (1, 1));
-    }
-
-    #[test]
-    fn one_frame_per_shape_shared_and_at_most_once() {
-        let t0 = Instant::now();
-        let mut subs = subscriptions(100);
-        let (a, mut out_a) = connection(1);
-        let (b, mut out_b) = connection(2);
-        let (c, mut out_c) = connection(3);
-        // a sees old and new (update), b only the new (insert), c only the old (delete);
-        // a's items overlap, and it still gets one delivery.
-        let items = [
-            json!([
-                {"dealer": "all", "query": null},
+    fn each_subscription_gets_its_own_translation_once() {
+        let now = Instant::now();
+        let mut s = subscriptions(limits());
+        let token = authorize(
+            &mut s,
+            &json!([
+                {"dealer": "filtered", "query": ["==", "status", "open"]},
                 {"dealer": "by_owner", "query": 1},
-                {"dealer": "filtered", "query": [">=", "n", 0]},
             ]),
-            json!([{"dealer": "filtered", "query": ["==", "n", 2]}]),
-            json!([{"dealer": "by_owner", "query": 1}]),
-        ];
-        for (items, connection) in items.iter().zip([&a, &b, &c]) {
-            let token = subs.authorize(items, t0).expect("valid");
-            subs.acquire(&token, connection, t0).expect("acquired");
-        }
+            None,
+            now,
+        );
         let update = Delta::Update {
             model: "Task".into(),
-            old_data: json!({"n": 1, "owner": 1}),
-            new_data: json!({"n": 2, "owner": 2}),
+            old_data: json!({"status": "open", "owner": 2}),
+            new_data: json!({"status": "done", "owner": 2}),
         };
-        assert_eq!(subs.publish(&[update.clone(), update], &[], t0), 6);
-        let frames = |out: &mut Outbox| {
-            let mut frames = Vec::new();
-            while let Some(frame) = out.try_recv() {
-                frames.push(frame);
-            }
-            frames
-        };
-        let (fa, fb, fc) = (frames(&mut out_a), frames(&mut out_b), frames(&mut out_c));
-        assert_eq!((fa.len(), fb.len(), fc.len()), (2, 2, 2));
-        let kind = |frame: &Frame| {
-            let value: Value = serde_json::from_str(frame.as_str()).expect("JSON");
-            value["message"]["delta"]["type"].as_str().expect("type").to_owned()
-        };
-        assert_eq!((kind(&fa[0]), kind(&fb[0]), kind(&fc[0])), ("update".into(), "insert".into(), "delete".into()));
-        // Each delta's frames are fresh, and recipients of a shape share the bytes.
-        let (fourth, mut out_d) = connection(4);
-        let token = subs.authorize(&json!([{"dealer": "all", "query": 7}]), t0).expect("valid");
-        subs.acquire(&token, &fourth, t0).expect("acquired");
-        let delta = insert(9);
-        subs.publish(&[delta], &[], t0);
-        let (fa, fd) = (frames(&mut out_a), frames(&mut out_d));
-        assert_eq!(fa[0].as_str().as_ptr(), fd[0].as_str().as_ptr(), "one serialization");
-    }
-
-    #[test]
-    fn a_refused_authorization_registers_nothing() {
-        let t0 = Instant::now();
-        let mut s = subscriptions(100);
-        let bad = json!([{"dealer": "all", "query": null}, {"dealer": "filtered", "query": ["=", "n", 1]}]);
-        assert!(s.authorize(&bad, t0).is_err());
-        assert!(s.is_empty() && s.router().subscription_count() == 0);
-        assert_eq!(s.waiting(), 0);
+        s.publish([(update, FunctionKeys::default())], now);
+        let (conn, mut out) = connection(1);
+        s.acquire(&token, &conn, now).expect("acquired");
+        let frame = out.try_recv().expect("one frame");
+        let value: Value = serde_json::from_str(frame.as_str()).expect("JSON");
+        assert_eq!(value["message"]["delta"]["type"], "delete", "it left the view");
+        assert!(out.try_recv().is_none());
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::policy::describe;
 use super::ConfigurationError;
-use crate::datasync::{DataSyncBackend, DataSyncService, Dealer, KeyFunction, Limits};
+use crate::datasync::{DataSyncBackend, DataSyncService, Dealer, KeyFunction, LimitsConfig};
 use crate::service::Service;
 
 /// A Python callable `(data) -> key` computing a Simple dealer's keys.
@@ -130,20 +130,19 @@ pub struct PyDataSyncService {
 #[pymethods]
 impl PyDataSyncService {
     #[new]
-    #[pyo3(signature = (name, dealers, subscription_timeout=120.0, resume_timeout=60.0, resume_buffer=10_000))]
+    #[pyo3(signature = (name, dealers, options=None))]
     fn py_new(
         name: String,
         dealers: Vec<Bound<'_, PyAny>>,
-        subscription_timeout: f64,
-        resume_timeout: f64,
-        resume_buffer: usize,
+        options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyDataSyncService> {
         let dealers = dealers.iter().map(dealer_from_spec).collect::<PyResult<Vec<_>>>()?;
-        let limits = Limits {
-            subscription_timeout: seconds(subscription_timeout, "subscription_timeout")?,
-            resume_timeout: seconds(resume_timeout, "resume_timeout")?,
-            resume_buffer,
+        let config: LimitsConfig = match options {
+            Some(options) => pythonize::depythonize(options)
+                .map_err(|err| ConfigurationError::new_err(format!("invalid DataSync option: {err}")))?,
+            None => LimitsConfig::default(),
         };
+        let limits = config.limits().map_err(|err| ConfigurationError::new_err(err.to_string()))?;
         let inner = DataSyncService::with_limits(name, dealers, limits)
             .map_err(|err| ConfigurationError::new_err(format!("{err}: dealer names must be unique")))?;
         Ok(PyDataSyncService { inner })

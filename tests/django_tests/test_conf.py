@@ -74,4 +74,4 @@ def test_helpers():
         not valid_backend_url("127.0.0.1:5002") and not valid_backend_url("http://:80/") and not valid_backend_url(None)
     )
     assert not valid_backend_url("http://host:notaport/backend")
-    assert set(DEFAULTS) >= {"API_KEY", "TOKEN_SECRET", "ALLOWED_ORIGINS", "DELIVERY", "RESUME_BUFFER"}
+    assert set(DEFAULTS) >= {"API_KEY", "TOKEN_SECRET", "ALLOWED_ORIGINS", "DELIVERY", "DATASYNC_OPTIONS"}

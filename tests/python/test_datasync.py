@@ -268,7 +268,7 @@ def test_reconnect_and_resume_delivers_what_was_missed_once_in_order(ds):
 
 
 def test_buffer_overflow_while_disconnected():
-    with datasync_server(resume_buffer=2) as ds:
+    with datasync_server(retention=2) as ds:
         token = ds.authorize({"dealer": "AllTasks", "query": None})
         client = ds.client()
         acquire(client, token)

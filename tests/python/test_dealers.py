@@ -94,7 +94,7 @@ def test_service_configuration_errors():
         DataSyncService("datasync", [AllTasks], subscription_timeout=-1)
     with pytest.raises(ConfigurationError, match="resume_timeout"):
         DataSyncService("datasync", [AllTasks], resume_timeout=float("nan"))
-    service = DataSyncService("datasync", [AllTasks, TasksByOwner()], subscription_timeout=0.5, resume_buffer=3)
+    service = DataSyncService("datasync", [AllTasks, TasksByOwner()], subscription_timeout=0.5, retention=3)
     assert [dealer.name for dealer in service.dealers] == ["AllTasks", "TasksByOwner"]
     assert repr(service) == "DataSyncService('datasync', ['AllTasks', 'TasksByOwner'])"
 

@@ -131,7 +131,7 @@ def build_services() -> tuple[list[Any], list[Any]]:
     pubsub = GuardedPubSub("pubsub")
     datasync = DataSyncService("datasync", [AllTasks, TasksByOwner, FilteredTasks])
     # A tiny resume buffer: a client away for more than 2 deltas must resync.
-    small = DataSyncService("datasync_small", [AllTasks], resume_buffer=2)
+    small = DataSyncService("datasync_small", [AllTasks], retention=2)
     frontend: list[Any] = [
         pubsub,
         Calculator("calc"),

@@ -1,0 +1,228 @@
+//! The delta stream of a DataSync service: every published delta, numbered, kept for a while.
+//!
+//! Each delta published through a service takes the next *offset* (1, 2, 3, ... for the life
+//! of the service). The stream keeps the most recent deltas within its [`Retention`] (by
+//! count, by bytes and by age; whichever is reached first trims the oldest). A subscription
+//! never buffers deltas of its own: while it waits, or while its connection's queue is full,
+//! it keeps only the offset it has reached and reads what followed from the stream when it
+//! can take it. What fell out of the stream is reported as a gap, never skipped silently.
+//!
+//! One stream serves all the models of a service, so a subscription whose items span several
+//! models has one position and receives their deltas in publish order.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::delta::Delta;
+use super::router::FunctionKeys;
+
+/// How much of the stream is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The most deltas kept.
+    pub deltas: usize,
+    /// The most bytes kept (as the deltas' JSON size, estimated).
+    pub bytes: usize,
+    /// The longest a delta is kept.
+    pub age: Duration,
+}
+
+impl Default for Retention {
+    /// 100,000 deltas, 64 MiB, 5 minutes.
+    fn default() -> Self {
+        Retention { deltas: 100_000, bytes: 64 * 1024 * 1024, age: Duration::from_secs(300) }
+    }
+}
+
+/// One delta in the stream.
+#[derive(Debug)]
+pub struct Entry {
+    /// Its position.
+    pub offset: u64,
+    /// The delta as published.
+    pub delta: Delta,
+    /// The keys its model's function-keyed dealers computed when it was published, so that
+    /// replaying it routes it exactly as it was routed live.
+    pub keys: FunctionKeys,
+    bytes: usize,
+    at: Instant,
+}
+
+/// The retained deltas of one service.
+#[derive(Debug)]
+pub struct DeltaStream {
+    retention: Retention,
+    entries: VecDeque<Entry>,
+    /// The offset the next delta takes.
+    next: u64,
+    bytes: usize,
+}
+
+/// Where a position stands in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// Every delta after it is retained (possibly none).
+    Retained,
+    /// Some deltas after it were trimmed: whoever stands there has missed them.
+    Gap,
+    /// It is beyond the newest delta (an offset this stream never gave).
+    Ahead,
+}
+
+impl DeltaStream {
+    /// An empty stream.
+    #[must_use]
+    pub fn new(retention: Retention) -> DeltaStream {
+        DeltaStream { retention, entries: VecDeque::new(), next: 1, bytes: 0 }
+    }
+
+    /// The offset of the newest delta (0 before the first).
+    #[must_use]
+    pub fn head(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// How many deltas are retained.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no delta is retained.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The estimated bytes retained.
+    #[must_use]
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Appends a delta and returns its offset, trimming what the retention no longer allows
+    /// (never the delta just appended).
+    pub fn append(&mut self, delta: Delta, keys: FunctionKeys, now: Instant) -> u64 {
+        let offset = self.next;
+        self.next += 1;
+        let bytes = delta_size(&delta);
+        self.bytes += bytes;
+        self.entries.push_back(Entry { offset, delta, keys, bytes, at: now });
+        self.trim(now);
+        offset
+    }
+
+    /// Drops the oldest deltas beyond the retention at `now`.
+    pub fn trim(&mut self, now: Instant) {
+        while self.entries.len() > 1 {
+            let Some(oldest) = self.entries.front() else { break };
+            let over = self.entries.len() > self.retention.deltas
+                || self.bytes > self.retention.bytes
+                || now.saturating_duration_since(oldest.at) > self.retention.age;
+            if !over {
+                break;
+            }
+            self.bytes -= oldest.bytes;
+            self.entries.pop_front();
+        }
+        // The newest delta goes too once it is older than the age limit.
+        if self.entries.len() == 1
+            && self.entries.front().is_some_and(|e| now.saturating_duration_since(e.at) > self.retention.age)
+        {
+            self.bytes = 0;
+            self.entries.clear();
+        }
+    }
+
+    /// Where `after` (the offset a reader has reached) stands.
+    #[must_use]
+    pub fn position(&self, after: u64) -> Position {
+        if after > self.head() {
+            return Position::Ahead;
+        }
+        let first_retained = self.entries.front().map_or(self.next, |entry| entry.offset);
+        if after + 1 >= first_retained {
+            Position::Retained
+        } else {
+            Position::Gap
+        }
+    }
+
+    /// The retained deltas after offset `after`, oldest first. Check [`position`](Self::position)
+    /// first: after a gap this starts at the oldest retained delta.
+    pub fn after(&self, after: u64) -> impl Iterator<Item = &Entry> {
+        let first = self.entries.front().map_or(self.next, |entry| entry.offset);
+        let skip = usize::try_from(after.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
+        self.entries.iter().skip(skip)
+    }
+}
+
+/// A cheap estimate of a delta's JSON size: the bytes its strings and numbers take, plus a
+/// few for punctuation. Exact sizes would cost a serialization per delta.
+fn delta_size(delta: &Delta) -> usize {
+    let objects = [delta.old_object(), delta.new_object()];
+    64 + delta.model().len() + objects.iter().flatten().map(|value| crate::value::json_size(value)).sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn insert(n: i64) -> Delta {
+        Delta::Insert { model: "Task".into(), data: json!({"n": n}) }
+    }
+
+    fn offsets(stream: &DeltaStream, after: u64) -> Vec<u64> {
+        stream.after(after).map(|entry| entry.offset).collect()
+    }
+
+    #[test]
+    fn offsets_count_from_one_and_readers_get_what_followed() {
+        let now = Instant::now();
+        let mut stream = DeltaStream::new(Retention::default());
+        assert_eq!(stream.head(), 0);
+        assert_eq!(stream.position(0), Position::Retained);
+        assert_eq!(stream.append(insert(1), FunctionKeys::default(), now), 1);
+        assert_eq!(stream.append(insert(2), FunctionKeys::default(), now), 2);
+        assert_eq!(offsets(&stream, 0), vec![1, 2]);
+        assert_eq!(offsets(&stream, 1), vec![2]);
+        assert_eq!(offsets(&stream, 2), Vec::<u64>::new());
+        assert_eq!(stream.position(3), Position::Ahead);
+    }
+
+    #[test]
+    fn retention_by_count_leaves_a_gap_behind() {
+        let now = Instant::now();
+        let mut stream = DeltaStream::new(Retention { deltas: 3, ..Retention::default() });
+        for n in 1..=5 {
+            stream.append(insert(n), FunctionKeys::default(), now);
+        }
+        assert_eq!(stream.len(), 3);
+        assert_eq!(offsets(&stream, 2), vec![3, 4, 5]);
+        assert_eq!(stream.position(2), Position::Retained, "nothing after 2 was trimmed");
+        assert_eq!(stream.position(1), Position::Gap, "delta 2 was trimmed");
+    }
+
+    #[test]
+    fn retention_by_bytes_and_age() {
+        let now = Instant::now();
+        let mut stream = DeltaStream::new(Retention { bytes: 300, ..Retention::default() });
+        for n in 1..=10 {
+            stream.append(insert(n), FunctionKeys::default(), now);
+        }
+        assert!(stream.bytes() <= 300 && !stream.is_empty(), "{} bytes", stream.bytes());
+        let mut stream = DeltaStream::new(Retention { age: Duration::from_secs(10), ..Retention::default() });
+        stream.append(insert(1), FunctionKeys::default(), now);
+        stream.append(insert(2), FunctionKeys::default(), now + Duration::from_secs(6));
+        stream.trim(now + Duration::from_secs(11));
+        assert_eq!(offsets(&stream, 0), vec![2]);
+        stream.trim(now + Duration::from_secs(17));
+        assert!(stream.is_empty());
+        assert_eq!(stream.position(2), Position::Retained, "a reader at the head missed nothing");
+        assert_eq!(stream.position(1), Position::Gap);
+        assert_eq!(stream.append(insert(3), FunctionKeys::default(), now), 3, "offsets continue");
+    }
+}
