@@ -13,6 +13,9 @@
 //! - [`value`]: JSON value semantics shared by channels, keys and filters.
 //! - [`backend_client`]: the fast HTTP client the web application uses.
 
+// No unsafe code in the core (the workspace lint only denies it, for the benchmark's sake).
+#![forbid(unsafe_code)]
+
 pub mod backend_client;
 pub mod connection;
 pub mod datasync;
