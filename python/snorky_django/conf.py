@@ -67,7 +67,7 @@ DEFAULTS: dict[str, Any] = {
     # "direct": publish deltas on commit (an unreachable server is logged and counted).
     # "outbox": write them to the outbox table in the transaction; `manage.py snorky` relays them.
     "DELIVERY": "direct",
-    # DataSync bounds (PROTOCOL.md): seconds an authorized subscription waits to be acquired,
+    # DataSync bounds (docs/protocol.md): seconds an authorized subscription waits to be acquired,
     # seconds a disconnected one waits to be resumed, deltas buffered meanwhile.
     "SUBSCRIPTION_TIMEOUT": 120.0,
     "RESUME_TIMEOUT": 60.0,

@@ -258,7 +258,7 @@ impl DataSyncService {
     }
 
     /// As [`new`](Self::new), with the limits in one value ([`Limits::default`] for
-    /// PROTOCOL's defaults).
+    /// docs/protocol.md's defaults).
     ///
     /// # Errors
     ///

@@ -55,7 +55,7 @@ pub struct Limits {
 }
 
 impl Default for Limits {
-    /// PROTOCOL's defaults: 120 s, 60 s, 10,000 deltas.
+    /// docs/protocol.md's defaults: 120 s, 60 s, 10,000 deltas.
     fn default() -> Self {
         Limits {
             subscription_timeout: Duration::from_secs(120),
@@ -65,7 +65,7 @@ impl Default for Limits {
     }
 }
 
-/// Why a frontend command on a token fails. The text is PROTOCOL's reply text: the client
+/// Why a frontend command on a token fails. The text is docs/protocol.md's reply text: the client
 /// cannot tell (and need not know) whether the token is unknown, expired, dropped, or held
 /// by another connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
