@@ -30,7 +30,8 @@ use snorky::tokens;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -411,6 +412,11 @@ impl Replay {
     fn outgoing(&self, step: &Value) -> Result<Message, String> {
         if let Some(binary) = step.get("binary").and_then(Value::as_str) {
             return Ok(Message::binary(STANDARD.decode(binary).map_err(|err| err.to_string())?));
+        }
+        if let Some(bytes) = step.get("text_bytes").and_then(Value::as_str) {
+            // A text frame built by hand: tungstenite's text messages must be valid UTF-8.
+            let payload = STANDARD.decode(bytes).map_err(|err| err.to_string())?;
+            return Ok(Message::Frame(Frame::message(payload, OpCode::Data(Data::Text), true)));
         }
         let mut text = match (step.get("frame"), step.get("text").and_then(Value::as_str)) {
             (Some(frame), _) => resolve(frame, &self.captures)?.to_string(),

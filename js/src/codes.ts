@@ -2,7 +2,7 @@
  * WebSocket close codes the client acts on, and error codes it reports.
  *
  * The server sends only standard codes (`src/protocol/codes.rs`: 1000, 1001,
- * 1008, 1009). `tests/fixtures/protocol/close-codes.json` is the one table
+ * 1007, 1008, 1009). `tests/fixtures/protocol/close-codes.json` is the one table
  * both sides are tested against (`test/unit/transcripts.test.ts` checks this
  * file's behaviour against it), and docs/protocol.md ("Connection health and
  * close codes") explains it. What a close code means for the client:
