@@ -130,7 +130,9 @@ def test_services_are_loaded_from_a_module_path():
         client = WsClient(f"ws://127.0.0.1:{front}/ws")
         assert client.call("echo", "echo", value=[1, "a"])["data"] == [1, "a"]
         assert client.call("pubsub", "subscribe", channel="c")["type"] == "response"
-        assert SnorkyBackend(f"http://127.0.0.1:{back}/backend", "cli-test-key-0123456789").call("stats", "ping") == "pong"
+        assert (
+            SnorkyBackend(f"http://127.0.0.1:{back}/backend", "cli-test-key-0123456789").call("stats", "ping") == "pong"
+        )
         client.close()
     finally:
         process.send_signal(signal.SIGTERM)
