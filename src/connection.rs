@@ -36,8 +36,7 @@ use crate::protocol::{codes, Frame};
 /// A process-unique connection number; never reused while the process lives.
 pub type ConnectionId = u64;
 
-/// Who a connection is, as proven by its connection token (see the protocol document,
-/// "Identity").
+/// Who a connection is, as proven by its connection token (docs/protocol.md "Identity").
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Identity {
     /// The token's `sub`; `None` for anonymous connections.

@@ -12,6 +12,15 @@
 //! - [`metrics`]: the Prometheus counters and gauges a server keeps, which services update.
 //! - [`value`]: JSON value semantics shared by channels, keys and filters.
 //! - [`backend_client`]: the fast HTTP client the web application uses.
+//! - [`error`]: the crate's [`Error`] (configuration, binding, I/O).
+//! - [`sync`]: locking the std `Mutex`es that guard service state, recovering from poisoning.
+//! - `python` (behind the `python` feature): the pyo3 bindings, the extension module
+//!   `snorky._core`; the only module that uses pyo3.
+//!
+//! The wire protocol these modules implement is described in `docs/protocol.md`.
+
+// No unsafe code in the core (the workspace lint only denies it, for the benchmark's sake).
+#![forbid(unsafe_code)]
 
 pub mod backend_client;
 pub mod connection;

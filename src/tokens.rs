@@ -1,4 +1,4 @@
-//! Connection tokens (PROTOCOL.md "Identity"): the JWT a browser passes as `/ws?token=...` to
+//! Connection tokens (docs/protocol.md "Identity"): the JWT a browser passes as `/ws?token=...` to
 //! prove who it is, and the function the web application (through `snorky.connection_token`)
 //! uses to issue one.
 //!

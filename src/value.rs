@@ -1,6 +1,6 @@
 //! JSON value semantics shared by filters, Simple dealer keys and hash indexes.
 //!
-//! PROTOCOL ("Precise rules", `DataSync`) fixes how values compare: numbers by numeric
+//! docs/protocol.md ("Precise rules", `DataSync`) fixes how values compare: numbers by numeric
 //! value (`1` equals `1.0`), every other type strictly (`"1"` is not `1`, `true` is not
 //! `1`), arrays and objects structurally (objects ignoring key order), strings ordered by
 //! Unicode code point, and any other ordering pair (a number against a string included)
@@ -16,7 +16,7 @@ use serde_json::{Number, Value};
 ///
 /// Each `.`-separated segment is an object key, so a key containing a dot cannot be
 /// addressed. Returns `None` ("missing field") when a key is absent or when the path goes
-/// through anything that is not an object: arrays are not indexed, because PROTOCOL says
+/// through anything that is not an object: arrays are not indexed, because docs/protocol.md says
 /// a path through a non-object is a missing field.
 #[must_use]
 pub fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
@@ -36,7 +36,7 @@ pub fn json_size(value: &Value) -> usize {
     }
 }
 
-/// Whether two values are equal under PROTOCOL's rules.
+/// Whether two values are equal under docs/protocol.md's rules.
 ///
 /// Numbers compare by numeric value, exactly (no rounding through `f64`: `2^53 + 1` is not
 /// `2^53`); everything else is type-strict; arrays compare element by element; objects
@@ -59,7 +59,7 @@ pub fn values_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// Orders two values, or returns `None` when PROTOCOL says they are not comparable.
+/// Orders two values, or returns `None` when docs/protocol.md says they are not comparable.
 ///
 /// Two numbers order numerically (exactly, as in [`values_equal`]); two strings order by
 /// Unicode code point (Rust's byte order on UTF-8 is code-point order). Every other pair —

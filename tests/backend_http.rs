@@ -1,4 +1,4 @@
-//! `POST /backend`, `/health` and `/metrics` (PROTOCOL.md "Transports" and "Precise rules" →
+//! `POST /backend`, `/health` and `/metrics` (docs/protocol.md "Transports" and "Precise rules" →
 //! "Backend HTTP").
 
 mod common;

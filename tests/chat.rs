@@ -1,4 +1,4 @@
-//! Chat over the wire (PROTOCOL.md "Chat" and the Chat lines of "Precise rules").
+//! Chat over the wire (docs/protocol.md "Chat" and the Chat lines of "Precise rules").
 
 mod collab;
 mod common;

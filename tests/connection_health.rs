@@ -1,4 +1,4 @@
-//! Connection health under abuse (PROTOCOL.md "Connection health"): clients that stop reading,
+//! Connection health under abuse (docs/protocol.md "Connection health"): clients that stop reading,
 //! clients that vanish without a close frame, clients that never answer pings.
 
 mod common;
@@ -39,7 +39,7 @@ async fn a_client_that_never_answers_pings_is_dropped_and_one_that_answers_stays
     let pings = frames.iter().filter(|frame| frame.opcode == 9).count();
     assert!(pings >= 2, "the server pinged the silent client: {frames:?}");
     assert!(lasted >= Duration::from_millis(400), "not dropped before two pings went unanswered ({lasted:?})");
-    // (read_until_end returned: the server ended the connection. PROTOCOL.md names no code for
+    // (read_until_end returned: the server ended the connection. docs/protocol.md names no code for
     // this case, so whichever close frame came first is not checked.)
     assert!(frames.iter().all(|frame| frame.opcode != 1), "only control frames: {frames:?}");
     // The answering client was pinged too, survived, and still works.

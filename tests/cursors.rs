@@ -1,4 +1,4 @@
-//! Cursors over the wire (PROTOCOL.md "Cursors" and the Cursors lines of "Precise rules").
+//! Cursors over the wire (docs/protocol.md "Cursors" and the Cursors lines of "Precise rules").
 
 mod collab;
 mod common;

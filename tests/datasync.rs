@@ -1,4 +1,4 @@
-//! DataSync over the wire (PROTOCOL.md "DataSync" and the DataSync lines of "Precise rules"):
+//! DataSync over the wire (docs/protocol.md "DataSync" and the DataSync lines of "Precise rules"):
 //! a real server, browsers over WebSocket, the web application over `POST /backend`.
 //!
 //! Timeouts are exercised with short real durations rather than a paused clock: the server
@@ -32,7 +32,7 @@ impl KeyFunction for TeamSlug {
     }
 }
 
-/// The dealers of issue 3's example, plus one for another model.
+/// The dealers of the README's DataSync example, plus one for another model.
 fn dealers() -> Vec<Dealer> {
     vec![
         Dealer::broadcast("AllTasks", "Task"),
@@ -298,7 +298,7 @@ async fn deliveries_have_exactly_the_protocol_fields() {
     let mut client = ds.connect().await;
     acquire(&mut client, &token).await;
     // Extra keys of a published delta are not forwarded; 0.1's update spelling is accepted
-    // and delivered as PROTOCOL's.
+    // and delivered as docs/protocol.md's.
     ds.publish(json!([
         {"type": "insert", "model": "Task", "data": {"id": 1}, "extra": true},
         {"type": "update", "model": "Task", "new_data": {"id": 2}, "old_data": {"id": 1}},

@@ -1,4 +1,4 @@
-//! Connection identity over the wire (PROTOCOL.md "Identity"): tokens checked at the WebSocket
+//! Connection identity over the wire (docs/protocol.md "Identity"): tokens checked at the WebSocket
 //! handshake, anonymous connections without one, and the identity services see.
 
 mod collab;

@@ -1,4 +1,5 @@
-//! Messaging over the wire (PROTOCOL.md "Messaging" and the Messaging lines of "Precise rules").
+//! Messaging over the wire (docs/protocol.md "Messaging" and the Messaging lines of "Precise
+//! rules").
 
 mod collab;
 mod common;

@@ -1,4 +1,4 @@
-//! PubSub over the wire (PROTOCOL.md "PubSub" and the PubSub lines of "Precise rules").
+//! PubSub over the wire (docs/protocol.md "PubSub" and the PubSub lines of "Precise rules").
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! The envelope and RPC rules over WebSocket (PROTOCOL.md "Envelope", "RPC", and "Precise
+//! The envelope and RPC rules over WebSocket (docs/protocol.md "Envelope", "RPC", and "Precise
 //! rules" → "Envelope and RPC").
 
 mod common;

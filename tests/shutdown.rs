@@ -1,4 +1,4 @@
-//! Graceful shutdown (PROTOCOL.md "Connection health": "On shutdown the server closes every
+//! Graceful shutdown (docs/protocol.md "Connection health": "On shutdown the server closes every
 //! connection with 1001").
 
 mod common;

@@ -1,4 +1,4 @@
-//! The WebSocket endpoint: origin check, frame size limit, pings (PROTOCOL.md "Transports",
+//! The WebSocket endpoint: origin check, frame size limit, pings (docs/protocol.md "Transports",
 //! "Envelope", "Connection health" and "Precise rules" → "WebSocket").
 
 mod common;

@@ -7,6 +7,7 @@
 //! server prints a snapshot line (`ALLOC ...`) on SIGUSR1.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// Sizes up to this are counted exactly (to 16 bytes); larger ones by power of two.
@@ -33,7 +34,8 @@ fn bucket(size: usize) -> usize {
 fn record(size: usize, sign: i64) {
     let b = bucket(size);
     COUNTS[b].fetch_add(sign, Ordering::Relaxed);
-    BYTES[b].fetch_add(sign * size as i64, Ordering::Relaxed);
+    // An allocation is at most `isize::MAX` bytes, so the conversion cannot fail.
+    BYTES[b].fetch_add(sign * i64::try_from(size).unwrap_or(i64::MAX), Ordering::Relaxed);
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments unchanged; counting
@@ -97,7 +99,7 @@ pub fn snapshot() -> Vec<Bucket> {
 pub fn line(tasks: usize) -> String {
     let mut out = format!("ALLOC tasks={tasks}");
     for (size, count, bytes) in snapshot() {
-        out.push_str(&format!(" {size}:{count}:{bytes}"));
+        let _ = write!(out, " {size}:{count}:{bytes}");
     }
     out
 }

@@ -414,7 +414,7 @@ impl Subscribers {
             match tokio::time::timeout(Duration::from_secs(30), task).await {
                 Ok(Ok(result)) => results.push(result),
                 Ok(Err(err)) => {
-                    results.push(SubResult { closed: Some(format!("task failed: {err}")), ..SubResult::default() })
+                    results.push(SubResult { closed: Some(format!("task failed: {err}")), ..SubResult::default() });
                 }
                 Err(_) => results.push(SubResult { closed: Some("did not stop".into()), ..SubResult::default() }),
             }

@@ -9,12 +9,18 @@
 //! - `snorky-bench run`: the load generator. It starts each server kind as a child process
 //!   (the Django Channels reference is `daphne` from `bench/.venv-channels`), runs every
 //!   scenario against each of them, prints the table and optionally writes `RESULTS.md`.
-//!   The scenarios of issues 3 and 6 (`services.rs`) run against Snorky only: DataSync and Chat
-//!   through `serve-snorky --mode ...`, the Python service through the project's venv Python.
+//!   The scenarios of Snorky's own services (routing, DataSync, Chat, Python) run against
+//!   Snorky only: DataSync and Chat through `serve-snorky --mode ...`, the Python service
+//!   through the project's venv Python. `scenarios/` holds the driver, one module per scenario
+//!   and the target judgment.
 //! - `snorky-bench routing`: the DataSync router micro-benchmark (no sockets, `routing.rs`).
 //!
 //! Server processes print one line `READY ws=<url> backend=<url>` on stdout once listening and
 //! exit when their stdin closes or on SIGTERM/SIGINT, so they never outlive the load generator.
+
+// Counts, sizes and durations become `f64` for rates, ratios and percentiles everywhere in the
+// benchmark; they stay far below 2^52, where the conversion is exact.
+#![allow(clippy::cast_precision_loss)]
 
 mod alloc;
 mod ceiling;
@@ -23,7 +29,6 @@ mod procs;
 mod report;
 mod routing;
 mod scenarios;
-mod services;
 mod snorky_server;
 mod stats;
 mod sys;
@@ -53,7 +58,7 @@ enum Command {
     ServeCeiling(ServeArgs),
     /// Run the scenarios against the servers and print (and optionally write) the results.
     Run(Box<RunArgs>),
-    /// Issue 3's routing micro-benchmark: `snorky::datasync::Router` in this process, no sockets.
+    /// The DataSync routing micro-benchmark: `snorky::datasync::Router` in this process, no sockets.
     Routing(routing::RoutingArgs),
 }
 
@@ -96,7 +101,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "ceiling,snorky,channels")]
     pub servers: String,
     /// Scenarios to run, comma-separated: fanout, idle, setup, multi, latency, rpc (every
-    /// server), and routing, datasync, chat, python (Snorky only; issues 3 and 6).
+    /// server), and routing, datasync, chat, python (Snorky only).
     #[arg(long, default_value = "fanout,idle,setup,multi,latency,rpc,routing,datasync,chat,python")]
     pub scenarios: String,
     /// The Python with the built `snorky` extension, for the `python` scenario (skipped with a

@@ -265,5 +265,5 @@ fn free_port() -> Result<u16, String> {
 
 /// Resolves `path` against the current directory (for messages).
 pub fn absolute(path: &Path) -> PathBuf {
-    std::env::current_dir().map(|dir| dir.join(path)).unwrap_or_else(|_| path.to_owned())
+    std::env::current_dir().map_or_else(|_| path.to_owned(), |dir| dir.join(path))
 }

@@ -1,5 +1,5 @@
-"""The Python-service server of the benchmark (issue 6), run as `python -c <this file>` by
-`snorky-bench run --scenarios python`: Snorky's server built from Python with a trivial
+"""The Python-service server of the benchmark's `python` scenario, run as `python -c <this file>`
+by `snorky-bench run --scenarios python`: Snorky's server built from Python with a trivial
 `RPCService` (`echo`) and the built-in PubSub, on loopback ports chosen by the OS. Prints
 `READY ws=... backend=...` and serves until stdin closes (or SIGTERM)."""
 

@@ -51,7 +51,7 @@ fn merge(samples: &[Cell]) -> Option<Cell> {
     let merged = if values.len() == samples.len() {
         values.sort_by(f64::total_cmp);
         let mid = values.len() / 2;
-        let median = if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 };
+        let median = if values.len() % 2 == 1 { values[mid] } else { f64::midpoint(values[mid - 1], values[mid]) };
         Cell { value: Some(median), decimals: first.decimals, text: String::new(), notes }
     } else {
         let mut texts: Vec<String> = Vec::new();
@@ -281,6 +281,8 @@ pub fn format_number(value: f64, decimals: usize) -> String {
     if value.abs() < 100.0 && decimals > 0 {
         return format!("{value:.decimals$}");
     }
+    // `as` saturates; the figures of a report are far inside `i64`.
+    #[allow(clippy::cast_possible_truncation)]
     let rounded = value.round() as i64;
     let digits = rounded.unsigned_abs().to_string();
     let mut grouped = String::new();

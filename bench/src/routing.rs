@@ -1,4 +1,4 @@
-//! Issue 3's routing micro-benchmark: `snorky::datasync::Router` driven directly in this
+//! The DataSync routing micro-benchmark: `snorky::datasync::Router` driven directly in this
 //! process (no sockets, no server), in the build's profile (`bench/run.sh` builds release).
 //!
 //! Two routers, both on model `Task`:
@@ -117,8 +117,7 @@ fn delta(i: u64, owners: u64) -> Delta {
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    sorted[crate::stats::rank(sorted.len(), q) - 1]
 }
 
 fn run(name: &'static str, router: Router, subs: usize, count: usize) -> Result<Measured, String> {
@@ -132,10 +131,10 @@ fn run(name: &'static str, router: Router, subs: usize, count: usize) -> Result<
     let mut reached = 0usize;
     for d in &deltas {
         let start = Instant::now();
-        let routed = router.route(d);
+        let targets = router.route(d);
         times.push(start.elapsed());
-        reached += routed.len();
-        std::hint::black_box(routed);
+        reached += targets.len();
+        std::hint::black_box(targets);
     }
     times.sort_unstable();
     let start = Instant::now();

@@ -1,7 +1,7 @@
 //! The server under test: Snorky's own `Server` with `pubsub` on the frontend and
 //! `pubsub_backend` on the backend, default configuration (queue bounds, pings, metrics and all),
 //! in its own process and runtime. `--mode datasync` and `--mode chat` serve those services
-//! instead (issues 3 and 6).
+//! instead (the DataSync and Chat scenarios).
 
 use snorky::datasync::{DataSyncBackend, DataSyncService, Dealer, Limits};
 use snorky::registry::ServiceRegistry;

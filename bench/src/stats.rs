@@ -1,11 +1,22 @@
 //! Summaries of what subscribers saw.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::client::SubResult;
 
+/// The 1-based rank of the `q` quantile (0 < q ≤ 1) among `len` sorted samples (nearest rank).
+pub fn rank(len: usize, q: f64) -> usize {
+    // `as` saturates, and `q * len` is a small non-negative number here.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let rank = (q * len as f64).ceil() as usize;
+    rank.clamp(1, len)
+}
+
 /// Percentiles of a set of latencies, in milliseconds.
 #[derive(Debug, Clone, Copy, Default)]
+// The unit is part of each field's name on purpose.
+#[allow(clippy::struct_field_names)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -19,10 +30,7 @@ impl Latency {
             return None;
         }
         samples.sort_unstable();
-        let at = |q: f64| {
-            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
-            f64::from(samples[rank - 1]) / 1000.0
-        };
+        let at = |q: f64| f64::from(samples[rank(samples.len(), q) - 1]) / 1000.0;
         Some(Latency { p50_ms: at(0.50), p99_ms: at(0.99), max_ms: at(1.0) })
     }
 }
@@ -105,16 +113,16 @@ impl Deliveries {
     pub fn errors_text(&self) -> String {
         let mut text = format!("{}/{}/{}", self.missing, self.duplicated, self.reordered);
         if self.closed > 0 {
-            text.push_str(&format!(", {} closed", self.closed));
+            let _ = write!(text, ", {} closed", self.closed);
         }
         if self.setup_failures > 0 {
-            text.push_str(&format!(", {} not connected", self.setup_failures));
+            let _ = write!(text, ", {} not connected", self.setup_failures);
         }
         if self.malformed > 0 {
-            text.push_str(&format!(", {} malformed", self.malformed));
+            let _ = write!(text, ", {} malformed", self.malformed);
         }
         if self.publish_errors > 0 {
-            text.push_str(&format!(", {} publish errors", self.publish_errors));
+            let _ = write!(text, ", {} publish errors", self.publish_errors);
         }
         text
     }

@@ -9,12 +9,12 @@ pub fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     #[allow(unsafe_code)]
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) != 0 {
             return 0;
         }
         if limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) == 0 {
                 limit = raised;
             }
         }
@@ -174,7 +174,7 @@ pub fn nodelay_sockets(pid: u32, limit: usize) -> Option<(usize, usize)> {
                 }
                 let fd = libc::c_int::try_from(fd).unwrap_or(-1);
                 let mut value: libc::c_int = 0;
-                let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                let mut len = socklen_of::<libc::c_int>();
                 let listening = {
                     let mut accepting: libc::c_int = 0;
                     let mut alen = len;
@@ -188,7 +188,7 @@ pub fn nodelay_sockets(pid: u32, limit: usize) -> Option<(usize, usize)> {
                         && accepting != 0
                 };
                 let mut peer: libc::sockaddr_storage = std::mem::zeroed();
-                let mut peer_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                let mut peer_len = socklen_of::<libc::sockaddr_storage>();
                 let connected = libc::getpeername(fd, (&raw mut peer).cast(), &raw mut peer_len) == 0
                     && i32::from(peer.ss_family) == libc::AF_INET;
                 if !listening
@@ -240,4 +240,10 @@ pub fn context_switches(pid: u32) -> Option<u64> {
             .sum::<u64>();
     }
     Some(total)
+}
+
+/// The size of `T` as a socket-address length (the structs passed are a few hundred bytes).
+#[allow(clippy::cast_possible_truncation)]
+const fn socklen_of<T>() -> libc::socklen_t {
+    std::mem::size_of::<T>() as libc::socklen_t
 }

@@ -27,7 +27,7 @@ use crate::value::{lookup, ValueKey};
 /// panicking. An `Err` (a Python exception) is logged with the dealer's name and the
 /// delta reaches none of that dealer's items; other dealers are unaffected.
 pub trait KeyFunction: Send + Sync {
-    /// The key of `data`; its value is compared with items' queries by PROTOCOL's rules.
+    /// The key of `data`; its value is compared with items' queries by docs/protocol.md's rules.
     ///
     /// # Errors
     ///

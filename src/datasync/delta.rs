@@ -3,8 +3,8 @@
 //!
 //! Parsing checks fields in the order 0.1 did, so the first problem of a delta gets the
 //! same error text: `type` present, `model` present, `model` a string, `type` known,
-//! then the data fields. The error texts are PROTOCOL's. `"Missing field"` has no field
-//! name, exactly as PROTOCOL lists it for `publishDeltas` (0.1 sent the same); the
+//! then the data fields. The error texts are docs/protocol.md's. `"Missing field"` has no field
+//! name, exactly as docs/protocol.md lists it for `publishDeltas` (0.1 sent the same); the
 //! name is kept in the error value for logs. Data (`data`, `newData`, `oldData`) may be
 //! any JSON value, `null` included ("present, not missing"); a non-object simply has no
 //! fields for dealers to look at. For compatibility with backends written against 0.1,
@@ -57,14 +57,14 @@ pub enum DeltaShape {
     Delete,
 }
 
-/// Why a batch of deltas is refused. Display texts are PROTOCOL's reply texts.
+/// Why a batch of deltas is refused. Display texts are docs/protocol.md's reply texts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeltaError {
     /// `deltas` is not a list, or one of its elements is not an object: a wrongly typed
-    /// parameter, for which PROTOCOL has no specific text.
+    /// parameter, for which docs/protocol.md has no specific text.
     #[error("Invalid params")]
     InvalidParams,
-    /// A required field of a delta is absent (the name is for logs only; PROTOCOL's text
+    /// A required field of a delta is absent (the name is for logs only; docs/protocol.md's text
     /// has none).
     #[error("Missing field")]
     MissingField(&'static str),
@@ -229,7 +229,7 @@ fn take(fields: &mut Map<String, Value>, key: &'static str, report: Option<&'sta
     fields.remove(key).ok_or(DeltaError::MissingField(report.unwrap_or(key)))
 }
 
-/// Which spelling of a field is present: PROTOCOL's `newData` spelling first, 0.1's
+/// Which spelling of a field is present: docs/protocol.md's `newData` spelling first, 0.1's
 /// `new_data` spelling as a fallback.
 fn pick(fields: &Map<String, Value>, key: &'static str, legacy: &'static str) -> Result<&'static str, DeltaError> {
     if fields.contains_key(key) {
@@ -242,7 +242,7 @@ fn pick(fields: &Map<String, Value>, key: &'static str, legacy: &'static str) ->
 }
 
 /// A delta as a subscriber receives it, borrowing from the published [`Delta`];
-/// serialises to exactly PROTOCOL's fields.
+/// serialises to exactly docs/protocol.md's fields.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum DeltaView<'a> {

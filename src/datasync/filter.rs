@@ -4,10 +4,10 @@
 //! An expression is a JSON array: `["==", field, value]`, `["<", ...]`, `["<=", ...]`,
 //! `[">", ...]`, `[">=", ...]`, `["and", expr, ...]`, `["or", expr, ...]`,
 //! `["not", expr]`. `field` is a dotted path ([`lookup`]); `value` is any JSON value,
-//! compared with PROTOCOL's rules ([`values_equal`], [`compare`]) and never read as an
+//! compared with docs/protocol.md's rules ([`values_equal`], [`compare`]) and never read as an
 //! expression.
 //!
-//! Decisions PROTOCOL leaves open, fixed here:
+//! Decisions docs/protocol.md leaves open, fixed here:
 //! - A comparison whose field is missing is false, so `["not", ["==", "x", 1]]` is *true*
 //!   for an object without `x` (as in 0.1). Ordering comparisons between values that are
 //!   not comparable (number vs string, booleans, null, arrays, objects) are false too,

@@ -5,12 +5,12 @@
 //! The routing core is plain synchronous logic with no I/O, so it is tested without a
 //! server; the services wrap it in their shared state. The pieces, one file each:
 //!
-//! - `crate::value` (shared with PubSub): PROTOCOL's value semantics — dotted-path [`lookup`],
-//!   [`values_equal`] (`1 == 1.0`, `"1" != 1`, `true != 1`), [`compare`] (numbers and
-//!   strings only), and [`ValueKey`], a hashable form of a value with the same equality
-//!   (usable for `pubsub` channels too).
+//! - `crate::value` (shared with PubSub): the protocol's value semantics (docs/protocol.md):
+//!   dotted-path [`lookup`], [`values_equal`] (`1 == 1.0`, `"1" != 1`, `true != 1`),
+//!   [`compare`] (numbers and strings only), and [`ValueKey`], a hashable form of a value
+//!   with the same equality (usable for `pubsub` channels too).
 //! - `filter.rs`: the filter language of Filter dealers ([`Filter`]).
-//! - `delta.rs`: [`Delta`] parsing with PROTOCOL's error texts, the
+//! - `delta.rs`: [`Delta`] parsing with docs/protocol.md's error texts, the
 //!   per-subscription translation of updates ([`DeltaShape`]) and the pushed
 //!   `{"type": "delta"}` frame ([`DeltaFrame`]).
 //! - `dealer.rs`: [`Dealer`]s (Broadcast, Simple, Filter) and the

@@ -54,10 +54,10 @@ pub struct AuthItem {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// `items` is not a list, or an item is not an object: a wrongly typed parameter,
-    /// for which PROTOCOL has no specific text.
+    /// for which docs/protocol.md has no specific text.
     #[error("Invalid params")]
     InvalidParams,
-    /// An item lacks `dealer` or `query` (PROTOCOL's `"Missing field <name>"`).
+    /// An item lacks `dealer` or `query` (docs/protocol.md's `"Missing field <name>"`).
     #[error("Missing field {0}")]
     MissingField(&'static str),
     /// `dealer` is not a string.

@@ -1,10 +1,17 @@
 //! WebSocket close codes the server sends, and what a client should do on each.
 //!
-//! Ranges follow RFC 6455: 1000–1015 are protocol codes. Snorky uses only standard codes so any
-//! WebSocket client understands them. A client should reconnect after [`GOING_AWAY`] (the server
-//! restarts) and after [`POLICY_VIOLATION`] (it fell behind: reconnect and resync); after
+//! The server sends only standard codes (RFC 6455, 1000–1015), so any WebSocket client
+//! understands them. A client should reconnect after [`GOING_AWAY`] (the server restarts) and
+//! after [`POLICY_VIOLATION`] (it fell behind: reconnect and resync); after
 //! [`MESSAGE_TOO_BIG`] reconnecting and resending the same frame would fail again, so it should
 //! reconnect without repeating the frame.
+//!
+//! The application range 4500–4999 is reserved for closes that mean "do not reconnect" (an
+//! application, or a later server feature, ending a connection for good). The server sends none
+//! of them today; the TypeScript client (`js/src/codes.ts`) already does not reconnect after
+//! them. `tests/fixtures/protocol/close-codes.json` is the table both sides are tested against:
+//! every constant here must be listed there (`tests/transcripts.rs`), and docs/protocol.md
+//! ("Connection health and close codes") says the same.
 
 /// Normal closure, used when the client closed first.
 pub const NORMAL: u16 = 1000;

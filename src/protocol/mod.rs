@@ -1,4 +1,4 @@
-//! The wire contract of PROTOCOL.md: envelopes, RPC requests and replies, parameter extraction,
+//! The wire contract (docs/protocol.md): envelopes, RPC requests and replies, parameter extraction,
 //! the error texts clients see, WebSocket close codes, and the format of timestamps.
 //!
 //! Nothing here does I/O; the server feeds text in and gets typed values or ready-to-send frames

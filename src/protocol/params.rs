@@ -1,4 +1,4 @@
-//! Extraction of RPC parameters with PROTOCOL.md's rules: missing, extra or wrongly typed
+//! Extraction of RPC parameters with docs/protocol.md's rules: missing, extra or wrongly typed
 //! parameters are "Invalid params" unless the protocol names a specific error, and `null` is a
 //! present value.
 

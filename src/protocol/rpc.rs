@@ -10,7 +10,7 @@ use super::envelope::OutgoingEnvelope;
 use super::frame::Frame;
 use super::params::Params;
 
-/// An error reply's text. The generic texts of PROTOCOL.md's RPC section are variants; every
+/// An error reply's text. The generic texts of docs/protocol.md's RPC section are variants; every
 /// service-specific text ("Already subscribed", "No such dealer", ...) is a [`RpcError::Service`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RpcError {
@@ -64,7 +64,7 @@ pub enum RequestError {
 }
 
 impl Request {
-    /// Interprets a service message as an RPC request, applying PROTOCOL.md's rules in order:
+    /// Interprets a service message as an RPC request, applying docs/protocol.md's rules in order:
     /// a non-object is unreadable; an absent `command` or `params` is "Invalid message" when a
     /// `callId` can be echoed and unreadable otherwise; a present `params` that is not an object
     /// (including `null`) is "Invalid params".

@@ -1,5 +1,5 @@
 //! `snorky._core.connection_token`: issues the connection token a browser passes as
-//! `/ws?token=...` (PROTOCOL.md "Identity"), so the web application needs no JWT library.
+//! `/ws?token=...` (docs/protocol.md "Identity"), so the web application needs no JWT library.
 
 use std::time::Duration;
 

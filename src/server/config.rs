@@ -1,4 +1,5 @@
-//! Server configuration, with the safe defaults of PROTOCOL.md, validated before anything binds.
+//! Server configuration, with the safe defaults of docs/protocol.md, validated before anything
+//! binds.
 
 use std::time::Duration;
 

@@ -43,7 +43,7 @@ const STALL_RECHECK: Duration = Duration::from_secs(1);
 /// The query string of `GET /ws`; parameters other than `token` are ignored.
 #[derive(Debug, serde::Deserialize)]
 pub struct WsQuery {
-    /// The connection token (PROTOCOL.md "Identity"), if the client has one.
+    /// The connection token (docs/protocol.md "Identity"), if the client has one.
     token: Option<String>,
 }
 
@@ -90,7 +90,7 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve(app, socket, remote, identity, slot))
 }
 
-/// The identity a handshake proves (PROTOCOL.md "Identity"): anonymous without a token, the
+/// The identity a handshake proves (docs/protocol.md "Identity"): anonymous without a token, the
 /// token's `sub` and `info` with a valid one. The error is the text of the HTTP 401 answer.
 fn handshake_identity(secret: Option<&str>, token: Option<&str>) -> Result<Identity, String> {
     let Some(token) = token else {

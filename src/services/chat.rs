@@ -1,5 +1,5 @@
 //! Chat: authenticated connections join channels, send messages to everyone there, see who
-//! else is present, and tell their other tabs what they have read (PROTOCOL.md "Chat").
+//! else is present, and tell their other tabs what they have read (docs/protocol.md "Chat").
 //!
 //! Presence is per *identity*, not per connection: a user with three tabs in a channel is one
 //! member. `joined` is pushed when an identity's first connection joins and `left` when its

@@ -1,6 +1,6 @@
 //! Cursors: authenticated connections join documents and share cursors (a position and a
 //! status, any JSON values) that the other connections in the document see appear, move and
-//! disappear (PROTOCOL.md "Cursors").
+//! disappear (docs/protocol.md "Cursors").
 //!
 //! Each cursor has two handles. The *private* handle is chosen by the connection that owns the
 //! cursor and names it in `updateCursor`/`removeCursor`; it is scoped to that connection, so
@@ -87,7 +87,7 @@ struct OwnCursor {
     public_handle: u64,
 }
 
-/// A cursor, serialized as PROTOCOL's `{"publicHandle", "document", "position", "status",
+/// A cursor, serialized as docs/protocol.md's `{"publicHandle", "document", "position", "status",
 /// "owner"}`.
 #[derive(Debug, Serialize)]
 struct Cursor {

@@ -1,5 +1,5 @@
 //! Messaging: connections register participant names and send each other messages by name
-//! (PROTOCOL.md "Messaging"). No identity is needed: a name belongs to the connection that
+//! (docs/protocol.md "Messaging"). No identity is needed: a name belongs to the connection that
 //! registered it until it unregisters it or disconnects.
 //!
 //! Names are strings (another type is "Invalid params"). `listParticipants` lists every name

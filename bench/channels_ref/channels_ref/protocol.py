@@ -1,4 +1,4 @@
-"""The slice of Snorky's wire protocol (PROTOCOL.md, PubSub + RPC) the benchmark uses.
+"""The slice of Snorky's wire protocol (docs/protocol.md, PubSub + RPC) the benchmark uses.
 
 Frames are compact JSON with the fields in protocol order, byte for byte what Snorky sends.
 """

@@ -3,7 +3,7 @@
  *
  * After a reconnection every token is acquired again; the server resumes the
  * subscription and delivers the deltas missed meanwhile, in order, none twice
- * (PROTOCOL.md, "Subscription life cycle"). When a token cannot be acquired
+ * (docs/protocol.md, "Subscription life cycle"). When a token cannot be acquired
  * again (the resume timeout passed, the buffer overflowed, the server
  * restarted) `resyncNeeded` tells the application to fetch its data and a new
  * token. It is also dispatched, for every token, when the server closed the

@@ -21,7 +21,7 @@ after(async () => {
 
 const serverError = (message: string) => ({ name: "SnorkyError", code: ErrorCode.server, message });
 
-/** ISO 8601 with an offset (`Z` or `+hh:mm`), as PROTOCOL.md says Chat timestamps are. */
+/** ISO 8601 with an offset (`Z` or `+hh:mm`), as docs/protocol.md says Chat timestamps are. */
 const ISO_WITH_OFFSET = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/;
 
 /** A connected client whose connection token says it is `identity`. */

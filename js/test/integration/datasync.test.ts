@@ -226,7 +226,7 @@ describe("DataSync on the real server", () => {
     const second = await connectedClient(t, server);
     const delta = nextDispatch(second.services.datasync.deltaReceived, 3000, "the buffered delta");
     const deadline = Date.now() + 2000;
-    // The server frees the token promptly after the close (PROTOCOL.md: within 100 ms).
+    // The server frees the token promptly after the close (docs/protocol.md: within 100 ms).
     for (;;) {
       try {
         await within(second.services.datasync.acquireSubscription({ token }));

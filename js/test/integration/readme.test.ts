@@ -1,8 +1,10 @@
 /**
- * The snippet of issue 5 ("What a user writes"), run unchanged but for the
- * server address, against the real server, with the files that ship in the
- * Django app (`python/snorky_django/static/snorky/`): the browser bundle in a
- * fresh global scope, as a <script> would load it, and the ES module.
+ * The client's reference usage snippet ("What a user writes": every service,
+ * a connection token, PubSub, DataSync with `fetchWithSubscription`), run
+ * unchanged but for the server address, against the real server, with the
+ * files that ship in the Django app (`python/snorky_django/static/snorky/`):
+ * the browser bundle in a fresh global scope, as a <script> would load it,
+ * and the ES module.
  * (`npm run check-bundle` fails when those files are stale.)
  *
  * A small HTTP server plays the web application: `/api/tasks/` answers the
@@ -23,7 +25,7 @@ import { waitUntil, within } from "../support/wait.js";
 
 const SHIPPED = fileURLToPath(new URL("../../../../python/snorky_django/static/snorky/", import.meta.url));
 
-// Verbatim from issue 5, "What a user writes".
+// The reference usage snippet, verbatim ("What a user writes").
 const README_SNIPPET = `
 var snorky = new Snorky(WebSocket, "ws://localhost:5001/ws", {
   pubsub: Snorky.PubSub, datasync: Snorky.DataSync, chat: Snorky.Chat,

@@ -1,6 +1,6 @@
 /**
  * A small stand-in for the Snorky server, speaking the envelope and RPC
- * framing of PROTOCOL.md over a real WebSocket (`ws`, 127.0.0.1, port 0).
+ * framing of docs/protocol.md over a real WebSocket (`ws`, 127.0.0.1, port 0).
  *
  * It records every frame the client sends, answers each call (by default with
  * `data: null`; `on(service, command, handler)` to say otherwise), and can push

@@ -1,20 +1,24 @@
 /**
  * WebSocket close codes the client acts on, and error codes it reports.
  *
- * The server's side of this table is `src/protocol/codes.rs`; keep the two in
- * step. What a close code means for the client:
+ * The server sends only standard codes (`src/protocol/codes.rs`: 1000, 1001,
+ * 1007, 1008, 1009). `tests/fixtures/protocol/close-codes.json` is the one table
+ * both sides are tested against (`test/unit/transcripts.test.ts` checks this
+ * file's behaviour against it), and docs/protocol.md ("Connection health and
+ * close codes") explains it. What a close code means for the client:
  *
  * - reconnect: everything except the terminal codes below. A server shutting
  *   down (1001), a connection that stopped reading (1008), an oversized frame
  *   (1009) and a lost network (1006) are all transient.
  * - stop: codes that say talking again would fail the same way: a protocol or
  *   data error on our side (1002, 1003, 1007, 1010, 1015), and the application
- *   range 4500-4999 reserved for "do not reconnect" closes.
+ *   range 4500-4999, reserved for "do not reconnect" closes (the server sends
+ *   none today; an application or a later server feature may).
  * - lost messages: 1008 means the server dropped what was queued for us, so a
  *   resumed DataSync subscription would have a gap; the client asks the
  *   application to resync instead of resuming.
  */
-/** WebSocket close codes (RFC 6455 section 7.4.1 and Snorky's own). */
+/** WebSocket close codes (RFC 6455 section 7.4.1). */
 export declare const CloseCode: {
     /** The client closed on purpose (`close()`). */
     readonly normal: 1000;

@@ -1,5 +1,5 @@
 /**
- * Types of the wire protocol (PROTOCOL.md) and of the client's options and
+ * Types of the wire protocol (docs/protocol.md) and of the client's options and
  * events. Field names are the wire's, so a pushed message is passed to
  * listeners exactly as it arrived.
  */

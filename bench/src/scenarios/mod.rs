@@ -1,0 +1,40 @@
+//! `snorky-bench run`: the load generator's scenarios.
+//!
+//! - [`driver`]: resolves the sizes, starts a fresh server process per scenario and kind, runs
+//!   the scenarios, judges the targets and writes the report.
+//! - [`common`]: what the PubSub scenarios share (publish size, drain and window waits, rows).
+//! - One module per scenario run against every server kind (ceiling, Snorky, Channels):
+//!   [`fanout`], [`idle`], [`setup`], [`multi`], [`latency`], [`rpc`].
+//! - One module per scenario run against Snorky only (the ceiling has no equivalent of
+//!   DataSync, Chat or Python services, so their rows carry absolute numbers), with what they
+//!   share in [`services`]: [`routing`], [`datasync`], [`chat`], [`python`].
+//! - [`targets`]: the targets table, judged from the recorded rows.
+//!
+//! Deliveries are checked for missing, duplicated and reordered messages and timed from the
+//! publishing call to their arrival.
+
+mod chat;
+mod common;
+mod datasync;
+mod driver;
+mod fanout;
+mod idle;
+mod latency;
+mod multi;
+mod python;
+mod routing;
+mod rpc;
+mod services;
+mod setup;
+mod targets;
+
+pub use driver::main;
+
+/// Every scenario, in the order of a full run; the last four are Snorky's alone.
+const ALL_SCENARIOS: [&str; 10] =
+    ["fanout", "idle", "setup", "multi", "latency", "rpc", "routing", "datasync", "chat", "python"];
+
+/// Whether `scenario` runs against Snorky only (it starts its own servers).
+fn snorky_only(scenario: &str) -> bool {
+    ["routing", "datasync", "chat", "python"].contains(&scenario)
+}
