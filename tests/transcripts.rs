@@ -19,7 +19,7 @@ use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Map, Value};
 use snorky::connection::Connection;
-use snorky::datasync::{DataSyncBackend, DataSyncService, Dealer, Limits};
+use snorky::datasync::{DataSyncBackend, DataSyncService, Dealer, Limits, LimitsConfig};
 use snorky::server::ServerConfig;
 use snorky::service::{AnyService, Policy, PolicyFuture};
 use snorky::services::chat::ChatService;
@@ -127,20 +127,12 @@ fn dealer(spec: &Value) -> Result<Dealer, String> {
     })
 }
 
-fn limits(spec: Option<&Value>) -> Limits {
-    let mut limits = Limits::default();
-    let Some(spec) = spec else { return limits };
-    let seconds = |key: &str| spec.get(key).and_then(Value::as_f64).map(Duration::from_secs_f64);
-    if let Some(timeout) = seconds("subscription_timeout") {
-        limits.subscription_timeout = timeout;
-    }
-    if let Some(timeout) = seconds("resume_timeout") {
-        limits.resume_timeout = timeout;
-    }
-    if let Some(buffer) = spec.get("resume_buffer").and_then(Value::as_u64) {
-        limits.resume_buffer = usize::try_from(buffer).unwrap_or(usize::MAX);
-    }
-    limits
+/// The limits of a DataSync service from the options a transcript gives (the names of the
+/// Python keyword arguments).
+fn limits(spec: Option<&Value>) -> Result<Limits, String> {
+    let Some(spec) = spec else { return Ok(Limits::default()) };
+    let config: LimitsConfig = serde_json::from_value(spec.clone()).map_err(|err| format!("limits: {err}"))?;
+    config.limits().map_err(|err| err.to_string())
 }
 
 /// The frontend and backend services of a transcript's `server`.
@@ -173,7 +165,7 @@ fn services(server: &Value) -> Result<(Vec<AnyService>, Vec<AnyService>), String
             }
             "datasync" => {
                 let dealers = spec["dealers"].as_array().into_iter().flatten().map(dealer).collect::<Result<_, _>>()?;
-                let service = DataSyncService::with_limits(name, dealers, limits(spec.get("limits")))
+                let service = DataSyncService::with_limits(name, dealers, limits(spec.get("limits"))?)
                     .map_err(|err| err.to_string())?;
                 datasyncs.insert(name.to_owned(), service.clone());
                 AnyService::DataSync(service)
