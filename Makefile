@@ -50,8 +50,8 @@ test-python: ## Python and Django tests against real servers (SQLite), then the 
 test-django42: ## the Django tests on Django 4.2 LTS and PostgreSQL (compatibility)
 	SNORKY_TEST_DB=postgres PYTHONPATH=python .venv-django42/bin/python -m pytest tests/django_tests -p no:cacheprovider
 
-test-js: ## JavaScript client tests and the stale-bundle check
-	@if [ -f js/package.json ]; then cd js && npm test && npm run -s check-bundle; fi
+test-js: ## JavaScript client tests, the stale-bundle check, and the npm package used from a scratch app
+	@if [ -f js/package.json ]; then cd js && npm test && npm run -s check-bundle && npm run -s test:package; fi
 
 test-install: dist ## the wheel installed without Rust and used; the sdist built and installed with cargo
 	$(PYTHON) -m pytest tests/install -p no:cacheprovider
