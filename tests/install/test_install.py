@@ -466,7 +466,7 @@ from snorky.services import PubSubService
 
 site = Path(sysconfig.get_paths()["purelib"])
 server = Server(frontend=ServiceRegistry([PubSubService("pubsub")]), frontend_address="127.0.0.1:0",
-                backend_address="127.0.0.1:0", api_key="k")
+                backend_address="127.0.0.1:0", api_key="sdist-smoke-test-key")
 with server.start() as handle:
     ports = [handle.frontend_port, handle.backend_port]
 print(json.dumps({
