@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTHON := $(VENV)/python
 
-.PHONY: help install build-dev format lint lint-rust lint-python lint-js test test-rust test-python test-django42 test-js test-browser bench bench-smoke demo all
+.PHONY: help install build-dev dist format lint lint-rust lint-python lint-js test test-rust test-python test-django42 test-js test-install test-browser bench bench-smoke demo all
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -12,6 +12,9 @@ install: ## install everything (Debian packages, virtualenv, npm packages) and b
 
 build-dev: ## rebuild the extension module in place
 	. $(VENV)/activate && maturin develop -q
+
+dist: ## the wheel (abi3, manylinux2014, stripped release build) and the sdist, in dist/
+	scripts/dist
 
 format: ## format Rust, Python and TypeScript sources
 	cargo fmt
@@ -35,7 +38,7 @@ lint-python: ## ruff, mypy, and stubtest (the .pyi must match the extension)
 lint-js: ## TypeScript type check
 	@if [ -f js/package.json ]; then cd js && npm run -s lint; fi
 
-test: test-rust test-python test-django42 test-js test-browser bench-smoke ## every test suite
+test: test-rust test-python test-django42 test-js test-install test-browser bench-smoke ## every test suite
 
 test-rust: ## Rust unit and integration tests
 	cargo test --all-targets
@@ -47,8 +50,11 @@ test-python: ## Python and Django tests against real servers (SQLite), then the 
 test-django42: ## the Django tests on Django 4.2 LTS and PostgreSQL (compatibility)
 	SNORKY_TEST_DB=postgres PYTHONPATH=python .venv-django42/bin/python -m pytest tests/django_tests -p no:cacheprovider
 
-test-js: ## JavaScript client tests and the stale-bundle check
-	@if [ -f js/package.json ]; then cd js && npm test && npm run -s check-bundle; fi
+test-js: ## JavaScript client tests, the stale-bundle check, and the npm package used from a scratch app
+	@if [ -f js/package.json ]; then cd js && npm test && npm run -s check-bundle && npm run -s test:package; fi
+
+test-install: dist ## the wheel installed without Rust and used; the sdist built and installed with cargo
+	$(PYTHON) -m pytest tests/install -p no:cacheprovider
 
 test-browser: ## the demos in Chromium (tests/browser: playwright-core, Debian's chromium)
 	cd tests/browser && SNORKY_PYTHON=$(abspath $(PYTHON)) npm test

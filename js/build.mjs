@@ -1,14 +1,16 @@
 // Builds the client and ships it into the Django app's static files.
 //
-//   node build.mjs           build dist/ and copy it to python/snorky_django/static/snorky/
-//   node build.mjs --check   build into a temporary folder and fail if the shipped files differ
+//   node build.mjs              build dist/ and copy it to python/snorky_django/static/snorky/
+//   node build.mjs --dist-only  build dist/ only (what `npm pack` packs)
+//   node build.mjs --check      build into a temporary folder and fail if the shipped files differ
 //
 // Output (same bytes from the same sources and lockfile: no timestamps, no
 // absolute paths; source maps name sources relative to dist/ wherever the
 // build actually writes):
 //   snorky.mjs, snorky.mjs.map        ES module (import Snorky from ".../snorky.mjs")
+//   react.mjs, react.mjs.map          the React hook; imports "react" and ./snorky.mjs
 //   snorky.min.js, snorky.min.js.map  minified browser bundle defining window.Snorky
-//   types/**/*.d.ts                   type declarations (entry: types/index.d.ts)
+//   types/**/*.d.ts                   type declarations (entries: types/index.d.ts, types/react.d.ts)
 
 import { execFileSync } from "node:child_process";
 import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -34,7 +36,17 @@ const common = {
   logLevel: "warning",
 };
 
-/** Builds both bundles in memory: returns {fileName: Uint8Array}. */
+/** Resolves the React entry's import of the main entry (`./index.js`) to the built `./snorky.mjs`, kept external. */
+const mainEntryExternal = {
+  name: "main-entry-external",
+  setup(build) {
+    build.onResolve({ filter: /^\.\/index\.js$/ }, (args) =>
+      args.importer === join(root, "src", "react.ts") ? { path: "./snorky.mjs", external: true } : undefined,
+    );
+  },
+};
+
+/** Builds the bundles in memory: returns {fileName: Uint8Array}. */
 export async function buildBundles() {
   const results = await Promise.all([
     esbuild.build({
@@ -43,6 +55,17 @@ export async function buildBundles() {
       outExtension: { ".js": ".mjs" },
       format: "esm",
       platform: "neutral",
+    }),
+    esbuild.build({
+      ...common,
+      entryPoints: { react: join(root, "src", "react.ts") },
+      outExtension: { ".js": ".mjs" },
+      format: "esm",
+      platform: "neutral",
+      // React is the application's (a peer dependency); the client is the main entry's, so an
+      // application bundling both gets one copy of it.
+      external: ["react"],
+      plugins: [mainEntryExternal],
     }),
     esbuild.build({
       ...common,
@@ -118,6 +141,10 @@ async function main() {
     return;
   }
   await buildInto(dist);
+  if (process.argv.includes("--dist-only")) {
+    console.log(`Built ${relative(process.cwd(), dist)}.`);
+    return;
+  }
   rmSync(shipped, { recursive: true, force: true });
   mkdirSync(shipped, { recursive: true });
   cpSync(dist, shipped, { recursive: true });

@@ -57,7 +57,11 @@ pub async fn upgrade(
 ) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok());
     if !origin::origin_allowed(&app.config.allowed_origins, origin) {
-        log::warn!("refused a WebSocket from origin {origin:?} ({remote}): not in allowed_origins");
+        log::warn!(
+            "refused a WebSocket from origin {:?} ({remote}): not in allowed_origins; add it there \
+             (Django: SNORKY[\"ALLOWED_ORIGINS\"]; python -m snorky serve: --allowed-origin)",
+            origin.unwrap_or_default()
+        );
         return (StatusCode::FORBIDDEN, "Origin not allowed").into_response();
     }
     let identity = match query {

@@ -71,11 +71,18 @@ describe("bundles", () => {
   it("builds the same bytes twice, with relative source paths", async () => {
     const first = await build();
     const second = await build();
-    assert.deepEqual(Object.keys(first).sort(), ["snorky.min.js", "snorky.min.js.map", "snorky.mjs", "snorky.mjs.map"]);
+    assert.deepEqual(Object.keys(first).sort(), [
+      "react.mjs",
+      "react.mjs.map",
+      "snorky.min.js",
+      "snorky.min.js.map",
+      "snorky.mjs",
+      "snorky.mjs.map",
+    ]);
     for (const name of Object.keys(first)) {
       assert.ok(Buffer.from(first[name]!).equals(Buffer.from(second[name]!)), `${name} differs between builds`);
     }
-    for (const name of ["snorky.min.js.map", "snorky.mjs.map"]) {
+    for (const name of ["snorky.min.js.map", "snorky.mjs.map", "react.mjs.map"]) {
       const map = JSON.parse(text(first, name)) as { sources: string[]; sourcesContent: string[] };
       assert.ok(map.sources.every((source) => source.startsWith("../src/")), map.sources.join(", "));
       assert.equal(map.sourcesContent.length, map.sources.length);
