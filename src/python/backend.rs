@@ -14,8 +14,31 @@ use crate::backend_client::BackendClient;
 /// prefork): runtime threads and pooled sockets do not survive `fork()`.
 struct PerProcess {
     pid: u32,
-    runtime: Arc<tokio::runtime::Runtime>,
+    runtime: Arc<ClientRuntime>,
     client: BackendClient,
+}
+
+/// The client's runtime, shut down without waiting when dropped. The last reference may be
+/// dropped with the GIL held (by Python's garbage collector, or at the end of a call), while a
+/// runtime thread needs the GIL to finish (its logging goes to Python's `logging`): waiting for
+/// the threads there would deadlock. Nothing of a finished call is left for them to do.
+struct ClientRuntime(Option<tokio::runtime::Runtime>);
+
+impl ClientRuntime {
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        match &self.0 {
+            Some(runtime) => runtime.block_on(future),
+            None => unreachable!("the runtime is only taken when the ClientRuntime is dropped"),
+        }
+    }
+}
+
+impl Drop for ClientRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// A pooled HTTP client for `POST /backend`.
@@ -65,7 +88,7 @@ impl PyBackendClient {
 }
 
 impl PyBackendClient {
-    fn per_process(&self) -> PyResult<(Arc<tokio::runtime::Runtime>, BackendClient)> {
+    fn per_process(&self) -> PyResult<(Arc<ClientRuntime>, BackendClient)> {
         let pid = std::process::id();
         let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(current) = state.as_ref().filter(|current| current.pid == pid) {
@@ -77,7 +100,7 @@ impl PyBackendClient {
             .enable_all()
             .build()
             .map_err(|err| super::ServerError::new_err(format!("cannot start the client runtime: {err}")))?;
-        let runtime = Arc::new(runtime);
+        let runtime = Arc::new(ClientRuntime(Some(runtime)));
         let client = BackendClient::new(&self.url, &self.key, self.timeout).map_err(backend_error)?;
         *state = Some(PerProcess { pid, runtime: Arc::clone(&runtime), client: client.clone() });
         Ok((runtime, client))
