@@ -86,9 +86,16 @@ class RPCService:
 
     Set the class attribute ``side = "backend"`` for a service the web application calls over
     ``POST /backend`` (then ``req.client`` is None).
+
+    A connection may have at most ``max_pending_calls`` (class attribute, default 100) calls
+    waiting for an answer that comes later (``async def`` and ``@rpc_asynchronous`` commands);
+    more are answered "Too many pending calls". When the connection closes, its waiting calls
+    are cancelled: ``async def`` commands get :class:`asyncio.CancelledError`, and deferred ones
+    can check ``req.cancelled`` or register ``req.on_cancel(callback)``.
     """
 
     side: str = "frontend"
+    max_pending_calls: int = 100
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -99,12 +106,17 @@ class RPCService:
                 kind, command = mark
                 self._commands[command or attribute] = (attribute, kind)
         events = _overrides(self, "client_connected") or _overrides(self, "client_disconnected")
-        self._core = _core.ExternalService(name, self, self.side, events)
+        self._core = _core.ExternalService(name, self, self.side, events, self.max_pending_calls)
 
     @property
     def commands(self) -> list[str]:
         """The command names this service answers, sorted."""
         return sorted(self._commands)
+
+    @property
+    def pending_calls(self) -> int:
+        """How many calls wait for an answer that comes later, over every connection."""
+        return self._core.pending_calls
 
     def client_connected(self, client: Client) -> None:
         """Called (on a worker thread) when a WebSocket client connects to the server."""
@@ -136,6 +148,8 @@ class RPCService:
             if kind == "async":
                 future = asyncio.run_coroutine_threadsafe(method(request, **params), _event_loop())
                 future.add_done_callback(lambda done: self._finish_async(request, done))
+                # A client that leaves does not leave its coroutines running.
+                request.on_cancel(future.cancel)
                 return
             result = method(request, **params)
             if kind == "sync" and not request.answered:
@@ -144,6 +158,8 @@ class RPCService:
             self._fail(request, error)
 
     def _finish_async(self, request: Request, future: concurrent.futures.Future[Any]) -> None:
+        if future.cancelled():
+            return
         try:
             result = future.result()
             if not request.answered:

@@ -36,14 +36,18 @@ class PubSubService:
     """Publish/subscribe for browsers: ``subscribe``, ``unsubscribe``, ``publish``.
 
     Override :meth:`can_publish` in a subclass to decide which clients may publish where.
+
+    Options (keyword arguments): ``max_subscriptions`` (1,000 channels per connection: "Too many
+    subscriptions" beyond), ``max_channel_size`` (1,024 bytes of JSON: "Channel too large").
     """
 
     side = "frontend"
 
-    def __init__(self, name: str = "pubsub") -> None:
+    def __init__(self, name: str = "pubsub", **options: Any) -> None:
         self.name = name
+        self.options = options
         hook = self.can_publish if _overrides(self, PubSubService, "can_publish") else None
-        self._core = _core.PubSubService(name, can_publish=hook)
+        self._core = _core.PubSubService(name, can_publish=hook, options=options)
 
     def can_publish(self, client: Client, channel: Any) -> bool:
         """Whether ``client`` may publish to ``channel`` (refused → "Not authorized").
@@ -79,14 +83,18 @@ class ChatService:
 
     Only connections with an identity (a connection token) may join. Override :meth:`can_join`
     in a subclass to decide who may join which channel.
+
+    Options (keyword arguments): ``max_channels`` (100 per connection: "Too many channels"),
+    ``max_channel_size`` (1,024 bytes of JSON: "Channel too large").
     """
 
     side = "frontend"
 
-    def __init__(self, name: str = "chat") -> None:
+    def __init__(self, name: str = "chat", **options: Any) -> None:
         self.name = name
+        self.options = options
         hook = self.can_join if _overrides(self, ChatService, "can_join") else None
-        self._core = _core.ChatService(name, can_join=hook)
+        self._core = _core.ChatService(name, can_join=hook, options=options)
 
     def can_join(self, client: Client, channel: Any) -> bool:
         """Whether ``client`` may join ``channel`` (refused → "Not authorized").
@@ -110,14 +118,20 @@ class CursorsService:
 
     Only connections with an identity may join. Override :meth:`can_join` in a subclass to
     decide who may join which document.
+
+    Options (keyword arguments): ``max_documents`` (100 per connection: "Too many documents"),
+    ``max_document_size`` (1,024 bytes of JSON: "Document too large"), ``max_cursors`` (16 per
+    connection: "Too many cursors"), ``max_cursor_size`` (4,096 bytes of JSON for a cursor's
+    private handle, position and status together: "Cursor too large").
     """
 
     side = "frontend"
 
-    def __init__(self, name: str = "cursors") -> None:
+    def __init__(self, name: str = "cursors", **options: Any) -> None:
         self.name = name
+        self.options = options
         hook = self.can_join if _overrides(self, CursorsService, "can_join") else None
-        self._core = _core.CursorsService(name, can_join=hook)
+        self._core = _core.CursorsService(name, can_join=hook, options=options)
 
     def can_join(self, client: Client, document: Any) -> bool:
         """Whether ``client`` may join ``document`` (refused → "Not authorized").
@@ -140,14 +154,19 @@ class MessagingService:
     ``listParticipants``, ``send``. Names are freed when their connection closes.
 
     Override :meth:`is_name_allowed` in a subclass to decide which names a client may register.
+
+    Options (keyword arguments): ``max_names`` (16 per connection: "Too many names"),
+    ``max_name_length`` (256 UTF-8 bytes: "Name too long"), ``max_participants`` (10,000 names
+    on the service: "Too many participants"; this also bounds a ``listParticipants`` reply).
     """
 
     side = "frontend"
 
-    def __init__(self, name: str = "messaging") -> None:
+    def __init__(self, name: str = "messaging", **options: Any) -> None:
         self.name = name
+        self.options = options
         hook = self.is_name_allowed if _overrides(self, MessagingService, "is_name_allowed") else None
-        self._core = _core.MessagingService(name, is_name_allowed=hook)
+        self._core = _core.MessagingService(name, is_name_allowed=hook, options=options)
 
     def is_name_allowed(self, client: Client, name: str) -> bool:
         """Whether ``client`` may register ``name`` (refused → "Name not allowed").

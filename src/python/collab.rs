@@ -6,11 +6,14 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
+use super::convert::service_options;
 use super::policy::PyPolicy;
 use crate::service::Service;
 use crate::services::chat::ChatService;
 use crate::services::cursors::CursorsService;
+use crate::services::limits::{ChatLimits, CursorsLimits, MessagingLimits};
 use crate::services::messaging::MessagingService;
 
 /// The Chat service.
@@ -22,13 +25,18 @@ pub struct PyChatService {
 #[pymethods]
 impl PyChatService {
     #[new]
-    #[pyo3(signature = (name, can_join=None))]
-    fn py_new(name: String, can_join: Option<Py<PyAny>>) -> PyChatService {
-        let mut inner = ChatService::new(name);
+    #[pyo3(signature = (name, can_join=None, options=None))]
+    fn py_new(
+        name: String,
+        can_join: Option<Py<PyAny>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<PyChatService> {
+        let limits: ChatLimits = service_options(options, "Chat")?;
+        let mut inner = ChatService::with_limits(name, limits);
         if let Some(callable) = can_join {
             inner = inner.with_join_policy(Arc::new(PyPolicy::new(callable)));
         }
-        PyChatService { inner }
+        Ok(PyChatService { inner })
     }
 
     /// The service name.
@@ -53,13 +61,18 @@ pub struct PyCursorsService {
 #[pymethods]
 impl PyCursorsService {
     #[new]
-    #[pyo3(signature = (name, can_join=None))]
-    fn py_new(name: String, can_join: Option<Py<PyAny>>) -> PyCursorsService {
-        let mut inner = CursorsService::new(name);
+    #[pyo3(signature = (name, can_join=None, options=None))]
+    fn py_new(
+        name: String,
+        can_join: Option<Py<PyAny>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<PyCursorsService> {
+        let limits: CursorsLimits = service_options(options, "Cursors")?;
+        let mut inner = CursorsService::with_limits(name, limits);
         if let Some(callable) = can_join {
             inner = inner.with_join_policy(Arc::new(PyPolicy::new(callable)));
         }
-        PyCursorsService { inner }
+        Ok(PyCursorsService { inner })
     }
 
     /// The service name.
@@ -84,13 +97,18 @@ pub struct PyMessagingService {
 #[pymethods]
 impl PyMessagingService {
     #[new]
-    #[pyo3(signature = (name, is_name_allowed=None))]
-    fn py_new(name: String, is_name_allowed: Option<Py<PyAny>>) -> PyMessagingService {
-        let mut inner = MessagingService::new(name);
+    #[pyo3(signature = (name, is_name_allowed=None, options=None))]
+    fn py_new(
+        name: String,
+        is_name_allowed: Option<Py<PyAny>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<PyMessagingService> {
+        let limits: MessagingLimits = service_options(options, "Messaging")?;
+        let mut inner = MessagingService::with_limits(name, limits);
         if let Some(callable) = is_name_allowed {
             inner = inner.with_name_policy(Arc::new(PyPolicy::new(callable)));
         }
-        PyMessagingService { inner }
+        Ok(PyMessagingService { inner })
     }
 
     /// The service name.

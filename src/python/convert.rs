@@ -1,6 +1,7 @@
 //! Rust errors → Python exceptions, in one place.
 
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use pyo3::PyErr;
 
 use super::{BackendError as PyBackendError, ConfigurationError, ServerError, SnorkyConnectionError};
@@ -36,4 +37,17 @@ fn with_status(err: PyErr, status: Option<u16>) -> PyErr {
         }
     });
     err
+}
+
+/// A service's options (its Python keyword arguments) as its limits struct; an unknown name or
+/// a wrong type is a `ConfigurationError` naming the service.
+pub fn service_options<T: serde::de::DeserializeOwned + Default>(
+    options: Option<&Bound<'_, PyDict>>,
+    service: &str,
+) -> PyResult<T> {
+    match options {
+        Some(options) => pythonize::depythonize(options)
+            .map_err(|err| ConfigurationError::new_err(format!("invalid {service} option: {err}"))),
+        None => Ok(T::default()),
+    }
 }

@@ -13,7 +13,10 @@ use super::ConfigurationError;
 use crate::connection::Connection;
 use crate::protocol::RpcError;
 use crate::service::Side;
-use crate::services::external::{BoxFuture, ExternalCall, ExternalHandler, ExternalService, Responder};
+use crate::services::external::{
+    BoxFuture, ExternalCall, ExternalHandler, ExternalService, Responder, MAX_PENDING_CALLS,
+};
+use tokio_util::sync::CancellationToken;
 
 /// Calls into a Python `RPCService` object: `_dispatch(request)`, `client_connected(client)`,
 /// `client_disconnected(client)`, each on a blocking worker thread with the GIL held only there.
@@ -43,16 +46,20 @@ impl ExternalHandler for PyHandler {
         Box::pin(async move {
             let ran = tokio::task::spawn_blocking(move || {
                 Python::attach(|py| {
-                    let outcome = PyRequest::create(py, call)
-                        .and_then(|request| target.call_method1(py, "_dispatch", (request,)));
-                    if let Err(err) = outcome {
-                        log::error!("service {name:?}: dispatch failed: {}", describe(py, &err));
-                    }
-                });
+                    let request = PyRequest::create(py, call)?;
+                    target.call_method1(py, "_dispatch", (request.clone_ref(py),))?;
+                    Ok::<_, PyErr>(request)
+                })
+                .map_err(|err| {
+                    Python::attach(|py| log::error!("service {name:?}: dispatch failed: {}", describe(py, &err)))
+                })
+                .ok()
             })
             .await;
-            if let Err(err) = ran {
-                log::error!("a Python service worker failed: {err}");
+            match ran {
+                Ok(Some(request)) => watch_for_cancellation(request),
+                Ok(None) => {}
+                Err(err) => log::error!("a Python service worker failed: {err}"),
             }
         })
     }
@@ -82,6 +89,29 @@ impl ExternalHandler for PyHandler {
     }
 }
 
+/// Runs the cancel callbacks of a request that was not answered during its dispatch, if it is
+/// cancelled (its connection closed) before it is answered.
+fn watch_for_cancellation(request: Py<PyRequest>) {
+    let (cancelled, answered) = {
+        let state = request.get();
+        (state.cancelled.clone(), state.answered_signal.clone())
+    };
+    if answered.is_cancelled() {
+        return;
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            () = answered.cancelled() => {}
+            () = cancelled.cancelled() => {
+                let run = tokio::task::spawn_blocking(move || Python::attach(|py| request.get().run_cancel_callbacks(py)));
+                if let Err(err) = run.await {
+                    log::error!("a Python service worker failed: {err}");
+                }
+            }
+        }
+    });
+}
+
 /// One call to a Python service. Answer it once with `reply()` or `error()`, from any thread.
 #[pyclass(module = "snorky._core", name = "Request", frozen)]
 pub struct PyRequest {
@@ -98,6 +128,12 @@ pub struct PyRequest {
     #[pyo3(get)]
     call_id: Py<PyAny>,
     responder: Mutex<Option<Responder>>,
+    /// Cancelled when nobody waits for the answer any more.
+    cancelled: CancellationToken,
+    /// Cancelled once the request is answered.
+    answered_signal: CancellationToken,
+    /// What to call if the request is cancelled before it is answered.
+    cancel_callbacks: Mutex<Vec<Py<PyAny>>>,
 }
 
 impl PyRequest {
@@ -111,16 +147,39 @@ impl PyRequest {
             Some(call_id) => pythonize::pythonize(py, call_id)?.unbind(),
             None => py.None(),
         };
-        let request =
-            PyRequest { client, command: call.command, params, call_id, responder: Mutex::new(Some(call.responder)) };
+        let request = PyRequest {
+            client,
+            command: call.command,
+            params,
+            call_id,
+            responder: Mutex::new(Some(call.responder)),
+            cancelled: call.cancelled,
+            answered_signal: CancellationToken::new(),
+            cancel_callbacks: Mutex::new(Vec::new()),
+        };
         Py::new(py, request)
     }
 
     fn answer(&self, result: Result<Value, RpcError>) -> PyResult<bool> {
         let responder = self.responder.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
         match responder {
-            Some(responder) => Ok(responder.send(result)),
+            Some(responder) => {
+                self.answered_signal.cancel();
+                self.cancel_callbacks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+                Ok(responder.send(result))
+            }
             None => Err(pyo3::exceptions::PyRuntimeError::new_err("this request was already answered")),
+        }
+    }
+
+    /// Calls (and forgets) the cancel callbacks; a failing one is logged.
+    fn run_cancel_callbacks(&self, py: Python<'_>) {
+        let callbacks =
+            std::mem::take(&mut *self.cancel_callbacks.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        for callback in callbacks {
+            if let Err(err) = callback.call0(py) {
+                log::error!("a cancel callback of request {:?} failed: {}", self.command, describe(py, &err));
+            }
         }
     }
 }
@@ -143,6 +202,23 @@ impl PyRequest {
         self.answer(Err(RpcError::Service(message.into())))
     }
 
+    /// Whether nobody waits for the answer any more (the calling connection closed).
+    #[getter]
+    fn cancelled(&self) -> bool {
+        self.cancelled.is_cancelled()
+    }
+
+    /// Calls `callback()` (on a worker thread) if the request is cancelled before it is
+    /// answered; at once if it already is.
+    fn on_cancel(&self, py: Python<'_>, callback: Py<PyAny>) -> PyResult<()> {
+        if self.cancelled.is_cancelled() {
+            callback.call0(py)?;
+            return Ok(());
+        }
+        self.cancel_callbacks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(callback);
+        Ok(())
+    }
+
     /// Whether the request was answered.
     #[getter]
     fn answered(&self) -> bool {
@@ -163,8 +239,14 @@ pub struct PyExternalService {
 #[pymethods]
 impl PyExternalService {
     #[new]
-    #[pyo3(signature = (name, target, side="frontend", connection_events=false))]
-    fn py_new(name: String, target: Py<PyAny>, side: &str, connection_events: bool) -> PyResult<PyExternalService> {
+    #[pyo3(signature = (name, target, side="frontend", connection_events=false, max_pending_calls=MAX_PENDING_CALLS))]
+    fn py_new(
+        name: String,
+        target: Py<PyAny>,
+        side: &str,
+        connection_events: bool,
+        max_pending_calls: usize,
+    ) -> PyResult<PyExternalService> {
         let side = match side {
             "frontend" => Side::Frontend,
             "backend" => Side::Backend,
@@ -175,7 +257,11 @@ impl PyExternalService {
             }
         };
         let handler = PyHandler { target: Arc::new(target), connection_events, name: name.clone() };
-        Ok(PyExternalService { inner: ExternalService::new(name, side, Arc::new(handler)) })
+        if max_pending_calls == 0 {
+            return Err(ConfigurationError::new_err("max_pending_calls must be at least 1"));
+        }
+        let inner = ExternalService::new(name, side, Arc::new(handler)).with_max_pending(max_pending_calls);
+        Ok(PyExternalService { inner })
     }
 
     /// The service name.
@@ -200,5 +286,11 @@ impl PyExternalService {
     #[getter]
     fn client_count(&self) -> usize {
         self.inner.client_count()
+    }
+
+    /// The number of calls waiting for a deferred answer, over every connection.
+    #[getter]
+    fn pending_calls(&self) -> usize {
+        self.inner.pending_total()
     }
 }

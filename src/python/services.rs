@@ -1,9 +1,12 @@
 //! Python handles of the built-in services.
 
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
+use super::convert::service_options;
 use super::policy::PyPolicy;
 use crate::service::AnyService;
+use crate::services::limits::PubSubLimits;
 use crate::services::pubsub::{PubSubBackend, PubSubService};
 
 /// The browser-facing PubSub service.
@@ -15,13 +18,18 @@ pub struct PyPubSubService {
 #[pymethods]
 impl PyPubSubService {
     #[new]
-    #[pyo3(signature = (name, can_publish=None))]
-    fn py_new(name: String, can_publish: Option<Py<PyAny>>) -> PyPubSubService {
-        let mut inner = PubSubService::new(name);
+    #[pyo3(signature = (name, can_publish=None, options=None))]
+    fn py_new(
+        name: String,
+        can_publish: Option<Py<PyAny>>,
+        options: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<PyPubSubService> {
+        let limits: PubSubLimits = service_options(options, "PubSub")?;
+        let mut inner = PubSubService::with_limits(name, limits);
         if let Some(callable) = can_publish {
             inner = inner.with_publish_policy(std::sync::Arc::new(PyPolicy::new(callable)));
         }
-        PyPubSubService { inner }
+        Ok(PyPubSubService { inner })
     }
 
     /// The service name.

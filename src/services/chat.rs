@@ -21,6 +21,7 @@ use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{timestamp, Frame, Params, RpcError};
 use crate::service::{ask_policy, Caller, Policy, Service, Side};
+use crate::services::limits::{check_size, ChatLimits};
 use crate::value::ValueKey;
 
 /// The error of a `join` the join policy refused.
@@ -38,6 +39,8 @@ pub struct ChatService {
 struct ChatShared {
     /// The name clients address, which every push carries.
     name: String,
+    /// How much one connection may join.
+    limits: ChatLimits,
     /// Rooms and memberships. A std `Mutex` because nothing awaits while holding it; pushes are
     /// queued under it (queueing never blocks) so that every member of a channel sees that
     /// channel's messages and presence in one order.
@@ -112,6 +115,9 @@ impl ChatShared {
         let channels = state.joined.entry(connection.id()).or_default();
         if channels.contains_key(&key) {
             return Err(RpcError::service("Already joined"));
+        }
+        if channels.len() >= self.limits.max_channels {
+            return Err(RpcError::service("Too many channels"));
         }
         channels.insert(key.clone(), channel.clone());
         let room = state.rooms.entry(key).or_default();
@@ -214,9 +220,14 @@ impl ChatShared {
 }
 
 impl ChatService {
-    /// A Chat service named `name`.
+    /// A Chat service named `name`, with the default limits.
     pub fn new(name: impl Into<String>) -> ChatService {
-        let shared = ChatShared { name: name.into(), state: Mutex::default() };
+        Self::with_limits(name, ChatLimits::default())
+    }
+
+    /// A Chat service named `name` with these limits.
+    pub fn with_limits(name: impl Into<String>, limits: ChatLimits) -> ChatService {
+        let shared = ChatShared { name: name.into(), limits, state: Mutex::default() };
         ChatService { shared: Arc::new(shared), join_policy: None }
     }
 
@@ -243,6 +254,7 @@ impl ChatService {
         let Some(identity) = connection.identity().id.as_deref() else {
             return Err(RpcError::service("Not authenticated"));
         };
+        check_size(&channel, self.shared.limits.max_channel_size, "Channel too large")?;
         // Checked before the policy so a hook is not asked about a join that fails anyway.
         // Requests of one connection run one at a time, so the answer still holds after the
         // hook returns; `ChatShared::join` checks again under the lock regardless.

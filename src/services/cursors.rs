@@ -26,9 +26,10 @@ use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{Frame, Params, RpcError};
 use crate::service::{ask_policy, Caller, Policy, Service, Side};
-use crate::value::ValueKey;
+use crate::services::limits::{check_size, CursorsLimits};
+use crate::value::{json_size, ValueKey};
 
-/// The most cursors one connection may own at once ("Too many cursors" beyond).
+/// The most cursors one connection may own at once by default ("Too many cursors" beyond).
 pub const MAX_CURSORS: usize = 16;
 
 /// The error of a `join` the join policy refused.
@@ -46,6 +47,8 @@ pub struct CursorsService {
 struct CursorsShared {
     /// The name clients address, which every push carries.
     name: String,
+    /// How much one connection may join and own.
+    limits: CursorsLimits,
     /// Documents, cursors and memberships. A std `Mutex` because nothing awaits while holding
     /// it; pushes are queued under it so every member sees a document's changes in one order.
     state: Mutex<CursorsState>,
@@ -151,6 +154,9 @@ impl CursorsShared {
         if joined.documents.contains_key(&key) {
             return Err(RpcError::service("Already joined"));
         }
+        if joined.documents.len() >= self.limits.max_documents {
+            return Err(RpcError::service("Too many documents"));
+        }
         joined.documents.insert(key.clone(), document);
         let entry = state.documents.entry(key).or_default();
         entry.members.insert(connection.id(), Arc::clone(connection));
@@ -184,6 +190,9 @@ impl CursorsShared {
         let Some(owner) = connection.identity().id.clone() else {
             return Err(RpcError::service("Not joined"));
         };
+        if cursor_size(private_handle, &position, &status) > self.limits.max_cursor_size {
+            return Err(RpcError::service(CURSOR_TOO_LARGE));
+        }
         let doc_key = ValueKey::of(&document);
         let handle_key = ValueKey::of(private_handle);
         let mut guard = self.lock();
@@ -196,7 +205,7 @@ impl CursorsShared {
         if joined.cursors.contains_key(&handle_key) {
             return Err(RpcError::service("Reused handle"));
         }
-        if joined.cursors.len() >= MAX_CURSORS {
+        if joined.cursors.len() >= self.limits.max_cursors {
             return Err(RpcError::service("Too many cursors"));
         }
         let public_handle = state.next_public_handle;
@@ -226,6 +235,14 @@ impl CursorsShared {
         let Some(cursor) = entry.cursors.get_mut(&own.public_handle) else {
             return Err(RpcError::Internal);
         };
+        let size = cursor_size(
+            private_handle,
+            update.position.as_ref().unwrap_or(&cursor.position),
+            update.status.as_ref().unwrap_or(&cursor.status),
+        );
+        if size > self.limits.max_cursor_size {
+            return Err(RpcError::service(CURSOR_TOO_LARGE));
+        }
         if let Some(position) = update.position {
             cursor.position = position;
         }
@@ -307,10 +324,15 @@ impl CursorsShared {
 }
 
 impl CursorsService {
-    /// A Cursors service named `name`.
+    /// A Cursors service named `name`, with the default limits.
     pub fn new(name: impl Into<String>) -> CursorsService {
+        Self::with_limits(name, CursorsLimits::default())
+    }
+
+    /// A Cursors service named `name` with these limits.
+    pub fn with_limits(name: impl Into<String>, limits: CursorsLimits) -> CursorsService {
         let state = CursorsState { documents: HashMap::new(), connections: HashMap::new(), next_public_handle: 1 };
-        let shared = CursorsShared { name: name.into(), state: Mutex::new(state) };
+        let shared = CursorsShared { name: name.into(), limits, state: Mutex::new(state) };
         CursorsService { shared: Arc::new(shared), join_policy: None }
     }
 
@@ -338,6 +360,7 @@ impl CursorsService {
         if connection.identity().id.is_none() {
             return Err(RpcError::service("Not authenticated"));
         }
+        check_size(&document, self.shared.limits.max_document_size, "Document too large")?;
         // Checked before the policy so a hook is not asked about a join that fails anyway;
         // `CursorsShared::join` checks again under the lock.
         if self.shared.is_joined(connection, &ValueKey::of(&document)) {
@@ -348,6 +371,14 @@ impl CursorsService {
         }
         self.shared.join(connection, document)
     }
+}
+
+/// The error of a cursor larger than `max_cursor_size`.
+const CURSOR_TOO_LARGE: &str = "Cursor too large";
+
+/// What a cursor costs to keep: its private handle, position and status, as JSON bytes.
+fn cursor_size(private_handle: &Value, position: &Value, status: &Value) -> usize {
+    json_size(private_handle) + json_size(position) + json_size(status)
 }
 
 /// Reads `newData`: an object with `position`, `status` or both, and nothing else.

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::{push_frame, reply_frame};
@@ -31,6 +32,9 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// One call handed to an external handler.
 #[derive(Debug)]
 pub struct ExternalCall {
+    /// Cancelled when nobody waits for the answer any more (the calling connection closed, or a
+    /// backend call timed out): the handler should stop working on it and free what it holds.
+    pub cancelled: CancellationToken,
     /// The calling connection; `None` for backend calls.
     pub connection: Option<Arc<Connection>>,
     /// The command name.
@@ -71,6 +75,9 @@ pub trait ExternalHandler: Send + Sync + Debug {
     fn wants_connection_events(&self) -> bool;
 }
 
+/// The most calls of one connection that may wait for a deferred answer at once, by default.
+pub const MAX_PENDING_CALLS: usize = 100;
+
 /// What handling a request produced.
 #[derive(Debug)]
 pub enum Handled {
@@ -89,12 +96,40 @@ pub struct ExternalService {
     /// Every connected client, for `broadcast` and `send_to`. A std `Mutex`: nothing awaits
     /// under it.
     clients: Arc<Mutex<HashMap<ConnectionId, Arc<Connection>>>>,
+    /// Calls waiting for a deferred answer, per connection, and the most allowed.
+    pending: Arc<Mutex<HashMap<ConnectionId, usize>>>,
+    max_pending: usize,
 }
 
 impl ExternalService {
     /// A service named `name` on `side`, run by `handler`.
     pub fn new(name: impl Into<String>, side: Side, handler: Arc<dyn ExternalHandler>) -> ExternalService {
-        ExternalService { name: name.into(), side, handler, clients: Arc::default() }
+        ExternalService {
+            name: name.into(),
+            side,
+            handler,
+            clients: Arc::default(),
+            pending: Arc::default(),
+            max_pending: MAX_PENDING_CALLS,
+        }
+    }
+
+    /// Sets how many calls of one connection may wait for a deferred answer at once ("Too many
+    /// pending calls" beyond).
+    #[must_use]
+    pub fn with_max_pending(mut self, max_pending: usize) -> ExternalService {
+        self.max_pending = max_pending;
+        self
+    }
+
+    /// How many calls of `connection` wait for a deferred answer.
+    pub fn pending_calls(&self, connection: ConnectionId) -> usize {
+        crate::sync::lock(&self.pending).get(&connection).copied().unwrap_or(0)
+    }
+
+    /// How many calls wait for a deferred answer, over every connection.
+    pub fn pending_total(&self) -> usize {
+        crate::sync::lock(&self.pending).values().sum()
     }
 
     /// The service name.
@@ -112,6 +147,9 @@ impl ExternalService {
     }
 
     /// Handles one request: dispatches it, then answers now or when the reply comes.
+    ///
+    /// A connection's calls that wait for a deferred answer are bounded (`max_pending`), and
+    /// cancelled when the connection closes, so a client cannot pile up work that outlives it.
     pub async fn handle_request(
         &self,
         connection: Option<&Arc<Connection>>,
@@ -119,8 +157,13 @@ impl ExternalService {
         params: Map<String, Value>,
         call_id: Option<&Value>,
     ) -> Handled {
+        if connection.is_some_and(|connection| self.pending_calls(connection.id()) >= self.max_pending) {
+            return Handled::Reply(Err(RpcError::service("Too many pending calls")));
+        }
         let (sender, mut receiver) = oneshot::channel();
+        let cancelled = CancellationToken::new();
         let call = ExternalCall {
+            cancelled: cancelled.clone(),
             connection: connection.cloned(),
             command,
             params,
@@ -139,20 +182,26 @@ impl ExternalService {
                     if let Ok(Ok(result)) = tokio::time::timeout(BACKEND_REPLY_TIMEOUT, receiver).await {
                         Handled::Reply(result)
                     } else {
+                        cancelled.cancel();
                         log::error!("service {:?}: a backend request got no reply", self.name);
                         Handled::Reply(Err(RpcError::Internal))
                     }
                 }
                 Some(connection) => {
+                    let pending = PendingCall::start(&self.pending, connection.id());
                     let connection = Arc::clone(connection);
                     let name = self.name.clone();
                     let call_id = call_id.cloned();
                     tokio::spawn(async move {
-                        match receiver.await {
-                            Ok(result) => {
-                                connection.send(reply_frame(&name, call_id.as_ref(), &result));
-                            }
-                            Err(_) => log::error!("service {name:?}: a deferred request was dropped without a reply"),
+                        let _pending = pending;
+                        tokio::select! {
+                            result = receiver => match result {
+                                Ok(result) => {
+                                    connection.send(reply_frame(&name, call_id.as_ref(), &result));
+                                }
+                                Err(_) => log::error!("service {name:?}: a deferred request was dropped without a reply"),
+                            },
+                            () = connection.closed() => cancelled.cancel(),
                         }
                     });
                     Handled::Later
@@ -193,5 +242,30 @@ impl ExternalService {
     /// The number of connected clients.
     pub fn client_count(&self) -> usize {
         self.clients().len()
+    }
+}
+
+/// One call counted as waiting for its deferred answer; dropping it uncounts it.
+struct PendingCall {
+    pending: Arc<Mutex<HashMap<ConnectionId, usize>>>,
+    connection: ConnectionId,
+}
+
+impl PendingCall {
+    fn start(pending: &Arc<Mutex<HashMap<ConnectionId, usize>>>, connection: ConnectionId) -> PendingCall {
+        *crate::sync::lock(pending).entry(connection).or_default() += 1;
+        PendingCall { pending: Arc::clone(pending), connection }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        let mut pending = crate::sync::lock(&self.pending);
+        if let Some(count) = pending.get_mut(&self.connection) {
+            *count -= 1;
+            if *count == 0 {
+                pending.remove(&self.connection);
+            }
+        }
     }
 }

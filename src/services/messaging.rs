@@ -19,6 +19,7 @@ use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{Params, RpcError};
 use crate::service::{ask_policy, Caller, Policy, Service, Side};
+use crate::services::limits::MessagingLimits;
 
 /// A Messaging service: `registerParticipant`, `unregisterParticipant`, `listParticipants`,
 /// `send`.
@@ -33,6 +34,8 @@ pub struct MessagingService {
 struct MessagingShared {
     /// The name clients address, which every push carries.
     name: String,
+    /// How many and how long the names may be.
+    limits: MessagingLimits,
     /// The registered names. A std `Mutex` because nothing awaits while holding it; a message
     /// is queued under it, so messages to one participant arrive in the order they were sent.
     state: Mutex<MessagingState>,
@@ -67,6 +70,12 @@ impl MessagingShared {
         let mut state = self.lock();
         if state.names.contains_key(&name) {
             return Err(TAKEN);
+        }
+        if state.by_connection.get(&connection.id()).is_some_and(|names| names.len() >= self.limits.max_names) {
+            return Err(RpcError::service("Too many names"));
+        }
+        if state.names.len() >= self.limits.max_participants {
+            return Err(RpcError::service("Too many participants"));
         }
         state.by_connection.entry(connection.id()).or_default().insert(name.clone());
         state.names.insert(name, Arc::clone(connection));
@@ -113,9 +122,14 @@ impl MessagingShared {
 }
 
 impl MessagingService {
-    /// A Messaging service named `name`.
+    /// A Messaging service named `name`, with the default limits.
     pub fn new(name: impl Into<String>) -> MessagingService {
-        let shared = MessagingShared { name: name.into(), state: Mutex::default() };
+        Self::with_limits(name, MessagingLimits::default())
+    }
+
+    /// A Messaging service named `name` with these limits.
+    pub fn with_limits(name: impl Into<String>, limits: MessagingLimits) -> MessagingService {
+        let shared = MessagingShared { name: name.into(), limits, state: Mutex::default() };
         MessagingService { shared: Arc::new(shared), name_policy: None }
     }
 
@@ -135,6 +149,9 @@ impl MessagingService {
     async fn register(&self, connection: &Arc<Connection>, mut params: Params) -> Result<Value, RpcError> {
         let name = take_name(&mut params, "name")?;
         params.finish()?;
+        if name.len() > self.shared.limits.max_name_length {
+            return Err(RpcError::service("Name too long"));
+        }
         // Checked before the policy so a hook is not asked about a name that is taken anyway;
         // `MessagingShared::register` checks again under the lock, since another connection
         // may take the name while the hook runs.

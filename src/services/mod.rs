@@ -3,5 +3,6 @@
 pub mod chat;
 pub mod cursors;
 pub mod external;
+pub mod limits;
 pub mod messaging;
 pub mod pubsub;

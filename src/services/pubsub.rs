@@ -11,7 +11,11 @@ use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{Params, RpcError};
 use crate::service::{ask_policy, Caller, Policy, Service, Side};
+use crate::services::limits::{check_size, PubSubLimits};
 use crate::value::ValueKey;
+
+/// The error of a channel larger than `max_channel_size`.
+const CHANNEL_TOO_LARGE: &str = "Channel too large";
 
 /// The state shared by a PubSub service and its backend twin.
 #[derive(Debug)]
@@ -19,6 +23,8 @@ pub struct PubSubHub {
     /// The frontend service's name, which deliveries carry (also those published through the
     /// backend service).
     frontend_name: String,
+    /// How much one connection may subscribe to.
+    limits: PubSubLimits,
     /// Subscriptions. A std `Mutex` because nothing awaits while holding it, and because queueing
     /// a delivery to every subscriber under the lock is what keeps publishes in one order for
     /// every subscriber of a channel.
@@ -57,13 +63,16 @@ impl PubSubHub {
     }
 
     fn subscribe(&self, connection: &Arc<Connection>, channel: &Value) -> Result<(), RpcError> {
+        check_size(channel, self.limits.max_channel_size, CHANNEL_TOO_LARGE)?;
         let key = ValueKey::of(channel);
         let mut state = self.lock();
-        let subscribers = state.channels.entry(key.clone()).or_default();
-        if subscribers.contains_key(&connection.id()) {
+        if state.channels.get(&key).is_some_and(|subscribers| subscribers.contains_key(&connection.id())) {
             return Err(RpcError::service("Already subscribed"));
         }
-        subscribers.insert(connection.id(), Arc::clone(connection));
+        if state.by_connection.get(&connection.id()).is_some_and(|keys| keys.len() >= self.limits.max_subscriptions) {
+            return Err(RpcError::service("Too many subscriptions"));
+        }
+        state.channels.entry(key.clone()).or_default().insert(connection.id(), Arc::clone(connection));
         state.by_connection.entry(connection.id()).or_default().insert(key);
         Ok(())
     }
@@ -114,9 +123,14 @@ pub struct PubSubService {
 }
 
 impl PubSubService {
-    /// A PubSub service named `name`.
+    /// A PubSub service named `name`, with the default limits.
     pub fn new(name: impl Into<String>) -> PubSubService {
-        let hub = PubSubHub { frontend_name: name.into(), state: Mutex::default() };
+        Self::with_limits(name, PubSubLimits::default())
+    }
+
+    /// A PubSub service named `name` with these limits.
+    pub fn with_limits(name: impl Into<String>, limits: PubSubLimits) -> PubSubService {
+        let hub = PubSubHub { frontend_name: name.into(), limits, state: Mutex::default() };
         PubSubService { hub: Arc::new(hub), publish_policy: None }
     }
 
@@ -136,6 +150,7 @@ impl PubSubService {
         let channel = params.take("channel")?;
         let message = params.take("message")?;
         params.finish()?;
+        check_size(&channel, self.hub.limits.max_channel_size, CHANNEL_TOO_LARGE)?;
         if !ask_policy(self.publish_policy.as_ref(), self.name(), connection, &channel).await? {
             return Err(RpcError::service("Not authorized"));
         }

@@ -195,3 +195,64 @@ def test_backend_python_service():
         assert server.backend().call("admin", "stats") == {"client": None}
         with pytest.raises(Exception, match="Invalid params"):
             server.backend().call("admin", "stats", x=1)
+
+
+class Waiter(RPCService):
+    """Commands that never answer on their own, recording what happens to them."""
+
+    max_pending_calls = 5
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.started = 0
+        self.cancelled = 0
+        self.deferred_cancelled = 0
+        self.lock = threading.Lock()
+
+    @rpc_command
+    async def forever(self, req: Request) -> None:
+        with self.lock:
+            self.started += 1
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            with self.lock:
+                self.cancelled += 1
+            raise
+
+    @rpc_asynchronous
+    def never(self, req: Request) -> None:
+        def cancelled() -> None:
+            with self.lock:
+                self.deferred_cancelled += 1
+
+        req.on_cancel(cancelled)
+
+
+def wait_for(condition, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_pending_calls_are_bounded_per_connection_and_cancelled_with_it():
+    waiter = Waiter("waiter")
+    with running_server([waiter]) as server:
+        client = WsClient(server.ws_url)
+        for call_id in range(1, 5):
+            client.send("waiter", {"command": "forever", "params": {}, "callId": call_id})
+        client.send("waiter", {"command": "never", "params": {}, "callId": 5})
+        wait_for(lambda: waiter.pending_calls == 5, "five calls to wait")
+        # The sixth is refused at once; another connection has its own allowance.
+        assert client.call("waiter", "forever") == {"type": "error", "callId": 1, "message": "Too many pending calls"}
+        other = WsClient(server.ws_url)
+        other.send("waiter", {"command": "forever", "params": {}, "callId": 1})
+        wait_for(lambda: waiter.pending_calls == 6, "the other connection's call to wait")
+        # The client leaves: its coroutines are cancelled and its deferred call is told.
+        client.close()
+        wait_for(lambda: waiter.cancelled == 4, "the coroutines to be cancelled")
+        wait_for(lambda: waiter.deferred_cancelled == 1, "the deferred call's cancel callback")
+        wait_for(lambda: waiter.pending_calls == 1, "only the other connection's call to be left")
+        other.close()
+        wait_for(lambda: waiter.pending_calls == 0 and waiter.cancelled == 5, "nothing to be left")
