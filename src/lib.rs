@@ -4,6 +4,8 @@
 //!
 //! - [`protocol`]: the wire contract: envelopes, RPC, error texts, close codes.
 //! - [`connection`]: one client as services see it, with its bounded outgoing queue.
+//! - [`connections`]: a server's table of open connections: caps, lookup by identity, and
+//!   revocation.
 //! - [`service`] and [`registry`]: the `Service` trait and the name → service maps.
 //! - [`services`]: PubSub, Chat, Cursors, Messaging and the other built-in services.
 //! - [`tokens`]: connection tokens (JWT HS256), which give a connection its identity.
@@ -24,6 +26,7 @@
 
 pub mod backend_client;
 pub mod connection;
+pub mod connections;
 pub mod datasync;
 pub mod error;
 pub mod metrics;

@@ -41,6 +41,11 @@ impl ServiceRegistry {
         self.services.get(name)
     }
 
+    /// Every registered service, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &AnyService> {
+        self.services.values()
+    }
+
     /// Tells every service that a connection opened.
     pub async fn connected(&self, connection: &Arc<Connection>) {
         for service in self.services.values() {

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::connection::Connection;
+use crate::connections::ConnectionTable;
 use crate::datasync::{DataSyncBackend, DataSyncService};
 use crate::protocol::{Params, RpcError};
 use crate::services::chat::ChatService;
+use crate::services::connections::ConnectionsBackend;
 use crate::services::cursors::CursorsService;
 use crate::services::external::{ExternalService, Handled};
 use crate::services::messaging::MessagingService;
@@ -109,6 +111,8 @@ pub enum AnyService {
     Cursors(CursorsService),
     /// Messaging: named participants and messages between them.
     Messaging(MessagingService),
+    /// Revocation of identities, for the web application.
+    Connections(ConnectionsBackend),
 }
 
 /// Applies `$body` to the service inside every built-in variant (not `External`, whose
@@ -123,6 +127,7 @@ macro_rules! each_builtin {
             AnyService::Chat($service) => $body,
             AnyService::Cursors($service) => $body,
             AnyService::Messaging($service) => $body,
+            AnyService::Connections($service) => $body,
             AnyService::External($external) => $other,
         }
     };
@@ -159,6 +164,14 @@ impl AnyService {
                 service.handle_request(connection, command, params.into_map(), call_id).await
             }
         )
+    }
+
+    /// Gives the service what it needs of the server it is registered in (only the
+    /// `connections` service needs anything: the server's connections).
+    pub fn attach(&self, table: &Arc<ConnectionTable>) {
+        if let AnyService::Connections(service) = self {
+            service.attach(table);
+        }
     }
 
     /// Tells the service a client connected (only external services care).

@@ -5,7 +5,8 @@
 //! A token is a compact JWS signed with HS256 (HMAC-SHA256) under the server's `token_secret`.
 //! Its claims: `sub` (required, a non-empty string: the identity), `exp` (required, a NumericDate
 //! in the future), `info` (optional, an object: public data about the user, passed to services),
-//! `nbf` (optional, honoured when present); any other claim (`iat`, `jti`, ...) is ignored.
+//! `nbf` (optional, honoured when present), `iat` (optional, read only to tell whether the token
+//! predates a revocation of its identity); any other claim (`jti`, ...) is ignored.
 //!
 //! **Why a small codec on RustCrypto rather than `jsonwebtoken`.** Snorky needs one algorithm.
 //! `jsonwebtoken` 11 requires choosing a crypto backend: `rust_crypto` compiles the RSA, ECDSA and
@@ -82,7 +83,7 @@ pub enum TokenError {
 }
 
 /// Seconds since the Unix epoch, with a fraction.
-fn now_seconds() -> f64 {
+pub fn now_seconds() -> f64 {
     // A clock before 1970 is a broken host; treating it as the epoch makes every token expired
     // rather than valid.
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64()
@@ -97,8 +98,23 @@ pub fn verify(token: &str, secret: &[u8]) -> Result<Identity, TokenError> {
     verify_at(token, secret, now_seconds())
 }
 
+/// What a valid token says: the identity, and when the token was issued (its `iat`, when it
+/// has a numeric one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    /// The identity the token proves.
+    pub identity: Identity,
+    /// The token's `iat`, seconds since the epoch.
+    pub issued_at: Option<f64>,
+}
+
 /// Verifies `token` with `secret` as if the time were `now` (seconds since the epoch).
 pub fn verify_at(token: &str, secret: &[u8], now: f64) -> Result<Identity, TokenError> {
+    verify_claims(token, secret, now).map(|verified| verified.identity)
+}
+
+/// As [`verify_at`], with the token's issue time too.
+pub fn verify_claims(token: &str, secret: &[u8], now: f64) -> Result<Verified, TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
     }
@@ -144,7 +160,8 @@ pub fn verify_at(token: &str, secret: &[u8], now: f64) -> Result<Identity, Token
         Some(info @ Value::Object(_)) => Some(info),
         Some(_) => return Err(TokenError::InvalidInfo),
     };
-    Ok(Identity { id: Some(sub), info })
+    let issued_at = claims.get("iat").and_then(Value::as_f64);
+    Ok(Verified { identity: Identity { id: Some(sub), info }, issued_at })
 }
 
 fn decode_json(segment: &str) -> Result<Value, TokenError> {

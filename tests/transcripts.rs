@@ -23,6 +23,7 @@ use snorky::datasync::{DataSyncBackend, DataSyncService, Dealer, Limits, LimitsC
 use snorky::server::ServerConfig;
 use snorky::service::{AnyService, Policy, PolicyFuture};
 use snorky::services::chat::ChatService;
+use snorky::services::connections::ConnectionsBackend;
 use snorky::services::cursors::CursorsService;
 use snorky::services::messaging::MessagingService;
 use snorky::services::pubsub::{PubSubBackend, PubSubService};
@@ -135,6 +136,15 @@ fn limits(spec: Option<&Value>) -> Result<Limits, String> {
     config.limits().map_err(|err| err.to_string())
 }
 
+/// A built-in service's limits from the options a transcript gives (`"limits"`, the names of
+/// the Python keyword arguments); the defaults without them.
+fn service_limits<T: serde::de::DeserializeOwned + Default>(spec: &Value) -> Result<T, String> {
+    match spec.get("limits") {
+        Some(limits) => serde_json::from_value(limits.clone()).map_err(|err| format!("limits: {err}")),
+        None => Ok(T::default()),
+    }
+}
+
 /// The frontend and backend services of a transcript's `server`.
 fn services(server: &Value) -> Result<(Vec<AnyService>, Vec<AnyService>), String> {
     let mut pubsubs: HashMap<String, PubSubService> = HashMap::new();
@@ -144,7 +154,7 @@ fn services(server: &Value) -> Result<(Vec<AnyService>, Vec<AnyService>), String
         let name = text(spec, "name")?;
         frontend.push(match text(spec, "kind")? {
             "pubsub" => {
-                let mut service = PubSubService::new(name);
+                let mut service = PubSubService::with_limits(name, service_limits(spec)?);
                 if let Some(policy) = policy(spec) {
                     service = service.with_publish_policy(policy);
                 }
@@ -152,15 +162,15 @@ fn services(server: &Value) -> Result<(Vec<AnyService>, Vec<AnyService>), String
                 AnyService::PubSub(service)
             }
             "chat" => {
-                let service = ChatService::new(name);
+                let service = ChatService::with_limits(name, service_limits(spec)?);
                 AnyService::Chat(policy(spec).map_or(service.clone(), |policy| service.with_join_policy(policy)))
             }
             "cursors" => {
-                let service = CursorsService::new(name);
+                let service = CursorsService::with_limits(name, service_limits(spec)?);
                 AnyService::Cursors(policy(spec).map_or(service.clone(), |policy| service.with_join_policy(policy)))
             }
             "messaging" => {
-                let service = MessagingService::new(name);
+                let service = MessagingService::with_limits(name, service_limits(spec)?);
                 AnyService::Messaging(policy(spec).map_or(service.clone(), |policy| service.with_name_policy(policy)))
             }
             "datasync" => {
@@ -175,7 +185,12 @@ fn services(server: &Value) -> Result<(Vec<AnyService>, Vec<AnyService>), String
     }
     let mut backend = Vec::new();
     for spec in server["backend"].as_array().into_iter().flatten() {
-        let (name, twin) = (text(spec, "name")?, text(spec, "frontend")?);
+        let name = text(spec, "name")?;
+        if text(spec, "kind")? == "connections" {
+            backend.push(AnyService::Connections(ConnectionsBackend::new(name)));
+            continue;
+        }
+        let twin = text(spec, "frontend")?;
         backend.push(match text(spec, "kind")? {
             "pubsub_backend" => {
                 let frontend = pubsubs.get(twin).ok_or_else(|| format!("no pubsub service {twin:?}"))?;
@@ -721,18 +736,25 @@ fn the_close_code_table_lists_exactly_the_codes_the_server_sends() {
         ("GOING_AWAY", snorky::protocol::codes::GOING_AWAY),
         ("POLICY_VIOLATION", snorky::protocol::codes::POLICY_VIOLATION),
         ("MESSAGE_TOO_BIG", snorky::protocol::codes::MESSAGE_TOO_BIG),
+        ("INVALID_PAYLOAD", snorky::protocol::codes::INVALID_PAYLOAD),
+        ("REVOKED", snorky::protocol::codes::REVOKED),
     ];
     for (name, code) in exported {
         assert!(defined.contains(&(name.to_owned(), code)), "{name} = {code} is in codes.rs");
     }
-    // Every code the server sends is in the client's table, and none of them is in the range
-    // reserved for "do not reconnect".
-    let client: Vec<u64> =
-        table["client"].as_array().expect("a client list").iter().filter_map(|e| e["code"].as_u64()).collect();
+    // Every code the server sends is in the client's table, and only the codes that mean "do not
+    // reconnect" (REVOKED) are in the range reserved for that, where the client does not
+    // reconnect.
+    let client = table["client"].as_array().expect("a client list");
     let reserved = &table["reserved"];
     let (low, high) = (reserved["from"].as_u64().expect("from"), reserved["to"].as_u64().expect("to"));
     for (name, code) in &defined {
-        assert!(client.contains(&u64::from(*code)), "{name} ({code}) is in the client's table");
-        assert!(!(low..=high).contains(&u64::from(*code)), "{name} ({code}) is outside the reserved range");
+        let entry = client.iter().find(|e| e["code"].as_u64() == Some(u64::from(*code)));
+        let entry = entry.unwrap_or_else(|| panic!("{name} ({code}) is in the client's table"));
+        let terminal = name == "REVOKED";
+        assert_eq!((low..=high).contains(&u64::from(*code)), terminal, "{name} ({code}) and the reserved range");
+        if terminal {
+            assert_eq!(entry["reconnect"], false, "{name}: the client does not reconnect");
+        }
     }
 }

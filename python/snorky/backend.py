@@ -41,28 +41,56 @@ class SnorkyBackend:
         """Publishes ``message`` to every browser subscribed to ``channel``."""
         self._client.call(service, "publish", {"channel": channel, "message": message})
 
-    def authorize_subscription(self, items: Iterable[Mapping[str, Any]], *, service: str = "datasync_backend") -> str:
+    def authorize_subscription(
+        self,
+        items: Iterable[Mapping[str, Any]],
+        *,
+        identity: str | None = None,
+        service: str = "datasync_backend",
+    ) -> str:
         """Authorizes a DataSync subscription and returns its token, for the browser to acquire.
 
         ``items`` are ``{"dealer": <dealer name>, "query": <value>}`` dicts: the subscription
         receives the deltas any of them matches (each delta at most once). The server refuses
         the whole list with a :class:`BackendError` (``"No such dealer"``, ``"Missing field
-        query"``, an invalid filter expression, ...) if any item is wrong.
+        query"``, an invalid filter expression, ...) if any item is wrong. With ``identity``
+        (the ``sub`` of the user's connection tokens), only connections of that identity may
+        acquire or resume the subscription.
         """
-        token = self._client.call(service, "authorizeSubscription", {"items": list(items)})
+        params: dict[str, Any] = {"items": list(items)}
+        if identity is not None:
+            params["identity"] = identity
+        token = self._client.call(service, "authorizeSubscription", params)
         if not isinstance(token, str):
             raise BackendError(f"authorizeSubscription answered {token!r}, not a token")
         return token
 
+    def disconnect(self, identity: str, *, service: str = "connections") -> int:
+        """Revokes ``identity``: closes its open connections (code 4501, no reconnection) and
+        refuses its connection tokens issued until now. Returns how many connections were closed.
+        Needs a :class:`~snorky.services.ConnectionsBackend` registered on the server's backend.
+        """
+        answer = self._client.call(service, "disconnect", {"identity": identity})
+        return int(answer["disconnected"]) if isinstance(answer, dict) else 0
+
     def publish_deltas(
-        self, deltas: Mapping[str, Any] | Iterable[Mapping[str, Any]], *, service: str = "datasync_backend"
+        self,
+        deltas: Mapping[str, Any] | Iterable[Mapping[str, Any]],
+        *,
+        key: str | None = None,
+        service: str = "datasync_backend",
     ) -> None:
         """Publishes DataSync deltas: one delta (a dict), or many in one request (a list).
 
         A delta is ``{"type": "insert"|"delete", "model": ..., "data": {...}}`` or
         ``{"type": "update", "model": ..., "newData": {...}, "oldData": {...}}``. The server
         checks the whole batch before delivering any of it: one bad delta refuses all of them
-        with a :class:`BackendError`.
+        with a :class:`BackendError`. A ``key`` (at most 200 characters) makes the call
+        idempotent: the server answers a batch whose key it saw recently without delivering it
+        again (an outbox relay sending a batch twice after a crash).
         """
         batch = [deltas] if isinstance(deltas, Mapping) else list(deltas)
-        self._client.call(service, "publishDeltas", {"deltas": batch})
+        params: dict[str, Any] = {"deltas": batch}
+        if key is not None:
+            params["key"] = key
+        self._client.call(service, "publishDeltas", params)

@@ -13,6 +13,7 @@ from snorky.rpc import Request, RPCError, RPCService, rpc_asynchronous, rpc_comm
 __all__ = [
     "ChatService",
     "Client",
+    "ConnectionsBackend",
     "CursorsService",
     "DataSyncBackend",
     "DataSyncService",
@@ -76,6 +77,26 @@ class PubSubBackend:
 
     def __repr__(self) -> str:
         return f"PubSubBackend({self.name!r}, {self.frontend!r})"
+
+
+class ConnectionsBackend:
+    """The web application's control over who stays connected (register it on the backend).
+
+    Its command ``disconnect`` (``SnorkyBackend.disconnect(identity)``) revokes an identity:
+    every open connection of that identity is closed with code 4501 (the JavaScript client does
+    not reconnect), and connection tokens of that identity issued until then are refused for
+    ``revocation_window`` seconds (a server option, one hour by default: keep it at least as long
+    as your tokens live).
+    """
+
+    side = "backend"
+
+    def __init__(self, name: str = "connections") -> None:
+        self.name = name
+        self._core = _core.ConnectionsBackend(name)
+
+    def __repr__(self) -> str:
+        return f"ConnectionsBackend({self.name!r})"
 
 
 class ChatService:

@@ -1,15 +1,15 @@
 //! WebSocket close codes the server sends, and what a client should do on each.
 //!
-//! The server sends only standard codes (RFC 6455, 1000–1015), so any WebSocket client
-//! understands them. A client should reconnect after [`GOING_AWAY`] (the server restarts) and
-//! after [`POLICY_VIOLATION`] (it fell behind: reconnect and resync); after
-//! [`MESSAGE_TOO_BIG`] reconnecting and resending the same frame would fail again, so it should
-//! reconnect without repeating the frame.
+//! The server sends standard codes (RFC 6455, 1000–1015), which any WebSocket client
+//! understands, and one code of the application range. A client should reconnect after
+//! [`GOING_AWAY`] (the server restarts) and after [`POLICY_VIOLATION`] (it fell behind:
+//! reconnect and resync); after [`MESSAGE_TOO_BIG`] reconnecting and resending the same frame
+//! would fail again, so it should reconnect without repeating the frame.
 //!
-//! The application range 4500–4999 is reserved for closes that mean "do not reconnect" (an
-//! application, or a later server feature, ending a connection for good). The server sends none
-//! of them today; the TypeScript client (`js/src/codes.ts`) already does not reconnect after
-//! them. `tests/fixtures/protocol/close-codes.json` is the table both sides are tested against:
+//! The application range 4500–4999 is reserved for closes that mean "do not reconnect": the
+//! server ends a connection for good. It sends [`REVOKED`] when the web application revokes the
+//! connection's identity; the TypeScript client (`js/src/codes.ts`) does not reconnect after any
+//! code of the range. `tests/fixtures/protocol/close-codes.json` is the table both sides are tested against:
 //! every constant here must be listed there (`tests/transcripts.rs`), and docs/protocol.md
 //! ("Connection health and close codes") says the same.
 
@@ -24,3 +24,6 @@ pub const INVALID_PAYLOAD: u16 = 1007;
 pub const POLICY_VIOLATION: u16 = 1008;
 /// The client sent a frame larger than the configured maximum.
 pub const MESSAGE_TOO_BIG: u16 = 1009;
+/// The connection's identity was revoked (the user logged out, or was locked out): the
+/// application range 4500–4999 means "do not reconnect". Connecting again needs a new token.
+pub const REVOKED: u16 = 4501;

@@ -57,6 +57,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<server::PyServerHandle>()?;
     m.add_class::<services::PyPubSubService>()?;
     m.add_class::<services::PyPubSubBackend>()?;
+    m.add_class::<services::PyConnectionsBackend>()?;
     m.add_class::<datasync::PyDataSyncService>()?;
     m.add_class::<datasync::PyDataSyncBackend>()?;
     m.add_class::<collab::PyChatService>()?;

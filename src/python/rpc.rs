@@ -51,7 +51,7 @@ impl ExternalHandler for PyHandler {
                     Ok::<_, PyErr>(request)
                 })
                 .map_err(|err| {
-                    Python::attach(|py| log::error!("service {name:?}: dispatch failed: {}", describe(py, &err)))
+                    Python::attach(|py| log::error!("service {name:?}: dispatch failed: {}", describe(py, &err)));
                 })
                 .ok()
             })

@@ -6,6 +6,7 @@ use pyo3::types::PyDict;
 use super::convert::service_options;
 use super::policy::PyPolicy;
 use crate::service::AnyService;
+use crate::services::connections::ConnectionsBackend;
 use crate::services::limits::PubSubLimits;
 use crate::services::pubsub::{PubSubBackend, PubSubService};
 
@@ -67,6 +68,26 @@ impl PyPubSubBackend {
 }
 
 /// Extracts the Rust service behind any of the service handles.
+/// The web application's control over connections: `disconnect` revokes an identity.
+#[pyclass(module = "snorky._core", name = "ConnectionsBackend", frozen)]
+pub struct PyConnectionsBackend {
+    pub(crate) inner: ConnectionsBackend,
+}
+
+#[pymethods]
+impl PyConnectionsBackend {
+    #[new]
+    fn py_new(name: String) -> PyConnectionsBackend {
+        PyConnectionsBackend { inner: ConnectionsBackend::new(name) }
+    }
+
+    /// The service name.
+    #[getter]
+    fn name(&self) -> String {
+        crate::service::Service::name(&self.inner).to_owned()
+    }
+}
+
 pub fn extract_service(object: &Bound<'_, PyAny>) -> PyResult<AnyService> {
     if let Ok(service) = object.cast::<PyPubSubService>() {
         return Ok(AnyService::PubSub(service.get().inner.clone()));
@@ -91,6 +112,9 @@ pub fn extract_service(object: &Bound<'_, PyAny>) -> PyResult<AnyService> {
     }
     if let Ok(service) = object.cast::<super::collab::PyMessagingService>() {
         return Ok(AnyService::Messaging(service.get().inner.clone()));
+    }
+    if let Ok(service) = object.cast::<PyConnectionsBackend>() {
+        return Ok(AnyService::Connections(service.get().inner.clone()));
     }
     Err(super::ConfigurationError::new_err(format!(
         "{} is not a Snorky service (expected PubSubService, PubSubBackend, ...)",

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::connection::QueueBounds;
+use crate::connections::RevocationBounds;
 use crate::error::Error;
 
 /// The shortest API key accepted: shorter keys can be guessed.
@@ -61,6 +62,11 @@ pub struct ServerConfig {
     /// Seconds a client may take to send a request's head (both listeners); slower ones are
     /// disconnected.
     pub header_read_timeout: f64,
+    /// Seconds a revoked identity's older connection tokens stay refused; at least the longest
+    /// lifetime the web application gives its tokens.
+    pub revocation_window: f64,
+    /// The most revoked identities remembered (the oldest are forgotten first).
+    pub max_revocations: usize,
     /// Seconds between pings; a connection that leaves two unanswered is dropped.
     pub ping_interval: f64,
     /// Seconds a closing connection gets to receive its close frame.
@@ -86,6 +92,8 @@ impl Default for ServerConfig {
             max_connections: 50_000,
             max_connections_per_address: None,
             header_read_timeout: 10.0,
+            revocation_window: 3600.0,
+            max_revocations: 100_000,
             ping_interval: 30.0,
             close_timeout: 5.0,
             shutdown_timeout: 10.0,
@@ -129,6 +137,7 @@ impl ServerConfig {
             ("shutdown_timeout", self.shutdown_timeout),
             ("stall_timeout", self.stall_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("revocation_window", self.revocation_window),
         ] {
             check_seconds(name, seconds)?;
         }
@@ -156,6 +165,11 @@ impl ServerConfig {
     /// The bounds of every connection's outgoing queue.
     pub fn queue_bounds(&self) -> QueueBounds {
         QueueBounds { limit: self.queue_limit(), stall_timeout: Duration::from_secs_f64(self.stall_timeout) }
+    }
+
+    /// How long and how many revocations are remembered.
+    pub fn revocation_bounds(&self) -> RevocationBounds {
+        RevocationBounds { window: Duration::from_secs_f64(self.revocation_window), max: self.max_revocations }
     }
 
     /// `header_read_timeout` as a duration.

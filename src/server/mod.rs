@@ -4,7 +4,6 @@
 
 pub mod backend;
 pub mod config;
-pub mod connections;
 pub mod dispatch;
 pub mod listener;
 pub mod origin;
@@ -23,10 +22,10 @@ use tokio_util::task::TaskTracker;
 
 pub use config::ServerConfig;
 
+use crate::connections::ConnectionTable;
 use crate::error::Error;
 use crate::metrics::{self, Metrics};
 use crate::registry::ServiceRegistry;
-use connections::ConnectionTable;
 
 /// What every request handler and connection of one server shares.
 #[derive(Debug)]
@@ -84,7 +83,14 @@ impl Server {
         }
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
-        let table = ConnectionTable::new(self.config.max_connections, self.config.max_connections_per_address);
+        let table = ConnectionTable::with_revocation(
+            self.config.max_connections,
+            self.config.max_connections_per_address,
+            self.config.revocation_bounds(),
+        );
+        for service in self.frontend.services().chain(self.backend.services()) {
+            service.attach(&table);
+        }
         let app = App {
             config: self.config,
             frontend: self.frontend,

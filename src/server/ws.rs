@@ -24,8 +24,8 @@ use crate::connection::{Connection, Identity, Outbox};
 use crate::protocol::codes;
 use crate::tokens;
 
-use super::connections::Slot;
 use super::{dispatch, origin, App};
+use crate::connections::Slot;
 
 /// Connection ids are process-wide, not per server: one service object may be registered in two
 /// servers of one process (tests, embedding), and its maps are keyed by id.
@@ -65,7 +65,7 @@ pub async fn upgrade(
         return (StatusCode::FORBIDDEN, "Origin not allowed").into_response();
     }
     let identity = match query {
-        Ok(Query(query)) => handshake_identity(app.config.token_secret.as_deref(), query.token.as_deref()),
+        Ok(Query(query)) => handshake_identity(&app, query.token.as_deref()),
         // A query string that does not parse (a repeated `token`, bad percent-encoding) cannot
         // be trusted to carry no token.
         Err(rejection) => Err(format!("Invalid connection token: {}", rejection.body_text())),
@@ -94,18 +94,27 @@ pub async fn upgrade(
         .on_upgrade(move |socket| serve(app, socket, remote, identity, slot))
 }
 
-/// The identity a handshake proves (docs/protocol.md "Identity"): anonymous without a token, the
-/// token's `sub` and `info` with a valid one. The error is the text of the HTTP 401 answer.
-fn handshake_identity(secret: Option<&str>, token: Option<&str>) -> Result<Identity, String> {
+/// The identity a handshake proves (see the protocol document, "Identity"): anonymous without
+/// a token, the token's `sub` and `info` with a valid one that was not revoked. The error is
+/// the text of the HTTP 401 answer.
+fn handshake_identity(app: &App, token: Option<&str>) -> Result<Identity, String> {
     let Some(token) = token else {
         return Ok(Identity::default());
     };
     // A token the server cannot check is refused rather than ignored: silently connecting a
     // client that believes it is authenticated as anonymous hides a deployment mistake.
-    let Some(secret) = secret else {
+    let Some(secret) = app.config.token_secret.as_deref() else {
         return Err("Invalid connection token: server has no token_secret".to_owned());
     };
-    tokens::verify(token, secret.as_bytes()).map_err(|err| format!("Invalid connection token: {err}"))
+    let now = tokens::now_seconds();
+    let verified = tokens::verify_claims(token, secret.as_bytes(), now)
+        .map_err(|err| format!("Invalid connection token: {err}"))?;
+    if let Some(id) = &verified.identity.id {
+        if app.table.is_revoked(id, verified.issued_at, now) {
+            return Err("Invalid connection token: revoked".to_owned());
+        }
+    }
+    Ok(verified.identity)
 }
 
 async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: Identity, mut slot: Slot) {

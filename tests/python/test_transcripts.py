@@ -28,6 +28,7 @@ from snorky import connection_token
 from snorky.dealers import BroadcastDealer, Dealer, FilterDealer, SimpleDealer
 from snorky.services import (
     ChatService,
+    ConnectionsBackend,
     CursorsService,
     DataSyncBackend,
     DataSyncService,
@@ -89,11 +90,12 @@ def frontend_service(spec: dict[str, Any]) -> Any:
         return DataSyncService(name, [dealer(d) for d in spec.get("dealers", [])], **spec.get("limits", {}))
     assert kind in HOOKS, f"unknown frontend service kind {kind!r}"
     base, hook = HOOKS[kind]
+    limits = spec.get("limits", {})
     if decide is None:
-        return base(name)
+        return base(name, **limits)
     # A subclass overriding the hook, as an application would write it.
     listed = type(f"Listed{base.__name__}", (base,), {hook: lambda self, client, subject: decide(subject)})
-    return listed(name)
+    return listed(name, **limits)
 
 
 def dealer(spec: dict[str, Any]) -> Dealer:
@@ -111,6 +113,9 @@ def services(server: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     by_name = {service.name: service for service in frontend}
     backend: list[Any] = []
     for spec in server.get("backend", []):
+        if spec["kind"] == "connections":
+            backend.append(ConnectionsBackend(spec["name"]))
+            continue
         twin = by_name[spec["frontend"]]
         kinds = {"pubsub_backend": PubSubBackend, "datasync_backend": DataSyncBackend}
         backend.append(kinds[spec["kind"]](spec["name"], twin))

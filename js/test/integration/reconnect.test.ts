@@ -300,23 +300,22 @@ describe("reconnection to the real server", () => {
     const resyncs = record(datasync.resyncNeeded);
     const failures = record(client.restoreFailed);
 
-    // The client stops reading while the backend publishes more than its queue may hold.
+    // The client stops reading while the backend publishes more PubSub messages than the
+    // socket buffers and its queue may hold (about 4.5 MB on loopback here; deltas would wait in
+    // their stream, messages have nowhere else to be).
     sockets.at(-1)!.pause();
     const bulky = "x".repeat(8000);
-    for (let batch = 0; batch < 4; batch++) {
-      const deltas = Array.from({ length: 25 }, (_, i) => ({ type: "insert", model: "Task", data: { id: batch * 25 + i, bulky } }));
-      await small.publishDeltas(deltas);
+    for (let message = 0; message < 1000; message++) {
+      await small.publish("still here", { message, bulky });
     }
     const disconnected = nextDispatch(client.disconnected, 5000, "the 1008 close");
     const restored = nextDispatch(client.restored, 5000, "restored");
     sockets.at(-1)!.resume();
     assert.equal((await disconnected).code, CloseCode.policyViolation);
-    assert.deepEqual(resyncs, [token], "deltas were lost: resuming would leave a gap");
+    assert.deepEqual(resyncs, [token], "messages were lost: the client resyncs rather than resumes");
     assert.deepEqual(datasync.subscriptions, []);
     await restored;
     assert.deepEqual(failures, [], "the client did not try to resume the token");
-    // The server dropped the subscription too.
-    await assert.rejects(within(datasync.acquireSubscription({ token })), { code: ErrorCode.server, message: "No such subscription" });
     const delivered = nextDispatch(pubsub.messagePublished, 3000, "a PubSub message after the reconnection");
     await small.publish("still here", "yes");
     assert.equal((await delivered).message, "yes");

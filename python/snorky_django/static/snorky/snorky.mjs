@@ -25,7 +25,9 @@ var CloseCode = {
   messageTooBig: 1009,
   mandatoryExtension: 1010,
   internalError: 1011,
-  tlsHandshake: 1015
+  tlsHandshake: 1015,
+  /** The web application revoked this connection's identity (a logout): do not reconnect. */
+  revoked: 4501
 };
 var TERMINAL_CODES = [
   CloseCode.protocolError,

@@ -69,6 +69,7 @@ export declare class Snorky<S extends ServiceMap = ServiceMap> {
         readonly mandatoryExtension: 1010;
         readonly internalError: 1011;
         readonly tlsHandshake: 1015;
+        readonly revoked: 4501;
     };
     static readonly fetchWithSubscription: typeof fetchWithSubscription;
     /** The WebSocket URL, without the token. */

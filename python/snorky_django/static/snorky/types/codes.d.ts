@@ -1,8 +1,8 @@
 /**
  * WebSocket close codes the client acts on, and error codes it reports.
  *
- * The server sends only standard codes (`src/protocol/codes.rs`: 1000, 1001,
- * 1007, 1008, 1009). `tests/fixtures/protocol/close-codes.json` is the one table
+ * The server sends standard codes (`src/protocol/codes.rs`: 1000, 1001,
+ * 1007, 1008, 1009) and 4501 (the connection's identity was revoked). `tests/fixtures/protocol/close-codes.json` is the one table
  * both sides are tested against (`test/unit/transcripts.test.ts` checks this
  * file's behaviour against it), and docs/protocol.md ("Connection health and
  * close codes") explains it. What a close code means for the client:
@@ -13,7 +13,7 @@
  * - stop: codes that say talking again would fail the same way: a protocol or
  *   data error on our side (1002, 1003, 1007, 1010, 1015), and the application
  *   range 4500-4999, reserved for "do not reconnect" closes (the server sends
- *   none today; an application or a later server feature may).
+ *   4501 when the web application revokes the connection's identity).
  * - lost messages: 1008 means the server dropped what was queued for us, so a
  *   resumed DataSync subscription would have a gap; the client asks the
  *   application to resync instead of resuming.
@@ -36,6 +36,8 @@ export declare const CloseCode: {
     readonly mandatoryExtension: 1010;
     readonly internalError: 1011;
     readonly tlsHandshake: 1015;
+    /** The web application revoked this connection's identity (a logout): do not reconnect. */
+    readonly revoked: 4501;
 };
 /** Whether a close with `code` should be followed by a reconnection attempt. */
 export declare function shouldReconnect(code: number): boolean;
