@@ -1,7 +1,7 @@
 //! The server under test: Snorky's own `Server` with `pubsub` on the frontend and
 //! `pubsub_backend` on the backend, default configuration (queue bounds, pings, metrics and all),
 //! in its own process and runtime. `--mode datasync` and `--mode chat` serve those services
-//! instead (the DataSync and Chat scenarios).
+//! instead (the DataSync and Chat scenarios), `--mode isolation` PubSub beside DataSync.
 
 use snorky::datasync::{DataSyncBackend, DataSyncService, Dealer, Limits};
 use snorky::registry::ServiceRegistry;
@@ -36,11 +36,24 @@ pub fn main(args: &ServeArgs) -> Result<(), String> {
                 let backend = DataSyncBackend::new("datasync_backend", &datasync);
                 (vec![AnyService::DataSync(datasync)], vec![AnyService::DataSyncBackend(backend)])
             }
+            "isolation" => {
+                let dealers = vec![
+                    Dealer::simple_field("tasks_by_owner", "Task", "owner"),
+                    Dealer::filter("filtered_tasks", "Task"),
+                ];
+                let datasync =
+                    DataSyncService::with_limits("datasync", dealers, Limits::default()).map_err(|e| e.to_string())?;
+                let backend = DataSyncBackend::new("datasync_backend", &datasync);
+                (
+                    vec![AnyService::DataSync(datasync), AnyService::PubSub(pubsub)],
+                    vec![AnyService::DataSyncBackend(backend), AnyService::PubSubBackend(pubsub_backend)],
+                )
+            }
             "chat" => (
                 vec![AnyService::Chat(ChatService::new("chat")), AnyService::PubSub(pubsub)],
                 vec![AnyService::PubSubBackend(pubsub_backend)],
             ),
-            other => return Err(format!("unknown mode {other:?} (pubsub, datasync, chat)")),
+            other => return Err(format!("unknown mode {other:?} (pubsub, datasync, chat, isolation)")),
         };
         let frontend = ServiceRegistry::new(Side::Frontend, frontend).map_err(|e| e.to_string())?;
         let backend = ServiceRegistry::new(Side::Backend, backend).map_err(|e| e.to_string())?;

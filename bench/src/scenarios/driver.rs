@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::services::ServiceSizes;
 use super::{
-    chat, datasync, fanout, idle, latency, multi, python, routing, rpc, setup, snorky_only, targets, ALL_SCENARIOS,
+    chat, datasync, fanout, idle, isolation, latency, multi, python, routing, rpc, setup, snorky_only, targets,
+    ALL_SCENARIOS,
 };
 use crate::client::{Clock, OpenOptions};
 use crate::procs::{ChannelsSetup, Kind, ServerProcess};
@@ -65,6 +66,10 @@ impl Sizes {
             python: args.python.clone(),
             routing_subs: pick(args.routing_subs, 100_000, 1_000),
             routing_deltas: pick(args.routing_deltas, 20_000, 200),
+            // The largest authorization and batch the defaults allow in a 16 MiB body.
+            isolation_items: pick(None, 600, 5),
+            isolation_parts: pick(None, 1_000, 50),
+            isolation_deltas: pick(None, 180_000, 1_000),
         };
         Sizes {
             repeat,
@@ -207,6 +212,7 @@ async fn run_all(
                     "routing" => routing::routing(services, report),
                     "datasync" => datasync::datasync(services, ctx.clock, report).await,
                     "chat" => chat::chat(services, ctx.clock, report).await,
+                    "isolation" => isolation::isolation(services, report).await,
                     _ => python::python(services, report).await,
                 };
                 if let Err(err) = outcome {

@@ -7,7 +7,7 @@
 //!   [`fanout`], [`idle`], [`setup`], [`multi`], [`latency`], [`rpc`].
 //! - One module per scenario run against Snorky only (the ceiling has no equivalent of
 //!   DataSync, Chat or Python services, so their rows carry absolute numbers), with what they
-//!   share in [`services`]: [`routing`], [`datasync`], [`chat`], [`python`].
+//!   share in [`services`]: [`routing`], [`datasync`], [`chat`], [`python`], [`isolation`].
 //! - [`targets`]: the targets table, judged from the recorded rows.
 //!
 //! Deliveries are checked for missing, duplicated and reordered messages and timed from the
@@ -19,6 +19,7 @@ mod datasync;
 mod driver;
 mod fanout;
 mod idle;
+mod isolation;
 mod latency;
 mod multi;
 mod python;
@@ -30,11 +31,11 @@ mod targets;
 
 pub use driver::main;
 
-/// Every scenario, in the order of a full run; the last four are Snorky's alone.
-const ALL_SCENARIOS: [&str; 10] =
-    ["fanout", "idle", "setup", "multi", "latency", "rpc", "routing", "datasync", "chat", "python"];
+/// Every scenario, in the order of a full run; the last five are Snorky's alone.
+const ALL_SCENARIOS: [&str; 11] =
+    ["fanout", "idle", "setup", "multi", "latency", "rpc", "routing", "datasync", "chat", "python", "isolation"];
 
 /// Whether `scenario` runs against Snorky only (it starts its own servers).
 fn snorky_only(scenario: &str) -> bool {
-    ["routing", "datasync", "chat", "python"].contains(&scenario)
+    ["routing", "datasync", "chat", "python", "isolation"].contains(&scenario)
 }

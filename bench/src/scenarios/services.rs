@@ -29,6 +29,12 @@ pub struct ServiceSizes {
     pub python: PathBuf,
     pub routing_subs: usize,
     pub routing_deltas: usize,
+    /// Items in the isolation scenario's authorization.
+    pub isolation_items: usize,
+    /// Parts of each of their Filter queries.
+    pub isolation_parts: usize,
+    /// Deltas in the isolation scenario's batch.
+    pub isolation_deltas: usize,
 }
 
 impl ServiceSizes {

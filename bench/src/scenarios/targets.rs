@@ -69,6 +69,14 @@ pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
         ),
         met: if smoke { None } else { routing.map(|us| us < 50.0) },
     });
+    let isolated = snorky_value(report, |metric| {
+        metric.starts_with("isolation: PubSub round trip p99") && metric.contains("under the largest")
+    });
+    lines.push(TargetLine {
+        target: "PubSub round trip p99 < 50 ms while the largest authorizations and batches run".into(),
+        measured: isolated.map_or_else(|| "not measured".into(), |ms| format!("{ms:.2} ms")),
+        met: if smoke { None } else { isolated.map(|ms| ms < 50.0) },
+    });
     for (what, starts) in [("DataSync", "DataSync"), ("chat", "chat")] {
         let texts: Vec<String> = report
             .rows
