@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::server::backend::KEY_HEADER;
+use crate::protocol::defaults::KEY_HEADER;
 
 /// Why a backend call failed.
 #[derive(Debug, thiserror::Error)]

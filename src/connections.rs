@@ -160,16 +160,6 @@ impl ConnectionTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// The open connections of `identity`.
-    pub fn with_identity(&self, identity: &str) -> Vec<Arc<Connection>> {
-        let state = self.lock();
-        state
-            .by_identity
-            .get(identity)
-            .map(|ids| ids.iter().filter_map(|id| state.open.get(id)).cloned().collect())
-            .unwrap_or_default()
-    }
 }
 
 impl TableState {

@@ -15,6 +15,7 @@
 //! - [`value`]: JSON value semantics shared by channels, keys and filters.
 //! - [`backend_client`]: the fast HTTP client the web application uses.
 //! - [`error`]: the crate's [`Error`] (configuration, binding, I/O).
+//! - [`seconds`]: duration settings, checked so that none can overflow a clock.
 //! - [`sync`]: locking the std `Mutex`es that guard service state, recovering from poisoning.
 //! - `python` (behind the `python` feature): the pyo3 bindings, the extension module
 //!   `snorky._core`; the only module that uses pyo3.
@@ -32,6 +33,7 @@ pub mod error;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod seconds;
 pub mod server;
 pub mod service;
 pub mod services;

@@ -758,3 +758,15 @@ fn the_close_code_table_lists_exactly_the_codes_the_server_sends() {
         }
     }
 }
+
+#[test]
+fn every_error_text_of_the_services_is_in_the_document() {
+    let document = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md"))
+        .expect("docs/protocol.md is readable");
+    let missing: Vec<&str> = snorky::protocol::errors::ALL
+        .iter()
+        .copied()
+        .filter(|text| !document.contains(&format!("`\"{text}\"`")))
+        .collect();
+    assert!(missing.is_empty(), "error texts of src/protocol/errors.rs docs/protocol.md does not list: {missing:?}");
+}

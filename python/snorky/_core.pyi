@@ -3,6 +3,8 @@
 from typing import Any, final
 
 __version__: str
+DEFAULT_FRONTEND_ADDRESS: str
+DEFAULT_BACKEND_ADDRESS: str
 
 class SnorkyError(Exception): ...
 class ConfigurationError(SnorkyError): ...

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from snorky import ConfigurationError, Server, ServiceRegistry
+from snorky import ConfigurationError, Server, ServiceRegistry, _core
 from snorky.services import PubSubBackend, PubSubService
 
 
@@ -32,12 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--frontend-address",
-        default=_env("SNORKY_FRONTEND_ADDRESS", "0.0.0.0:5001"),
+        default=_env("SNORKY_FRONTEND_ADDRESS", _core.DEFAULT_FRONTEND_ADDRESS),
         help="host:port browsers connect to (env SNORKY_FRONTEND_ADDRESS; default %(default)s)",
     )
     serve.add_argument(
         "--backend-address",
-        default=_env("SNORKY_BACKEND_ADDRESS", "127.0.0.1:5002"),
+        default=_env("SNORKY_BACKEND_ADDRESS", _core.DEFAULT_BACKEND_ADDRESS),
         help="host:port of the web application's backend endpoint (env SNORKY_BACKEND_ADDRESS; default %(default)s)",
     )
     serve.add_argument(

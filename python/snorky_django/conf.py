@@ -22,6 +22,8 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.crypto import salted_hmac
 
+from snorky import _core
+
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
@@ -32,8 +34,8 @@ DEFAULTS: dict[str, Any] = {
     # The shared secret Django sends to the server's backend as X-Backend-Key. Required.
     "API_KEY": None,
     # Where `manage.py snorky` listens: browsers (WebSocket) and Django (HTTP backend).
-    "FRONTEND_ADDRESS": "0.0.0.0:5001",
-    "BACKEND_ADDRESS": "127.0.0.1:5002",
+    "FRONTEND_ADDRESS": _core.DEFAULT_FRONTEND_ADDRESS,
+    "BACKEND_ADDRESS": _core.DEFAULT_BACKEND_ADDRESS,
     # The backend URL Django posts to; derived from BACKEND_ADDRESS.
     "BACKEND_URL": None,
     # Seconds Django waits for the backend before giving up on a request.

@@ -8,18 +8,15 @@ use serde_json::Value;
 
 use super::idempotency::MAX_KEY_LENGTH;
 use super::service::{DataSyncHub, DataSyncService};
-use crate::protocol::{Params, RpcError};
+use crate::protocol::{errors, Params, RpcError};
 use crate::service::{Caller, Service, Side};
 
-/// The error of a `key` that is not a string of at most [`MAX_KEY_LENGTH`] characters.
-const KEY_ERROR: &str = "key must be a string of at most 200 characters";
-
 /// An optional string parameter: absent or `null` is `None`; another type gets `type_error`.
-fn optional_string(params: &mut Params, name: &str, type_error: &'static str) -> Result<Option<String>, RpcError> {
+fn optional_string(params: &mut Params, name: &str, type_error: RpcError) -> Result<Option<String>, RpcError> {
     match params.take_optional(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => Ok(Some(text)),
-        Some(_) => Err(RpcError::service(type_error)),
+        Some(_) => Err(type_error),
     }
 }
 
@@ -56,15 +53,15 @@ impl Service for DataSyncBackend {
         match command {
             "authorizeSubscription" => {
                 let items = params.take("items")?;
-                let identity = optional_string(&mut params, "identity", "identity must be string")?;
+                let identity = optional_string(&mut params, "identity", errors::IDENTITY_MUST_BE_STRING)?;
                 params.finish()?;
                 self.hub.authorize_request(items, identity).await.map(Value::String)
             }
             "publishDeltas" => {
                 let deltas = params.take("deltas")?;
-                let key = optional_string(&mut params, "key", KEY_ERROR)?;
+                let key = optional_string(&mut params, "key", errors::KEY_MUST_BE_A_SHORT_STRING)?;
                 if key.as_ref().is_some_and(|key| key.chars().count() > MAX_KEY_LENGTH) {
-                    return Err(RpcError::service(KEY_ERROR));
+                    return Err(errors::KEY_MUST_BE_A_SHORT_STRING);
                 }
                 params.finish()?;
                 self.hub.publish_deltas(deltas, key).await.map(|_| Value::Null)

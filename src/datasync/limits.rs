@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::filter::FilterLimits;
 use super::stream::Retention;
 use crate::error::Error;
-use crate::server::config::check_seconds;
+use crate::seconds::check_seconds;
 
 /// The timeouts and bounds of a DataSync service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

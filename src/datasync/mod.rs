@@ -48,7 +48,7 @@ pub use delta::{Delta, DeltaError, DeltaFrame, DeltaShape, DeltaView, FrameType}
 pub use filter::{CompareOp, Filter, FilterError, FilterLimits, MAX_DEPTH, MAX_SIZE};
 pub use idempotency::{RecentKeys, MAX_KEY_LENGTH};
 pub use limits::{Limits, LimitsConfig};
-pub use router::{AuthError, AuthItem, Authorizer, FunctionKeys, PreparedItems, Router, RouterError};
+pub use router::{AuthError, Authorizer, FunctionKeys, PreparedItems, Router, RouterError};
 pub use service::{DataSyncHub, DataSyncService, PUBLISH_CHUNK, SWEEP_INTERVAL};
 pub use stream::{DeltaStream, Position, Retention};
 pub use subscription::{CatchUp, SubscriptionError, Subscriptions};

@@ -41,15 +41,6 @@ use crate::value::{lookup, ValueKey};
 /// Index of an item in [`Router::items`].
 type ItemId = usize;
 
-/// One authorization item, already split into its fields.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AuthItem {
-    /// The dealer's name.
-    pub dealer: String,
-    /// The query, whose meaning depends on the dealer's kind.
-    pub query: Value,
-}
-
 /// Why `authorizeSubscription` refuses its items. Display texts are the reply texts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -196,19 +187,6 @@ impl Authorizer {
                 let query = item.get("query").ok_or(AuthError::MissingField("query"))?;
                 self.prepare_one(dealer, query)
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map(PreparedItems)
-    }
-
-    /// [`prepare`](Self::prepare) for items already split into their fields.
-    ///
-    /// # Errors
-    ///
-    /// As [`prepare`](Self::prepare), minus the errors about the shape of the JSON.
-    pub fn prepare_typed(&self, items: &[AuthItem]) -> Result<PreparedItems, AuthError> {
-        items
-            .iter()
-            .map(|item| self.prepare_one(self.dealer_id(&item.dealer)?, &item.query))
             .collect::<Result<Vec<_>, _>>()
             .map(PreparedItems)
     }
@@ -386,18 +364,6 @@ impl Router {
     pub fn authorize(&mut self, sub_id: u64, items: &Value) -> Result<(), AuthError> {
         self.check_new(sub_id)?;
         let prepared = self.authorizer.prepare(items)?;
-        self.insert(sub_id, prepared)
-    }
-
-    /// Registers subscription `sub_id` with already split items; checks and atomicity as in
-    /// [`authorize`](Self::authorize).
-    ///
-    /// # Errors
-    ///
-    /// As [`authorize`](Self::authorize), minus the errors about the shape of the JSON.
-    pub fn add_subscription(&mut self, sub_id: u64, items: &[AuthItem]) -> Result<(), AuthError> {
-        self.check_new(sub_id)?;
-        let prepared = self.authorizer.prepare_typed(items)?;
         self.insert(sub_id, prepared)
     }
 
@@ -847,20 +813,17 @@ mod tests {
         let mut r = router();
         assert_eq!(r.authorize(1, &json!([])), Ok(()));
         assert_eq!(r.authorize(1, &json!([])), Err(AuthError::DuplicateSubscription(1)));
-        assert_eq!(r.add_subscription(1, &[]), Err(AuthError::DuplicateSubscription(1)));
     }
 
     #[test]
-    fn typed_items() {
+    fn prepared_items_are_inserted_whole() {
         let mut r = router();
-        let item = |dealer: &str, query: Value| AuthItem { dealer: dealer.into(), query };
-        assert_eq!(
-            r.add_subscription(1, &[item("all_tasks", Value::Null), item("missing", Value::Null)]),
-            Err(AuthError::NoSuchDealer("missing".into()))
-        );
-        assert_eq!(r.add_subscription(1, &[item("tasks", json!(["==", "done", true]))]), Ok(()));
+        let prepared = r.authorizer().prepare(&json!([{"dealer": "tasks", "query": ["==", "done", true]}]));
+        assert_eq!(r.insert(1, prepared.expect("valid")), Ok(()));
         assert_eq!(route(&r, &insert(json!({"done": true}))), vec![(1, DeltaShape::Insert)]);
         assert_eq!(route(&r, &insert(json!({"done": 1}))), vec![]);
+        let again = r.authorizer().prepare(&json!([])).expect("valid");
+        assert_eq!(r.insert(1, again), Err(AuthError::DuplicateSubscription(1)));
     }
 
     #[test]

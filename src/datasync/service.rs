@@ -41,7 +41,7 @@ use super::limits::Limits;
 use super::router::{AuthError, Authorizer, FunctionKeys, Router, RouterError};
 use super::subscription::{CatchUp, Lagging, SubscriptionError, Subscriptions};
 use crate::connection::Connection;
-use crate::protocol::{Params, RpcError};
+use crate::protocol::{errors, Params, RpcError};
 use crate::service::{Caller, Service, Side};
 
 /// How often the sweeper drops expired subscriptions (memory only: expiry itself is exact).
@@ -180,16 +180,6 @@ impl DataSyncHub {
     /// The first bad delta's [`DeltaError`].
     pub fn parse_deltas(&self, deltas: Value) -> Result<Vec<Delta>, DeltaError> {
         Delta::parse_batch(deltas, |model| self.authorizer.known_model(model))
-    }
-
-    /// Publishes valid deltas at once, in one hold of the lock, computing function keys on the
-    /// calling thread; returns how many deliveries were queued. For in-process use and tests:
-    /// the backend service uses [`publish_deltas`](Self::publish_deltas).
-    pub fn publish_now(self: &Arc<Self>, deltas: Vec<Delta>) -> usize {
-        let batch = self.with_keys(deltas);
-        let (delivered, lagging) = self.lock().publish(batch, Instant::now());
-        self.catch_up_later(lagging);
-        delivered
     }
 
     /// `publishDeltas`: validates the whole batch, then routes it, a chunk per hold of the
@@ -420,16 +410,16 @@ impl DataSyncService {
 }
 
 fn take_token(mut params: Params) -> Result<String, RpcError> {
-    let token = params.take_string("token", RpcError::service("token must be string"))?;
+    let token = params.take_string("token", errors::TOKEN_MUST_BE_STRING)?;
     params.finish()?;
     Ok(token)
 }
 
 fn subscription_error(error: SubscriptionError) -> RpcError {
     match error {
-        SubscriptionError::TooMany => RpcError::service("Too many subscriptions"),
+        SubscriptionError::TooMany => errors::TOO_MANY_SUBSCRIPTIONS,
         SubscriptionError::NoSuchSubscription | SubscriptionError::PreviousHolderClosing(_) => {
-            RpcError::service("No such subscription")
+            errors::NO_SUCH_SUBSCRIPTION
         }
     }
 }

@@ -56,16 +56,17 @@ pub const CATCH_UP_SCAN: usize = 4_096;
 /// The most expired subscriptions one sweep drops (the next sweep takes the rest).
 pub const SWEEP_BATCH: usize = 10_000;
 
-/// Why a frontend command on a token fails. The texts are the protocol's reply texts.
+/// Why a frontend command on a token fails (the service answers with the protocol's texts,
+/// "No such subscription" and "Too many subscriptions").
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubscriptionError {
     /// The token names no subscription this connection may acquire or cancel: unknown,
     /// expired, dropped, held by another connection, or bound to another identity. The
     /// client cannot tell which (and need not know).
-    #[error("No such subscription")]
+    #[error("the token names no subscription this connection may take")]
     NoSuchSubscription,
     /// The connection holds `max_per_connection` subscriptions already.
-    #[error("Too many subscriptions")]
+    #[error("the connection holds as many subscriptions as it may")]
     TooMany,
     /// The previous holder is still writing out its queue; retry once it is done.
     #[error("the previous holder is still closing")]

@@ -5,7 +5,9 @@
 //! out, so every rule is testable without a socket.
 
 pub mod codes;
+pub mod defaults;
 pub mod envelope;
+pub mod errors;
 pub mod frame;
 pub mod params;
 pub mod rpc;

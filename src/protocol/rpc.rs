@@ -10,24 +10,20 @@ use super::envelope::OutgoingEnvelope;
 use super::frame::Frame;
 use super::params::Params;
 
-/// An error reply's text. The generic texts of docs/protocol.md's RPC section are variants; every
-/// service-specific text ("Already subscribed", "No such dealer", ...) is a [`RpcError::Service`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// An error reply's text. The generic texts of the protocol's RPC section are variants; every
+/// service-specific text ("Already subscribed", "No such dealer", ...) is a [`RpcError::Service`]
+/// (the built-in services' are constants in [`super::errors`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RpcError {
     /// The service has no such command.
-    #[error("Unknown command")]
     UnknownCommand,
     /// Missing, extra or wrongly typed parameters.
-    #[error("Invalid params")]
     InvalidParams,
     /// A bug or a failing Python callback; details go to the log, never to the client.
-    #[error("Internal error")]
     Internal,
     /// The request lacks `command` or `params`.
-    #[error("Invalid message")]
     InvalidMessage,
     /// A service-specific failure, shown to the client verbatim.
-    #[error("{0}")]
     Service(Cow<'static, str>),
 }
 
@@ -36,7 +32,27 @@ impl RpcError {
     pub const fn service(text: &'static str) -> RpcError {
         RpcError::Service(Cow::Borrowed(text))
     }
+
+    /// The text the reply carries: the one definition of every generic text, which `Display`
+    /// shows too.
+    pub fn text(&self) -> &str {
+        match self {
+            RpcError::UnknownCommand => "Unknown command",
+            RpcError::InvalidParams => "Invalid params",
+            RpcError::Internal => "Internal error",
+            RpcError::InvalidMessage => "Invalid message",
+            RpcError::Service(text) => text,
+        }
+    }
 }
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
+impl std::error::Error for RpcError {}
 
 /// A request that passed the envelope-level checks.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,19 +135,9 @@ pub fn reply_envelope<'a>(
 ) -> impl Serialize + 'a {
     let message = match result {
         Ok(data) => ReplyMessage::Response { call_id, data },
-        Err(error) => ReplyMessage::Error { call_id, message: error_text(error) },
+        Err(error) => ReplyMessage::Error { call_id, message: error.text() },
     };
     OutgoingEnvelope { service, message }
-}
-
-fn error_text(error: &RpcError) -> &str {
-    match error {
-        RpcError::UnknownCommand => "Unknown command",
-        RpcError::InvalidParams => "Invalid params",
-        RpcError::Internal => "Internal error",
-        RpcError::InvalidMessage => "Invalid message",
-        RpcError::Service(text) => text,
-    }
 }
 
 /// Builds a pushed message's frame: `{"service": service, "message": message}`.

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::server::config::check_seconds;
+use crate::seconds::check_seconds;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};

@@ -51,6 +51,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SnorkyConnectionError", py.get_type::<SnorkyConnectionError>())?;
     m.add("ServerError", py.get_type::<ServerError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_FRONTEND_ADDRESS", crate::protocol::defaults::FRONTEND_ADDRESS)?;
+    m.add("DEFAULT_BACKEND_ADDRESS", crate::protocol::defaults::BACKEND_ADDRESS)?;
     m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::connection_token, m)?)?;
     m.add_class::<server::PyServer>()?;

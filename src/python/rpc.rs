@@ -13,9 +13,7 @@ use super::ConfigurationError;
 use crate::connection::Connection;
 use crate::protocol::RpcError;
 use crate::service::Side;
-use crate::services::external::{
-    BoxFuture, ExternalCall, ExternalHandler, ExternalService, Responder, MAX_PENDING_CALLS,
-};
+use crate::services::external::{BoxFuture, ExternalCall, ExternalHandler, ExternalService, Responder};
 use tokio_util::sync::CancellationToken;
 
 /// Calls into a Python `RPCService` object: `_dispatch(request)`, `client_connected(client)`,
@@ -239,7 +237,7 @@ pub struct PyExternalService {
 #[pymethods]
 impl PyExternalService {
     #[new]
-    #[pyo3(signature = (name, target, side="frontend", connection_events=false, max_pending_calls=MAX_PENDING_CALLS))]
+    #[pyo3(signature = (name, target, side="frontend", connection_events=false, max_pending_calls=100))]
     fn py_new(
         name: String,
         target: Py<PyAny>,

@@ -10,15 +10,12 @@ use axum::Json;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use crate::protocol::defaults::KEY_HEADER;
 use crate::protocol::rpc::reply_envelope;
-use crate::protocol::{Envelope, Request, RequestError, RpcError};
 use crate::service::Caller;
-use crate::services::external::Handled;
 
+use super::dispatch::{self, Outcome};
 use super::App;
-
-/// The header carrying the API key.
-pub const KEY_HEADER: &str = "x-backend-key";
 
 /// Handles one backend request: key first (before the body is even read), then the envelope,
 /// then the call. Every request gets an answer.
@@ -40,36 +37,17 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
     let Ok(body) = to_bytes(body, limit).await else {
         return too_large();
     };
-    let envelope = match Envelope::parse(&body) {
-        Ok(envelope) => envelope,
-        Err(err) => return error(StatusCode::BAD_REQUEST, &err.to_string()),
-    };
-    let Some(service) = app.backend.get(&envelope.service) else {
-        return error(StatusCode::BAD_REQUEST, &format!("Unknown service {:?}", envelope.service));
-    };
-    let (call_id, result) = match Request::parse(envelope.message) {
-        Ok(Request { command, params, call_id }) => {
-            let handled = match command {
-                Some(command) => service.handle_request(Caller::Backend, command, params, call_id.as_ref()).await,
-                None => Handled::Reply(Err(RpcError::UnknownCommand)),
-            };
-            match handled {
-                Handled::Reply(result) => (call_id, result),
-                Handled::Later => (call_id, Err(RpcError::Internal)),
-            }
+    match dispatch::handle(&app.backend, Caller::Backend, body, &app.metrics).await {
+        Outcome::Answered { service, call_id, result } => {
+            Json(reply_envelope(service, call_id.as_ref(), &result)).into_response()
         }
-        Err(RequestError::Unreadable(why)) => {
-            return error(StatusCode::BAD_REQUEST, &format!("Invalid message: {why}"))
+        Outcome::InvalidMessage { .. } => {
+            error(StatusCode::BAD_REQUEST, "Invalid message: command and params are required")
         }
-        Err(RequestError::Reply { error: RpcError::InvalidMessage, .. }) => {
-            return error(StatusCode::BAD_REQUEST, "Invalid message: command and params are required")
-        }
-        Err(RequestError::Reply { call_id, error }) => (call_id, Err(error)),
-    };
-    if result.is_err() {
-        app.metrics.rpc_error(service.name());
+        // Backend calls to external services wait for their answer (bounded); this is a bug.
+        Outcome::Later => error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
+        Outcome::Refused(refusal) => error(StatusCode::BAD_REQUEST, &refusal.to_string()),
     }
-    Json(reply_envelope(service.name(), call_id.as_ref(), &result)).into_response()
 }
 
 /// Compares the key in constant time (for keys of equal length; the length itself is not secret

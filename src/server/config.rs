@@ -8,28 +8,11 @@ use serde::Deserialize;
 use crate::connection::QueueBounds;
 use crate::connections::RevocationBounds;
 use crate::error::Error;
+use crate::protocol::defaults;
+use crate::seconds::check_seconds;
 
 /// The shortest API key accepted: shorter keys can be guessed.
 pub const MIN_API_KEY_LENGTH: usize = 16;
-
-/// The longest duration any setting may have (a year), so that adding it to a clock reading can
-/// never overflow.
-pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
-
-/// Checks a duration setting: a positive, finite number of seconds no longer than a year.
-///
-/// # Errors
-///
-/// [`Error::Config`] naming the setting.
-pub fn check_seconds(name: &str, seconds: f64) -> Result<(), Error> {
-    if seconds.is_finite() && seconds > 0.0 && seconds <= MAX_SECONDS {
-        Ok(())
-    } else {
-        Err(Error::Config(format!(
-            "{name} must be a positive number of seconds no larger than {MAX_SECONDS} (a year), not {seconds}"
-        )))
-    }
-}
 
 /// Everything a server needs besides its services. Deserialized from the Python keyword
 /// arguments (unknown keys are refused, naming the key).
@@ -82,8 +65,8 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            frontend_address: "0.0.0.0:5001".into(),
-            backend_address: "127.0.0.1:5002".into(),
+            frontend_address: defaults::FRONTEND_ADDRESS.into(),
+            backend_address: defaults::BACKEND_ADDRESS.into(),
             api_key: None,
             allowed_origins: Vec::new(),
             max_frame_size: 1024 * 1024,
@@ -201,6 +184,7 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seconds::MAX_SECONDS;
 
     fn with_key() -> ServerConfig {
         ServerConfig { api_key: Some("swordfish-swordfish".into()), ..ServerConfig::default() }

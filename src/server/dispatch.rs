@@ -1,48 +1,130 @@
-//! From a frame's text to a reply: envelope, service lookup, request parsing, the call.
+//! The request pipeline both listeners share: envelope, service lookup, request parsing, the
+//! call, and the error counter. What differs is only what each side makes of the outcome: a
+//! WebSocket client gets a reply frame (or its malformed frame is dropped), the web application
+//! an HTTP answer (400 for a message that is not a request).
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use serde_json::Value;
+
 use crate::connection::Connection;
+use crate::metrics::Metrics;
 use crate::protocol::rpc::reply_frame;
-use crate::protocol::{Envelope, Request, RequestError, RpcError};
+use crate::protocol::{Envelope, EnvelopeError, Request, RequestError, RpcError};
+use crate::registry::ServiceRegistry;
 use crate::service::Caller;
 use crate::services::external::Handled;
 
 use super::App;
 
-/// Handles one text frame of a WebSocket client. Malformed frames are dropped and logged; the
-/// connection stays open.
-pub async fn frontend_frame(app: &App, connection: &Arc<Connection>, text: &str) {
-    let envelope = match Envelope::parse(text.as_bytes()) {
+/// Messages larger than this are parsed on a blocking worker thread: parsing a body of many
+/// megabytes takes long enough to hold up the other connections of a runtime thread.
+const PARSE_INLINE_MAX: usize = 64 * 1024;
+
+/// What became of one message.
+#[derive(Debug)]
+pub enum Outcome<'a> {
+    /// The request was handled: reply with `result`.
+    Answered {
+        /// The name of the service addressed.
+        service: &'a str,
+        /// The `callId` to echo.
+        call_id: Option<Value>,
+        /// The command's result.
+        result: Result<Value, RpcError>,
+    },
+    /// A request without `command` or `params` but with a `callId`: "Invalid message".
+    InvalidMessage {
+        /// The name of the service addressed.
+        service: &'a str,
+        /// The `callId` to echo.
+        call_id: Option<Value>,
+    },
+    /// An external service will answer later (WebSocket clients only).
+    Later,
+    /// Not a request the server can answer; the text says why.
+    Refused(Refusal),
+}
+
+/// Why a message is not a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// Not an envelope.
+    #[error(transparent)]
+    NotEnvelope(#[from] EnvelopeError),
+    /// No service of this side has the name.
+    #[error("Unknown service {0:?}")]
+    UnknownService(String),
+    /// The message cannot be read as a request, not even its `callId`.
+    #[error("Invalid message: {0}")]
+    Unreadable(&'static str),
+}
+
+/// Runs one message (a frame's text, or a backend body) against `registry`.
+pub async fn handle<'a>(
+    registry: &'a ServiceRegistry,
+    caller: Caller<'_>,
+    message: Bytes,
+    metrics: &Metrics,
+) -> Outcome<'a> {
+    let envelope = match parse(message).await {
         Ok(envelope) => envelope,
-        Err(err) => return dropped(app, connection, &err.to_string()),
+        Err(err) => return Outcome::Refused(Refusal::NotEnvelope(err)),
     };
-    let Some(service) = app.frontend.get(&envelope.service) else {
-        return dropped(app, connection, &format!("unknown service {:?}", envelope.service));
+    let Some(service) = registry.get(&envelope.service) else {
+        return Outcome::Refused(Refusal::UnknownService(envelope.service));
     };
     let (call_id, result) = match Request::parse(envelope.message) {
         Ok(Request { command, params, call_id }) => {
             let handled = match command {
-                Some(command) => {
-                    service.handle_request(Caller::Client(connection), command, params, call_id.as_ref()).await
-                }
+                Some(command) => service.handle_request(caller, command, params, call_id.as_ref()).await,
                 None => Handled::Reply(Err(RpcError::UnknownCommand)),
             };
             match handled {
                 Handled::Reply(result) => (call_id, result),
-                Handled::Later => return,
+                Handled::Later => return Outcome::Later,
             }
         }
-        Err(RequestError::Unreadable(why)) => return dropped(app, connection, why),
+        Err(RequestError::Unreadable(why)) => return Outcome::Refused(Refusal::Unreadable(why)),
+        Err(RequestError::Reply { call_id, error: RpcError::InvalidMessage }) => {
+            metrics.rpc_error(service.name());
+            return Outcome::InvalidMessage { service: service.name(), call_id };
+        }
         Err(RequestError::Reply { call_id, error }) => (call_id, Err(error)),
     };
     if result.is_err() {
-        app.metrics.rpc_error(service.name());
+        metrics.rpc_error(service.name());
     }
-    connection.send(reply_frame(service.name(), call_id.as_ref(), &result));
+    Outcome::Answered { service: service.name(), call_id, result }
 }
 
-fn dropped(app: &App, connection: &Connection, why: &str) {
-    app.metrics.frames_dropped.inc();
-    log::debug!("connection {}: dropped a frame: {why}", connection.id());
+/// Parses the envelope, off the runtime thread when the message is large.
+async fn parse(message: Bytes) -> Result<Envelope, EnvelopeError> {
+    if message.len() <= PARSE_INLINE_MAX {
+        return Envelope::parse(&message);
+    }
+    match tokio::task::spawn_blocking(move || Envelope::parse(&message)).await {
+        Ok(parsed) => parsed,
+        Err(err) => Err(EnvelopeError::NotJson(format!("the parser failed: {err}"))),
+    }
+}
+
+/// Handles one text frame of a WebSocket client. Malformed frames are dropped and logged; the
+/// connection stays open.
+pub async fn frontend_frame(app: &App, connection: &Arc<Connection>, text: &str) {
+    let message = Bytes::copy_from_slice(text.as_bytes());
+    match handle(&app.frontend, Caller::Client(connection), message, &app.metrics).await {
+        Outcome::Answered { service, call_id, result } => {
+            connection.send(reply_frame(service, call_id.as_ref(), &result));
+        }
+        Outcome::InvalidMessage { service, call_id } => {
+            connection.send(reply_frame(service, call_id.as_ref(), &Err(RpcError::InvalidMessage)));
+        }
+        Outcome::Later => {}
+        Outcome::Refused(refusal) => {
+            app.metrics.frames_dropped.inc();
+            log::debug!("connection {}: dropped a frame: {refusal}", connection.id());
+        }
+    }
 }

@@ -19,13 +19,10 @@ use serde_json::{json, Value};
 
 use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
-use crate::protocol::{timestamp, Frame, Params, RpcError};
+use crate::protocol::{errors, timestamp, Frame, Params, RpcError};
 use crate::service::{ask_policy, Caller, Policy, Service, Side};
 use crate::services::limits::{check_size, ChatLimits};
 use crate::value::ValueKey;
-
-/// The error of a `join` the join policy refused.
-pub const NOT_AUTHORIZED: &str = "Not authorized";
 
 /// A Chat service: `join`, `leave`, `send`, `read`.
 #[derive(Debug, Clone)]
@@ -114,10 +111,10 @@ impl ChatShared {
         let state = &mut *guard;
         let channels = state.joined.entry(connection.id()).or_default();
         if channels.contains_key(&key) {
-            return Err(RpcError::service("Already joined"));
+            return Err(errors::ALREADY_JOINED);
         }
         if channels.len() >= self.limits.max_channels {
-            return Err(RpcError::service("Too many channels"));
+            return Err(errors::TOO_MANY_CHANNELS);
         }
         channels.insert(key.clone(), channel.clone());
         let room = state.rooms.entry(key).or_default();
@@ -139,7 +136,7 @@ impl ChatShared {
         let mut state = self.lock();
         let removed = state.joined.get_mut(&connection.id()).and_then(|channels| channels.remove(&key));
         if removed.is_none() {
-            return Err(RpcError::service("Not joined"));
+            return Err(errors::NOT_JOINED);
         }
         if state.joined.get(&connection.id()).is_some_and(HashMap::is_empty) {
             state.joined.remove(&connection.id());
@@ -178,7 +175,7 @@ impl ChatShared {
         let state = self.lock();
         let room = state.rooms.get(&key).filter(|room| room.connections.contains_key(&connection.id()));
         let (Some(room), Some(from)) = (room, connection.identity().id.as_deref()) else {
-            return Err(RpcError::service("Not joined"));
+            return Err(errors::NOT_JOINED);
         };
         let timestamp = timestamp::now();
         let frame = push_frame(&self.name, MessagePush { kind: "message", from, channel, body, timestamp: &timestamp });
@@ -252,17 +249,17 @@ impl ChatService {
     async fn join(&self, connection: &Arc<Connection>, params: Params) -> Result<Value, RpcError> {
         let channel = params.only("channel")?;
         let Some(identity) = connection.identity().id.as_deref() else {
-            return Err(RpcError::service("Not authenticated"));
+            return Err(errors::NOT_AUTHENTICATED);
         };
-        check_size(&channel, self.shared.limits.max_channel_size, "Channel too large")?;
+        check_size(&channel, self.shared.limits.max_channel_size, errors::CHANNEL_TOO_LARGE)?;
         // Checked before the policy so a hook is not asked about a join that fails anyway.
         // Requests of one connection run one at a time, so the answer still holds after the
         // hook returns; `ChatShared::join` checks again under the lock regardless.
         if self.shared.is_joined(connection, &ValueKey::of(&channel)) {
-            return Err(RpcError::service("Already joined"));
+            return Err(errors::ALREADY_JOINED);
         }
         if !ask_policy(self.join_policy.as_ref(), self.name(), connection, &channel).await? {
-            return Err(RpcError::service(NOT_AUTHORIZED));
+            return Err(errors::NOT_AUTHORIZED);
         }
         self.shared.join(connection, identity, channel)
     }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 use crate::connections::ConnectionTable;
-use crate::protocol::{Params, RpcError};
+use crate::protocol::{errors, Params, RpcError};
 use crate::service::{Caller, Service, Side};
 use crate::tokens;
 
@@ -58,7 +58,7 @@ impl Service for ConnectionsBackend {
     async fn handle(&self, _caller: Caller<'_>, command: &str, mut params: Params) -> Result<Value, RpcError> {
         match command {
             "disconnect" => {
-                let identity = params.take_string("identity", RpcError::service("identity must be string"))?;
+                let identity = params.take_string("identity", errors::IDENTITY_MUST_BE_STRING)?;
                 params.finish()?;
                 self.disconnect(&identity)
             }

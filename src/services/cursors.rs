@@ -9,7 +9,7 @@
 //! unique within every document **(fixed: 0.1 drew random 16-bit numbers that could collide)**.
 //! Private handles and documents are any JSON values compared by value.
 //!
-//! A connection owns at most [`MAX_CURSORS`] cursors, over all its documents. Leaving a document
+//! A connection owns at most `max_cursors` cursors (16 by default), over all its documents. Leaving a document
 //! or disconnecting removes the connection's cursors there and tells the others.
 //!
 //! Policy: [`CursorsService::with_join_policy`] installs a `can_join(client, document)` hook;
@@ -24,16 +24,10 @@ use serde_json::{json, Value};
 
 use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
-use crate::protocol::{Frame, Params, RpcError};
+use crate::protocol::{errors, Frame, Params, RpcError};
 use crate::service::{ask_policy, Caller, Policy, Service, Side};
 use crate::services::limits::{check_size, CursorsLimits};
 use crate::value::{json_size, ValueKey};
-
-/// The most cursors one connection may own at once by default ("Too many cursors" beyond).
-pub const MAX_CURSORS: usize = 16;
-
-/// The error of a `join` the join policy refused.
-pub const NOT_AUTHORIZED: &str = "Not authorized";
 
 /// A Cursors service: `join`, `leave`, `createCursor`, `updateCursor`, `removeCursor`.
 #[derive(Debug, Clone)]
@@ -152,10 +146,10 @@ impl CursorsShared {
         let state = &mut *guard;
         let joined = state.connections.entry(connection.id()).or_default();
         if joined.documents.contains_key(&key) {
-            return Err(RpcError::service("Already joined"));
+            return Err(errors::ALREADY_JOINED);
         }
         if joined.documents.len() >= self.limits.max_documents {
-            return Err(RpcError::service("Too many documents"));
+            return Err(errors::TOO_MANY_DOCUMENTS);
         }
         joined.documents.insert(key.clone(), document);
         let entry = state.documents.entry(key).or_default();
@@ -169,7 +163,7 @@ impl CursorsShared {
         let state = &mut *guard;
         let left = state.connections.get_mut(&connection.id()).and_then(|joined| joined.documents.remove(&key));
         if left.is_none() {
-            return Err(RpcError::service("Not joined"));
+            return Err(errors::NOT_JOINED);
         }
         self.remove_cursors_in(state, connection.id(), &key);
         Self::remove_member(state, connection.id(), &key);
@@ -188,10 +182,10 @@ impl CursorsShared {
         status: Value,
     ) -> Result<u64, RpcError> {
         let Some(owner) = connection.identity().id.clone() else {
-            return Err(RpcError::service("Not joined"));
+            return Err(errors::NOT_JOINED);
         };
         if cursor_size(private_handle, &position, &status) > self.limits.max_cursor_size {
-            return Err(RpcError::service(CURSOR_TOO_LARGE));
+            return Err(errors::CURSOR_TOO_LARGE);
         }
         let doc_key = ValueKey::of(&document);
         let handle_key = ValueKey::of(private_handle);
@@ -200,13 +194,13 @@ impl CursorsShared {
         let Some(joined) =
             state.connections.get_mut(&connection.id()).filter(|joined| joined.documents.contains_key(&doc_key))
         else {
-            return Err(RpcError::service("Not joined"));
+            return Err(errors::NOT_JOINED);
         };
         if joined.cursors.contains_key(&handle_key) {
-            return Err(RpcError::service("Reused handle"));
+            return Err(errors::REUSED_HANDLE);
         }
         if joined.cursors.len() >= self.limits.max_cursors {
-            return Err(RpcError::service("Too many cursors"));
+            return Err(errors::TOO_MANY_CURSORS);
         }
         let public_handle = state.next_public_handle;
         state.next_public_handle += 1;
@@ -228,7 +222,7 @@ impl CursorsShared {
             .connections
             .get(&connection.id())
             .and_then(|joined| joined.cursors.get(&ValueKey::of(private_handle)))
-            .ok_or(RpcError::service("No such cursor"))?;
+            .ok_or(errors::NO_SUCH_CURSOR)?;
         let Some(entry) = state.documents.get_mut(&own.document) else {
             return Err(RpcError::Internal);
         };
@@ -241,7 +235,7 @@ impl CursorsShared {
             update.status.as_ref().unwrap_or(&cursor.status),
         );
         if size > self.limits.max_cursor_size {
-            return Err(RpcError::service(CURSOR_TOO_LARGE));
+            return Err(errors::CURSOR_TOO_LARGE);
         }
         if let Some(position) = update.position {
             cursor.position = position;
@@ -261,7 +255,7 @@ impl CursorsShared {
             .connections
             .get_mut(&connection.id())
             .and_then(|joined| joined.cursors.remove(&ValueKey::of(private_handle)))
-            .ok_or(RpcError::service("No such cursor"))?;
+            .ok_or(errors::NO_SUCH_CURSOR)?;
         if let Some(entry) = state.documents.get_mut(&own.document) {
             self.remove_cursor(entry, connection.id(), own.public_handle);
         }
@@ -358,23 +352,20 @@ impl CursorsService {
         let document = params.take("document")?;
         params.finish()?;
         if connection.identity().id.is_none() {
-            return Err(RpcError::service("Not authenticated"));
+            return Err(errors::NOT_AUTHENTICATED);
         }
-        check_size(&document, self.shared.limits.max_document_size, "Document too large")?;
+        check_size(&document, self.shared.limits.max_document_size, errors::DOCUMENT_TOO_LARGE)?;
         // Checked before the policy so a hook is not asked about a join that fails anyway;
         // `CursorsShared::join` checks again under the lock.
         if self.shared.is_joined(connection, &ValueKey::of(&document)) {
-            return Err(RpcError::service("Already joined"));
+            return Err(errors::ALREADY_JOINED);
         }
         if !ask_policy(self.join_policy.as_ref(), self.name(), connection, &document).await? {
-            return Err(RpcError::service(NOT_AUTHORIZED));
+            return Err(errors::NOT_AUTHORIZED);
         }
         self.shared.join(connection, document)
     }
 }
-
-/// The error of a cursor larger than `max_cursor_size`.
-const CURSOR_TOO_LARGE: &str = "Cursor too large";
 
 /// What a cursor costs to keep: its private handle, position and status, as JSON bytes.
 fn cursor_size(private_handle: &Value, position: &Value, status: &Value) -> usize {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::{push_frame, reply_frame};
-use crate::protocol::{Frame, RpcError};
+use crate::protocol::{errors, Frame, RpcError};
 use crate::service::Side;
 
 /// How long a backend call waits for a deferred reply before answering "Internal error".
@@ -158,7 +158,7 @@ impl ExternalService {
         call_id: Option<&Value>,
     ) -> Handled {
         if connection.is_some_and(|connection| self.pending_calls(connection.id()) >= self.max_pending) {
-            return Handled::Reply(Err(RpcError::service("Too many pending calls")));
+            return Handled::Reply(Err(errors::TOO_MANY_PENDING_CALLS));
         }
         let (sender, mut receiver) = oneshot::channel();
         let cancelled = CancellationToken::new();

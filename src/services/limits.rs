@@ -91,9 +91,9 @@ impl Default for MessagingLimits {
 }
 
 /// Refuses `value` with `error` when it is larger than `max` bytes of JSON.
-pub fn check_size(value: &Value, max: usize, error: &'static str) -> Result<(), RpcError> {
+pub fn check_size(value: &Value, max: usize, error: RpcError) -> Result<(), RpcError> {
     if json_size(value) > max {
-        Err(RpcError::service(error))
+        Err(error)
     } else {
         Ok(())
     }

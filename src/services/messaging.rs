@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
-use crate::protocol::{Params, RpcError};
+use crate::protocol::{errors, Params, RpcError};
 use crate::service::{ask_policy, Caller, Policy, Service, Side};
 use crate::services::limits::MessagingLimits;
 
@@ -59,7 +59,7 @@ struct MessagePush<'a> {
     body: &'a Value,
 }
 
-const TAKEN: RpcError = RpcError::service("Name already registered");
+const TAKEN: RpcError = errors::NAME_ALREADY_REGISTERED;
 
 impl MessagingShared {
     fn lock(&self) -> MutexGuard<'_, MessagingState> {
@@ -72,10 +72,10 @@ impl MessagingShared {
             return Err(TAKEN);
         }
         if state.by_connection.get(&connection.id()).is_some_and(|names| names.len() >= self.limits.max_names) {
-            return Err(RpcError::service("Too many names"));
+            return Err(errors::TOO_MANY_NAMES);
         }
         if state.names.len() >= self.limits.max_participants {
-            return Err(RpcError::service("Too many participants"));
+            return Err(errors::TOO_MANY_PARTICIPANTS);
         }
         state.by_connection.entry(connection.id()).or_default().insert(name.clone());
         state.names.insert(name, Arc::clone(connection));
@@ -85,8 +85,8 @@ impl MessagingShared {
     fn unregister(&self, connection: &Connection, name: &str) -> Result<(), RpcError> {
         let mut state = self.lock();
         match state.names.get(name) {
-            None => return Err(RpcError::service("Unknown participant")),
-            Some(owner) if owner.id() != connection.id() => return Err(RpcError::service("Invalid participant")),
+            None => return Err(errors::UNKNOWN_PARTICIPANT),
+            Some(owner) if owner.id() != connection.id() => return Err(errors::INVALID_PARTICIPANT),
             Some(_) => {}
         }
         state.names.remove(name);
@@ -102,10 +102,10 @@ impl MessagingShared {
     fn send(&self, connection: &Connection, sender: &str, dest: &str, body: &Value) -> Result<(), RpcError> {
         let state = self.lock();
         if state.names.get(sender).is_none_or(|owner| owner.id() != connection.id()) {
-            return Err(RpcError::service("Invalid sender"));
+            return Err(errors::INVALID_SENDER);
         }
         let Some(recipient) = state.names.get(dest) else {
-            return Err(RpcError::service("Unknown destination"));
+            return Err(errors::UNKNOWN_DESTINATION);
         };
         recipient.deliver(push_frame(&self.name, MessagePush { kind: "message", sender, dest, body }));
         Ok(())
@@ -150,7 +150,7 @@ impl MessagingService {
         let name = take_name(&mut params, "name")?;
         params.finish()?;
         if name.len() > self.shared.limits.max_name_length {
-            return Err(RpcError::service("Name too long"));
+            return Err(errors::NAME_TOO_LONG);
         }
         // Checked before the policy so a hook is not asked about a name that is taken anyway;
         // `MessagingShared::register` checks again under the lock, since another connection
@@ -160,7 +160,7 @@ impl MessagingService {
         }
         let subject = Value::String(name.clone());
         if !ask_policy(self.name_policy.as_ref(), self.name(), connection, &subject).await? {
-            return Err(RpcError::service("Name not allowed"));
+            return Err(errors::NAME_NOT_ALLOWED);
         }
         self.shared.register(connection, name).map(|()| Value::Null)
     }

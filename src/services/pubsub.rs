@@ -9,13 +9,10 @@ use serde_json::Value;
 
 use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
-use crate::protocol::{Params, RpcError};
+use crate::protocol::{errors, Params, RpcError};
 use crate::service::{ask_policy, Caller, Policy, Service, Side};
 use crate::services::limits::{check_size, PubSubLimits};
 use crate::value::ValueKey;
-
-/// The error of a channel larger than `max_channel_size`.
-const CHANNEL_TOO_LARGE: &str = "Channel too large";
 
 /// The state shared by a PubSub service and its backend twin.
 #[derive(Debug)]
@@ -63,14 +60,14 @@ impl PubSubHub {
     }
 
     fn subscribe(&self, connection: &Arc<Connection>, channel: &Value) -> Result<(), RpcError> {
-        check_size(channel, self.limits.max_channel_size, CHANNEL_TOO_LARGE)?;
+        check_size(channel, self.limits.max_channel_size, errors::CHANNEL_TOO_LARGE)?;
         let key = ValueKey::of(channel);
         let mut state = self.lock();
         if state.channels.get(&key).is_some_and(|subscribers| subscribers.contains_key(&connection.id())) {
-            return Err(RpcError::service("Already subscribed"));
+            return Err(errors::ALREADY_SUBSCRIBED);
         }
         if state.by_connection.get(&connection.id()).is_some_and(|keys| keys.len() >= self.limits.max_subscriptions) {
-            return Err(RpcError::service("Too many subscriptions"));
+            return Err(errors::TOO_MANY_SUBSCRIPTIONS);
         }
         state.channels.entry(key.clone()).or_default().insert(connection.id(), Arc::clone(connection));
         state.by_connection.entry(connection.id()).or_default().insert(key);
@@ -82,7 +79,7 @@ impl PubSubHub {
         let mut state = self.lock();
         let removed = state.by_connection.get_mut(&connection.id()).is_some_and(|keys| keys.remove(&key));
         if !removed {
-            return Err(RpcError::service("Not subscribed"));
+            return Err(errors::NOT_SUBSCRIBED);
         }
         state.remove_subscriber(&key, connection.id());
         Ok(())
@@ -150,9 +147,9 @@ impl PubSubService {
         let channel = params.take("channel")?;
         let message = params.take("message")?;
         params.finish()?;
-        check_size(&channel, self.hub.limits.max_channel_size, CHANNEL_TOO_LARGE)?;
+        check_size(&channel, self.hub.limits.max_channel_size, errors::CHANNEL_TOO_LARGE)?;
         if !ask_policy(self.publish_policy.as_ref(), self.name(), connection, &channel).await? {
-            return Err(RpcError::service("Not authorized"));
+            return Err(errors::NOT_AUTHORIZED);
         }
         self.hub.publish(&channel, &message);
         Ok(Value::Null)
