@@ -14,6 +14,7 @@
 //! - [`metrics`]: the Prometheus counters and gauges a server keeps, which services update.
 //! - [`value`]: JSON value semantics shared by channels, keys and filters.
 //! - [`backend_client`]: the fast HTTP client the web application uses.
+//! - [`broker`]: several nodes sharing one Redis: channels, shared state, node liveness.
 //! - [`error`]: the crate's [`Error`] (configuration, binding, I/O).
 //! - [`seconds`]: duration settings, checked so that none can overflow a clock.
 //! - [`sync`]: locking the std `Mutex`es that guard service state, recovering from poisoning.
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend_client;
+pub mod broker;
 pub mod connection;
 pub mod connections;
 pub mod datasync;

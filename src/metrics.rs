@@ -42,6 +42,16 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Backend requests answered, any status.
     pub backend_requests: Counter,
+    /// Whether the broker (Redis) answers: 1 or 0 (always 0 without a broker).
+    pub broker_connected: Gauge,
+    /// Times the broker became unreachable.
+    pub broker_disconnections: Counter,
+    /// Messages this node published through the broker.
+    pub broker_publishes: Counter,
+    /// Messages this node received from the broker.
+    pub broker_messages: Counter,
+    /// Dead nodes whose state this node removed.
+    pub broker_nodes_reaped: Counter,
 }
 
 impl Metrics {
@@ -67,6 +77,27 @@ impl Metrics {
             metrics.slow_consumers.clone(),
         );
         prefixed.register("backend_requests", "Backend HTTP requests answered", metrics.backend_requests.clone());
+        prefixed.register(
+            "broker_connected",
+            "Whether the broker answers (1) or not (0)",
+            metrics.broker_connected.clone(),
+        );
+        prefixed.register(
+            "broker_disconnections",
+            "Times the broker became unreachable",
+            metrics.broker_disconnections.clone(),
+        );
+        prefixed.register(
+            "broker_publishes",
+            "Messages published through the broker",
+            metrics.broker_publishes.clone(),
+        );
+        prefixed.register("broker_messages", "Messages received from the broker", metrics.broker_messages.clone());
+        prefixed.register(
+            "broker_nodes_reaped",
+            "Dead nodes whose state this node removed",
+            metrics.broker_nodes_reaped.clone(),
+        );
         metrics
     }
 

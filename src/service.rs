@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::broker::Broker;
 use crate::connection::Connection;
 use crate::connections::ConnectionTable;
 use crate::datasync::{DataSyncBackend, DataSyncService};
+use crate::error::Error;
 use crate::protocol::{Params, RpcError};
 use crate::services::chat::ChatService;
 use crate::services::connections::ConnectionsBackend;
@@ -18,6 +20,15 @@ use crate::services::cursors::CursorsService;
 use crate::services::external::{ExternalService, Handled};
 use crate::services::messaging::MessagingService;
 use crate::services::pubsub::{PubSubBackend, PubSubService};
+
+/// What a server gives its services when it binds.
+#[derive(Debug, Clone, Copy)]
+pub struct Attachment<'a> {
+    /// The server's open connections.
+    pub table: &'a Arc<ConnectionTable>,
+    /// The broker, when the server shares its state with other nodes.
+    pub broker: Option<&'a Broker>,
+}
 
 /// Which registry a call came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,12 +177,22 @@ impl AnyService {
         )
     }
 
-    /// Gives the service what it needs of the server it is registered in (only the
-    /// `connections` service needs anything: the server's connections).
-    pub fn attach(&self, table: &Arc<ConnectionTable>) {
-        if let AnyService::Connections(service) = self {
-            service.attach(table);
+    /// Gives the service what it needs of the server it is registered in: the server's
+    /// connections (the `connections` service), the broker (the services that share state
+    /// across nodes).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the service cannot work with this broker.
+    // Async because a service sharing state may have to prepare it in Redis before serving.
+    #[allow(clippy::unused_async)]
+    pub async fn attach(&self, server: &Attachment<'_>) -> Result<(), Error> {
+        match self {
+            AnyService::Connections(service) => service.attach(server.table),
+            AnyService::PubSub(service) => service.hub().attach(server.broker),
+            _ => {}
         }
+        Ok(())
     }
 
     /// Tells the service a client connected (only external services care).

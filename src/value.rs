@@ -105,6 +105,24 @@ impl ValueKey {
     }
 }
 
+impl ValueKey {
+    /// A name for the value that equal values share and others do not (32 hex digits of a
+    /// SHA-256 of a canonical encoding): for naming shared state after a value, such as a
+    /// broker channel per PubSub channel.
+    #[must_use]
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        self.0.feed(&mut hasher);
+        let hash = hasher.finalize();
+        hash.iter().take(16).fold(String::with_capacity(32), |mut text, byte| {
+            use std::fmt::Write as _;
+            let _ = write!(text, "{byte:02x}");
+            text
+        })
+    }
+}
+
 impl From<&Value> for ValueKey {
     fn from(value: &Value) -> Self {
         Self::of(value)
@@ -112,6 +130,42 @@ impl From<&Value> for ValueKey {
 }
 
 impl Repr {
+    /// Feeds a canonical, unambiguous encoding (a tag per node, lengths before contents).
+    fn feed(&self, hasher: &mut sha2::Sha256) {
+        use sha2::Digest;
+        match self {
+            Self::Null => hasher.update([0]),
+            Self::Bool(b) => hasher.update([1, u8::from(*b)]),
+            Self::Num(Num::Int(i)) => {
+                hasher.update([2]);
+                hasher.update(i.to_be_bytes());
+            }
+            Self::Num(Num::Float(bits)) => {
+                hasher.update([3]);
+                hasher.update(bits.to_be_bytes());
+            }
+            Self::Str(text) => {
+                hasher.update([4]);
+                hasher.update((text.len() as u64).to_be_bytes());
+                hasher.update(text.as_bytes());
+            }
+            Self::Array(items) => {
+                hasher.update([5]);
+                hasher.update((items.len() as u64).to_be_bytes());
+                items.iter().for_each(|item| item.feed(hasher));
+            }
+            Self::Object(entries) => {
+                hasher.update([6]);
+                hasher.update((entries.len() as u64).to_be_bytes());
+                for (key, item) in entries {
+                    hasher.update((key.len() as u64).to_be_bytes());
+                    hasher.update(key.as_bytes());
+                    item.feed(hasher);
+                }
+            }
+        }
+    }
+
     fn of(value: &Value) -> Self {
         match value {
             Value::Null => Self::Null,

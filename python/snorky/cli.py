@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
         "the frontend or backend registry by its `side`; repeatable",
     )
     serve.add_argument("--no-pubsub", action="store_true", help="do not serve the default PubSub services")
+    serve.add_argument(
+        "--broker",
+        default=_env("SNORKY_BROKER"),
+        metavar="URL",
+        help="the Redis several nodes share: redis://host:port/db, rediss://..., or "
+        "redis+cluster://host:port,host:port (env SNORKY_BROKER; default: none, one process)",
+    )
+    serve.add_argument(
+        "--node-name", default=_env("SNORKY_NODE_NAME"), help="this node's name in logs (env SNORKY_NODE_NAME)"
+    )
     serve.add_argument("--max-frame-size", type=int, default=None, help="largest client frame in bytes (1 MiB)")
     serve.add_argument("--ping-interval", type=float, default=None, help="seconds between pings (30)")
     serve.add_argument(
@@ -88,6 +98,10 @@ def serve(args: argparse.Namespace) -> int:
         options["max_frame_size"] = args.max_frame_size
     if args.ping_interval is not None:
         options["ping_interval"] = args.ping_interval
+    if args.broker:
+        options["broker"] = args.broker
+    if args.node_name:
+        options["node_name"] = args.node_name
     frontend, backend = ServiceRegistry(), ServiceRegistry()
     if not args.no_pubsub:
         pubsub = PubSubService(args.pubsub_name)

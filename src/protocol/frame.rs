@@ -23,6 +23,12 @@ impl Frame {
         Frame(Utf8Bytes::from(text))
     }
 
+    /// A frame from text serialized elsewhere (another node, through the broker); `None` when it
+    /// is not UTF-8.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Frame> {
+        std::str::from_utf8(bytes).ok().map(|text| Frame(Utf8Bytes::from(text.to_owned())))
+    }
+
     /// The frame's size in bytes, used for the outgoing-queue bound.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -23,6 +23,9 @@ pub enum RpcError {
     Internal,
     /// The request lacks `command` or `params`.
     InvalidMessage,
+    /// The server cannot do it now (the broker shared by the nodes is unreachable); the same
+    /// request may succeed later. The backend answers it with HTTP 503.
+    Unavailable,
     /// A service-specific failure, shown to the client verbatim.
     Service(Cow<'static, str>),
 }
@@ -41,6 +44,7 @@ impl RpcError {
             RpcError::InvalidParams => "Invalid params",
             RpcError::Internal => "Internal error",
             RpcError::InvalidMessage => "Invalid message",
+            RpcError::Unavailable => "Service unavailable",
             RpcError::Service(text) => text,
         }
     }

@@ -43,7 +43,8 @@ impl PyPubSubService {
     fn publish(&self, py: Python<'_>, channel: &Bound<'_, PyAny>, message: &Bound<'_, PyAny>) -> PyResult<usize> {
         let channel: serde_json::Value = pythonize::depythonize(channel)?;
         let message: serde_json::Value = pythonize::depythonize(message)?;
-        Ok(py.detach(|| self.inner.hub().publish(&channel, &message)))
+        py.detach(|| self.inner.hub().publish_blocking(&channel, &message))
+            .map_err(|err| super::ServerError::new_err(format!("publish failed: {err}")))
     }
 }
 

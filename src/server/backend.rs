@@ -12,6 +12,7 @@ use subtle::ConstantTimeEq;
 
 use crate::protocol::defaults::KEY_HEADER;
 use crate::protocol::rpc::reply_envelope;
+use crate::protocol::RpcError;
 use crate::service::Caller;
 
 use super::dispatch::{self, Outcome};
@@ -39,7 +40,10 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
     };
     match dispatch::handle(&app.backend, Caller::Backend, body, &app.metrics).await {
         Outcome::Answered { service, call_id, result } => {
-            Json(reply_envelope(service, call_id.as_ref(), &result)).into_response()
+            // Not now, not a refusal: 503 tells the web application to try again.
+            let status =
+                if result == Err(RpcError::Unavailable) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+            (status, Json(reply_envelope(service, call_id.as_ref(), &result))).into_response()
         }
         Outcome::InvalidMessage { .. } => {
             error(StatusCode::BAD_REQUEST, "Invalid message: command and params are required")

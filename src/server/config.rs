@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::broker::{BrokerConfig, BrokerUrl};
 use crate::connection::QueueBounds;
 use crate::connections::RevocationBounds;
 use crate::error::Error;
@@ -50,6 +51,19 @@ pub struct ServerConfig {
     pub revocation_window: f64,
     /// The most revoked identities remembered (the oldest are forgotten first).
     pub max_revocations: usize,
+    /// The broker several nodes share (`redis://host:port/db`, `rediss://...`,
+    /// `redis+cluster://host:port,host:port`); `None` keeps everything in this process.
+    pub broker: Option<String>,
+    /// A PEM file of the root certificate to trust for a `rediss://` broker (default: the
+    /// system's roots).
+    pub broker_ca_file: Option<String>,
+    /// The prefix of the broker's keys and channels, so several applications can share a Redis.
+    pub broker_prefix: String,
+    /// A readable name for this node in logs and metrics.
+    pub node_name: Option<String>,
+    /// Seconds after which a node that stopped refreshing its liveness key (it crashed) counts
+    /// as gone: the others remove its presences, names and cursors.
+    pub node_timeout: f64,
     /// Seconds between pings; a connection that leaves two unanswered is dropped.
     pub ping_interval: f64,
     /// Seconds a closing connection gets to receive its close frame.
@@ -77,6 +91,11 @@ impl Default for ServerConfig {
             header_read_timeout: 10.0,
             revocation_window: 3600.0,
             max_revocations: 100_000,
+            broker: None,
+            broker_ca_file: None,
+            broker_prefix: "snorky".into(),
+            node_name: None,
+            node_timeout: 15.0,
             ping_interval: 30.0,
             close_timeout: 5.0,
             shutdown_timeout: 10.0,
@@ -121,8 +140,21 @@ impl ServerConfig {
             ("stall_timeout", self.stall_timeout),
             ("header_read_timeout", self.header_read_timeout),
             ("revocation_window", self.revocation_window),
+            ("node_timeout", self.node_timeout),
         ] {
             check_seconds(name, seconds)?;
+        }
+        if let Some(url) = &self.broker {
+            BrokerUrl::parse(url)?;
+        }
+        if self.broker_prefix.is_empty() || self.broker_prefix.contains(['{', '}', ' ']) {
+            return Err(Error::Config(format!(
+                "broker_prefix {:?} must be a non-empty name without braces or spaces",
+                self.broker_prefix
+            )));
+        }
+        if self.node_timeout < 1.0 {
+            return Err(Error::Config("node_timeout must be at least 1 second".into()));
         }
         if self.max_connections == 0 {
             return Err(Error::Config("max_connections must be at least 1".into()));
@@ -148,6 +180,29 @@ impl ServerConfig {
     /// The bounds of every connection's outgoing queue.
     pub fn queue_bounds(&self) -> QueueBounds {
         QueueBounds { limit: self.queue_limit(), stall_timeout: Duration::from_secs_f64(self.stall_timeout) }
+    }
+
+    /// The broker's configuration, when one is set (the CA file is read here).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a URL that does not parse or a CA file that cannot be read.
+    pub fn broker_config(&self) -> Result<Option<BrokerConfig>, Error> {
+        let Some(url) = &self.broker else { return Ok(None) };
+        let ca = match &self.broker_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|err| Error::Config(format!("broker_ca_file {path:?} cannot be read: {err}")))?,
+            ),
+            None => None,
+        };
+        Ok(Some(BrokerConfig {
+            url: BrokerUrl::parse(url)?,
+            ca,
+            prefix: self.broker_prefix.clone(),
+            node_name: self.node_name.clone(),
+            node_timeout: Duration::from_secs_f64(self.node_timeout),
+        }))
     }
 
     /// How long and how many revocations are remembered.

@@ -22,10 +22,12 @@ use tokio_util::task::TaskTracker;
 
 pub use config::ServerConfig;
 
+use crate::broker::Broker;
 use crate::connections::ConnectionTable;
 use crate::error::Error;
 use crate::metrics::{self, Metrics};
 use crate::registry::ServiceRegistry;
+use crate::service::Attachment;
 
 /// What every request handler and connection of one server shares.
 #[derive(Debug)]
@@ -46,6 +48,8 @@ pub struct App {
     pub connections: TaskTracker,
     /// The open connections, with the caps on how many there may be.
     pub table: Arc<ConnectionTable>,
+    /// The broker this node shares with others, if any.
+    pub broker: Option<Broker>,
 }
 
 /// A server that is configured but not yet listening.
@@ -88,8 +92,14 @@ impl Server {
             self.config.max_connections_per_address,
             self.config.revocation_bounds(),
         );
+        let shutdown = CancellationToken::new();
+        let broker = match self.config.broker_config()? {
+            Some(config) => Some(Broker::connect(&config, Arc::clone(&metrics), shutdown.clone()).await?),
+            None => None,
+        };
+        let attachment = Attachment { table: &table, broker: broker.as_ref() };
         for service in self.frontend.services().chain(self.backend.services()) {
-            service.attach(&table);
+            service.attach(&attachment).await?;
         }
         let app = App {
             config: self.config,
@@ -97,9 +107,10 @@ impl Server {
             backend: self.backend,
             metrics,
             registry,
-            shutdown: CancellationToken::new(),
+            shutdown,
             connections: TaskTracker::new(),
             table,
+            broker,
         };
         Ok(BoundServer { app: Arc::new(app), frontend, backend })
     }
@@ -162,8 +173,23 @@ impl BoundServer {
     }
 }
 
-async fn health() -> axum::Json<serde_json::Value> {
-    axum::Json(serde_json::json!({"status": "ok"}))
+/// `GET /health`: 200 `{"status": "ok"}`; with a broker, also `"broker": "connected"`, or 503
+/// `{"status": "degraded", "broker": "unreachable"}` while it is down (the node still serves
+/// its own connections).
+async fn health(axum::extract::State(app): axum::extract::State<Arc<App>>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match &app.broker {
+        None => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
+        Some(broker) if broker.is_connected() => {
+            axum::Json(serde_json::json!({"status": "ok", "broker": "connected", "node": broker.node()}))
+                .into_response()
+        }
+        Some(broker) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "degraded", "broker": "unreachable", "node": broker.node()})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics_text(axum::extract::State(app): axum::extract::State<Arc<App>>) -> impl axum::response::IntoResponse {

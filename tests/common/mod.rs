@@ -522,6 +522,12 @@ pub async fn backend_publish(server: &TestServer, channel: &Value, message: &Val
     assert_eq!(reply, json!({"service": "pubsub_backend", "message": {"type": "response", "data": null}}));
 }
 
+/// A backend publish that may fail (the broker down): whether the server accepted it.
+pub async fn try_backend_publish(server: &TestServer, channel: &Value, message: &Value) -> bool {
+    let body = json!({"service": "pubsub_backend", "message": {"command": "publish", "params": {"channel": channel, "message": message}}});
+    post_backend(server, Some(KEY), body.to_string()).await.status == 200
+}
+
 /// Any request to `url`.
 pub async fn http_request(method: reqwest::Method, url: &str) -> HttpAnswer {
     let response = within(WAIT, "an HTTP answer", http().request(method, url).send()).await.expect("server answers");

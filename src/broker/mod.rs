@@ -1,0 +1,475 @@
+//! The broker: how several Snorky nodes share one Redis (or Valkey) and behave as one server.
+//!
+//! Without a broker (the default) a server keeps everything in its process. With one, each
+//! node connects to Redis and the services route through it: PubSub publishes go through Redis
+//! pub/sub so every node delivers them to its own subscribers; the services that keep shared
+//! state (DataSync subscriptions, Chat presence, Cursors, Messaging names) keep it in Redis.
+//! There is no clustering of our own: no discovery, no gossip; Redis is the meeting point.
+//!
+//! What this module gives the services:
+//! - [`Broker::publish`] and [`Broker::subscribe`]: channels, subscribed once per node however
+//!   many local listeners a channel has, unsubscribed with the last one. A message published by
+//!   this node reaches this node's listeners before `publish` returns (Redis writes a message
+//!   to subscribers before it answers the publisher, on the same connection).
+//! - [`Broker::query`] for commands, each bounded by [`link::COMMAND_TIMEOUT`].
+//! - Node liveness: each node refreshes a key with a time to live every third of
+//!   `node_timeout`; a node whose key expired (it crashed) is *reaped* by the first live node
+//!   that notices: every registered [`Reaper`] removes what the dead node held and tells the
+//!   clients that must know (the `left` presence, removed cursors).
+//! - Connection health: the client library reconnects by itself and resubscribes; the broker
+//!   logs the loss and the return once each, counts them, reports them on `/health`, and tells
+//!   listeners that they may have missed messages ([`Listener::reconnected`]).
+
+pub mod url;
+
+mod link;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use redis::{FromRedisValue, PushInfo, PushKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use link::Link;
+pub use link::COMMAND_TIMEOUT;
+pub use url::BrokerUrl;
+
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// The listeners of each channel, by subscription id.
+type Listeners = Mutex<HashMap<String, Vec<(u64, Arc<dyn Listener>)>>>;
+
+/// A future a [`Reaper`] returns.
+pub type ReapFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Receives the messages of a channel.
+pub trait Listener: Send + Sync {
+    /// A message published on the channel, by any node (this one included). Called on the
+    /// broker connection's task: it must not block (queueing frames is fine).
+    fn message(&self, payload: &[u8]);
+
+    /// The broker connection was lost and is back: messages published meanwhile were missed.
+    fn reconnected(&self) {}
+}
+
+/// Removes what a dead node held.
+pub trait Reaper: Send + Sync {
+    /// Node `node` stopped refreshing its liveness key. Called on one live node only.
+    fn reap(&self, node: String) -> ReapFuture;
+}
+
+/// Why a broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Redis did not answer, or answered with an error.
+    #[error("broker unreachable: {0}")]
+    Unreachable(String),
+}
+
+impl From<redis::RedisError> for BrokerError {
+    fn from(err: redis::RedisError) -> Self {
+        BrokerError::Unreachable(err.to_string())
+    }
+}
+
+/// What the broker is configured with.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Where Redis is.
+    pub url: BrokerUrl,
+    /// A PEM root certificate to trust for `rediss://` (default: the system's).
+    pub ca: Option<Vec<u8>>,
+    /// The prefix of every key and channel, so several applications can share one Redis.
+    pub prefix: String,
+    /// A readable name for this node (logs, metrics); a random id makes it unique.
+    pub node_name: Option<String>,
+    /// How long a node that stopped refreshing its liveness key counts as alive.
+    pub node_timeout: Duration,
+}
+
+/// A connection to the broker, shared by the services of one server. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker(Arc<Shared>);
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").field("node", &self.0.node).finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    /// This node's id: its name (if any) and a random suffix.
+    node: String,
+    prefix: String,
+    node_timeout: Duration,
+    link: Link,
+    /// Whether Redis answered the last time it was asked.
+    connected: AtomicBool,
+    /// The listeners of each channel, by subscription id. A std `Mutex`: held for map updates
+    /// and to clone a channel's listeners, never across an await.
+    listeners: Arc<Listeners>,
+    next_listener: AtomicU64,
+    /// Subscribe and unsubscribe requests, applied in order by one task.
+    requests: mpsc::UnboundedSender<Request>,
+    reapers: Mutex<Vec<Arc<dyn Reaper>>>,
+    metrics: Arc<Metrics>,
+}
+
+enum Request {
+    Subscribe(String, tokio::sync::oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(String),
+}
+
+/// A listener's place on a channel; dropping it removes the listener (and unsubscribes the
+/// node from the channel when it was the last).
+pub struct Subscription {
+    broker: Weak<Shared>,
+    channel: String,
+    id: u64,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("channel", &self.channel).finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Connects to Redis and starts the node's liveness loop (ended by `shutdown`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when Redis cannot be reached, naming the URL (without its password).
+    pub async fn connect(
+        config: &BrokerConfig,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Broker, Error> {
+        // rustls needs a process-wide crypto provider for `rediss://`; a second install (another
+        // server in this process) is refused harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listeners: Arc<Listeners> = Arc::default();
+        let connected_hint = Arc::new(AtomicBool::new(true));
+        let on_push = {
+            let listeners = Arc::clone(&listeners);
+            let metrics = Arc::clone(&metrics);
+            let connected_hint = Arc::clone(&connected_hint);
+            move |push: PushInfo| {
+                dispatch(&listeners, &metrics, &connected_hint, push);
+                Ok::<(), ()>(())
+            }
+        };
+        let link = Link::connect(&config.url, config.ca.clone(), on_push).await?;
+        let random: u64 = rand::random();
+        let node = match &config.node_name {
+            Some(name) => format!("{name}-{random:016x}"),
+            None => format!("{random:016x}"),
+        };
+        let (requests, receiver) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            node,
+            prefix: config.prefix.clone(),
+            node_timeout: config.node_timeout,
+            link,
+            connected: AtomicBool::new(true),
+            listeners,
+            next_listener: AtomicU64::new(1),
+            requests,
+            reapers: Mutex::default(),
+            metrics,
+        });
+        let broker = Broker(shared);
+        broker
+            .heartbeat()
+            .await
+            .map_err(|err| Error::Config(format!("cannot reach the broker at {}: {err}", config.url.redacted())))?;
+        broker.0.metrics.broker_connected.set(1);
+        tokio::spawn(apply_requests(Arc::downgrade(&broker.0), receiver));
+        tokio::spawn(liveness(broker.clone(), connected_hint, shutdown));
+        log::info!("broker {}: node {} joined", config.url.redacted(), broker.0.node);
+        Ok(broker)
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.0.node
+    }
+
+    /// The key or channel name `name` under this deployment's prefix (hash-tagged, so that
+    /// every key of a deployment lives on one Redis Cluster slot and scripts may touch several).
+    pub fn key(&self, name: &str) -> String {
+        format!("{{{}}}:{name}", self.0.prefix)
+    }
+
+    /// A pub/sub channel name under the prefix (not hash-tagged: channels spread over a
+    /// cluster's shards).
+    pub fn channel(&self, name: &str) -> String {
+        format!("{}:{name}", self.0.prefix)
+    }
+
+    /// Whether Redis answered the last time it was asked.
+    pub fn is_connected(&self) -> bool {
+        self.0.connected.load(Ordering::Acquire)
+    }
+
+    /// Runs one command, bounded by [`COMMAND_TIMEOUT`].
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Unreachable`] when Redis fails or does not answer in time.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BrokerError> {
+        self.bounded(self.0.link.query(cmd)).await
+    }
+
+    /// Runs a pipeline, bounded by [`COMMAND_TIMEOUT`].
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Unreachable`] when Redis fails or does not answer in time.
+    pub async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, BrokerError> {
+        self.bounded(self.0.link.pipeline(pipe)).await
+    }
+
+    /// Runs a Lua script, bounded by [`COMMAND_TIMEOUT`].
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Unreachable`] when Redis fails or does not answer in time.
+    pub async fn script<T: FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, BrokerError> {
+        let link = self.0.link.clone();
+        let run = async move {
+            match &link {
+                link::Link::Single(manager) => invocation.invoke_async(&mut manager.clone()).await,
+                link::Link::Cluster(connection) => invocation.invoke_async(&mut connection.clone()).await,
+            }
+        };
+        self.bounded(run).await
+    }
+
+    async fn bounded<T>(&self, operation: impl Future<Output = redis::RedisResult<T>>) -> Result<T, BrokerError> {
+        match tokio::time::timeout(COMMAND_TIMEOUT, operation).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(err.into()),
+            Err(_) => Err(BrokerError::Unreachable("no answer in time".into())),
+        }
+    }
+
+    /// Publishes `payload` on `channel`. When this node listens on the channel, its listeners
+    /// have the message when this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Unreachable`] when Redis is unreachable: the message was not published.
+    pub async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        self.bounded(self.0.link.publish(channel, payload)).await?;
+        self.0.metrics.broker_publishes.inc();
+        Ok(())
+    }
+
+    /// Adds `listener` to `channel`, subscribing the node when it is the first; resolves once
+    /// Redis confirmed, so a message published after it returns reaches the listener.
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Unreachable`] when the subscription could not be made.
+    pub async fn subscribe(&self, channel: &str, listener: Arc<dyn Listener>) -> Result<Subscription, BrokerError> {
+        let id = self.0.next_listener.fetch_add(1, Ordering::Relaxed);
+        crate::sync::lock(&self.0.listeners).entry(channel.to_owned()).or_default().push((id, listener));
+        let subscription = Subscription { broker: Arc::downgrade(&self.0), channel: channel.to_owned(), id };
+        let (done, confirmed) = tokio::sync::oneshot::channel();
+        if self.0.requests.send(Request::Subscribe(channel.to_owned(), done)).is_err() {
+            return Err(BrokerError::Unreachable("the broker is shutting down".into()));
+        }
+        match tokio::time::timeout(COMMAND_TIMEOUT, confirmed).await {
+            Ok(Ok(Ok(()))) => Ok(subscription),
+            Ok(Ok(Err(err))) => Err(err),
+            Ok(Err(_)) | Err(_) => Err(BrokerError::Unreachable("no answer in time".into())),
+        }
+    }
+
+    /// Registers what to run when a node dies.
+    pub fn add_reaper(&self, reaper: Arc<dyn Reaper>) {
+        crate::sync::lock(&self.0.reapers).push(reaper);
+    }
+
+    /// Refreshes this node's liveness key and membership.
+    async fn heartbeat(&self) -> Result<(), BrokerError> {
+        let ttl = u64::try_from(self.0.node_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.key(&format!("node:{}", self.0.node)))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .cmd("SADD")
+            .arg(self.key("nodes"))
+            .arg(&self.0.node)
+            .ignore();
+        self.pipeline::<()>(&pipe).await
+    }
+
+    /// Finds the nodes whose liveness key expired and reaps each (once, cluster-wide: the
+    /// node that removes it from the membership set does the reaping).
+    async fn reap_dead_nodes(&self) -> Result<(), BrokerError> {
+        let nodes: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(self.key("nodes"))).await?;
+        for node in nodes.into_iter().filter(|node| node != &self.0.node) {
+            let alive: bool = self.query(redis::cmd("EXISTS").arg(self.key(&format!("node:{node}")))).await?;
+            if alive {
+                continue;
+            }
+            let claimed: i64 = self.query(redis::cmd("SREM").arg(self.key("nodes")).arg(&node)).await?;
+            if claimed == 1 {
+                log::warn!(
+                    "broker: node {node} stopped (no heartbeat for {:?}): removing what it held",
+                    self.0.node_timeout
+                );
+                self.0.metrics.broker_nodes_reaped.inc();
+                let reapers: Vec<Arc<dyn Reaper>> = crate::sync::lock(&self.0.reapers).clone();
+                for reaper in reapers {
+                    reaper.reap(node.clone()).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the cluster on shutdown: its liveness key and membership go at once, so the
+    /// others do not wait for the timeout.
+    async fn leave(&self) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(self.key(&format!("node:{}", self.0.node))).ignore();
+        if let Err(err) = self.pipeline::<()>(&pipe).await {
+            log::debug!("broker: could not remove this node's liveness key: {err}");
+        }
+    }
+
+    fn set_connected(&self, connected: bool) {
+        let was = self.0.connected.swap(connected, Ordering::AcqRel);
+        if was == connected {
+            return;
+        }
+        self.0.metrics.broker_connected.set(i64::from(connected));
+        if connected {
+            log::warn!("broker reachable again: resuming");
+            let listeners: Vec<Arc<dyn Listener>> =
+                crate::sync::lock(&self.0.listeners).values().flatten().map(|(_, l)| Arc::clone(l)).collect();
+            for listener in listeners {
+                listener.reconnected();
+            }
+        } else {
+            self.0.metrics.broker_disconnections.inc();
+            log::warn!("broker unreachable: serving local connections only until it is back");
+        }
+    }
+}
+
+/// Delivers a pushed message to the listeners of its channel.
+fn dispatch(
+    listeners: &Listeners,
+    metrics: &Metrics,
+    connected_hint: &AtomicBool,
+    push: PushInfo,
+) {
+    match push.kind {
+        PushKind::Message | PushKind::SMessage => {
+            let [redis::Value::BulkString(channel), redis::Value::BulkString(payload)] = push.data.as_slice() else {
+                return;
+            };
+            let Ok(channel) = std::str::from_utf8(channel) else { return };
+            metrics.broker_messages.inc();
+            let targets: Vec<Arc<dyn Listener>> = crate::sync::lock(listeners)
+                .get(channel)
+                .map(|listeners| listeners.iter().map(|(_, l)| Arc::clone(l)).collect())
+                .unwrap_or_default();
+            for listener in targets {
+                listener.message(payload);
+            }
+        }
+        PushKind::Disconnection => connected_hint.store(false, Ordering::Release),
+        _ => {}
+    }
+}
+
+/// Applies subscribe and unsubscribe requests in order, so that an unsubscription and a new
+/// subscription to the same channel can never overtake each other.
+async fn apply_requests(shared: Weak<Shared>, mut requests: mpsc::UnboundedReceiver<Request>) {
+    let mut subscribed: std::collections::HashSet<String> = std::collections::HashSet::new();
+    while let Some(request) = requests.recv().await {
+        let Some(shared) = shared.upgrade() else { return };
+        let broker = Broker(shared);
+        match request {
+            Request::Subscribe(channel, done) => {
+                let outcome = if subscribed.contains(&channel) {
+                    Ok(())
+                } else {
+                    match broker.bounded(broker.0.link.subscribe(&channel)).await {
+                        Ok(()) => {
+                            subscribed.insert(channel);
+                            Ok(())
+                        }
+                        Err(err) => Err(err),
+                    }
+                };
+                let _ = done.send(outcome);
+            }
+            Request::Unsubscribe(channel) => {
+                let still_listened =
+                    crate::sync::lock(&broker.0.listeners).get(&channel).is_some_and(|listeners| !listeners.is_empty());
+                if !still_listened && subscribed.remove(&channel) {
+                    if let Err(err) = broker.bounded(broker.0.link.unsubscribe(&channel)).await {
+                        log::debug!("broker: unsubscribing from {channel}: {err}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Refreshes the liveness key every third of the node timeout, reaps dead nodes, and tracks
+/// whether Redis answers. Leaves the cluster when `shutdown` is cancelled.
+async fn liveness(broker: Broker, connected_hint: Arc<AtomicBool>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(broker.0.node_timeout / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                broker.leave().await;
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        let beat = broker.heartbeat().await;
+        // A disconnection reported by the connection counts even if it came back since: the
+        // listeners missed what was published in between.
+        let dropped = !connected_hint.swap(true, Ordering::AcqRel);
+        if dropped && beat.is_ok() && broker.is_connected() {
+            broker.set_connected(false);
+        }
+        broker.set_connected(beat.is_ok());
+        if beat.is_ok() {
+            if let Err(err) = broker.reap_dead_nodes().await {
+                log::debug!("broker: looking for dead nodes: {err}");
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let Some(shared) = self.broker.upgrade() else { return };
+        let mut listeners = crate::sync::lock(&shared.listeners);
+        let Some(list) = listeners.get_mut(&self.channel) else { return };
+        list.retain(|(id, _)| *id != self.id);
+        if list.is_empty() {
+            listeners.remove(&self.channel);
+            let _ = shared.requests.send(Request::Unsubscribe(self.channel.clone()));
+        }
+    }
+}
