@@ -15,8 +15,9 @@ class OutboxEntry(models.Model):
     """A delta written in the transaction that made the change, waiting for the relay.
 
     The relay (run by ``manage.py snorky``) sends entries in ``id`` order and deletes them once the
-    server accepted them. An entry the server refuses (a delta no dealer handles, say) keeps its
-    row with ``error`` set and is not retried: inspect it, then delete it.
+    server accepted them. An entry the server refuses as invalid (a delta no dealer handles, say)
+    keeps its row with ``error`` set and is not retried: inspect it, then delete it (or clear
+    ``error`` to send it again). Any other failure is retried until the server accepts the batch.
     """
 
     id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)

@@ -6,7 +6,12 @@ them in the same transaction, only after the server accepted them. (SQLite has n
 run a single relay.) If the server cannot be
 reached the transaction rolls back and the entries stay for the next try; if the relay dies
 between the server's answer and the commit, the batch is sent again on restart (at least once).
-Entries the server refuses on their own are kept with ``error`` set and not retried.
+
+Only the server's refusal of a delta itself (one of
+:data:`~snorky_django.delivery.DELTA_REFUSALS`, a delta alone over the body limit) sets that entry
+aside, with ``error`` set, never to be retried. Anything else ("Internal error", another HTTP
+status, a timeout, the server unreachable) leaves the batch where it is, and the relay tries again
+with a growing pause (up to ``OUTBOX_MAX_RETRY_DELAY``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from django.db import DatabaseError, close_old_connections, connections, router,
 
 from snorky.backend import SnorkyBackend, SnorkyError
 from snorky_django.conf import snorky_settings
-from snorky_django.delivery import get_backend, send_deltas
+from snorky_django.delivery import describe, get_backend, send_deltas
 
 if TYPE_CHECKING:
     from snorky_django.models import OutboxEntry
@@ -86,14 +91,11 @@ class OutboxRelay:
 
         if not entries:
             return 0
-        by_delta = {id(entry.delta): entry for entry in entries}
         refused = send_deltas([entry.delta for entry in entries], backend)
         failed_ids = set()
-        for delta, reason in refused:
-            entry = by_delta[id(delta)]
-            logger.error(
-                "Snorky refused outbox entry %d (%s %s): %s", entry.pk, delta.get("type"), delta.get("model"), reason
-            )
+        for position, reason in refused:
+            entry = entries[position]
+            logger.error("Snorky refused outbox entry %d (%s): %s", entry.pk, describe(entry.delta), reason)
             OutboxEntry.objects.using(using).filter(pk=entry.pk).update(error=reason)
             failed_ids.add(entry.pk)
         accepted = [entry.pk for entry in entries if entry.pk not in failed_ids]
