@@ -13,6 +13,7 @@ E007        two dealers, or two subscribable models, share a name
 E008        ``TOKEN_SECRET`` is shorter than 16 characters
 E009        ``PUBLIC_URL`` is neither a ``ws(s)://`` URL nor a path
 E010        a ``snorky.py`` module or a ``DEALERS`` path cannot be imported
+E011        a list view hands out subscriptions without a dealer (nor ``broadcast = True``)
 W001        an unknown key in ``SNORKY`` (a typo?)
 W002        a subscribable model's default manager is not a ``SubscribableManager``
 W003        browsers from any origin may connect (``ALLOWED_ORIGINS`` is ``"*"``) outside DEBUG
@@ -38,7 +39,7 @@ from snorky_django.conf import (
     valid_backend_url,
 )
 
-__all__ = ["check_dealers", "check_settings"]
+__all__ = ["check_dealers", "check_settings", "check_views", "routed_views"]
 
 
 @register("snorky")
@@ -224,6 +225,52 @@ def check_dealers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                     f"Several dealers are named {name!r} ({origins}).",
                     hint="Dealer names are what subscriptions refer to: make them unique (set name = ...).",
                     id="snorky.E007",
+                )
+            )
+    return messages
+
+
+def routed_views() -> list[type[Any]]:
+    """The view classes the project's URLconf routes to (Django and DRF views), each once."""
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    found: dict[type[Any], None] = {}
+
+    def walk(patterns: Any) -> None:
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                walk(pattern.url_patterns)
+            elif isinstance(pattern, URLPattern):
+                view = getattr(pattern.callback, "cls", None) or getattr(pattern.callback, "view_class", None)
+                if isinstance(view, type):
+                    found[view] = None
+
+    walk(get_resolver().url_patterns)
+    return list(found)
+
+
+@register("snorky", "urls")
+def check_views(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Checks that every routed list view handing out subscriptions says which deltas they get."""
+    from django.apps import apps
+
+    if not apps.is_installed("rest_framework"):
+        return []
+    from snorky_django.rest_framework import ListSubscribeModelMixin, subscription_problem
+
+    messages: list[CheckMessage] = []
+    for view in routed_views():
+        if not issubclass(view, ListSubscribeModelMixin):
+            continue
+        problem = subscription_problem(view)
+        if problem is not None:
+            messages.append(
+                Error(
+                    problem,
+                    hint="A view that filters its queryset must filter its deltas the same way; "
+                    "see the Django guide, 'Hand out subscriptions from views'.",
+                    obj=view,
+                    id="snorky.E011",
                 )
             )
     return messages

@@ -7,8 +7,9 @@ import json
 import re
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
-from django.test import Client
+from django.test import Client, override_settings
 from websockets.exceptions import InvalidStatus
 
 from django_tests.conftest import client_for, subscribe
@@ -172,6 +173,23 @@ def test_broadcast_view_and_creating_through_the_api(live, ws_factory, alice, bo
     assert response.status_code == 201, response.content
     delta = ws.delta()
     assert delta["type"] == "insert" and delta["data"] == response.json()
+
+
+@override_settings(ROOT_URLCONF="django_tests.misconfigured_urls")
+def test_a_list_view_without_a_dealer_authorizes_nothing(live, alice, bob):
+    # A view that filters its rows but names no dealer used to fall back to the broadcast dealer,
+    # handing bob's task deltas to alice. Now the subscribing request fails, loudly, and the
+    # plain list still works.
+    Task.objects.create(title="bob's", owner=bob)
+    http = client_for(alice)
+    with pytest.raises(ImproperlyConfigured, match=r"MyTasksWithoutDealer .* broadcast = True"):
+        http.get("/mine/", headers={"X-Snorky": "Subscribe"})
+    with pytest.raises(ImproperlyConfigured, match=r"both"):
+        http.get("/both/", headers={"X-Snorky": "Subscribe"})
+    assert live.server.services.frontend[1].subscription_count == 0
+    assert http.get("/mine/").json() == []
+    subscribe(http, "/overridden/")
+    assert live.server.services.frontend[1].subscription_count == 1
 
 
 def test_python_key_and_model_class_dealers(live, ws_factory, alice):
