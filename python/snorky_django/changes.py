@@ -36,7 +36,7 @@ from django.db.models import Q
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 
 from snorky_django.delivery import enqueue
-from snorky_django.serialization import jsonable, serialize
+from snorky_django.serialization import forget_delta_data, jsonable, serialize
 
 __all__ = ["SubscribableManager", "SubscribableOptions", "SubscribableQuerySet", "options_for", "subscribable"]
 
@@ -60,8 +60,10 @@ class SubscribableOptions:
     model: type[models.Model]
     name: str
     """The model name deltas carry (``delta["model"]``) and the broadcast dealer's name."""
-    serializer: type[Any] | None
-    """A DRF serializer class, when given to the decorator."""
+    serializer: type[Any] | str | None
+    """A DRF serializer class (or its dotted path), when given to the decorator."""
+    fields: tuple[str, ...] | None
+    """The fields deltas carry, when given to the decorator."""
     dealers: bool
     """Whether the default dealers are registered on the server."""
 
@@ -98,7 +100,11 @@ def subscribable(model: M, /) -> M: ...
 
 @overload
 def subscribable(
-    *, name: str | None = None, serializer: type[Any] | None = None, dealers: bool = True
+    *,
+    name: str | None = None,
+    serializer: type[Any] | str | None = None,
+    fields: Sequence[str] | None = None,
+    dealers: bool = True,
 ) -> Callable[[M], M]: ...
 
 
@@ -107,7 +113,8 @@ def subscribable(
     /,
     *,
     name: str | None = None,
-    serializer: type[Any] | None = None,
+    serializer: type[Any] | str | None = None,
+    fields: Sequence[str] | None = None,
     dealers: bool = True,
 ) -> M | Callable[[M], M]:
     """Makes a model publish a delta for every committed insert, update and delete.
@@ -115,18 +122,35 @@ def subscribable(
     Use bare (``@subscribable``) or with options:
 
     - ``name``: the model name in deltas and dealers (default: the class name);
-    - ``serializer``: a DRF serializer class producing the delta data (default: the model's
-      ``jsonify()``, else a DRF ModelSerializer, else the field values; see
-      :mod:`snorky_django.serialization`);
+    - ``serializer``: a DRF serializer class (or its dotted path, imported when first needed)
+      producing the delta data;
+    - ``fields``: the field names the delta data carries (instead of ``serializer``);
     - ``dealers``: ``False`` to register no default dealer for this model.
+
+    Without ``serializer`` or ``fields``, the model's ``jsonify()`` decides, else the serializer of
+    the views subscribing to it, else every field (check ``snorky.W006`` warns). Secret fields
+    (``SNORKY["SECRET_FIELDS"]``) are left out unless named. See :mod:`snorky_django.serialization`.
     """
+    if serializer is not None and fields is not None:
+        raise TypeError("@subscribable takes serializer or fields, not both")
+    if fields is not None and (
+        isinstance(fields, str) or not fields or not all(isinstance(f, str) and f for f in fields)
+    ):
+        raise TypeError(f"@subscribable fields must be a non-empty list of field names, not {fields!r}")
 
     def decorate(cls: M) -> M:
         meta = cls._meta
         if meta.abstract or meta.proxy or meta.swapped:
             raise TypeError(f"@subscribable applies to concrete models, not to {cls.__name__}")
-        options = SubscribableOptions(model=cls, name=name or cls.__name__, serializer=serializer, dealers=dealers)
+        options = SubscribableOptions(
+            model=cls,
+            name=name or cls.__name__,
+            serializer=serializer,
+            fields=tuple(fields) if fields is not None else None,
+            dealers=dealers,
+        )
         _registry[cls] = options
+        forget_delta_data()
         _install_manager(cls)
         _make_saves_atomic(cls)
         connect_signals(cls)

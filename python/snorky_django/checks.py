@@ -14,11 +14,15 @@ E008        ``TOKEN_SECRET`` is shorter than 16 characters
 E009        ``PUBLIC_URL`` is neither a ``ws(s)://`` URL nor a path
 E010        a ``snorky.py`` module or a ``DEALERS`` path cannot be imported
 E011        a list view hands out subscriptions without a dealer (nor ``broadcast = True``)
+E012        ``@subscribable(fields=...)`` names a field the model does not have, or its
+            ``serializer`` path cannot be imported
 W001        an unknown key in ``SNORKY`` (a typo?)
 W002        a subscribable model's default manager is not a ``SubscribableManager``
 W003        browsers from any origin may connect (``ALLOWED_ORIGINS`` is ``"*"``) outside DEBUG
 W004        a wildcard ``CSRF_TRUSTED_ORIGINS`` entry cannot be used as a WebSocket origin
 W005        outbox delivery on SQLite without ``"transaction_mode": "IMMEDIATE"``
+W006        a subscribable model does not declare what its deltas carry (every field but the
+            secret ones is sent)
 =========== ==================================================================================
 """
 
@@ -193,6 +197,7 @@ def check_dealers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                     id="snorky.W002",
                 )
             )
+    messages.extend(_check_delta_data(subscribable))
     try:
         declared = declared_dealers()
     except ImportError as err:
@@ -271,6 +276,51 @@ def check_views(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                     "see the Django guide, 'Hand out subscriptions from views'.",
                     obj=view,
                     id="snorky.E011",
+                )
+            )
+    return messages
+
+
+def _check_delta_data(subscribable: list[Any]) -> list[CheckMessage]:
+    """E012 and W006: what each subscribable model's deltas carry."""
+    from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
+
+    from snorky_django.serialization import delta_data
+
+    messages: list[CheckMessage] = []
+    for options in subscribable:
+        label = options.model._meta.label
+        if options.fields is not None:
+            for name in options.fields:
+                try:
+                    options.model._meta.get_field(name)
+                except FieldDoesNotExist:
+                    messages.append(
+                        Error(
+                            f"@subscribable(fields=...) of {label} names {name!r}, which is not one of its fields.",
+                            hint="List the model's field names.",
+                            obj=options.model,
+                            id="snorky.E012",
+                        )
+                    )
+            continue
+        try:
+            data = delta_data(options.model)
+        except ImproperlyConfigured as err:
+            messages.append(
+                Error(str(err), hint="Fix the serializer's dotted path.", obj=options.model, id="snorky.E012")
+            )
+            continue
+        if not data.declared:
+            why = f" ({data.detail})" if data.detail else ""
+            messages.append(
+                Warning(
+                    f"Subscribable {label} does not say what its deltas carry{why}: they carry every field "
+                    "except those matching SECRET_FIELDS, whatever your API shows.",
+                    hint=f'Declare it: @subscribable(serializer="app.serializers.{options.model.__name__}Serializer"), '
+                    '@subscribable(fields=["id", ...]), or a jsonify() method.',
+                    obj=options.model,
+                    id="snorky.W006",
                 )
             )
     return messages

@@ -82,6 +82,19 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_MAX_RETRY_DELAY": 5.0,
     # Extra keyword arguments for snorky.Server (max_frame_size, ping_interval, ...).
     "SERVER_OPTIONS": {},
+    # Field names never sent in deltas unless the model's declaration names them (shell patterns,
+    # case-insensitive, matched at any depth of the delta data).
+    "SECRET_FIELDS": [
+        "*password*",
+        "*passwd*",
+        "*secret*",
+        "*token*",
+        "*api_key*",
+        "*apikey*",
+        "*private_key*",
+        "*credential*",
+        "session_key",
+    ],
 }
 
 #: The built-in services a ``SERVICES`` entry may name.
@@ -144,6 +157,7 @@ class SnorkySettings:
     OUTBOX_POLL_INTERVAL: float
     OUTBOX_MAX_RETRY_DELAY: float
     SERVER_OPTIONS: dict[str, Any]
+    SECRET_FIELDS: list[str]
 
     def __init__(self) -> None:
         self._cached: set[str] = set()

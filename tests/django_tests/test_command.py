@@ -126,7 +126,8 @@ def test_serves_deltas_and_stops_gracefully_on_sigterm(processes, settings, ws_f
     banner = "".join(server.stdout)
     assert f"WebSocket at ws://127.0.0.1:{server.frontend_port}/ws" in banner
     assert "Services: pubsub, datasync (backend: pubsub_backend, datasync_backend)" in banner
-    assert "DataSync dealers: Task, TaskById, Note, NoteById, Tag, TagById, TasksByOwner" in banner
+    dealers = "Task, TaskById, Note, NoteById, Tag, TagById, Account, AccountById, TasksByOwner"
+    assert f"DataSync dealers: {dealers}" in banner
     assert "Delivery: direct" in banner
 
     settings.SNORKY = {**settings.SNORKY, "BACKEND_URL": server.backend_url}

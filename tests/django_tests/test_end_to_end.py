@@ -240,7 +240,8 @@ def test_uuid_primary_keys_and_custom_names(live, ws_factory):
     ws.acquire(token)
     Label.objects.filter(pk=label.pk).update(color="red")
     delta = ws.delta()
-    assert delta["model"] == "Tag" and delta["newData"] == {"id": str(label.pk), "name": "bug", "color": "red"}
+    assert delta["model"] == "Tag"
+    assert delta["newData"] == {"id": str(label.pk), "name": "bug", "color": "red", "tasks": []}
 
 
 def test_pubsub_publish_from_a_view(live, ws_factory, alice):

@@ -155,8 +155,11 @@ def test_jsonify_drf_and_field_serialization(backend, user, monkeypatch):
     drf = serialization.serialize(task)
     assert drf["team"] == team.pk and drf["owner"] == user.pk and drf["estimate"] == "2.00"
     monkeypatch.setattr(serialization, "_drf_installed", lambda: False)
+    serialization.forget_delta_data()
     plain = serialization.serialize(Task.objects.get(pk=task.pk))
-    assert plain == {**drf, "estimate": "2.00"}
+    serialization.forget_delta_data()
+    # Without DRF, no view serializer: Django's values of the concrete fields (no many-to-many).
+    assert plain == {key: value for key, value in drf.items() if key != "labels"}
     assert serialization.jsonable({"d": datetime.timedelta(seconds=90), "b": b"\x00\x01"}) == {"d": 90.0, "b": "AAE="}
     with pytest.raises(TypeError, match="cannot encode"):
         serialization.jsonable(object())
@@ -167,7 +170,7 @@ def test_uuid_keys_custom_names_and_proxies(backend, user):
     assert backend.deltas[0] == {
         "type": "insert",
         "model": "Tag",
-        "data": {"id": str(label.pk), "name": "bug", "color": "grey"},
+        "data": {"id": str(label.pk), "name": "bug", "color": "grey", "tasks": []},
     }
     archived = ArchivedTask.objects.create(title="old", owner=user)
     assert backend.deltas[1]["model"] == "Task" and backend.deltas[1]["data"]["id"] == archived.pk
