@@ -16,6 +16,7 @@ E010        a ``snorky.py`` module or a ``DEALERS`` path cannot be imported
 E011        a list view hands out subscriptions without a dealer (nor ``broadcast = True``)
 E012        ``@subscribable(fields=...)`` names a field the model does not have, or its
             ``serializer`` path cannot be imported
+E013        ``PUBSUB_PUBLISH_CHANNELS``, ``PUBSUB_PUBLISH_POLICY`` or ``MESSAGING_NAMES`` is unusable
 W001        an unknown key in ``SNORKY`` (a typo?)
 W002        a subscribable model's default manager is not a ``SubscribableManager``
 W003        browsers from any origin may connect (``ALLOWED_ORIGINS`` is ``"*"``) outside DEBUG
@@ -128,6 +129,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 f'SNORKY["PUBLIC_URL"] = {public_url!r} is not a WebSocket URL.',
                 hint='Use "wss://example.com/snorky/ws", or a path ("/snorky/ws") completed from the request.',
                 id="snorky.E009",
+            )
+        )
+    from snorky_django.services import policy_problems
+
+    for problem in policy_problems(
+        snorky_settings.PUBSUB_PUBLISH_CHANNELS, snorky_settings.PUBSUB_PUBLISH_POLICY, snorky_settings.MESSAGING_NAMES
+    ):
+        messages.append(
+            Error(
+                problem,
+                hint='For example PUBSUB_PUBLISH_CHANNELS = ["chat:*"], MESSAGING_NAMES = "identity"; '
+                "see the Django guide, 'What browsers may do'.",
+                id="snorky.E013",
             )
         )
     origins = snorky_settings.ALLOWED_ORIGINS

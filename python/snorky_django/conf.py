@@ -62,6 +62,13 @@ DEFAULTS: dict[str, Any] = {
     "CHAT_SERVICE": "chat",
     "CURSORS_SERVICE": "cursors",
     "MESSAGING_SERVICE": "messaging",
+    # What browsers may do with PubSub and Messaging (see snorky_django.services): the channels they
+    # may publish to (names or shell patterns; ["*"] for any, as in 0.1), or a dotted path to a
+    # callable (client, channel) -> bool deciding instead; and which Messaging names a connection
+    # may register: "identity" (its own), "open" (any, as in 0.1) or a dotted path to a callable.
+    "PUBSUB_PUBLISH_CHANNELS": [],
+    "PUBSUB_PUBLISH_POLICY": None,
+    "MESSAGING_NAMES": "identity",
     # Dealers beyond the defaults and the `snorky.py` modules: dotted paths to dealer classes.
     "DEALERS": [],
     # Whether to import every installed app's `snorky.py` module to find dealers.
@@ -147,6 +154,9 @@ class SnorkySettings:
     CHAT_SERVICE: str
     CURSORS_SERVICE: str
     MESSAGING_SERVICE: str
+    PUBSUB_PUBLISH_CHANNELS: list[str]
+    PUBSUB_PUBLISH_POLICY: str | None
+    MESSAGING_NAMES: str
     DEALERS: list[str]
     AUTODISCOVER: bool
     DELIVERY: str
