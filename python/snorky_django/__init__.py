@@ -77,7 +77,7 @@ def publish_deltas(deltas: list[dict[str, Any]], *, using: str = "default") -> N
     """Publishes hand-made deltas the way model changes are: on commit of the current transaction
     on database ``using`` (or through the outbox), in order with the transaction's other deltas.
 
-    For changes Django makes without signals (raw SQL, ``on_delete=SET_NULL``), e.g.
+    For changes that bypass Django's models (raw SQL, ``loaddata``, database triggers), e.g.
     ``publish_deltas([{"type": "update", "model": "Task", "newData": ..., "oldData": ...}])``.
     """
     from snorky_django.delivery import enqueue
