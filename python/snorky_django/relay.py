@@ -12,6 +12,13 @@ Only the server's refusal of a delta itself (one of
 aside, with ``error`` set, never to be retried. Anything else ("Internal error", another HTTP
 status, a timeout, the server unreachable) leaves the batch where it is, and the relay tries again
 with a growing pause (up to ``OUTBOX_MAX_RETRY_DELAY``).
+
+When to look: on PostgreSQL (with psycopg 3), a trigger on the outbox table notifies channel
+``snorky_outbox`` from the writing transaction, so the notification arrives when, and only if, it
+commits; the relay listens (``LISTEN``, on a connection of its own per database) and starts a pass
+at once. It also polls every ``OUTBOX_POLL_INTERVAL`` seconds, the only way on other databases and
+the safety net on PostgreSQL: a notification sent while the listening connection was down is not
+kept, so the listener, once connected again, wakes the relay to look.
 """
 
 from __future__ import annotations
@@ -30,16 +37,24 @@ from snorky_django.delivery import describe, get_backend, send_deltas
 if TYPE_CHECKING:
     from snorky_django.models import OutboxEntry
 
-__all__ = ["OutboxRelay"]
+__all__ = ["NOTIFY_CHANNEL", "OutboxRelay"]
 
 logger = logging.getLogger("snorky_django.relay")
+
+#: The channel the outbox table's trigger notifies on PostgreSQL (migration 0002).
+NOTIFY_CHANNEL = "snorky_outbox"
+
+# How often a listener with nothing to report looks whether the relay is stopping, and its first
+# pause before connecting again (doubled each time, up to OUTBOX_MAX_RETRY_DELAY), in seconds.
+_LISTEN_CHECK = 0.5
 
 
 class OutboxRelay:
     """Relays the outbox on a background thread (``start()``/``stop()``), or pass by pass.
 
     ``backend`` defaults to the shared client (``BACKEND_URL``); ``databases`` to every database
-    the outbox table is migrated to.
+    the outbox table is migrated to. ``listen``: wake on PostgreSQL's notifications (see the module
+    docs) besides polling.
     """
 
     def __init__(
@@ -50,6 +65,7 @@ class OutboxRelay:
         batch_size: int | None = None,
         poll_interval: float | None = None,
         max_retry_delay: float | None = None,
+        listen: bool = True,
     ) -> None:
         self.backend = backend
         self.databases = databases
@@ -58,10 +74,14 @@ class OutboxRelay:
         self.max_retry_delay = (
             max_retry_delay if max_retry_delay is not None else float(snorky_settings.OUTBOX_MAX_RETRY_DELAY)
         )
+        self.listen = listen
         self.relayed = 0
         """Deltas the server accepted through this relay."""
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listeners: list[threading.Thread] = []
+        self._listening: set[str] = set()
 
     def _databases(self) -> list[str]:
         if self.databases is not None:
@@ -116,32 +136,89 @@ class OutboxRelay:
         return total
 
     def start(self) -> None:
-        """Relays on a daemon thread until :meth:`stop`."""
+        """Relays on a daemon thread until :meth:`stop` (and listens, on PostgreSQL)."""
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="snorky-outbox-relay", daemon=True)
         self._thread.start()
+        self._listeners = [
+            threading.Thread(target=self._listen, args=(alias,), name=f"snorky-outbox-listen-{alias}", daemon=True)
+            for alias in (self._listenable() if self.listen else [])
+        ]
+        for listener in self._listeners:
+            listener.start()
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stops the thread after its current batch; returns whether it stopped within ``timeout``."""
         self._stop.set()
-        thread = self._thread
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in [self._thread, *self._listeners]:
+            if thread is not None:
+                thread.join(max(deadline - time.monotonic(), 0.0))
+        return not self.running and not any(listener.is_alive() for listener in self._listeners)
 
     @property
     def running(self) -> bool:
         """Whether the relay thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def listening(self) -> frozenset[str]:
+        """The databases whose notifications the relay receives right now."""
+        return frozenset(self._listening)
+
+    def _listenable(self) -> list[str]:
+        """The databases that notify: PostgreSQL through psycopg 3 (psycopg2 is polled)."""
+        aliases = [alias for alias in self._databases() if connections[alias].vendor == "postgresql"]
+        if not aliases:
+            return []
+        try:
+            from django.db.backends.postgresql.psycopg_any import is_psycopg3
+        except ImportError:  # pragma: no cover (psycopg missing: Django could not connect either)
+            return []
+        if not is_psycopg3:
+            logger.info("Snorky outbox relay: psycopg2 cannot be waited on here; polling %s", ", ".join(aliases))
+            return []
+        return aliases
+
+    def _listen(self, using: str) -> None:
+        """Wakes the relay on each notification of database ``using``, reconnecting when cut."""
+        import psycopg
+
+        delay = _LISTEN_CHECK
+        failing = False
+        while not self._stop.is_set():
+            try:
+                params = connections[using].get_connection_params()
+                with psycopg.connect(**params, autocommit=True) as listener:
+                    listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._listening.add(using)
+                    # Whatever committed while nobody listened is found by this pass.
+                    self._wake.set()
+                    if failing:
+                        logger.warning("Snorky outbox relay: listening to %r again", using)
+                    failing, delay = False, _LISTEN_CHECK
+                    while not self._stop.is_set():
+                        for _ in listener.notifies(timeout=_LISTEN_CHECK, stop_after=1):
+                            self._wake.set()
+            except Exception as err:
+                if not failing:
+                    logger.warning("Snorky outbox relay: cannot listen to %r (%s); polling meanwhile", using, err)
+                failing = True
+            finally:
+                self._listening.discard(using)
+            self._stop.wait(min(delay, self.max_retry_delay))
+            delay *= 2
+
     def _run(self) -> None:
         delay = self.poll_interval
         failing_since: float | None = None
         try:
             while not self._stop.is_set():
+                # Cleared before the pass: a notification arriving during it starts another.
+                self._wake.clear()
                 try:
                     busy = False
                     for using in self._databases():
@@ -167,7 +244,7 @@ class OutboxRelay:
                     failing_since = None
                 delay = self.poll_interval
                 if not busy:
-                    self._stop.wait(self.poll_interval)
+                    self._wake.wait(self.poll_interval)
         finally:
             for connection in connections.all(initialized_only=True):
                 connection.close()
