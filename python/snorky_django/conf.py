@@ -45,8 +45,11 @@ DEFAULTS: dict[str, Any] = {
     "PUBLIC_URL": None,
     # The secret signing connection tokens (HS256); derived from SECRET_KEY.
     "TOKEN_SECRET": None,
-    # Lifetime of a connection token, in seconds.
-    "CONNECTION_TOKEN_TTL": 3600,
+    # Lifetime of a connection token, in seconds. Short, so that a token read from a log or a
+    # screen is useless soon after; pages fetch a fresh one for each reconnection (views.py).
+    "CONNECTION_TOKEN_TTL": 120,
+    # Whether logging out closes the user's live connections (snorky_django.disconnect).
+    "DISCONNECT_ON_LOGOUT": True,
     # Browser origins allowed to open WebSockets; derived from ALLOWED_HOSTS and CSRF_TRUSTED_ORIGINS.
     "ALLOWED_ORIGINS": None,
     # Frontend services: built-in names (see BUILTIN_SERVICES) and dotted paths to a service, or to
@@ -62,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
     "CHAT_SERVICE": "chat",
     "CURSORS_SERVICE": "cursors",
     "MESSAGING_SERVICE": "messaging",
+    # The backend service that disconnects an identity's connections (revocation).
+    "CONNECTIONS_BACKEND_SERVICE": "connections",
     # What browsers may do with PubSub and Messaging (see snorky_django.services): the channels they
     # may publish to (names or shell patterns; ["*"] for any, as in 0.1), or a dotted path to a
     # callable (client, channel) -> bool deciding instead; and which Messaging names a connection
@@ -144,6 +149,7 @@ class SnorkySettings:
     PUBLIC_URL: str | None
     TOKEN_SECRET: str
     CONNECTION_TOKEN_TTL: int
+    DISCONNECT_ON_LOGOUT: bool
     ALLOWED_ORIGINS: list[str]
     SERVICES: list[str]
     BACKEND_SERVICES: list[str]
@@ -154,6 +160,7 @@ class SnorkySettings:
     CHAT_SERVICE: str
     CURSORS_SERVICE: str
     MESSAGING_SERVICE: str
+    CONNECTIONS_BACKEND_SERVICE: str
     PUBSUB_PUBLISH_CHANNELS: list[str]
     PUBSUB_PUBLISH_POLICY: str | None
     MESSAGING_NAMES: str

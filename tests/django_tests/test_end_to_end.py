@@ -273,7 +273,11 @@ def test_template_tag_for_anonymous_users_and_escaping(live, settings):
     page = Client().get("/page/", secure=True).content.decode()
     assert "<script>alert(1)" not in page
     config = json.loads(re.search(r'type="application/json">(.*?)</script>', page).group(1))
-    assert config == {"url": "wss://testserver/live/</script><script>alert(1)</script>", "token": None}
+    assert config == {
+        "url": "wss://testserver/live/</script><script>alert(1)</script>",
+        "token": None,
+        "tokenUrl": "/snorky/connection-token/",
+    }
 
 
 def test_an_unreachable_server_never_breaks_the_request(alice, settings, caplog):

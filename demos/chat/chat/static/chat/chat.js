@@ -22,7 +22,7 @@ async function connectionToken() {
     pageToken = null;
     return token;
   }
-  const response = await fetch(demo.tokenUrl, { credentials: "same-origin" });
+  const response = await fetch(config.tokenUrl, { credentials: "same-origin" });
   if (!response.ok) throw new Error(`no connection token: HTTP ${response.status}`);
   return (await response.json()).token;
 }
