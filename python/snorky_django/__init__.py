@@ -98,13 +98,21 @@ def publish_deltas(deltas: list[dict[str, Any]], *, using: str = "default") -> N
     enqueue(deltas, using)
 
 
-def authorize_subscription(items: list[dict[str, Any]]) -> str:
+def authorize_subscription(items: list[dict[str, Any]], *, user: AbstractBaseUser | AnonymousUser | None = None) -> str:
     """Authorizes a DataSync subscription for ``items`` (``{"dealer", "query"}`` dicts); returns
-    the token the browser acquires. Raises :class:`snorky.SnorkyError` on failure."""
+    the token the browser acquires. Raises :class:`snorky.SnorkyError` on failure.
+
+    With a logged-in ``user`` (``request.user``), only connections carrying that user's
+    connection token may acquire the subscription, or resume it after a reconnection; without
+    one (or for an anonymous user), any connection may: pass the user whenever there is one.
+    The subscribing views of :mod:`snorky_django.rest_framework` do.
+    """
     from snorky_django.conf import snorky_settings
     from snorky_django.delivery import get_backend
 
-    return get_backend().authorize_subscription(items, service=snorky_settings.DATASYNC_BACKEND_SERVICE)
+    return get_backend().authorize_subscription(
+        items, service=snorky_settings.DATASYNC_BACKEND_SERVICE, identity=identity_of(user)
+    )
 
 
 def disconnect(user: AbstractBaseUser | AnonymousUser | None, *, fail_silently: bool = False) -> None:
@@ -126,7 +134,7 @@ def disconnect(user: AbstractBaseUser | AnonymousUser | None, *, fail_silently: 
     if identity is None:
         return
     try:
-        get_backend().call(snorky_settings.CONNECTIONS_BACKEND_SERVICE, "disconnect", identity=identity)
+        get_backend().disconnect(identity, service=snorky_settings.CONNECTIONS_BACKEND_SERVICE)
     except SnorkyError as err:
         if not fail_silently:
             raise

@@ -4,7 +4,9 @@ A request with the header ``X-Snorky: Subscribe`` gets, besides the usual respon
 ``X-Subscription-Token``: a subscription for what the view returns, which the browser acquires
 over WebSocket. The subscription is authorized *before* the data is read, so a change committed
 between the two reaches the browser as a delta rather than falling into a gap (so the browser may
-receive a delta for a change the response already shows).
+receive a delta for a change the response already shows). The subscription belongs to the
+requesting user: only connections carrying that user's connection token may acquire it, or resume
+it after a reconnection.
 
 Which subscription: ``get_subscription_items()``, by default one item made of ``get_dealer()``
 and ``get_dealer_query()``. A list view must say which deltas its subscribers receive; there is no
@@ -78,6 +80,7 @@ class SubscribeModelMixin:
       broadcast dealer. One of them is required (see the module docs).
     - ``dealer_query`` / :meth:`get_dealer_query`: the item's query.
     - :meth:`get_subscription_items`: the whole list of ``{"dealer", "query"}`` items.
+    - :meth:`get_subscription_user`: whose connections may acquire it (``request.user``).
     """
 
     dealer: str | None = None
@@ -124,13 +127,20 @@ class SubscribeModelMixin:
         header: str = self.request.headers.get("X-Snorky", "")
         return header.strip().lower() == "subscribe"
 
+    def get_subscription_user(self) -> Any:
+        """The user the subscription belongs to: ``request.user``. Only connections of a logged-in
+        user may acquire (or resume) their subscription; an anonymous request's may be acquired by
+        any connection."""
+        return getattr(self.request, "user", None)
+
     def authorize_subscription(self, items: list[dict[str, Any]] | None = None) -> str:
-        """Asks the server for a token for ``items`` (default :meth:`get_subscription_items`);
-        raises :class:`SubscriptionUnavailable` (503) when the server cannot answer."""
+        """Asks the server for a token for ``items`` (default :meth:`get_subscription_items`),
+        bound to :meth:`get_subscription_user`; raises :class:`SubscriptionUnavailable` (503) when
+        the server cannot answer."""
         if items is None:
             items = self.get_subscription_items()
         try:
-            return authorize_subscription(items)
+            return authorize_subscription(items, user=self.get_subscription_user())
         except SnorkyError as err:
             logger.error("Snorky: could not authorize a subscription for %r: %s", items, err)
             raise SubscriptionUnavailable() from err

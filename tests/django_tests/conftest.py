@@ -156,9 +156,15 @@ class WsClient(BaseWsClient):
 
 @pytest.fixture
 def ws_factory() -> Iterator[Any]:
+    """Opens WebSocket clients, closed at the end; ``user=`` connects with that user's connection
+    token (a subscription authorized for a logged-in user is theirs alone)."""
+    from snorky_django import connection_token
+
     clients: list[WsClient] = []
 
-    def make(url: str, **kwargs: Any) -> WsClient:
+    def make(url: str, *, user: Any = None, **kwargs: Any) -> WsClient:
+        if user is not None:
+            url = f"{url}?token={connection_token(user)}"
         client = WsClient(url, **kwargs)
         clients.append(client)
         return client

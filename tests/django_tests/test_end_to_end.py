@@ -25,7 +25,7 @@ def test_list_subscribe_then_a_committed_insert_arrives(live, ws_factory, alice)
     body, token = subscribe(http, "/api/tasks/")
     assert [task["title"] for task in body] == ["existing"]
 
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
     with transaction.atomic():
         task = Task.objects.create(title="write the guide", owner=alice)
@@ -48,7 +48,7 @@ def test_response_headers_expose_the_token_and_forbid_caching(live, alice):
 def test_rolled_back_transaction_publishes_nothing(live, ws_factory, alice):
     http = client_for(alice)
     _, token = subscribe(http, "/api/tasks/")
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
 
     with pytest.raises(RuntimeError), transaction.atomic():
@@ -65,7 +65,7 @@ def test_rolled_back_transaction_publishes_nothing(live, ws_factory, alice):
 def test_update_and_delete_carry_old_data_in_commit_order(live, ws_factory, alice):
     task = Task.objects.create(title="draft", owner=alice)
     _, token = subscribe(client_for(alice), "/api/tasks/")
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
     with transaction.atomic():
         task.title = "final"
@@ -80,7 +80,7 @@ def test_update_and_delete_carry_old_data_in_commit_order(live, ws_factory, alic
 def test_users_see_only_their_own_tasks(live, ws_factory, alice, bob):
     _, alice_token = subscribe(client_for(alice), "/api/tasks/")
     _, bob_token = subscribe(client_for(bob), "/api/tasks/")
-    alice_ws, bob_ws = ws_factory(live.ws_url), ws_factory(live.ws_url)
+    alice_ws, bob_ws = ws_factory(live.ws_url, user=alice), ws_factory(live.ws_url, user=bob)
     alice_ws.acquire(alice_token)
     bob_ws.acquire(bob_token)
 
@@ -103,7 +103,7 @@ def test_an_update_moving_a_task_out_of_view_is_a_delete(live, ws_factory, alice
     task = Task.objects.create(title="handover", owner=alice)
     _, alice_token = subscribe(client_for(alice), "/api/tasks/")
     _, bob_token = subscribe(client_for(bob), "/api/tasks/")
-    alice_ws, bob_ws = ws_factory(live.ws_url), ws_factory(live.ws_url)
+    alice_ws, bob_ws = ws_factory(live.ws_url, user=alice), ws_factory(live.ws_url, user=bob)
     alice_ws.acquire(alice_token)
     bob_ws.acquire(bob_token)
 
@@ -121,7 +121,7 @@ def test_filter_dealer_view(live, ws_factory, alice):
     Task.objects.create(title="red one", owner=alice, team=red)
     body, token = subscribe(client_for(alice), f"/api/teams/{red.pk}/tasks/")
     assert [t["title"] for t in body] == ["red one"]
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
     Task.objects.create(title="blue one", owner=alice, team=blue)
     finished = Task.objects.create(title="red two", owner=alice, team=red)
@@ -136,7 +136,7 @@ def test_retrieve_subscribes_to_one_object_by_primary_key(live, ws_factory, alic
     other = Task.objects.create(title="other", owner=alice)
     body, token = subscribe(client_for(alice), f"/api/tasks/{mine.pk}/")
     assert body["title"] == "mine"
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
     other.title = "other, changed"
     other.save()
@@ -151,7 +151,7 @@ def test_retrieve_api_view(live, ws_factory, alice):
     task = Task.objects.create(title="shared", owner=alice)
     body, token = subscribe(client_for(alice), f"/api/any-task/{task.pk}/")
     assert body["title"] == "shared"
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
     task.delete()
     assert ws.delta() == {"type": "delete", "model": "Task", "data": body}
@@ -167,7 +167,7 @@ def test_retrieve_of_someone_elses_task_is_404_and_authorizes_nothing(live, alic
 
 def test_broadcast_view_and_creating_through_the_api(live, ws_factory, alice, bob):
     _, token = subscribe(client_for(bob), "/api/all-tasks/")
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=bob)
     ws.acquire(token)
     response = client_for(alice).post("/api/all-tasks/", {"title": "via the API"}, content_type="application/json")
     assert response.status_code == 201, response.content
@@ -212,7 +212,7 @@ def test_python_key_and_model_class_dealers(live, ws_factory, alice):
 
 def test_bulk_operations_publish_deltas(live, ws_factory, alice):
     _, token = subscribe(client_for(alice), "/api/tasks/")
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
 
     created = Task.objects.bulk_create([Task(title=f"bulk {i}", owner=alice) for i in range(3)])

@@ -45,7 +45,7 @@ def test_outbox_rows_commit_and_roll_back_with_the_change(outbox_mode, alice):
 
 def test_relay_delivers_every_delta_in_order(live_outbox, ws_factory, alice):
     _, token = subscribe(client_for(alice), "/api/tasks/")
-    ws = ws_factory(live_outbox.ws_url)
+    ws = ws_factory(live_outbox.ws_url, user=alice)
     ws.acquire(token)
     task = Task.objects.create(title="0", owner=alice)
     for i in range(1, 20):
@@ -66,7 +66,7 @@ def relay_through(url: str, live: LiveSnorkyServer, timeout: float) -> OutboxRel
 def watch_tasks(live: LiveSnorkyServer, user: Any, ws_factory: Any) -> Any:
     """A WebSocket client holding ``user``'s task list subscription."""
     _, token = subscribe(client_for(user), "/api/tasks/")
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=user)
     ws.acquire(token)
     return ws
 
@@ -101,7 +101,7 @@ def test_server_unreachable_while_changes_commit_then_back(ws_factory, alice):
 
 def test_a_refused_entry_is_kept_aside_and_the_rest_delivered(live_outbox, ws_factory, alice, caplog):
     _, token = subscribe(client_for(alice), "/api/tasks/")
-    ws = ws_factory(live_outbox.ws_url)
+    ws = ws_factory(live_outbox.ws_url, user=alice)
     ws.acquire(token)
     live_outbox.relay.stop()
     with transaction.atomic():
@@ -150,7 +150,7 @@ def test_only_a_validation_refusal_sets_an_entry_aside(live_outbox, ws_factory, 
     # The server's own texts for an invalid delta stop its retries; the valid deltas around it
     # are delivered, in order.
     _, token = subscribe(client_for(alice), "/api/tasks/")
-    ws = ws_factory(live_outbox.ws_url)
+    ws = ws_factory(live_outbox.ws_url, user=alice)
     ws.acquire(token)
     live_outbox.relay.stop()
     invalid = [

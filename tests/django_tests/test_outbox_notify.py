@@ -33,7 +33,7 @@ def outbox() -> Iterator[LiveSnorkyServer]:
 
 def watcher(live: LiveSnorkyServer, user: Any, ws_factory: Any) -> Any:
     _, token = subscribe(client_for(user), "/api/tasks/")
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=user)
     ws.acquire(token)
     return ws
 
