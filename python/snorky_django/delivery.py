@@ -116,9 +116,15 @@ def reset_backend() -> None:
 DELTA_REFUSALS = ("Missing field", "Invalid delta type", "model must be string", "Unknown model", "Invalid params")
 
 
-def send_deltas(deltas: list[Any], backend: SnorkyBackend | None = None) -> list[tuple[int, str]]:
+def send_deltas(
+    deltas: list[Any], backend: SnorkyBackend | None = None, *, key: str | None = None
+) -> list[tuple[int, str]]:
     """Publishes ``deltas`` in one request; returns the positions of the deltas the server refused,
     with its reason.
+
+    ``key`` is the batch's idempotency key (the server drops a batch whose key it has seen
+    recently); a delta sent on its own gets the key ``<key>/<its position>``, as stable as the
+    batch.
 
     The server validates a batch as a whole, so when it refuses one (with one of
     :data:`DELTA_REFUSALS`, or a body too large), each delta is sent again on its own and only
@@ -131,7 +137,7 @@ def send_deltas(deltas: list[Any], backend: SnorkyBackend | None = None) -> list
     backend = backend or get_backend()
     service = snorky_settings.DATASYNC_BACKEND_SERVICE
     try:
-        backend.publish_deltas(deltas, service=service)
+        backend.publish_deltas(deltas, service=service, key=key)
         return []
     except BackendError as err:
         if not refuses_the_deltas(err):
@@ -141,7 +147,7 @@ def send_deltas(deltas: list[Any], backend: SnorkyBackend | None = None) -> list
     refused: list[tuple[int, str]] = []
     for position, delta in enumerate(deltas):
         try:
-            backend.publish_deltas([delta], service=service)
+            backend.publish_deltas([delta], service=service, key=None if key is None else f"{key}/{position}")
         except BackendError as err:
             if not refuses_the_deltas(err):
                 raise

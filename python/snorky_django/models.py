@@ -24,6 +24,9 @@ class OutboxEntry(models.Model):
     created: models.DateTimeField[datetime.datetime, datetime.datetime] = models.DateTimeField(default=timezone.now)
     delta: Any = models.JSONField()
     error: models.TextField[str, str] = models.TextField(blank=True, default="")
+    batch: models.CharField[str, str] = models.CharField(max_length=200, blank=True, default="", db_index=True)
+    """The idempotency key of the batch the relay sends this entry in, recorded before it is sent:
+    sent again after a crash, the batch has the same entries and key, and the server drops it."""
 
     class Meta:
         verbose_name = "outbox entry"

@@ -1,11 +1,13 @@
 """The outbox relay: moves committed deltas from the outbox table to the Snorky server.
 
-One pass (:meth:`OutboxRelay.relay_once`) locks the oldest entries (``SELECT ... FOR UPDATE``, so
-two relays never send the same batch nor reorder it), publishes them in one request and deletes
-them in the same transaction, only after the server accepted them. (SQLite has no row locks: there,
-run a single relay.) If the server cannot be
-reached the transaction rolls back and the entries stay for the next try; if the relay dies
-between the server's answer and the commit, the batch is sent again on restart (at least once).
+One pass (:meth:`OutboxRelay.relay_once`) first records which of the oldest entries form the next
+batch, under a new idempotency key (committed on its own), then locks them (``SELECT ... FOR
+UPDATE``, so two relays never send the same batch nor reorder it), publishes them in one request
+with the key, and deletes them in the same transaction, only after the server accepted them.
+(SQLite has no row locks: there, run a single relay.) If the server cannot be reached the
+transaction rolls back and the entries stay for the next try. If the relay dies between the
+server's answer and the commit, the next pass sends the same entries with the same key, and the
+server, which remembers recent keys, drops the repeat: each delta reaches the browsers once.
 
 Only the server's refusal of a delta itself (one of
 :data:`~snorky_django.delivery.DELTA_REFUSALS`, a delta alone over the body limit) sets that entry
@@ -24,6 +26,8 @@ kept, so the listener, once connected again, wakes the relay to look.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -37,12 +41,26 @@ from snorky_django.delivery import describe, get_backend, send_deltas
 if TYPE_CHECKING:
     from snorky_django.models import OutboxEntry
 
-__all__ = ["NOTIFY_CHANNEL", "OutboxRelay"]
+__all__ = ["NOTIFY_CHANNEL", "OutboxRelay", "batch_key"]
 
 logger = logging.getLogger("snorky_django.relay")
 
 #: The channel the outbox table's trigger notifies on PostgreSQL (migration 0002).
 NOTIFY_CHANNEL = "snorky_outbox"
+
+# Only for the tests of exactly-once delivery: the relay process dies between the server's answer
+# and the commit that deletes the batch, as a crash there would (never set it elsewhere).
+_CRASH_AFTER_PUBLISH = os.environ.get("SNORKY_TEST_RELAY_CRASH") == "after-publish"
+
+
+def batch_key(using: str, first: int, last: int) -> str:
+    """A new idempotency key for the batch of entries ``first``..``last`` of database ``using``.
+
+    The random part makes it unique whatever the database, the site, or a reset of the table's
+    ids; the alias and the ids are there for the logs. At most 200 characters (the server's limit).
+    """
+    return f"snorky-outbox:{using[:40]}:{first}-{last}:{secrets.token_urlsafe(16)}"
+
 
 # How often a listener with nothing to report looks whether the relay is stopping, and its first
 # pause before connecting again (doubled each time, up to OUTBOX_MAX_RETRY_DELAY), in seconds.
@@ -98,20 +116,53 @@ class OutboxRelay:
         from snorky_django.models import OutboxEntry
 
         backend = self.backend or get_backend()
-        entries_of = OutboxEntry.objects.using(using).filter(error="").order_by("id")
+        key = self._claim(using)
+        if key is None:
+            return 0
+        entries_of = OutboxEntry.objects.using(using).filter(batch=key, error="").order_by("id")
         if connections[using].features.has_select_for_update:
             # The batch stays locked until it is deleted: another relay waits, then takes the next.
             with transaction.atomic(using=using):
-                return self._relay(list(entries_of.select_for_update()[: self.batch_size]), backend, using)
+                return self._relay(list(entries_of.select_for_update()), key, backend, using)
         # Without row locks (SQLite), hold no transaction during the request: one relay per database.
-        return self._relay(list(entries_of[: self.batch_size]), backend, using)
+        return self._relay(list(entries_of), key, backend, using)
 
-    def _relay(self, entries: list[OutboxEntry], backend: SnorkyBackend, using: str) -> int:
+    def _claim(self, using: str) -> str | None:
+        """The key of the oldest batch, committed before anything is sent.
+
+        If the oldest entry was sent before (the relay died before deleting it), its batch is
+        sent again exactly as it was, under the same key, so the server recognises the repeat.
+        Otherwise the oldest entries up to ``batch_size`` (and up to the next batch already
+        recorded) become a new batch under a new key. ``None`` when the outbox is empty.
+        """
+        from snorky_django.models import OutboxEntry
+
+        with transaction.atomic(using=using):
+            oldest = OutboxEntry.objects.using(using).filter(error="").order_by("id").only("id", "batch")
+            if connections[using].features.has_select_for_update:
+                oldest = oldest.select_for_update()
+            entries = list(oldest[: self.batch_size])
+            if not entries:
+                return None
+            if entries[0].batch:
+                return entries[0].batch
+            ids: list[int] = []
+            for entry in entries:
+                if entry.batch:
+                    break
+                ids.append(entry.pk)
+            key = batch_key(using, ids[0], ids[-1])
+            OutboxEntry.objects.using(using).filter(pk__in=ids).update(batch=key)
+            return key
+
+    def _relay(self, entries: list[OutboxEntry], key: str, backend: SnorkyBackend, using: str) -> int:
         from snorky_django.models import OutboxEntry
 
         if not entries:
-            return 0
-        refused = send_deltas([entry.delta for entry in entries], backend)
+            return 0  # another relay sent them meanwhile
+        refused = send_deltas([entry.delta for entry in entries], backend, key=key)
+        if _CRASH_AFTER_PUBLISH:
+            os._exit(70)
         failed_ids = set()
         for position, reason in refused:
             entry = entries[position]

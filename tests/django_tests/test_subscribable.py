@@ -28,8 +28,10 @@ class RecordingBackend:
         self.error: Exception | None = None
         self.refuse_model: str | None = None
 
-    def publish_deltas(self, deltas: list[dict[str, Any]], *, service: str = "datasync_backend") -> None:
-        assert service == "datasync_backend"
+    def publish_deltas(
+        self, deltas: list[dict[str, Any]], *, key: str | None = None, service: str = "datasync_backend"
+    ) -> None:
+        assert service == "datasync_backend" and key is None  # direct delivery sends once, no key
         if self.error is not None:
             raise self.error
         if self.refuse_model and any(d["model"] == self.refuse_model for d in deltas):
