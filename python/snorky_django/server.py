@@ -2,7 +2,8 @@
 
 :func:`build_server` makes the services (``SERVICES``: PubSub and DataSync by default, Chat,
 Cursors and Messaging on request, plus dotted paths; PubSub and Messaging with the policies of
-:mod:`snorky_django.services`), gives DataSync the dealers of
+:mod:`snorky_django.services`), the ``connections`` backend service that
+:func:`snorky_django.disconnect` calls, gives DataSync the dealers of
 :mod:`snorky_django.dealers`, and returns a :class:`DjangoServer`: a :class:`snorky.Server` that
 also runs the outbox relay while it serves, when ``DELIVERY`` is ``"outbox"``.
 """
@@ -97,6 +98,8 @@ def build_services() -> Services:
             raise ImproperlyConfigured(
                 f'SNORKY["SERVICES"] entry {entry!r} is neither a built-in service nor a dotted path'
             )
+    # Revocation: snorky_django.disconnect() (called on logout) closes an identity's connections.
+    services.backend.append(snorky.services.ConnectionsBackend(conf.CONNECTIONS_BACKEND_SERVICE))
     for entry in conf.BACKEND_SERVICES:
         services.backend.extend(_imported(entry, "BACKEND_SERVICES"))
     return services

@@ -51,6 +51,11 @@ datasync.resyncNeeded.add((lost) => {
   reload();
 });
 snorky.stateChanged.add(showStatus);
+// Signed out (in another tab, say): the server closed this connection for good (4501). The page
+// goes back to the login form, which is where Django sends it now anyway.
+snorky.disconnected.add(({ code }) => {
+  if (code === 4501) location.assign(`/accounts/login/?next=${location.pathname}`);
+});
 
 /** Loads the todos with a new subscription; one load at a time, retried until it succeeds. */
 function reload() {
