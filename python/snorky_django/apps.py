@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
 
 
+def _disconnect_on_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    """Logging out closes the user's live connections (``DISCONNECT_ON_LOGOUT``)."""
+    from snorky_django import disconnect
+    from snorky_django.conf import snorky_settings
+
+    if snorky_settings.DISCONNECT_ON_LOGOUT:
+        disconnect(user, fail_silently=True)
+
+
 class SnorkyDjangoConfig(AppConfig):
-    """``snorky_django``: registers the system checks and the proxies of subscribable models."""
+    """``snorky_django``: registers the system checks, the proxies of subscribable models, and the
+    logout receiver."""
 
     name = "snorky_django"
     verbose_name = "Snorky"
@@ -17,3 +29,9 @@ class SnorkyDjangoConfig(AppConfig):
         from snorky_django.changes import connect_proxies
 
         connect_proxies()
+        from django.apps import apps
+
+        if apps.is_installed("django.contrib.auth"):
+            from django.contrib.auth.signals import user_logged_out
+
+            user_logged_out.connect(_disconnect_on_logout, dispatch_uid="snorky_django.disconnect_on_logout")

@@ -11,15 +11,22 @@ For a decorated model:
 - The model's automatic ``objects`` manager becomes a :class:`SubscribableManager`, whose querysets
   publish deltas for ``update()``, ``bulk_create()`` and ``bulk_update()`` too (``delete()`` goes
   through Django's signals). A model that declares its own manager should build it from
-  :class:`SubscribableQuerySet` (the ``snorky.W002`` check says so).
+  :class:`SubscribableQuerySet` (the ``snorky.W002`` check says so). Its automatic *base* manager
+  (the one Django itself uses for related objects) becomes one too, so the updates Django makes
+  through it publish: a reverse foreign key's ``add()``, and the ``on_delete=SET_NULL`` (and
+  ``SET_DEFAULT``, ``SET(value)``) updates of rows whose parent is deleted.
+- :mod:`snorky_django.relations` covers what Django changes without any queryset method of the
+  model: many-to-many changes (``m2m_changed``), and ``on_delete`` handlers whose updates bypass
+  querysets (``SET(callable)``; ``SET_DEFAULT`` on Django 5).
 - The server gets two dealers for it: a BroadcastDealer named after the model (``"Task"``, as in
   Snorky 0.1) and a SimpleDealer keyed by primary key (``"TaskById"``), used by
   :class:`~snorky_django.rest_framework.RetrieveSubscribeModelMixin`.
 
-Not covered, because Django changes rows there without signals: raw SQL, ``QuerySet.update()`` on
-a manager that is not subscribable, the ``on_delete=SET_NULL``/``SET_DEFAULT``/``SET()`` updates of
-related rows, many-to-many changes (``m2m_changed``), and fixture loading (``raw`` saves). Publish
-those with :func:`snorky_django.publish_deltas` or by re-saving the objects.
+Not covered, because they do not go through the ORM's models: raw SQL (``cursor.execute``,
+``QuerySet.raw``), fixture loading (``loaddata`` saves ``raw``), ``QuerySet.update()`` on a manager
+that is not subscribable, and changes made by the database itself (triggers, ``ON DELETE`` rules
+with ``DO_NOTHING``). Publish those with :func:`snorky_django.publish_deltas` in the same
+transaction, or by saving the objects again.
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from django.apps import apps
 from django.db import connections, models, router, transaction
 from django.db.models import Q
+from django.db.models.options import Options
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
+from django.utils.functional import cached_property
 
 from snorky_django.delivery import enqueue
-from snorky_django.serialization import jsonable, serialize
+from snorky_django.serialization import forget_delta_data, jsonable, serialize
 
 __all__ = ["SubscribableManager", "SubscribableOptions", "SubscribableQuerySet", "options_for", "subscribable"]
 
@@ -60,8 +70,10 @@ class SubscribableOptions:
     model: type[models.Model]
     name: str
     """The model name deltas carry (``delta["model"]``) and the broadcast dealer's name."""
-    serializer: type[Any] | None
-    """A DRF serializer class, when given to the decorator."""
+    serializer: type[Any] | str | None
+    """A DRF serializer class (or its dotted path), when given to the decorator."""
+    fields: tuple[str, ...] | None
+    """The fields deltas carry, when given to the decorator."""
     dealers: bool
     """Whether the default dealers are registered on the server."""
 
@@ -98,7 +110,11 @@ def subscribable(model: M, /) -> M: ...
 
 @overload
 def subscribable(
-    *, name: str | None = None, serializer: type[Any] | None = None, dealers: bool = True
+    *,
+    name: str | None = None,
+    serializer: type[Any] | str | None = None,
+    fields: Sequence[str] | None = None,
+    dealers: bool = True,
 ) -> Callable[[M], M]: ...
 
 
@@ -107,7 +123,8 @@ def subscribable(
     /,
     *,
     name: str | None = None,
-    serializer: type[Any] | None = None,
+    serializer: type[Any] | str | None = None,
+    fields: Sequence[str] | None = None,
     dealers: bool = True,
 ) -> M | Callable[[M], M]:
     """Makes a model publish a delta for every committed insert, update and delete.
@@ -115,21 +132,43 @@ def subscribable(
     Use bare (``@subscribable``) or with options:
 
     - ``name``: the model name in deltas and dealers (default: the class name);
-    - ``serializer``: a DRF serializer class producing the delta data (default: the model's
-      ``jsonify()``, else a DRF ModelSerializer, else the field values; see
-      :mod:`snorky_django.serialization`);
+    - ``serializer``: a DRF serializer class (or its dotted path, imported when first needed)
+      producing the delta data;
+    - ``fields``: the field names the delta data carries (instead of ``serializer``);
     - ``dealers``: ``False`` to register no default dealer for this model.
+
+    Without ``serializer`` or ``fields``, the model's ``jsonify()`` decides, else the serializer of
+    the views subscribing to it, else every field (check ``snorky.W006`` warns). Secret fields
+    (``SNORKY["SECRET_FIELDS"]``) are left out unless named. See :mod:`snorky_django.serialization`.
     """
+    if serializer is not None and fields is not None:
+        raise TypeError("@subscribable takes serializer or fields, not both")
+    if fields is not None and (
+        isinstance(fields, str) or not fields or not all(isinstance(f, str) and f for f in fields)
+    ):
+        raise TypeError(f"@subscribable fields must be a non-empty list of field names, not {fields!r}")
 
     def decorate(cls: M) -> M:
         meta = cls._meta
         if meta.abstract or meta.proxy or meta.swapped:
             raise TypeError(f"@subscribable applies to concrete models, not to {cls.__name__}")
-        options = SubscribableOptions(model=cls, name=name or cls.__name__, serializer=serializer, dealers=dealers)
+        options = SubscribableOptions(
+            model=cls,
+            name=name or cls.__name__,
+            serializer=serializer,
+            fields=tuple(fields) if fields is not None else None,
+            dealers=dealers,
+        )
         _registry[cls] = options
+        forget_delta_data()
         _install_manager(cls)
+        _install_base_manager(cls)
         _make_saves_atomic(cls)
         connect_signals(cls)
+        if apps.ready:  # declared late (a test's isolated models): relations now, not at ready()
+            from snorky_django.relations import connect_relations
+
+            connect_relations(cls)
         return cls
 
     return decorate(model) if model is not None else decorate
@@ -145,12 +184,45 @@ def connect_signals(sender: type[models.Model]) -> None:
 
 
 def connect_proxies() -> None:
-    """Connects the receivers for proxies of subscribable models (called once apps are ready)."""
-    from django.apps import apps
+    """Connects the receivers for proxies of subscribable models, and the relation receivers of
+    :mod:`snorky_django.relations` (called once apps are ready)."""
+    from snorky_django.relations import connect_relations
 
     for model in apps.get_models():
         if model._meta.proxy and options_for(model) is not None:
             connect_signals(model)
+            _install_base_manager(model)
+    for options in registered():
+        connect_relations(options.model)
+
+
+class _SubscribableOptions(Options):  # type: ignore[type-arg]
+    """A model's ``_meta`` whose automatic base manager is a :class:`SubscribableManager`.
+
+    Django updates related rows through the base manager (a reverse foreign key's ``add()``, the
+    deleting collector's ``SET_NULL`` updates); its automatic one is a plain ``Manager`` that no
+    field or option can replace without a migration, so the class of ``_meta`` is swapped for this
+    one, which builds the same manager on a subscribable queryset. A base manager the model names
+    itself (``Meta.base_manager_name``) is left alone.
+    """
+
+    @cached_property
+    def base_manager(self) -> models.Manager[Any]:
+        manager: models.Manager[Any] = Options.base_manager.func(self)  # type: ignore[attr-defined]
+        if getattr(manager, "auto_created", False) and type(manager) is models.Manager:
+            replacement = SubscribableManager()
+            replacement.name = manager.name
+            replacement.model = self.model
+            replacement.auto_created = True
+            return replacement
+        return manager
+
+
+def _install_base_manager(cls: type[models.Model]) -> None:
+    meta = cls._meta
+    if type(meta) is Options:
+        meta.__class__ = _SubscribableOptions
+        meta.__dict__.pop("base_manager", None)
 
 
 def _install_manager(cls: type[models.Model]) -> None:

@@ -13,11 +13,17 @@ E007        two dealers, or two subscribable models, share a name
 E008        ``TOKEN_SECRET`` is shorter than 16 characters
 E009        ``PUBLIC_URL`` is neither a ``ws(s)://`` URL nor a path
 E010        a ``snorky.py`` module or a ``DEALERS`` path cannot be imported
+E011        a list view hands out subscriptions without a dealer (nor ``broadcast = True``)
+E012        ``@subscribable(fields=...)`` names a field the model does not have, or its
+            ``serializer`` path cannot be imported
+E013        ``PUBSUB_PUBLISH_CHANNELS``, ``PUBSUB_PUBLISH_POLICY`` or ``MESSAGING_NAMES`` is unusable
 W001        an unknown key in ``SNORKY`` (a typo?)
 W002        a subscribable model's default manager is not a ``SubscribableManager``
 W003        browsers from any origin may connect (``ALLOWED_ORIGINS`` is ``"*"``) outside DEBUG
 W004        a wildcard ``CSRF_TRUSTED_ORIGINS`` entry cannot be used as a WebSocket origin
 W005        outbox delivery on SQLite without ``"transaction_mode": "IMMEDIATE"``
+W006        a subscribable model does not declare what its deltas carry (every field but the
+            secret ones is sent)
 =========== ==================================================================================
 """
 
@@ -38,7 +44,7 @@ from snorky_django.conf import (
     valid_backend_url,
 )
 
-__all__ = ["check_dealers", "check_settings"]
+__all__ = ["check_dealers", "check_settings", "check_views", "routed_views"]
 
 
 @register("snorky")
@@ -125,6 +131,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id="snorky.E009",
             )
         )
+    from snorky_django.services import policy_problems
+
+    for problem in policy_problems(
+        snorky_settings.PUBSUB_PUBLISH_CHANNELS, snorky_settings.PUBSUB_PUBLISH_POLICY, snorky_settings.MESSAGING_NAMES
+    ):
+        messages.append(
+            Error(
+                problem,
+                hint='For example PUBSUB_PUBLISH_CHANNELS = ["chat:*"], MESSAGING_NAMES = "identity"; '
+                "see the Django guide, 'What browsers may do'.",
+                id="snorky.E013",
+            )
+        )
     origins = snorky_settings.ALLOWED_ORIGINS
     if not settings.DEBUG and "*" in origins:
         messages.append(
@@ -192,6 +211,7 @@ def check_dealers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                     id="snorky.W002",
                 )
             )
+    messages.extend(_check_delta_data(subscribable))
     try:
         declared = declared_dealers()
     except ImportError as err:
@@ -224,6 +244,97 @@ def check_dealers(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
                     f"Several dealers are named {name!r} ({origins}).",
                     hint="Dealer names are what subscriptions refer to: make them unique (set name = ...).",
                     id="snorky.E007",
+                )
+            )
+    return messages
+
+
+def routed_views() -> list[type[Any]]:
+    """The view classes the project's URLconf routes to (Django and DRF views), each once."""
+    from django.urls import URLPattern, URLResolver, get_resolver
+
+    found: dict[type[Any], None] = {}
+
+    def walk(patterns: Any) -> None:
+        for pattern in patterns:
+            if isinstance(pattern, URLResolver):
+                walk(pattern.url_patterns)
+            elif isinstance(pattern, URLPattern):
+                view = getattr(pattern.callback, "cls", None) or getattr(pattern.callback, "view_class", None)
+                if isinstance(view, type):
+                    found[view] = None
+
+    walk(get_resolver().url_patterns)
+    return list(found)
+
+
+@register("snorky", "urls")
+def check_views(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Checks that every routed list view handing out subscriptions says which deltas they get."""
+    from django.apps import apps
+
+    if not apps.is_installed("rest_framework"):
+        return []
+    from snorky_django.rest_framework import ListSubscribeModelMixin, subscription_problem
+
+    messages: list[CheckMessage] = []
+    for view in routed_views():
+        if not issubclass(view, ListSubscribeModelMixin):
+            continue
+        problem = subscription_problem(view)
+        if problem is not None:
+            messages.append(
+                Error(
+                    problem,
+                    hint="A view that filters its queryset must filter its deltas the same way; "
+                    "see the Django guide, 'Hand out subscriptions from views'.",
+                    obj=view,
+                    id="snorky.E011",
+                )
+            )
+    return messages
+
+
+def _check_delta_data(subscribable: list[Any]) -> list[CheckMessage]:
+    """E012 and W006: what each subscribable model's deltas carry."""
+    from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
+
+    from snorky_django.serialization import delta_data
+
+    messages: list[CheckMessage] = []
+    for options in subscribable:
+        label = options.model._meta.label
+        if options.fields is not None:
+            for name in options.fields:
+                try:
+                    options.model._meta.get_field(name)
+                except FieldDoesNotExist:
+                    messages.append(
+                        Error(
+                            f"@subscribable(fields=...) of {label} names {name!r}, which is not one of its fields.",
+                            hint="List the model's field names.",
+                            obj=options.model,
+                            id="snorky.E012",
+                        )
+                    )
+            continue
+        try:
+            data = delta_data(options.model)
+        except ImproperlyConfigured as err:
+            messages.append(
+                Error(str(err), hint="Fix the serializer's dotted path.", obj=options.model, id="snorky.E012")
+            )
+            continue
+        if not data.declared:
+            why = f" ({data.detail})" if data.detail else ""
+            messages.append(
+                Warning(
+                    f"Subscribable {label} does not say what its deltas carry{why}: they carry every field "
+                    "except those matching SECRET_FIELDS, whatever your API shows.",
+                    hint=f'Declare it: @subscribable(serializer="app.serializers.{options.model.__name__}Serializer"), '
+                    '@subscribable(fields=["id", ...]), or a jsonify() method.',
+                    obj=options.model,
+                    id="snorky.W006",
                 )
             )
     return messages

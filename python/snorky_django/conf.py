@@ -45,8 +45,11 @@ DEFAULTS: dict[str, Any] = {
     "PUBLIC_URL": None,
     # The secret signing connection tokens (HS256); derived from SECRET_KEY.
     "TOKEN_SECRET": None,
-    # Lifetime of a connection token, in seconds.
-    "CONNECTION_TOKEN_TTL": 3600,
+    # Lifetime of a connection token, in seconds. Short, so that a token read from a log or a
+    # screen is useless soon after; pages fetch a fresh one for each reconnection (views.py).
+    "CONNECTION_TOKEN_TTL": 120,
+    # Whether logging out closes the user's live connections (snorky_django.disconnect).
+    "DISCONNECT_ON_LOGOUT": True,
     # Browser origins allowed to open WebSockets; derived from ALLOWED_HOSTS and CSRF_TRUSTED_ORIGINS.
     "ALLOWED_ORIGINS": None,
     # Frontend services: built-in names (see BUILTIN_SERVICES) and dotted paths to a service, or to
@@ -62,6 +65,15 @@ DEFAULTS: dict[str, Any] = {
     "CHAT_SERVICE": "chat",
     "CURSORS_SERVICE": "cursors",
     "MESSAGING_SERVICE": "messaging",
+    # The backend service that disconnects an identity's connections (revocation).
+    "CONNECTIONS_BACKEND_SERVICE": "connections",
+    # What browsers may do with PubSub and Messaging (see snorky_django.services): the channels they
+    # may publish to (names or shell patterns; ["*"] for any, as in 0.1), or a dotted path to a
+    # callable (client, channel) -> bool deciding instead; and which Messaging names a connection
+    # may register: "identity" (its own), "open" (any, as in 0.1) or a dotted path to a callable.
+    "PUBSUB_PUBLISH_CHANNELS": [],
+    "PUBSUB_PUBLISH_POLICY": None,
+    "MESSAGING_NAMES": "identity",
     # Dealers beyond the defaults and the `snorky.py` modules: dotted paths to dealer classes.
     "DEALERS": [],
     # Whether to import every installed app's `snorky.py` module to find dealers.
@@ -82,6 +94,19 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_MAX_RETRY_DELAY": 5.0,
     # Extra keyword arguments for snorky.Server (max_frame_size, ping_interval, ...).
     "SERVER_OPTIONS": {},
+    # Field names never sent in deltas unless the model's declaration names them (shell patterns,
+    # case-insensitive, matched at any depth of the delta data).
+    "SECRET_FIELDS": [
+        "*password*",
+        "*passwd*",
+        "*secret*",
+        "*token*",
+        "*api_key*",
+        "*apikey*",
+        "*private_key*",
+        "*credential*",
+        "session_key",
+    ],
 }
 
 #: The built-in services a ``SERVICES`` entry may name.
@@ -124,6 +149,7 @@ class SnorkySettings:
     PUBLIC_URL: str | None
     TOKEN_SECRET: str
     CONNECTION_TOKEN_TTL: int
+    DISCONNECT_ON_LOGOUT: bool
     ALLOWED_ORIGINS: list[str]
     SERVICES: list[str]
     BACKEND_SERVICES: list[str]
@@ -134,6 +160,10 @@ class SnorkySettings:
     CHAT_SERVICE: str
     CURSORS_SERVICE: str
     MESSAGING_SERVICE: str
+    CONNECTIONS_BACKEND_SERVICE: str
+    PUBSUB_PUBLISH_CHANNELS: list[str]
+    PUBSUB_PUBLISH_POLICY: str | None
+    MESSAGING_NAMES: str
     DEALERS: list[str]
     AUTODISCOVER: bool
     DELIVERY: str
@@ -144,6 +174,7 @@ class SnorkySettings:
     OUTBOX_POLL_INTERVAL: float
     OUTBOX_MAX_RETRY_DELAY: float
     SERVER_OPTIONS: dict[str, Any]
+    SECRET_FIELDS: list[str]
 
     def __init__(self) -> None:
         self._cached: set[str] = set()

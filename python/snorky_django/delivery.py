@@ -28,7 +28,6 @@ discarded by a savepoint rollback, a *flush* entry registered outside any savepo
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,7 +40,16 @@ from django.dispatch import Signal
 from snorky.backend import BackendError, SnorkyBackend, SnorkyError
 from snorky_django.conf import snorky_settings
 
-__all__ = ["DeliveryStats", "delivery_failed", "enqueue", "get_backend", "send_deltas", "stats"]
+__all__ = [
+    "DELTA_REFUSALS",
+    "DeliveryStats",
+    "delivery_failed",
+    "enqueue",
+    "get_backend",
+    "refuses_the_deltas",
+    "send_deltas",
+    "stats",
+]
 
 logger = logging.getLogger("snorky_django")
 
@@ -102,47 +110,59 @@ def reset_backend() -> None:
         _backend = None
 
 
-def send_deltas(deltas: list[dict[str, Any]], backend: SnorkyBackend | None = None) -> list[tuple[dict[str, Any], str]]:
-    """Publishes ``deltas`` in one request; returns the deltas the server refused, with its reason.
+#: The texts with which ``publishDeltas`` refuses a delta itself (PROTOCOL.md): a missing field, an
+#: unknown type, a model that is not a string or that no dealer handles, a delta that is not an
+#: object. Only these say that sending the delta again cannot help.
+DELTA_REFUSALS = ("Missing field", "Invalid delta type", "model must be string", "Unknown model", "Invalid params")
 
-    The server validates a batch as a whole, so when it refuses one, each delta is sent again on
-    its own and only those refused alone are returned. Errors that are not about the deltas (the
-    server unreachable, a wrong API key) propagate: the caller decides whether to retry.
+
+def send_deltas(
+    deltas: list[Any], backend: SnorkyBackend | None = None, *, key: str | None = None
+) -> list[tuple[int, str]]:
+    """Publishes ``deltas`` in one request; returns the positions of the deltas the server refused,
+    with its reason.
+
+    ``key`` is the batch's idempotency key (the server drops a batch whose key it has seen
+    recently); a delta sent on its own gets the key ``<key>/<its position>``, as stable as the
+    batch.
+
+    The server validates a batch as a whole, so when it refuses one (with one of
+    :data:`DELTA_REFUSALS`, or a body too large), each delta is sent again on its own and only
+    those refused alone are returned. Every other error propagates, however the server words it
+    ("Internal error", any other HTTP status, a timeout, a connection error): nothing says the
+    deltas are wrong, so the caller should retry them.
     """
     if not deltas:
         return []
     backend = backend or get_backend()
     service = snorky_settings.DATASYNC_BACKEND_SERVICE
     try:
-        backend.publish_deltas(deltas, service=service)
+        backend.publish_deltas(deltas, service=service, key=key)
         return []
     except BackendError as err:
-        if not _about_the_deltas(err):
+        if not refuses_the_deltas(err):
             raise
         if len(deltas) == 1:
-            return [(deltas[0], str(err))]
-    refused: list[tuple[dict[str, Any], str]] = []
-    for delta in deltas:
+            return [(0, str(err))]
+    refused: list[tuple[int, str]] = []
+    for position, delta in enumerate(deltas):
         try:
-            backend.publish_deltas([delta], service=service)
+            backend.publish_deltas([delta], service=service, key=None if key is None else f"{key}/{position}")
         except BackendError as err:
-            if not _about_the_deltas(err):
+            if not refuses_the_deltas(err):
                 raise
-            refused.append((delta, str(err)))
+            refused.append((position, str(err)))
     return refused
 
 
-_REFUSED_REQUEST = re.compile(r"^backend refused the request \(HTTP (\d+)\)")
-
-
-def _about_the_deltas(err: BackendError) -> bool:
-    """Whether the server refused the deltas themselves (an error reply, or a body too large),
-    rather than the request (a wrong key, a protocol problem), which no split would cure."""
-    text = str(err)
-    if text.startswith("unexpected answer from the Snorky backend"):
-        return False
-    refused = _REFUSED_REQUEST.match(text)
-    return refused is None or refused.group(1) == "413"
+def refuses_the_deltas(err: BackendError) -> bool:
+    """Whether ``err`` refuses the deltas sent, not the request: a validation text of
+    ``publishDeltas``, or HTTP 413 (a body over the server's limit: for a single delta, a delta
+    that can never be accepted, which must not hold up those behind it forever)."""
+    status = getattr(err, "status", None)
+    if status is not None:
+        return bool(status == 413)
+    return str(err).startswith(DELTA_REFUSALS)
 
 
 def _deliver_direct(deltas: list[dict[str, Any]]) -> None:
@@ -161,10 +181,17 @@ def _deliver_direct(deltas: list[dict[str, Any]]) -> None:
         _signal_failure(deltas, err)
         return
     stats._add(published=len(deltas) - len(refused), failed=len(refused), failed_requests=1 if refused else 0)
-    for delta, reason in refused:
-        logger.error("Snorky refused a %s delta of %s: %s", delta.get("type"), delta.get("model"), reason)
+    for position, reason in refused:
+        logger.error("Snorky refused %s: %s", describe(deltas[position]), reason)
     if refused:
-        _signal_failure([delta for delta, _ in refused], BackendError(refused[0][1]))
+        _signal_failure([deltas[position] for position, _ in refused], BackendError(refused[0][1]))
+
+
+def describe(delta: Any) -> str:
+    """A delta in a log line: its type and model (whatever it is)."""
+    if isinstance(delta, dict):
+        return f"a {delta.get('type')!r} delta of {delta.get('model')!r}"
+    return f"a {type(delta).__name__} where a delta should be"
 
 
 def _signal_failure(deltas: list[dict[str, Any]], error: Exception) -> None:

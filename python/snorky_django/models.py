@@ -15,14 +15,18 @@ class OutboxEntry(models.Model):
     """A delta written in the transaction that made the change, waiting for the relay.
 
     The relay (run by ``manage.py snorky``) sends entries in ``id`` order and deletes them once the
-    server accepted them. An entry the server refuses (a delta no dealer handles, say) keeps its
-    row with ``error`` set and is not retried: inspect it, then delete it.
+    server accepted them. An entry the server refuses as invalid (a delta no dealer handles, say)
+    keeps its row with ``error`` set and is not retried: inspect it, then delete it (or clear
+    ``error`` to send it again). Any other failure is retried until the server accepts the batch.
     """
 
     id: models.BigAutoField[int, int] = models.BigAutoField(primary_key=True)
     created: models.DateTimeField[datetime.datetime, datetime.datetime] = models.DateTimeField(default=timezone.now)
     delta: Any = models.JSONField()
     error: models.TextField[str, str] = models.TextField(blank=True, default="")
+    batch: models.CharField[str, str] = models.CharField(max_length=200, blank=True, default="", db_index=True)
+    """The idempotency key of the batch the relay sends this entry in, recorded before it is sent:
+    sent again after a crash, the batch has the same entries and key, and the server drops it."""
 
     class Meta:
         verbose_name = "outbox entry"

@@ -1,17 +1,33 @@
 """The outbox relay: moves committed deltas from the outbox table to the Snorky server.
 
-One pass (:meth:`OutboxRelay.relay_once`) locks the oldest entries (``SELECT ... FOR UPDATE``, so
-two relays never send the same batch nor reorder it), publishes them in one request and deletes
-them in the same transaction, only after the server accepted them. (SQLite has no row locks: there,
-run a single relay.) If the server cannot be
-reached the transaction rolls back and the entries stay for the next try; if the relay dies
-between the server's answer and the commit, the batch is sent again on restart (at least once).
-Entries the server refuses on their own are kept with ``error`` set and not retried.
+One pass (:meth:`OutboxRelay.relay_once`) first records which of the oldest entries form the next
+batch, under a new idempotency key (committed on its own), then locks them (``SELECT ... FOR
+UPDATE``, so two relays never send the same batch nor reorder it), publishes them in one request
+with the key, and deletes them in the same transaction, only after the server accepted them.
+(SQLite has no row locks: there, run a single relay.) If the server cannot be reached the
+transaction rolls back and the entries stay for the next try. If the relay dies between the
+server's answer and the commit, the next pass sends the same entries with the same key, and the
+server, which remembers recent keys, drops the repeat: each delta reaches the browsers once.
+
+Only the server's refusal of a delta itself (one of
+:data:`~snorky_django.delivery.DELTA_REFUSALS`, a delta alone over the body limit) sets that entry
+aside, with ``error`` set, never to be retried. Anything else ("Internal error", another HTTP
+status, a timeout, the server unreachable) leaves the batch where it is, and the relay tries again
+with a growing pause (up to ``OUTBOX_MAX_RETRY_DELAY``).
+
+When to look: on PostgreSQL (with psycopg 3), a trigger on the outbox table notifies channel
+``snorky_outbox`` from the writing transaction, so the notification arrives when, and only if, it
+commits; the relay listens (``LISTEN``, on a connection of its own per database) and starts a pass
+at once. It also polls every ``OUTBOX_POLL_INTERVAL`` seconds, the only way on other databases and
+the safety net on PostgreSQL: a notification sent while the listening connection was down is not
+kept, so the listener, once connected again, wakes the relay to look.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -20,21 +36,43 @@ from django.db import DatabaseError, close_old_connections, connections, router,
 
 from snorky.backend import SnorkyBackend, SnorkyError
 from snorky_django.conf import snorky_settings
-from snorky_django.delivery import get_backend, send_deltas
+from snorky_django.delivery import describe, get_backend, send_deltas
 
 if TYPE_CHECKING:
     from snorky_django.models import OutboxEntry
 
-__all__ = ["OutboxRelay"]
+__all__ = ["NOTIFY_CHANNEL", "OutboxRelay", "batch_key"]
 
 logger = logging.getLogger("snorky_django.relay")
+
+#: The channel the outbox table's trigger notifies on PostgreSQL (migration 0002).
+NOTIFY_CHANNEL = "snorky_outbox"
+
+# Only for the tests of exactly-once delivery: the relay process dies between the server's answer
+# and the commit that deletes the batch, as a crash there would (never set it elsewhere).
+_CRASH_AFTER_PUBLISH = os.environ.get("SNORKY_TEST_RELAY_CRASH") == "after-publish"
+
+
+def batch_key(using: str, first: int, last: int) -> str:
+    """A new idempotency key for the batch of entries ``first``..``last`` of database ``using``.
+
+    The random part makes it unique whatever the database, the site, or a reset of the table's
+    ids; the alias and the ids are there for the logs. At most 200 characters (the server's limit).
+    """
+    return f"snorky-outbox:{using[:40]}:{first}-{last}:{secrets.token_urlsafe(16)}"
+
+
+# How often a listener with nothing to report looks whether the relay is stopping, and its first
+# pause before connecting again (doubled each time, up to OUTBOX_MAX_RETRY_DELAY), in seconds.
+_LISTEN_CHECK = 0.5
 
 
 class OutboxRelay:
     """Relays the outbox on a background thread (``start()``/``stop()``), or pass by pass.
 
     ``backend`` defaults to the shared client (``BACKEND_URL``); ``databases`` to every database
-    the outbox table is migrated to.
+    the outbox table is migrated to. ``listen``: wake on PostgreSQL's notifications (see the module
+    docs) besides polling.
     """
 
     def __init__(
@@ -45,6 +83,7 @@ class OutboxRelay:
         batch_size: int | None = None,
         poll_interval: float | None = None,
         max_retry_delay: float | None = None,
+        listen: bool = True,
     ) -> None:
         self.backend = backend
         self.databases = databases
@@ -53,10 +92,14 @@ class OutboxRelay:
         self.max_retry_delay = (
             max_retry_delay if max_retry_delay is not None else float(snorky_settings.OUTBOX_MAX_RETRY_DELAY)
         )
+        self.listen = listen
         self.relayed = 0
         """Deltas the server accepted through this relay."""
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._listeners: list[threading.Thread] = []
+        self._listening: set[str] = set()
 
     def _databases(self) -> list[str]:
         if self.databases is not None:
@@ -73,27 +116,57 @@ class OutboxRelay:
         from snorky_django.models import OutboxEntry
 
         backend = self.backend or get_backend()
-        entries_of = OutboxEntry.objects.using(using).filter(error="").order_by("id")
+        key = self._claim(using)
+        if key is None:
+            return 0
+        entries_of = OutboxEntry.objects.using(using).filter(batch=key, error="").order_by("id")
         if connections[using].features.has_select_for_update:
             # The batch stays locked until it is deleted: another relay waits, then takes the next.
             with transaction.atomic(using=using):
-                return self._relay(list(entries_of.select_for_update()[: self.batch_size]), backend, using)
+                return self._relay(list(entries_of.select_for_update()), key, backend, using)
         # Without row locks (SQLite), hold no transaction during the request: one relay per database.
-        return self._relay(list(entries_of[: self.batch_size]), backend, using)
+        return self._relay(list(entries_of), key, backend, using)
 
-    def _relay(self, entries: list[OutboxEntry], backend: SnorkyBackend, using: str) -> int:
+    def _claim(self, using: str) -> str | None:
+        """The key of the oldest batch, committed before anything is sent.
+
+        If the oldest entry was sent before (the relay died before deleting it), its batch is
+        sent again exactly as it was, under the same key, so the server recognises the repeat.
+        Otherwise the oldest entries up to ``batch_size`` (and up to the next batch already
+        recorded) become a new batch under a new key. ``None`` when the outbox is empty.
+        """
+        from snorky_django.models import OutboxEntry
+
+        with transaction.atomic(using=using):
+            oldest = OutboxEntry.objects.using(using).filter(error="").order_by("id").only("id", "batch")
+            if connections[using].features.has_select_for_update:
+                oldest = oldest.select_for_update()
+            entries = list(oldest[: self.batch_size])
+            if not entries:
+                return None
+            if entries[0].batch:
+                return entries[0].batch
+            ids: list[int] = []
+            for entry in entries:
+                if entry.batch:
+                    break
+                ids.append(entry.pk)
+            key = batch_key(using, ids[0], ids[-1])
+            OutboxEntry.objects.using(using).filter(pk__in=ids).update(batch=key)
+            return key
+
+    def _relay(self, entries: list[OutboxEntry], key: str, backend: SnorkyBackend, using: str) -> int:
         from snorky_django.models import OutboxEntry
 
         if not entries:
-            return 0
-        by_delta = {id(entry.delta): entry for entry in entries}
-        refused = send_deltas([entry.delta for entry in entries], backend)
+            return 0  # another relay sent them meanwhile
+        refused = send_deltas([entry.delta for entry in entries], backend, key=key)
+        if _CRASH_AFTER_PUBLISH:
+            os._exit(70)
         failed_ids = set()
-        for delta, reason in refused:
-            entry = by_delta[id(delta)]
-            logger.error(
-                "Snorky refused outbox entry %d (%s %s): %s", entry.pk, delta.get("type"), delta.get("model"), reason
-            )
+        for position, reason in refused:
+            entry = entries[position]
+            logger.error("Snorky refused outbox entry %d (%s): %s", entry.pk, describe(entry.delta), reason)
             OutboxEntry.objects.using(using).filter(pk=entry.pk).update(error=reason)
             failed_ids.add(entry.pk)
         accepted = [entry.pk for entry in entries if entry.pk not in failed_ids]
@@ -114,32 +187,89 @@ class OutboxRelay:
         return total
 
     def start(self) -> None:
-        """Relays on a daemon thread until :meth:`stop`."""
+        """Relays on a daemon thread until :meth:`stop` (and listens, on PostgreSQL)."""
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="snorky-outbox-relay", daemon=True)
         self._thread.start()
+        self._listeners = [
+            threading.Thread(target=self._listen, args=(alias,), name=f"snorky-outbox-listen-{alias}", daemon=True)
+            for alias in (self._listenable() if self.listen else [])
+        ]
+        for listener in self._listeners:
+            listener.start()
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stops the thread after its current batch; returns whether it stopped within ``timeout``."""
         self._stop.set()
-        thread = self._thread
-        if thread is None:
-            return True
-        thread.join(timeout)
-        return not thread.is_alive()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in [self._thread, *self._listeners]:
+            if thread is not None:
+                thread.join(max(deadline - time.monotonic(), 0.0))
+        return not self.running and not any(listener.is_alive() for listener in self._listeners)
 
     @property
     def running(self) -> bool:
         """Whether the relay thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def listening(self) -> frozenset[str]:
+        """The databases whose notifications the relay receives right now."""
+        return frozenset(self._listening)
+
+    def _listenable(self) -> list[str]:
+        """The databases that notify: PostgreSQL through psycopg 3 (psycopg2 is polled)."""
+        aliases = [alias for alias in self._databases() if connections[alias].vendor == "postgresql"]
+        if not aliases:
+            return []
+        try:
+            from django.db.backends.postgresql.psycopg_any import is_psycopg3
+        except ImportError:  # pragma: no cover (psycopg missing: Django could not connect either)
+            return []
+        if not is_psycopg3:
+            logger.info("Snorky outbox relay: psycopg2 cannot be waited on here; polling %s", ", ".join(aliases))
+            return []
+        return aliases
+
+    def _listen(self, using: str) -> None:
+        """Wakes the relay on each notification of database ``using``, reconnecting when cut."""
+        import psycopg
+
+        delay = _LISTEN_CHECK
+        failing = False
+        while not self._stop.is_set():
+            try:
+                params = connections[using].get_connection_params()
+                with psycopg.connect(**params, autocommit=True) as listener:
+                    listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self._listening.add(using)
+                    # Whatever committed while nobody listened is found by this pass.
+                    self._wake.set()
+                    if failing:
+                        logger.warning("Snorky outbox relay: listening to %r again", using)
+                    failing, delay = False, _LISTEN_CHECK
+                    while not self._stop.is_set():
+                        for _ in listener.notifies(timeout=_LISTEN_CHECK, stop_after=1):
+                            self._wake.set()
+            except Exception as err:
+                if not failing:
+                    logger.warning("Snorky outbox relay: cannot listen to %r (%s); polling meanwhile", using, err)
+                failing = True
+            finally:
+                self._listening.discard(using)
+            self._stop.wait(min(delay, self.max_retry_delay))
+            delay *= 2
+
     def _run(self) -> None:
         delay = self.poll_interval
         failing_since: float | None = None
         try:
             while not self._stop.is_set():
+                # Cleared before the pass: a notification arriving during it starts another.
+                self._wake.clear()
                 try:
                     busy = False
                     for using in self._databases():
@@ -165,7 +295,7 @@ class OutboxRelay:
                     failing_since = None
                 delay = self.poll_interval
                 if not busy:
-                    self._stop.wait(self.poll_interval)
+                    self._wake.wait(self.poll_interval)
         finally:
             for connection in connections.all(initialized_only=True):
                 connection.close()

@@ -4,11 +4,22 @@ A request with the header ``X-Snorky: Subscribe`` gets, besides the usual respon
 ``X-Subscription-Token``: a subscription for what the view returns, which the browser acquires
 over WebSocket. The subscription is authorized *before* the data is read, so a change committed
 between the two reaches the browser as a delta rather than falling into a gap (so the browser may
-receive a delta for a change the response already shows).
+receive a delta for a change the response already shows). The subscription belongs to the
+requesting user: only connections carrying that user's connection token may acquire it, or resume
+it after a reconnection.
 
 Which subscription: ``get_subscription_items()``, by default one item made of ``get_dealer()``
-(the ``dealer`` attribute, else the model's default dealer) and ``get_dealer_query()`` (the
-``dealer_query`` attribute). Override them as in Snorky 0.1::
+and ``get_dealer_query()``. A list view must say which deltas its subscribers receive; there is no
+default, because a view that filters its queryset must filter its deltas the same way:
+
+- ``dealer = "TasksByOwner"`` with ``get_dealer_query()`` (or ``dealer_query``): the deltas that
+  dealer routes to the query, typically the rows ``get_queryset()`` returns;
+- ``broadcast = True``: every delta of the model to every subscriber (the model's broadcast
+  dealer, ``"Task"``; writing ``dealer = "Task"`` is the same choice), for lists everyone sees whole;
+- or override ``get_dealer()`` or ``get_subscription_items()``.
+
+A list view with none of these is a configuration error: ``manage.py check`` reports it
+(``snorky.E011``) and a subscribing request raises ``ImproperlyConfigured``. As in Snorky 0.1::
 
     class TaskViewSet(ListSubscribeModelMixin, viewsets.ModelViewSet):
         serializer_class = TaskSerializer
@@ -26,6 +37,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from rest_framework import generics, mixins, status
@@ -45,6 +57,7 @@ __all__ = [
     "RetrieveSubscribeModelMixin",
     "SubscribeModelMixin",
     "SubscriptionUnavailable",
+    "subscription_problem",
 ]
 
 logger = logging.getLogger("snorky_django")
@@ -63,13 +76,17 @@ class SubscriptionUnavailable(APIException):
 class SubscribeModelMixin:
     """What the subscribing views share: the hooks deciding the subscription, and the headers.
 
-    - ``dealer`` / :meth:`get_dealer`: the dealer name (default: the model's broadcast dealer).
+    - ``dealer`` / :meth:`get_dealer`: the dealer name; or ``broadcast = True`` for the model's
+      broadcast dealer. One of them is required (see the module docs).
     - ``dealer_query`` / :meth:`get_dealer_query`: the item's query.
     - :meth:`get_subscription_items`: the whole list of ``{"dealer", "query"}`` items.
+    - :meth:`get_subscription_user`: whose connections may acquire it (``request.user``).
     """
 
     dealer: str | None = None
     dealer_query: Any = None
+    broadcast: bool = False
+    """Subscribers receive every delta of the model (its broadcast dealer): an explicit choice."""
     request: Any
 
     def get_subscription_model(self) -> type[models.Model]:
@@ -80,13 +97,21 @@ class SubscribeModelMixin:
         return queryset.model  # type: ignore[no-any-return]
 
     def get_dealer(self) -> str:
-        """The dealer of the subscription item: ``dealer``, else the model's broadcast dealer."""
+        """The dealer of the subscription item: ``dealer``, or with ``broadcast = True`` the
+        model's broadcast dealer; raises ``ImproperlyConfigured`` when the view sets neither."""
+        if self.dealer and self.broadcast is True:
+            raise ImproperlyConfigured(_both_message(type(self)))
         if self.dealer:
             return self.dealer
+        if self.broadcast is not True:
+            raise ImproperlyConfigured(_missing_message(type(self)))
         model = self.get_subscription_model()
         options = options_for(model)
-        if options is None:
-            raise TypeError(f"{type(self).__name__}: set dealer, or make {model.__name__} @subscribable")
+        if options is None or not options.dealers:
+            raise ImproperlyConfigured(
+                f"{type(self).__name__}.broadcast = True needs the broadcast dealer of {model.__name__}: "
+                f"make it @subscribable (with its default dealers), or set dealer = ..."
+            )
         return options.name
 
     def get_dealer_query(self) -> Any:
@@ -102,13 +127,20 @@ class SubscribeModelMixin:
         header: str = self.request.headers.get("X-Snorky", "")
         return header.strip().lower() == "subscribe"
 
+    def get_subscription_user(self) -> Any:
+        """The user the subscription belongs to: ``request.user``. Only connections of a logged-in
+        user may acquire (or resume) their subscription; an anonymous request's may be acquired by
+        any connection."""
+        return getattr(self.request, "user", None)
+
     def authorize_subscription(self, items: list[dict[str, Any]] | None = None) -> str:
-        """Asks the server for a token for ``items`` (default :meth:`get_subscription_items`);
-        raises :class:`SubscriptionUnavailable` (503) when the server cannot answer."""
+        """Asks the server for a token for ``items`` (default :meth:`get_subscription_items`),
+        bound to :meth:`get_subscription_user`; raises :class:`SubscriptionUnavailable` (503) when
+        the server cannot answer."""
         if items is None:
             items = self.get_subscription_items()
         try:
-            return authorize_subscription(items)
+            return authorize_subscription(items, user=self.get_subscription_user())
         except SnorkyError as err:
             logger.error("Snorky: could not authorize a subscription for %r: %s", items, err)
             raise SubscriptionUnavailable() from err
@@ -123,6 +155,38 @@ class SubscribeModelMixin:
         patch_cache_control(response, private=True, no_store=True)
         patch_vary_headers(response, ["X-Snorky"])
         return response
+
+
+def subscription_problem(view: type[Any]) -> str | None:
+    """Why ``view`` (a subscribing view class) cannot say which deltas its list subscribers get,
+    or ``None`` when it can: it sets ``dealer`` or ``broadcast = True`` (not both), or overrides
+    ``get_dealer()`` or ``get_subscription_items()``."""
+    overrides = any(
+        getattr(view, method) is not getattr(SubscribeModelMixin, method)
+        for method in ("get_dealer", "get_subscription_items")
+    )
+    dealer = getattr(view, "dealer", None)
+    broadcast = getattr(view, "broadcast", False)
+    if dealer and broadcast is True:
+        return _both_message(view)
+    if dealer or broadcast is True or overrides:
+        return None
+    return _missing_message(view)
+
+
+def _both_message(view: type[Any]) -> str:
+    return (
+        f"{view.__module__}.{view.__qualname__} sets both dealer = {view.dealer!r} and broadcast = True: "
+        "keep the one that says which deltas its subscribers receive."
+    )
+
+
+def _missing_message(view: type[Any]) -> str:
+    return (
+        f"{view.__module__}.{view.__qualname__} hands out subscriptions without saying which deltas they "
+        'receive: set dealer = "..." (a dealer routing the rows get_queryset() returns, with '
+        "get_dealer_query()), or broadcast = True to send every delta of the model to every subscriber."
+    )
 
 
 class ListSubscribeModelMixin(SubscribeModelMixin, mixins.ListModelMixin):

@@ -1,16 +1,25 @@
 """How a model instance becomes the JSON object carried by a delta.
 
-In order of preference:
+A delta carries what the developer declared, in this order:
 
-1. the serializer given to ``@subscribable(serializer=...)`` (a DRF serializer class);
-2. the model's own ``jsonify()`` method, as in Snorky 0.1;
-3. a DRF ``ModelSerializer`` with every field, when ``rest_framework`` is in ``INSTALLED_APPS``;
-4. Django's field values: each concrete field under its name (a foreign key as the related
-   object's primary key, under the field's name: ``"owner": 3``).
+1. ``@subscribable(serializer=...)``: a DRF serializer class (or its dotted path);
+2. ``@subscribable(fields=[...])``: those fields (through a DRF ``ModelSerializer`` when
+   ``rest_framework`` is installed, so values look as the API renders them; else Django's values);
+3. the model's own ``jsonify()`` method, as in Snorky 0.1;
+4. the view's serializer: the ``serializer_class`` of the routed views that hand out subscriptions
+   to the model (``snorky_django.rest_framework``), when they all use the same one;
+5. nothing declared: every concrete field (a DRF ``ModelSerializer`` with ``"__all__"``, else
+   Django's values: a foreign key as the related object's primary key, under the field's name),
+   and the ``snorky.W006`` check says so.
 
-Whatever the source, values are then made JSON-safe the same way: datetimes, dates and times in
-ISO 8601 (UTC as ``Z``), ``Decimal`` as a string (``"12.50"``: no precision lost to floats), UUIDs
-as strings, durations as seconds (a float), file fields as their name, bytes as base64.
+Whatever the source, fields whose name matches ``SNORKY["SECRET_FIELDS"]`` (``password``,
+``*token*``, ``*secret*``, ...; case-insensitive shell patterns) are removed, at any depth, unless
+the declaration names them: listed in ``fields``, in the serializer's ``Meta.fields`` or declared
+on it (nested serializers included), or returned by ``jsonify()`` (code that names each key).
+
+Values are then made JSON-safe the same way: datetimes, dates and times in ISO 8601 (UTC as
+``Z``), ``Decimal`` as a string (``"12.50"``: no precision lost to floats), UUIDs as strings,
+durations as seconds (a float), file fields as their name, bytes as base64.
 """
 
 from __future__ import annotations
@@ -19,16 +28,31 @@ import base64
 import datetime
 import decimal
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from functools import cache
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 from django.db import models
 from django.db.models.fields.files import FieldFile
+from django.dispatch import receiver
 from django.utils.functional import Promise
+from django.utils.module_loading import import_string
 
-__all__ = ["jsonable", "serialize"]
+__all__ = [
+    "DeltaData",
+    "delta_data",
+    "forget_delta_data",
+    "is_secret",
+    "jsonable",
+    "serialize",
+    "serializer_names",
+    "without_secrets",
+]
 
 
 def jsonable(value: Any) -> Any:
@@ -61,45 +85,185 @@ def jsonable(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON for a delta")
 
 
-def field_values(instance: models.Model) -> dict[str, Any]:
-    """Django's own serialization: every concrete field, foreign keys as primary keys."""
+def field_values(instance: models.Model, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Django's own serialization: every concrete field (or those ``names``), foreign keys as
+    primary keys."""
     data: dict[str, Any] = {}
-    for field in instance._meta.concrete_fields:
-        data[field.name] = field.value_from_object(instance)
+    meta = instance._meta
+    for field in meta.concrete_fields if names is None else [meta.get_field(name) for name in names]:
+        data[field.name] = field.value_from_object(instance)  # type: ignore[union-attr]
     return data
-
-
-@cache
-def _drf_serializer_for(model: type[models.Model]) -> type[Any]:
-    from rest_framework import serializers
-
-    meta = type("Meta", (), {"model": model, "fields": "__all__"})
-    return type(f"{model.__name__}SnorkySerializer", (serializers.ModelSerializer,), {"Meta": meta})
 
 
 def _drf_installed() -> bool:
     return apps.is_installed("rest_framework")
 
 
-def serializer_for(model: type[models.Model], serializer: type[Any] | None = None) -> Callable[[models.Model], Any]:
-    """The function producing a delta's data for instances of ``model``."""
-    if serializer is not None:
-        return lambda instance: serializer(instance).data
+def _model_serializer(model: type[models.Model], fields: Sequence[str] | str) -> type[Any]:
+    from rest_framework import serializers
+
+    meta = type("Meta", (), {"model": model, "fields": fields})
+    return type(f"{model.__name__}SnorkySerializer", (serializers.ModelSerializer,), {"Meta": meta})
+
+
+@dataclass(frozen=True)
+class DeltaData:
+    """How the deltas of one model get their data: a function, where it was declared, and the
+    field names the declaration names (``None``: every key is named, as with ``jsonify()``)."""
+
+    function: Callable[[models.Model], Any]
+    source: str
+    """``"serializer"``, ``"fields"``, ``"jsonify"``, ``"view"`` or ``"undeclared"``."""
+    named: frozenset[str] | None
+    detail: str = ""
+    """What was found (the view serializer's path, or why none was usable), for the checks."""
+
+    @property
+    def declared(self) -> bool:
+        """Whether the developer said what deltas carry."""
+        return self.source != "undeclared"
+
+
+def serializer_names(serializer: type[Any]) -> frozenset[str]:
+    """The field names a DRF serializer class names explicitly: its ``Meta.fields`` when a list,
+    and its declared fields, nested serializers' included."""
+    names: set[str] = set()
+    seen: set[type[Any]] = set()
+
+    def visit(cls: type[Any]) -> None:
+        if cls in seen:
+            return
+        seen.add(cls)
+        fields = getattr(getattr(cls, "Meta", None), "fields", None)
+        if isinstance(fields, (list, tuple)):
+            names.update(name for name in fields if isinstance(name, str))
+        for name, field in getattr(cls, "_declared_fields", {}).items():
+            names.add(name)
+            child = getattr(field, "child", field)  # many=True wraps the serializer in a ListSerializer
+            if hasattr(type(child), "_declared_fields"):
+                visit(type(child))
+
+    visit(serializer)
+    return frozenset(names)
+
+
+def _import_serializer(serializer: type[Any] | str, model: type[models.Model]) -> type[Any]:
+    if not isinstance(serializer, str):
+        return serializer
+    try:
+        return import_string(serializer)  # type: ignore[no-any-return]
+    except ImportError as err:
+        raise ImproperlyConfigured(f"@subscribable serializer {serializer!r} of {model.__name__}: {err}") from err
+
+
+def _view_serializer(model: type[models.Model]) -> tuple[type[Any] | None, str]:
+    """The serializer the routed subscribing views of ``model`` agree on, and what was found."""
+    if not _drf_installed():
+        return None, ""
+    from snorky_django.checks import routed_views
+    from snorky_django.rest_framework import SubscribeModelMixin
+
+    found: dict[type[Any], list[str]] = {}
+    for view in routed_views():
+        serializer = getattr(view, "serializer_class", None)
+        if not issubclass(view, SubscribeModelMixin) or not isinstance(serializer, type):
+            continue
+        serialized = getattr(getattr(serializer, "Meta", None), "model", None)
+        if (
+            isinstance(serialized, type)
+            and issubclass(serialized, models.Model)
+            and serialized._meta.concrete_model is model
+        ):
+            found.setdefault(serializer, []).append(view.__qualname__)
+    if len(found) == 1:
+        serializer = next(iter(found))
+        return serializer, f"{serializer.__module__}.{serializer.__qualname__}"
+    if found:
+        uses = "; ".join(f"{', '.join(views)} use {cls.__qualname__}" for cls, views in found.items())
+        return None, f"its subscribing views disagree ({uses})"
+    return None, ""
+
+
+def delta_data(model: type[models.Model]) -> DeltaData:
+    """How ``model``'s deltas get their data (see the module docs); cached until settings or the
+    URLconf change."""
+    data = _plans.get(model)
+    if data is None:
+        data = _plan(model)
+        _plans[model] = data
+    return data
+
+
+def _plan(model: type[models.Model]) -> DeltaData:
+    from snorky_django.changes import options_for
+
+    options = options_for(model)
+    concrete: type[models.Model] = model._meta.concrete_model or model
+    if options is not None and options.serializer is not None:
+        serializer = _import_serializer(options.serializer, concrete)
+        return DeltaData(lambda instance: serializer(instance).data, "serializer", serializer_names(serializer))
+    if options is not None and options.fields is not None:
+        names = tuple(options.fields)
+        if _drf_installed():
+            fields_serializer = _model_serializer(concrete, list(names))
+            return DeltaData(lambda instance: fields_serializer(instance).data, "fields", frozenset(names))
+        return DeltaData(lambda instance: field_values(instance, names), "fields", frozenset(names))
     if callable(getattr(model, "jsonify", None)):
-        return lambda instance: instance.jsonify()  # type: ignore[attr-defined]
+        return DeltaData(lambda instance: instance.jsonify(), "jsonify", None)  # type: ignore[attr-defined]
+    view_serializer, detail = _view_serializer(concrete)
+    if view_serializer is not None:
+        return DeltaData(
+            lambda instance: view_serializer(instance).data, "view", serializer_names(view_serializer), detail
+        )
     if _drf_installed():
-        drf_serializer = _drf_serializer_for(model)
-        return lambda instance: drf_serializer(instance).data
-    return field_values
+        everything = _model_serializer(concrete, "__all__")
+        return DeltaData(lambda instance: everything(instance).data, "undeclared", frozenset(), detail)
+    return DeltaData(field_values, "undeclared", frozenset(), detail)
+
+
+_plans: dict[type[models.Model], DeltaData] = {}
+
+
+def forget_delta_data() -> None:
+    """Drops what :func:`delta_data` cached (a model was declared, settings or URLs changed)."""
+    _plans.clear()
+    _secret_patterns.cache_clear()
+
+
+@receiver(setting_changed)
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("SNORKY", "ROOT_URLCONF", "INSTALLED_APPS"):
+        forget_delta_data()
+
+
+@cache
+def _secret_patterns() -> tuple[str, ...]:
+    from snorky_django.conf import snorky_settings
+
+    return tuple(str(pattern).lower() for pattern in snorky_settings.SECRET_FIELDS)
+
+
+def is_secret(name: str) -> bool:
+    """Whether a field called ``name`` matches ``SNORKY["SECRET_FIELDS"]``."""
+    lowered = name.lower()
+    return any(fnmatchcase(lowered, pattern) for pattern in _secret_patterns())
+
+
+def without_secrets(value: Any, named: frozenset[str]) -> Any:
+    """``value`` without the keys that are secret and not ``named``, at any depth."""
+    if isinstance(value, dict):
+        return {
+            key: without_secrets(item, named) for key, item in value.items() if key in named or not is_secret(str(key))
+        }
+    if isinstance(value, list):
+        return [without_secrets(item, named) for item in value]
+    return value
 
 
 def serialize(instance: models.Model) -> dict[str, Any]:
-    """The JSON object a delta carries for ``instance`` (its model must be ``@subscribable``)."""
-    from snorky_django.changes import options_for
-
-    options = options_for(type(instance))
-    serializer = options.serializer if options is not None else None
-    data = jsonable(serializer_for(type(instance), serializer)(instance))
+    """The JSON object a delta carries for ``instance`` (see the module docs)."""
+    plan = delta_data(type(instance))
+    data = jsonable(plan.function(instance))
     if not isinstance(data, dict):
         raise TypeError(f"{type(instance).__name__} serialized to {type(data).__name__}, not an object")
-    return data
+    return data if plan.named is None else without_secrets(data, plan.named)

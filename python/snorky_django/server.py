@@ -1,7 +1,9 @@
 """The embedded server, built from ``settings.SNORKY``: what ``manage.py snorky`` runs.
 
 :func:`build_server` makes the services (``SERVICES``: PubSub and DataSync by default, Chat,
-Cursors and Messaging on request, plus dotted paths), gives DataSync the dealers of
+Cursors and Messaging on request, plus dotted paths; PubSub and Messaging with the policies of
+:mod:`snorky_django.services`), the ``connections`` backend service that
+:func:`snorky_django.disconnect` calls, gives DataSync the dealers of
 :mod:`snorky_django.dealers`, and returns a :class:`DjangoServer`: a :class:`snorky.Server` that
 also runs the outbox relay while it serves, when ``DELIVERY`` is ``"outbox"``.
 """
@@ -20,6 +22,7 @@ from snorky import Server, ServerHandle
 from snorky.backend import SnorkyBackend
 from snorky_django.conf import connect_host, snorky_settings, split_address
 from snorky_django.relay import OutboxRelay
+from snorky_django.services import build_messaging, build_pubsub
 
 __all__ = ["DjangoServer", "Services", "build_server", "build_services"]
 
@@ -34,7 +37,7 @@ class Services:
 
 
 def _builtin(kind: str) -> type[Any]:
-    names = {"chat": "ChatService", "cursors": "CursorsService", "messaging": "MessagingService"}
+    names = {"chat": "ChatService", "cursors": "CursorsService"}
     service_class = getattr(snorky.services, names[kind], None)
     if service_class is None:
         raise ImproperlyConfigured(f'SNORKY["SERVICES"] enables {kind!r}, which this version of snorky does not have')
@@ -67,7 +70,7 @@ def build_services() -> Services:
     services = Services()
     for entry in conf.SERVICES:
         if entry == "pubsub":
-            pubsub = snorky.services.PubSubService(conf.PUBSUB_SERVICE)
+            pubsub = build_pubsub(conf.PUBSUB_SERVICE, conf.PUBSUB_PUBLISH_CHANNELS, conf.PUBSUB_PUBLISH_POLICY)
             services.frontend.append(pubsub)
             services.backend.append(snorky.services.PubSubBackend(conf.PUBSUB_BACKEND_SERVICE, pubsub))
         elif entry == "datasync":
@@ -84,7 +87,9 @@ def build_services() -> Services:
             services.frontend.append(datasync)
             services.backend.append(snorky.services.DataSyncBackend(conf.DATASYNC_BACKEND_SERVICE, datasync))
             services.dealers = [dealer.name for dealer in datasync.dealers]
-        elif entry in ("chat", "cursors", "messaging"):
+        elif entry == "messaging":
+            services.frontend.append(build_messaging(conf.MESSAGING_SERVICE, conf.MESSAGING_NAMES))
+        elif entry in ("chat", "cursors"):
             name = getattr(conf, f"{entry.upper()}_SERVICE")
             services.frontend.append(_builtin(entry)(name))
         elif isinstance(entry, str) and "." in entry:
@@ -93,6 +98,8 @@ def build_services() -> Services:
             raise ImproperlyConfigured(
                 f'SNORKY["SERVICES"] entry {entry!r} is neither a built-in service nor a dotted path'
             )
+    # Revocation: snorky_django.disconnect() (called on logout) closes an identity's connections.
+    services.backend.append(snorky.services.ConnectionsBackend(conf.CONNECTIONS_BACKEND_SERVICE))
     for entry in conf.BACKEND_SERVICES:
         services.backend.extend(_imported(entry, "BACKEND_SERVICES"))
     return services

@@ -2,7 +2,8 @@
  * The todo demo (demos/todo) in Chromium: alice in two tabs (two contexts, one session each) and
  * bob in a third. Changes show up live on the pages that may see them and never reach the others;
  * a todo that leaves a user's view disappears there; the Snorky server is restarted mid-test and
- * the pages recover without a reload, with what changed while it was down. Then `run.py` itself:
+ * the pages recover without a reload, with what changed while it was down; signing out in one tab
+ * closes the user's other tab's connection (it goes to the login form). Then `run.py` itself:
  * one command, a URL and credentials printed, both servers stopped on SIGTERM.
  */
 
@@ -259,6 +260,19 @@ describe("todo demo: live lists", () => {
       const errors = page.errors.filter((error) => !/WebSocket connection to .* failed/.test(error));
       assert.deepEqual(errors, [], `${page.user}'s page reported errors`);
     }
+  });
+
+  test("signing out in one tab signs the user's other tab out; other users stay live", async () => {
+    await Promise.all([
+      alice.waitForURL(/\/accounts\/login\//, { timeout: 10_000 }),
+      alice.locator("form[action$='/logout/'] button").click(),
+    ]);
+    // alice2's live connection was closed by the server (close code 4501, no reconnection): the
+    // page went to the login form by itself.
+    await alice2.waitForURL(/\/accounts\/login\//, { timeout: LIVE_TIMEOUT });
+    await status(bob, "live");
+    await add(bob, "team", t("After alice left"));
+    await shows(bob, "team", [t("Written while down"), t("After the restart"), t("After alice left")]);
   });
 });
 

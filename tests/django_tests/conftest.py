@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import http.server
+import json
 import os
 import shutil
 import socket
@@ -17,6 +19,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,9 +156,15 @@ class WsClient(BaseWsClient):
 
 @pytest.fixture
 def ws_factory() -> Iterator[Any]:
+    """Opens WebSocket clients, closed at the end; ``user=`` connects with that user's connection
+    token (a subscription authorized for a logged-in user is theirs alone)."""
+    from snorky_django import connection_token
+
     clients: list[WsClient] = []
 
-    def make(url: str, **kwargs: Any) -> WsClient:
+    def make(url: str, *, user: Any = None, **kwargs: Any) -> WsClient:
+        if user is not None:
+            url = f"{url}?token={connection_token(user)}"
         client = WsClient(url, **kwargs)
         clients.append(client)
         return client
@@ -275,6 +285,82 @@ class TcpProxy:
             for sock in (source, sink):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+class FaultyBackendProxy:
+    """An HTTP proxy in front of a server's backend that answers the next requests with faults,
+    then forwards again: what the relay sees of a server that fails for a while and recovers.
+
+    ``fail(*faults)`` queues faults, one per request: ``"Internal error"`` (or any other text: a
+    JSON error reply, HTTP 200, as the server sends when a service fails), ``500``/``503``/...
+    (that HTTP status), ``"timeout"`` (no answer until the client gives up). ``requests`` counts
+    every request received; ``forwarded`` those that reached the server.
+    """
+
+    def __init__(self, target_port: int, hang: float = 3.0) -> None:
+        self.target = f"http://127.0.0.1:{target_port}/backend"
+        self.faults: list[int | str] = []
+        self.requests = 0
+        self.forwarded = 0
+        self._lock = threading.Lock()
+        self._hang = threading.Event()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with proxy._lock:
+                    proxy.requests += 1
+                    fault = proxy.faults.pop(0) if proxy.faults else None
+                if fault == "timeout":
+                    proxy._hang.wait(hang)
+                    return
+                if isinstance(fault, int):
+                    self._answer(fault, json.dumps({"error": "Service unavailable"}).encode())
+                    return
+                if isinstance(fault, str):
+                    service = json.loads(body).get("service")
+                    reply = {"service": service, "message": {"type": "error", "message": fault}}
+                    self._answer(200, json.dumps(reply).encode())
+                    return
+                headers = {"Content-Type": "application/json", "X-Backend-Key": self.headers["X-Backend-Key"]}
+                request = urllib.request.Request(proxy.target, data=body, headers=headers, method="POST")
+                try:
+                    with urllib.request.urlopen(request, timeout=TIMEOUT) as upstream:
+                        status, answer = upstream.status, upstream.read()
+                except urllib.error.HTTPError as err:
+                    status, answer = err.code, err.read()
+                with proxy._lock:
+                    proxy.forwarded += 1
+                self._answer(status, answer)
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/backend"
+
+    def fail(self, *faults: int | str) -> None:
+        with self._lock:
+            self.faults.extend(faults)
+
+    def close(self) -> None:
+        self._hang.set()
+        self._server.shutdown()
+        self._server.server_close()
 
 
 def wait_until(condition: Any, timeout: float = TIMEOUT, message: str = "condition") -> None:

@@ -73,14 +73,14 @@ def test_outbox_on_sqlite_needs_immediate_transactions():
 def test_a_custom_manager_without_the_subscribable_queryset_warns():
     try:
 
-        @subscribable(name="Custom")
+        @subscribable(name="Custom", fields=["id"])
         class Custom(models.Model):
             objects = models.Manager()
 
             class Meta:
                 app_label = "testapp"
 
-        @subscribable(name="Custom")
+        @subscribable(name="Custom", fields=["id"])
         class Twin(models.Model):
             class Meta:
                 app_label = "testapp"
@@ -106,3 +106,14 @@ def test_decorating_an_abstract_model_is_refused():
             class Meta:
                 abstract = True
                 app_label = "testapp"
+
+
+@override_settings(ROOT_URLCONF="django_tests.misconfigured_urls")
+def test_a_list_view_without_a_dealer_is_a_configuration_error():
+    messages = [m for m in checks.run_checks(tags=["snorky"]) if m.id == "snorky.E011"]
+    by_view = {m.obj.__name__: m.msg for m in messages}
+    assert set(by_view) == {"MyTasksWithoutDealer", "DealerAndBroadcast"}  # not ItemsOverridden, TaskTitles
+    assert "broadcast = True" in by_view["MyTasksWithoutDealer"] and "dealer =" in by_view["MyTasksWithoutDealer"]
+    assert "both" in by_view["DealerAndBroadcast"]
+    with pytest.raises(SystemCheckError, match=r"snorky\.E011"):
+        call_command("check")

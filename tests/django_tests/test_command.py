@@ -22,6 +22,7 @@ from django_tests.testapp.models import Task
 from snorky.backend import SnorkyBackend
 from snorky_django.models import OutboxEntry
 from snorky_django.relay import OutboxRelay
+from snorky_django.testing import live_snorky_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -125,13 +126,14 @@ def test_serves_deltas_and_stops_gracefully_on_sigterm(processes, settings, ws_f
     server.wait_for("Quit the server with CONTROL-C.")
     banner = "".join(server.stdout)
     assert f"WebSocket at ws://127.0.0.1:{server.frontend_port}/ws" in banner
-    assert "Services: pubsub, datasync (backend: pubsub_backend, datasync_backend)" in banner
-    assert "DataSync dealers: Task, TaskById, Note, NoteById, Tag, TagById, TasksByOwner" in banner
+    assert "Services: pubsub, datasync (backend: pubsub_backend, datasync_backend, connections)" in banner
+    dealers = "Task, TaskById, Note, NoteById, Tag, TagById, Account, AccountById, TasksByOwner"
+    assert f"DataSync dealers: {dealers}" in banner
     assert "Delivery: direct" in banner
 
     settings.SNORKY = {**settings.SNORKY, "BACKEND_URL": server.backend_url}
     _, token = subscribe(client_for(alice), "/api/tasks/")
-    ws = ws_factory(server.ws_url)
+    ws = ws_factory(server.ws_url, user=alice)
     ws.acquire(token)
     with transaction.atomic():
         Task.objects.create(title="through manage.py snorky", owner=alice)
@@ -191,3 +193,31 @@ def test_the_outbox_survives_killing_the_server_and_its_relay(processes, setting
     assert OutboxRelay(backend).drain() == 3
     assert [d["data"]["title"] for d in ws.deltas(3)] == [f"while down {i}" for i in range(3)]
     assert not OutboxEntry.objects.exists()
+
+
+def test_a_batch_sent_again_after_a_relay_crash_reaches_browsers_once(processes, ws_factory, alice):
+    # The relay dies after the server accepted (and delivered) a batch but before it deleted it;
+    # the next relay sends the same entries under the same idempotency key, and the server drops
+    # the repeat: each delta reaches the browser once.
+    with live_snorky_server(DELIVERY="outbox", relay=False) as live:
+        token = live.backend().authorize_subscription([{"dealer": "TasksByOwner", "query": alice.pk}])
+        ws = ws_factory(live.ws_url)
+        ws.acquire(token)
+        with transaction.atomic():
+            for i in range(3):
+                Task.objects.create(title=f"once {i}", owner=alice)
+        backend = f"--backend-address=127.0.0.1:{live.handle.backend_port}"
+        crashing = processes("--relay-only", backend, SNORKY_TEST_RELAY_CRASH="after-publish")
+        assert crashing.finish(timeout=30) == 70, crashing.output
+        assert [d["data"]["title"] for d in ws.deltas(3)] == [f"once {i}" for i in range(3)]
+        assert OutboxEntry.objects.count() == 3  # died before deleting them
+        assert len(set(OutboxEntry.objects.values_list("batch", flat=True))) == 1
+
+        relay = processes("--relay-only", backend)
+        relay.wait_for("Relaying the outbox")
+        wait_until(lambda: not OutboxEntry.objects.exists(), timeout=10, message="the batch sent again")
+        ws.assert_silent()
+        Task.objects.create(title="after", owner=alice)
+        assert ws.delta()["data"]["title"] == "after"
+        relay.process.send_signal(signal.SIGTERM)
+        assert relay.finish() == 0 and "Relay stopped." in relay.output

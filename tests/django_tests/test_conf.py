@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.test import RequestFactory, override_settings
 
 from snorky_django.conf import DEFAULTS, derive_allowed_origins, snorky_settings, split_address, valid_backend_url
@@ -14,6 +15,7 @@ def test_defaults_and_derived_values():
     assert snorky_settings.DELIVERY == "direct"
     assert snorky_settings.SERVICES == ["pubsub", "datasync"]
     assert len(snorky_settings.TOKEN_SECRET) == 64
+    assert settings.SECRET_KEY not in snorky_settings.TOKEN_SECRET  # an HMAC of it, not the key itself
     with pytest.raises(AttributeError, match="unknown Snorky setting"):
         snorky_settings.NOPE  # noqa: B018
 

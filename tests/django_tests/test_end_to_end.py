@@ -7,8 +7,9 @@ import json
 import re
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
-from django.test import Client
+from django.test import Client, override_settings
 from websockets.exceptions import InvalidStatus
 
 from django_tests.conftest import client_for, subscribe
@@ -24,7 +25,7 @@ def test_list_subscribe_then_a_committed_insert_arrives(live, ws_factory, alice)
     body, token = subscribe(http, "/api/tasks/")
     assert [task["title"] for task in body] == ["existing"]
 
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
     with transaction.atomic():
         task = Task.objects.create(title="write the guide", owner=alice)
@@ -47,7 +48,7 @@ def test_response_headers_expose_the_token_and_forbid_caching(live, alice):
 def test_rolled_back_transaction_publishes_nothing(live, ws_factory, alice):
     http = client_for(alice)
     _, token = subscribe(http, "/api/tasks/")
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
 
     with pytest.raises(RuntimeError), transaction.atomic():
@@ -64,7 +65,7 @@ def test_rolled_back_transaction_publishes_nothing(live, ws_factory, alice):
 def test_update_and_delete_carry_old_data_in_commit_order(live, ws_factory, alice):
     task = Task.objects.create(title="draft", owner=alice)
     _, token = subscribe(client_for(alice), "/api/tasks/")
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
     with transaction.atomic():
         task.title = "final"
@@ -79,7 +80,7 @@ def test_update_and_delete_carry_old_data_in_commit_order(live, ws_factory, alic
 def test_users_see_only_their_own_tasks(live, ws_factory, alice, bob):
     _, alice_token = subscribe(client_for(alice), "/api/tasks/")
     _, bob_token = subscribe(client_for(bob), "/api/tasks/")
-    alice_ws, bob_ws = ws_factory(live.ws_url), ws_factory(live.ws_url)
+    alice_ws, bob_ws = ws_factory(live.ws_url, user=alice), ws_factory(live.ws_url, user=bob)
     alice_ws.acquire(alice_token)
     bob_ws.acquire(bob_token)
 
@@ -102,7 +103,7 @@ def test_an_update_moving_a_task_out_of_view_is_a_delete(live, ws_factory, alice
     task = Task.objects.create(title="handover", owner=alice)
     _, alice_token = subscribe(client_for(alice), "/api/tasks/")
     _, bob_token = subscribe(client_for(bob), "/api/tasks/")
-    alice_ws, bob_ws = ws_factory(live.ws_url), ws_factory(live.ws_url)
+    alice_ws, bob_ws = ws_factory(live.ws_url, user=alice), ws_factory(live.ws_url, user=bob)
     alice_ws.acquire(alice_token)
     bob_ws.acquire(bob_token)
 
@@ -120,7 +121,7 @@ def test_filter_dealer_view(live, ws_factory, alice):
     Task.objects.create(title="red one", owner=alice, team=red)
     body, token = subscribe(client_for(alice), f"/api/teams/{red.pk}/tasks/")
     assert [t["title"] for t in body] == ["red one"]
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
     Task.objects.create(title="blue one", owner=alice, team=blue)
     finished = Task.objects.create(title="red two", owner=alice, team=red)
@@ -135,7 +136,7 @@ def test_retrieve_subscribes_to_one_object_by_primary_key(live, ws_factory, alic
     other = Task.objects.create(title="other", owner=alice)
     body, token = subscribe(client_for(alice), f"/api/tasks/{mine.pk}/")
     assert body["title"] == "mine"
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
     other.title = "other, changed"
     other.save()
@@ -150,7 +151,7 @@ def test_retrieve_api_view(live, ws_factory, alice):
     task = Task.objects.create(title="shared", owner=alice)
     body, token = subscribe(client_for(alice), f"/api/any-task/{task.pk}/")
     assert body["title"] == "shared"
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
     task.delete()
     assert ws.delta() == {"type": "delete", "model": "Task", "data": body}
@@ -166,12 +167,29 @@ def test_retrieve_of_someone_elses_task_is_404_and_authorizes_nothing(live, alic
 
 def test_broadcast_view_and_creating_through_the_api(live, ws_factory, alice, bob):
     _, token = subscribe(client_for(bob), "/api/all-tasks/")
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=bob)
     ws.acquire(token)
     response = client_for(alice).post("/api/all-tasks/", {"title": "via the API"}, content_type="application/json")
     assert response.status_code == 201, response.content
     delta = ws.delta()
     assert delta["type"] == "insert" and delta["data"] == response.json()
+
+
+@override_settings(ROOT_URLCONF="django_tests.misconfigured_urls")
+def test_a_list_view_without_a_dealer_authorizes_nothing(live, alice, bob):
+    # A view that filters its rows but names no dealer used to fall back to the broadcast dealer,
+    # handing bob's task deltas to alice. Now the subscribing request fails, loudly, and the
+    # plain list still works.
+    Task.objects.create(title="bob's", owner=bob)
+    http = client_for(alice)
+    with pytest.raises(ImproperlyConfigured, match=r"MyTasksWithoutDealer .* broadcast = True"):
+        http.get("/mine/", headers={"X-Snorky": "Subscribe"})
+    with pytest.raises(ImproperlyConfigured, match=r"both"):
+        http.get("/both/", headers={"X-Snorky": "Subscribe"})
+    assert live.server.services.frontend[1].subscription_count == 0
+    assert http.get("/mine/").json() == []
+    subscribe(http, "/overridden/")
+    assert live.server.services.frontend[1].subscription_count == 1
 
 
 def test_python_key_and_model_class_dealers(live, ws_factory, alice):
@@ -194,7 +212,7 @@ def test_python_key_and_model_class_dealers(live, ws_factory, alice):
 
 def test_bulk_operations_publish_deltas(live, ws_factory, alice):
     _, token = subscribe(client_for(alice), "/api/tasks/")
-    ws = ws_factory(live.ws_url)
+    ws = ws_factory(live.ws_url, user=alice)
     ws.acquire(token)
 
     created = Task.objects.bulk_create([Task(title=f"bulk {i}", owner=alice) for i in range(3)])
@@ -222,7 +240,8 @@ def test_uuid_primary_keys_and_custom_names(live, ws_factory):
     ws.acquire(token)
     Label.objects.filter(pk=label.pk).update(color="red")
     delta = ws.delta()
-    assert delta["model"] == "Tag" and delta["newData"] == {"id": str(label.pk), "name": "bug", "color": "red"}
+    assert delta["model"] == "Tag"
+    assert delta["newData"] == {"id": str(label.pk), "name": "bug", "color": "red", "tasks": []}
 
 
 def test_pubsub_publish_from_a_view(live, ws_factory, alice):
@@ -254,7 +273,11 @@ def test_template_tag_for_anonymous_users_and_escaping(live, settings):
     page = Client().get("/page/", secure=True).content.decode()
     assert "<script>alert(1)" not in page
     config = json.loads(re.search(r'type="application/json">(.*?)</script>', page).group(1))
-    assert config == {"url": "wss://testserver/live/</script><script>alert(1)</script>", "token": None}
+    assert config == {
+        "url": "wss://testserver/live/</script><script>alert(1)</script>",
+        "token": None,
+        "tokenUrl": "/snorky/connection-token/",
+    }
 
 
 def test_an_unreachable_server_never_breaks_the_request(alice, settings, caplog):

@@ -3,16 +3,18 @@ once the server accepted them; a server or relay that goes away loses nothing.""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.db import transaction
 
-from django_tests.conftest import TcpProxy, client_for, subscribe, wait_until
+from django_tests.conftest import FaultyBackendProxy, TcpProxy, client_for, subscribe, wait_until
 from django_tests.testapp.models import Label, Task
 from snorky.backend import SnorkyBackend
 from snorky_django import publish_deltas
 from snorky_django.models import OutboxEntry
 from snorky_django.relay import OutboxRelay
-from snorky_django.testing import live_snorky_server
+from snorky_django.testing import LiveSnorkyServer, live_snorky_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,7 +45,7 @@ def test_outbox_rows_commit_and_roll_back_with_the_change(outbox_mode, alice):
 
 def test_relay_delivers_every_delta_in_order(live_outbox, ws_factory, alice):
     _, token = subscribe(client_for(alice), "/api/tasks/")
-    ws = ws_factory(live_outbox.ws_url)
+    ws = ws_factory(live_outbox.ws_url, user=alice)
     ws.acquire(token)
     task = Task.objects.create(title="0", owner=alice)
     for i in range(1, 20):
@@ -56,15 +58,24 @@ def test_relay_delivers_every_delta_in_order(live_outbox, ws_factory, alice):
     wait_until(lambda: not OutboxEntry.objects.exists(), message="an empty outbox")
 
 
+def relay_through(url: str, live: LiveSnorkyServer, timeout: float) -> OutboxRelay:
+    """A relay posting to ``url`` (a proxy in front of ``live``), retrying quickly."""
+    return OutboxRelay(SnorkyBackend(url, live.api_key, timeout=timeout), poll_interval=0.02, max_retry_delay=0.1)
+
+
+def watch_tasks(live: LiveSnorkyServer, user: Any, ws_factory: Any) -> Any:
+    """A WebSocket client holding ``user``'s task list subscription."""
+    _, token = subscribe(client_for(user), "/api/tasks/")
+    ws = ws_factory(live.ws_url, user=user)
+    ws.acquire(token)
+    return ws
+
+
 def test_server_unreachable_while_changes_commit_then_back(ws_factory, alice):
     with live_snorky_server(DELIVERY="outbox", relay=False) as live:
         proxy = TcpProxy(live.handle.backend_port)
-        relay = OutboxRelay(
-            SnorkyBackend(proxy.url, live.api_key, timeout=2.0), poll_interval=0.02, max_retry_delay=0.1
-        )
-        _, token = subscribe(client_for(alice), "/api/tasks/")
-        ws = ws_factory(live.ws_url)
-        ws.acquire(token)
+        relay = relay_through(proxy.url, live, timeout=2.0)
+        ws = watch_tasks(live, alice, ws_factory)
         relay.start()
         try:
             Task.objects.create(title="before", owner=alice)
@@ -90,7 +101,7 @@ def test_server_unreachable_while_changes_commit_then_back(ws_factory, alice):
 
 def test_a_refused_entry_is_kept_aside_and_the_rest_delivered(live_outbox, ws_factory, alice, caplog):
     _, token = subscribe(client_for(alice), "/api/tasks/")
-    ws = ws_factory(live_outbox.ws_url)
+    ws = ws_factory(live_outbox.ws_url, user=alice)
     ws.acquire(token)
     live_outbox.relay.stop()
     with transaction.atomic():
@@ -108,3 +119,52 @@ def test_outbox_mode_never_calls_the_server_from_the_request(outbox_mode, alice)
     # The backend URL points nowhere: in outbox mode a save does not notice.
     label = Label.objects.create(name="quiet")
     assert OutboxEntry.objects.get().delta["data"]["id"] == str(label.pk)
+
+
+def test_a_server_failing_for_a_while_delays_deltas_and_loses_none(ws_factory, alice):
+    # "Internal error" (a service that failed), HTTP 500 and 503, a timeout: none of them says the
+    # deltas are wrong, so the relay keeps them and retries until the server accepts them.
+    with live_snorky_server(DELIVERY="outbox", relay=False) as live:
+        proxy = FaultyBackendProxy(live.handle.backend_port)
+        relay = relay_through(proxy.url, live, timeout=0.5)
+        ws = watch_tasks(live, alice, ws_factory)
+        # As many "Internal error"s as there are deltas and one more: enough to fail the batch and
+        # each delta sent on its own, as a relay taking them for refusals would.
+        faults = ["Internal error"] * 4 + [500, 503, "timeout", "Internal error"]
+        proxy.fail(*faults)
+        with transaction.atomic():
+            for i in range(3):
+                Task.objects.create(title=f"during {i}", owner=alice)
+        relay.start()
+        try:
+            assert [d["data"]["title"] for d in ws.deltas(3)] == [f"during {i}" for i in range(3)]
+            wait_until(lambda: not OutboxEntry.objects.exists(), message="an empty outbox")
+            assert proxy.requests >= len(faults) + 1 and not proxy.faults
+            ws.assert_silent()  # each delta once
+        finally:
+            assert relay.stop(5.0)
+            proxy.close()
+
+
+def test_only_a_validation_refusal_sets_an_entry_aside(live_outbox, ws_factory, alice):
+    # The server's own texts for an invalid delta stop its retries; the valid deltas around it
+    # are delivered, in order.
+    _, token = subscribe(client_for(alice), "/api/tasks/")
+    ws = ws_factory(live_outbox.ws_url, user=alice)
+    ws.acquire(token)
+    live_outbox.relay.stop()
+    invalid = [
+        {"type": "insert", "model": "Task"},  # Missing field
+        {"type": "upsert", "model": "Task", "data": {}},  # Invalid delta type
+        {"type": "insert", "model": 7, "data": {}},  # model must be string
+        {"type": "insert", "model": "Ghost", "data": {}},  # Unknown model
+        "not a delta",  # Invalid params
+    ]
+    with transaction.atomic():
+        Task.objects.create(title="one", owner=alice)
+        publish_deltas(invalid)  # type: ignore[list-item]
+        Task.objects.create(title="two", owner=alice)
+    assert live_outbox.relay.drain() == 2
+    assert [d["data"]["title"] for d in ws.deltas(2)] == ["one", "two"]
+    errors = list(OutboxEntry.objects.order_by("id").values_list("error", flat=True))
+    assert errors == ["Missing field", "Invalid delta type", "model must be string", "Unknown model", "Invalid params"]

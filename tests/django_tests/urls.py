@@ -14,4 +14,5 @@ urlpatterns = [
     path("announce/", views.announce),
     path("failing-create/", views.failing_create),
     path("page/", views.page),
+    path("snorky/", include("snorky_django.urls")),
 ]

@@ -344,7 +344,7 @@ from django.db import models
 from snorky_django import subscribable
 
 
-@subscribable
+@subscribable(fields=["id", "text"])  # what deltas carry: declared, or manage.py check warns
 class Note(models.Model):
     text = models.CharField(max_length=100)
 """

@@ -1,4 +1,5 @@
-"""The chat page, the notes (read and save), and fresh connection tokens for reconnections."""
+"""The chat page and the notes (read and save). Fresh connection tokens come from snorky_django's
+view (see urls.py)."""
 
 import json
 
@@ -42,7 +43,6 @@ def index(request: HttpRequest) -> HttpResponse:
             for room in rooms
         ],
         "notesUrl": reverse("notes", args=["ROOM"]),
-        "tokenUrl": reverse("token"),
         "csrfToken": get_token(request),
     }
     return render(request, "chat/index.html", {"rooms": rooms, "demo": demo, "name": display_name(request.user)})
@@ -79,10 +79,3 @@ def notes(request: HttpRequest, slug: str) -> HttpResponse:
         # Published once the save is committed, so that no browser sees a version rolled back.
         transaction.on_commit(lambda: snorky_django.publish(room.notes_channel, version, fail_silently=True))
     return JsonResponse(version)
-
-
-@never_cache
-@login_required
-def token(request: HttpRequest) -> HttpResponse:
-    """A fresh connection token: the client asks for one before reconnecting (the first one expires)."""
-    return JsonResponse({"token": snorky_django.connection_token(request.user)})

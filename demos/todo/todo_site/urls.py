@@ -1,4 +1,5 @@
-"""URLs of the todo demo: the page, the login pages, and the API under /api/."""
+"""URLs of the todo demo: the page, the login pages, the API under /api/, and the connection token
+view of snorky_django under /snorky/."""
 
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -12,6 +13,6 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("api/connection-token/", views.connection_token_view, name="connection-token"),
+    path("snorky/", include("snorky_django.urls")),
     path("api/", include(router.urls)),
 ]

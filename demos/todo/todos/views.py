@@ -5,7 +5,7 @@ returns: the user's own todos and the team's."""
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
@@ -14,7 +14,6 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
-from snorky_django import connection_token
 from snorky_django.rest_framework import ListSubscribeModelMixin
 from todos.models import Todo
 from todos.serializers import TodoSerializer
@@ -29,13 +28,6 @@ def index(request: HttpRequest) -> HttpResponse:
     users = get_user_model().objects.order_by("username").values("id", "username")
     page = {"me": request.user.pk, "users": list(users), "csrfToken": get_token(request)}
     return render(request, "todos/index.html", {"page": page})
-
-
-@never_cache
-@login_required
-def connection_token_view(request: HttpRequest) -> JsonResponse:
-    """A fresh connection token, for the client to reconnect with after the first one expired."""
-    return JsonResponse({"token": connection_token(request.user)})
 
 
 class TodoViewSet(ListSubscribeModelMixin, viewsets.ModelViewSet):

@@ -4,7 +4,11 @@
 ``<script type="application/json" id="snorky-config">`` element (escaped like ``json_script``, so
 no value can close the script element)::
 
-    {"url": "wss://example.com/snorky/ws", "token": "<connection token, or null>"}
+    {"url": "wss://example.com/snorky/ws", "token": "<connection token, or null>",
+     "tokenUrl": "/snorky/connection-token/"}
+
+``tokenUrl`` is where the page gets a fresh connection token for each reconnection (the view of
+``snorky_django.urls``, ``null`` when they are not included): tokens are short-lived.
 
 Read it with ``JSON.parse(document.getElementById("snorky-config").textContent)``. The token is
 the current user's (``request.user``, which needs the ``request`` context processor); pass an
@@ -16,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import template
+from django.urls import NoReverseMatch, reverse
 from django.utils.html import json_script
 from django.utils.safestring import SafeString
 
@@ -30,5 +35,16 @@ def snorky_client_config(context: template.Context, element_id: str = "snorky-co
     """The public WebSocket URL and the user's connection token, as a JSON script element."""
     request = context.get("request")
     user = getattr(request, "user", None) or context.get("user")
-    config: dict[str, Any] = {"url": snorky_settings.public_url(request), "token": connection_token(user)}
+    config: dict[str, Any] = {
+        "url": snorky_settings.public_url(request),
+        "token": connection_token(user),
+        "tokenUrl": _token_url(),
+    }
     return json_script(config, element_id)
+
+
+def _token_url() -> str | None:
+    try:
+        return reverse("snorky:connection-token")
+    except NoReverseMatch:
+        return None

@@ -1,6 +1,6 @@
 from rest_framework import serializers
 
-from django_tests.testapp.models import Task
+from django_tests.testapp.models import Account, Task
 
 
 class TaskSerializer(serializers.ModelSerializer):
@@ -8,3 +8,9 @@ class TaskSerializer(serializers.ModelSerializer):
         model = Task
         fields = "__all__"
         read_only_fields = ("owner",)
+
+
+class AccountSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Account
+        fields = "__all__"

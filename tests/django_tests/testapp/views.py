@@ -33,10 +33,11 @@ class TaskViewSet(ListSubscribeModelMixin, RetrieveSubscribeModelMixin, viewsets
 
 
 class AllTasksView(ListSubscribeCreateAPIView):
-    """Every task, through the model's default broadcast dealer ("Task")."""
+    """Every task, through the model's broadcast dealer ("Task"), chosen explicitly."""
 
     queryset = Task.objects.all()
     serializer_class = TaskSerializer
+    broadcast = True
 
     def perform_create(self, serializer):
         serializer.save(owner=self.request.user)

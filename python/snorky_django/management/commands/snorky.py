@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +16,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import snorky
 from snorky import ServerHandle, SnorkyError
-from snorky_django.conf import snorky_settings, split_address
+from snorky.backend import SnorkyBackend
+from snorky_django.conf import connect_host, snorky_settings, split_address
+from snorky_django.relay import OutboxRelay
 from snorky_django.server import DjangoServer, build_server
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -45,6 +49,11 @@ class Command(BaseCommand):
             action="store_true",
             help="do not relay the outbox from this process (another process does)",
         )
+        parser.add_argument(
+            "--relay-only",
+            action="store_true",
+            help="run only the outbox relay, posting to the server at BACKEND_URL (or --backend-address)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(int(options["verbosity"]))
@@ -54,6 +63,11 @@ class Command(BaseCommand):
                     split_address(options[key])
                 except ValueError:
                     raise CommandError(f"--{key.replace('_', '-')} {options[key]!r} is not HOST:PORT") from None
+        if options["relay_only"]:
+            if options["no_relay"]:
+                raise CommandError("--relay-only and --no-relay exclude each other")
+            self._relay_only(options["backend_address"])
+            return
         try:
             server = build_server(
                 frontend_address=options["frontend_address"],
@@ -74,6 +88,32 @@ class Command(BaseCommand):
                 "Change it with --frontend-address/--backend-address or SNORKY['FRONTEND_ADDRESS'/'BACKEND_ADDRESS']."
             ) from err
         self.stdout.write("Snorky stopped.")
+
+    def _relay_only(self, backend_address: str | None) -> None:
+        """Relays the outbox to a server running elsewhere until SIGINT or SIGTERM."""
+        conf = snorky_settings
+        if not conf.API_KEY:
+            raise CommandError('SNORKY["API_KEY"] is not set. Fix settings.SNORKY.')
+        url = conf.BACKEND_URL
+        if backend_address is not None:
+            host, port = split_address(backend_address)
+            url = f"http://{connect_host(host)}:{port}/backend"
+        relay = OutboxRelay(SnorkyBackend(url, conf.API_KEY, timeout=float(conf.BACKEND_TIMEOUT)))
+        stop = threading.Event()
+        previous = {
+            sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        relay.start()
+        self.stdout.write(f"Relaying the outbox to {url}. Quit with CONTROL-C.")
+        self.stdout.flush()
+        try:
+            while not stop.wait(0.2) and relay.running:
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            relay.stop()
+        self.stdout.write("Relay stopped.")
 
     def _configure_logging(self, verbosity: int) -> None:
         """Shows the server's logs on stderr, unless the project's LOGGING already handles them."""

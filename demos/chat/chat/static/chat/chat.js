@@ -22,7 +22,7 @@ async function connectionToken() {
     pageToken = null;
     return token;
   }
-  const response = await fetch(demo.tokenUrl, { credentials: "same-origin" });
+  const response = await fetch(config.tokenUrl, { credentials: "same-origin" });
   if (!response.ok) throw new Error(`no connection token: HTTP ${response.status}`);
   return (await response.json()).token;
 }
@@ -110,6 +110,10 @@ function showState() {
 }
 snorky.stateChanged.add(showState);
 showState();
+// Signed out (in another tab, say): the server closed this connection for good (4501).
+snorky.disconnected.add(({ code }) => {
+  if (code === 4501) location.reload(); // Django answers with the login form now
+});
 
 snorky.connected.addOnce(async () => {
   try {

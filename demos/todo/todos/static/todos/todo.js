@@ -19,15 +19,15 @@ const usernames = new Map(page.users.map((user) => [user.id, user.username]));
 
 let pageToken = config.token;
 const snorky = new Snorky(WebSocket, config.url, { datasync: Snorky.DataSync }, {
-  // The connection token rendered in the page, then a fresh one for each reconnection: the first
-  // may have expired by then (CONNECTION_TOKEN_TTL).
+  // The connection token rendered in the page, then a fresh one for each reconnection: tokens live
+  // two minutes (CONNECTION_TOKEN_TTL), the page for days.
   token: async () => {
     if (pageToken) {
       const token = pageToken;
       pageToken = null;
       return token;
     }
-    const response = await fetch("/api/connection-token/", { credentials: "same-origin" });
+    const response = await fetch(config.tokenUrl, { credentials: "same-origin" });
     if (!response.ok) throw new Error(`connection token: HTTP ${response.status}`);
     return (await response.json()).token;
   },
@@ -51,6 +51,11 @@ datasync.resyncNeeded.add((lost) => {
   reload();
 });
 snorky.stateChanged.add(showStatus);
+// Signed out (in another tab, say): the server closed this connection for good (4501). The page
+// goes back to the login form, which is where Django sends it now anyway.
+snorky.disconnected.add(({ code }) => {
+  if (code === 4501) location.assign(`/accounts/login/?next=${location.pathname}`);
+});
 
 /** Loads the todos with a new subscription; one load at a time, retried until it succeeds. */
 function reload() {
