@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 from redis_server import RedisServer, redis_server
-from test_cli import free_port, snorky, wait_healthy
 from wsclient import WsClient
 
 from snorky import ConfigurationError
 from snorky.backend import SnorkyBackend
 from snorky.services import PubSubBackend, PubSubService
 from snorky.testing import running_server
+from test_cli import free_port, snorky, wait_healthy
 
 
 @pytest.fixture
@@ -38,15 +38,20 @@ def test_a_publish_on_one_node_reaches_a_subscriber_on_another(redis):
 
 def test_an_unreachable_broker_fails_at_start_with_its_address():
     port = free_port()
-    with pytest.raises(ConfigurationError, match=f"cannot reach the broker at redis://127.0.0.1:{port}"):
-        with running_server([PubSubService()], broker=f"redis://127.0.0.1:{port}/0"):
-            pass
+    broker = f"redis://127.0.0.1:{port}/0"
+    with (
+        pytest.raises(ConfigurationError, match=f"cannot reach the broker at redis://127.0.0.1:{port}"),
+        running_server([PubSubService()], broker=broker),
+    ):
+        pass
 
 
 def test_a_malformed_broker_url_is_a_configuration_error():
-    with pytest.raises(ConfigurationError, match="redis\\+cluster://"):
-        with running_server([PubSubService()], broker="localhost:6379"):
-            pass
+    with (
+        pytest.raises(ConfigurationError, match="redis\\+cluster://"),
+        running_server([PubSubService()], broker="localhost:6379"),
+    ):
+        pass
 
 
 def test_the_command_line_joins_the_broker(redis):
