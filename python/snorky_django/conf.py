@@ -94,6 +94,11 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_MAX_RETRY_DELAY": 5.0,
     # Extra keyword arguments for snorky.Server (max_frame_size, ping_interval, ...).
     "SERVER_OPTIONS": {},
+    # The Redis several `manage.py snorky` processes share ("redis://host:6379/0",
+    # "rediss://...", "redis+cluster://host:7000,host:7001"); None: one process.
+    "BROKER": None,
+    # This node's name in logs and metrics (a random id is added).
+    "NODE_NAME": None,
     # Field names never sent in deltas unless the model's declaration names them (shell patterns,
     # case-insensitive, matched at any depth of the delta data).
     "SECRET_FIELDS": [
@@ -174,6 +179,8 @@ class SnorkySettings:
     OUTBOX_POLL_INTERVAL: float
     OUTBOX_MAX_RETRY_DELAY: float
     SERVER_OPTIONS: dict[str, Any]
+    BROKER: str | None
+    NODE_NAME: str | None
     SECRET_FIELDS: list[str]
 
     def __init__(self) -> None:

@@ -132,6 +132,8 @@ class DjangoServer(Server):
             **options,
         )
         self.services = services
+        self.broker: str | None = options.get("broker")
+        """The broker this node shares with others (its URL), or None."""
         self.frontend_address = frontend_address
         self.backend_address = backend_address
         self.relay = relay
@@ -185,6 +187,7 @@ def build_server(
     conf = snorky_settings
     if not conf.API_KEY:
         raise ImproperlyConfigured('SNORKY["API_KEY"] is not set')
+    cluster = {key: value for key, value in (("broker", conf.BROKER), ("node_name", conf.NODE_NAME)) if value}
     services = build_services()
     if relay is None:
         relay = conf.DELIVERY == "outbox"
@@ -195,5 +198,5 @@ def build_server(
         api_key=conf.API_KEY,
         allowed_origins=conf.ALLOWED_ORIGINS,
         relay=OutboxRelay() if relay else None,
-        **{"token_secret": conf.TOKEN_SECRET, **conf.SERVER_OPTIONS, **options},
+        **{"token_secret": conf.TOKEN_SECRET, **cluster, **conf.SERVER_OPTIONS, **options},
     )

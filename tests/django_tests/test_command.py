@@ -221,3 +221,26 @@ def test_a_batch_sent_again_after_a_relay_crash_reaches_browsers_once(processes,
         assert ws.delta()["data"]["title"] == "after"
         relay.process.send_signal(signal.SIGTERM)
         assert relay.finish() == 0 and "Relay stopped." in relay.output
+
+
+def test_two_processes_on_one_broker_behave_as_one_server(processes):
+    from redis_server import redis_server
+    from wsclient import WsClient
+
+    with redis_server() as redis:
+        first = processes("--broker", redis.url, "--node-name", "first")
+        second = processes("--broker", redis.url, "--node-name", "second")
+        for server in (first, second):
+            server.wait_for("Quit the server with CONTROL-C.")
+            assert f"Broker: {redis.url}" in server.output
+        browser = WsClient(second.ws_url)
+        assert browser.call("pubsub", "subscribe", channel="news")["type"] == "response"
+        SnorkyBackend(first.backend_url, API_KEY).publish("news", {"through": "the other node"})
+        assert browser.recv()["message"]["message"] == {"through": "the other node"}
+        browser.close()
+
+
+def test_an_unreachable_broker_is_a_command_error(processes):
+    server = processes("--broker", f"redis://127.0.0.1:{free_port()}/0")
+    assert server.finish() != 0
+    assert "cannot reach the broker" in server.output

@@ -45,6 +45,14 @@ class Command(BaseCommand):
             help='where Django posts (default SNORKY["BACKEND_ADDRESS"], "127.0.0.1:5002")',
         )
         parser.add_argument(
+            "--broker",
+            metavar="URL",
+            help='the Redis several nodes share (default SNORKY["BROKER"]: none, one process)',
+        )
+        parser.add_argument(
+            "--node-name", metavar="NAME", help='this node\'s name in logs (default SNORKY["NODE_NAME"])'
+        )
+        parser.add_argument(
             "--no-relay",
             action="store_true",
             help="do not relay the outbox from this process (another process does)",
@@ -74,6 +82,7 @@ class Command(BaseCommand):
                 backend_address=options["backend_address"],
                 relay=False if options["no_relay"] else None,
                 server_class=self.server_class,
+                **{key: options[key] for key in ("broker", "node_name") if options[key]},
             )
         except ImproperlyConfigured as err:
             raise CommandError(f"{err}. Fix settings.SNORKY (manage.py check explains each problem).") from err
@@ -153,7 +162,16 @@ class Command(BaseCommand):
         if services.dealers:
             lines.append("DataSync dealers: " + ", ".join(services.dealers))
         lines.append(f"Delivery: {delivery}")
+        lines.append(f"Broker: {_redacted(server.broker)}" if server.broker else "Broker: none (one process)")
         lines.append("Allowed origins: " + (", ".join(origins) if origins else "none (non-browser clients only)"))
         lines.append("Quit the server with CONTROL-C.")
         self.stdout.write("\n".join(lines))
         self.stdout.flush()
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for the banner."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return url
