@@ -7,6 +7,7 @@
 //! appears in some transcript, and the check that `close-codes.json` lists exactly the close
 //! codes of `src/protocol/codes.rs`.
 
+mod cluster;
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
@@ -70,19 +71,47 @@ fn transcripts() -> Vec<(String, Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transcript_replays_against_a_real_server() {
+    replay_all(None).await;
+}
+
+/// The same exchanges against three nodes sharing a Redis: consecutive connections go to the
+/// first two nodes in turn, backend calls to the third. A client cannot tell the difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transcript_replays_against_three_nodes_on_a_broker() {
+    let redis = cluster::Redis::start();
+    replay_all(Some(&redis)).await;
+}
+
+/// The kinds of service that share their state across nodes so far; transcripts using another
+/// kind are replayed on one node only.
+const ON_SEVERAL_NODES: &[&str] = &["pubsub", "pubsub_backend"];
+
+async fn replay_all(broker: Option<&cluster::Redis>) {
     let mut failures = Vec::new();
     let mut exchanges = 0;
     for (file, transcript) in transcripts() {
+        if broker.is_some()
+            && (transcript.get("single_node").is_some() || !runs_on_several_nodes(&transcript["server"]))
+        {
+            continue;
+        }
         for exchange in transcript["exchanges"].as_array().unwrap_or_else(|| panic!("{file}: no exchanges")) {
             exchanges += 1;
             let name = exchange["name"].as_str().unwrap_or("(unnamed)");
-            if let Err(err) = replay(&transcript["server"], exchange).await {
+            if let Err(err) = replay(&transcript["server"], exchange, broker, exchanges).await {
                 failures.push(format!("{file} / {name}: {err}"));
             }
         }
     }
     assert!(exchanges > 0, "the transcripts hold exchanges");
     assert!(failures.is_empty(), "{} of {exchanges} exchanges failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+fn runs_on_several_nodes(server: &Value) -> bool {
+    ["frontend", "backend"]
+        .iter()
+        .flat_map(|side| server[side].as_array().into_iter().flatten())
+        .all(|spec| spec["kind"].as_str().is_some_and(|kind| ON_SEVERAL_NODES.contains(&kind)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,15 +378,32 @@ fn token(spec: &Value) -> Result<String, String> {
 // ---------------------------------------------------------------------------------------------
 
 struct Replay {
-    server: TestServer,
+    /// One node, or three sharing a broker (browsers on the first two, the backend on the last).
+    servers: Vec<TestServer>,
+    /// Connections opened so far, to alternate their nodes.
+    opened: usize,
     clients: HashMap<String, Client>,
     captures: Captures,
 }
 
-async fn replay(server_spec: &Value, exchange: &Value) -> Result<(), String> {
-    let (frontend, backend) = services(server_spec)?;
-    let server = TestServer::start_services(config(server_spec)?, frontend, backend).await;
-    let mut replay = Replay { server, clients: HashMap::new(), captures: Captures::new() };
+async fn replay(
+    server_spec: &Value,
+    exchange: &Value,
+    broker: Option<&cluster::Redis>,
+    run: usize,
+) -> Result<(), String> {
+    let mut servers = Vec::new();
+    for node in 0..if broker.is_some() { 3 } else { 1 } {
+        let (frontend, backend) = services(server_spec)?;
+        let mut config = config(server_spec)?;
+        if let Some(redis) = broker {
+            config = cluster::on_broker(config, redis, &format!("node{node}"));
+            // A prefix of its own: every exchange starts from an empty cluster state.
+            config.broker_prefix = format!("transcript{run}");
+        }
+        servers.push(TestServer::start_services(config, frontend, backend).await);
+    }
+    let mut replay = Replay { servers, opened: 0, clients: HashMap::new(), captures: Captures::new() };
     for (index, step) in exchange["steps"].as_array().ok_or("no steps")?.iter().enumerate() {
         replay.step(step).await.map_err(|err| format!("step {} {step}: {err}", index + 1))?;
     }
@@ -402,7 +448,9 @@ impl Replay {
             tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
             Ok(())
         } else if step.get("shutdown").is_some() {
-            self.server.trigger_shutdown();
+            for server in &mut self.servers {
+                server.trigger_shutdown();
+            }
             Ok(())
         } else if let Some(request) = step.get("http") {
             self.http(request, step).await
@@ -444,8 +492,10 @@ impl Replay {
         } else if let Some(raw) = step.get("query").and_then(Value::as_str) {
             query = format!("?{raw}");
         }
-        let mut request =
-            format!("{}{query}", self.server.ws_url()).into_client_request().map_err(|err| err.to_string())?;
+        let node = if self.servers.len() == 1 { 0 } else { self.opened % (self.servers.len() - 1) };
+        self.opened += 1;
+        let url = self.servers[node].ws_url();
+        let mut request = format!("{url}{query}").into_client_request().map_err(|err| err.to_string())?;
         if let Some(origin) = step.get("origin").and_then(Value::as_str) {
             request.headers_mut().insert("origin", HeaderValue::from_str(origin).map_err(|err| err.to_string())?);
         }
@@ -466,10 +516,11 @@ impl Replay {
     }
 
     async fn http(&mut self, request: &Value, step: &Value) -> Result<(), String> {
+        let server = self.servers.last().ok_or("no server")?;
         let address = if request.get("listener").and_then(Value::as_str) == Some("frontend") {
-            self.server.frontend
+            server.frontend
         } else {
-            self.server.backend
+            server.backend
         };
         let path = request.get("path").and_then(Value::as_str).unwrap_or("/backend");
         let method = request.get("method").and_then(Value::as_str).unwrap_or("POST");

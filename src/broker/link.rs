@@ -1,12 +1,19 @@
 //! The connection to Redis, single server or cluster, behind one interface: commands, publish,
-//! subscribe. The client library (`redis`) reconnects by itself and resubscribes after a
-//! reconnection; pushed messages (RESP3) reach the closure given at connection time.
+//! subscribe.
+//!
+//! A single server is reached through one multiplexed RESP3 connection whose pushed messages
+//! reach the callback *synchronously*, in the order Redis wrote them: a message this node
+//! publishes on a channel it subscribes to is dispatched before the publish's answer, so local
+//! subscribers get it before the publisher's reply. That connection does not reconnect by
+//! itself: [`Link::reconnect`] makes a new one (the broker calls it, with backoff, when the
+//! old one is lost, then subscribes again). A cluster is reached through the client library's
+//! cluster connection, which reconnects and resubscribes on its own.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionManagerConfig;
 use redis::cluster::ClusterClientBuilder;
-use redis::{Cmd, FromRedisValue, ProtocolVersion, PushInfo, RedisResult, TlsCertificates};
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, ProtocolVersion, PushInfo, RedisResult, TlsCertificates};
 
 use super::url::BrokerUrl;
 use crate::error::Error;
@@ -15,13 +22,23 @@ use crate::error::Error;
 /// broker that does not answer in this time is treated as unreachable).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// An open connection to the broker. Cheap to clone (the client library multiplexes).
+/// What receives pushed messages; must not block.
+pub type OnPush = Arc<dyn Fn(PushInfo) -> Result<(), ()> + Send + Sync>;
+
+/// An open connection to the broker. Cheap to clone.
 #[derive(Clone)]
 pub enum Link {
-    /// One Redis server.
-    Single(redis::aio::ConnectionManager),
+    /// One Redis server, through a connection that is replaced when it is lost.
+    Single(Arc<Single>),
     /// A Redis Cluster: pub/sub is sharded.
     Cluster(redis::cluster_async::ClusterConnection),
+}
+
+/// A single server's client and its current connection.
+pub struct Single {
+    client: redis::Client,
+    on_push: OnPush,
+    connection: RwLock<redis::aio::MultiplexedConnection>,
 }
 
 impl std::fmt::Debug for Link {
@@ -33,14 +50,24 @@ impl std::fmt::Debug for Link {
     }
 }
 
+impl Single {
+    async fn open(client: &redis::Client, on_push: &OnPush) -> RedisResult<redis::aio::MultiplexedConnection> {
+        let sink = Arc::clone(on_push);
+        let config = AsyncConnectionConfig::new()
+            .set_push_sender(move |push: PushInfo| sink(push))
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT));
+        client.get_multiplexed_async_connection_with_config(&config).await
+    }
+
+    fn current(&self) -> redis::aio::MultiplexedConnection {
+        self.connection.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+}
+
 impl Link {
-    /// Connects, delivering pushed messages to `on_push` (called on the connection's task:
-    /// it must not block).
-    pub async fn connect(
-        url: &BrokerUrl,
-        ca: Option<Vec<u8>>,
-        on_push: impl Fn(PushInfo) -> Result<(), ()> + Send + Sync + 'static,
-    ) -> Result<Link, Error> {
+    /// Connects, delivering pushed messages to `on_push`.
+    pub async fn connect(url: &BrokerUrl, ca: Option<Vec<u8>>, on_push: OnPush) -> Result<Link, Error> {
         let unreachable =
             |err: redis::RedisError| Error::Config(format!("cannot reach the broker at {}: {err}", url.redacted()));
         let certs = || TlsCertificates { client_tls: None, root_cert: ca.clone() };
@@ -55,20 +82,14 @@ impl Link {
                 } else {
                     redis::Client::open(info).map_err(unreachable)?
                 };
-                let config = ConnectionManagerConfig::new()
-                    .set_push_sender(on_push)
-                    .set_automatic_resubscription()
-                    .set_connection_timeout(Some(COMMAND_TIMEOUT))
-                    .set_response_timeout(Some(COMMAND_TIMEOUT))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_secs(2));
-                let manager = client.get_connection_manager_with_config(config).await.map_err(unreachable)?;
-                Ok(Link::Single(manager))
+                let connection = Single::open(&client, &on_push).await.map_err(unreachable)?;
+                Ok(Link::Single(Arc::new(Single { client, on_push, connection: RwLock::new(connection) })))
             }
             BrokerUrl::Cluster { nodes } => {
+                let sink = Arc::clone(&on_push);
                 let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
                     .use_protocol(ProtocolVersion::RESP3)
-                    .push_sender(on_push)
+                    .push_sender(move |push: PushInfo| sink(push))
                     .connection_timeout(COMMAND_TIMEOUT)
                     .response_timeout(COMMAND_TIMEOUT);
                 if ca.is_some() {
@@ -81,10 +102,25 @@ impl Link {
         }
     }
 
+    /// Replaces a single server's lost connection with a new one (a cluster reconnects by
+    /// itself: nothing to do). The caller subscribes again.
+    pub async fn reconnect(&self) -> RedisResult<()> {
+        if let Link::Single(single) = self {
+            let fresh = Single::open(&single.client, &single.on_push).await?;
+            *single.connection.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        }
+        Ok(())
+    }
+
+    /// Whether the client library resubscribes by itself after a reconnection.
+    pub fn resubscribes_itself(&self) -> bool {
+        matches!(self, Link::Cluster(_))
+    }
+
     /// Runs one command.
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match self {
-            Link::Single(manager) => cmd.query_async(&mut manager.clone()).await,
+            Link::Single(single) => cmd.query_async(&mut single.current()).await,
             Link::Cluster(connection) => cmd.query_async(&mut connection.clone()).await,
         }
     }
@@ -92,16 +128,24 @@ impl Link {
     /// Runs a pipeline (a transaction when `atomic`).
     pub async fn pipeline<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> RedisResult<T> {
         match self {
-            Link::Single(manager) => pipe.query_async(&mut manager.clone()).await,
+            Link::Single(single) => pipe.query_async(&mut single.current()).await,
             Link::Cluster(connection) => pipe.query_async(&mut connection.clone()).await,
+        }
+    }
+
+    /// Runs a script.
+    pub async fn script<T: FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> RedisResult<T> {
+        match self {
+            Link::Single(single) => invocation.invoke_async(&mut single.current()).await,
+            Link::Cluster(connection) => invocation.invoke_async(&mut connection.clone()).await,
         }
     }
 
     /// Publishes `payload` on `channel` (sharded on a cluster).
     pub async fn publish(&self, channel: &str, payload: &[u8]) -> RedisResult<()> {
         match self {
-            Link::Single(manager) => {
-                redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut manager.clone()).await
+            Link::Single(single) => {
+                redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut single.current()).await
             }
             Link::Cluster(connection) => {
                 redis::cmd("SPUBLISH").arg(channel).arg(payload).query_async(&mut connection.clone()).await
@@ -112,7 +156,7 @@ impl Link {
     /// Subscribes to `channel`; resolves once Redis confirmed.
     pub async fn subscribe(&self, channel: &str) -> RedisResult<()> {
         match self {
-            Link::Single(manager) => manager.clone().subscribe(channel).await,
+            Link::Single(single) => single.current().subscribe(channel).await,
             Link::Cluster(connection) => connection.clone().ssubscribe(channel).await,
         }
     }
@@ -120,7 +164,7 @@ impl Link {
     /// Unsubscribes from `channel`.
     pub async fn unsubscribe(&self, channel: &str) -> RedisResult<()> {
         match self {
-            Link::Single(manager) => manager.clone().unsubscribe(channel).await,
+            Link::Single(single) => single.current().unsubscribe(channel).await,
             Link::Cluster(connection) => connection.clone().sunsubscribe(channel).await,
         }
     }

@@ -124,7 +124,14 @@ struct Shared {
 enum Request {
     Subscribe(String, tokio::sync::oneshot::Sender<Result<(), BrokerError>>),
     Unsubscribe(String),
+    /// The connection reported it was lost.
+    Lost,
 }
+
+/// The pause before the first attempt to reconnect, doubled after each failure up to
+/// [`RECONNECT_MAX`].
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// A listener's place on a channel; dropping it removes the listener (and unsubscribes the
 /// node from the channel when it was the last).
@@ -155,15 +162,17 @@ impl Broker {
         // server in this process) is refused harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let listeners: Arc<Listeners> = Arc::default();
-        let connected_hint = Arc::new(AtomicBool::new(true));
-        let on_push = {
+        let (requests, receiver) = mpsc::unbounded_channel();
+        let on_push: link::OnPush = {
             let listeners = Arc::clone(&listeners);
             let metrics = Arc::clone(&metrics);
-            let connected_hint = Arc::clone(&connected_hint);
-            move |push: PushInfo| {
-                dispatch(&listeners, &metrics, &connected_hint, push);
-                Ok::<(), ()>(())
-            }
+            let requests = requests.clone();
+            Arc::new(move |push: PushInfo| {
+                if dispatch(&listeners, &metrics, push) {
+                    let _ = requests.send(Request::Lost);
+                }
+                Ok(())
+            })
         };
         let link = Link::connect(&config.url, config.ca.clone(), on_push).await?;
         let random: u64 = rand::random();
@@ -171,7 +180,6 @@ impl Broker {
             Some(name) => format!("{name}-{random:016x}"),
             None => format!("{random:016x}"),
         };
-        let (requests, receiver) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             node,
             prefix: config.prefix.clone(),
@@ -190,8 +198,8 @@ impl Broker {
             .await
             .map_err(|err| Error::Config(format!("cannot reach the broker at {}: {err}", config.url.redacted())))?;
         broker.0.metrics.broker_connected.set(1);
-        tokio::spawn(apply_requests(Arc::downgrade(&broker.0), receiver));
-        tokio::spawn(liveness(broker.clone(), connected_hint, shutdown));
+        tokio::spawn(apply_requests(Arc::downgrade(&broker.0), receiver, shutdown.clone()));
+        tokio::spawn(liveness(broker.clone(), shutdown));
         log::info!("broker {}: node {} joined", config.url.redacted(), broker.0.node);
         Ok(broker)
     }
@@ -242,14 +250,7 @@ impl Broker {
     ///
     /// [`BrokerError::Unreachable`] when Redis fails or does not answer in time.
     pub async fn script<T: FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, BrokerError> {
-        let link = self.0.link.clone();
-        let run = async move {
-            match &link {
-                link::Link::Single(manager) => invocation.invoke_async(&mut manager.clone()).await,
-                link::Link::Cluster(connection) => invocation.invoke_async(&mut connection.clone()).await,
-            }
-        };
-        self.bounded(run).await
+        self.bounded(self.0.link.script(invocation)).await
     }
 
     async fn bounded<T>(&self, operation: impl Future<Output = redis::RedisResult<T>>) -> Result<T, BrokerError> {
@@ -370,19 +371,15 @@ impl Broker {
     }
 }
 
-/// Delivers a pushed message to the listeners of its channel.
-fn dispatch(
-    listeners: &Listeners,
-    metrics: &Metrics,
-    connected_hint: &AtomicBool,
-    push: PushInfo,
-) {
+/// Delivers a pushed message to the listeners of its channel; true when the push says the
+/// connection was lost.
+fn dispatch(listeners: &Listeners, metrics: &Metrics, push: PushInfo) -> bool {
     match push.kind {
         PushKind::Message | PushKind::SMessage => {
             let [redis::Value::BulkString(channel), redis::Value::BulkString(payload)] = push.data.as_slice() else {
-                return;
+                return false;
             };
-            let Ok(channel) = std::str::from_utf8(channel) else { return };
+            let Ok(channel) = std::str::from_utf8(channel) else { return false };
             metrics.broker_messages.inc();
             let targets: Vec<Arc<dyn Listener>> = crate::sync::lock(listeners)
                 .get(channel)
@@ -391,20 +388,38 @@ fn dispatch(
             for listener in targets {
                 listener.message(payload);
             }
+            false
         }
-        PushKind::Disconnection => connected_hint.store(false, Ordering::Release),
-        _ => {}
+        PushKind::Disconnection => true,
+        _ => false,
     }
 }
 
 /// Applies subscribe and unsubscribe requests in order, so that an unsubscription and a new
-/// subscription to the same channel can never overtake each other.
-async fn apply_requests(shared: Weak<Shared>, mut requests: mpsc::UnboundedReceiver<Request>) {
+/// subscription to the same channel can never overtake each other; and reconnects a lost
+/// connection, subscribing again to every channel before taking the next request.
+async fn apply_requests(
+    shared: Weak<Shared>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    shutdown: CancellationToken,
+) {
     let mut subscribed: std::collections::HashSet<String> = std::collections::HashSet::new();
     while let Some(request) = requests.recv().await {
         let Some(shared) = shared.upgrade() else { return };
         let broker = Broker(shared);
         match request {
+            Request::Lost => {
+                if broker.0.link.resubscribes_itself() {
+                    continue;
+                }
+                if broker.query::<()>(&redis::cmd("PING")).await.is_ok() {
+                    // Slow, not lost: the same connection still holds every subscription.
+                    broker.set_connected(true);
+                    continue;
+                }
+                broker.set_connected(false);
+                reconnect(&broker, &subscribed, &shutdown).await;
+            }
             Request::Subscribe(channel, done) => {
                 let outcome = if subscribed.contains(&channel) {
                     Ok(())
@@ -432,9 +447,36 @@ async fn apply_requests(shared: Weak<Shared>, mut requests: mpsc::UnboundedRecei
     }
 }
 
+/// Makes a new connection (with backoff) and subscribes again to `channels`, until it works or
+/// the server shuts down.
+async fn reconnect(broker: &Broker, channels: &std::collections::HashSet<String>, shutdown: &CancellationToken) {
+    let mut pause = RECONNECT_MIN;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(RECONNECT_MAX);
+        if broker.bounded(broker.0.link.reconnect()).await.is_err() {
+            continue;
+        }
+        let mut resubscribed = true;
+        for channel in channels {
+            if broker.bounded(broker.0.link.subscribe(channel)).await.is_err() {
+                resubscribed = false;
+                break;
+            }
+        }
+        if resubscribed {
+            broker.set_connected(true);
+            return;
+        }
+    }
+}
+
 /// Refreshes the liveness key every third of the node timeout, reaps dead nodes, and tracks
 /// whether Redis answers. Leaves the cluster when `shutdown` is cancelled.
-async fn liveness(broker: Broker, connected_hint: Arc<AtomicBool>, shutdown: CancellationToken) {
+async fn liveness(broker: Broker, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(broker.0.node_timeout / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -446,13 +488,13 @@ async fn liveness(broker: Broker, connected_hint: Arc<AtomicBool>, shutdown: Can
             _ = tick.tick() => {}
         }
         let beat = broker.heartbeat().await;
-        // A disconnection reported by the connection counts even if it came back since: the
-        // listeners missed what was published in between.
-        let dropped = !connected_hint.swap(true, Ordering::AcqRel);
-        if dropped && beat.is_ok() && broker.is_connected() {
+        if beat.is_err() {
             broker.set_connected(false);
+            // A single server's connection is replaced by the request task; make sure it knows.
+            let _ = broker.0.requests.send(Request::Lost);
+        } else if broker.0.link.resubscribes_itself() {
+            broker.set_connected(true);
         }
-        broker.set_connected(beat.is_ok());
         if beat.is_ok() {
             if let Err(err) = broker.reap_dead_nodes().await {
                 log::debug!("broker: looking for dead nodes: {err}");

@@ -173,22 +173,19 @@ impl BoundServer {
     }
 }
 
-/// `GET /health`: 200 `{"status": "ok"}`; with a broker, also `"broker": "connected"`, or 503
-/// `{"status": "degraded", "broker": "unreachable"}` while it is down (the node still serves
-/// its own connections).
+/// `GET /health`: 200 `{"status": "ok"}`, the same with or without a broker, so that a client
+/// cannot tell one node from several; with a broker, 503 `{"status": "degraded", "broker":
+/// "unreachable"}` while it is down (the node still serves its own connections, but a load
+/// balancer should prefer the others).
 async fn health(axum::extract::State(app): axum::extract::State<Arc<App>>) -> axum::response::Response {
     use axum::response::IntoResponse;
     match &app.broker {
-        None => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
-        Some(broker) if broker.is_connected() => {
-            axum::Json(serde_json::json!({"status": "ok", "broker": "connected", "node": broker.node()}))
-                .into_response()
-        }
-        Some(broker) => (
+        Some(broker) if !broker.is_connected() => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "degraded", "broker": "unreachable", "node": broker.node()})),
+            axum::Json(serde_json::json!({"status": "degraded", "broker": "unreachable"})),
         )
             .into_response(),
+        _ => axum::Json(serde_json::json!({"status": "ok"})).into_response(),
     }
 }
 
