@@ -92,17 +92,22 @@ class Server:
         """Serves until Ctrl-C (SIGINT) or SIGTERM, then shuts down gracefully."""
         handle = self.start()
         logger.info("Snorky frontend on port %d, backend on port %d", handle.frontend_port, handle.backend_port)
-        stop = threading.Event()
-        restore = _install_stop_signals(stop)
-        try:
-            while not stop.is_set() and handle.running:
-                stop.wait(0.2)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            restore()
-            logger.info("Snorky shutting down")
-            handle.stop()
+        serve_until_stopped(handle)
+
+
+def serve_until_stopped(handle: ServerHandle) -> None:
+    """Waits until Ctrl-C (SIGINT), SIGTERM or the server's end, then stops ``handle`` gracefully."""
+    stop = threading.Event()
+    restore = _install_stop_signals(stop)
+    try:
+        while not stop.is_set() and handle.running:
+            stop.wait(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        restore()
+        logger.info("Snorky shutting down")
+        handle.stop()
 
 
 def _install_stop_signals(stop: threading.Event) -> Any:
