@@ -43,7 +43,7 @@ use axum::routing::any;
 use axum::Router;
 
 use crate::connection::{Connection, Identity};
-use crate::server::metrics::TransportLabel;
+use crate::metrics::TransportLabel;
 use crate::server::{dispatch, origin, ws, App, ServerConfig};
 
 use self::adapter::Admission;
