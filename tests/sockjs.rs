@@ -321,3 +321,24 @@ async fn sockjs_can_be_moved_or_turned_off() {
     let ws = format!("ws://{}/sockjs/000/{}/websocket", no_ws.frontend, rand_id());
     assert!(tokio_tungstenite::connect_async(ws).await.is_err());
 }
+
+#[tokio::test]
+async fn sessions_count_against_the_connection_caps() {
+    let server = TestServer::start_with(|config| {
+        config.max_connections_per_address = Some(2);
+        config.sockjs_disconnect_delay = 0.2;
+    })
+    .await;
+    let ws = format!("ws://{}/ws", server.frontend);
+    let (_socket, _) = within(WAIT, "the handshake", tokio_tungstenite::connect_async(ws)).await.expect("upgrades");
+    assert_eq!(post(&format!("{}/xhr", new_session(&server)), "", &[]).await.1, "o\n");
+    let (status, text) = post(&format!("{}/xhr", new_session(&server)), "", &[]).await;
+    assert_eq!(status, 503, "a WebSocket and a session fill a cap of two: {text}");
+    assert!(text.contains("max_connections_per_address"), "{text}");
+    assert_eq!(metric(&server, "snorky_connections_refused_total").await, 1);
+    // The session's client stops polling: its place comes back after the disconnect delay.
+    eventually(WAIT, "the place to come back", || async {
+        post(&format!("{}/xhr", new_session(&server)), "", &[]).await.0 == 200
+    })
+    .await;
+}
