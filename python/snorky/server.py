@@ -55,6 +55,11 @@ class Server:
     - ``max_frame_size`` (1 MiB), ``outbox_limit`` (16 MiB per connection), ``ping_interval``
       (30 s), ``close_timeout`` (5 s), ``shutdown_timeout`` (10 s), ``backend_body_limit`` (16 MiB)
     - ``token_secret``: the secret that signs connection tokens
+    - SockJS, for browsers without WebSocket: ``sockjs`` (``True``: served), ``sockjs_prefix``
+      (``"/sockjs"``), ``sockjs_websocket`` (``True``), ``sockjs_cookie_needed`` (``False``),
+      ``sockjs_heartbeat_interval`` (25 s), ``sockjs_disconnect_delay`` (5 s),
+      ``sockjs_response_limit`` (128 KiB), ``sockjs_client_url`` (sockjs-client's script for the
+      iframe page)
     """
 
     def __init__(

@@ -82,8 +82,8 @@ pub struct ServerConfig {
     pub sockjs: bool,
     /// The path SockJS is served under (`/sockjs`): the URL clients give `new SockJS(...)`.
     pub sockjs_prefix: String,
-    /// Whether SockJS offers its own `websocket` transport (clients then use `/ws`-like
-    /// WebSocket through SockJS when they can). Off: `/info` says `websocket: false`.
+    /// Whether SockJS offers its `websocket` transports; off, `/info` says `websocket: false`
+    /// and clients use the HTTP transports only.
     pub sockjs_websocket: bool,
     /// Whether SockJS responses set a `JSESSIONID` cookie, for load balancers that keep a client
     /// on one node by that cookie.
