@@ -342,3 +342,25 @@ async fn sessions_count_against_the_connection_caps() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn concurrent_sends_to_one_session_are_all_handled() {
+    let server = TestServer::start().await;
+    let url = new_session(&server);
+    post(&format!("{url}/xhr"), "", &[]).await;
+    let sends = (0..20).map(|n| {
+        let url = format!("{url}/xhr_send");
+        async move { post(&url, send_body(&[subscribe(&format!("c{n}"), n)]), &[]).await.0 }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    assert!(statuses.iter().all(|status| *status == 204), "{statuses:?}");
+    let mut replies = Vec::new();
+    while replies.len() < 20 {
+        let (_, body) = post(&format!("{url}/xhr"), "", &[]).await;
+        replies.extend(messages_of(body.trim_end()));
+    }
+    let mut ids: Vec<u64> = replies.iter().map(|reply| reply["message"]["callId"].as_u64().expect("an id")).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..20).collect::<Vec<u64>>());
+    assert!((0..20).all(|n| server.hub().subscriber_count(&json!(format!("c{n}"))) == 1));
+}

@@ -22,6 +22,11 @@ pub async fn send(shared: &Shared, info: &RequestInfo, id: &str, transport: Tran
     let Some(session) = endpoint.sessions.get(id) else {
         return http::not_found();
     };
+    session.ready().await;
+    // One request's messages at a time, in order, as a WebSocket reader handles frames. The
+    // lock is taken before the body is read, so that a client sending many requests at once
+    // makes the server hold one body per session, not one per request.
+    let order = session.inbound().await;
     let bytes = match axum::body::to_bytes(body, app.config.max_frame_size).await {
         Ok(bytes) => bytes,
         Err(err) => {
@@ -39,6 +44,7 @@ pub async fn send(shared: &Shared, info: &RequestInfo, id: &str, transport: Tran
     } else {
         bytes.to_vec()
     };
+    drop(bytes);
     let messages = match framing::parse_messages(&payload) {
         Ok(messages) => messages,
         Err(err @ (PayloadError::Missing | PayloadError::Broken)) => {
@@ -46,18 +52,15 @@ pub async fn send(shared: &Shared, info: &RequestInfo, id: &str, transport: Tran
             return http::error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string());
         }
     };
-    session.ready().await;
-    {
-        // One request's messages at a time, in order, as a WebSocket reader handles frames.
-        let _order = session.inbound().await;
-        for message in &messages {
-            if adapter::is_closing(&session.connection) {
-                break;
-            }
-            app.metrics.frames_received.inc();
-            Box::pin(endpoint.behaviour.message(app, &session.connection, message)).await;
+    drop(payload);
+    for message in &messages {
+        if adapter::is_closing(&session.connection) {
+            break;
         }
+        app.metrics.frames_received.inc();
+        Box::pin(endpoint.behaviour.message(app, &session.connection, message)).await;
     }
+    drop(order);
     let mut response = match transport {
         // Some browsers mishandle an empty 204 to a form post: JSONP gets a body.
         Transport::JsonpSend => http::response(StatusCode::OK, Some(http::TEXT), "ok"),
