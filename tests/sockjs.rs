@@ -230,7 +230,8 @@ async fn malformed_messages_are_refused_without_closing_the_session() {
 
 #[tokio::test]
 async fn a_session_whose_client_stopped_polling_is_dropped_after_the_disconnect_delay() {
-    let server = TestServer::start_with(|config| config.sockjs_disconnect_delay = 0.3).await;
+    // Longer than the session task's one-second stall re-check, which must not restart it.
+    let server = TestServer::start_with(|config| config.sockjs_disconnect_delay = 1.5).await;
     let url = new_session(&server);
     post(&format!("{url}/xhr"), "", &[]).await;
     post(&format!("{url}/xhr_send"), send_body(&[subscribe("gone", 1)]), &[]).await;
@@ -239,14 +240,15 @@ async fn a_session_whose_client_stopped_polling_is_dropped_after_the_disconnect_
     let took =
         eventually(WAIT, "the subscription to go", || async { server.hub().subscriber_count(&json!("gone")) == 0 })
             .await;
-    assert!(took >= Duration::from_millis(250), "dropped after {took:?}, before the delay");
+    assert!(took >= Duration::from_millis(1400), "dropped after {took:?}, before the delay");
+    assert!(took < Duration::from_millis(3000), "dropped after {took:?}, long after the delay");
     assert_eq!(metric(&server, "snorky_sockjs_sessions").await, 0);
     assert_eq!(metric(&server, "snorky_connections").await, 0);
     assert_eq!(metric(&server, "snorky_sockjs_sessions_expired_total").await, 1);
     // ...then the close frame is served for another delay, then the id is free again.
     let (_, body) = post(&format!("{url}/xhr"), "", &[]).await;
     assert_eq!(body, "c[1000,\"Normal closure\"]\n");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1700)).await;
     assert_eq!(post(&format!("{url}/xhr"), "", &[]).await.1, "o\n", "the old session's state is gone");
 }
 

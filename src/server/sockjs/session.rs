@@ -259,18 +259,30 @@ async fn run(app: &App, endpoint: &Endpoint, session: &Arc<Session>, admission: 
 
     let delay = endpoint.options.disconnect_delay;
     let mut receiving = session.receiving.subscribe();
+    // When the session closes for want of a receiving request; set when it becomes idle, and
+    // dropped at every change of receiver (a request that came and went is activity too).
+    let mut expires: Option<Instant> = None;
     loop {
-        let idle = !*receiving.borrow_and_update();
+        if *receiving.borrow_and_update() {
+            expires = None;
+        } else if expires.is_none() {
+            expires = Some(Instant::now() + delay);
+        }
         // A queue that does not drain (no receiver takes it, or the receiver's client does not
         // read its response) closes the session with 1008, as for a WebSocket.
         let stall_check = adapter::stall_deadline(connection).unwrap_or_else(|| Instant::now() + STALL_RECHECK);
         tokio::select! {
             () = adapter::closed(connection) => break,
-            changed = receiving.changed() => if changed.is_err() { break },
+            changed = receiving.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                expires = None;
+            }
             () = tokio::time::sleep_until(stall_check) => {
                 adapter::stalled(connection);
             }
-            () = sleep_if(idle, delay) => {
+            () = sleep_until(expires) => {
                 log::debug!("sockjs session {}: no receiving request for {delay:?}, closing it", connection.id());
                 app.metrics.sockjs_sessions_expired.inc();
                 adapter::close(connection, codes::NORMAL);
@@ -289,10 +301,10 @@ async fn run(app: &App, endpoint: &Endpoint, session: &Arc<Session>, admission: 
     endpoint.sessions.remove(session);
 }
 
-async fn sleep_if(idle: bool, delay: Duration) {
-    if idle {
-        tokio::time::sleep(delay).await;
-    } else {
-        std::future::pending::<()>().await;
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending::<()>().await,
     }
 }
