@@ -241,7 +241,7 @@ async fn a_session_whose_client_stopped_polling_is_dropped_after_the_disconnect_
         eventually(WAIT, "the subscription to go", || async { server.hub().subscriber_count(&json!("gone")) == 0 })
             .await;
     assert!(took >= Duration::from_millis(1400), "dropped after {took:?}, before the delay");
-    assert!(took < Duration::from_millis(3000), "dropped after {took:?}, long after the delay");
+    assert!(took < Duration::from_secs(3), "dropped after {took:?}, long after the delay");
     assert_eq!(metric(&server, "snorky_sockjs_sessions").await, 0);
     assert_eq!(metric(&server, "snorky_connections").await, 0);
     assert_eq!(metric(&server, "snorky_sockjs_sessions_expired_total").await, 1);
