@@ -11,6 +11,8 @@
 //! operators U+2060–U+206F and the specials U+FFF0–U+FFFF) must travel as `\uXXXX` escapes.
 //! Doing both in one pass keeps a delivery to one copy of its text.
 
+use crate::protocol::codes;
+
 /// The open frame.
 pub const OPEN: &str = "o";
 /// The heartbeat frame.
@@ -26,11 +28,13 @@ pub const GO_AWAY: u16 = 3000;
 /// The text SockJS clients show for a close code.
 pub fn close_reason(code: u16) -> &'static str {
     match code {
-        1000 => "Normal closure",
-        1001 => "Going away",
+        codes::NORMAL => "Normal closure",
+        codes::GOING_AWAY => "Going away",
         INTERRUPTED => "Connection interrupted",
-        1008 => "Client stopped reading",
-        1009 => "Message too big",
+        codes::INVALID_PAYLOAD => "Invalid payload",
+        codes::POLICY_VIOLATION => "Client stopped reading",
+        codes::MESSAGE_TOO_BIG => "Message too big",
+        codes::REVOKED => "Revoked",
         ANOTHER_CONNECTION => "Another connection still open",
         GO_AWAY => "Go away!",
         _ => "Closed",
