@@ -160,7 +160,7 @@ async fn run_on(sizes: &SockJsSizes, clock: Clock, server: &ServerProcess, repor
 }
 
 /// One fan-out's publishing, before the subscribers are collected.
-struct Published {
+struct Publishing {
     published: u64,
     errors: u64,
     start: Instant,
@@ -168,7 +168,7 @@ struct Published {
     own_before: Option<Duration>,
 }
 
-impl Published {
+impl Publishing {
     fn finish(self, server: &ServerProcess, results: Vec<SubResult>) -> Deliveries {
         let cpu_after = server.cpu_time();
         let own_after = crate::sys::cpu_time(std::process::id());
@@ -185,13 +185,13 @@ async fn fan_out<W, F>(
     server: &ServerProcess,
     channel: &Value,
     wait: W,
-) -> Result<Published, String>
+) -> Result<Publishing, String>
 where
     W: Fn(u64) -> F,
     F: std::future::Future<Output = bool>,
 {
     let backend = backend_client(&server.target)?;
-    let mut published = Published {
+    let mut published = Publishing {
         published: 0,
         errors: 0,
         start: Instant::now(),
