@@ -283,7 +283,7 @@ async fn a_client_that_stops_reading_is_closed_with_1008() {
     post(&format!("{url}/xhr"), "", &[]).await;
     post(&format!("{url}/xhr_send"), send_body(&[subscribe("flood", 1)]), &[]).await;
     for n in 0..100 {
-        server.hub().publish(&json!("flood"), &json!({"n": n, "padding": "x".repeat(100)}));
+        server.hub().publish(&json!("flood"), &json!({"n": n, "padding": "x".repeat(100)})).await.expect("published");
     }
     eventually(WAIT, "the slow consumer to be dropped", || async {
         metric(&server, "snorky_slow_consumers_dropped_total").await == 1
