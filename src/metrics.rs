@@ -19,10 +19,17 @@ pub struct ServiceLabel {
     pub service: String,
 }
 
+/// Labels of the SockJS counters: the transport a session opened with.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// The SockJS transport (`websocket`, `xhr`, `xhr_streaming`, ...).
+    pub transport: &'static str,
+}
+
 /// The counters a server keeps. Cloning shares them.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Open WebSocket connections.
+    /// Open connections: WebSocket connections and SockJS sessions.
     pub connections: Gauge,
     /// WebSocket connections accepted since start.
     pub connections_opened: Counter,
@@ -52,6 +59,12 @@ pub struct Metrics {
     pub broker_messages: Counter,
     /// Dead nodes whose state this node removed.
     pub broker_nodes_reaped: Counter,
+    /// Open SockJS sessions (also counted in `connections`).
+    pub sockjs_sessions: Gauge,
+    /// SockJS sessions opened, by the transport that opened them.
+    pub sockjs_sessions_opened: Family<TransportLabel, Counter>,
+    /// SockJS sessions closed because their client stopped polling for the disconnect delay.
+    pub sockjs_sessions_expired: Counter,
 }
 
 impl Metrics {
@@ -59,7 +72,11 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Metrics {
         let metrics = Metrics::default();
         let prefixed = registry.sub_registry_with_prefix("snorky");
-        prefixed.register("connections", "Open WebSocket connections", metrics.connections.clone());
+        prefixed.register(
+            "connections",
+            "Open connections (WebSocket and SockJS sessions)",
+            metrics.connections.clone(),
+        );
         prefixed.register("connections_opened", "WebSocket connections accepted", metrics.connections_opened.clone());
         prefixed.register(
             "connections_refused",
@@ -97,6 +114,17 @@ impl Metrics {
             "broker_nodes_reaped",
             "Dead nodes whose state this node removed",
             metrics.broker_nodes_reaped.clone(),
+        );
+        prefixed.register("sockjs_sessions", "Open SockJS sessions", metrics.sockjs_sessions.clone());
+        prefixed.register(
+            "sockjs_sessions_opened",
+            "SockJS sessions opened, by transport",
+            metrics.sockjs_sessions_opened.clone(),
+        );
+        prefixed.register(
+            "sockjs_sessions_expired",
+            "SockJS sessions closed because their client stopped polling",
+            metrics.sockjs_sessions_expired.clone(),
         );
         metrics
     }

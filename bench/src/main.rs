@@ -101,8 +101,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "ceiling,snorky,channels")]
     pub servers: String,
     /// Scenarios to run, comma-separated: fanout, idle, setup, multi, latency, rpc (every
-    /// server), and routing, datasync, chat, python (Snorky only).
-    #[arg(long, default_value = "fanout,idle,setup,multi,latency,rpc,routing,datasync,chat,python")]
+    /// server), and routing, datasync, chat, python, sockjs (Snorky only).
+    #[arg(long, default_value = "fanout,idle,setup,multi,latency,rpc,routing,datasync,chat,python,sockjs")]
     pub scenarios: String,
     /// The Python with the built `snorky` extension, for the `python` scenario (skipped with a
     /// note when it does not exist).
@@ -201,6 +201,12 @@ pub struct RunArgs {
     /// RPC: seconds per run.
     #[arg(long)]
     pub rpc_secs: Option<f64>,
+    /// SockJS: WebSocket connections, then xhr-streaming sessions, of its two fan-outs.
+    #[arg(long)]
+    pub sockjs_sessions: Option<usize>,
+    /// SockJS: messages published in each fan-out.
+    #[arg(long)]
+    pub sockjs_msgs: Option<u64>,
     /// Seconds of publishing after which a scenario stops publishing (Channels is slow); what
     /// was published is then drained and measured.
     #[arg(long)]

@@ -89,6 +89,11 @@ impl ServerProcess {
         Self::start_rust_with(Kind::Snorky, "serve-snorky", false, extra).await
     }
 
+    /// Starts `serve-snorky` counting its heap allocations (for [`ServerProcess::alloc_snapshot`]).
+    pub async fn start_snorky_with_alloc_stats() -> Result<ServerProcess, String> {
+        Self::start_rust_with(Kind::Snorky, "serve-snorky", true, &[]).await
+    }
+
     async fn start_rust_with(
         kind: Kind,
         subcommand: &str,

@@ -16,9 +16,20 @@ fn smoke_run_passes() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "smoke run failed\n{stdout}\n{stderr}");
-    for metric in
-        ["fan-out", "idle", "set-up", "channels ×", "steady", "RPC", "backend", "routing:", "DataSync", "chat 1 room"]
-    {
+    for metric in [
+        "fan-out",
+        "idle",
+        "set-up",
+        "channels ×",
+        "steady",
+        "RPC",
+        "backend",
+        "routing:",
+        "DataSync",
+        "chat 1 room",
+        "SockJS fan-out",
+        "SockJS expired",
+    ] {
         assert!(stdout.contains(metric), "no {metric:?} row in\n{stdout}");
     }
     // The Python-service scenario runs only when the project's venv exists (else a skip line).

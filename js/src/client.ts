@@ -110,6 +110,8 @@ export class Snorky<S extends ServiceMap = ServiceMap> {
   readonly restoreFailed = new Signal<RestoreFailure>();
 
   private readonly socketClass: WebSocketClass;
+  /** SockJS takes http(s) or relative URLs; WebSocket URLs are ws(s). */
+  private readonly sockjs: boolean;
   private readonly settings: Settings;
   private currentState: State = State.Connecting;
   private socket: WebSocketLike | null = null;
@@ -125,8 +127,10 @@ export class Snorky<S extends ServiceMap = ServiceMap> {
   /**
    * Creates the client and starts connecting.
    *
-   * @param socketClass `WebSocket` in browsers, `ws`'s `WebSocket` in Node, or `SockJS`.
-   * @param address the server's endpoint, e.g. `"wss://example.com/ws"`.
+   * @param socketClass `WebSocket` in browsers, `ws`'s `WebSocket` in Node, or `SockJS`
+   *   (sockjs-client) for browsers and networks without WebSocket.
+   * @param address the server's endpoint: `"wss://example.com/ws"` for WebSocket,
+   *   `"https://example.com/sockjs"` (or a relative `"/sockjs"`) for SockJS.
    * @param services service name -> class: `{pubsub: Snorky.PubSub}`.
    * @param options see {@link SnorkyOptions}; `true` means `{debug: true}` (Snorky 0.1).
    */
@@ -138,6 +142,7 @@ export class Snorky<S extends ServiceMap = ServiceMap> {
   ) {
     const o: SnorkyOptions = typeof options === "boolean" ? { debug: options } : (options ?? {});
     this.socketClass = socketClass;
+    this.sockjs = !/^wss?:/i.test(address);
     this.address = address;
     this.settings = {
       token: o.token,
@@ -357,7 +362,7 @@ export class Snorky<S extends ServiceMap = ServiceMap> {
     // A listener may have called close().
     if (this.currentState === State.Closed) return;
     const s = this.settings;
-    if (s.reconnect && shouldReconnect(code) && this.attempt < s.maxReconnectAttempts) {
+    if (s.reconnect && shouldReconnect(code, this.sockjs) && this.attempt < s.maxReconnectAttempts) {
       const delay = backoff(this.attempt++, s.minReconnectDelay, s.maxReconnectDelay);
       this.log(`reconnecting in ${delay} ms (attempt ${this.attempt})`);
       this.setState(State.Connecting);

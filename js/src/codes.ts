@@ -14,6 +14,10 @@
  *   data error on our side (1002, 1003, 1007, 1010, 1015), and the application
  *   range 4500-4999, reserved for "do not reconnect" closes (the server sends
  *   4501 when the web application revokes the connection's identity).
+ * - over SockJS, 1002 is not a protocol error: sockjs-client reports a server
+ *   it cannot reach ("Cannot connect to server") and an interrupted session
+ *   with it, and 2000-2999 for transports that failed or timed out. All are
+ *   transient, so a SockJS client reconnects after them.
  * - lost messages: 1008 means the server dropped what was queued for us, so a
  *   resumed DataSync subscription would have a gap; the client asks the
  *   application to resync instead of resuming.
@@ -50,8 +54,12 @@ const TERMINAL_CODES: readonly number[] = [
   CloseCode.tlsHandshake,
 ];
 
-/** Whether a close with `code` should be followed by a reconnection attempt. */
-export function shouldReconnect(code: number): boolean {
+/**
+ * Whether a close with `code` should be followed by a reconnection attempt;
+ * `sockjs` when the socket is a SockJS one, whose codes differ (see above).
+ */
+export function shouldReconnect(code: number, sockjs = false): boolean {
+  if (sockjs && (code === CloseCode.protocolError || (code >= 2000 && code <= 2999))) return true;
   if (TERMINAL_CODES.includes(code)) return false;
   return !(code >= 4500 && code <= 4999);
 }

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from snorky import ConfigurationError, Server, ServiceRegistry, _core
+from snorky.server import ServerHandle, serve_until_stopped
 from snorky.services import PubSubBackend, PubSubService
 
 
@@ -79,13 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-frame-size", type=int, default=None, help="largest client frame in bytes (1 MiB)")
     serve.add_argument("--ping-interval", type=float, default=None, help="seconds between pings (30)")
-    serve.add_argument(
+    _log_level_option(serve)
+    echo = commands.add_parser(
+        "sockjs-echo",
+        help="run the SockJS protocol test application",
+        description="Serve /echo, /close, /disabled_websocket_echo and /cookie_needed_echo, the services the "
+        "public SockJS protocol suite tests, on Snorky's SockJS implementation. Runs until SIGINT or SIGTERM.",
+    )
+    echo.add_argument("--address", default="127.0.0.1:8081", help="host:port to listen on (default %(default)s)")
+    _log_level_option(echo)
+    return parser
+
+
+def _log_level_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--log-level",
         default=_env("SNORKY_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (env SNORKY_LOG_LEVEL; default %(default)s)",
     )
-    return parser
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -123,6 +136,14 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def sockjs_echo(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _core.reset_log_cache()
+    handle = ServerHandle(_core.start_sockjs_echo(args.address))
+    serve_until_stopped(handle)
+    return 0
+
+
 def load_services(path: str) -> list[Any]:
     """Imports ``module:callable`` and calls it; it returns an iterable of services."""
     module_name, _, attribute = path.partition(":")
@@ -142,6 +163,8 @@ def load_services(path: str) -> list[Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "sockjs-echo":
+            return sockjs_echo(args)
         return serve(args)
     except ConfigurationError as err:
         print(f"snorky: configuration error: {err}", file=sys.stderr)

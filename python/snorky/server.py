@@ -55,6 +55,11 @@ class Server:
     - ``max_frame_size`` (1 MiB), ``outbox_limit`` (16 MiB per connection), ``ping_interval``
       (30 s), ``close_timeout`` (5 s), ``shutdown_timeout`` (10 s), ``backend_body_limit`` (16 MiB)
     - ``token_secret``: the secret that signs connection tokens
+    - SockJS, for browsers without WebSocket: ``sockjs`` (``True``: served), ``sockjs_prefix``
+      (``"/sockjs"``), ``sockjs_websocket`` (``True``), ``sockjs_cookie_needed`` (``False``),
+      ``sockjs_heartbeat_interval`` (25 s), ``sockjs_disconnect_delay`` (5 s),
+      ``sockjs_response_limit`` (128 KiB), ``sockjs_client_url`` (sockjs-client's script for the
+      iframe page)
     """
 
     def __init__(
@@ -92,17 +97,22 @@ class Server:
         """Serves until Ctrl-C (SIGINT) or SIGTERM, then shuts down gracefully."""
         handle = self.start()
         logger.info("Snorky frontend on port %d, backend on port %d", handle.frontend_port, handle.backend_port)
-        stop = threading.Event()
-        restore = _install_stop_signals(stop)
-        try:
-            while not stop.is_set() and handle.running:
-                stop.wait(0.2)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            restore()
-            logger.info("Snorky shutting down")
-            handle.stop()
+        serve_until_stopped(handle)
+
+
+def serve_until_stopped(handle: ServerHandle) -> None:
+    """Waits until Ctrl-C (SIGINT), SIGTERM or the server's end, then stops ``handle`` gracefully."""
+    stop = threading.Event()
+    restore = _install_stop_signals(stop)
+    try:
+        while not stop.is_set() and handle.running:
+            stop.wait(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        restore()
+        logger.info("Snorky shutting down")
+        handle.stop()
 
 
 def _install_stop_signals(stop: threading.Event) -> Any:

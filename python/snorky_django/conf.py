@@ -92,7 +92,8 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_BATCH_SIZE": 500,
     "OUTBOX_POLL_INTERVAL": 0.2,
     "OUTBOX_MAX_RETRY_DELAY": 5.0,
-    # Extra keyword arguments for snorky.Server (max_frame_size, ping_interval, ...).
+    # Extra keyword arguments for snorky.Server (max_frame_size, ping_interval, the SockJS ones:
+    # sockjs=False to serve no SockJS, sockjs_prefix, sockjs_cookie_needed, ...).
     "SERVER_OPTIONS": {},
     # The Redis several `manage.py snorky` processes share ("redis://host:6379/0",
     # "rediss://...", "redis+cluster://host:7000,host:7001"); None: one process.

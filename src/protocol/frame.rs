@@ -29,6 +29,12 @@ impl Frame {
         std::str::from_utf8(bytes).ok().map(|text| Frame(Utf8Bytes::from(text.to_owned())))
     }
 
+    /// A frame of `text` as it is, not necessarily JSON: the SockJS protocol test application
+    /// echoes whatever its clients send.
+    pub(crate) fn text(text: &str) -> Frame {
+        Frame(Utf8Bytes::from(text))
+    }
+
     /// The frame's size in bytes, used for the outgoing-queue bound.
     pub fn len(&self) -> usize {
         self.0.len()

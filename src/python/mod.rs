@@ -55,6 +55,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_BACKEND_ADDRESS", crate::protocol::defaults::BACKEND_ADDRESS)?;
     m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::connection_token, m)?)?;
+    m.add_function(wrap_pyfunction!(server::start_sockjs_echo, m)?)?;
     m.add_class::<server::PyServer>()?;
     m.add_class::<server::PyServerHandle>()?;
     m.add_class::<services::PyPubSubService>()?;

@@ -13,6 +13,7 @@ use super::services::extract_service;
 use super::{ConfigurationError, ServerError};
 use crate::error::Error;
 use crate::registry::ServiceRegistry;
+use crate::server::sockjs::echo::EchoServer;
 use crate::server::{Server, ServerConfig};
 use crate::service::{AnyService, Side};
 
@@ -50,27 +51,30 @@ impl PyServer {
     fn start(&self, py: Python<'_>) -> PyResult<PyServerHandle> {
         let (frontend, backend) = registries(&self.frontend, &self.backend).map_err(server_error)?;
         let server = Server::new(self.config.clone(), frontend, backend).map_err(server_error)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("snorky-server")
-            .build()
-            .map_err(|err| ServerError::new_err(format!("cannot start the runtime: {err}")))?;
+        let runtime = build_runtime()?;
         let bound = py.detach(|| runtime.block_on(server.bind())).map_err(server_error)?;
         let frontend_port = bound.frontend_addr().map_err(server_error)?.port();
         let backend_port = bound.backend_addr().map_err(server_error)?.port();
-        let token = CancellationToken::new();
-        let stop = token.clone();
-        let thread = std::thread::Builder::new()
-            .name("snorky".into())
-            .spawn(move || {
-                let result = runtime.block_on(bound.run(stop.cancelled_owned()));
-                // Python hooks still running on blocking threads get a moment, not forever.
-                runtime.shutdown_timeout(Duration::from_secs(5));
-                result
-            })
-            .map_err(|err| ServerError::new_err(format!("cannot start the server thread: {err}")))?;
-        Ok(PyServerHandle { frontend_port, backend_port, token, thread: Mutex::new(Some(thread)) })
+        PyServerHandle::spawn(runtime, frontend_port, backend_port, move |stop| bound.run(stop.cancelled_owned()))
     }
+}
+
+/// Starts the SockJS protocol test application (`snorky sockjs-echo`) on `address`; the handle's
+/// `frontend_port` is its port (it has no backend: `backend_port` is 0).
+#[pyfunction]
+pub fn start_sockjs_echo(py: Python<'_>, address: &str) -> PyResult<PyServerHandle> {
+    let runtime = build_runtime()?;
+    let bound = py.detach(|| runtime.block_on(EchoServer::bind(address))).map_err(server_error)?;
+    let port = bound.local_addr().map_err(server_error)?.port();
+    PyServerHandle::spawn(runtime, port, 0, move |stop| bound.run(stop.cancelled_owned()))
+}
+
+fn build_runtime() -> PyResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("snorky-server")
+        .build()
+        .map_err(|err| ServerError::new_err(format!("cannot start the runtime: {err}")))
 }
 
 fn registries(frontend: &[AnyService], backend: &[AnyService]) -> Result<(ServiceRegistry, ServiceRegistry), Error> {
@@ -141,6 +145,31 @@ impl PyServerHandle {
 }
 
 impl PyServerHandle {
+    /// Runs `serve` (given the stop signal) on its own thread and returns the handle.
+    fn spawn<F, Fut>(
+        runtime: tokio::runtime::Runtime,
+        frontend_port: u16,
+        backend_port: u16,
+        serve: F,
+    ) -> PyResult<PyServerHandle>
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<(), Error>>,
+    {
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let thread = std::thread::Builder::new()
+            .name("snorky".into())
+            .spawn(move || {
+                let result = runtime.block_on(serve(stop));
+                // Python hooks still running on blocking threads get a moment, not forever.
+                runtime.shutdown_timeout(Duration::from_secs(5));
+                result
+            })
+            .map_err(|err| ServerError::new_err(format!("cannot start the server thread: {err}")))?;
+        Ok(PyServerHandle { frontend_port, backend_port, token, thread: Mutex::new(Some(thread)) })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<JoinHandle<Result<(), Error>>>> {
         self.thread.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

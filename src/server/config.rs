@@ -15,6 +15,9 @@ use crate::seconds::check_seconds;
 /// The shortest API key accepted: shorter keys can be guessed.
 pub const MIN_API_KEY_LENGTH: usize = 16;
 
+/// The sockjs-client build the SockJS iframe page loads unless `sockjs_client_url` says otherwise.
+pub const DEFAULT_SOCKJS_CLIENT_URL: &str = "https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js";
+
 /// Everything a server needs besides its services. Deserialized from the Python keyword
 /// arguments (unknown keys are refused, naming the key).
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +77,27 @@ pub struct ServerConfig {
     pub backend_body_limit: usize,
     /// The secret that signs connection tokens (HS256); without it every connection is anonymous.
     pub token_secret: Option<String>,
+    /// Whether the frontend listener also serves SockJS, for browsers and networks without
+    /// WebSocket.
+    pub sockjs: bool,
+    /// The path SockJS is served under (`/sockjs`): the URL clients give `new SockJS(...)`.
+    pub sockjs_prefix: String,
+    /// Whether SockJS offers its `websocket` transports; off, `/info` says `websocket: false`
+    /// and clients use the HTTP transports only.
+    pub sockjs_websocket: bool,
+    /// Whether SockJS responses set a `JSESSIONID` cookie, for load balancers that keep a client
+    /// on one node by that cookie.
+    pub sockjs_cookie_needed: bool,
+    /// Seconds between SockJS heartbeat frames on an open receiving request.
+    pub sockjs_heartbeat_interval: f64,
+    /// Seconds a SockJS session lives without a receiving request before it closes; a closed
+    /// session's close frame is served for as long again.
+    pub sockjs_disconnect_delay: f64,
+    /// Bytes a streaming SockJS response carries before the server ends it and the client opens
+    /// the next one (so the browser can free what it received).
+    pub sockjs_response_limit: usize,
+    /// The sockjs-client script the SockJS iframe page loads (iframe-based transports only).
+    pub sockjs_client_url: String,
 }
 
 impl Default for ServerConfig {
@@ -101,6 +125,14 @@ impl Default for ServerConfig {
             shutdown_timeout: 10.0,
             backend_body_limit: 16 * 1024 * 1024,
             token_secret: None,
+            sockjs: true,
+            sockjs_prefix: "/sockjs".into(),
+            sockjs_websocket: true,
+            sockjs_cookie_needed: false,
+            sockjs_heartbeat_interval: 25.0,
+            sockjs_disconnect_delay: 5.0,
+            sockjs_response_limit: 128 * 1024,
+            sockjs_client_url: DEFAULT_SOCKJS_CLIENT_URL.into(),
         }
     }
 }
@@ -141,6 +173,8 @@ impl ServerConfig {
             ("header_read_timeout", self.header_read_timeout),
             ("revocation_window", self.revocation_window),
             ("node_timeout", self.node_timeout),
+            ("sockjs_heartbeat_interval", self.sockjs_heartbeat_interval),
+            ("sockjs_disconnect_delay", self.sockjs_disconnect_delay),
         ] {
             check_seconds(name, seconds)?;
         }
@@ -173,6 +207,42 @@ impl ServerConfig {
             if secret.len() < 16 {
                 return Err(Error::Config("token_secret must be at least 16 characters".into()));
             }
+        }
+        self.validate_sockjs()
+    }
+
+    fn validate_sockjs(&self) -> Result<(), Error> {
+        if !self.sockjs {
+            return Ok(());
+        }
+        let prefix = &self.sockjs_prefix;
+        let well_formed = prefix.len() > 1
+            && prefix.starts_with('/')
+            && !prefix.ends_with('/')
+            && !prefix.contains("//")
+            && prefix.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.'));
+        if !well_formed {
+            return Err(Error::Config(format!(
+                "sockjs_prefix {prefix:?} must be a path such as \"/sockjs\" (a leading slash, no trailing slash, \
+                 letters, digits, '-', '_', '.'); set sockjs=False to serve no SockJS"
+            )));
+        }
+        if ["/ws", "/health"].iter().any(|taken| prefix == taken || prefix.starts_with(&format!("{taken}/"))) {
+            return Err(Error::Config(format!("sockjs_prefix {prefix:?} collides with /ws or /health: pick another")));
+        }
+        if self.sockjs_response_limit < 1024 {
+            return Err(Error::Config(format!(
+                "sockjs_response_limit must be at least 1024 bytes, not {}",
+                self.sockjs_response_limit
+            )));
+        }
+        let url = &self.sockjs_client_url;
+        let url_ok = (url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+            && !url.bytes().any(|b| b.is_ascii_whitespace() || matches!(b, b'"' | b'<' | b'>' | b'\'' | b'&'));
+        if !url_ok {
+            return Err(Error::Config(format!(
+                "sockjs_client_url {url:?} must be an http(s) URL or an absolute path to sockjs-client's script"
+            )));
         }
         Ok(())
     }
@@ -230,6 +300,16 @@ impl ServerConfig {
         Duration::from_secs_f64(self.shutdown_timeout)
     }
 
+    /// `sockjs_heartbeat_interval` as a duration.
+    pub fn sockjs_heartbeat(&self) -> Duration {
+        Duration::from_secs_f64(self.sockjs_heartbeat_interval)
+    }
+
+    /// `sockjs_disconnect_delay` as a duration.
+    pub fn sockjs_disconnect(&self) -> Duration {
+        Duration::from_secs_f64(self.sockjs_disconnect_delay)
+    }
+
     /// The queue bound actually applied: never below one maximum-size frame.
     pub fn queue_limit(&self) -> usize {
         self.outbox_limit.max(self.max_frame_size)
@@ -284,5 +364,27 @@ mod tests {
         let err = config.validate().expect_err("15 characters").to_string();
         assert!(err.contains("at least 16"), "{err}");
         assert!(ServerConfig { api_key: Some("sixteen-chars!!!".into()), ..with_key() }.validate().is_ok());
+    }
+
+    #[test]
+    fn sockjs_settings_are_checked() {
+        for prefix in ["", "/", "sockjs", "/sockjs/", "/a//b", "/ws", "/ws/sockjs", "/health", "/a b", "/{x}"] {
+            let config = ServerConfig { sockjs_prefix: prefix.into(), ..with_key() };
+            let err = config.validate().expect_err(prefix).to_string();
+            assert!(err.contains("sockjs_prefix"), "{prefix:?}: {err}");
+        }
+        let off = ServerConfig { sockjs: false, sockjs_prefix: String::new(), ..with_key() };
+        assert!(off.validate().is_ok(), "a disabled SockJS needs no prefix");
+        assert!(ServerConfig { sockjs_prefix: "/a/b-c_d.e".into(), ..with_key() }.validate().is_ok());
+        let config = ServerConfig { sockjs_disconnect_delay: -1.0, ..with_key() };
+        assert!(config.validate().expect_err("delay").to_string().contains("sockjs_disconnect_delay"));
+        let config = ServerConfig { sockjs_heartbeat_interval: f64::NAN, ..with_key() };
+        assert!(config.validate().expect_err("heartbeat").to_string().contains("sockjs_heartbeat_interval"));
+        let config = ServerConfig { sockjs_response_limit: 10, ..with_key() };
+        assert!(config.validate().expect_err("limit").to_string().contains("sockjs_response_limit"));
+        for url in ["javascript:alert(1)", "/x\"><script>", "sockjs.js"] {
+            let config = ServerConfig { sockjs_client_url: url.into(), ..with_key() };
+            assert!(config.validate().expect_err(url).to_string().contains("sockjs_client_url"), "{url}");
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! The axum server: a frontend listener (`GET /ws`, `GET /health`) and a backend listener
+//! The axum server: a frontend listener (`GET /ws`, SockJS under `/sockjs`, `GET /health`) and
+//! a backend listener
 //! (`POST /backend`, `GET /health`, `GET /metrics`), graceful shutdown, and the per-server
 //! state connections share.
 
@@ -7,6 +8,7 @@ pub mod config;
 pub mod dispatch;
 pub mod listener;
 pub mod origin;
+pub mod sockjs;
 pub mod ws;
 
 use std::future::Future;
@@ -149,8 +151,13 @@ impl BoundServer {
             trigger.cancel();
         });
 
-        let frontend_routes =
+        let mut frontend_routes =
             Router::new().route("/ws", get(ws::upgrade)).route("/health", get(health)).with_state(Arc::clone(&app));
+        if app.config.sockjs {
+            let endpoint =
+                sockjs::Endpoint::new(sockjs::Options::from_config(&app.config), sockjs::Behaviour::Frontend);
+            frontend_routes = frontend_routes.merge(sockjs::routes(Arc::clone(&app), Arc::new(endpoint)));
+        }
         let backend_routes = Router::new()
             .route("/backend", post(backend::handle))
             .route("/health", get(health))

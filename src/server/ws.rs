@@ -97,7 +97,7 @@ pub async fn upgrade(
 /// The identity a handshake proves (see the protocol document, "Identity"): anonymous without
 /// a token, the token's `sub` and `info` with a valid one that was not revoked. The error is
 /// the text of the HTTP 401 answer.
-fn handshake_identity(app: &App, token: Option<&str>) -> Result<Identity, String> {
+pub(crate) fn handshake_identity(app: &App, token: Option<&str>) -> Result<Identity, String> {
     let Some(token) = token else {
         return Ok(Identity::default());
     };
@@ -117,10 +117,15 @@ fn handshake_identity(app: &App, token: Option<&str>) -> Result<Identity, String
     Ok(verified.identity)
 }
 
+/// A fresh connection id (shared by WebSocket connections and SockJS sessions).
+pub(crate) fn next_connection_id() -> u64 {
+    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: Identity, mut slot: Slot) {
     // Held for the connection's life so that shutdown waits for the close frame.
     let _drain = app.connections.token();
-    let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+    let id = next_connection_id();
     let (connection, outbox) =
         Connection::new(id, identity, remote, app.config.queue_bounds(), &app.shutdown, Arc::clone(&app.metrics));
     slot.register(&connection);

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::services::ServiceSizes;
 use super::{
-    chat, datasync, fanout, idle, isolation, latency, multi, python, routing, rpc, setup, snorky_only, targets,
+    chat, datasync, fanout, idle, isolation, latency, multi, python, routing, rpc, setup, snorky_only, sockjs, targets,
     ALL_SCENARIOS,
 };
 use crate::client::{Clock, OpenOptions};
@@ -40,6 +40,8 @@ pub(super) struct Sizes {
     pub(super) rpc_secs: f64,
     /// The Snorky-only scenarios (DataSync, Chat, the Python service, routing).
     pub(super) services: ServiceSizes,
+    /// The SockJS scenario.
+    pub(super) sockjs: sockjs::SockJsSizes,
 }
 
 impl Sizes {
@@ -95,6 +97,7 @@ impl Sizes {
             rpc_conns: pick(args.rpc_conns, 100, 10),
             rpc_secs: pickf(args.rpc_secs, 3.0, 0.5),
             services,
+            sockjs: sockjs::SockJsSizes::resolve(args, pick64(args.window, 32, 32), concurrency),
         }
     }
 }
@@ -213,6 +216,7 @@ async fn run_all(
                     "datasync" => datasync::datasync(services, ctx.clock, report).await,
                     "chat" => chat::chat(services, ctx.clock, report).await,
                     "isolation" => isolation::isolation(services, report).await,
+                    "sockjs" => sockjs::run(&ctx.sizes.sockjs, ctx.clock, report).await,
                     _ => python::python(services, report).await,
                 };
                 if let Err(err) = outcome {

@@ -7,7 +7,8 @@
 //!   [`fanout`], [`idle`], [`setup`], [`multi`], [`latency`], [`rpc`].
 //! - One module per scenario run against Snorky only (the ceiling has no equivalent of
 //!   DataSync, Chat or Python services, so their rows carry absolute numbers), with what they
-//!   share in [`services`]: [`routing`], [`datasync`], [`chat`], [`python`], [`isolation`].
+//!   share in [`services`]: [`routing`], [`datasync`], [`chat`], [`python`], [`isolation`]; and
+//!   [`sockjs`] (WebSocket and SockJS xhr-streaming fan-outs in one run).
 //! - [`targets`]: the targets table, judged from the recorded rows.
 //!
 //! Deliveries are checked for missing, duplicated and reordered messages and timed from the
@@ -27,15 +28,28 @@ mod routing;
 mod rpc;
 mod services;
 mod setup;
+mod sockjs;
 mod targets;
 
 pub use driver::main;
 
-/// Every scenario, in the order of a full run; the last five are Snorky's alone.
-const ALL_SCENARIOS: [&str; 11] =
-    ["fanout", "idle", "setup", "multi", "latency", "rpc", "routing", "datasync", "chat", "python", "isolation"];
+/// Every scenario, in the order of a full run; the last six are Snorky's alone.
+const ALL_SCENARIOS: [&str; 12] = [
+    "fanout",
+    "idle",
+    "setup",
+    "multi",
+    "latency",
+    "rpc",
+    "routing",
+    "datasync",
+    "chat",
+    "python",
+    "isolation",
+    "sockjs",
+];
 
 /// Whether `scenario` runs against Snorky only (it starts its own servers).
 fn snorky_only(scenario: &str) -> bool {
-    ["routing", "datasync", "chat", "python", "isolation"].contains(&scenario)
+    ["routing", "datasync", "chat", "python", "isolation", "sockjs"].contains(&scenario)
 }

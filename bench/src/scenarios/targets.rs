@@ -90,6 +90,7 @@ pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
             measured: if texts.is_empty() { "not measured".into() } else { texts.join(", ") },
         });
     }
+    lines.extend(super::sockjs::targets(report, &sizes.sockjs));
     report.targets = lines;
 }
 

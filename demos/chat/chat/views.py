@@ -3,6 +3,7 @@ view (see urls.py)."""
 
 import json
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
@@ -45,7 +46,8 @@ def index(request: HttpRequest) -> HttpResponse:
         "notesUrl": reverse("notes", args=["ROOM"]),
         "csrfToken": get_token(request),
     }
-    return render(request, "chat/index.html", {"rooms": rooms, "demo": demo, "name": display_name(request.user)})
+    context = {"rooms": rooms, "demo": demo, "name": display_name(request.user)}
+    return render(request, "chat/index.html", {**context, "sockjs_client_url": settings.SOCKJS_CLIENT_URL})
 
 
 @never_cache

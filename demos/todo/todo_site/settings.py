@@ -10,6 +10,7 @@ choose ports and a fresh database:
 | ``SNORKY_BACKEND_ADDRESS`` | ``127.0.0.1:5002`` | where Django posts deltas |
 | ``SNORKY_API_KEY`` | a fixed demo key | the secret shared by the two processes |
 | ``SNORKY_ALLOWED_ORIGINS`` | derived (loopback on ports 8000, 8080, ...) | comma-separated page origins |
+| ``SOCKJS_CLIENT_URL`` | sockjs-client 1.6.1 from a CDN | the script pages without WebSocket load |
 | ``DEMO_DATABASE`` | ``db.sqlite3`` beside ``manage.py`` | the SQLite file |
 """
 
@@ -92,6 +93,11 @@ def _env_list(name: str) -> list[str] | None:
     value = os.environ.get(name)
     return [item.strip() for item in value.split(",") if item.strip()] if value else None
 
+
+# The sockjs-client script that pages load in browsers without WebSocket (they then use SockJS).
+SOCKJS_CLIENT_URL = (
+    os.environ.get("SOCKJS_CLIENT_URL") or "https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js"
+)
 
 SNORKY = {
     "API_KEY": os.environ.get("SNORKY_API_KEY") or "todo-demo-api-key-not-secret",

@@ -2,6 +2,7 @@
 ``Snorky.fetchWithSubscription`` sends) also answers a subscription token for exactly what it
 returns: the user's own todos and the team's."""
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
@@ -27,7 +28,7 @@ SHARED = ["==", "shared", True]
 def index(request: HttpRequest) -> HttpResponse:
     users = get_user_model().objects.order_by("username").values("id", "username")
     page = {"me": request.user.pk, "users": list(users), "csrfToken": get_token(request)}
-    return render(request, "todos/index.html", {"page": page})
+    return render(request, "todos/index.html", {"page": page, "sockjs_client_url": settings.SOCKJS_CLIENT_URL})
 
 
 class TodoViewSet(ListSubscribeModelMixin, viewsets.ModelViewSet):

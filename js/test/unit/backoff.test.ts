@@ -48,6 +48,15 @@ describe("close codes", () => {
     }
   });
 
+  it("over SockJS, 1002 and the 2000s are transient: unreachable server, interrupted session, failed transports", () => {
+    for (const code of [CloseCode.protocolError, 2000, 2007, 2010, CloseCode.goingAway, CloseCode.policyViolation]) {
+      assert.ok(shouldReconnect(code, true), `code ${code}`);
+    }
+    for (const code of [CloseCode.unsupportedData, CloseCode.invalidPayload, 4500]) {
+      assert.ok(!shouldReconnect(code, true), `code ${code}`);
+    }
+  });
+
   it("only a slow-consumer close loses messages", () => {
     assert.ok(lostMessages(1008));
     assert.ok(!lostMessages(1001));

@@ -36,7 +36,8 @@ var TERMINAL_CODES = [
   CloseCode.mandatoryExtension,
   CloseCode.tlsHandshake
 ];
-function shouldReconnect(code) {
+function shouldReconnect(code, sockjs = false) {
+  if (sockjs && (code === CloseCode.protocolError || code >= 2e3 && code <= 2999)) return true;
   if (TERMINAL_CODES.includes(code)) return false;
   return !(code >= 4500 && code <= 4999);
 }
@@ -713,8 +714,10 @@ var Snorky = class {
   /**
    * Creates the client and starts connecting.
    *
-   * @param socketClass `WebSocket` in browsers, `ws`'s `WebSocket` in Node, or `SockJS`.
-   * @param address the server's endpoint, e.g. `"wss://example.com/ws"`.
+   * @param socketClass `WebSocket` in browsers, `ws`'s `WebSocket` in Node, or `SockJS`
+   *   (sockjs-client) for browsers and networks without WebSocket.
+   * @param address the server's endpoint: `"wss://example.com/ws"` for WebSocket,
+   *   `"https://example.com/sockjs"` (or a relative `"/sockjs"`) for SockJS.
    * @param services service name -> class: `{pubsub: Snorky.PubSub}`.
    * @param options see {@link SnorkyOptions}; `true` means `{debug: true}` (Snorky 0.1).
    */
@@ -741,6 +744,7 @@ var Snorky = class {
     this.generation = 0;
     const o = typeof options === "boolean" ? { debug: options } : options ?? {};
     this.socketClass = socketClass;
+    this.sockjs = !/^wss?:/i.test(address);
     this.address = address;
     this.settings = {
       token: o.token,
@@ -934,7 +938,7 @@ var Snorky = class {
     if (wasOpen) this.disconnected.dispatch({ code, reason });
     if (this.currentState === "closed" /* Closed */) return;
     const s = this.settings;
-    if (s.reconnect && shouldReconnect(code) && this.attempt < s.maxReconnectAttempts) {
+    if (s.reconnect && shouldReconnect(code, this.sockjs) && this.attempt < s.maxReconnectAttempts) {
       const delay = backoff(this.attempt++, s.minReconnectDelay, s.maxReconnectDelay);
       this.log(`reconnecting in ${delay} ms (attempt ${this.attempt})`);
       this.setState("connecting" /* Connecting */);

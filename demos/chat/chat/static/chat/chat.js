@@ -27,9 +27,14 @@ async function connectionToken() {
   return (await response.json()).token;
 }
 
+// Browsers (or networks) without WebSocket use SockJS, served by the same Snorky server under
+// /sockjs; the page loads sockjs-client only then (see the template).
+const [socketClass, url] = window.WebSocket
+  ? [WebSocket, config.url]
+  : [window.SockJS, config.url.replace(/^ws(s?):/, "http$1:").replace(/\/ws$/, "/sockjs")];
 const snorky = new Snorky(
-  WebSocket,
-  config.url,
+  socketClass,
+  url,
   { chat: Snorky.Chat, cursors: Snorky.Cursors, pubsub: Snorky.PubSub },
   { token: connectionToken },
 );

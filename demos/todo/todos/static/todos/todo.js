@@ -17,8 +17,13 @@ const usernames = new Map(page.users.map((user) => [user.id, user.username]));
 
 // --- Live data --------------------------------------------------------------------------------
 
+// Browsers (or networks) without WebSocket use SockJS, served by the same Snorky server under
+// /sockjs; the page loads sockjs-client only then (see the template).
+const [socketClass, url] = window.WebSocket
+  ? [WebSocket, config.url]
+  : [window.SockJS, config.url.replace(/^ws(s?):/, "http$1:").replace(/\/ws$/, "/sockjs")];
 let pageToken = config.token;
-const snorky = new Snorky(WebSocket, config.url, { datasync: Snorky.DataSync }, {
+const snorky = new Snorky(socketClass, url, { datasync: Snorky.DataSync }, {
   // The connection token rendered in the page, then a fresh one for each reconnection: tokens live
   // two minutes (CONNECTION_TOKEN_TTL), the page for days.
   token: async () => {

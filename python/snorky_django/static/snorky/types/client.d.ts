@@ -87,6 +87,8 @@ export declare class Snorky<S extends ServiceMap = ServiceMap> {
     /** The server refused a call made to restore state after a reconnection. */
     readonly restoreFailed: Signal<RestoreFailure>;
     private readonly socketClass;
+    /** SockJS takes http(s) or relative URLs; WebSocket URLs are ws(s). */
+    private readonly sockjs;
     private readonly settings;
     private currentState;
     private socket;
@@ -101,8 +103,10 @@ export declare class Snorky<S extends ServiceMap = ServiceMap> {
     /**
      * Creates the client and starts connecting.
      *
-     * @param socketClass `WebSocket` in browsers, `ws`'s `WebSocket` in Node, or `SockJS`.
-     * @param address the server's endpoint, e.g. `"wss://example.com/ws"`.
+     * @param socketClass `WebSocket` in browsers, `ws`'s `WebSocket` in Node, or `SockJS`
+     *   (sockjs-client) for browsers and networks without WebSocket.
+     * @param address the server's endpoint: `"wss://example.com/ws"` for WebSocket,
+     *   `"https://example.com/sockjs"` (or a relative `"/sockjs"`) for SockJS.
      * @param services service name -> class: `{pubsub: Snorky.PubSub}`.
      * @param options see {@link SnorkyOptions}; `true` means `{debug: true}` (Snorky 0.1).
      */

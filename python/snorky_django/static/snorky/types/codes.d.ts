@@ -14,6 +14,10 @@
  *   data error on our side (1002, 1003, 1007, 1010, 1015), and the application
  *   range 4500-4999, reserved for "do not reconnect" closes (the server sends
  *   4501 when the web application revokes the connection's identity).
+ * - over SockJS, 1002 is not a protocol error: sockjs-client reports a server
+ *   it cannot reach ("Cannot connect to server") and an interrupted session
+ *   with it, and 2000-2999 for transports that failed or timed out. All are
+ *   transient, so a SockJS client reconnects after them.
  * - lost messages: 1008 means the server dropped what was queued for us, so a
  *   resumed DataSync subscription would have a gap; the client asks the
  *   application to resync instead of resuming.
@@ -39,8 +43,11 @@ export declare const CloseCode: {
     /** The web application revoked this connection's identity (a logout): do not reconnect. */
     readonly revoked: 4501;
 };
-/** Whether a close with `code` should be followed by a reconnection attempt. */
-export declare function shouldReconnect(code: number): boolean;
+/**
+ * Whether a close with `code` should be followed by a reconnection attempt;
+ * `sockjs` when the socket is a SockJS one, whose codes differ (see above).
+ */
+export declare function shouldReconnect(code: number, sockjs?: boolean): boolean;
 /** Whether a close with `code` means the server dropped messages queued for us. */
 export declare function lostMessages(code: number): boolean;
 /** The `code` of a {@link SnorkyError}: why a call or a connection failed. */
