@@ -106,14 +106,17 @@ pub struct Connection {
     /// `queued_bytes`/`bounds`: an unbounded channel allocates only what is queued, so an idle
     /// connection costs a few hundred bytes, not a preallocated ring.
     outbox: mpsc::UnboundedSender<Queued>,
-    /// Bytes sent to `outbox` and not yet taken by the writer.
+    /// Bytes sent to `outbox` and not yet written: queued, or taken by the writer and not yet
+    /// confirmed with [`Outbox::written`]. Counting the frames being written keeps "nothing is
+    /// queued" meaning "nothing can still be written before a new frame", which lets a reply
+    /// skip the queue (see `server::ws`).
     queued_bytes: AtomicUsize,
     bounds: QueueBounds,
     /// When the connection was created: the origin of the millisecond clocks below.
     created: Instant,
     /// Milliseconds since `created` at which the queue last went from empty to non-empty.
     busy_since_ms: AtomicU64,
-    /// Woken whenever the writer takes the last queued frame.
+    /// Woken whenever the writer has written the last queued frame.
     drained: Notify,
     /// Cancelled when the connection must close; a child of the server's shutdown token, so a
     /// shutdown closes every connection.
@@ -138,6 +141,8 @@ pub struct Outbox {
     frames: mpsc::UnboundedReceiver<Queued>,
     /// Acks of the frames handed out since the last [`Outbox::written`].
     unconfirmed: Vec<Ack>,
+    /// Bytes of the frames handed out since the last [`Outbox::written`].
+    in_flight: usize,
 }
 
 impl Connection {
@@ -168,7 +173,7 @@ impl Connection {
             last_ping: AtomicU64::new(0),
             metrics,
         });
-        let outbox = Outbox { connection: Arc::clone(&connection), frames, unconfirmed: Vec::new() };
+        let outbox = Outbox { connection: Arc::clone(&connection), frames, unconfirmed: Vec::new(), in_flight: 0 };
         (connection, outbox)
     }
 
@@ -265,12 +270,12 @@ impl Connection {
         self.close(codes::POLICY_VIOLATION);
     }
 
-    /// Bytes queued and not yet taken by the writer.
+    /// Bytes queued or being written.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Acquire)
     }
 
-    /// Resolves once the writer has taken every queued frame (at once if none is queued), or
+    /// Resolves once the writer has written every queued frame (at once if none is queued), or
     /// when the connection closes.
     pub async fn wait_drained(&self) {
         loop {
@@ -391,20 +396,24 @@ impl Outbox {
     }
 
     fn take(&mut self, queued: Queued) -> Frame {
-        let connection = &self.connection;
-        let before = connection.queued_bytes.fetch_sub(queued.frame.len(), Ordering::AcqRel);
-        if before == queued.frame.len() {
-            connection.drained.notify_waiters();
-        }
-        connection.metrics.frames_sent.inc();
+        self.in_flight += queued.frame.len();
+        self.connection.metrics.frames_sent.inc();
         if let Some(ack) = queued.ack {
             self.unconfirmed.push(ack);
         }
         queued.frame
     }
 
-    /// Confirms that every frame handed out so far reached the socket.
+    /// Confirms that every frame handed out so far reached the socket: their bytes leave the
+    /// queue's count, and their acks are confirmed.
     pub fn written(&mut self) {
+        let bytes = std::mem::take(&mut self.in_flight);
+        if bytes > 0 {
+            let before = self.connection.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            if before == bytes {
+                self.connection.drained.notify_waiters();
+            }
+        }
         for ack in self.unconfirmed.drain(..) {
             ack.confirm();
         }
@@ -489,6 +498,9 @@ mod tests {
         };
         tokio::time::advance(Duration::from_millis(900)).await;
         assert!(outbox.try_recv().is_some());
+        assert!(conn.queued_bytes() > 0, "a frame being written still counts until it is written");
+        outbox.written();
+        assert_eq!(conn.queued_bytes(), 0);
         tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("woken").expect("no panic");
         conn.send(frame("b"));
         tokio::time::advance(Duration::from_millis(900)).await;

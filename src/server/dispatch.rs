@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::connection::Connection;
 use crate::metrics::Metrics;
 use crate::protocol::rpc::reply_frame;
-use crate::protocol::{Envelope, EnvelopeError, Request, RequestError, RpcError};
+use crate::protocol::{Envelope, EnvelopeError, Frame, Request, RequestError, RpcError};
 use crate::registry::ServiceRegistry;
 use crate::service::Caller;
 use crate::services::external::Handled;
@@ -110,21 +110,21 @@ async fn parse(message: Bytes) -> Result<Envelope, EnvelopeError> {
     }
 }
 
-/// Handles one text frame of a WebSocket client. Malformed frames are dropped and logged; the
-/// connection stays open.
-pub async fn frontend_frame(app: &App, connection: &Arc<Connection>, text: &str) {
+/// Handles one text frame of a client and returns the reply to send, if any. Malformed frames
+/// are dropped and logged; the connection stays open. The caller sends the reply: the WebSocket
+/// reader writes it straight to the socket when it can, other transports queue it.
+pub async fn frontend_frame(app: &App, connection: &Arc<Connection>, text: &str) -> Option<Frame> {
     let message = Bytes::copy_from_slice(text.as_bytes());
     match handle(&app.frontend, Caller::Client(connection), message, &app.metrics).await {
-        Outcome::Answered { service, call_id, result } => {
-            connection.send(reply_frame(service, call_id.as_ref(), &result));
-        }
+        Outcome::Answered { service, call_id, result } => Some(reply_frame(service, call_id.as_ref(), &result)),
         Outcome::InvalidMessage { service, call_id } => {
-            connection.send(reply_frame(service, call_id.as_ref(), &Err(RpcError::InvalidMessage)));
+            Some(reply_frame(service, call_id.as_ref(), &Err(RpcError::InvalidMessage)))
         }
-        Outcome::Later => {}
+        Outcome::Later => None,
         Outcome::Refused(refusal) => {
             app.metrics.frames_dropped.inc();
             log::debug!("connection {}: dropped a frame: {refusal}", connection.id());
+            None
         }
     }
 }

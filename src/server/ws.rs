@@ -4,6 +4,12 @@
 //! writer drains the connection's queue into the socket, batching whatever is queued into one
 //! flush, and sends pings. Either side can ask the other to stop through the connection's close
 //! signal; the writer always gets to send the close frame (bounded by `close_timeout`).
+//!
+//! A reply skips the queue when nothing is queued or being written before it and the socket
+//! takes it at once: the reader writes it itself. A round trip then wakes no other task, which
+//! is most of its cost on a lightly loaded connection (each wake-up of the writer can wake a
+//! second runtime thread). The socket's sending half is shared behind a mutex for that; the
+//! writer holds it across a batch, so a reply can never overtake frames queued before it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,11 +23,12 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::{Mutex, Notify};
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use crate::connection::{Connection, Identity, Outbox};
-use crate::protocol::codes;
+use crate::protocol::{codes, Frame};
 use crate::tokens;
 
 use super::{dispatch, origin, App};
@@ -39,6 +46,15 @@ const WRITE_BUFFER: usize = 16 * 1024;
 /// How often a blocked write re-checks the stall rule while the queue is empty (the writer holds
 /// the frames it is writing; new ones restart the stall clock).
 const STALL_RECHECK: Duration = Duration::from_secs(1);
+
+/// The sending half of a connection's socket, shared by its writer and its reader.
+#[derive(Debug)]
+struct SharedSink {
+    sink: Mutex<SplitSink<WebSocket, Message>>,
+    /// Told when the reader left a reply in the sink's buffers that the socket did not take at
+    /// once: the writer flushes it (and watches the stall and ping rules meanwhile).
+    flush_needed: Notify,
+}
 
 /// The query string of `GET /ws`; parameters other than `token` are ignored.
 #[derive(Debug, serde::Deserialize)]
@@ -135,14 +151,15 @@ async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: I
 
     Box::pin(app.frontend.connected(&connection)).await;
     let (sink, stream) = socket.split();
+    let sink = Arc::new(SharedSink { sink: Mutex::new(sink), flush_needed: Notify::new() });
     let writer = tokio::spawn(write_loop(
         Arc::clone(&connection),
-        sink,
+        Arc::clone(&sink),
         outbox,
         app.config.ping_every(),
         app.config.close_grace(),
     ));
-    read_loop(&app, &connection, stream).await;
+    read_loop(&app, &connection, stream, &sink).await;
     // The reader stops either because the client left (close frame, end of stream, read error)
     // or because the connection was already asked to close (shutdown, slow consumer, oversized
     // frame, dead peer). Only the first is a normal closure; in the second case the code already
@@ -160,7 +177,7 @@ async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: I
     log::debug!("connection {id} closed");
 }
 
-async fn read_loop(app: &App, connection: &Arc<Connection>, mut stream: SplitStream<WebSocket>) {
+async fn read_loop(app: &App, connection: &Arc<Connection>, mut stream: SplitStream<WebSocket>, sink: &SharedSink) {
     loop {
         let message = tokio::select! {
             () = connection.closed() => return,
@@ -173,7 +190,9 @@ async fn read_loop(app: &App, connection: &Arc<Connection>, mut stream: SplitStr
                 // Boxed: the request's future (the largest of every service's) is then allocated
                 // only while a frame is handled, instead of living inline in every idle
                 // connection's task.
-                Box::pin(dispatch::frontend_frame(app, connection, text.as_str())).await;
+                if let Some(reply) = Box::pin(dispatch::frontend_frame(app, connection, text.as_str())).await {
+                    send_reply(app, connection, sink, reply);
+                }
             }
             Some(Ok(Message::Binary(_))) => {
                 app.metrics.frames_received.inc();
@@ -210,9 +229,62 @@ fn close_code_for(err: axum::Error) -> Option<u16> {
     }
 }
 
+/// Sends `reply`: straight to the socket when nothing is queued or being written before it and
+/// the socket takes it without waiting, through the queue otherwise.
+fn send_reply(app: &App, connection: &Connection, shared: &SharedSink, reply: Frame) {
+    let outcome = match shared.sink.try_lock() {
+        // Frames leave the queue's count only once written, and the writer holds the sink
+        // while it writes: an empty queue here means nothing can be written before the reply.
+        Ok(mut sink) if connection.queued_bytes() == 0 && !connection.is_closing() => write_now(&mut sink, reply),
+        _ => DirectWrite::NotNow(reply),
+    };
+    match outcome {
+        DirectWrite::Flushed => {
+            app.metrics.frames_sent.inc();
+        }
+        DirectWrite::Buffered => {
+            app.metrics.frames_sent.inc();
+            shared.flush_needed.notify_one();
+        }
+        DirectWrite::Failed => connection.close(codes::GOING_AWAY),
+        DirectWrite::NotNow(reply) => {
+            connection.send(reply);
+        }
+    }
+}
+
+/// What became of a reply the reader tried to write itself.
+enum DirectWrite {
+    /// On the wire.
+    Flushed,
+    /// Accepted by the sink but not all flushed: the socket is full for now.
+    Buffered,
+    /// The socket failed: the connection is gone.
+    Failed,
+    /// The sink could not take it without waiting: it goes through the queue.
+    NotNow(Frame),
+}
+
+/// Hands `frame` to the sink and flushes, without waiting for anything.
+fn write_now(sink: &mut SplitSink<WebSocket, Message>, frame: Frame) -> DirectWrite {
+    match std::future::poll_fn(|cx| sink.poll_ready_unpin(cx)).now_or_never() {
+        Some(Ok(())) => {}
+        Some(Err(_)) => return DirectWrite::Failed,
+        None => return DirectWrite::NotNow(frame),
+    }
+    if sink.start_send_unpin(Message::Text(frame.into_inner())).is_err() {
+        return DirectWrite::Failed;
+    }
+    match std::future::poll_fn(|cx| sink.poll_flush_unpin(cx)).now_or_never() {
+        Some(Ok(())) => DirectWrite::Flushed,
+        Some(Err(_)) => DirectWrite::Failed,
+        None => DirectWrite::Buffered,
+    }
+}
+
 async fn write_loop(
     connection: Arc<Connection>,
-    mut sink: SplitSink<WebSocket, Message>,
+    shared: Arc<SharedSink>,
     mut outbox: Outbox,
     ping_every: Duration,
     close_grace: Duration,
@@ -225,6 +297,7 @@ async fn write_loop(
             () = connection.closed() => break,
             frame = outbox.recv() => {
                 let Some(frame) = frame else { break };
+                let mut sink = shared.sink.lock().await;
                 let write = write_batch(&mut sink, &mut outbox, frame);
                 let Some(written) = unless_stuck(&connection, &mut pings, write).await else { break };
                 if let Err(err) = written {
@@ -238,8 +311,17 @@ async fn write_loop(
                     break;
                 }
             }
+            () = shared.flush_needed.notified() => {
+                let mut sink = shared.sink.lock().await;
+                let Some(flushed) = unless_stuck(&connection, &mut pings, sink.flush()).await else { break };
+                if flushed.is_err() {
+                    connection.close(codes::GOING_AWAY);
+                    break;
+                }
+            }
             _ = pings.tick() => {
                 let Some(payload) = connection.next_ping() else { break };
+                let mut sink = shared.sink.lock().await;
                 let ping = sink.send(Message::Ping(bytes::Bytes::copy_from_slice(&payload)));
                 let Some(sent) = unless_stuck(&connection, &mut pings, ping).await else { break };
                 if sent.is_err() {
@@ -251,6 +333,7 @@ async fn write_loop(
     }
     let code = connection.close_code();
     let deadline = Instant::now() + close_grace;
+    let mut sink = shared.sink.lock().await;
     if code == codes::GOING_AWAY || code == codes::NORMAL {
         // A graceful close (shutdown, or the client leaving) still delivers what was queued
         // before it, within the grace period, so a resuming client misses nothing.
@@ -284,7 +367,7 @@ async fn unless_stuck<T>(connection: &Connection, pings: &mut Interval, write: i
     tokio::pin!(write);
     // Most writes complete at once (the socket has room): only a write that blocks needs the
     // timers below, so they are not armed for every frame.
-    if let Some(done) = futures_util::FutureExt::now_or_never(write.as_mut()) {
+    if let Some(done) = write.as_mut().now_or_never() {
         return Some(done);
     }
     loop {
@@ -309,7 +392,7 @@ async fn unless_stuck<T>(connection: &Connection, pings: &mut Interval, write: i
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     outbox: &mut Outbox,
-    first: crate::protocol::Frame,
+    first: Frame,
 ) -> Result<(), axum::Error> {
     let mut frame = first;
     loop {

@@ -111,7 +111,11 @@ impl Behaviour {
     /// The client sent `text`.
     pub async fn message(self, app: &App, connection: &Arc<Connection>, text: &str) {
         match self {
-            Behaviour::Frontend => dispatch::frontend_frame(app, connection, text).await,
+            Behaviour::Frontend => {
+                if let Some(reply) = dispatch::frontend_frame(app, connection, text).await {
+                    connection.send(reply);
+                }
+            }
             Behaviour::Echo => adapter::send_text(connection, text),
             Behaviour::Close => {}
         }
