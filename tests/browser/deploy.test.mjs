@@ -1,8 +1,9 @@
 /**
  * The deployment of deploy/ and the README's "Deploy" section, tested: nginx in front with TLS,
- * Django under gunicorn, `manage.py snorky` behind `/ws` (support/deploy.mjs starts them). Chromium
- * drives the todo demo over HTTPS: the page opens its WebSocket as wss:// on the page's own origin,
- * and changes show up live. The README shows exactly the files the test uses. A wrong
+ * Django under gunicorn, `manage.py snorky` behind `/ws` and `/sockjs/` (support/deploy.mjs starts
+ * them). Chromium drives the todo demo over HTTPS: the page opens its WebSocket as wss:// on the
+ * page's own origin, and changes show up live; a browser without WebSocket gets them through
+ * SockJS via nginx. The README shows exactly the files the test uses. A wrong
  * ALLOWED_ORIGINS gets the handshake refused, with a log line naming the origin and the setting.
  */
 
@@ -14,6 +15,7 @@ import { after, before, describe, test } from "node:test";
 import { eventually, launchBrowser, login, newPage, REPO_ROOT } from "./support/browser.mjs";
 import { NGINX_SITE, startDeployment, SYSTEMD_UNIT, unitCommand } from "./support/deploy.mjs";
 import { stopAll } from "./support/processes.mjs";
+import { assertOverSockJS, pageWithoutWebSocket } from "./support/sockjs.mjs";
 
 const USERS = { alice: "wonderland", bob: "builder" };
 /** The demo's client waits at most 5 s between reconnection attempts. */
@@ -106,9 +108,10 @@ describe("deployment: nginx with TLS, gunicorn, manage.py snorky", () => {
     assert.equal(django.headers["x-frame-options"], "DENY");
     const sockjs = await deployment.get("/sockjs/info");
     assert.equal(sockjs.headers["x-frame-options"], undefined, `/sockjs/info answered by Django: ${sockjs.status}`);
-    // SOCKJS: once the server speaks SockJS, /sockjs/info answers its JSON ({"websocket": true, ...})
-    // here; until then the server answers 404. Then drive a page over SockJS through nginx too.
-    assert.ok([200, 404].includes(sockjs.status), `/sockjs/info: HTTP ${sockjs.status}`);
+    assert.equal(sockjs.status, 200, `/sockjs/info: HTTP ${sockjs.status}`);
+    const info = JSON.parse(sockjs.body);
+    assert.equal(info.websocket, true, "nginx passes the upgrade, so SockJS offers its websocket transport");
+    assert.equal(typeof info.entropy, "number");
   });
 
   test("the page connects with wss:// on its own origin, and changes show up live between users", async () => {
@@ -138,6 +141,29 @@ describe("deployment: nginx with TLS, gunicorn, manage.py snorky", () => {
       return text;
     });
     assert.doesNotMatch(log, /token/);
+  });
+
+  test("a browser without WebSocket gets the live list through SockJS via nginx", async () => {
+    const alice = await pageWithoutWebSocket(browser, { baseURL: deployment.origin, ignoreHTTPSErrors: true });
+    alice.user = "alice";
+    await login(alice, `${deployment.origin}/accounts/login/`, "alice", USERS.alice);
+    const bob = await signedIn("bob");
+    await Promise.all([status(alice, "live"), status(bob, "live")]);
+    await assertOverSockJS(alice);
+    assert.ok(
+      alice.sockjsRequests.every((url) => new URL(url).origin === deployment.origin),
+      `SockJS requests leave the page's origin: ${alice.sockjsRequests.slice(0, 3).join(", ")}`,
+    );
+
+    // Other tests share the team list: check that the new titles arrive, not the whole list.
+    const gets = (page, title) =>
+      eventually(async () => assert.ok((await titles(page, "team")).includes(title)), { timeoutMs: 5_000, message: `${page.user} sees ${title}` });
+    await add(bob, "team", "Through a proxy that strips Upgrade");
+    await gets(alice, "Through a proxy that strips Upgrade");
+    await add(alice, "team", "Polling back");
+    await gets(bob, "Polling back");
+    for (const page of [alice, bob]) assert.deepEqual(unexpectedErrors(page), [], `${page.user}'s page reported errors`);
+    await Promise.all([alice.context().close(), bob.context().close()]);
   });
 
   test("a wrong ALLOWED_ORIGINS: the handshake is refused, and the log names the origin and the setting", async () => {
