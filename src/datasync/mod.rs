@@ -50,6 +50,6 @@ pub use idempotency::{RecentKeys, MAX_KEY_LENGTH};
 pub use limits::{Limits, LimitsConfig};
 pub use router::{AuthError, Authorizer, FunctionKeys, PreparedItems, Router, RouterError};
 pub use service::{DataSyncHub, DataSyncService, PUBLISH_CHUNK, SWEEP_INTERVAL};
-pub use stream::{DeltaStream, Position, Retention};
-pub use subscription::{CatchUp, SubscriptionError, Subscriptions};
+pub use stream::{BadOffset, DeltaStream, Offset, Position, Retention};
+pub use subscription::{CatchUp, Resume, SubscriptionError, Subscriptions};
 pub use token::{new_token, TOKEN_ALPHABET, TOKEN_LENGTH};

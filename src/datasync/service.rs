@@ -39,7 +39,8 @@ use super::delta::{Delta, DeltaError};
 use super::idempotency::RecentKeys;
 use super::limits::Limits;
 use super::router::{AuthError, Authorizer, FunctionKeys, Router, RouterError};
-use super::subscription::{CatchUp, Lagging, SubscriptionError, Subscriptions};
+use super::stream::Offset;
+use super::subscription::{CatchUp, Lagging, Resume, SubscriptionError, Subscriptions};
 use crate::connection::Connection;
 use crate::protocol::{errors, Params, RpcError};
 use crate::service::{Caller, Service, Side};
@@ -53,6 +54,11 @@ pub const PUBLISH_CHUNK: usize = 256;
 /// How long `acquireSubscription` waits for the previous holder's writer to finish (it is
 /// bounded by twice the server's close timeout).
 const PREVIOUS_HOLDER_WAIT: Duration = Duration::from_secs(15);
+
+/// How long a resume after an offset waits for another open connection holding the
+/// subscription to close: the client's previous connection, cut by the network, is usually
+/// noticed by then (its socket ends); a connection that stays open holds the token for real.
+pub const OPEN_HOLDER_GRACE: Duration = Duration::from_secs(2);
 
 /// The state a DataSync service shares with its backend twin.
 pub struct DataSyncHub {
@@ -265,17 +271,23 @@ impl DataSyncHub {
         }
     }
 
-    /// `acquireSubscription`. When the previous holder's connection is still writing out its
-    /// queue, waits for it (bounded) so the subscription resumes exactly after what it wrote.
-    async fn acquire(self: &Arc<Self>, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
+    /// `acquireSubscription`; returns the position it was acquired at. When the previous
+    /// holder's connection is still writing out its queue and the client gave no offset, waits
+    /// for it (bounded) so the subscription resumes exactly after what it wrote.
+    async fn acquire(
+        self: &Arc<Self>,
+        token: &str,
+        connection: &Arc<Connection>,
+        resume: Resume,
+    ) -> Result<Offset, SubscriptionError> {
         self.ensure_sweeper();
         let mut waited = false;
         loop {
-            let result = self.lock().acquire(token, connection, Instant::now());
+            let result = self.lock().acquire(token, connection, resume, Instant::now());
             match result {
-                Ok(lagging) => {
+                Ok((lagging, position)) => {
                     self.catch_up_later(lagging);
-                    return Ok(());
+                    return Ok(position);
                 }
                 Err(SubscriptionError::PreviousHolderClosing(previous)) if !waited => {
                     waited = true;
@@ -283,7 +295,11 @@ impl DataSyncHub {
                         log::warn!("datasync {:?}: a previous holder took too long to close", self.frontend_name);
                     }
                 }
-                Err(SubscriptionError::PreviousHolderClosing(_)) => {
+                Err(SubscriptionError::HeldOpen(holder)) if !waited => {
+                    waited = true;
+                    let _ = tokio::time::timeout(OPEN_HOLDER_GRACE, holder.closed()).await;
+                }
+                Err(SubscriptionError::PreviousHolderClosing(_) | SubscriptionError::HeldOpen(_)) => {
                     return Err(SubscriptionError::NoSuchSubscription);
                 }
                 Err(other) => return Err(other),
@@ -415,12 +431,32 @@ fn take_token(mut params: Params) -> Result<String, RpcError> {
     Ok(token)
 }
 
+/// The parameters of `acquireSubscription`: `token`, and the optional `offsets` (a boolean;
+/// `false` is the same as absent) and `after` (an offset string, only with `offsets`).
+fn acquire_params(mut params: Params) -> Result<(String, Resume), RpcError> {
+    let token = params.take_string("token", errors::TOKEN_MUST_BE_STRING)?;
+    let offsets = match params.take_optional("offsets") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(RpcError::InvalidParams),
+    };
+    let after = match params.take_optional("after") {
+        None => None,
+        Some(_) if !offsets => return Err(RpcError::InvalidParams),
+        Some(Value::String(text)) => Some(text.parse::<Offset>().map_err(|_| errors::INVALID_OFFSET)?),
+        Some(_) => return Err(errors::INVALID_OFFSET),
+    };
+    params.finish()?;
+    Ok((token, Resume { offsets, after }))
+}
+
 fn subscription_error(error: SubscriptionError) -> RpcError {
     match error {
         SubscriptionError::TooMany => errors::TOO_MANY_SUBSCRIPTIONS,
-        SubscriptionError::NoSuchSubscription | SubscriptionError::PreviousHolderClosing(_) => {
-            errors::NO_SUCH_SUBSCRIPTION
-        }
+        SubscriptionError::NotRetained => errors::OFFSET_NOT_RETAINED,
+        SubscriptionError::NoSuchSubscription
+        | SubscriptionError::PreviousHolderClosing(_)
+        | SubscriptionError::HeldOpen(_) => errors::NO_SUCH_SUBSCRIPTION,
     }
 }
 
@@ -437,12 +473,19 @@ impl Service for DataSyncService {
         let Caller::Client(connection) = caller else {
             return Err(RpcError::UnknownCommand);
         };
-        let result = match command {
-            "acquireSubscription" => self.hub.acquire(&take_token(params)?, connection).await,
-            "cancelSubscription" => self.hub.cancel(&take_token(params)?, connection),
-            _ => return Err(RpcError::UnknownCommand),
-        };
-        result.map(|()| Value::Null).map_err(subscription_error)
+        match command {
+            "acquireSubscription" => {
+                let (token, resume) = acquire_params(params)?;
+                let position = self.hub.acquire(&token, connection, resume).await.map_err(subscription_error)?;
+                // Opted in: the reply says where the subscription stands, so a client that has
+                // received no delta yet still has an offset to resume after.
+                Ok(if resume.offsets { serde_json::json!({"offset": position.to_string()}) } else { Value::Null })
+            }
+            "cancelSubscription" => {
+                self.hub.cancel(&take_token(params)?, connection).map(|()| Value::Null).map_err(subscription_error)
+            }
+            _ => Err(RpcError::UnknownCommand),
+        }
     }
 
     fn disconnected(&self, connection: &Arc<Connection>) {
@@ -546,7 +589,7 @@ mod tests {
             &tokio_util::sync::CancellationToken::new(),
             Arc::new(crate::metrics::Metrics::default()),
         );
-        hub.acquire(&token, &connection).await.expect("acquired");
+        hub.acquire(&token, &connection, Resume::default()).await.expect("acquired");
         let deltas = json!([
             {"type": "insert", "model": "Task", "data": {"owner": 1}},
             {"type": "update", "model": "Task", "oldData": {"owner": 1}, "newData": {"owner": 2}},

@@ -9,8 +9,16 @@
 //!
 //! One stream serves all the models of a service, so a subscription whose items span several
 //! models has one position and receives their deltas in publish order.
+//!
+//! Clients that opt in see positions as [`Offset`]s: opaque strings on the wire. A stream has an
+//! *epoch* besides its numbers: 0 for the stream of one server, which is `"17"` on the wire; with
+//! a broker, the epoch of the shared stream in Redis, which is `"1714560000000-17"` (the form
+//! of a Redis Stream id). An epoch changes only when the shared stream starts over (Redis lost
+//! its data), and an offset of another epoch is not a position in this stream.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -58,6 +66,51 @@ pub struct DeltaStream {
     /// The offset the next delta takes.
     next: u64,
     bytes: usize,
+    /// The epoch of the offsets (0 on a single server).
+    epoch: u64,
+}
+
+/// A position in a stream as clients see it: an epoch and a number. Written `"17"` when the
+/// epoch is 0, `"<epoch>-17"` otherwise; [`FromStr`] reads both forms back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Offset {
+    /// The stream's epoch.
+    pub epoch: u64,
+    /// The number of the delta in that epoch (0: before the first).
+    pub seq: u64,
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.epoch == 0 {
+            write!(f, "{}", self.seq)
+        } else {
+            write!(f, "{}-{}", self.epoch, self.seq)
+        }
+    }
+}
+
+/// A string that is not an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not an offset")]
+pub struct BadOffset;
+
+impl FromStr for Offset {
+    type Err = BadOffset;
+
+    fn from_str(text: &str) -> Result<Offset, BadOffset> {
+        // Digits only: `u64::from_str` would also take a leading `+`.
+        let number = |part: &str| {
+            if part.is_empty() || part.len() > 20 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(BadOffset);
+            }
+            part.parse::<u64>().map_err(|_| BadOffset)
+        };
+        match text.split_once('-') {
+            None => Ok(Offset { epoch: 0, seq: number(text)? }),
+            Some((epoch, seq)) => Ok(Offset { epoch: number(epoch)?, seq: number(seq)? }),
+        }
+    }
 }
 
 /// Where a position stands in the stream.
@@ -75,7 +128,19 @@ impl DeltaStream {
     /// An empty stream.
     #[must_use]
     pub fn new(retention: Retention) -> DeltaStream {
-        DeltaStream { retention, entries: VecDeque::new(), next: 1, bytes: 0 }
+        DeltaStream { retention, entries: VecDeque::new(), next: 1, bytes: 0, epoch: 0 }
+    }
+
+    /// The epoch of its offsets.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The wire form of position `seq`.
+    #[must_use]
+    pub fn offset(&self, seq: u64) -> Offset {
+        Offset { epoch: self.epoch, seq }
     }
 
     /// The offset of the newest delta (0 before the first).
@@ -191,6 +256,18 @@ mod tests {
         assert_eq!(offsets(&stream, 1), vec![2]);
         assert_eq!(offsets(&stream, 2), Vec::<u64>::new());
         assert_eq!(stream.position(3), Position::Ahead);
+    }
+
+    #[test]
+    fn offsets_read_back_from_their_wire_form() {
+        for (text, offset) in [("0", (0, 0)), ("17", (0, 17)), ("1714560000000-3", (1_714_560_000_000, 3))] {
+            let parsed: Offset = text.parse().expect("an offset");
+            assert_eq!((parsed.epoch, parsed.seq), offset);
+            assert_eq!(parsed.to_string(), text);
+        }
+        for bad in ["", "-", "1-", "-1", "+1", "1-2-3", "x", " 1", "18446744073709551616", "1.5"] {
+            assert_eq!(bad.parse::<Offset>(), Err(BadOffset), "{bad:?}");
+        }
     }
 
     #[test]

@@ -193,7 +193,19 @@ const STATE: Record<string, { reply?: Record<string, (s: any, params: Json, data
     },
   },
   messaging: { reply: { registerParticipant: (s, p) => assert.ok(s.participants.includes(p.name), "participants has the name") } },
-  datasync: { reply: { acquireSubscription: (s, p) => assert.ok(s.subscriptions.includes(p.token), "subscriptions has the token") } },
+  datasync: {
+    reply: {
+      acquireSubscription: (s, p, d) => {
+        assert.ok(s.subscriptions.includes(p.token), "subscriptions has the token");
+        if (d !== null) assert.ok(s.offsetOf(p.token) !== null, "the client keeps an offset for the subscription");
+      },
+    },
+    push: {
+      delta: (s, m) => {
+        if (m.subscription !== undefined) assert.equal(s.offsetOf(m.subscription), m.offset, "the client keeps the delta's offset");
+      },
+    },
+  },
 };
 
 async function replay(t: TestContext, transcript: Transcript, steps: Json[]): Promise<void> {
@@ -238,6 +250,11 @@ async function replay(t: TestContext, transcript: Transcript, steps: Json[]): Pr
       const { service: name, message } = step.frame;
       const params = values.make(message.params);
       const service = (state.client.services as Record<string, RPCService & Record<string, unknown>>)[name]!;
+      if (kinds.get(name) === "datasync" && message.command === "acquireSubscription") {
+        // The client opts in to offsets by itself; a transcript without `offsets` is a 0.1
+        // client's, which the client speaks with its opt-in turned off.
+        service["offsets"] = "offsets" in message.params;
+      }
       const method = service[message.command];
       const promise: Promise<unknown> =
         typeof method === "function" && !["call", "rpcCall"].includes(message.command)
