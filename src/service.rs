@@ -190,6 +190,8 @@ impl AnyService {
         match self {
             AnyService::Connections(service) => service.attach(server.table),
             AnyService::PubSub(service) => service.hub().attach(server.broker),
+            AnyService::DataSync(service) => service.hub().attach(server.broker),
+            AnyService::DataSyncBackend(service) => service.hub().attach(server.broker),
             _ => {}
         }
         Ok(())

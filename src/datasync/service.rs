@@ -24,23 +24,28 @@
 //!   the server starts), so the sweeper is spawned by the first command the service handles,
 //!   on the runtime that runs it, and spawned again if that runtime ended (a server stopped
 //!   and started again). It holds only a weak reference, so it ends with the service.
+//! - With a broker (several nodes), subscriptions and the stream live in Redis and each node's
+//!   stream mirrors it (see `cluster.rs`); the hub holds the link in an `Option` that is read
+//!   once per command, so a server without a broker does exactly what it did before.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::cluster::Cluster;
 use super::dealer::Dealer;
 use super::delta::{Delta, DeltaError};
 use super::idempotency::RecentKeys;
 use super::limits::Limits;
-use super::router::{AuthError, Authorizer, FunctionKeys, Router, RouterError};
+use super::router::{AuthError, Authorizer, FunctionKeys, PreparedItems, Router, RouterError};
 use super::stream::Offset;
 use super::subscription::{CatchUp, Lagging, Resume, SubscriptionError, Subscriptions};
+use crate::broker::Broker;
 use crate::connection::Connection;
 use crate::protocol::{errors, Params, RpcError};
 use crate::service::{Caller, Service, Side};
@@ -53,7 +58,7 @@ pub const PUBLISH_CHUNK: usize = 256;
 
 /// How long `acquireSubscription` waits for the previous holder's writer to finish (it is
 /// bounded by twice the server's close timeout).
-const PREVIOUS_HOLDER_WAIT: Duration = Duration::from_secs(15);
+pub(super) const PREVIOUS_HOLDER_WAIT: Duration = Duration::from_secs(15);
 
 /// How long a resume after an offset waits for another open connection holding the
 /// subscription to close: the client's previous connection, cut by the network, is usually
@@ -79,6 +84,8 @@ pub struct DataSyncHub {
     recent_keys: Mutex<RecentKeys>,
     /// The sweeper task, if one was spawned (see the module documentation).
     sweeper: Mutex<Option<JoinHandle<()>>>,
+    /// The link to the broker, when the server shares DataSync with other nodes.
+    cluster: RwLock<Option<Arc<Cluster>>>,
 }
 
 impl fmt::Debug for DataSyncHub {
@@ -93,6 +100,57 @@ impl fmt::Debug for DataSyncHub {
 impl DataSyncHub {
     fn lock(&self) -> MutexGuard<'_, Subscriptions> {
         crate::sync::lock(&self.state)
+    }
+
+    /// The subscriptions, the router and the stream, locked (see the module documentation).
+    pub(super) fn state(&self) -> MutexGuard<'_, Subscriptions> {
+        self.lock()
+    }
+
+    /// The link to the broker, if any.
+    fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Shares the subscriptions and the stream through `broker` (or keeps them in this process
+    /// when `None`). Called on the server's runtime when it binds; again with the same broker
+    /// (the backend twin) it changes nothing.
+    pub fn attach(self: &Arc<Self>, broker: Option<&Broker>) {
+        let mut cluster = self.cluster.write().unwrap_or_else(PoisonError::into_inner);
+        match broker {
+            None => *cluster = None,
+            Some(broker) if cluster.as_ref().is_some_and(|current| current.broker().node() == broker.node()) => {}
+            Some(broker) => {
+                self.lock().mirror();
+                *cluster = Some(Cluster::attach(self, broker));
+            }
+        }
+        drop(cluster);
+        self.ensure_sweeper();
+    }
+
+    /// Whether some dealer computes keys with a function (user code, run off the runtime).
+    pub(super) fn has_key_functions(&self) -> bool {
+        self.key_functions
+    }
+
+    /// Prepares authorized items (as JSON) on a worker thread.
+    pub(super) async fn prepare_items(self: &Arc<Self>, items: &str) -> Result<PreparedItems, RpcError> {
+        let items: Value = serde_json::from_str(items).map_err(|err| {
+            log::error!("datasync {:?}: a subscription's items in Redis are not JSON: {err}", self.frontend_name);
+            RpcError::Internal
+        })?;
+        let hub = Arc::clone(self);
+        tokio::task::spawn_blocking(move || hub.authorizer.prepare(&items))
+            .await
+            .map_err(|err| {
+                log::error!("datasync {:?}: preparing items failed: {err}", self.frontend_name);
+                RpcError::Internal
+            })?
+            .map_err(|err| {
+                log::error!("datasync {:?}: a subscription's items in Redis are refused: {err}", self.frontend_name);
+                RpcError::Internal
+            })
     }
 
     /// The frontend service's name.
@@ -169,13 +227,32 @@ impl DataSyncHub {
         identity: Option<String>,
     ) -> Result<String, RpcError> {
         let hub = Arc::clone(self);
-        tokio::task::spawn_blocking(move || hub.authorize_for(&items, identity))
+        let Some(cluster) = self.cluster() else {
+            return tokio::task::spawn_blocking(move || hub.authorize_for(&items, identity))
+                .await
+                .map_err(|err| {
+                    log::error!("datasync {:?}: authorizing failed: {err}", self.frontend_name);
+                    RpcError::Internal
+                })?
+                .map_err(auth_error);
+        };
+        // Checked here, recorded in Redis, prepared again by the node that acquires it.
+        let items = tokio::task::spawn_blocking(move || hub.check_items(&items).map(|()| items.to_string()))
             .await
             .map_err(|err| {
                 log::error!("datasync {:?}: authorizing failed: {err}", self.frontend_name);
                 RpcError::Internal
             })?
-            .map_err(auth_error)
+            .map_err(auth_error)?;
+        cluster.authorize(&self.frontend_name, &items, identity.as_deref(), &self.limits).await
+    }
+
+    /// Checks the raw items of an authorization.
+    fn check_items(&self, items: &Value) -> Result<(), AuthError> {
+        if items.as_array().is_some_and(|items| items.len() > self.limits.max_items) {
+            return Err(AuthError::TooManyItems(self.limits.max_items));
+        }
+        self.authorizer.prepare(items).map(|_| ())
     }
 
     /// Parses and checks a whole `deltas` parameter (nothing is delivered unless all of it is
@@ -200,6 +277,15 @@ impl DataSyncHub {
         let deltas = self.parse_deltas(deltas).map_err(delta_error)?;
         if deltas.is_empty() {
             return Ok(0);
+        }
+        if let Some(cluster) = self.cluster() {
+            // Serialized once here; every node parses them from the stream.
+            let texts =
+                deltas.iter().map(serde_json::to_string).collect::<Result<Vec<String>, _>>().map_err(|err| {
+                    log::error!("datasync {:?}: serializing deltas failed: {err}", self.frontend_name);
+                    RpcError::Internal
+                })?;
+            return cluster.publish(&self.frontend_name, &texts, key.as_deref(), &self.limits).await;
         }
         let _turn = self.publishing.lock().await;
         if let Some(key) = &key {
@@ -235,7 +321,7 @@ impl DataSyncHub {
     }
 
     /// Pairs each delta with the keys its function-keyed dealers compute (runs user code).
-    fn with_keys(&self, deltas: Vec<Delta>) -> Vec<(Delta, FunctionKeys)> {
+    pub(super) fn with_keys(&self, deltas: Vec<Delta>) -> Vec<(Delta, FunctionKeys)> {
         deltas
             .into_iter()
             .map(|delta| {
@@ -251,7 +337,7 @@ impl DataSyncHub {
 
     /// Runs the catch-up of each lagging subscription in a task of its own: a step every
     /// time the connection's queue drains, until it is live again or the connection closes.
-    fn catch_up_later(self: &Arc<Self>, lagging: Lagging) {
+    pub(super) fn catch_up_later(self: &Arc<Self>, lagging: Lagging) {
         for (id, connection) in lagging {
             let hub = Arc::downgrade(self);
             tokio::spawn(async move {
@@ -261,7 +347,9 @@ impl DataSyncHub {
                         return;
                     }
                     let Some(hub) = hub.upgrade() else { return };
-                    if hub.lock().catch_up(id, &connection) == CatchUp::Done {
+                    let step = hub.lock().catch_up(id, &connection);
+                    if step == CatchUp::Done {
+                        hub.forget_dropped().await;
                         return;
                     }
                     drop(hub);
@@ -307,12 +395,29 @@ impl DataSyncHub {
         }
     }
 
-    fn cancel(&self, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
-        self.lock().cancel(token, connection)
+    async fn cancel(&self, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
+        let lease = self.lock().cancel(token, connection)?;
+        if let Some(cluster) = self.cluster() {
+            cluster.delete(vec![(token.to_owned(), lease)]).await;
+        }
+        Ok(())
     }
 
-    fn disconnected(&self, connection: &Arc<Connection>) {
-        self.lock().disconnected(connection, Instant::now());
+    fn disconnected(self: &Arc<Self>, connection: &Arc<Connection>) {
+        let ids = self.lock().disconnected(connection, Instant::now());
+        if let Some(cluster) = self.cluster() {
+            if !ids.is_empty() {
+                tokio::spawn(Arc::clone(self).release_shared(cluster, Arc::clone(connection), ids));
+            }
+        }
+    }
+
+    /// With a broker: removes from Redis the subscriptions this node dropped because they fell
+    /// behind what the stream retains (their clients must resync).
+    async fn forget_dropped(&self) {
+        let Some(cluster) = self.cluster() else { return };
+        let dropped = self.lock().take_dropped();
+        cluster.delete(dropped).await;
     }
 
     /// Drops the subscriptions whose deadline has passed and trims the stream; returns how
@@ -345,6 +450,10 @@ async fn sweep_periodically(hub: Weak<DataSyncHub>) {
         let dropped = hub.sweep();
         if dropped > 0 {
             log::debug!("datasync {:?}: {dropped} subscriptions expired", hub.frontend_name);
+        }
+        if let Some(cluster) = hub.cluster() {
+            hub.forget_dropped().await;
+            hub.maintain(&cluster).await;
         }
     }
 }
@@ -415,6 +524,7 @@ impl DataSyncService {
             recent_keys: Mutex::new(RecentKeys::new(limits.idempotency_window, limits.max_idempotency_keys)),
             frontend_name: name,
             sweeper: Mutex::new(None),
+            cluster: RwLock::new(None),
         };
         Ok(DataSyncService { hub: Arc::new(hub) })
     }
@@ -450,7 +560,8 @@ fn acquire_params(mut params: Params) -> Result<(String, Resume), RpcError> {
     Ok((token, Resume { offsets, after }))
 }
 
-fn subscription_error(error: SubscriptionError) -> RpcError {
+/// The reply for a refused frontend command.
+pub(super) fn subscription_error(error: SubscriptionError) -> RpcError {
     match error {
         SubscriptionError::TooMany => errors::TOO_MANY_SUBSCRIPTIONS,
         SubscriptionError::NotRetained => errors::OFFSET_NOT_RETAINED,
@@ -476,14 +587,22 @@ impl Service for DataSyncService {
         match command {
             "acquireSubscription" => {
                 let (token, resume) = acquire_params(params)?;
-                let position = self.hub.acquire(&token, connection, resume).await.map_err(subscription_error)?;
+                let position = match self.hub.cluster() {
+                    Some(cluster) => {
+                        self.hub.acquire_shared(&cluster, &token, connection, resume.offsets, resume.after).await?
+                    }
+                    None => self.hub.acquire(&token, connection, resume).await.map_err(subscription_error)?,
+                };
                 // Opted in: the reply says where the subscription stands, so a client that has
                 // received no delta yet still has an offset to resume after.
                 Ok(if resume.offsets { serde_json::json!({"offset": position.to_string()}) } else { Value::Null })
             }
-            "cancelSubscription" => {
-                self.hub.cancel(&take_token(params)?, connection).map(|()| Value::Null).map_err(subscription_error)
-            }
+            "cancelSubscription" => self
+                .hub
+                .cancel(&take_token(params)?, connection)
+                .await
+                .map(|()| Value::Null)
+                .map_err(subscription_error),
             _ => Err(RpcError::UnknownCommand),
         }
     }

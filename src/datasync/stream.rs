@@ -15,6 +15,11 @@
 //! a broker, the epoch of the shared stream in Redis, which is `"1714560000000-17"` (the form
 //! of a Redis Stream id). An epoch changes only when the shared stream starts over (Redis lost
 //! its data), and an offset of another epoch is not a position in this stream.
+//!
+//! With a broker, a node's stream is a *mirror* of part of the shared one: it starts where the
+//! node began to follow the shared stream ([`DeltaStream::restart`]), grows as deltas arrive
+//! in order, and takes older deltas fetched from Redis at its front ([`DeltaStream::prepend`])
+//! when a subscription acquired on this node must resume from before them.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -149,6 +154,43 @@ impl DeltaStream {
         self.next - 1
     }
 
+    /// The offset of the oldest delta retained (the head's successor when none is).
+    #[must_use]
+    pub fn first(&self) -> u64 {
+        self.entries.front().map_or(self.next, |entry| entry.offset)
+    }
+
+    /// Empties the stream and starts it over in `epoch`, its next delta taking offset `next`
+    /// (a mirror that starts following a shared stream, or follows a new epoch of it).
+    pub fn restart(&mut self, epoch: u64, next: u64) {
+        self.entries.clear();
+        self.bytes = 0;
+        self.epoch = epoch;
+        self.next = next.max(1);
+    }
+
+    /// Puts `older`, the deltas just before the oldest retained one and in order, at the front
+    /// (deltas a mirror fetched so that a reader may start before what it holds). Nothing is
+    /// trimmed: whoever fetched them is about to read them.
+    ///
+    /// # Errors
+    ///
+    /// [`BadOffset`] when they do not end right before the oldest retained delta.
+    pub fn prepend(&mut self, from: u64, older: Vec<(Delta, FunctionKeys)>, now: Instant) -> Result<(), BadOffset> {
+        let count = u64::try_from(older.len()).map_err(|_| BadOffset)?;
+        if from == 0 || from.checked_add(count) != Some(self.first()) {
+            return Err(BadOffset);
+        }
+        let mut offset = from + count;
+        for (delta, keys) in older.into_iter().rev() {
+            offset -= 1;
+            let bytes = delta_size(&delta);
+            self.bytes += bytes;
+            self.entries.push_front(Entry { offset, delta, keys, bytes, at: now });
+        }
+        Ok(())
+    }
+
     /// How many deltas are retained.
     #[must_use]
     pub fn len(&self) -> usize {
@@ -207,8 +249,7 @@ impl DeltaStream {
         if after > self.head() {
             return Position::Ahead;
         }
-        let first_retained = self.entries.front().map_or(self.next, |entry| entry.offset);
-        if after + 1 >= first_retained {
+        if after + 1 >= self.first() {
             Position::Retained
         } else {
             Position::Gap
@@ -218,8 +259,7 @@ impl DeltaStream {
     /// The retained deltas after offset `after`, oldest first. Check [`position`](Self::position)
     /// first: after a gap this starts at the oldest retained delta.
     pub fn after(&self, after: u64) -> impl Iterator<Item = &Entry> {
-        let first = self.entries.front().map_or(self.next, |entry| entry.offset);
-        let skip = usize::try_from(after.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
+        let skip = usize::try_from(after.saturating_add(1).saturating_sub(self.first())).unwrap_or(usize::MAX);
         self.entries.iter().skip(skip)
     }
 }
@@ -268,6 +308,26 @@ mod tests {
         for bad in ["", "-", "1-", "-1", "+1", "1-2-3", "x", " 1", "18446744073709551616", "1.5"] {
             assert_eq!(bad.parse::<Offset>(), Err(BadOffset), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_mirror_restarts_anywhere_and_takes_older_deltas_at_its_front() {
+        let now = Instant::now();
+        let mut stream = DeltaStream::new(Retention::default());
+        stream.append(insert(1), FunctionKeys::default(), now);
+        stream.restart(1_714_560_000_000, 40);
+        assert_eq!((stream.head(), stream.first(), stream.len()), (39, 40, 0));
+        assert_eq!(stream.offset(39).to_string(), "1714560000000-39");
+        assert_eq!(stream.position(39), Position::Retained);
+        assert_eq!(stream.position(38), Position::Gap);
+        assert_eq!(stream.append(insert(40), FunctionKeys::default(), now), 40);
+        let older = |range: std::ops::Range<i64>| range.map(|n| (insert(n), FunctionKeys::default())).collect();
+        assert_eq!(stream.prepend(30, older(30..38), now), Err(BadOffset), "not adjacent");
+        assert_eq!(stream.prepend(0, Vec::new(), now), Err(BadOffset));
+        assert_eq!(stream.prepend(35, older(35..40), now), Ok(()));
+        assert_eq!(offsets(&stream, 34), (35..=40).collect::<Vec<_>>());
+        assert_eq!(stream.position(34), Position::Retained);
+        assert_eq!(stream.append(insert(41), FunctionKeys::default(), now), 41);
     }
 
     #[test]

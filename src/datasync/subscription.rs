@@ -132,6 +132,11 @@ pub struct Subscriptions {
     waiting: BTreeSet<u64>,
     /// The next subscription id; ids are never reused.
     next_id: u64,
+    /// With a broker: the stream mirrors the shared one, whose follower alone trims it.
+    mirror: bool,
+    /// With a broker: subscriptions dropped because they fell behind the stream, which Redis
+    /// must forget too (token and lease).
+    dropped: Vec<(String, u64)>,
 }
 
 struct Subscription {
@@ -145,6 +150,36 @@ struct Subscription {
     /// move the position of the next.
     written: Arc<AtomicU64>,
     holder: Holder,
+    /// With a broker: the number Redis gave this node's acquisition of it, which its release
+    /// or cancellation must name (a later acquisition, here or on another node, has another).
+    lease: u64,
+}
+
+/// A subscription acquired on another node's authorization, as Redis describes it (see
+/// [`Subscriptions::adopt`]).
+#[derive(Debug)]
+pub struct Adopted {
+    /// Its token.
+    pub token: String,
+    /// Its items, prepared by this node.
+    pub items: PreparedItems,
+    /// The offset it resumes after.
+    pub after: u64,
+    /// Whether the client opted in to offsets.
+    pub offsets: bool,
+    /// The number of this acquisition in Redis.
+    pub lease: u64,
+}
+
+/// A subscription this node held and no longer does, for Redis ([`Subscriptions::detach`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detached {
+    /// Its token.
+    pub token: String,
+    /// The number of the acquisition that ended.
+    pub lease: u64,
+    /// The offset of the last delta its connection wrote: where it resumes.
+    pub written: u64,
 }
 
 enum Holder {
@@ -196,7 +231,62 @@ impl Subscriptions {
             deadlines: BTreeSet::new(),
             waiting: BTreeSet::new(),
             next_id: 0,
+            mirror: false,
+            dropped: Vec::new(),
         }
+    }
+
+    /// Makes the stream a mirror of a shared stream (with a broker): sweeps no longer trim it.
+    pub fn mirror(&mut self) {
+        self.mirror = true;
+    }
+
+    /// Whether `connection` holds as many subscriptions as it may.
+    pub fn holds_too_many(&self, connection: &Arc<Connection>) -> bool {
+        self.by_connection.get(&connection.id()).is_some_and(|ids| ids.len() >= self.limits.max_per_connection)
+    }
+
+    /// The connection holding the subscription of `token`, if an open one here does.
+    pub fn holder_of(&self, token: &str) -> Option<Arc<Connection>> {
+        let id = self.by_token.get(token)?;
+        match &self.live.get(id)?.holder {
+            Holder::Acquired { connection, .. } => Some(Arc::clone(connection)),
+            _ => None,
+        }
+    }
+
+    /// The tokens and leases of subscriptions `ids`.
+    pub fn leases(&self, ids: &[u64]) -> Vec<(String, u64)> {
+        ids.iter()
+            .filter_map(|id| self.live.get(id))
+            .map(|subscription| (subscription.token.clone(), subscription.lease))
+            .collect()
+    }
+
+    /// With a broker: closes with 1008 every connection holding a subscription here, because
+    /// they may have missed deltas that can no longer be read; returns how many. Their
+    /// subscriptions go back to Redis as any closed connection's do, and their clients learn on
+    /// acquiring again whether they can resume.
+    pub fn close_held(&mut self, why: &str) -> usize {
+        let holders: HashMap<ConnectionId, Arc<Connection>> = self
+            .live
+            .values()
+            .filter_map(|subscription| match &subscription.holder {
+                Holder::Acquired { connection, .. } => Some((connection.id(), Arc::clone(connection))),
+                _ => None,
+            })
+            .collect();
+        for connection in holders.values() {
+            log::warn!("datasync {:?}: {why}: closing connection {} with 1008", self.frontend_name, connection.id());
+            connection.close(codes::POLICY_VIOLATION);
+        }
+        holders.len()
+    }
+
+    /// The subscriptions dropped since the last call because they fell behind the stream
+    /// (token and lease), for Redis.
+    pub fn take_dropped(&mut self) -> Vec<(String, u64)> {
+        std::mem::take(&mut self.dropped)
     }
 
     /// The router (for its dealers and models).
@@ -265,6 +355,7 @@ impl Subscriptions {
                 start: after,
                 written: Arc::new(AtomicU64::new(after)),
                 holder: Holder::Waiting { deadline, after },
+                lease: 0,
             },
         );
         self.mark_waiting(id, deadline);
@@ -367,36 +458,98 @@ impl Subscriptions {
         }
         self.deadlines.remove(&(deadline, id));
         self.waiting.remove(&id);
+        let lagging = self.hand_over(id, connection, after, resume.offsets);
+        Ok((lagging, self.stream.offset(after)))
+    }
+
+    /// With a broker: `connection` takes a subscription that Redis says this node now holds
+    /// (authorized anywhere, acquired here). It starts after `adopted.after`, which the stream
+    /// must retain, as [`acquire`](Self::acquire) does. A subscription of the same token that
+    /// this node still has (its previous connection here is closing) is replaced.
+    ///
+    /// # Errors
+    ///
+    /// [`SubscriptionError::NoSuchSubscription`] when the connection is closing,
+    /// [`SubscriptionError::TooMany`] when it holds `max_per_connection`,
+    /// [`SubscriptionError::NotRetained`] when the stream no longer has what followed `after`;
+    /// the caller gives the subscription back to Redis then.
+    pub fn adopt(
+        &mut self,
+        adopted: Adopted,
+        connection: &Arc<Connection>,
+        now: Instant,
+    ) -> Result<Lagging, SubscriptionError> {
+        if connection.is_closing() {
+            return Err(SubscriptionError::NoSuchSubscription);
+        }
+        if self.by_connection.get(&connection.id()).is_some_and(|ids| ids.len() >= self.limits.max_per_connection) {
+            return Err(SubscriptionError::TooMany);
+        }
+        if self.stream.position(adopted.after) != Position::Retained {
+            return Err(SubscriptionError::NotRetained);
+        }
+        if let Some(previous) = self.by_token.get(&adopted.token).copied() {
+            self.drop_subscription(previous, "it was acquired again");
+        }
+        let id = self.next_id;
+        self.router.insert(id, adopted.items).map_err(|err| {
+            log::error!("datasync {:?}: {err}", self.frontend_name);
+            SubscriptionError::NoSuchSubscription
+        })?;
+        self.next_id += 1;
+        self.by_token.insert(adopted.token.clone(), id);
+        // Nothing before the position is one of its positions on this node: offsets were
+        // checked by Redis.
+        let written = Arc::new(AtomicU64::new(adopted.after));
+        let holder = Holder::Waiting { deadline: now, after: adopted.after };
+        let subscription = Subscription {
+            token: adopted.token,
+            identity: None,
+            start: adopted.after,
+            written,
+            holder,
+            lease: adopted.lease,
+        };
+        self.live.insert(id, subscription);
+        Ok(self.hand_over(id, connection, adopted.after, adopted.offsets))
+    }
+
+    /// Gives subscription `id` (no longer waiting) to `connection`, positioned after `after`:
+    /// what the stream has after it goes first, as much as the queue takes now (the rest is
+    /// left to [`catch_up`](Self::catch_up) for the returned subscriptions), then deltas flow
+    /// live.
+    fn hand_over(&mut self, id: u64, connection: &Arc<Connection>, after: u64, offsets: bool) -> Lagging {
         self.by_connection.entry(connection.id()).or_default().insert(id);
         let feed = if after < self.stream.head() { Feed::CatchingUp { after } } else { Feed::Live };
         if let Some(subscription) = self.live.get_mut(&id) {
             subscription.written = Arc::new(AtomicU64::new(after));
-            subscription.holder =
-                Holder::Acquired { connection: Arc::clone(connection), feed, offsets: resume.offsets };
+            subscription.holder = Holder::Acquired { connection: Arc::clone(connection), feed, offsets };
         }
-        let position = self.stream.offset(after);
         if matches!(feed, Feed::Live) {
-            return Ok((Vec::new(), position));
+            return Vec::new();
         }
         // The backlog that fits now goes before the reply, as a buffer would have.
         match self.catch_up(id, connection) {
-            CatchUp::Done => Ok((Vec::new(), position)),
-            CatchUp::More => Ok((vec![(id, Arc::clone(connection))], position)),
+            CatchUp::Done => Vec::new(),
+            CatchUp::More => vec![(id, Arc::clone(connection))],
         }
     }
 
-    /// `cancelSubscription`: ends a subscription `connection` holds.
+    /// `cancelSubscription`: ends a subscription `connection` holds; returns its lease (see
+    /// [`adopt`](Self::adopt); 0 without a broker).
     ///
     /// # Errors
     ///
     /// [`SubscriptionError::NoSuchSubscription`] when the token is unknown or this connection
     /// does not hold it.
-    pub fn cancel(&mut self, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
+    pub fn cancel(&mut self, token: &str, connection: &Arc<Connection>) -> Result<u64, SubscriptionError> {
         let id = self.id_of(token)?;
-        match &self.subscription(id).holder {
+        let subscription = self.subscription(id);
+        match &subscription.holder {
             Holder::Acquired { connection: holder, .. } if holder.id() == connection.id() => {
+                let lease = subscription.lease;
                 self.drop_subscription(id, "it was cancelled");
-                Ok(())
+                Ok(lease)
             }
             _ => Err(SubscriptionError::NoSuchSubscription),
         }
@@ -404,13 +557,88 @@ impl Subscriptions {
 
     /// A connection closed: its subscriptions go back to waiting for `resume_timeout`,
     /// positioned after the last delta its writer wrote (known once the writer is done).
-    pub fn disconnected(&mut self, connection: &Arc<Connection>, now: Instant) {
+    /// Returns their ids.
+    pub fn disconnected(&mut self, connection: &Arc<Connection>, now: Instant) -> Vec<u64> {
         let Some(ids) = self.by_connection.get(&connection.id()).cloned() else {
-            return;
+            return Vec::new();
         };
-        for id in ids {
+        for &id in &ids {
             self.release(id, connection, now);
         }
+        ids.into_iter().collect()
+    }
+
+    /// With a broker: removes the subscriptions `ids` whose connection `connection` closed and
+    /// finished writing, and says where each resumes, for Redis. Subscriptions that were
+    /// acquired again meanwhile are left alone.
+    pub fn detach(&mut self, ids: &[u64], connection: &Arc<Connection>) -> Vec<Detached> {
+        let mut detached = Vec::new();
+        for &id in ids {
+            self.settle(id);
+            let Some(subscription) = self.live.get(&id) else { continue };
+            if matches!(&subscription.holder, Holder::Waiting { .. }) {
+                detached.push(Detached {
+                    token: subscription.token.clone(),
+                    lease: subscription.lease,
+                    written: subscription.written.load(Ordering::Acquire),
+                });
+                self.drop_subscription(id, "its connection closed; Redis keeps it");
+            } else if matches!(&subscription.holder, Holder::Releasing { connection: holder, .. } if holder.id() == connection.id())
+            {
+                log::warn!(
+                    "datasync {:?}: connection {} closed and is still writing",
+                    self.frontend_name,
+                    connection.id()
+                );
+            }
+        }
+        detached
+    }
+
+    /// With a broker: the token, lease and holder of every subscription held by an open
+    /// connection.
+    pub fn held(&self) -> Vec<(String, u64, Arc<Connection>)> {
+        self.live
+            .values()
+            .filter_map(|subscription| match &subscription.holder {
+                Holder::Acquired { connection, .. } => {
+                    Some((subscription.token.clone(), subscription.lease, Arc::clone(connection)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Drops the subscriptions of `tokens` and closes their connections with 1008: deltas they
+    /// should have received are lost (the shared stream lost them, or another node took them
+    /// over), and the clients must resync. Returns how many were held.
+    pub fn lose(&mut self, tokens: &[String], why: &str) -> usize {
+        let mut lost = 0;
+        for token in tokens {
+            let Some(id) = self.by_token.get(token).copied() else { continue };
+            if let Some(Subscription { holder: Holder::Acquired { connection, .. }, .. }) = self.live.get(&id) {
+                log::warn!(
+                    "datasync {:?}: {why}: closing connection {} with 1008",
+                    self.frontend_name,
+                    connection.id()
+                );
+                connection.close(codes::POLICY_VIOLATION);
+                lost += 1;
+            }
+            self.drop_subscription(id, why);
+        }
+        lost
+    }
+
+    /// The deltas of a shared stream, mirrored: the stream, to start it over, fill it and read
+    /// where it stands (see [`DeltaStream::restart`] and [`DeltaStream::prepend`]).
+    pub fn stream_mut(&mut self) -> &mut DeltaStream {
+        &mut self.stream
+    }
+
+    /// How many subscriptions open connections hold.
+    pub fn acquired(&self) -> usize {
+        self.by_connection.values().map(HashSet::len).sum()
     }
 
     /// Routes a chunk of valid deltas, in order: each is appended to the stream and offered
@@ -487,6 +715,9 @@ impl Subscriptions {
                 connection.id()
             );
             connection.close(codes::POLICY_VIOLATION);
+            if self.mirror {
+                self.dropped.push((subscription.token.clone(), subscription.lease));
+            }
             self.drop_subscription(id, "it fell behind what the stream retains");
             return CatchUp::Done;
         }
@@ -532,7 +763,9 @@ impl Subscriptions {
             self.drop_subscription(id, "nobody acquired it in time");
             dropped += 1;
         }
-        self.stream.trim(now);
+        if !self.mirror {
+            self.stream.trim(now);
+        }
         dropped
     }
 
@@ -908,7 +1141,7 @@ mod tests {
         assert_eq!(s.acquire(&token, &a, Resume::default(), now).err(), Some(SubscriptionError::NoSuchSubscription));
         assert_eq!(s.acquire(&token, &b, Resume::default(), now).err(), Some(SubscriptionError::NoSuchSubscription));
         assert_eq!(s.cancel(&token, &b), Err(SubscriptionError::NoSuchSubscription));
-        assert_eq!(s.cancel(&token, &a), Ok(()));
+        assert_eq!(s.cancel(&token, &a), Ok(0), "no lease without a broker");
         assert!(s.is_empty());
     }
 
