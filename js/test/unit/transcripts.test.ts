@@ -109,6 +109,8 @@ class Values {
       return this.remembered.get(name);
     }
     if (kind === "prefix") return `${name}(details)`;
+    // One server's offsets: position N is "N".
+    if (kind === "offset") return name;
     const n = ++this.counter;
     const value = { any: `any-${n}`, timestamp: "2026-05-01T12:34:56.789+00:00", token: `t${String(n).padStart(31, "0")}`, int: n }[kind];
     assert.ok(value !== undefined, `unknown notation ${pattern}`);
