@@ -193,8 +193,8 @@ async fn a_token_held_on_one_node_is_no_such_subscription_on_another() {
     let mut other = two.connect().await;
     let reply = acquire(&mut other, &token, false, None, &mut applied).await;
     assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"));
-    // Opted in without an offset: refused at once too (only a resume after an offset waits for
-    // the holder to go, see below).
+    // Opted in without an offset: refused too, within a moment (only a resume after an offset
+    // waits for the holder to go, see below).
     let started = std::time::Instant::now();
     let reply = acquire(&mut other, &token, true, None, &mut applied).await;
     assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"));

@@ -96,6 +96,10 @@ const MAX_PENDING: usize = 100_000;
 const HOLDER_POLL: Duration = Duration::from_millis(10);
 const HOLDER_POLL_MAX: Duration = Duration::from_millis(200);
 
+/// How long an acquisition without an offset waits for a subscription held on another node to
+/// be marked as releasing (its connection closed an instant ago) before it is refused.
+const RELEASE_NOTICE: Duration = Duration::from_millis(250);
+
 /// How often a node trims the shared stream by age and retries failed writes.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -939,7 +943,9 @@ impl DataSyncHub {
                         // it is known dead within the node timeout.
                         cluster.broker().node_timeout() + OPEN_HOLDER_GRACE
                     } else {
-                        return Err(no_such());
+                        // A connection that just closed there is marked as releasing a moment
+                        // after its client could have reconnected here.
+                        RELEASE_NOTICE
                     }
                 }
             };
