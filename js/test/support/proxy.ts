@@ -13,6 +13,7 @@ export class CutProxy {
   private constructor(
     private readonly server: Server,
     private readonly sockets: Set<Socket>,
+    private readonly target: { port: number },
     /** The port clients connect to. */
     readonly port: number,
   ) {}
@@ -20,8 +21,9 @@ export class CutProxy {
   /** Starts forwarding to `127.0.0.1:targetPort`. */
   static async start(targetPort: number): Promise<CutProxy> {
     const sockets = new Set<Socket>();
+    const target = { port: targetPort };
     const server = createServer((client) => {
-      const upstream = createConnection({ host: "127.0.0.1", port: targetPort });
+      const upstream = createConnection({ host: "127.0.0.1", port: target.port });
       for (const socket of [client, upstream]) {
         sockets.add(socket);
         socket.on("close", () => sockets.delete(socket));
@@ -39,7 +41,12 @@ export class CutProxy {
     });
     const address = server.address();
     if (address === null || typeof address === "string") throw new Error("the proxy has no port");
-    return new CutProxy(server, sockets, address.port);
+    return new CutProxy(server, sockets, target, address.port);
+  }
+
+  /** Forwards the connections made from now on to `127.0.0.1:port` (another node, as a load balancer would). */
+  retarget(port: number): void {
+    this.target.port = port;
   }
 
   /** `ws://127.0.0.1:<port>/ws`. */
