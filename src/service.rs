@@ -197,6 +197,15 @@ impl AnyService {
         Ok(())
     }
 
+    /// Waits (the caller bounds it) for the work a service still does for connections that
+    /// closed: a DataSync service on a broker gives their subscriptions back to Redis, so that
+    /// they resume on another node after this one stopped.
+    pub async fn drained(&self) {
+        if let AnyService::DataSync(service) = self {
+            service.hub().drained().await;
+        }
+    }
+
     /// Tells the service a client connected (only external services care).
     pub async fn connected(&self, connection: &Arc<Connection>) {
         if let AnyService::External(service) = self {

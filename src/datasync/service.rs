@@ -36,6 +36,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::task::TaskTracker;
 
 use super::cluster::Cluster;
 use super::dealer::Dealer;
@@ -86,6 +87,9 @@ pub struct DataSyncHub {
     sweeper: Mutex<Option<JoinHandle<()>>>,
     /// The link to the broker, when the server shares DataSync with other nodes.
     cluster: RwLock<Option<Arc<Cluster>>>,
+    /// With a broker: the tasks giving the subscriptions of closed connections back to Redis,
+    /// which a stopping server waits for.
+    releases: TaskTracker,
 }
 
 impl fmt::Debug for DataSyncHub {
@@ -407,9 +411,18 @@ impl DataSyncHub {
         let ids = self.lock().disconnected(connection, Instant::now());
         if let Some(cluster) = self.cluster() {
             if !ids.is_empty() {
-                tokio::spawn(Arc::clone(self).release_shared(cluster, Arc::clone(connection), ids));
+                self.releases.spawn(Arc::clone(self).release_shared(cluster, Arc::clone(connection), ids));
             }
         }
+    }
+
+    /// Resolves once the subscriptions of the connections closed so far are back in Redis
+    /// (at once without a broker).
+    pub async fn drained(&self) {
+        self.releases.close();
+        self.releases.wait().await;
+        // A server started again tracks its releases anew.
+        self.releases.reopen();
     }
 
     /// With a broker: removes from Redis the subscriptions this node dropped because they fell
@@ -525,6 +538,7 @@ impl DataSyncService {
             frontend_name: name,
             sweeper: Mutex::new(None),
             cluster: RwLock::new(None),
+            releases: TaskTracker::new(),
         };
         Ok(DataSyncService { hub: Arc::new(hub) })
     }

@@ -138,3 +138,25 @@ def test_a_backend_call_that_cannot_reach_redis_is_an_error_not_a_silent_drop(re
             backend.publish_deltas([task(1)])
         with pytest.raises(SnorkyError, match="503.*Service unavailable"):
             backend.authorize_subscription([{"dealer": "AllTasks", "query": None}])
+
+
+def test_a_subscription_resumes_on_another_node_after_its_node_stopped(redis):
+    with datasync_node(redis, "two") as two:
+        backend = two.backend()
+        token = backend.authorize_subscription([{"dealer": "AllTasks", "query": None}])
+        with datasync_node(redis, "one") as one:
+            browser = WsClient(one.ws_url)
+            assert browser.call("datasync", "acquireSubscription", token=token)["type"] == "response"
+            backend.publish_deltas([task(1), task(2)])
+            assert [browser.recv()["message"]["delta"]["data"]["id"] for _ in range(2)] == [1, 2]
+        # Node one stopped (its clients got 1001) after giving the subscription back to Redis,
+        # after the last delta it wrote: a 0.1 client, which sends no offset, resumes elsewhere.
+        backend.publish_deltas([task(3)])
+        again = WsClient(two.ws_url)
+        assert again.call("datasync", "acquireSubscription", token=token)["type"] == "response"
+        assert again.recv()["message"]["delta"]["data"]["id"] == 3
+        assert again.call("datasync", "noSuchCommand")["message"] == "Unknown command"
+        with pytest.raises(TimeoutError):
+            again.recv(timeout=0.2)
+        browser.close()
+        again.close()
