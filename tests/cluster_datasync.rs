@@ -172,10 +172,10 @@ async fn authorized_on_one_node_acquired_on_others_deltas_from_every_node_reach_
     barrier(&mut on_one).await;
     barrier(&mut on_two).await;
     // A subscription sees only what its items allow, on any node.
-    let owner = authorize(&one, json!([{"dealer": "by_owner", "query": 1}])).await;
+    let by_owner = authorize(&one, json!([{"dealer": "by_owner", "query": 1}])).await;
     let mut on_three = three.connect().await;
     let mut owned = Applied::default();
-    acquired(&mut on_three, &owner, false, &mut owned).await;
+    acquired(&mut on_three, &by_owner, false, &mut owned).await;
     publish(&two, inserts(61..=66)).await;
     read_until(&mut on_three, None, &mut owned, 2).await;
     assert_eq!(owned.ids, vec![61, 64]);

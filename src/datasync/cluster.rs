@@ -686,7 +686,7 @@ impl Follower {
             self.start(hub, epoch, first, self.following);
         } else if first > head + 1 {
             if let Err(err) = self.fill(hub, cluster, head + 1, first - 1).await {
-                self.lost(hub, &err);
+                Self::lost(hub, &err);
                 self.start(hub, epoch, first, false);
             }
         }
@@ -711,7 +711,7 @@ impl Follower {
     }
 
     /// The node's subscriptions may have missed deltas that cannot be read any more.
-    fn lost(&mut self, hub: &DataSyncHub, err: &FillError) {
+    fn lost(hub: &DataSyncHub, err: &FillError) {
         let why = match err {
             FillError::Gone => "deltas this node missed are no longer retained".to_owned(),
             FillError::Unreachable(err) => format!("deltas this node missed could not be read: {err}"),
@@ -811,7 +811,7 @@ impl Follower {
             }
             Ok((_, stream_head, _, _)) if stream_head > head => {
                 if let Err(err) = self.fill(hub, cluster, head + 1, stream_head).await {
-                    self.lost(hub, &err);
+                    Self::lost(hub, &err);
                     self.start(hub, epoch, stream_head + 1, false);
                 }
             }
@@ -918,13 +918,13 @@ impl DataSyncHub {
         cluster.listen(service).await?;
         let started = Instant::now();
         let mut poll = HOLDER_POLL;
-        let taken = loop {
+        let granted = loop {
             let take = cluster
                 .take(token, connection.identity().id.as_deref(), after)
                 .await
                 .map_err(|err| unavailable(service, "an acquisition", &err))?;
             let wait = match take {
-                Take::Taken(taken) => break taken,
+                Take::Taken(granted) => break granted,
                 Take::None => return Err(no_such()),
                 Take::Gone => return Err(gone(offsets)),
                 Take::Held { holder, releasing } => {
@@ -955,39 +955,39 @@ impl DataSyncHub {
             tokio::time::sleep(poll).await;
             poll = (poll * 2).min(HOLDER_POLL_MAX);
         };
-        let lease = taken.lease;
+        let lease = granted.lease;
         let give_back = |written: u64| Detached { token: token.to_owned(), lease, written };
-        let prepared = match self.prepare_items(&taken.items).await {
+        let prepared = match self.prepare_items(&granted.items).await {
             Ok(prepared) => prepared,
             Err(err) => {
-                cluster.release(vec![give_back(taken.after)], &self.limits()).await;
+                cluster.release(vec![give_back(granted.after)], &self.limits()).await;
                 return Err(err);
             }
         };
-        match cluster.cover(taken.epoch, taken.after, taken.head).await {
+        match cluster.cover(granted.epoch, granted.after, granted.head).await {
             Ok(()) => {}
             Err(CoverError::Gone) => {
                 cluster.delete(vec![(token.to_owned(), lease)]).await;
                 return Err(gone(offsets));
             }
             Err(CoverError::Unavailable) => {
-                cluster.release(vec![give_back(taken.after)], &self.limits()).await;
+                cluster.release(vec![give_back(granted.after)], &self.limits()).await;
                 return Err(RpcError::Unavailable);
             }
         }
-        let adopted = Adopted { token: token.to_owned(), items: prepared, after: taken.after, offsets, lease };
+        let adopted = Adopted { token: token.to_owned(), items: prepared, after: granted.after, offsets, lease };
         let adopted = self.state().adopt(adopted, connection, Instant::now());
         match adopted {
             Ok(lagging) => {
                 self.catch_up_later(lagging);
-                Ok(Offset { epoch: taken.epoch, seq: taken.after })
+                Ok(Offset { epoch: granted.epoch, seq: granted.after })
             }
             Err(SubscriptionError::NotRetained) => {
                 cluster.delete(vec![(token.to_owned(), lease)]).await;
                 Err(gone(offsets))
             }
             Err(err) => {
-                cluster.release(vec![give_back(taken.after)], &self.limits()).await;
+                cluster.release(vec![give_back(granted.after)], &self.limits()).await;
                 Err(subscription_error(err))
             }
         }
