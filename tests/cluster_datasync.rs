@@ -558,3 +558,32 @@ async fn clients_of_a_killed_node_resume_on_another_without_a_gap_or_are_told() 
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_for_a_moment_reads_what_it_missed_from_the_stream() {
+    let redis = Redis::start();
+    let [one, two, _three] = three(&redis).await;
+    let token = authorize_all(&two).await;
+    let mut client = one.connect().await;
+    let mut applied = Applied::default();
+    acquired(&mut client, &token, true, &mut applied).await;
+    publish(&two, inserts(1..=5)).await;
+    read_until(&mut client, Some(&token), &mut applied, 5).await;
+    // Node one is the only node listening for deltas: its connection is the one with a
+    // subscription. Cut it; node two publishes while node one reconnects.
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    let listening: Vec<&str> = clients
+        .lines()
+        .filter(|line| line.contains(" sub=1 "))
+        .filter_map(|line| line.strip_prefix("id=").and_then(|rest| rest.split(' ').next()))
+        .collect();
+    assert_eq!(listening.len(), 1, "{clients}");
+    assert_eq!(redis.cli(&["CLIENT", "KILL", "ID", listening[0]]), "1");
+    for n in 6..=30 {
+        publish(&two, inserts([n])).await;
+    }
+    read_until(&mut client, Some(&token), &mut applied, 30).await;
+    assert_eq!(applied.ids, (1..=30).collect::<Vec<_>>(), "nothing lost, nothing twice");
+    barrier(&mut client).await;
+    assert!(common::metric(&one, "snorky_broker_disconnections_total").await >= 1, "it did lose Redis");
+}

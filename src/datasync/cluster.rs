@@ -83,6 +83,9 @@ const FETCH_PAGE: usize = 1_000;
 /// How many records of a dead node one reaping script puts back.
 const REAP_BATCH: usize = 200;
 
+/// How many subscriptions one release or removal script handles.
+const WRITE_BATCH: usize = 500;
+
 /// How many messages may wait for the follower. Beyond, they are dropped and the follower reads
 /// what they carried from the stream instead, so a slow node costs memory in Redis's stream,
 /// which is bounded, not in its own queue.
@@ -462,15 +465,14 @@ impl Cluster {
 
     /// Puts subscriptions this node held back to waiting (retried later when Redis fails).
     pub(super) async fn release(&self, detached: Vec<Detached>, limits: &Limits) {
-        if detached.is_empty() {
-            return;
-        }
-        if let Err(err) = self.release_now(&detached, limits).await {
-            log::warn!(
-                "datasync: {} subscriptions could not be released in Redis (retried later): {err}",
-                detached.len()
-            );
-            self.postpone(detached.into_iter().map(Pending::Release));
+        for chunk in detached.chunks(WRITE_BATCH) {
+            if let Err(err) = self.release_now(chunk, limits).await {
+                log::warn!(
+                    "datasync: {} subscriptions could not be released in Redis (retried later): {err}",
+                    chunk.len()
+                );
+                self.postpone(chunk.iter().cloned().map(Pending::Release));
+            }
         }
     }
 
@@ -491,15 +493,14 @@ impl Cluster {
 
     /// Ends subscriptions this node held (retried later when Redis fails).
     pub(super) async fn delete(&self, ended: Vec<(String, u64)>) {
-        if ended.is_empty() {
-            return;
-        }
-        if let Err(err) = self.delete_now(&ended).await {
-            log::warn!(
-                "datasync: {} subscriptions could not be removed from Redis (retried later): {err}",
-                ended.len()
-            );
-            self.postpone(ended.into_iter().map(|(token, lease)| Pending::Delete(token, lease)));
+        for chunk in ended.chunks(WRITE_BATCH) {
+            if let Err(err) = self.delete_now(chunk).await {
+                log::warn!(
+                    "datasync: {} subscriptions could not be removed from Redis (retried later): {err}",
+                    chunk.len()
+                );
+                self.postpone(chunk.iter().cloned().map(|(token, lease)| Pending::Delete(token, lease)));
+            }
         }
     }
 
@@ -682,9 +683,14 @@ impl Follower {
             let state = hub.state();
             (state.stream().epoch(), state.stream().head())
         };
+        if self.following && epoch < current {
+            // Sent before the stream started over, and read after: nothing to deliver.
+            return;
+        }
         if !self.following || current != epoch {
             self.start(hub, epoch, first, self.following);
         } else if first > head + 1 {
+            log::info!("datasync {:?}: reading {} deltas this node missed", hub.frontend_name(), first - head - 1);
             if let Err(err) = self.fill(hub, cluster, head + 1, first - 1).await {
                 Self::lost(hub, &err);
                 self.start(hub, epoch, first, false);
@@ -756,6 +762,10 @@ impl Follower {
         head: u64,
     ) -> Result<(), CoverError> {
         let current = hub.state().stream().epoch();
+        if self.following && epoch < current {
+            // Taken just before the stream started over: its position is gone.
+            return Err(CoverError::Gone);
+        }
         if !self.following || current != epoch {
             self.start(hub, epoch, after + 1, self.following);
         }
@@ -810,6 +820,11 @@ impl Follower {
                 self.start(hub, stream_epoch, stream_head + 1, true);
             }
             Ok((_, stream_head, _, _)) if stream_head > head => {
+                log::info!(
+                    "datasync {:?}: reading {} deltas this node missed",
+                    hub.frontend_name(),
+                    stream_head - head
+                );
                 if let Err(err) = self.fill(hub, cluster, head + 1, stream_head).await {
                     Self::lost(hub, &err);
                     self.start(hub, epoch, stream_head + 1, false);
@@ -874,6 +889,10 @@ impl DataSyncHub {
         }
         if !cluster.broker.is_connected() {
             return;
+        }
+        if cluster.reconnected.load(Ordering::Acquire) {
+            // Checking what Redis still knows failed after the last reconnection: again.
+            let _ = cluster.events.try_send(Event::CatchUp);
         }
         let pending: Vec<Pending> = crate::sync::lock(&cluster.pending).drain(..).collect();
         let (mut releases, mut deletes) = (Vec::new(), Vec::new());
