@@ -102,7 +102,14 @@ impl BackendClient {
         let answer: Value = serde_json::from_slice(&bytes)
             .map_err(|_| BackendError::Protocol(format!("HTTP {status} with a body that is not JSON")))?;
         if !status.is_success() {
-            let message = answer.get("error").and_then(Value::as_str).unwrap_or("no error text").to_owned();
+            // A refused request says why in `error`; a reply envelope (503 "Service
+            // unavailable": the broker is down) in its message.
+            let message = answer
+                .get("error")
+                .or_else(|| answer.pointer("/message/message"))
+                .and_then(Value::as_str)
+                .unwrap_or("no error text")
+                .to_owned();
             return Err(BackendError::Refused { status: status.as_u16(), message });
         }
         parse_reply(answer)

@@ -190,9 +190,20 @@ impl AnyService {
         match self {
             AnyService::Connections(service) => service.attach(server.table),
             AnyService::PubSub(service) => service.hub().attach(server.broker),
+            AnyService::DataSync(service) => service.hub().attach(server.broker),
+            AnyService::DataSyncBackend(service) => service.hub().attach(server.broker),
             _ => {}
         }
         Ok(())
+    }
+
+    /// Waits (the caller bounds it) for the work a service still does for connections that
+    /// closed: a DataSync service on a broker gives their subscriptions back to Redis, so that
+    /// they resume on another node after this one stopped.
+    pub async fn drained(&self) {
+        if let AnyService::DataSync(service) = self {
+            service.hub().drained().await;
+        }
     }
 
     /// Tells the service a client connected (only external services care).

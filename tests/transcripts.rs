@@ -84,7 +84,7 @@ async fn every_transcript_replays_against_three_nodes_on_a_broker() {
 
 /// The kinds of service that share their state across nodes so far; transcripts using another
 /// kind are replayed on one node only.
-const ON_SEVERAL_NODES: &[&str] = &["pubsub", "pubsub_backend"];
+const ON_SEVERAL_NODES: &[&str] = &["pubsub", "pubsub_backend", "datasync", "datasync_backend"];
 
 async fn replay_all(broker: Option<&cluster::Redis>) {
     let mut failures = Vec::new();
@@ -255,6 +255,10 @@ fn config(server: &Value) -> Result<ServerConfig, String> {
 /// The values remembered by `$any:NAME`, `$token:NAME` and `$int:NAME`.
 type Captures = HashMap<String, Value>;
 
+/// Where `$offset:N` remembers the epoch of the offsets received (`"<epoch>-"`), which no
+/// transcript can name.
+const EPOCH: &str = "$offset epoch";
+
 fn is_timestamp(text: &str) -> bool {
     // `d` stands for any digit; everything else is literal.
     const SHAPE: &[u8] = b"dddd-dd-ddTdd:dd:dd.ddd+00:00";
@@ -281,6 +285,19 @@ fn check(expected: &Value, actual: &Value, captures: &mut Captures, at: &str) ->
                     return if actual.as_str().is_some_and(|text| text.starts_with(name)) { Ok(()) } else { mismatch() }
                 }
                 "ref" => return if captures.get(name) == Some(actual) { Ok(()) } else { mismatch() },
+                "offset" => {
+                    // `N`, or `<epoch>-N` from nodes sharing a broker: the epoch is remembered for
+                    // the offsets the exchange sends later.
+                    let Some(text) = actual.as_str() else { return mismatch() };
+                    let (epoch, position) = text.split_once('-').unwrap_or(("", text));
+                    if position != name || !epoch.bytes().all(|b| b.is_ascii_digit()) {
+                        return mismatch();
+                    }
+                    if !epoch.is_empty() {
+                        captures.insert(EPOCH.into(), json!(format!("{epoch}-")));
+                    }
+                    return Ok(());
+                }
                 _ => return Err(format!("at {at}: unknown notation {pattern:?}")),
             };
             if !fits {
@@ -333,6 +350,10 @@ fn resolve(value: &Value, captures: &Captures) -> Result<Value, String> {
             captures.get(&text[5..]).cloned().ok_or_else(|| format!("nothing remembered as {:?}", &text[5..]))?
         }
         Value::String(text) if text.starts_with("$$") => Value::String(text[1..].to_owned()),
+        Value::String(text) if text.starts_with("$offset:") => {
+            let epoch = captures.get(EPOCH).and_then(Value::as_str).unwrap_or("");
+            Value::String(format!("{epoch}{}", &text[8..]))
+        }
         Value::String(text) if text.starts_with('$') => return Err(format!("{text:?} cannot be sent")),
         Value::Array(items) => {
             Value::Array(items.iter().map(|item| resolve(item, captures)).collect::<Result<_, _>>()?)
@@ -743,6 +764,13 @@ fn the_matcher_reports_what_differs() {
     assert!(check(&json!("$prefix:Invalid JSON: "), &json!("Invalid JSON: expected value"), &mut captures, "t").is_ok());
     assert!(check(&json!([1, 2]), &json!([2, 1]), &mut captures, "t").is_err());
     assert!(check(&json!("$nonsense"), &json!(1), &mut captures, "t").is_err());
+    // Offsets: one server's, then a broker's, whose epoch the offsets sent later take.
+    assert_eq!(resolve(&json!("$offset:3"), &captures), Ok(json!("3")));
+    assert!(check(&json!("$offset:2"), &json!("2"), &mut captures, "t").is_ok());
+    assert!(check(&json!("$offset:2"), &json!("12"), &mut captures, "t").is_err());
+    assert!(check(&json!("$offset:2"), &json!("x-2"), &mut captures, "t").is_err());
+    assert!(check(&json!("$offset:2"), &json!("1714560000000-2"), &mut captures, "t").is_ok());
+    assert_eq!(resolve(&json!({"after": "$offset:3"}), &captures), Ok(json!({"after": "1714560000000-3"})));
 }
 
 // ---------------------------------------------------------------------------------------------

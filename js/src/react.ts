@@ -34,14 +34,17 @@ export interface UseSnorkyCollectionOptions<T> {
 /**
  * The rows of `url` (a subscribable API view answering a JSON array), kept
  * live: fetched with {@link fetchWithSubscription}, its subscription acquired on
- * `snorky`'s DataSync service, and every delta of `model` applied. When the
- * subscription is lost (a server restart, a resume that timed out) the hook
+ * `snorky`'s DataSync service, and every delta of `model` that this
+ * subscription receives applied. When the subscription is lost (a server
+ * restart, deltas no longer retained after a long disconnection) the hook
  * fetches again. On unmount, or when `snorky`, `url` or `model` change, the
  * subscription is cancelled.
  *
- * Deltas do not say which subscription they belong to, so use one hook per
- * model per client: for two views of one model, let one view's subscription
- * cover both (several subscription items) and split the rows when rendering.
+ * Each hook applies only its own subscription's deltas, so a page may show two
+ * views of one model (two hooks, two URLs) side by side. (With
+ * `datasync.offsets` turned off, for a Snorky 0.1 server, deltas do not say
+ * which subscription they belong to: every hook of the model then sees all of
+ * them, so keep one hook per model per client there.)
  */
 export function useSnorkyCollection<T = any>(
   snorky: Snorky<any>,
@@ -86,7 +89,7 @@ export function useSnorkyCollection<T = any>(
         processor.collections[model] = collection;
         token = subscriptionToken;
         setState({ items: [...collection.array], status: "loading", error: null });
-        await datasync.acquireSubscription({ token: subscriptionToken });
+        await datasync.acquireSubscription({ token: subscriptionToken }, processor);
         if (!active) {
           release(subscriptionToken);
           return;
@@ -97,9 +100,13 @@ export function useSnorkyCollection<T = any>(
       }
     }
 
-    const offDelta = datasync.deltaReceived.add((delta) => {
-      processor.processDelta(delta);
-    });
+    // Opted in, the subscription's deltas reach `processor` directly; without offsets (a 0.1
+    // server) they cannot be told apart, so every delta of the model is applied.
+    const offDelta = datasync.offsets
+      ? () => {}
+      : datasync.deltaReceived.add((delta) => {
+          processor.processDelta(delta);
+        });
     const offResync = datasync.resyncNeeded.add((lost) => {
       if (active && lost === token) void load();
     });

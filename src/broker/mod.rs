@@ -221,6 +221,28 @@ impl Broker {
         format!("{}:{name}", self.0.prefix)
     }
 
+    /// The key whose existence says node `node` is alive (it refreshes it; it expires within
+    /// `node_timeout` after the node stopped). Reaping scripts check it, so that a node that
+    /// came back meanwhile keeps what it holds.
+    pub fn liveness_key(&self, node: &str) -> String {
+        self.key(&format!("node:{node}"))
+    }
+
+    /// The command that publishes to a channel from a Lua script: `PUBLISH`, or `SPUBLISH` on a
+    /// Redis Cluster (where the channel must then be hash-tagged like the script's keys, as
+    /// [`Broker::key`] names are).
+    pub fn publish_command(&self) -> &'static str {
+        match self.0.link {
+            Link::Single(_) => "PUBLISH",
+            Link::Cluster(_) => "SPUBLISH",
+        }
+    }
+
+    /// How long a node that stopped refreshing its liveness key counts as alive, at most.
+    pub fn node_timeout(&self) -> Duration {
+        self.0.node_timeout
+    }
+
     /// Whether Redis answered the last time it was asked.
     pub fn is_connected(&self) -> bool {
         self.0.connected.load(Ordering::Acquire)

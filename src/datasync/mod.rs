@@ -28,8 +28,11 @@
 //! - `service.rs`: [`DataSyncService`] (frontend: `acquireSubscription`,
 //!   `cancelSubscription`) and the [`DataSyncHub`] it shares with its backend twin.
 //! - `backend.rs`: [`DataSyncBackend`] (`authorizeSubscription`, `publishDeltas`).
+//! - `cluster.rs`: the same on several nodes sharing a broker: subscriptions and the stream
+//!   in Redis, each node's stream a mirror of it (its Lua scripts are in `lua/`).
 
 mod backend;
+mod cluster;
 mod dealer;
 mod delta;
 mod filter;
@@ -50,6 +53,6 @@ pub use idempotency::{RecentKeys, MAX_KEY_LENGTH};
 pub use limits::{Limits, LimitsConfig};
 pub use router::{AuthError, Authorizer, FunctionKeys, PreparedItems, Router, RouterError};
 pub use service::{DataSyncHub, DataSyncService, PUBLISH_CHUNK, SWEEP_INTERVAL};
-pub use stream::{DeltaStream, Position, Retention};
-pub use subscription::{CatchUp, SubscriptionError, Subscriptions};
+pub use stream::{BadOffset, DeltaStream, Offset, Position, Retention};
+pub use subscription::{Adopted, CatchUp, Detached, Resume, SubscriptionError, Subscriptions};
 pub use token::{new_token, TOKEN_ALPHABET, TOKEN_LENGTH};

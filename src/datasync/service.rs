@@ -24,22 +24,29 @@
 //!   the server starts), so the sweeper is spawned by the first command the service handles,
 //!   on the runtime that runs it, and spawned again if that runtime ended (a server stopped
 //!   and started again). It holds only a weak reference, so it ends with the service.
+//! - With a broker (several nodes), subscriptions and the stream live in Redis and each node's
+//!   stream mirrors it (see `cluster.rs`); the hub holds the link in an `Option` that is read
+//!   once per command, so a server without a broker does exactly what it did before.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::task::TaskTracker;
 
+use super::cluster::Cluster;
 use super::dealer::Dealer;
 use super::delta::{Delta, DeltaError};
 use super::idempotency::RecentKeys;
 use super::limits::Limits;
-use super::router::{AuthError, Authorizer, FunctionKeys, Router, RouterError};
-use super::subscription::{CatchUp, Lagging, SubscriptionError, Subscriptions};
+use super::router::{AuthError, Authorizer, FunctionKeys, PreparedItems, Router, RouterError};
+use super::stream::Offset;
+use super::subscription::{CatchUp, Lagging, Resume, SubscriptionError, Subscriptions};
+use crate::broker::Broker;
 use crate::connection::Connection;
 use crate::protocol::{errors, Params, RpcError};
 use crate::service::{Caller, Service, Side};
@@ -52,7 +59,12 @@ pub const PUBLISH_CHUNK: usize = 256;
 
 /// How long `acquireSubscription` waits for the previous holder's writer to finish (it is
 /// bounded by twice the server's close timeout).
-const PREVIOUS_HOLDER_WAIT: Duration = Duration::from_secs(15);
+pub(super) const PREVIOUS_HOLDER_WAIT: Duration = Duration::from_secs(15);
+
+/// How long a resume after an offset waits for another open connection holding the
+/// subscription to close: the client's previous connection, cut by the network, is usually
+/// noticed by then (its socket ends); a connection that stays open holds the token for real.
+pub const OPEN_HOLDER_GRACE: Duration = Duration::from_secs(2);
 
 /// The state a DataSync service shares with its backend twin.
 pub struct DataSyncHub {
@@ -73,6 +85,11 @@ pub struct DataSyncHub {
     recent_keys: Mutex<RecentKeys>,
     /// The sweeper task, if one was spawned (see the module documentation).
     sweeper: Mutex<Option<JoinHandle<()>>>,
+    /// The link to the broker, when the server shares DataSync with other nodes.
+    cluster: RwLock<Option<Arc<Cluster>>>,
+    /// With a broker: the tasks giving the subscriptions of closed connections back to Redis,
+    /// which a stopping server waits for.
+    releases: TaskTracker,
 }
 
 impl fmt::Debug for DataSyncHub {
@@ -87,6 +104,57 @@ impl fmt::Debug for DataSyncHub {
 impl DataSyncHub {
     fn lock(&self) -> MutexGuard<'_, Subscriptions> {
         crate::sync::lock(&self.state)
+    }
+
+    /// The subscriptions, the router and the stream, locked (see the module documentation).
+    pub(super) fn state(&self) -> MutexGuard<'_, Subscriptions> {
+        self.lock()
+    }
+
+    /// The link to the broker, if any.
+    fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Shares the subscriptions and the stream through `broker` (or keeps them in this process
+    /// when `None`). Called on the server's runtime when it binds; again with the same broker
+    /// (the backend twin) it changes nothing.
+    pub fn attach(self: &Arc<Self>, broker: Option<&Broker>) {
+        let mut cluster = self.cluster.write().unwrap_or_else(PoisonError::into_inner);
+        match broker {
+            None => *cluster = None,
+            Some(broker) if cluster.as_ref().is_some_and(|current| current.broker().node() == broker.node()) => {}
+            Some(broker) => {
+                self.lock().mirror();
+                *cluster = Some(Cluster::attach(self, broker));
+            }
+        }
+        drop(cluster);
+        self.ensure_sweeper();
+    }
+
+    /// Whether some dealer computes keys with a function (user code, run off the runtime).
+    pub(super) fn has_key_functions(&self) -> bool {
+        self.key_functions
+    }
+
+    /// Prepares authorized items (as JSON) on a worker thread.
+    pub(super) async fn prepare_items(self: &Arc<Self>, items: &str) -> Result<PreparedItems, RpcError> {
+        let items: Value = serde_json::from_str(items).map_err(|err| {
+            log::error!("datasync {:?}: a subscription's items in Redis are not JSON: {err}", self.frontend_name);
+            RpcError::Internal
+        })?;
+        let hub = Arc::clone(self);
+        tokio::task::spawn_blocking(move || hub.authorizer.prepare(&items))
+            .await
+            .map_err(|err| {
+                log::error!("datasync {:?}: preparing items failed: {err}", self.frontend_name);
+                RpcError::Internal
+            })?
+            .map_err(|err| {
+                log::error!("datasync {:?}: a subscription's items in Redis are refused: {err}", self.frontend_name);
+                RpcError::Internal
+            })
     }
 
     /// The frontend service's name.
@@ -163,13 +231,32 @@ impl DataSyncHub {
         identity: Option<String>,
     ) -> Result<String, RpcError> {
         let hub = Arc::clone(self);
-        tokio::task::spawn_blocking(move || hub.authorize_for(&items, identity))
+        let Some(cluster) = self.cluster() else {
+            return tokio::task::spawn_blocking(move || hub.authorize_for(&items, identity))
+                .await
+                .map_err(|err| {
+                    log::error!("datasync {:?}: authorizing failed: {err}", self.frontend_name);
+                    RpcError::Internal
+                })?
+                .map_err(auth_error);
+        };
+        // Checked here, recorded in Redis, prepared again by the node that acquires it.
+        let items = tokio::task::spawn_blocking(move || hub.check_items(&items).map(|()| items.to_string()))
             .await
             .map_err(|err| {
                 log::error!("datasync {:?}: authorizing failed: {err}", self.frontend_name);
                 RpcError::Internal
             })?
-            .map_err(auth_error)
+            .map_err(auth_error)?;
+        cluster.authorize(&self.frontend_name, &items, identity.as_deref(), &self.limits).await
+    }
+
+    /// Checks the raw items of an authorization.
+    fn check_items(&self, items: &Value) -> Result<(), AuthError> {
+        if items.as_array().is_some_and(|items| items.len() > self.limits.max_items) {
+            return Err(AuthError::TooManyItems(self.limits.max_items));
+        }
+        self.authorizer.prepare(items).map(|_| ())
     }
 
     /// Parses and checks a whole `deltas` parameter (nothing is delivered unless all of it is
@@ -194,6 +281,15 @@ impl DataSyncHub {
         let deltas = self.parse_deltas(deltas).map_err(delta_error)?;
         if deltas.is_empty() {
             return Ok(0);
+        }
+        if let Some(cluster) = self.cluster() {
+            // Serialized once here; every node parses them from the stream.
+            let texts =
+                deltas.iter().map(serde_json::to_string).collect::<Result<Vec<String>, _>>().map_err(|err| {
+                    log::error!("datasync {:?}: serializing deltas failed: {err}", self.frontend_name);
+                    RpcError::Internal
+                })?;
+            return cluster.publish(&self.frontend_name, &texts, key.as_deref(), &self.limits).await;
         }
         let _turn = self.publishing.lock().await;
         if let Some(key) = &key {
@@ -229,7 +325,7 @@ impl DataSyncHub {
     }
 
     /// Pairs each delta with the keys its function-keyed dealers compute (runs user code).
-    fn with_keys(&self, deltas: Vec<Delta>) -> Vec<(Delta, FunctionKeys)> {
+    pub(super) fn with_keys(&self, deltas: Vec<Delta>) -> Vec<(Delta, FunctionKeys)> {
         deltas
             .into_iter()
             .map(|delta| {
@@ -245,7 +341,7 @@ impl DataSyncHub {
 
     /// Runs the catch-up of each lagging subscription in a task of its own: a step every
     /// time the connection's queue drains, until it is live again or the connection closes.
-    fn catch_up_later(self: &Arc<Self>, lagging: Lagging) {
+    pub(super) fn catch_up_later(self: &Arc<Self>, lagging: Lagging) {
         for (id, connection) in lagging {
             let hub = Arc::downgrade(self);
             tokio::spawn(async move {
@@ -255,7 +351,9 @@ impl DataSyncHub {
                         return;
                     }
                     let Some(hub) = hub.upgrade() else { return };
-                    if hub.lock().catch_up(id, &connection) == CatchUp::Done {
+                    let step = hub.lock().catch_up(id, &connection);
+                    if step == CatchUp::Done {
+                        hub.forget_dropped().await;
                         return;
                     }
                     drop(hub);
@@ -265,17 +363,23 @@ impl DataSyncHub {
         }
     }
 
-    /// `acquireSubscription`. When the previous holder's connection is still writing out its
-    /// queue, waits for it (bounded) so the subscription resumes exactly after what it wrote.
-    async fn acquire(self: &Arc<Self>, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
+    /// `acquireSubscription`; returns the position it was acquired at. When the previous
+    /// holder's connection is still writing out its queue and the client gave no offset, waits
+    /// for it (bounded) so the subscription resumes exactly after what it wrote.
+    async fn acquire(
+        self: &Arc<Self>,
+        token: &str,
+        connection: &Arc<Connection>,
+        resume: Resume,
+    ) -> Result<Offset, SubscriptionError> {
         self.ensure_sweeper();
         let mut waited = false;
         loop {
-            let result = self.lock().acquire(token, connection, Instant::now());
+            let result = self.lock().acquire(token, connection, resume, Instant::now());
             match result {
-                Ok(lagging) => {
+                Ok((lagging, position)) => {
                     self.catch_up_later(lagging);
-                    return Ok(());
+                    return Ok(position);
                 }
                 Err(SubscriptionError::PreviousHolderClosing(previous)) if !waited => {
                     waited = true;
@@ -283,7 +387,11 @@ impl DataSyncHub {
                         log::warn!("datasync {:?}: a previous holder took too long to close", self.frontend_name);
                     }
                 }
-                Err(SubscriptionError::PreviousHolderClosing(_)) => {
+                Err(SubscriptionError::HeldOpen(holder)) if !waited => {
+                    waited = true;
+                    let _ = tokio::time::timeout(OPEN_HOLDER_GRACE, holder.closed()).await;
+                }
+                Err(SubscriptionError::PreviousHolderClosing(_) | SubscriptionError::HeldOpen(_)) => {
                     return Err(SubscriptionError::NoSuchSubscription);
                 }
                 Err(other) => return Err(other),
@@ -291,12 +399,38 @@ impl DataSyncHub {
         }
     }
 
-    fn cancel(&self, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
-        self.lock().cancel(token, connection)
+    async fn cancel(&self, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
+        let lease = self.lock().cancel(token, connection)?;
+        if let Some(cluster) = self.cluster() {
+            cluster.delete(vec![(token.to_owned(), lease)]).await;
+        }
+        Ok(())
     }
 
-    fn disconnected(&self, connection: &Arc<Connection>) {
-        self.lock().disconnected(connection, Instant::now());
+    fn disconnected(self: &Arc<Self>, connection: &Arc<Connection>) {
+        let ids = self.lock().disconnected(connection, Instant::now());
+        if let Some(cluster) = self.cluster() {
+            if !ids.is_empty() {
+                self.releases.spawn(Arc::clone(self).release_shared(cluster, Arc::clone(connection), ids));
+            }
+        }
+    }
+
+    /// Resolves once the subscriptions of the connections closed so far are back in Redis
+    /// (at once without a broker).
+    pub async fn drained(&self) {
+        self.releases.close();
+        self.releases.wait().await;
+        // A server started again tracks its releases anew.
+        self.releases.reopen();
+    }
+
+    /// With a broker: removes from Redis the subscriptions this node dropped because they fell
+    /// behind what the stream retains (their clients must resync).
+    async fn forget_dropped(&self) {
+        let Some(cluster) = self.cluster() else { return };
+        let dropped = self.lock().take_dropped();
+        cluster.delete(dropped).await;
     }
 
     /// Drops the subscriptions whose deadline has passed and trims the stream; returns how
@@ -329,6 +463,10 @@ async fn sweep_periodically(hub: Weak<DataSyncHub>) {
         let dropped = hub.sweep();
         if dropped > 0 {
             log::debug!("datasync {:?}: {dropped} subscriptions expired", hub.frontend_name);
+        }
+        if let Some(cluster) = hub.cluster() {
+            hub.forget_dropped().await;
+            hub.maintain(&cluster).await;
         }
     }
 }
@@ -399,6 +537,8 @@ impl DataSyncService {
             recent_keys: Mutex::new(RecentKeys::new(limits.idempotency_window, limits.max_idempotency_keys)),
             frontend_name: name,
             sweeper: Mutex::new(None),
+            cluster: RwLock::new(None),
+            releases: TaskTracker::new(),
         };
         Ok(DataSyncService { hub: Arc::new(hub) })
     }
@@ -415,12 +555,33 @@ fn take_token(mut params: Params) -> Result<String, RpcError> {
     Ok(token)
 }
 
-fn subscription_error(error: SubscriptionError) -> RpcError {
+/// The parameters of `acquireSubscription`: `token`, and the optional `offsets` (a boolean;
+/// `false` is the same as absent) and `after` (an offset string, only with `offsets`).
+fn acquire_params(mut params: Params) -> Result<(String, Resume), RpcError> {
+    let token = params.take_string("token", errors::TOKEN_MUST_BE_STRING)?;
+    let offsets = match params.take_optional("offsets") {
+        None | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(RpcError::InvalidParams),
+    };
+    let after = match params.take_optional("after") {
+        None => None,
+        Some(_) if !offsets => return Err(RpcError::InvalidParams),
+        Some(Value::String(text)) => Some(text.parse::<Offset>().map_err(|_| errors::INVALID_OFFSET)?),
+        Some(_) => return Err(errors::INVALID_OFFSET),
+    };
+    params.finish()?;
+    Ok((token, Resume { offsets, after }))
+}
+
+/// The reply for a refused frontend command.
+pub(super) fn subscription_error(error: SubscriptionError) -> RpcError {
     match error {
         SubscriptionError::TooMany => errors::TOO_MANY_SUBSCRIPTIONS,
-        SubscriptionError::NoSuchSubscription | SubscriptionError::PreviousHolderClosing(_) => {
-            errors::NO_SUCH_SUBSCRIPTION
-        }
+        SubscriptionError::NotRetained => errors::OFFSET_NOT_RETAINED,
+        SubscriptionError::NoSuchSubscription
+        | SubscriptionError::PreviousHolderClosing(_)
+        | SubscriptionError::HeldOpen(_) => errors::NO_SUCH_SUBSCRIPTION,
     }
 }
 
@@ -437,12 +598,27 @@ impl Service for DataSyncService {
         let Caller::Client(connection) = caller else {
             return Err(RpcError::UnknownCommand);
         };
-        let result = match command {
-            "acquireSubscription" => self.hub.acquire(&take_token(params)?, connection).await,
-            "cancelSubscription" => self.hub.cancel(&take_token(params)?, connection),
-            _ => return Err(RpcError::UnknownCommand),
-        };
-        result.map(|()| Value::Null).map_err(subscription_error)
+        match command {
+            "acquireSubscription" => {
+                let (token, resume) = acquire_params(params)?;
+                let position = match self.hub.cluster() {
+                    Some(cluster) => {
+                        self.hub.acquire_shared(&cluster, &token, connection, resume.offsets, resume.after).await?
+                    }
+                    None => self.hub.acquire(&token, connection, resume).await.map_err(subscription_error)?,
+                };
+                // Opted in: the reply says where the subscription stands, so a client that has
+                // received no delta yet still has an offset to resume after.
+                Ok(if resume.offsets { serde_json::json!({"offset": position.to_string()}) } else { Value::Null })
+            }
+            "cancelSubscription" => self
+                .hub
+                .cancel(&take_token(params)?, connection)
+                .await
+                .map(|()| Value::Null)
+                .map_err(subscription_error),
+            _ => Err(RpcError::UnknownCommand),
+        }
     }
 
     fn disconnected(&self, connection: &Arc<Connection>) {
@@ -546,7 +722,7 @@ mod tests {
             &tokio_util::sync::CancellationToken::new(),
             Arc::new(crate::metrics::Metrics::default()),
         );
-        hub.acquire(&token, &connection).await.expect("acquired");
+        hub.acquire(&token, &connection, Resume::default()).await.expect("acquired");
         let deltas = json!([
             {"type": "insert", "model": "Task", "data": {"owner": 1}},
             {"type": "update", "model": "Task", "oldData": {"owner": 1}, "newData": {"owner": 2}},

@@ -9,8 +9,21 @@
 //!
 //! One stream serves all the models of a service, so a subscription whose items span several
 //! models has one position and receives their deltas in publish order.
+//!
+//! Clients that opt in see positions as [`Offset`]s: opaque strings on the wire. A stream has an
+//! *epoch* besides its numbers: 0 for the stream of one server, which is `"17"` on the wire; with
+//! a broker, the epoch of the shared stream in Redis, which is `"1714560000000-17"` (the form
+//! of a Redis Stream id). An epoch changes only when the shared stream starts over (Redis lost
+//! its data), and an offset of another epoch is not a position in this stream.
+//!
+//! With a broker, a node's stream is a *mirror* of part of the shared one: it starts where the
+//! node began to follow the shared stream ([`DeltaStream::restart`]), grows as deltas arrive
+//! in order, and takes older deltas fetched from Redis at its front ([`DeltaStream::prepend`])
+//! when a subscription acquired on this node must resume from before them.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -58,6 +71,51 @@ pub struct DeltaStream {
     /// The offset the next delta takes.
     next: u64,
     bytes: usize,
+    /// The epoch of the offsets (0 on a single server).
+    epoch: u64,
+}
+
+/// A position in a stream as clients see it: an epoch and a number. Written `"17"` when the
+/// epoch is 0, `"<epoch>-17"` otherwise; [`FromStr`] reads both forms back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Offset {
+    /// The stream's epoch.
+    pub epoch: u64,
+    /// The number of the delta in that epoch (0: before the first).
+    pub seq: u64,
+}
+
+impl fmt::Display for Offset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.epoch == 0 {
+            write!(f, "{}", self.seq)
+        } else {
+            write!(f, "{}-{}", self.epoch, self.seq)
+        }
+    }
+}
+
+/// A string that is not an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not an offset")]
+pub struct BadOffset;
+
+impl FromStr for Offset {
+    type Err = BadOffset;
+
+    fn from_str(text: &str) -> Result<Offset, BadOffset> {
+        // Digits only: `u64::from_str` would also take a leading `+`.
+        let number = |part: &str| {
+            if part.is_empty() || part.len() > 20 || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(BadOffset);
+            }
+            part.parse::<u64>().map_err(|_| BadOffset)
+        };
+        match text.split_once('-') {
+            None => Ok(Offset { epoch: 0, seq: number(text)? }),
+            Some((epoch, seq)) => Ok(Offset { epoch: number(epoch)?, seq: number(seq)? }),
+        }
+    }
 }
 
 /// Where a position stands in the stream.
@@ -75,13 +133,62 @@ impl DeltaStream {
     /// An empty stream.
     #[must_use]
     pub fn new(retention: Retention) -> DeltaStream {
-        DeltaStream { retention, entries: VecDeque::new(), next: 1, bytes: 0 }
+        DeltaStream { retention, entries: VecDeque::new(), next: 1, bytes: 0, epoch: 0 }
+    }
+
+    /// The epoch of its offsets.
+    #[must_use]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The wire form of position `seq`.
+    #[must_use]
+    pub fn offset(&self, seq: u64) -> Offset {
+        Offset { epoch: self.epoch, seq }
     }
 
     /// The offset of the newest delta (0 before the first).
     #[must_use]
     pub fn head(&self) -> u64 {
         self.next - 1
+    }
+
+    /// The offset of the oldest delta retained (the head's successor when none is).
+    #[must_use]
+    pub fn first(&self) -> u64 {
+        self.entries.front().map_or(self.next, |entry| entry.offset)
+    }
+
+    /// Empties the stream and starts it over in `epoch`, its next delta taking offset `next`
+    /// (a mirror that starts following a shared stream, or follows a new epoch of it).
+    pub fn restart(&mut self, epoch: u64, next: u64) {
+        self.entries.clear();
+        self.bytes = 0;
+        self.epoch = epoch;
+        self.next = next.max(1);
+    }
+
+    /// Puts `older`, the deltas just before the oldest retained one and in order, at the front
+    /// (deltas a mirror fetched so that a reader may start before what it holds). Nothing is
+    /// trimmed: whoever fetched them is about to read them.
+    ///
+    /// # Errors
+    ///
+    /// [`BadOffset`] when they do not end right before the oldest retained delta.
+    pub fn prepend(&mut self, from: u64, older: Vec<(Delta, FunctionKeys)>, now: Instant) -> Result<(), BadOffset> {
+        let count = u64::try_from(older.len()).map_err(|_| BadOffset)?;
+        if from == 0 || from.checked_add(count) != Some(self.first()) {
+            return Err(BadOffset);
+        }
+        let mut offset = from + count;
+        for (delta, keys) in older.into_iter().rev() {
+            offset -= 1;
+            let bytes = delta_size(&delta);
+            self.bytes += bytes;
+            self.entries.push_front(Entry { offset, delta, keys, bytes, at: now });
+        }
+        Ok(())
     }
 
     /// How many deltas are retained.
@@ -142,8 +249,7 @@ impl DeltaStream {
         if after > self.head() {
             return Position::Ahead;
         }
-        let first_retained = self.entries.front().map_or(self.next, |entry| entry.offset);
-        if after + 1 >= first_retained {
+        if after + 1 >= self.first() {
             Position::Retained
         } else {
             Position::Gap
@@ -153,8 +259,7 @@ impl DeltaStream {
     /// The retained deltas after offset `after`, oldest first. Check [`position`](Self::position)
     /// first: after a gap this starts at the oldest retained delta.
     pub fn after(&self, after: u64) -> impl Iterator<Item = &Entry> {
-        let first = self.entries.front().map_or(self.next, |entry| entry.offset);
-        let skip = usize::try_from(after.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
+        let skip = usize::try_from(after.saturating_add(1).saturating_sub(self.first())).unwrap_or(usize::MAX);
         self.entries.iter().skip(skip)
     }
 }
@@ -191,6 +296,38 @@ mod tests {
         assert_eq!(offsets(&stream, 1), vec![2]);
         assert_eq!(offsets(&stream, 2), Vec::<u64>::new());
         assert_eq!(stream.position(3), Position::Ahead);
+    }
+
+    #[test]
+    fn offsets_read_back_from_their_wire_form() {
+        for (text, offset) in [("0", (0, 0)), ("17", (0, 17)), ("1714560000000-3", (1_714_560_000_000, 3))] {
+            let parsed: Offset = text.parse().expect("an offset");
+            assert_eq!((parsed.epoch, parsed.seq), offset);
+            assert_eq!(parsed.to_string(), text);
+        }
+        for bad in ["", "-", "1-", "-1", "+1", "1-2-3", "x", " 1", "18446744073709551616", "1.5"] {
+            assert_eq!(bad.parse::<Offset>(), Err(BadOffset), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_mirror_restarts_anywhere_and_takes_older_deltas_at_its_front() {
+        let now = Instant::now();
+        let mut stream = DeltaStream::new(Retention::default());
+        stream.append(insert(1), FunctionKeys::default(), now);
+        stream.restart(1_714_560_000_000, 40);
+        assert_eq!((stream.head(), stream.first(), stream.len()), (39, 40, 0));
+        assert_eq!(stream.offset(39).to_string(), "1714560000000-39");
+        assert_eq!(stream.position(39), Position::Retained);
+        assert_eq!(stream.position(38), Position::Gap);
+        assert_eq!(stream.append(insert(40), FunctionKeys::default(), now), 40);
+        let older = |range: std::ops::Range<i64>| range.map(|n| (insert(n), FunctionKeys::default())).collect();
+        assert_eq!(stream.prepend(30, older(30..38), now), Err(BadOffset), "not adjacent");
+        assert_eq!(stream.prepend(0, Vec::new(), now), Err(BadOffset));
+        assert_eq!(stream.prepend(35, older(35..40), now), Ok(()));
+        assert_eq!(offsets(&stream, 34), (35..=40).collect::<Vec<_>>());
+        assert_eq!(stream.position(34), Position::Retained);
+        assert_eq!(stream.append(insert(41), FunctionKeys::default(), now), 41);
     }
 
     #[test]

@@ -28,6 +28,11 @@
 //! - What the stream no longer retains is a gap: acquiring answers "No such subscription"
 //!   (the client fetches its data again), and a connection whose catch-up meets a gap is
 //!   closed with 1008 (it lost deltas and must resync).
+//! - A client may opt in to offsets when it acquires ([`Resume`]): its deltas then name the
+//!   subscription (its token) and carry their [`Offset`], and it may resume after the offset
+//!   it last applied, whatever the server believes was written. Such a resume does not wait for
+//!   the previous holder's writer, and what cannot be resumed is reported as
+//!   [`SubscriptionError::NotRetained`] (the client resyncs).
 //!
 //! [`Subscriptions`] is plain data: every method takes the current time, nothing awaits, and
 //! the caller keeps it behind a lock (see `service.rs`). Each method's work is bounded (by a
@@ -42,7 +47,7 @@ use tokio::time::Instant;
 use super::delta::{Delta, DeltaShape};
 use super::limits::Limits;
 use super::router::{AuthError, FunctionKeys, PreparedItems, Router};
-use super::stream::{DeltaStream, Position};
+use super::stream::{DeltaStream, Offset, Position};
 use super::token::new_token;
 use crate::connection::{Ack, Connection, ConnectionId, Offer};
 use crate::protocol::codes;
@@ -71,13 +76,27 @@ pub enum SubscriptionError {
     /// The previous holder is still writing out its queue; retry once it is done.
     #[error("the previous holder is still closing")]
     PreviousHolderClosing(Arc<Connection>),
+    /// A client resuming after an offset found the subscription held by another connection
+    /// that is still open: most likely its own previous connection, dropped by the network
+    /// and not yet noticed. Retry once that connection closes (briefly; if it stays open,
+    /// the token is held by another open connection).
+    #[error("another open connection holds it")]
+    HeldOpen(Arc<Connection>),
+    /// An opted-in acquire cannot resume: what followed its offset is no longer retained, or
+    /// the offset is not one of this subscription's (before it was authorized, never given,
+    /// or of a stream that started over). The subscription is dropped; the client resyncs.
+    #[error("the deltas after that offset are no longer retained")]
+    NotRetained,
 }
 
 impl PartialEq for SubscriptionError {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
-            (Self::PreviousHolderClosing(a), Self::PreviousHolderClosing(b)) => a.id() == b.id(),
-            (Self::NoSuchSubscription, Self::NoSuchSubscription) | (Self::TooMany, Self::TooMany) => true,
+            (Self::PreviousHolderClosing(a), Self::PreviousHolderClosing(b))
+            | (Self::HeldOpen(a), Self::HeldOpen(b)) => a.id() == b.id(),
+            (Self::NoSuchSubscription, Self::NoSuchSubscription)
+            | (Self::TooMany, Self::TooMany)
+            | (Self::NotRetained, Self::NotRetained) => true,
             _ => false,
         }
     }
@@ -113,15 +132,54 @@ pub struct Subscriptions {
     waiting: BTreeSet<u64>,
     /// The next subscription id; ids are never reused.
     next_id: u64,
+    /// With a broker: the stream mirrors the shared one, whose follower alone trims it.
+    mirror: bool,
+    /// With a broker: subscriptions dropped because they fell behind the stream, which Redis
+    /// must forget too (token and lease).
+    dropped: Vec<(String, u64)>,
 }
 
 struct Subscription {
     token: String,
     /// When set, only a connection with this identity may acquire it.
     identity: Option<String>,
-    /// The offset of the newest delta a holder's writer confirmed written.
+    /// The stream's head when it was authorized: no offset before it is one of its positions.
+    start: u64,
+    /// The offset of the newest delta the current holder's writer confirmed written. A new
+    /// one for each holder, so that a previous holder still writing out its queue cannot
+    /// move the position of the next.
     written: Arc<AtomicU64>,
     holder: Holder,
+    /// With a broker: the number Redis gave this node's acquisition of it, which its release
+    /// or cancellation must name (a later acquisition, here or on another node, has another).
+    lease: u64,
+}
+
+/// A subscription acquired on another node's authorization, as Redis describes it (see
+/// [`Subscriptions::adopt`]).
+#[derive(Debug)]
+pub struct Adopted {
+    /// Its token.
+    pub token: String,
+    /// Its items, prepared by this node.
+    pub items: PreparedItems,
+    /// The offset it resumes after.
+    pub after: u64,
+    /// Whether the client opted in to offsets.
+    pub offsets: bool,
+    /// The number of this acquisition in Redis.
+    pub lease: u64,
+}
+
+/// A subscription this node held and no longer does, for Redis ([`Subscriptions::detach`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detached {
+    /// Its token.
+    pub token: String,
+    /// The number of the acquisition that ended.
+    pub lease: u64,
+    /// The offset of the last delta its connection wrote: where it resumes.
+    pub written: u64,
 }
 
 enum Holder {
@@ -131,7 +189,18 @@ enum Holder {
     /// resumes after what was really written.
     Releasing { connection: Arc<Connection>, deadline: Instant },
     /// Held by an open connection.
-    Acquired { connection: Arc<Connection>, feed: Feed },
+    Acquired { connection: Arc<Connection>, feed: Feed, offsets: bool },
+}
+
+/// How an acquire positions the subscription: the optional parameters of
+/// `acquireSubscription`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// The client opted in to offsets: its deltas carry them and name the subscription.
+    pub offsets: bool,
+    /// Resume after this offset (the last the client applied) instead of after the last
+    /// delta the server wrote. Only with `offsets`.
+    pub after: Option<Offset>,
 }
 
 #[derive(Clone, Copy)]
@@ -162,7 +231,62 @@ impl Subscriptions {
             deadlines: BTreeSet::new(),
             waiting: BTreeSet::new(),
             next_id: 0,
+            mirror: false,
+            dropped: Vec::new(),
         }
+    }
+
+    /// Makes the stream a mirror of a shared stream (with a broker): sweeps no longer trim it.
+    pub fn mirror(&mut self) {
+        self.mirror = true;
+    }
+
+    /// Whether `connection` holds as many subscriptions as it may.
+    pub fn holds_too_many(&self, connection: &Arc<Connection>) -> bool {
+        self.by_connection.get(&connection.id()).is_some_and(|ids| ids.len() >= self.limits.max_per_connection)
+    }
+
+    /// The connection holding the subscription of `token`, if an open one here does.
+    pub fn holder_of(&self, token: &str) -> Option<Arc<Connection>> {
+        let id = self.by_token.get(token)?;
+        match &self.live.get(id)?.holder {
+            Holder::Acquired { connection, .. } => Some(Arc::clone(connection)),
+            _ => None,
+        }
+    }
+
+    /// The tokens and leases of subscriptions `ids`.
+    pub fn leases(&self, ids: &[u64]) -> Vec<(String, u64)> {
+        ids.iter()
+            .filter_map(|id| self.live.get(id))
+            .map(|subscription| (subscription.token.clone(), subscription.lease))
+            .collect()
+    }
+
+    /// With a broker: closes with 1008 every connection holding a subscription here, because
+    /// they may have missed deltas that can no longer be read; returns how many. Their
+    /// subscriptions go back to Redis as any closed connection's do, and their clients learn on
+    /// acquiring again whether they can resume.
+    pub fn close_held(&mut self, why: &str) -> usize {
+        let holders: HashMap<ConnectionId, Arc<Connection>> = self
+            .live
+            .values()
+            .filter_map(|subscription| match &subscription.holder {
+                Holder::Acquired { connection, .. } => Some((connection.id(), Arc::clone(connection))),
+                _ => None,
+            })
+            .collect();
+        for connection in holders.values() {
+            log::warn!("datasync {:?}: {why}: closing connection {} with 1008", self.frontend_name, connection.id());
+            connection.close(codes::POLICY_VIOLATION);
+        }
+        holders.len()
+    }
+
+    /// The subscriptions dropped since the last call because they fell behind the stream
+    /// (token and lease), for Redis.
+    pub fn take_dropped(&mut self) -> Vec<(String, u64)> {
+        std::mem::take(&mut self.dropped)
     }
 
     /// The router (for its dealers and models).
@@ -228,8 +352,10 @@ impl Subscriptions {
             Subscription {
                 token: token.clone(),
                 identity,
+                start: after,
                 written: Arc::new(AtomicU64::new(after)),
                 holder: Holder::Waiting { deadline, after },
+                lease: 0,
             },
         );
         self.mark_waiting(id, deadline);
@@ -239,30 +365,46 @@ impl Subscriptions {
     /// `acquireSubscription`: `connection` takes a waiting subscription. What the stream has
     /// after the subscription's position is delivered first, in order (as much as the
     /// connection's queue takes now; the rest through [`catch_up`](Self::catch_up), which the
-    /// caller runs when the returned list is not empty), then deltas flow live.
+    /// caller runs when the returned list is not empty), then deltas flow live. The position
+    /// is the one the server kept (after the last delta written), or `resume.after` when the
+    /// client gives one. Returns the subscriptions to catch up and the position the
+    /// subscription was acquired at (every delta it receives from now on follows it).
     ///
     /// # Errors
     ///
     /// [`SubscriptionError::NoSuchSubscription`] for an unknown, expired or dropped token, one
     /// held by this connection or another open one, one bound to another identity, or one
     /// whose position fell out of the stream (it is dropped then);
-    /// [`SubscriptionError::TooMany`] when the connection holds `max_per_connection`; and
+    /// [`SubscriptionError::NotRetained`] instead of the last for a client that opted in to
+    /// offsets, and when its `after` is not a position of the subscription (dropped too);
+    /// [`SubscriptionError::TooMany`] when the connection holds `max_per_connection`;
     /// [`SubscriptionError::PreviousHolderClosing`] when the previous holder's writer is still
-    /// finishing: wait for that connection's [`Connection::finished`] and call again.
+    /// finishing and the client gave no offset: wait for that connection's
+    /// [`Connection::finished`] and call again; and [`SubscriptionError::HeldOpen`] when the
+    /// client gave an offset and another open connection holds the subscription: wait a little
+    /// for that connection to close and call again.
     pub fn acquire(
         &mut self,
         token: &str,
         connection: &Arc<Connection>,
+        resume: Resume,
         now: Instant,
-    ) -> Result<Lagging, SubscriptionError> {
+    ) -> Result<(Lagging, Offset), SubscriptionError> {
         let id = self.id_of(token)?;
         let subscription = self.subscription(id);
         if subscription.identity.as_ref().is_some_and(|bound| connection.identity().id.as_ref() != Some(bound)) {
             return Err(SubscriptionError::NoSuchSubscription);
         }
         if let Holder::Acquired { connection: holder, .. } = &subscription.holder {
-            if holder.id() == connection.id() || !holder.is_closing() {
+            if holder.id() == connection.id() {
                 return Err(SubscriptionError::NoSuchSubscription);
+            }
+            if !holder.is_closing() {
+                return Err(if resume.after.is_some() {
+                    SubscriptionError::HeldOpen(Arc::clone(holder))
+                } else {
+                    SubscriptionError::NoSuchSubscription
+                });
             }
             // Its disconnect is about to run: do now what it would do.
             let holder = Arc::clone(holder);
@@ -270,8 +412,16 @@ impl Subscriptions {
         }
         self.settle(id);
         match &self.subscription(id).holder {
-            Holder::Releasing { connection: previous, .. } => {
-                return Err(SubscriptionError::PreviousHolderClosing(Arc::clone(previous)));
+            Holder::Releasing { connection: previous, deadline } => {
+                if resume.after.is_none() {
+                    return Err(SubscriptionError::PreviousHolderClosing(Arc::clone(previous)));
+                }
+                // The client says where it stands: what the old writer still writes does not
+                // matter (its acks go to the old holder's position).
+                let (deadline, after) = (*deadline, self.subscription(id).written.load(Ordering::Acquire));
+                if let Some(subscription) = self.live.get_mut(&id) {
+                    subscription.holder = Holder::Waiting { deadline, after };
+                }
             }
             Holder::Waiting { deadline, .. } if *deadline <= now => {
                 self.drop_subscription(id, "its timeout passed");
@@ -286,42 +436,120 @@ impl Subscriptions {
         if self.by_connection.get(&connection.id()).is_some_and(|ids| ids.len() >= self.limits.max_per_connection) {
             return Err(SubscriptionError::TooMany);
         }
-        let Holder::Waiting { deadline, after } = self.subscription(id).holder else {
+        let subscription = self.subscription(id);
+        let Holder::Waiting { deadline, after: kept } = subscription.holder else {
             return Err(SubscriptionError::NoSuchSubscription);
         };
-        if self.stream.position(after) == Position::Gap {
+        let after = match resume.after {
+            None => kept,
+            Some(offset) if offset.epoch == self.stream.epoch() && offset.seq >= subscription.start => offset.seq,
+            Some(_) => {
+                self.drop_subscription(id, "the client resumed from an offset that is not one of its positions");
+                return Err(SubscriptionError::NotRetained);
+            }
+        };
+        if self.stream.position(after) != Position::Retained {
             self.drop_subscription(id, "the deltas it missed are no longer retained");
-            return Err(SubscriptionError::NoSuchSubscription);
+            return Err(if resume.offsets {
+                SubscriptionError::NotRetained
+            } else {
+                SubscriptionError::NoSuchSubscription
+            });
         }
         self.deadlines.remove(&(deadline, id));
         self.waiting.remove(&id);
+        let lagging = self.hand_over(id, connection, after, resume.offsets);
+        Ok((lagging, self.stream.offset(after)))
+    }
+
+    /// With a broker: `connection` takes a subscription that Redis says this node now holds
+    /// (authorized anywhere, acquired here). It starts after `adopted.after`, which the stream
+    /// must retain, as [`acquire`](Self::acquire) does. A subscription of the same token that
+    /// this node still has (its previous connection here is closing) is replaced.
+    ///
+    /// # Errors
+    ///
+    /// [`SubscriptionError::NoSuchSubscription`] when the connection is closing,
+    /// [`SubscriptionError::TooMany`] when it holds `max_per_connection`,
+    /// [`SubscriptionError::NotRetained`] when the stream no longer has what followed `after`;
+    /// the caller gives the subscription back to Redis then.
+    pub fn adopt(
+        &mut self,
+        adopted: Adopted,
+        connection: &Arc<Connection>,
+        now: Instant,
+    ) -> Result<Lagging, SubscriptionError> {
+        if connection.is_closing() {
+            return Err(SubscriptionError::NoSuchSubscription);
+        }
+        if self.by_connection.get(&connection.id()).is_some_and(|ids| ids.len() >= self.limits.max_per_connection) {
+            return Err(SubscriptionError::TooMany);
+        }
+        if self.stream.position(adopted.after) != Position::Retained {
+            return Err(SubscriptionError::NotRetained);
+        }
+        if let Some(previous) = self.by_token.get(&adopted.token).copied() {
+            self.drop_subscription(previous, "it was acquired again");
+        }
+        let id = self.next_id;
+        self.router.insert(id, adopted.items).map_err(|err| {
+            log::error!("datasync {:?}: {err}", self.frontend_name);
+            SubscriptionError::NoSuchSubscription
+        })?;
+        self.next_id += 1;
+        self.by_token.insert(adopted.token.clone(), id);
+        // Nothing before the position is one of its positions on this node: offsets were
+        // checked by Redis.
+        let written = Arc::new(AtomicU64::new(adopted.after));
+        let holder = Holder::Waiting { deadline: now, after: adopted.after };
+        let subscription = Subscription {
+            token: adopted.token,
+            identity: None,
+            start: adopted.after,
+            written,
+            holder,
+            lease: adopted.lease,
+        };
+        self.live.insert(id, subscription);
+        Ok(self.hand_over(id, connection, adopted.after, adopted.offsets))
+    }
+
+    /// Gives subscription `id` (no longer waiting) to `connection`, positioned after `after`:
+    /// what the stream has after it goes first, as much as the queue takes now (the rest is
+    /// left to [`catch_up`](Self::catch_up) for the returned subscriptions), then deltas flow
+    /// live.
+    fn hand_over(&mut self, id: u64, connection: &Arc<Connection>, after: u64, offsets: bool) -> Lagging {
         self.by_connection.entry(connection.id()).or_default().insert(id);
         let feed = if after < self.stream.head() { Feed::CatchingUp { after } } else { Feed::Live };
         if let Some(subscription) = self.live.get_mut(&id) {
-            subscription.holder = Holder::Acquired { connection: Arc::clone(connection), feed };
+            subscription.written = Arc::new(AtomicU64::new(after));
+            subscription.holder = Holder::Acquired { connection: Arc::clone(connection), feed, offsets };
         }
         if matches!(feed, Feed::Live) {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         // The backlog that fits now goes before the reply, as a buffer would have.
         match self.catch_up(id, connection) {
-            CatchUp::Done => Ok(Vec::new()),
-            CatchUp::More => Ok(vec![(id, Arc::clone(connection))]),
+            CatchUp::Done => Vec::new(),
+            CatchUp::More => vec![(id, Arc::clone(connection))],
         }
     }
 
-    /// `cancelSubscription`: ends a subscription `connection` holds.
+    /// `cancelSubscription`: ends a subscription `connection` holds; returns its lease (see
+    /// [`adopt`](Self::adopt); 0 without a broker).
     ///
     /// # Errors
     ///
     /// [`SubscriptionError::NoSuchSubscription`] when the token is unknown or this connection
     /// does not hold it.
-    pub fn cancel(&mut self, token: &str, connection: &Arc<Connection>) -> Result<(), SubscriptionError> {
+    pub fn cancel(&mut self, token: &str, connection: &Arc<Connection>) -> Result<u64, SubscriptionError> {
         let id = self.id_of(token)?;
-        match &self.subscription(id).holder {
+        let subscription = self.subscription(id);
+        match &subscription.holder {
             Holder::Acquired { connection: holder, .. } if holder.id() == connection.id() => {
+                let lease = subscription.lease;
                 self.drop_subscription(id, "it was cancelled");
-                Ok(())
+                Ok(lease)
             }
             _ => Err(SubscriptionError::NoSuchSubscription),
         }
@@ -329,13 +557,88 @@ impl Subscriptions {
 
     /// A connection closed: its subscriptions go back to waiting for `resume_timeout`,
     /// positioned after the last delta its writer wrote (known once the writer is done).
-    pub fn disconnected(&mut self, connection: &Arc<Connection>, now: Instant) {
+    /// Returns their ids.
+    pub fn disconnected(&mut self, connection: &Arc<Connection>, now: Instant) -> Vec<u64> {
         let Some(ids) = self.by_connection.get(&connection.id()).cloned() else {
-            return;
+            return Vec::new();
         };
-        for id in ids {
+        for &id in &ids {
             self.release(id, connection, now);
         }
+        ids.into_iter().collect()
+    }
+
+    /// With a broker: removes the subscriptions `ids` whose connection `connection` closed and
+    /// finished writing, and says where each resumes, for Redis. Subscriptions that were
+    /// acquired again meanwhile are left alone.
+    pub fn detach(&mut self, ids: &[u64], connection: &Arc<Connection>) -> Vec<Detached> {
+        let mut detached = Vec::new();
+        for &id in ids {
+            self.settle(id);
+            let Some(subscription) = self.live.get(&id) else { continue };
+            if matches!(&subscription.holder, Holder::Waiting { .. }) {
+                detached.push(Detached {
+                    token: subscription.token.clone(),
+                    lease: subscription.lease,
+                    written: subscription.written.load(Ordering::Acquire),
+                });
+                self.drop_subscription(id, "its connection closed; Redis keeps it");
+            } else if matches!(&subscription.holder, Holder::Releasing { connection: holder, .. } if holder.id() == connection.id())
+            {
+                log::warn!(
+                    "datasync {:?}: connection {} closed and is still writing",
+                    self.frontend_name,
+                    connection.id()
+                );
+            }
+        }
+        detached
+    }
+
+    /// With a broker: the token, lease and holder of every subscription held by an open
+    /// connection.
+    pub fn held(&self) -> Vec<(String, u64, Arc<Connection>)> {
+        self.live
+            .values()
+            .filter_map(|subscription| match &subscription.holder {
+                Holder::Acquired { connection, .. } => {
+                    Some((subscription.token.clone(), subscription.lease, Arc::clone(connection)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Drops the subscriptions of `tokens` and closes their connections with 1008: deltas they
+    /// should have received are lost (the shared stream lost them, or another node took them
+    /// over), and the clients must resync. Returns how many were held.
+    pub fn lose(&mut self, tokens: &[String], why: &str) -> usize {
+        let mut lost = 0;
+        for token in tokens {
+            let Some(id) = self.by_token.get(token).copied() else { continue };
+            if let Some(Subscription { holder: Holder::Acquired { connection, .. }, .. }) = self.live.get(&id) {
+                log::warn!(
+                    "datasync {:?}: {why}: closing connection {} with 1008",
+                    self.frontend_name,
+                    connection.id()
+                );
+                connection.close(codes::POLICY_VIOLATION);
+                lost += 1;
+            }
+            self.drop_subscription(id, why);
+        }
+        lost
+    }
+
+    /// The deltas of a shared stream, mirrored: the stream, to start it over, fill it and read
+    /// where it stands (see [`DeltaStream::restart`] and [`DeltaStream::prepend`]).
+    pub fn stream_mut(&mut self) -> &mut DeltaStream {
+        &mut self.stream
+    }
+
+    /// How many subscriptions open connections hold.
+    pub fn acquired(&self) -> usize {
+        self.by_connection.values().map(HashSet::len).sum()
     }
 
     /// Routes a chunk of valid deltas, in order: each is appended to the stream and offered
@@ -354,22 +657,16 @@ impl Subscriptions {
         for (delta, keys) in deltas {
             let routed = self.router.route_with(&delta, &keys);
             let offset = self.stream.head() + 1;
-            // Serialized once per shape, shared by every recipient of that shape.
-            let mut frames: [Option<Frame>; 3] = [None, None, None];
+            let mut frames = DeltaFrames::new(&self.frontend_name, &delta, self.stream.offset(offset));
             for (id, shape) in routed {
                 let Some(subscription) = self.live.get_mut(&id) else {
                     log::error!("the router routed to subscription {id}, which does not exist");
                     continue;
                 };
                 match &mut subscription.holder {
-                    Holder::Acquired { connection, feed: feed @ Feed::Live } => {
-                        let slot = &mut frames[shape_index(shape)];
-                        let frame = if let Some(frame) = slot {
-                            frame.clone()
-                        } else {
-                            let Some(frame) = delta_frame(&self.frontend_name, &delta, shape) else { continue };
-                            slot.insert(frame).clone()
-                        };
+                    Holder::Acquired { connection, feed: feed @ Feed::Live, offsets } => {
+                        let token = offsets.then_some(subscription.token.as_str());
+                        let Some(frame) = frames.frame(shape, token) else { continue };
                         let ack = Ack { position: Arc::clone(&subscription.written), offset };
                         match connection.offer(frame, Some(ack)) {
                             Offer::Queued => delivered += 1,
@@ -402,9 +699,12 @@ impl Subscriptions {
     /// connection with 1008: deltas were lost and the client must resync.
     pub fn catch_up(&mut self, id: u64, connection: &Arc<Connection>) -> CatchUp {
         let Some(subscription) = self.live.get(&id) else { return CatchUp::Done };
-        let Holder::Acquired { connection: holder, feed: Feed::CatchingUp { mut after } } = &subscription.holder else {
+        let Holder::Acquired { connection: holder, feed: Feed::CatchingUp { mut after }, offsets } =
+            &subscription.holder
+        else {
             return CatchUp::Done;
         };
+        let token = offsets.then_some(subscription.token.as_str());
         if holder.id() != connection.id() {
             return CatchUp::Done;
         }
@@ -415,6 +715,9 @@ impl Subscriptions {
                 connection.id()
             );
             connection.close(codes::POLICY_VIOLATION);
+            if self.mirror {
+                self.dropped.push((subscription.token.clone(), subscription.lease));
+            }
             self.drop_subscription(id, "it fell behind what the stream retains");
             return CatchUp::Done;
         }
@@ -425,7 +728,8 @@ impl Subscriptions {
                 break;
             }
             if let Some(shape) = self.router.shape_for(id, &entry.delta, &entry.keys) {
-                let Some(frame) = delta_frame(&self.frontend_name, &entry.delta, shape) else { continue };
+                let mut frames = DeltaFrames::new(&self.frontend_name, &entry.delta, self.stream.offset(entry.offset));
+                let Some(frame) = frames.frame(shape, token) else { continue };
                 let ack = Ack { position: Arc::clone(&subscription.written), offset: entry.offset };
                 match connection.offer(frame, Some(ack)) {
                     Offer::Queued => {}
@@ -459,7 +763,9 @@ impl Subscriptions {
             self.drop_subscription(id, "nobody acquired it in time");
             dropped += 1;
         }
-        self.stream.trim(now);
+        if !self.mirror {
+            self.stream.trim(now);
+        }
         dropped
     }
 
@@ -534,13 +840,51 @@ impl Subscriptions {
     }
 }
 
-/// The frame pushed for `delta` as `shape`.
-fn delta_frame(service: &str, delta: &Delta, shape: DeltaShape) -> Option<Frame> {
-    let Some(message) = delta.frame(shape) else {
-        log::error!("router produced shape {shape:?} for {delta:?}");
-        return None;
-    };
-    Some(push_frame(service, message))
+/// The frames pushed for one delta, serialized once per shape and shared by every recipient
+/// of that shape. Subscriptions that opted in to offsets get frames of their own, which add
+/// the subscription's token and the delta's offset to the shared text (a copy, not another
+/// serialization).
+struct DeltaFrames<'a> {
+    service: &'a str,
+    delta: &'a Delta,
+    /// The delta's offset, as the wire writes it.
+    offset: String,
+    shared: [Option<Frame>; 3],
+}
+
+impl<'a> DeltaFrames<'a> {
+    fn new(service: &'a str, delta: &'a Delta, offset: Offset) -> Self {
+        DeltaFrames { service, delta, offset: offset.to_string(), shared: [None, None, None] }
+    }
+
+    /// The frame of `shape`: 0.1's `{"type": "delta", "delta"}`, or with `token`, the opted-in
+    /// `{"type": "delta", "delta", "subscription": token, "offset"}`.
+    fn frame(&mut self, shape: DeltaShape, token: Option<&str>) -> Option<Frame> {
+        let slot = &mut self.shared[shape_index(shape)];
+        let shared = if let Some(frame) = slot {
+            frame
+        } else {
+            let Some(message) = self.delta.frame(shape) else {
+                log::error!("router produced shape {shape:?} for {:?}", self.delta);
+                return None;
+            };
+            slot.insert(push_frame(self.service, message))
+        };
+        let Some(token) = token else { return Some(shared.clone()) };
+        // `{"service":...,"message":{"type":"delta","delta":...}}` ends with the two braces
+        // that close the message and the envelope: the fields go before them. Tokens and
+        // offsets are made of letters, digits and `-`, which JSON strings take as they are.
+        let text = shared.as_str();
+        let head = text.strip_suffix("}}")?;
+        let mut opted = String::with_capacity(text.len() + token.len() + self.offset.len() + 32);
+        opted.push_str(head);
+        opted.push_str(",\"subscription\":\"");
+        opted.push_str(token);
+        opted.push_str("\",\"offset\":\"");
+        opted.push_str(&self.offset);
+        opted.push_str("\"}}");
+        Some(Frame::from_text(opted))
+    }
 }
 
 fn shape_index(shape: DeltaShape) -> usize {
@@ -637,7 +981,7 @@ mod tests {
         let token = all(&mut s, now);
         publish(&mut s, 1..=3, now);
         let (conn, mut out) = connection(1);
-        assert!(s.acquire(&token, &conn, now).expect("acquired").is_empty());
+        assert!(s.acquire(&token, &conn, Resume::default(), now).expect("acquired").0.is_empty());
         assert_eq!(received(&mut out), vec![1, 2, 3]);
         publish(&mut s, 4..=5, now);
         assert_eq!(received(&mut out), vec![4, 5]);
@@ -649,7 +993,7 @@ mod tests {
         let mut s = subscriptions(limits());
         let token = all(&mut s, now);
         let (conn, mut out) = connection(1);
-        s.acquire(&token, &conn, now).expect("acquired");
+        s.acquire(&token, &conn, Resume::default(), now).expect("acquired");
         publish(&mut s, 1..=2, now);
         assert_eq!(received(&mut out), vec![1, 2], "written");
         publish(&mut s, 3..=4, now);
@@ -657,7 +1001,7 @@ mod tests {
         finish(&conn, out, &mut s, now);
         publish(&mut s, 5..=5, now);
         let (again, mut out) = connection(2);
-        s.acquire(&token, &again, now + SECOND).expect("resumed");
+        s.acquire(&token, &again, Resume::default(), now + SECOND).expect("resumed");
         assert_eq!(received(&mut out), vec![3, 4, 5], "nothing lost, nothing twice");
     }
 
@@ -667,14 +1011,14 @@ mod tests {
         let mut s = subscriptions(limits());
         let token = all(&mut s, now);
         let (conn, out) = connection(1);
-        s.acquire(&token, &conn, now).expect("acquired");
+        s.acquire(&token, &conn, Resume::default(), now).expect("acquired");
         conn.close(codes::NORMAL);
         s.disconnected(&conn, now);
         let (again, _out2) = connection(2);
-        let err = s.acquire(&token, &again, now).expect_err("the old writer is still running");
+        let err = s.acquire(&token, &again, Resume::default(), now).expect_err("the old writer is still running");
         assert!(matches!(err, SubscriptionError::PreviousHolderClosing(ref c) if c.id() == 1));
         drop(out);
-        assert!(s.acquire(&token, &again, now).is_ok());
+        assert!(s.acquire(&token, &again, Resume::default(), now).is_ok());
     }
 
     #[test]
@@ -684,7 +1028,7 @@ mod tests {
         let token = all(&mut s, now);
         // Room for about three frames.
         let (conn, mut out) = connection_with(1, None, 250);
-        s.acquire(&token, &conn, now).expect("acquired");
+        s.acquire(&token, &conn, Resume::default(), now).expect("acquired");
         let lagging = publish(&mut s, 1..=20, now);
         assert_eq!(lagging.len(), 1, "it fell behind");
         assert!(!conn.is_closing(), "and stays connected");
@@ -706,13 +1050,13 @@ mod tests {
         let token = all(&mut s, now);
         publish(&mut s, 1..=6, now);
         let (conn, _out) = connection(1);
-        assert_eq!(s.acquire(&token, &conn, now).err(), Some(SubscriptionError::NoSuchSubscription));
+        assert_eq!(s.acquire(&token, &conn, Resume::default(), now).err(), Some(SubscriptionError::NoSuchSubscription));
         assert!(s.is_empty(), "dropped: the client must fetch its data again");
 
         // A subscription catching up meets the gap: its connection is closed with 1008.
         let token = all(&mut s, now);
         let (conn, _out) = connection_with(2, None, 120);
-        s.acquire(&token, &conn, now).expect("acquired");
+        s.acquire(&token, &conn, Resume::default(), now).expect("acquired");
         let lagging = publish(&mut s, 7..=20, now);
         assert_eq!(s.catch_up(lagging[0].0, &conn), CatchUp::Done);
         assert_eq!(conn.close_code(), codes::POLICY_VIOLATION);
@@ -726,10 +1070,13 @@ mod tests {
         let token = authorize(&mut s, &json!([{"dealer": "all", "query": null}]), Some("alice"), now);
         for (id, who) in [(1, None), (2, Some("mallory"))] {
             let (conn, _out) = connection_with(id, who, 1 << 20);
-            assert_eq!(s.acquire(&token, &conn, now).err(), Some(SubscriptionError::NoSuchSubscription));
+            assert_eq!(
+                s.acquire(&token, &conn, Resume::default(), now).err(),
+                Some(SubscriptionError::NoSuchSubscription)
+            );
         }
         let (alice, _out) = connection_with(3, Some("alice"), 1 << 20);
-        assert!(s.acquire(&token, &alice, now).is_ok());
+        assert!(s.acquire(&token, &alice, Resume::default(), now).is_ok());
     }
 
     #[test]
@@ -740,9 +1087,12 @@ mod tests {
         assert_eq!(s.waiting(), 3);
         let (conn, _out) = connection(1);
         for token in &tokens[..2] {
-            assert_eq!(s.acquire(token, &conn, now).err(), Some(SubscriptionError::NoSuchSubscription));
+            assert_eq!(
+                s.acquire(token, &conn, Resume::default(), now).err(),
+                Some(SubscriptionError::NoSuchSubscription)
+            );
         }
-        assert!(s.acquire(&tokens[2], &conn, now).is_ok());
+        assert!(s.acquire(&tokens[2], &conn, Resume::default(), now).is_ok());
     }
 
     #[test]
@@ -752,12 +1102,15 @@ mod tests {
         let (conn, _out) = connection(1);
         for _ in 0..2 {
             let token = all(&mut s, now);
-            s.acquire(&token, &conn, now).expect("within the bound");
+            s.acquire(&token, &conn, Resume::default(), now).expect("within the bound");
         }
         let token = all(&mut s, now);
-        assert_eq!(s.acquire(&token, &conn, now).err(), Some(SubscriptionError::TooMany));
+        assert_eq!(s.acquire(&token, &conn, Resume::default(), now).err(), Some(SubscriptionError::TooMany));
         let (other, _out) = connection(2);
-        assert!(s.acquire(&token, &other, now).is_ok(), "the token is still good for another connection");
+        assert!(
+            s.acquire(&token, &other, Resume::default(), now).is_ok(),
+            "the token is still good for another connection"
+        );
     }
 
     #[test]
@@ -767,7 +1120,7 @@ mod tests {
         let token = all(&mut s, now);
         let (conn, _out) = connection(1);
         assert_eq!(
-            s.acquire(&token, &conn, now + 10 * SECOND).err(),
+            s.acquire(&token, &conn, Resume::default(), now + 10 * SECOND).err(),
             Some(SubscriptionError::NoSuchSubscription),
             "at the deadline"
         );
@@ -784,11 +1137,143 @@ mod tests {
         let token = all(&mut s, now);
         let (a, _oa) = connection(1);
         let (b, _ob) = connection(2);
-        s.acquire(&token, &a, now).expect("acquired");
-        assert_eq!(s.acquire(&token, &a, now).err(), Some(SubscriptionError::NoSuchSubscription));
-        assert_eq!(s.acquire(&token, &b, now).err(), Some(SubscriptionError::NoSuchSubscription));
+        s.acquire(&token, &a, Resume::default(), now).expect("acquired");
+        assert_eq!(s.acquire(&token, &a, Resume::default(), now).err(), Some(SubscriptionError::NoSuchSubscription));
+        assert_eq!(s.acquire(&token, &b, Resume::default(), now).err(), Some(SubscriptionError::NoSuchSubscription));
         assert_eq!(s.cancel(&token, &b), Err(SubscriptionError::NoSuchSubscription));
-        assert_eq!(s.cancel(&token, &a), Ok(()));
+        assert_eq!(s.cancel(&token, &a), Ok(0), "no lease without a broker");
+        assert!(s.is_empty());
+    }
+
+    fn opted(after: Option<u64>) -> Resume {
+        Resume { offsets: true, after: after.map(|seq| Offset { epoch: 0, seq }) }
+    }
+
+    /// The `(n, subscription, offset)` of every opted-in delta taken from `outbox` (written).
+    fn received_opted(outbox: &mut Outbox) -> Vec<(i64, String, String)> {
+        let mut got = Vec::new();
+        while let Some(frame) = outbox.try_recv() {
+            let value: Value = serde_json::from_str(frame.as_str()).expect("JSON");
+            let message = &value["message"];
+            assert_eq!(
+                message.as_object().map(serde_json::Map::len),
+                Some(4),
+                "type, delta, subscription, offset: {message}"
+            );
+            got.push((
+                message["delta"]["data"]["n"].as_i64().expect("n"),
+                message["subscription"].as_str().expect("a subscription").to_owned(),
+                message["offset"].as_str().expect("an offset").to_owned(),
+            ));
+        }
+        outbox.written();
+        got
+    }
+
+    #[test]
+    fn opted_in_deltas_name_their_subscription_and_offset_and_others_see_0_1_frames() {
+        let now = Instant::now();
+        let mut s = subscriptions(limits());
+        let (old, new) = (all(&mut s, now), all(&mut s, now));
+        let (old_conn, mut old_out) = connection(1);
+        let (new_conn, mut new_out) = connection(2);
+        s.acquire(&old, &old_conn, Resume::default(), now).expect("acquired");
+        let (_, position) = s.acquire(&new, &new_conn, opted(None), now).expect("acquired");
+        assert_eq!(position.to_string(), "0");
+        publish(&mut s, 1..=2, now);
+        let legacy: Vec<String> = std::iter::from_fn(|| old_out.try_recv()).map(|f| f.as_str().to_owned()).collect();
+        assert_eq!(
+            legacy,
+            vec![
+                r#"{"service":"datasync","message":{"type":"delta","delta":{"type":"insert","model":"Task","data":{"n":1,"owner":1}}}}"#,
+                r#"{"service":"datasync","message":{"type":"delta","delta":{"type":"insert","model":"Task","data":{"n":2,"owner":1}}}}"#,
+            ],
+            "exactly 0.1's frames"
+        );
+        assert_eq!(received_opted(&mut new_out), vec![(1, new.clone(), "1".into()), (2, new.clone(), "2".into())]);
+    }
+
+    #[test]
+    fn a_resume_after_an_offset_delivers_exactly_what_followed_it() {
+        let now = Instant::now();
+        let mut s = subscriptions(limits());
+        let token = all(&mut s, now);
+        let (conn, mut out) = connection(1);
+        s.acquire(&token, &conn, opted(None), now).expect("acquired");
+        publish(&mut s, 1..=5, now);
+        // All five were written, but the network lost 4 and 5 (a silent drop): the server's
+        // position is ahead of the client's.
+        assert_eq!(received_opted(&mut out).len(), 5);
+        finish(&conn, out, &mut s, now);
+        publish(&mut s, 6..=6, now);
+        let (again, mut out) = connection(2);
+        let (_, position) = s.acquire(&token, &again, opted(Some(3)), now).expect("resumed");
+        assert_eq!(position.to_string(), "3");
+        let got: Vec<i64> = received_opted(&mut out).into_iter().map(|(n, _, _)| n).collect();
+        assert_eq!(got, vec![4, 5, 6]);
+    }
+
+    #[test]
+    fn a_resume_after_an_offset_does_not_wait_for_the_previous_writer() {
+        let now = Instant::now();
+        let mut s = subscriptions(limits());
+        let token = all(&mut s, now);
+        let (conn, mut out) = connection(1);
+        s.acquire(&token, &conn, opted(None), now).expect("acquired");
+        publish(&mut s, 1..=3, now);
+        // The old connection is closing and its writer still holds 2 and 3, which the
+        // client will never see; it applied 1.
+        let first = out.try_recv().expect("1");
+        out.written();
+        drop(first);
+        conn.close(codes::NORMAL);
+        s.disconnected(&conn, now);
+        let (again, mut out2) = connection(2);
+        s.acquire(&token, &again, opted(Some(1)), now).expect("no wait with an offset");
+        // The old writer writing out its queue does not move the new holder's position.
+        while out.try_recv().is_some() {}
+        out.written();
+        drop(out);
+        let got: Vec<i64> = received_opted(&mut out2).into_iter().map(|(n, _, _)| n).collect();
+        assert_eq!(got, vec![2, 3]);
+        finish(&again, out2, &mut s, now);
+        let (third, mut out3) = connection(3);
+        s.acquire(&token, &third, Resume::default(), now).expect("resumed after what the second wrote");
+        assert!(received_opted(&mut out3).is_empty(), "the second holder wrote 2 and 3");
+    }
+
+    #[test]
+    fn offsets_that_cannot_be_resumed_are_reported_and_drop_the_subscription() {
+        let now = Instant::now();
+        let small = Limits { retention: Retention { deltas: 3, ..Retention::default() }, ..limits() };
+        let mut s = subscriptions(small);
+        publish(&mut s, 1..=2, now);
+        let cases = [
+            (Offset { epoch: 0, seq: 1 }, "before the subscription was authorized"),
+            (Offset { epoch: 0, seq: 99 }, "never given"),
+            (Offset { epoch: 7, seq: 2 }, "of another stream"),
+        ];
+        for (after, why) in cases {
+            let token = all(&mut s, now);
+            let (conn, _out) = connection(1);
+            let resume = Resume { offsets: true, after: Some(after) };
+            assert_eq!(s.acquire(&token, &conn, resume, now).err(), Some(SubscriptionError::NotRetained), "{why}");
+            assert_eq!(
+                s.acquire(&token, &conn, Resume::default(), now).err(),
+                Some(SubscriptionError::NoSuchSubscription)
+            );
+        }
+        let token = all(&mut s, now);
+        publish(&mut s, 3..=6, now);
+        let (conn, _out) = connection(1);
+        assert_eq!(
+            s.acquire(&token, &conn, opted(Some(2)), now).err(),
+            Some(SubscriptionError::NotRetained),
+            "trimmed"
+        );
+        let token = all(&mut s, now);
+        publish(&mut s, 7..=10, now);
+        assert_eq!(s.acquire(&token, &conn, opted(None), now).err(), Some(SubscriptionError::NotRetained));
         assert!(s.is_empty());
     }
 
@@ -812,7 +1297,7 @@ mod tests {
         };
         s.publish([(update, FunctionKeys::default())], now);
         let (conn, mut out) = connection(1);
-        s.acquire(&token, &conn, now).expect("acquired");
+        s.acquire(&token, &conn, Resume::default(), now).expect("acquired");
         let frame = out.try_recv().expect("one frame");
         let value: Value = serde_json::from_str(frame.as_str()).expect("JSON");
         assert_eq!(value["message"]["delta"]["type"], "delete", "it left the view");

@@ -69,6 +69,12 @@ texts! {
     TOKEN_MUST_BE_STRING = "token must be string";
     /// DataSync: no subscription this connection may acquire or cancel has that token.
     NO_SUCH_SUBSCRIPTION = "No such subscription";
+    /// DataSync: `after` of `acquireSubscription` is not an offset string.
+    INVALID_OFFSET = "Invalid offset";
+    /// DataSync: an opted-in acquire cannot resume after its offset (the deltas that followed
+    /// are no longer retained, or the offset is not a position of the subscription): the
+    /// client must fetch its data and a new token.
+    OFFSET_NOT_RETAINED = "Offset not retained";
     /// DataSync and Connections: `identity` is not a string.
     IDENTITY_MUST_BE_STRING = "identity must be string";
     /// DataSync: `key` of `publishDeltas` is not a short enough string.

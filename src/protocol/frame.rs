@@ -35,6 +35,11 @@ impl Frame {
         Frame(Utf8Bytes::from(text))
     }
 
+    /// A frame from text already serialized as one JSON document.
+    pub fn from_text(text: String) -> Frame {
+        Frame(Utf8Bytes::from(text))
+    }
+
     /// The frame's size in bytes, used for the outgoing-queue bound.
     pub fn len(&self) -> usize {
         self.0.len()

@@ -175,6 +175,14 @@ impl BoundServer {
         if tokio::time::timeout(app.config.shutdown_grace(), app.connections.wait()).await.is_err() {
             log::warn!("shutdown: {} connections did not close in time", app.connections.len());
         }
+        let drained = async {
+            for service in app.frontend.services() {
+                service.drained().await;
+            }
+        };
+        if tokio::time::timeout(app.config.shutdown_grace(), drained).await.is_err() {
+            log::warn!("shutdown: the services did not finish their work for closed connections in time");
+        }
         log::info!("snorky stopped");
         Ok(())
     }

@@ -44,6 +44,8 @@ WAIT = 10.0
 LEFTOVER_WAIT = 0.02
 TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}\+00:00")
 TOKEN = re.compile(r"[a-z0-9]{32}")
+# Where ``$offset:N`` remembers the epoch of the offsets received, which no transcript can name.
+EPOCH = "$offset epoch"
 
 
 def exchanges() -> Iterator[Any]:
@@ -154,6 +156,14 @@ def check(expected: Any, actual: Any, captures: dict[str, Any], at: str) -> None
         if kind == "ref":
             assert name in captures and same_json(captures[name], actual), mismatch
             return
+        if kind == "offset":
+            # `N`, or `<epoch>-N` from nodes sharing a broker (remembered for the offsets sent).
+            assert isinstance(actual, str), mismatch
+            epoch, _, position = actual.rpartition("-")
+            assert position == name and (epoch == "" or epoch.isdigit()), mismatch
+            if epoch:
+                captures[EPOCH] = f"{epoch}-"
+            return
         fits = {
             "any": lambda: True,
             "timestamp": lambda: isinstance(actual, str) and TIMESTAMP.fullmatch(actual) is not None,
@@ -180,11 +190,13 @@ def check(expected: Any, actual: Any, captures: dict[str, Any], at: str) -> None
 
 
 def resolve(value: Any, captures: dict[str, Any]) -> Any:
-    """A value to send, with ``$ref:NAME`` replaced and ``$$`` unescaped."""
+    """A value to send, with ``$ref:NAME`` and ``$offset:N`` replaced and ``$$`` unescaped."""
     if isinstance(value, str) and value.startswith("$ref:"):
         return captures[value[5:]]
     if isinstance(value, str) and value.startswith("$$"):
         return value[1:]
+    if isinstance(value, str) and value.startswith("$offset:"):
+        return f"{captures.get(EPOCH, '')}{value[8:]}"
     assert not (isinstance(value, str) and value.startswith("$")), f"{value!r} cannot be sent"
     if isinstance(value, list):
         return [resolve(item, captures) for item in value]
@@ -354,12 +366,19 @@ def test_the_matcher_reports_what_differs() -> None:
     check({"a": ["$token:t", "$timestamp"]}, {"a": ["a" * 32, "2026-05-01T12:34:56.789+00:00"]}, captures, "x")
     assert captures == {"t": "a" * 32}
     assert resolve({"token": "$ref:t", "text": "$$1"}, captures) == {"token": "a" * 32, "text": "$1"}
+    # Offsets: one server's, then a broker's, whose epoch the offsets sent later take.
+    assert resolve("$offset:3", captures) == "3"
+    check("$offset:2", "2", captures, "x")
+    check("$offset:2", "1714560000000-2", captures, "x")
+    assert resolve({"after": "$offset:3"}, captures) == {"after": "1714560000000-3"}
     for expected, actual in [
         ({"a": 1}, {"a": 1, "b": 2}),
         ([1, 2], [2, 1]),
         (1, True),
         ("$int", 1.5),
         ("$timestamp", "x"),
+        ("$offset:2", "12"),
+        ("$offset:2", "x-2"),
     ]:
         with pytest.raises(AssertionError):
             check(expected, actual, captures, "x")

@@ -66,7 +66,8 @@ describe("DataSync on the real server", () => {
       processor.processDelta(delta);
     };
     const viaSignal = record(datasync.deltaReceived);
-    assert.equal(await within(datasync.acquireSubscription({ token })), null);
+    const acquired = await within(datasync.acquireSubscription({ token }));
+    assert.match(acquired?.offset ?? "", /^\d+$/, "the position it was acquired at");
     assert.deepEqual(datasync.subscriptions, [token]);
 
     const deltas: Delta[] = [

@@ -129,6 +129,26 @@ describe("useSnorkyCollection (React) on the real server", () => {
     await page.shows({ titles: ["one, renamed"], status: "live" });
   });
 
+  it("two hooks of one model on one client: each view applies only its own subscription's deltas", async (t) => {
+    const [mine, theirs] = [105, 106];
+    const mineApi = await tasksApi(t, mine, () => [task(1, mine, "mine")]);
+    const theirsApi = await tasksApi(t, theirs, () => [task(2, theirs, "theirs")]);
+    const client = await connectedClient(t, server);
+    const minePage = renderTasks(t, client, `${mineApi.base}/tasks/`);
+    const theirsPage = renderTasks(t, client, `${theirsApi.base}/tasks/`);
+    await minePage.shows({ status: "live", titles: ["mine"] });
+    await theirsPage.shows({ status: "live", titles: ["theirs"] });
+    assert.equal(client.services.datasync.subscriptions.length, 2);
+    await server.publishDeltas([
+      { type: "insert", model: "Task", data: task(3, mine, "mine too") },
+      { type: "insert", model: "Task", data: task(4, theirs, "theirs too") },
+      // Moves from one view to the other: a delete for one subscription, an insert for the other.
+      { type: "update", model: "Task", oldData: task(1, mine, "mine"), newData: task(1, theirs, "given away") },
+    ]);
+    await minePage.shows({ titles: ["mine too"] });
+    await theirsPage.shows({ titles: ["theirs", "theirs too", "given away"] });
+  });
+
   it("transformItem and itemsAreEqual shape what is rendered", async (t) => {
     const owner = 102;
     const api = await tasksApi(t, owner, () => [task(1, owner, "one")]);

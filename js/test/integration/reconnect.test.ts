@@ -157,7 +157,7 @@ describe("reconnection to the real server", () => {
     assert.deepEqual(failures, []);
   });
 
-  it("DataSync: a token whose resume buffer overflowed fires resyncNeeded; the others resume", async (t) => {
+  it("DataSync: a token whose missed deltas are no longer retained fires resyncNeeded; the others resume", async (t) => {
     const gate = new Gate();
     const services = { datasync: DataSync, datasync_small: DataSync };
     const client = new Snorky(WebSocket, server.wsUrl, services, {
@@ -183,7 +183,7 @@ describe("reconnection to the real server", () => {
     gate.close();
     await stopServer(client);
     await server.start();
-    // datasync_small buffers at most 2 deltas for a client away: the third drops the subscription.
+    // datasync_small retains 2 deltas: a client that missed 3 cannot resume.
     const deltas = [1, 2, 3].map((id) => ({ type: "insert", model: "Task", data: task(id, owner, `away ${id}`) }));
     await server.publishDeltas(deltas);
     await server.publishDeltas(deltas, "datasync_small_backend");
@@ -200,7 +200,7 @@ describe("reconnection to the real server", () => {
     assert.equal(failures.length, 1);
     assert.equal(failures[0]?.service, "datasync_small");
     assert.equal(failures[0]?.command, "acquireSubscription");
-    assert.equal(failures[0]?.error.message, "No such subscription");
+    assert.equal(failures[0]?.error.message, "Offset not retained");
 
     // What the application does then: a new token, and deltas flow again.
     const fresh = await server.authorize([{ dealer: "AllTasks", query: null }], "datasync_small_backend");
@@ -279,7 +279,7 @@ describe("reconnection to the real server", () => {
     assert.deepEqual(await delta, { type: "insert", model: "Task", data: task(9, 0, "new") });
   });
 
-  it("DataSync: a client closed for not reading (1008) resyncs every token, then carries on", async (t) => {
+  it("DataSync: a client closed for not reading (1008) resumes by offset, or resyncs without offsets, then carries on", async (t) => {
     // A server of its own, with a small outgoing queue per connection.
     const small = await RealServer.start({ args: ["--option", "max_frame_size=16384", "--option", "outbox_limit=65536"] });
     t.after(() => small.close());
@@ -290,14 +290,20 @@ describe("reconnection to the real server", () => {
         sockets.push(this);
       }
     }
-    const client = new Snorky(PausableSocket, small.wsUrl, { datasync: DataSync, pubsub: PubSub }, LIVE);
+    const services = { datasync: DataSync, datasync_small: DataSync, pubsub: PubSub };
+    const client = new Snorky(PausableSocket, small.wsUrl, services, LIVE);
     t.after(() => client.close());
     await waitUntil(() => client.isConnected, 5000, "the connection");
-    const { datasync, pubsub } = client.services;
+    const { datasync, datasync_small: legacy, pubsub } = client.services;
+    // One subscription with offsets (the default), one as a 0.1 client would hold it.
+    legacy.offsets = false;
     const token = await small.authorize([{ dealer: "AllTasks", query: null }]);
+    const legacyToken = await small.authorize([{ dealer: "AllTasks", query: null }], "datasync_small_backend");
     await within(datasync.acquireSubscription({ token }));
+    await within(legacy.acquireSubscription({ token: legacyToken }));
     await within(pubsub.subscribe({ channel: "still here" }));
     const resyncs = record(datasync.resyncNeeded);
+    const legacyResyncs = record(legacy.resyncNeeded);
     const failures = record(client.restoreFailed);
 
     // The client stops reading while the backend publishes more PubSub messages than the
@@ -312,10 +318,15 @@ describe("reconnection to the real server", () => {
     const restored = nextDispatch(client.restored, 5000, "restored");
     sockets.at(-1)!.resume();
     assert.equal((await disconnected).code, CloseCode.policyViolation);
-    assert.deepEqual(resyncs, [token], "messages were lost: the client resyncs rather than resumes");
-    assert.deepEqual(datasync.subscriptions, []);
+    assert.deepEqual(legacyResyncs, [legacyToken], "messages were lost: without offsets the client resyncs");
+    assert.deepEqual(legacy.subscriptions, []);
     await restored;
-    assert.deepEqual(failures, [], "the client did not try to resume the token");
+    assert.deepEqual(resyncs, [], "with an offset the subscription resumes exactly");
+    assert.deepEqual(datasync.subscriptions, [token]);
+    assert.deepEqual(failures, [], "the client did not try to resume the 0.1 token");
+    const delta = nextDispatch(datasync.deltaReceived, 3000, "a delta after the resume");
+    await small.publishDeltas([{ type: "insert", model: "Task", data: task(7, 0, "after") }]);
+    assert.deepEqual(await delta, { type: "insert", model: "Task", data: task(7, 0, "after") });
     const delivered = nextDispatch(pubsub.messagePublished, 3000, "a PubSub message after the reconnection");
     await small.publish("still here", "yes");
     assert.equal((await delivered).message, "yes");

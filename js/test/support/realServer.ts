@@ -205,6 +205,11 @@ export class RealServer {
     return this.info;
   }
 
+  /** SIGKILL: the server process dies at once, with no goodbye to anyone (its clients see no close frame). */
+  kill(): void {
+    this.child.kill("SIGKILL");
+  }
+
   /** Asks the driver to exit (bounded), then kills it anyway. Safe to call twice. */
   async close(): Promise<void> {
     if (this.exited === null) {

@@ -141,7 +141,7 @@ describe("bundles", () => {
 
     assert.equal(server.current.url, "/ws?token=jwt.token");
     await waitUntil(() => logged.includes("hi"), 2000, "the published message");
-    assert.deepEqual(server.calls("datasync", "acquireSubscription")[0]?.message.params, { token: "tok42" });
+    assert.deepEqual(server.calls("datasync", "acquireSubscription")[0]?.message.params, { token: "tok42", offsets: true });
     assert.equal(http.requests[0]?.headers["x-snorky"], "Subscribe");
 
     server.push("datasync", { type: "delta", delta: { type: "insert", model: "Task", data: { id: 2, title: "ship" } } });

@@ -59,7 +59,7 @@ describe("reconnection", () => {
     assert.deepEqual(params("cursors.join"), { document: "doc" });
     assert.deepEqual(params("cursors.createCursor"), { privateHandle: own.privateHandle, document: "doc", position: 4, status: "idle" });
     assert.deepEqual(params("messaging.registerParticipant"), { name: "alice" });
-    assert.deepEqual(params("datasync.acquireSubscription"), { token: "tok" });
+    assert.deepEqual(params("datasync.acquireSubscription"), { token: "tok", offsets: true });
 
     // State after the restore: fresh members and remote cursors, own cursor with its new public handle.
     assert.deepEqual(s.chat.getMembers("lobby"), ["me", "new"]);
@@ -127,7 +127,7 @@ describe("reconnection", () => {
     assert.deepEqual(s.datasync.subscriptions, ["kept"]);
     assert.equal(failures.length, 1);
     assert.equal(failures[0]?.error.message, "No such subscription");
-    assert.deepEqual(failures[0]?.params, { token: "gone" });
+    assert.deepEqual(failures[0]?.params, { token: "gone", offsets: true });
   });
 
   it("after a slow-consumer close (1008) every token needs a resync instead of a resume", async (t) => {

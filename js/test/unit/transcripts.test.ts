@@ -109,6 +109,8 @@ class Values {
       return this.remembered.get(name);
     }
     if (kind === "prefix") return `${name}(details)`;
+    // One server's offsets: position N is "N".
+    if (kind === "offset") return name;
     const n = ++this.counter;
     const value = { any: `any-${n}`, timestamp: "2026-05-01T12:34:56.789+00:00", token: `t${String(n).padStart(31, "0")}`, int: n }[kind];
     assert.ok(value !== undefined, `unknown notation ${pattern}`);
@@ -193,7 +195,19 @@ const STATE: Record<string, { reply?: Record<string, (s: any, params: Json, data
     },
   },
   messaging: { reply: { registerParticipant: (s, p) => assert.ok(s.participants.includes(p.name), "participants has the name") } },
-  datasync: { reply: { acquireSubscription: (s, p) => assert.ok(s.subscriptions.includes(p.token), "subscriptions has the token") } },
+  datasync: {
+    reply: {
+      acquireSubscription: (s, p, d) => {
+        assert.ok(s.subscriptions.includes(p.token), "subscriptions has the token");
+        if (d !== null) assert.ok(s.offsetOf(p.token) !== null, "the client keeps an offset for the subscription");
+      },
+    },
+    push: {
+      delta: (s, m) => {
+        if (m.subscription !== undefined) assert.equal(s.offsetOf(m.subscription), m.offset, "the client keeps the delta's offset");
+      },
+    },
+  },
 };
 
 async function replay(t: TestContext, transcript: Transcript, steps: Json[]): Promise<void> {
@@ -238,6 +252,11 @@ async function replay(t: TestContext, transcript: Transcript, steps: Json[]): Pr
       const { service: name, message } = step.frame;
       const params = values.make(message.params);
       const service = (state.client.services as Record<string, RPCService & Record<string, unknown>>)[name]!;
+      if (kinds.get(name) === "datasync" && message.command === "acquireSubscription") {
+        // The client opts in to offsets by itself; a transcript without `offsets` is a 0.1
+        // client's, which the client speaks with its opt-in turned off.
+        service["offsets"] = "offsets" in message.params;
+      }
       const method = service[message.command];
       const promise: Promise<unknown> =
         typeof method === "function" && !["call", "rpcCall"].includes(message.command)

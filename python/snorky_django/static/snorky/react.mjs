@@ -35,7 +35,7 @@ function useSnorkyCollection(snorky, url, model, options = {}) {
         processor.collections[model] = collection;
         token = subscriptionToken;
         setState({ items: [...collection.array], status: "loading", error: null });
-        await datasync.acquireSubscription({ token: subscriptionToken });
+        await datasync.acquireSubscription({ token: subscriptionToken }, processor);
         if (!active) {
           release(subscriptionToken);
           return;
@@ -45,7 +45,8 @@ function useSnorkyCollection(snorky, url, model, options = {}) {
         if (active) setState((previous) => ({ ...previous, status: "error", error }));
       }
     }
-    const offDelta = datasync.deltaReceived.add((delta) => {
+    const offDelta = datasync.offsets ? () => {
+    } : datasync.deltaReceived.add((delta) => {
       processor.processDelta(delta);
     });
     const offResync = datasync.resyncNeeded.add((lost) => {

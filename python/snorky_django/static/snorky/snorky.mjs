@@ -564,34 +564,75 @@ var SingleItemCollection = class {
 var DataSync = class extends RPCService {
   constructor() {
     super(...arguments);
-    /** Every delta, in the order the server sent them. */
+    /** Whether acquisitions opt in to offsets. Default `true`; `false` for a Snorky 0.1 server. */
+    this.offsets = true;
+    /** Every delta, in the order the server sent them (of every subscription). */
     this.deltaReceived = new Signal();
+    /** Every delta of an opted-in subscription, with its subscription and offset, after it was applied to the subscription's target. */
+    this.subscriptionDelta = new Signal();
     /** A subscription was lost: refetch the data and acquire the new token. Carries the old token. */
     this.resyncNeeded = new Signal();
     /** Called with every delta, after `deltaReceived` (Snorky 0.1 style). */
     this.onDelta = null;
+    this.held = /* @__PURE__ */ new Map();
+    /** The tokens acquired (in acquisition order), which are acquired again after a reconnection. */
     this.tokens = /* @__PURE__ */ new Set();
   }
-  /** Starts receiving the deltas of a subscription. Rejects with `"No such subscription"`, `"token must be string"`. */
-  acquireSubscription(params) {
-    return this.call("acquireSubscription", params).then((data) => {
-      this.tokens.add(params.token);
-      return data;
-    });
+  /**
+   * Starts receiving the deltas of a subscription; `target` receives this
+   * subscription's deltas (only with offsets: deltas of 0.1's protocol do not
+   * say which subscription they belong to). Resolves with the server's data:
+   * `{offset}` when opted in, `null` otherwise. Rejects with
+   * `"No such subscription"`, `"Offset not retained"`, `"token must be string"`.
+   */
+  acquireSubscription(params, target) {
+    const sent = this.offsets && !("offsets" in params) ? { ...params, offsets: true } : params;
+    const token = params.token;
+    const previous = this.held.get(token);
+    const held = { offsets: sent.offsets === true, offset: null, deltaSinceAcquire: false, target };
+    this.held.set(token, held);
+    return this.call("acquireSubscription", sent).then(
+      (data) => {
+        this.acquired(token, held, data);
+        this.tokens.add(token);
+        return data;
+      },
+      (error) => {
+        if (this.held.get(token) === held) {
+          if (previous) this.held.set(token, previous);
+          else this.held.delete(token);
+        }
+        throw error;
+      }
+    );
   }
   /** Ends a subscription. Rejects with `"No such subscription"`. */
   cancelSubscription(params) {
     return afterSettled(this.call("cancelSubscription", params), () => {
-      this.tokens.delete(params.token);
+      this.forget(params.token);
     });
   }
   /** The tokens this client holds (and acquires again after a reconnection). */
   get subscriptions() {
     return [...this.tokens];
   }
+  /** The offset of the last delta applied for `token` (or of its acquisition), if known. */
+  offsetOf(token) {
+    return this.held.get(token)?.offset ?? null;
+  }
   onNotification(message) {
     if (message.type !== "delta") return;
     const delta = message["delta"];
+    const subscription = message["subscription"];
+    const offset = message["offset"];
+    if (typeof subscription === "string" && typeof offset === "string") {
+      const held = this.held.get(subscription);
+      if (held) {
+        held.offset = offset;
+        held.deltaSinceAcquire = true;
+        this.apply(held.target, delta, subscription);
+      }
+    }
     this.deltaReceived.dispatch(delta);
     if (this.onDelta) {
       try {
@@ -600,19 +641,52 @@ var DataSync = class extends RPCService {
         console.error("Snorky: onDelta threw", error);
       }
     }
+    if (typeof subscription === "string" && typeof offset === "string") {
+      this.subscriptionDelta.dispatch({ subscription, delta, offset });
+    }
   }
   restore() {
     for (const token of this.tokens) {
-      void this.restoreCall("acquireSubscription", { token }, () => this.resync(token));
+      const held = this.held.get(token);
+      if (!held) continue;
+      const params = held.offsets ? { token, offsets: true } : { token };
+      if (held.offsets && held.offset !== null) params.after = held.offset;
+      held.deltaSinceAcquire = false;
+      void this.restoreCall("acquireSubscription", params, () => this.resync(token)).then(
+        (data) => {
+          if (data !== void 0 && this.held.get(token) === held) this.acquired(token, held, data);
+        }
+      );
     }
   }
   connectionLost(code) {
-    if (lostMessages(code)) {
-      for (const token of this.tokens) this.resync(token);
+    if (!lostMessages(code)) return;
+    for (const token of this.tokens) {
+      const held = this.held.get(token);
+      if (!held?.offsets || held.offset === null) this.resync(token);
     }
   }
-  resync(token) {
+  /** Records what an acquire's reply says, unless a delta already told more. */
+  acquired(token, held, data) {
+    if (held.deltaSinceAcquire || data === null || typeof data !== "object") return;
+    if (typeof data.offset === "string") held.offset = data.offset;
+    else console.error(`Snorky: the acquire of ${token} answered no offset`, data);
+  }
+  apply(target, delta, subscription) {
+    if (!target) return;
+    try {
+      if (typeof target === "function") target(delta, subscription);
+      else target.processDelta(delta);
+    } catch (error) {
+      console.error("Snorky: applying a delta failed", error);
+    }
+  }
+  forget(token) {
     this.tokens.delete(token);
+    this.held.delete(token);
+  }
+  resync(token) {
+    this.forget(token);
     this.resyncNeeded.dispatch(token);
   }
 };

@@ -160,3 +160,24 @@ export interface DeleteDelta<T = any> {
 }
 /** A change to one object of a model. */
 export type Delta<T = any> = InsertDelta<T> | UpdateDelta<T> | DeleteDelta<T>;
+/** The params of `acquireSubscription`. */
+export interface AcquireParams {
+    /** The subscription token from the web application. */
+    token: string;
+    /** Opt in to offsets (the client adds `true` unless {@link DataSync.offsets} is off). */
+    offsets?: boolean;
+    /** Resume after this offset (the last delta applied). The client adds it after a reconnection. */
+    after?: string;
+}
+/** What an opted-in `acquireSubscription` answers: the position it was acquired at. */
+export interface AcquireResult {
+    offset: string;
+}
+/** A delta of an opted-in subscription, with the subscription it belongs to and its offset. */
+export interface SubscriptionDelta<T = any> {
+    /** The subscription's token. */
+    subscription: string;
+    delta: Delta<T>;
+    /** The position after this delta (opaque: stored and sent back, never compared). */
+    offset: string;
+}

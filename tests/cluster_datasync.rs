@@ -1,0 +1,589 @@
+//! DataSync across nodes sharing a Redis broker: a subscription authorized through one node is
+//! acquired on another; deltas published through any node reach every subscriber on every node
+//! exactly once, in one order; the timeouts, the idempotency keys and the bounds hold
+//! cluster-wide; a client resumes on another node exactly after the offset it applied; a node
+//! killed with SIGKILL and Redis going away lose nothing silently.
+
+mod cluster;
+mod common;
+mod proxy;
+
+use std::time::Duration;
+
+use cluster::{on_broker, Redis};
+use common::{error_reply, ok_reply, test_config, within, Client, TestServer, KEY, WAIT};
+use proxy::CutProxy;
+use serde_json::{json, Value};
+use snorky::datasync::{DataSyncBackend, DataSyncService, Dealer, Limits};
+use snorky::server::ServerConfig;
+use snorky::service::AnyService;
+
+/// The node timeout of the test nodes (`cluster::on_broker`).
+const NODE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A node with `datasync` (a Broadcast dealer `all` and a Simple dealer `by_owner` on Task) and
+/// `datasync_backend`, on the broker.
+async fn node(redis: &Redis, name: &str) -> TestServer {
+    node_with(on_broker(test_config(), redis, name), Limits::default()).await
+}
+
+async fn node_with(config: ServerConfig, limits: Limits) -> TestServer {
+    let dealers = vec![Dealer::broadcast("all", "Task"), Dealer::simple_field("by_owner", "Task", "owner")];
+    let datasync = DataSyncService::with_limits("datasync", dealers, limits).expect("distinct dealer names");
+    let backend = DataSyncBackend::new("datasync_backend", &datasync);
+    TestServer::start_services(config, vec![AnyService::DataSync(datasync)], vec![AnyService::DataSyncBackend(backend)])
+        .await
+}
+
+/// Three nodes on one Redis.
+async fn three(redis: &Redis) -> [TestServer; 3] {
+    [node(redis, "one").await, node(redis, "two").await, node(redis, "three").await]
+}
+
+/// `POST /backend` of `node`; returns the HTTP status and the body.
+async fn backend(node: &TestServer, command: &str, params: Value) -> (u16, Value) {
+    let body = json!({"service": "datasync_backend", "message": {"command": command, "params": params}});
+    let answer = common::post_backend(node, Some(KEY), body.to_string()).await;
+    let value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    (answer.status, value)
+}
+
+async fn authorize(node: &TestServer, items: Value) -> String {
+    let (status, reply) = backend(node, "authorizeSubscription", json!({"items": items})).await;
+    assert_eq!(status, 200, "{reply}");
+    reply["message"]["data"].as_str().unwrap_or_else(|| panic!("authorized: {reply}")).to_owned()
+}
+
+async fn authorize_all(node: &TestServer) -> String {
+    authorize(node, json!([{"dealer": "all", "query": null}])).await
+}
+
+fn inserts(ids: impl IntoIterator<Item = u64>) -> Value {
+    ids.into_iter().map(|id| json!({"type": "insert", "model": "Task", "data": {"id": id, "owner": id % 3}})).collect()
+}
+
+async fn publish(node: &TestServer, deltas: Value) {
+    publish_keyed(node, deltas, None).await;
+}
+
+async fn publish_keyed(node: &TestServer, deltas: Value, key: Option<&str>) {
+    let mut params = json!({"deltas": deltas});
+    if let Some(key) = key {
+        params["key"] = json!(key);
+    }
+    let (status, reply) = backend(node, "publishDeltas", params).await;
+    assert_eq!((status, &reply["message"]["type"]), (200, &json!("response")), "{reply}");
+}
+
+/// What a client applied: the ids of its deltas, and the offset of the last.
+#[derive(Default, Debug)]
+struct Applied {
+    ids: Vec<u64>,
+    last: Option<String>,
+}
+
+impl Applied {
+    fn apply(&mut self, frame: &Value, token: Option<&str>) {
+        let message = &frame["message"];
+        assert_eq!(message["type"], "delta", "{frame}");
+        if let Some(token) = token {
+            assert_eq!(message["subscription"], token, "{frame}");
+            self.last = Some(message["offset"].as_str().unwrap_or_else(|| panic!("an offset: {frame}")).to_owned());
+        } else {
+            assert!(message.get("offset").is_none(), "a 0.1 delta: {frame}");
+        }
+        self.ids.push(message["delta"]["data"]["id"].as_u64().unwrap_or_else(|| panic!("an id: {frame}")));
+    }
+}
+
+/// Sends `acquireSubscription` (opted in when `offsets`), applying the deltas that come before
+/// the reply; returns the reply.
+async fn acquire(client: &mut Client, token: &str, offsets: bool, after: Option<&str>, applied: &mut Applied) -> Value {
+    let mut params = json!({"token": token});
+    if offsets {
+        params["offsets"] = json!(true);
+    }
+    if let Some(after) = after {
+        params["after"] = json!(after);
+    }
+    client.request("datasync", "acquireSubscription", params, json!("acquire")).await;
+    loop {
+        let frame = within(Duration::from_secs(30), "the acquire's reply", client.recv()).await;
+        if frame["message"]["callId"] == "acquire" {
+            return frame;
+        }
+        applied.apply(&frame, offsets.then_some(token));
+    }
+}
+
+/// Acquires, asserting success; returns the offset of the reply (opted in) or `None`.
+async fn acquired(client: &mut Client, token: &str, offsets: bool, applied: &mut Applied) -> Option<String> {
+    let reply = acquire(client, token, offsets, None, applied).await;
+    assert_eq!(reply["message"]["type"], "response", "{reply}");
+    reply["message"]["data"]["offset"].as_str().map(str::to_owned)
+}
+
+async fn read_until(client: &mut Client, token: Option<&str>, applied: &mut Applied, total: usize) {
+    while applied.ids.len() < total {
+        let frame = client.recv().await;
+        applied.apply(&frame, token);
+    }
+}
+
+/// A request answered at once: its reply being the next frame proves nothing else was queued.
+async fn barrier(client: &mut Client) {
+    let reply = client.call("datasync", "noSuchCommand", json!({}), json!("barrier")).await;
+    assert_eq!(reply, error_reply("datasync", &json!("barrier"), "Unknown command"), "nothing more arrived");
+}
+
+/// A client that connects to `node` through a proxy that can cut it.
+async fn connect_through(proxy: &CutProxy) -> Client {
+    let (ws, _) = within(WAIT, "the WebSocket handshake", tokio_tungstenite::connect_async(proxy.ws_url()))
+        .await
+        .expect("the server accepts the connection");
+    Client { ws, pings: 0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorized_on_one_node_acquired_on_others_deltas_from_every_node_reach_everyone_once_in_order() {
+    let redis = Redis::start();
+    let [one, two, three] = three(&redis).await;
+    // Authorized through the third node; deltas published before anyone acquires.
+    let (plain, opted) = (authorize_all(&three).await, authorize_all(&three).await);
+    publish(&three, inserts(1..=3)).await;
+    let mut on_one = one.connect().await;
+    let mut on_two = two.connect().await;
+    let (mut plain_applied, mut opted_applied) = (Applied::default(), Applied::default());
+    assert_eq!(acquired(&mut on_one, &plain, false, &mut plain_applied).await, None);
+    let position = acquired(&mut on_two, &opted, true, &mut opted_applied).await.expect("an offset");
+    assert!(position.contains('-'), "a broker's offsets name their epoch: {position}");
+    assert_eq!(plain_applied.ids, vec![1, 2, 3], "published between authorization and acquisition");
+    assert_eq!(opted_applied.ids, vec![1, 2, 3]);
+    // Publishes through every node's backend, one with no subscriber at all.
+    for n in 4..=60 {
+        let through = [&one, &two, &three][usize::try_from(n % 3).expect("small")];
+        publish(through, inserts([n])).await;
+    }
+    read_until(&mut on_one, None, &mut plain_applied, 60).await;
+    read_until(&mut on_two, Some(&opted), &mut opted_applied, 60).await;
+    let expected: Vec<u64> = (1..=60).collect();
+    assert_eq!(plain_applied.ids, expected, "once each, in publish order");
+    assert_eq!(opted_applied.ids, expected);
+    barrier(&mut on_one).await;
+    barrier(&mut on_two).await;
+    // A subscription sees only what its items allow, on any node.
+    let by_owner = authorize(&one, json!([{"dealer": "by_owner", "query": 1}])).await;
+    let mut on_three = three.connect().await;
+    let mut owned = Applied::default();
+    acquired(&mut on_three, &by_owner, false, &mut owned).await;
+    publish(&two, inserts(61..=66)).await;
+    read_until(&mut on_three, None, &mut owned, 2).await;
+    assert_eq!(owned.ids, vec![61, 64]);
+    barrier(&mut on_three).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_held_on_one_node_is_no_such_subscription_on_another() {
+    let redis = Redis::start();
+    let [one, two, _three] = three(&redis).await;
+    let token = authorize_all(&one).await;
+    let mut holder = one.connect().await;
+    let mut applied = Applied::default();
+    acquired(&mut holder, &token, true, &mut applied).await;
+    let mut other = two.connect().await;
+    let reply = acquire(&mut other, &token, false, None, &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"));
+    // Opted in without an offset: refused too, within a moment (only a resume after an offset
+    // waits for the holder to go, see below).
+    let started = std::time::Instant::now();
+    let reply = acquire(&mut other, &token, true, None, &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"));
+    assert!(started.elapsed() < Duration::from_secs(1), "no offset, no wait");
+    // The holder keeps it, and a second acquire on the same connection is refused too.
+    publish(&two, inserts([1])).await;
+    read_until(&mut holder, Some(&token), &mut applied, 1).await;
+    let reply = acquire(&mut holder, &token, true, None, &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"));
+    // Cancelled on its node, it is gone everywhere.
+    let reply = holder.call("datasync", "cancelSubscription", json!({"token": token}), json!("c")).await;
+    assert_eq!(reply, ok_reply("datasync", &json!("c"), &Value::Null));
+    let reply = acquire(&mut other, &token, false, None, &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"));
+    assert_eq!(redis.cli(&["KEYS", "*datasync:datasync:sub:*"]), "", "its record went");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_with_an_offset_waits_for_the_holder_on_another_node_to_go() {
+    let redis = Redis::start();
+    let [one, two, three] = three(&redis).await;
+    let token = authorize_all(&three).await;
+    let mut first = one.connect().await;
+    let mut applied = Applied::default();
+    let position = acquired(&mut first, &token, true, &mut applied).await.expect("an offset");
+    publish(&three, inserts(1..=3)).await;
+    read_until(&mut first, Some(&token), &mut applied, 3).await;
+    let after = applied.last.clone().expect("an offset");
+    assert_ne!(after, position);
+    // Still held open on node one: node two waits, then refuses.
+    let mut second = two.connect().await;
+    let started = std::time::Instant::now();
+    let reply = acquire(&mut second, &token, true, Some(&after), &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"));
+    assert!(started.elapsed() >= Duration::from_secs(2), "it gave the holder time: {:?}", started.elapsed());
+    // The holder goes while node two waits: node two takes over exactly after the offset.
+    let resume = tokio::spawn(async move {
+        let mut applied = Applied::default();
+        let reply = acquire(&mut second, &token, true, Some(&after), &mut applied).await;
+        (second, reply, applied, token)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&three, inserts(4..=5)).await;
+    first.close().await;
+    let (mut second, reply, mut applied, token) = within(WAIT, "the resume", resume).await.expect("no panic");
+    assert_eq!(reply["message"]["type"], "response", "{reply}");
+    read_until(&mut second, Some(&token), &mut applied, 2).await;
+    assert_eq!(applied.ids, vec![4, 5]);
+    barrier(&mut second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_mid_batch_on_one_node_resumes_on_another_with_exactly_the_missing_deltas() {
+    const TOTAL: u64 = 5_000;
+    let redis = Redis::start();
+    let [one, two, three] = three(&redis).await;
+    let token = authorize_all(&three).await;
+    let proxy = CutProxy::start(one.frontend).await;
+    let mut client = connect_through(&proxy).await;
+    let mut applied = Applied::default();
+    acquired(&mut client, &token, true, &mut applied).await;
+    publish(&three, inserts(1..=TOTAL)).await;
+    read_until(&mut client, Some(&token), &mut applied, 50).await;
+    // The network goes: what node one wrote into it is lost, and nobody sends a close frame.
+    proxy.cut();
+    drop(client);
+    let after = applied.last.clone().expect("an offset");
+    let mut again = two.connect().await;
+    let reply =
+        within(Duration::from_secs(30), "the resume", acquire(&mut again, &token, true, Some(&after), &mut applied))
+            .await;
+    assert_eq!(reply["message"]["data"], json!({"offset": after}), "{reply}");
+    publish(&one, inserts([TOTAL + 1])).await;
+    read_until(&mut again, Some(&token), &mut applied, usize::try_from(TOTAL + 1).expect("small")).await;
+    assert_eq!(applied.ids, (1..=TOTAL + 1).collect::<Vec<_>>(), "every delta once, in order");
+    barrier(&mut again).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_0_1_client_resumes_on_another_node_after_what_was_written() {
+    let redis = Redis::start();
+    let [one, two, three] = three(&redis).await;
+    let token = authorize_all(&three).await;
+    let mut first = one.connect().await;
+    let mut applied = Applied::default();
+    acquired(&mut first, &token, false, &mut applied).await;
+    publish(&three, inserts(1..=10)).await;
+    read_until(&mut first, None, &mut applied, 10).await;
+    first.close().await;
+    publish(&three, inserts(11..=12)).await;
+    let mut second = two.connect().await;
+    // The release reaches Redis once node one's writer is done: the acquire waits for it.
+    acquired(&mut second, &token, false, &mut applied).await;
+    read_until(&mut second, None, &mut applied, 12).await;
+    assert_eq!(applied.ids, (1..=12).collect::<Vec<_>>());
+    barrier(&mut second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorization_and_resume_timeouts_hold_on_every_node() {
+    let redis = Redis::start();
+    let limits = Limits {
+        subscription_timeout: Duration::from_millis(700),
+        resume_timeout: Duration::from_millis(700),
+        ..Limits::default()
+    };
+    let one = node_with(on_broker(test_config(), &redis, "one"), limits).await;
+    let two = node_with(on_broker(test_config(), &redis, "two"), limits).await;
+    let late = authorize_all(&one).await;
+    let in_time = authorize_all(&one).await;
+    let mut client = two.connect().await;
+    let mut applied = Applied::default();
+    acquired(&mut client, &in_time, true, &mut applied).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let reply = acquire(&mut client, &late, false, None, &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"), "authorization expired");
+    // Released on node two; acquired again on node one within the resume timeout, then not.
+    client.close().await;
+    let mut again = one.connect().await;
+    acquired(&mut again, &in_time, true, &mut applied).await;
+    again.close().await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut last = two.connect().await;
+    let reply = acquire(&mut last, &in_time, true, None, &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"), "resume expired");
+    assert_eq!(redis.cli(&["KEYS", "*datasync:datasync:sub:*"]), "", "expired records are gone from Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_with_its_key_through_any_node_is_delivered_once() {
+    let redis = Redis::start();
+    let [one, two, three] = three(&redis).await;
+    let token = authorize_all(&one).await;
+    let mut client = two.connect().await;
+    let mut applied = Applied::default();
+    acquired(&mut client, &token, true, &mut applied).await;
+    for node in [&one, &two, &three, &one] {
+        publish_keyed(node, inserts(1..=2), Some("outbox:1-2")).await;
+    }
+    publish_keyed(&three, inserts(3..=3), Some("outbox:3")).await;
+    read_until(&mut client, Some(&token), &mut applied, 3).await;
+    assert_eq!(applied.ids, vec![1, 2, 3]);
+    barrier(&mut client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_stream_is_bounded_by_count_and_bytes_and_what_it_lost_is_reported() {
+    let redis = Redis::start();
+    let limits = Limits {
+        retention: snorky::datasync::Retention { deltas: 50, bytes: 16 * 1024, ..Default::default() },
+        max_waiting: 3,
+        ..Limits::default()
+    };
+    let one = node_with(on_broker(test_config(), &redis, "one"), limits).await;
+    let two = node_with(on_broker(test_config(), &redis, "two"), limits).await;
+    let token = authorize_all(&one).await;
+    publish(&one, inserts(1..=200)).await;
+    assert_eq!(redis.cli(&["XLEN", "{snorky}:datasync:datasync:stream"]), "50", "by count");
+    // 1 KiB deltas: 16 KiB hold fewer than 16 of them.
+    let big: Value = (201..=300)
+        .map(|id| json!({"type": "insert", "model": "Task", "data": {"id": id, "text": "x".repeat(1024)}}))
+        .collect();
+    publish(&two, big).await;
+    let kept: usize = redis.cli(&["XLEN", "{snorky}:datasync:datasync:stream"]).parse().expect("a length");
+    assert!((1..16).contains(&kept), "by bytes: {kept} entries of 1 KiB");
+    let bytes: usize = redis.cli(&["HGET", "{snorky}:datasync:datasync:meta", "bytes"]).parse().expect("a number");
+    assert!(bytes <= 16 * 1024, "{bytes} bytes");
+    // The subscription missed more than is retained: the client is told.
+    let mut client = two.connect().await;
+    let mut applied = Applied::default();
+    let reply = acquire(&mut client, &token, true, None, &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "Offset not retained"));
+    // Waiting subscriptions are bounded cluster-wide: the fourth evicts the first.
+    let tokens = [authorize_all(&one).await, authorize_all(&two).await, authorize_all(&one).await];
+    let fourth = authorize_all(&two).await;
+    let reply = acquire(&mut client, &tokens[0], false, None, &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"), "evicted");
+    acquired(&mut client, &fourth, false, &mut applied).await;
+    assert!(applied.ids.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listens_for_deltas_only_while_it_holds_subscriptions() {
+    let redis = Redis::start();
+    let [one, two, _three] = three(&redis).await;
+    let channels = || {
+        redis.cli(&["PUBSUB", "NUMSUB", "{snorky}:datasync:datasync:deltas"]).lines().nth(1).unwrap_or("0").to_owned()
+    };
+    assert_eq!(channels(), "0");
+    let (a, b) = (authorize_all(&two).await, authorize_all(&two).await);
+    let mut first = one.connect().await;
+    let mut second = one.connect().await;
+    let mut applied = Applied::default();
+    acquired(&mut first, &a, true, &mut applied).await;
+    acquired(&mut second, &b, true, &mut applied).await;
+    assert_eq!(channels(), "1", "one subscription for the node, not one per client");
+    first.close().await;
+    assert_eq!(channels(), "1");
+    second.close().await;
+    common::eventually(WAIT, "node one to stop listening", || async { channels() == "0" }).await;
+    // And it listens again, missing nothing, when a subscription is acquired there again.
+    publish(&two, inserts(1..=2)).await;
+    let mut third = one.connect().await;
+    let mut applied = Applied::default();
+    acquired(&mut third, &a, true, &mut applied).await;
+    assert_eq!(applied.ids, vec![1, 2]);
+    publish(&two, inserts([3])).await;
+    read_until(&mut third, Some(&a), &mut applied, 3).await;
+    assert_eq!(applied.ids, vec![1, 2, 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_is_a_503_to_the_backend_and_its_return_makes_holders_resync() {
+    let mut redis = Redis::start();
+    let [one, two, _three] = three(&redis).await;
+    let token = authorize_all(&two).await;
+    let mut client = one.connect().await;
+    let mut applied = Applied::default();
+    acquired(&mut client, &token, true, &mut applied).await;
+    publish(&two, inserts(1..=2)).await;
+    read_until(&mut client, Some(&token), &mut applied, 2).await;
+
+    redis.stop();
+    for (command, params) in [
+        ("publishDeltas", json!({"deltas": inserts([3])})),
+        ("authorizeSubscription", json!({"items": [{"dealer": "all", "query": null}]})),
+    ] {
+        let (status, reply) = backend(&two, command, params).await;
+        assert_eq!(status, 503, "{command}: {reply}");
+        assert_eq!(reply["message"]["message"], "Service unavailable", "{command}");
+    }
+    let mut other = two.connect().await;
+    let reply = acquire(&mut other, &token, true, None, &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "Service unavailable"));
+
+    // Redis comes back empty: what it held is gone, so the holder is told to resync.
+    redis.restart();
+    let (code, frames) = client.recv_close(Duration::from_secs(30)).await;
+    assert_eq!(code, 1008, "closed so that the client acquires again: {frames:?}");
+    let mut again = one.connect().await;
+    let after = applied.last.clone();
+    let reply = acquire(&mut again, &token, true, after.as_deref(), &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"), "it must resync");
+    // And the cluster works again.
+    common::eventually(Duration::from_secs(30), "the backend to reach Redis again", || async {
+        backend(&two, "authorizeSubscription", json!({"items": [{"dealer": "all", "query": null}]})).await.0 == 200
+    })
+    .await;
+    let token = authorize_all(&two).await;
+    let mut applied = Applied::default();
+    acquired(&mut again, &token, true, &mut applied).await;
+    publish(&two, inserts([4])).await;
+    read_until(&mut again, Some(&token), &mut applied, 1).await;
+    assert_eq!(applied.ids, vec![4]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A node killed with SIGKILL
+
+const CHILD_BROKER: &str = "SNORKY_TEST_DATASYNC_CHILD_BROKER";
+const CHILD_READY: &str = "SNORKY-TEST-DATASYNC-CHILD-READY";
+
+/// A node in a process of its own (this test binary running [`child_node`]), killed with
+/// SIGKILL: no goodbye to Redis, no close frames.
+struct ChildNode {
+    child: std::process::Child,
+    frontend: std::net::SocketAddr,
+}
+
+impl ChildNode {
+    async fn start(redis: &Redis, name: &str) -> ChildNode {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let mut child = std::process::Command::new(exe)
+            .args(["child_node", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env(CHILD_BROKER, format!("{} {name}", redis.url()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the test binary runs");
+        let stdout = child.stdout.take().expect("its stdout");
+        let ready = tokio::task::spawn_blocking(move || {
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                // libtest may have written the test's name on the same line first.
+                .find_map(|line| line.split_once(CHILD_READY).map(|(_, rest)| rest.trim().to_owned()))
+        });
+        let address = within(WAIT, "the child node to start", ready).await.expect("the reader").expect("a ready line");
+        ChildNode { child, frontend: address.parse().expect("an address") }
+    }
+
+    async fn connect(&self) -> Client {
+        let url = format!("ws://{}/ws", self.frontend);
+        let (ws, _) = within(WAIT, "the handshake", tokio_tungstenite::connect_async(url)).await.expect("accepted");
+        Client { ws, pings: 0 }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The node of [`ChildNode`]: runs only in a child process (its broker in the environment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a node for the node-death test, run in a process of its own"]
+async fn child_node() {
+    let Ok(spec) = std::env::var(CHILD_BROKER) else { return };
+    let Some((url, name)) = spec.split_once(' ') else { return };
+    let node = node_with(cluster::on_broker_url(test_config(), url, name), Limits::default()).await;
+    println!("{CHILD_READY} {}", node.frontend);
+    // Killed by the test long before; bounded so that no orphan outlives a broken test.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_resume_on_another_without_a_gap_or_are_told() {
+    let redis = Redis::start();
+    let [one, two, _three] = three(&redis).await;
+    let mut doomed = ChildNode::start(&redis, "doomed").await;
+    let (opted, plain) = (authorize_all(&two).await, authorize_all(&two).await);
+    let mut client = doomed.connect().await;
+    let mut legacy = doomed.connect().await;
+    let mut applied = Applied::default();
+    acquired(&mut client, &opted, true, &mut applied).await;
+    acquired(&mut legacy, &plain, false, &mut Applied::default()).await;
+    publish(&two, inserts(1..=20)).await;
+    read_until(&mut client, Some(&opted), &mut applied, 20).await;
+
+    doomed.kill();
+    let killed = std::time::Instant::now();
+    publish(&two, inserts(21..=25)).await;
+    // Reconnected to a live node at once: the acquire waits until the dead node is known dead.
+    let mut again = one.connect().await;
+    let after = applied.last.clone();
+    let reply = within(
+        NODE_TIMEOUT * 3,
+        "the resume on a live node",
+        acquire(&mut again, &opted, true, after.as_deref(), &mut applied),
+    )
+    .await;
+    assert_eq!(reply["message"]["type"], "response", "{reply}");
+    eprintln!("resumed {:?} after SIGKILL", killed.elapsed());
+    read_until(&mut again, Some(&opted), &mut applied, 25).await;
+    assert_eq!(applied.ids, (1..=25).collect::<Vec<_>>(), "nothing lost, nothing twice");
+    barrier(&mut again).await;
+    // A 0.1 client's position died with the node: it is told to fetch again.
+    let mut plain_again = one.connect().await;
+    let reply = acquire(&mut plain_again, &plain, false, None, &mut Applied::default()).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"));
+    // Its records are reaped: nothing of the dead node stays held in Redis.
+    common::eventually(NODE_TIMEOUT * 3, "the dead node to be reaped", || async {
+        redis.cli(&["KEYS", "*datasync:datasync:held:doomed*"]).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_for_a_moment_reads_what_it_missed_from_the_stream() {
+    let redis = Redis::start();
+    let [one, two, _three] = three(&redis).await;
+    let token = authorize_all(&two).await;
+    let mut client = one.connect().await;
+    let mut applied = Applied::default();
+    acquired(&mut client, &token, true, &mut applied).await;
+    publish(&two, inserts(1..=5)).await;
+    read_until(&mut client, Some(&token), &mut applied, 5).await;
+    // Node one is the only node listening for deltas: its connection is the one with a
+    // subscription. Cut it; node two publishes while node one reconnects.
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    let listening: Vec<&str> = clients
+        .lines()
+        .filter(|line| line.contains(" sub=1 "))
+        .filter_map(|line| line.strip_prefix("id=").and_then(|rest| rest.split(' ').next()))
+        .collect();
+    assert_eq!(listening.len(), 1, "{clients}");
+    assert_eq!(redis.cli(&["CLIENT", "KILL", "ID", listening[0]]), "1");
+    for n in 6..=30 {
+        publish(&two, inserts([n])).await;
+    }
+    read_until(&mut client, Some(&token), &mut applied, 30).await;
+    assert_eq!(applied.ids, (1..=30).collect::<Vec<_>>(), "nothing lost, nothing twice");
+    barrier(&mut client).await;
+    assert!(common::metric(&one, "snorky_broker_disconnections_total").await >= 1, "it did lose Redis");
+}
