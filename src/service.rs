@@ -184,12 +184,11 @@ impl AnyService {
     /// # Errors
     ///
     /// [`Error::Config`] when the service cannot work with this broker.
-    // Async because a service sharing state may have to prepare it in Redis before serving.
-    #[allow(clippy::unused_async)]
     pub async fn attach(&self, server: &Attachment<'_>) -> Result<(), Error> {
         match self {
             AnyService::Connections(service) => service.attach(server.table),
             AnyService::PubSub(service) => service.hub().attach(server.broker),
+            AnyService::Messaging(service) => service.attach(server.broker).await?,
             _ => {}
         }
         Ok(())

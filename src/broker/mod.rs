@@ -64,6 +64,14 @@ pub trait Reaper: Send + Sync {
     fn reap(&self, node: String) -> ReapFuture;
 }
 
+/// Puts back in Redis what this node's connections hold, after the broker was unreachable.
+pub trait Rejoin: Send + Sync {
+    /// Redis answers again after an outage: what this node wrote meanwhile failed, and Redis may
+    /// have restarted empty, or this node may have been reaped by the others while it was cut
+    /// off. Called on a task of its own (it may take a while), once per reconnection.
+    fn rejoin(&self) -> ReapFuture;
+}
+
 /// Why a broker operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -118,6 +126,7 @@ struct Shared {
     /// Subscribe and unsubscribe requests, applied in order by one task.
     requests: mpsc::UnboundedSender<Request>,
     reapers: Mutex<Vec<Arc<dyn Reaper>>>,
+    rejoins: Mutex<Vec<Arc<dyn Rejoin>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -190,6 +199,7 @@ impl Broker {
             next_listener: AtomicU64::new(1),
             requests,
             reapers: Mutex::default(),
+            rejoins: Mutex::default(),
             metrics,
         });
         let broker = Broker(shared);
@@ -219,6 +229,23 @@ impl Broker {
     /// cluster's shards).
     pub fn channel(&self, name: &str) -> String {
         format!("{}:{name}", self.0.prefix)
+    }
+
+    /// The key whose existence says node `node` is alive (it refreshes it; it expires
+    /// `node_timeout` after the node stopped). Reaping scripts check it, so that a node that
+    /// came back meanwhile keeps what it holds.
+    pub fn liveness_key(&self, node: &str) -> String {
+        self.key(&format!("node:{node}"))
+    }
+
+    /// The command that publishes to a channel from a Lua script: `PUBLISH`, or `SPUBLISH` on a
+    /// Redis Cluster (where the channel must then be hash-tagged like the script's keys, as
+    /// [`Broker::key`] names are).
+    pub fn publish_command(&self) -> &'static str {
+        match self.0.link {
+            Link::Single(_) => "PUBLISH",
+            Link::Cluster(_) => "SPUBLISH",
+        }
     }
 
     /// Whether Redis answered the last time it was asked.
@@ -268,9 +295,20 @@ impl Broker {
     ///
     /// [`BrokerError::Unreachable`] when Redis is unreachable: the message was not published.
     pub async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), BrokerError> {
-        self.bounded(self.0.link.publish(channel, payload)).await?;
+        self.publish_counted(channel, payload).await.map(|_| ())
+    }
+
+    /// [`publish`](Self::publish), returning how many nodes listen on `channel` (Redis counts
+    /// subscribed connections, one per node; on a Redis Cluster, those of the channel's shard,
+    /// which are all of them).
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish).
+    pub async fn publish_counted(&self, channel: &str, payload: &[u8]) -> Result<usize, BrokerError> {
+        let receivers = self.bounded(self.0.link.publish(channel, payload)).await?;
         self.0.metrics.broker_publishes.inc();
-        Ok(())
+        Ok(receivers)
     }
 
     /// Adds `listener` to `channel`, subscribing the node when it is the first; resolves once
@@ -297,6 +335,11 @@ impl Broker {
     /// Registers what to run when a node dies.
     pub fn add_reaper(&self, reaper: Arc<dyn Reaper>) {
         crate::sync::lock(&self.0.reapers).push(reaper);
+    }
+
+    /// Registers what to run when Redis answers again after an outage.
+    pub fn add_rejoin(&self, rejoin: Arc<dyn Rejoin>) {
+        crate::sync::lock(&self.0.rejoins).push(rejoin);
     }
 
     /// Refreshes this node's liveness key and membership.
@@ -363,6 +406,10 @@ impl Broker {
                 crate::sync::lock(&self.0.listeners).values().flatten().map(|(_, l)| Arc::clone(l)).collect();
             for listener in listeners {
                 listener.reconnected();
+            }
+            let rejoins: Vec<Arc<dyn Rejoin>> = crate::sync::lock(&self.0.rejoins).clone();
+            for rejoin in rejoins {
+                tokio::spawn(rejoin.rejoin());
             }
         } else {
             self.0.metrics.broker_disconnections.inc();

@@ -70,7 +70,7 @@ pub async fn upgrade(
         // be trusted to carry no token.
         Err(rejection) => Err(format!("Invalid connection token: {}", rejection.body_text())),
     };
-    let identity = match identity {
+    let (identity, issued_at) = match identity {
         Ok(identity) => identity,
         Err(text) => {
             log::info!("refused a WebSocket from {remote}: {text}");
@@ -91,15 +91,19 @@ pub async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(app, socket, remote, identity, slot))
+        .on_upgrade(move |socket| serve(app, socket, remote, identity, issued_at, slot))
 }
 
+/// What a handshake proves: who the client is, and when its connection token was issued (if it
+/// says; revocations refuse the tokens issued before them).
+pub(crate) type Proven = (Identity, Option<f64>);
+
 /// The identity a handshake proves (see the protocol document, "Identity"): anonymous without
-/// a token, the token's `sub` and `info` with a valid one that was not revoked. The error is
-/// the text of the HTTP 401 answer.
-pub(crate) fn handshake_identity(app: &App, token: Option<&str>) -> Result<Identity, String> {
+/// a token, the token's `sub` and `info` with a valid one that was not revoked, with when the
+/// token was issued (if it says). The error is the text of the HTTP 401 answer.
+pub(crate) fn handshake_identity(app: &App, token: Option<&str>) -> Result<Proven, String> {
     let Some(token) = token else {
-        return Ok(Identity::default());
+        return Ok((Identity::default(), None));
     };
     // A token the server cannot check is refused rather than ignored: silently connecting a
     // client that believes it is authenticated as anonymous hides a deployment mistake.
@@ -114,7 +118,7 @@ pub(crate) fn handshake_identity(app: &App, token: Option<&str>) -> Result<Ident
             return Err("Invalid connection token: revoked".to_owned());
         }
     }
-    Ok(verified.identity)
+    Ok((verified.identity, verified.issued_at))
 }
 
 /// A fresh connection id (shared by WebSocket connections and SockJS sessions).
@@ -122,13 +126,20 @@ pub(crate) fn next_connection_id() -> u64 {
     NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: Identity, mut slot: Slot) {
+async fn serve(
+    app: Arc<App>,
+    socket: WebSocket,
+    remote: SocketAddr,
+    identity: Identity,
+    issued_at: Option<f64>,
+    mut slot: Slot,
+) {
     // Held for the connection's life so that shutdown waits for the close frame.
     let _drain = app.connections.token();
     let id = next_connection_id();
     let (connection, outbox) =
         Connection::new(id, identity, remote, app.config.queue_bounds(), &app.shutdown, Arc::clone(&app.metrics));
-    slot.register(&connection);
+    slot.register(&connection, issued_at);
     app.metrics.connections.inc();
     app.metrics.connections_opened.inc();
     log::debug!("connection {id} opened from {remote}");

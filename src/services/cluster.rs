@@ -1,0 +1,323 @@
+//! What Chat, Cursors and Messaging share when several nodes run on one broker.
+//!
+//! **Events.** A node tells the others what happened by publishing an event on a broker
+//! channel: a room's channel (a Chat channel, a Cursors document) or a node's own channel
+//! (Messaging). An event is a one-line JSON header saying what happened and who did it, then
+//! the frame to push, serialized once by the node where it happened; receiving nodes queue that
+//! text as it is. The events of one room go through one Redis channel, so every node sees them
+//! in one order, and the scripts that change a room's state publish its events themselves, so
+//! that order is also the order of the changes.
+//!
+//! **Joining a room.** A connection joining a room is first added to the node's room as
+//! *pending*: it receives nothing. The join script publishes a `join` event, and the node's
+//! listener makes the connection *active* when that event comes back. Redis writes the event to
+//! the node before the script's reply (the node's one connection carries both), so when `join`
+//! answers, the connection receives exactly the events that followed its join, on every node.
+//!
+//! **Node records.** Each node records, in a hash of its own, what its connections hold
+//! (presences, names, cursors). [`reap`] removes exactly what a dead node held, on the one node
+//! that reaps it, each record once with the pushes its removal calls for; its scripts check the
+//! dead node's liveness key first, so a node that came back keeps what it holds. [`heal`] makes
+//! Redis agree with this node again after an outage: it removes the records whose removal
+//! failed meanwhile (their pushes go out then) and puts back what Redis lost (restarted empty,
+//! or this node was reaped while it was cut off).
+//!
+//! Race-freedom of [`heal`]: a node adds a record to its local state *before* writing it to
+//! Redis and removes it locally *before* removing it from Redis. So a record that is in Redis
+//! and not held locally (read in that order) is stale, and a record that was put back and is no
+//! longer held afterwards is removed again.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{Broker, BrokerError, ReapFuture, Reaper, Rejoin};
+use crate::connection::ConnectionId;
+use crate::protocol::{Frame, RpcError};
+
+/// How many records one script handles: reaping and healing walk a node's records in batches
+/// of this size, so no script holds Redis for long.
+pub const BATCH: usize = 200;
+
+/// How long after a failed write to Redis the node tries to make Redis agree with it again
+/// (an outage that the broker notices triggers that too, when Redis is back).
+const HEAL_DELAY: Duration = Duration::from_secs(1);
+
+/// What an event reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A connection joined the room: it becomes active on its node. The frame, if any, goes to
+    /// the room's other identities (Chat's `joined` presence).
+    #[serde(rename = "j")]
+    Join,
+    /// A connection left; the frame, if any, goes to the room's other identities (Chat's `left`).
+    #[serde(rename = "l")]
+    Leave,
+    /// The frame goes to every active member (Chat messages).
+    #[serde(rename = "m")]
+    All,
+    /// The frame goes to the active members of identity `who` but the acting connection (Chat's
+    /// read receipts).
+    #[serde(rename = "r")]
+    Own,
+    /// The frame goes to every active member but the acting connection (Cursors).
+    #[serde(rename = "o")]
+    Others,
+    /// The frame goes to connection `connection` of the receiving node, if it still holds the
+    /// Messaging name `who`.
+    #[serde(rename = "d")]
+    Direct,
+}
+
+/// The header of an event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Header {
+    /// What happened.
+    #[serde(rename = "k")]
+    pub kind: Kind,
+    /// The node of the acting (or addressed) connection.
+    #[serde(rename = "n")]
+    pub node: String,
+    /// The acting (or addressed) connection, numbered by its node.
+    #[serde(rename = "c")]
+    pub connection: ConnectionId,
+    /// The identity concerned (Chat) or the name addressed (Messaging).
+    #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
+    pub who: Option<String>,
+}
+
+impl Header {
+    /// A header for an event of `connection` on `node`.
+    pub fn new(kind: Kind, node: &str, connection: ConnectionId, who: Option<&str>) -> Header {
+        Header { kind, node: node.to_owned(), connection, who: who.map(str::to_owned) }
+    }
+
+    /// Whether the event is about connection `id` of node `node`.
+    pub fn is(&self, node: &str, id: ConnectionId) -> bool {
+        self.connection == id && self.node == node
+    }
+
+    /// The event as it travels: the header, a newline, then the frame's text (none for events
+    /// that push nothing). A serialized frame never contains a raw newline.
+    pub fn encode(&self, frame: Option<&Frame>) -> Vec<u8> {
+        let mut payload = serde_json::to_vec(self).unwrap_or_default();
+        payload.push(b'\n');
+        if let Some(frame) = frame {
+            payload.extend_from_slice(frame.as_str().as_bytes());
+        }
+        payload
+    }
+
+    /// Reads an event; `None` (logged) when it is not one.
+    pub fn decode(payload: &[u8]) -> Option<(Header, Option<Frame>)> {
+        let split = payload.iter().position(|&byte| byte == b'\n');
+        let parsed = split.and_then(|at| {
+            let header: Header = serde_json::from_slice(&payload[..at]).ok()?;
+            let rest = &payload[at + 1..];
+            let frame = if rest.is_empty() { None } else { Some(Frame::from_bytes(rest)?) };
+            Some((header, frame))
+        });
+        if parsed.is_none() {
+            log::error!("a broker event is malformed ({} bytes): ignored", payload.len());
+        }
+        parsed
+    }
+}
+
+/// Logs a failed broker operation of `service` and answers "Service unavailable".
+pub fn unavailable(service: &str, what: &str, err: &BrokerError) -> RpcError {
+    log::warn!("{service:?}: {what} could not reach the broker: {err}");
+    RpcError::Unavailable
+}
+
+/// A service whose nodes record in Redis what their connections hold.
+pub trait NodeRecords: Send + Sync + 'static {
+    /// The broker.
+    fn broker(&self) -> &Broker;
+
+    /// The service's name (for logs).
+    fn service_name(&self) -> &str;
+
+    /// The hash of node `node`'s records: field → value.
+    fn records_key(&self, node: &str) -> String;
+
+    /// The fields of every record this node's connections hold now, those being added
+    /// included.
+    fn held(&self) -> HashSet<String>;
+
+    /// Removes records `(field, value)` of node `node` (and what they stand for), pushing what
+    /// the clients must see. When `reaping`, the script first checks that `node` is still dead
+    /// and does nothing if it is not; returns whether it removed.
+    fn remove(
+        &self,
+        node: &str,
+        records: Vec<(String, String)>,
+        reaping: bool,
+    ) -> impl Future<Output = Result<bool, BrokerError>> + Send;
+
+    /// Records again what this node holds under `fields`, which Redis lacks.
+    fn restore(&self, fields: Vec<String>) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Set while a heal is scheduled, so that failures in a burst schedule one.
+    fn heal_scheduled(&self) -> &AtomicBool;
+}
+
+/// Every record of node `node`, read in batches.
+async fn records(broker: &Broker, key: &str) -> Result<Vec<(String, String)>, BrokerError> {
+    let mut all = Vec::new();
+    let mut cursor = String::from("0");
+    loop {
+        let (next, flat): (String, Vec<String>) =
+            broker.query(redis::cmd("HSCAN").arg(key).arg(&cursor).arg("COUNT").arg(BATCH)).await?;
+        let mut flat = flat.into_iter();
+        while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
+            all.push((field, value));
+        }
+        if next == "0" {
+            // HSCAN may return an element twice; the callers' removals are idempotent, but
+            // there is no need to do them twice.
+            let mut seen = HashSet::new();
+            all.retain(|(field, _)| seen.insert(field.clone()));
+            return Ok(all);
+        }
+        cursor = next;
+    }
+}
+
+/// Removes what dead node `node` held, pushing what the clients must see (called on the one
+/// node that reaps it).
+pub async fn reap<S: NodeRecords>(service: &S, node: &str) -> Result<(), BrokerError> {
+    let key = service.records_key(node);
+    let all = records(service.broker(), &key).await?;
+    let count = all.len();
+    let mut all = all.into_iter().peekable();
+    while all.peek().is_some() {
+        let batch: Vec<(String, String)> = all.by_ref().take(BATCH).collect();
+        if !service.remove(node, batch, true).await? {
+            log::warn!(
+                "{:?}: node {node} came back while it was being reaped: it keeps the rest",
+                service.service_name()
+            );
+            return Ok(());
+        }
+    }
+    if count > 0 {
+        log::info!("{:?}: removed {count} records of node {node}", service.service_name());
+    }
+    Ok(())
+}
+
+/// Makes Redis agree with what this node's connections hold: removes the records they no
+/// longer hold (pushing what that calls for), puts back those Redis lacks.
+pub async fn heal<S: NodeRecords>(service: &S) -> Result<(), BrokerError> {
+    let node = service.broker().node().to_owned();
+    let key = service.records_key(&node);
+    // Read Redis first, then the local state (see the module's note on race-freedom).
+    let remote: HashMap<String, String> = records(service.broker(), &key).await?.into_iter().collect();
+    let held = service.held();
+    let stale: Vec<(String, String)> =
+        remote.iter().filter(|(field, _)| !held.contains(*field)).map(|(f, v)| (f.clone(), v.clone())).collect();
+    let missing: Vec<String> = held.into_iter().filter(|field| !remote.contains_key(field)).collect();
+    for batch in stale.chunks(BATCH) {
+        service.remove(&node, batch.to_vec(), false).await?;
+    }
+    for batch in missing.chunks(BATCH) {
+        service.restore(batch.to_vec()).await?;
+    }
+    // A record put back for a connection that let it go meanwhile: its own removal may have
+    // run before the restoration.
+    let held = service.held();
+    let gone: Vec<&String> = missing.iter().filter(|field| !held.contains(*field)).collect();
+    for batch in gone.chunks(BATCH) {
+        let values: Vec<Option<String>> = service.broker().query(redis::cmd("HMGET").arg(&key).arg(batch)).await?;
+        let records = batch.iter().zip(values).filter_map(|(field, value)| Some(((*field).clone(), value?))).collect();
+        service.remove(&node, records, false).await?;
+    }
+    if !stale.is_empty() || !missing.is_empty() {
+        log::info!(
+            "{:?}: the broker agrees with this node again ({} records removed, {} put back)",
+            service.service_name(),
+            stale.len(),
+            missing.len()
+        );
+    }
+    Ok(())
+}
+
+/// Heals soon, once, after a write to Redis failed. If Redis is still unreachable then, the
+/// broker's reconnection heals later.
+pub fn schedule_heal<S: NodeRecords>(service: &Arc<S>) {
+    if service.heal_scheduled().swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let service = Arc::downgrade(service);
+    tokio::spawn(async move {
+        tokio::time::sleep(HEAL_DELAY).await;
+        let Some(service) = service.upgrade() else { return };
+        service.heal_scheduled().store(false, Ordering::Release);
+        if let Err(err) = heal(&*service).await {
+            log::debug!("{:?}: healing after a failed write: {err}", service.service_name());
+        }
+    });
+}
+
+/// The hooks a service gives the broker: reap dead nodes, heal after an outage.
+pub struct Hooks<S>(pub Weak<S>);
+
+impl<S: NodeRecords> Reaper for Hooks<S> {
+    fn reap(&self, node: String) -> ReapFuture {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let Some(service) = service.upgrade() else { return };
+            if let Err(err) = reap(&*service, &node).await {
+                // The node stays in Redis until it is healed or reaped again; log it loudly.
+                log::error!("{:?}: reaping node {node} failed: {err}", service.service_name());
+            }
+        })
+    }
+}
+
+impl<S: NodeRecords> Rejoin for Hooks<S> {
+    fn rejoin(&self) -> ReapFuture {
+        let service = self.0.clone();
+        Box::pin(async move {
+            let Some(service) = service.upgrade() else { return };
+            if let Err(err) = heal(&*service).await {
+                log::warn!("{:?}: putting this node's state back in the broker failed: {err}", service.service_name());
+                schedule_heal(&service);
+            }
+        })
+    }
+}
+
+/// Registers `service`'s hooks with its broker.
+pub fn register_hooks<S: NodeRecords>(service: &Arc<S>) {
+    let broker = service.broker().clone();
+    broker.add_reaper(Arc::new(Hooks(Arc::downgrade(service))));
+    broker.add_rejoin(Arc::new(Hooks(Arc::downgrade(service))));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_with_and_without_a_frame() {
+        let header = Header::new(Kind::Own, "node-1", 7, Some("alice"));
+        let frame = Frame::from_serialize(&serde_json::json!({"text": "line\nbreak"}));
+        let (read, pushed) = Header::decode(&header.encode(Some(&frame))).expect("an event");
+        assert_eq!(
+            (read.kind, read.node.as_str(), read.connection, read.who.as_deref()),
+            (Kind::Own, "node-1", 7, Some("alice"))
+        );
+        assert_eq!(pushed.expect("a frame").as_str(), frame.as_str());
+        let (read, pushed) = Header::decode(&Header::new(Kind::Join, "n", 1, None).encode(None)).expect("an event");
+        assert!(read.who.is_none() && pushed.is_none());
+        assert!(Header::decode(b"not an event").is_none());
+        assert!(Header::decode(b"{}\n").is_none());
+    }
+}
