@@ -189,6 +189,7 @@ impl AnyService {
             AnyService::Connections(service) => service.attach(server.table),
             AnyService::PubSub(service) => service.hub().attach(server.broker),
             AnyService::Messaging(service) => service.attach(server.broker).await?,
+            AnyService::Chat(service) => service.attach(server.broker),
             _ => {}
         }
         Ok(())

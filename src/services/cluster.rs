@@ -10,9 +10,16 @@
 //!
 //! **Joining a room.** A connection joining a room is first added to the node's room as
 //! *pending*: it receives nothing. The join script publishes a `join` event, and the node's
-//! listener makes the connection *active* when that event comes back. Redis writes the event to
-//! the node before the script's reply (the node's one connection carries both), so when `join`
-//! answers, the connection receives exactly the events that followed its join, on every node.
+//! listener makes the connection *active* when that event comes back; `join` answers once it
+//! has ([`Echoes`]). So the connection receives exactly the events that followed its join, on
+//! every node.
+//!
+//! **Echoes.** Redis writes a message to this node's subscriptions before it answers the
+//! command that published it, but the client library hands pushed messages to the broker on a
+//! task of its own, so a command's answer may be seen before the messages it caused. Where a
+//! reply must come after them (a Chat message reaches its sender before the sender's reply; a
+//! joiner is active before its reply), the event carries an echo number and the request waits
+//! until the node's listener has handled it.
 //!
 //! **Node records.** Each node records, in a hash of its own, what its connections hold
 //! (presences, names, cursors). [`reap`] removes exactly what a dead node held, on the one node
@@ -29,13 +36,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
-use crate::broker::{Broker, BrokerError, ReapFuture, Reaper, Rejoin};
+use crate::broker::{Broker, BrokerError, ReapFuture, Reaper, Rejoin, COMMAND_TIMEOUT};
 use crate::connection::ConnectionId;
 use crate::protocol::{Frame, RpcError};
 
@@ -88,12 +96,22 @@ pub struct Header {
     /// The identity concerned (Chat) or the name addressed (Messaging).
     #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
     pub who: Option<String>,
+    /// The echo a request of node `node` waits for ([`Echoes`]).
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub echo: Option<u64>,
 }
 
 impl Header {
     /// A header for an event of `connection` on `node`.
     pub fn new(kind: Kind, node: &str, connection: ConnectionId, who: Option<&str>) -> Header {
-        Header { kind, node: node.to_owned(), connection, who: who.map(str::to_owned) }
+        Header { kind, node: node.to_owned(), connection, who: who.map(str::to_owned), echo: None }
+    }
+
+    /// The header with echo `echo`.
+    #[must_use]
+    pub fn echo(mut self, echo: u64) -> Header {
+        self.echo = Some(echo);
+        self
     }
 
     /// Whether the event is about connection `id` of node `node`.
@@ -125,6 +143,52 @@ impl Header {
             log::error!("a broker event is malformed ({} bytes): ignored", payload.len());
         }
         parsed
+    }
+}
+
+/// The requests of this node waiting for their events to come back (see the module's notes).
+#[derive(Debug, Default)]
+pub struct Echoes {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+}
+
+/// An echo being waited for.
+#[derive(Debug)]
+pub struct Echo {
+    /// The number the event carries.
+    pub id: u64,
+    arrived: oneshot::Receiver<()>,
+}
+
+impl Echoes {
+    /// A new echo to put in an event.
+    pub fn expect(&self) -> Echo {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (sender, arrived) = oneshot::channel();
+        crate::sync::lock(&self.waiting).insert(id, sender);
+        Echo { id, arrived }
+    }
+
+    /// The listener handled the event of `header` (called after it queued its pushes).
+    pub fn arrived(&self, header: &Header, node: &str) {
+        if let Some(id) = header.echo.filter(|_| header.node == node) {
+            if let Some(sender) = crate::sync::lock(&self.waiting).remove(&id) {
+                let _ = sender.send(());
+            }
+        }
+    }
+
+    /// Waits (at most [`COMMAND_TIMEOUT`]) for `echo`; whether it came back.
+    pub async fn wait(&self, echo: Echo) -> bool {
+        let arrived = tokio::time::timeout(COMMAND_TIMEOUT, echo.arrived).await.is_ok_and(|sent| sent.is_ok());
+        crate::sync::lock(&self.waiting).remove(&echo.id);
+        arrived
+    }
+
+    /// Stops waiting for `echo` (its event was not published).
+    pub fn cancel(&self, echo: Echo) {
+        crate::sync::lock(&self.waiting).remove(&echo.id);
     }
 }
 
