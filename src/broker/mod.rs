@@ -12,10 +12,12 @@
 //!   this node reaches this node's listeners before `publish` returns (Redis writes a message
 //!   to subscribers before it answers the publisher, on the same connection).
 //! - [`Broker::query`] for commands, each bounded by [`link::COMMAND_TIMEOUT`].
-//! - Node liveness: each node refreshes a key with a time to live every third of
-//!   `node_timeout`; a node whose key expired (it crashed) is *reaped* by the first live node
-//!   that notices: every registered [`Reaper`] removes what the dead node held and tells the
-//!   clients that must know (the `left` presence, removed cursors).
+//! - Node liveness: each node refreshes a key that lives three quarters of `node_timeout`
+//!   every quarter of it; a node whose key expired (it crashed) is *reaped* by the first live
+//!   node that notices, within `node_timeout` of its last refresh: every registered [`Reaper`]
+//!   removes what the dead node held and tells the clients that must know (the `left`
+//!   presence, removed cursors). When Redis answers again after an outage, the node refreshes
+//!   its key, then every registered [`Rejoin`] puts back what Redis lost of it.
 //! - Connection health: the client library reconnects by itself and resubscribes; the broker
 //!   logs the loss and the return once each, counts them, reports them on `/health`, and tells
 //!   listeners that they may have missed messages ([`Listener::reconnected`]).
@@ -231,7 +233,7 @@ impl Broker {
         format!("{}:{name}", self.0.prefix)
     }
 
-    /// The key whose existence says node `node` is alive (it refreshes it; it expires
+    /// The key whose existence says node `node` is alive (it refreshes it; it expires within
     /// `node_timeout` after the node stopped). Reaping scripts check it, so that a node that
     /// came back meanwhile keeps what it holds.
     pub fn liveness_key(&self, node: &str) -> String {
@@ -246,6 +248,11 @@ impl Broker {
             Link::Single(_) => "PUBLISH",
             Link::Cluster(_) => "SPUBLISH",
         }
+    }
+
+    /// How long a node that stopped refreshing its liveness key counts as alive, at most.
+    pub fn node_timeout(&self) -> Duration {
+        self.0.node_timeout
     }
 
     /// Whether Redis answered the last time it was asked.
@@ -342,9 +349,11 @@ impl Broker {
         crate::sync::lock(&self.0.rejoins).push(rejoin);
     }
 
-    /// Refreshes this node's liveness key and membership.
+    /// Refreshes this node's liveness key and membership. The key lives three quarters of the
+    /// node timeout and is refreshed every quarter ([`liveness`]), so a node that stops is
+    /// noticed within the node timeout, and a live one may miss two refreshes in a row.
     async fn heartbeat(&self) -> Result<(), BrokerError> {
-        let ttl = u64::try_from(self.0.node_timeout.as_millis()).unwrap_or(u64::MAX);
+        let ttl = u64::try_from((self.0.node_timeout * 3 / 4).as_millis()).unwrap_or(u64::MAX).max(1);
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.key(&format!("node:{}", self.0.node)))
@@ -372,7 +381,7 @@ impl Broker {
             if claimed == 1 {
                 log::warn!(
                     "broker: node {node} stopped (no heartbeat for {:?}): removing what it held",
-                    self.0.node_timeout
+                    self.0.node_timeout * 3 / 4
                 );
                 self.0.metrics.broker_nodes_reaped.inc();
                 let reapers: Vec<Arc<dyn Reaper>> = crate::sync::lock(&self.0.reapers).clone();
@@ -408,9 +417,17 @@ impl Broker {
                 listener.reconnected();
             }
             let rejoins: Vec<Arc<dyn Rejoin>> = crate::sync::lock(&self.0.rejoins).clone();
-            for rejoin in rejoins {
-                tokio::spawn(rejoin.rejoin());
-            }
+            let broker = self.clone();
+            tokio::spawn(async move {
+                // Alive again before putting anything back, so that no other node reaps what
+                // this one puts back (Redis may have restarted without the liveness key).
+                if let Err(err) = broker.heartbeat().await {
+                    log::debug!("broker: refreshing this node's liveness key: {err}");
+                }
+                for rejoin in rejoins {
+                    tokio::spawn(rejoin.rejoin());
+                }
+            });
         } else {
             self.0.metrics.broker_disconnections.inc();
             log::warn!("broker unreachable: serving local connections only until it is back");
@@ -521,10 +538,10 @@ async fn reconnect(broker: &Broker, channels: &std::collections::HashSet<String>
     }
 }
 
-/// Refreshes the liveness key every third of the node timeout, reaps dead nodes, and tracks
+/// Refreshes the liveness key every quarter of the node timeout, reaps dead nodes, and tracks
 /// whether Redis answers. Leaves the cluster when `shutdown` is cancelled.
 async fn liveness(broker: Broker, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(broker.0.node_timeout / 3);
+    let mut tick = tokio::time::interval(broker.0.node_timeout / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
