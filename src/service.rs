@@ -15,6 +15,7 @@ use crate::datasync::{DataSyncBackend, DataSyncService};
 use crate::error::Error;
 use crate::protocol::{Params, RpcError};
 use crate::services::chat::ChatService;
+use crate::services::cluster::rooms;
 use crate::services::connections::ConnectionsBackend;
 use crate::services::cursors::CursorsService;
 use crate::services::external::{ExternalService, Handled};
@@ -155,8 +156,9 @@ impl AnyService {
         each_builtin!(self, service => service.side(), external service => service.side())
     }
 
-    /// Runs one request. Built-in services always answer at once; external ones may answer
-    /// later (the reply is then written by a task).
+    /// Runs one request. Built-in services answer at once, but for Chat's and Cursors' `join`
+    /// with a broker, which queue their reply themselves; external ones may answer later (the
+    /// reply is then written by a task).
     pub async fn handle_request(
         &self,
         caller: Caller<'_>,
@@ -164,6 +166,21 @@ impl AnyService {
         params: Params,
         call_id: Option<&Value>,
     ) -> Handled {
+        // With a broker, Chat's and Cursors' `join` queue their reply themselves, before the
+        // pushes that follow the join.
+        match self {
+            AnyService::Chat(service) => {
+                let join = |connection, params, reply| service.join(connection, params, reply);
+                let other = |params| service.handle(caller, &command, params);
+                return rooms::handle_request(caller, &command, params, call_id, join, other).await;
+            }
+            AnyService::Cursors(service) => {
+                let join = |connection, params, reply| service.join(connection, params, reply);
+                let other = |params| service.handle(caller, &command, params);
+                return rooms::handle_request(caller, &command, params, call_id, join, other).await;
+            }
+            _ => {}
+        }
         each_builtin!(
             self,
             service => Handled::Reply(service.handle(caller, &command, params).await),
@@ -190,6 +207,7 @@ impl AnyService {
             AnyService::PubSub(service) => service.hub().attach(server.broker),
             AnyService::Messaging(service) => service.attach(server.broker).await?,
             AnyService::Chat(service) => service.attach(server.broker),
+            AnyService::Cursors(service) => service.attach(server.broker),
             _ => {}
         }
         Ok(())

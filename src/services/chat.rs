@@ -27,6 +27,7 @@ use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{errors, timestamp, Frame, Params, RpcError};
 use crate::service::{ask_policy, Caller, Policy, Service, Side};
+use crate::services::cluster::rooms::JoinReply;
 use crate::services::limits::{check_size, ChatLimits};
 use crate::value::ValueKey;
 
@@ -276,7 +277,14 @@ impl ChatService {
             .unwrap_or_default()
     }
 
-    async fn join(&self, connection: &Arc<Connection>, params: Params) -> Result<Value, RpcError> {
+    /// `join`: the members (`None` when the reply was queued already: with a broker, the reply
+    /// comes before the pushes that follow the join on every node, see `cluster`).
+    pub(crate) async fn join(
+        &self,
+        connection: &Arc<Connection>,
+        params: Params,
+        reply: JoinReply<'_>,
+    ) -> Result<Option<Value>, RpcError> {
         let channel = params.only("channel")?;
         let Some(identity) = connection.identity().id.as_deref() else {
             return Err(errors::NOT_AUTHENTICATED);
@@ -298,8 +306,8 @@ impl ChatService {
             return Err(errors::NOT_AUTHORIZED);
         }
         match cluster {
-            Some(cluster) => cluster.join(connection, identity, channel).await,
-            None => self.shared.join(connection, identity, channel),
+            Some(cluster) => cluster.join(connection, identity, channel, reply).await,
+            None => self.shared.join(connection, identity, channel).map(Some),
         }
     }
 }
@@ -319,7 +327,7 @@ impl Service for ChatService {
         };
         let cluster = self.shared.cluster();
         match command {
-            "join" => self.join(connection, params).await,
+            "join" => self.join(connection, params, JoinReply::Returned).await.map(Option::unwrap_or_default),
             "leave" => {
                 let channel = params.only("channel")?;
                 match cluster {

@@ -3,48 +3,51 @@
 //! connection anywhere joins and `left` when its last one anywhere leaves. Every event of a
 //! channel (presence, messages, read receipts) goes through the channel's broker channel, which
 //! every node with members there listens on, so every member sees one order; presence events
-//! are published by the scripts that change the counts (see `services::cluster` for joining).
+//! are published by the scripts that change the counts (see `services::cluster` for joining,
+//! and its `rooms` for what a node does with a channel's events).
 //!
 //! In Redis, under the broker's prefix:
 //! - `chat:<service>:members:<digest>`: a hash, identity → its connections in the channel;
 //! - `chat:<service>:node:<node>`: a hash, `<digest>:<connection>` → `[identity, channel]`:
 //!   the node's records (see `services::cluster`), from which a dead node's `left` presences
 //!   are pushed;
+//! - `chat:<service>:holders`: the nodes that may have records;
 //! - channel `chat:<service>:room:<digest>`: the channel's events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
 use serde_json::{json, Value};
-use tokio::sync::OnceCell;
 
 use super::{MessagePush, ReadPush};
-use crate::broker::{Broker, BrokerError, Listener, Subscription};
+use crate::broker::{Broker, BrokerError};
 use crate::connection::{Connection, ConnectionId};
-use crate::protocol::rpc::push_frame;
+use crate::protocol::rpc::{push_frame, reply_frame};
 use crate::protocol::{errors, timestamp, Frame, RpcError};
-use crate::services::cluster::{self, unavailable, Echoes, Header, Kind, NodeRecords};
+use crate::services::cluster::rooms::{JoinReply, Known, RoomEvents, RoomListener, Rooms, View, NOBODY};
+use crate::services::cluster::{self, pairs, unavailable, Header, Kind, NodeRecords, READ_ROOM};
 use crate::services::limits::ChatLimits;
 use crate::value::ValueKey;
 
 /// Records connections in channels and publishes their `join` events (with the `joined`
-/// presence when a count goes from 0 to 1). KEYS: the node's records, then each item's members
-/// hash. ARGV: the publish command, then per item: field, record, identity, broker channel,
-/// the event when the identity is new there, the event otherwise (empty: none). Returns the
-/// members of the first item's channel.
+/// presence when a count goes from 0 to 1). KEYS: the node's records, the holders, then each
+/// item's members hash. ARGV: the publish command, the node, then per item: field, record,
+/// identity, broker channel, the event when the identity is new there, the event otherwise
+/// (empty: none). Returns the members of the first item's channel.
 static JOIN: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
-        for i = 0, (#ARGV - 1) / 6 - 1 do
-            local at = 2 + 6 * i
+        redis.call('SADD', KEYS[2], ARGV[2])
+        for i = 0, (#ARGV - 2) / 6 - 1 do
+            local at = 3 + 6 * i
             local event = ARGV[at + 5]
             if redis.call('HSETNX', KEYS[1], ARGV[at], ARGV[at + 1]) == 1 then
-                if redis.call('HINCRBY', KEYS[2 + i], ARGV[at + 2], 1) == 1 then event = ARGV[at + 4] end
+                if redis.call('HINCRBY', KEYS[3 + i], ARGV[at + 2], 1) == 1 then event = ARGV[at + 4] end
             end
             if event ~= '' then redis.call(ARGV[1], ARGV[at + 3], event) end
         end
-        return redis.call('HKEYS', KEYS[2])
+        return redis.call('HKEYS', KEYS[3])
         ",
     )
 });
@@ -72,43 +75,34 @@ static LEAVE: LazyLock<redis::Script> = LazyLock::new(|| {
     )
 });
 
+/// The identities present in a channel, as this node's members were told.
+#[derive(Debug, Default)]
+pub struct Present(BTreeSet<String>);
+
+impl View for Present {
+    /// An identity, and whether it is now present.
+    type Change = (String, bool);
+
+    fn apply(&mut self, (identity, present): (String, bool)) -> bool {
+        if present {
+            self.0.insert(identity)
+        } else {
+            self.0.remove(&identity)
+        }
+    }
+}
+
 /// Chat's state on one node of a cluster.
 #[derive(Debug)]
 pub struct ChatCluster {
     name: String,
     limits: ChatLimits,
     broker: Broker,
-    /// This node's rooms and memberships. A std `Mutex`: never held across an await; events
-    /// are queued to members under it, in the order the broker brings them.
-    state: Mutex<State>,
+    /// This node's channels and memberships. A std `Mutex`: never held across an await;
+    /// events are queued to members under it, in the order the broker brings them.
+    rooms: Mutex<Rooms<Present>>,
     this: Weak<ChatCluster>,
     heal_scheduled: AtomicBool,
-    echoes: Echoes,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    rooms: HashMap<ValueKey, Room>,
-    /// Each connection's channels, with the value it gave when joining.
-    joined: HashMap<ConnectionId, HashMap<ValueKey, Value>>,
-}
-
-/// A channel with members on this node.
-#[derive(Debug)]
-struct Room {
-    digest: String,
-    members: HashMap<ConnectionId, Member>,
-    /// The node's subscription to the channel's events, made by its first member; dropped with
-    /// the room.
-    relay: Arc<OnceCell<Subscription>>,
-}
-
-#[derive(Debug)]
-struct Member {
-    connection: Arc<Connection>,
-    identity: String,
-    /// Whether its `join` event came back: it receives the events that follow it.
-    active: bool,
 }
 
 /// A membership to record or remove in Redis.
@@ -119,20 +113,6 @@ struct Item {
     channel: Value,
 }
 
-/// Delivers a channel's events to this node's members.
-struct RoomListener {
-    chat: Weak<ChatCluster>,
-    key: ValueKey,
-}
-
-impl Listener for RoomListener {
-    fn message(&self, payload: &[u8]) {
-        let Some(chat) = self.chat.upgrade() else { return };
-        let Some((header, frame)) = Header::decode(payload) else { return };
-        chat.on_event(&self.key, &header, frame.as_ref());
-    }
-}
-
 impl ChatCluster {
     /// Chat's state for a node of `broker`, with its reaper and healer registered.
     pub fn start(name: &str, limits: ChatLimits, broker: &Broker) -> Arc<ChatCluster> {
@@ -140,17 +120,16 @@ impl ChatCluster {
             name: name.to_owned(),
             limits,
             broker: broker.clone(),
-            state: Mutex::default(),
+            rooms: Mutex::default(),
             this: this.clone(),
             heal_scheduled: AtomicBool::new(false),
-            echoes: Echoes::default(),
         });
         cluster::register_hooks(&chat);
         chat
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        crate::sync::lock(&self.state)
+    fn lock(&self) -> MutexGuard<'_, Rooms<Present>> {
+        crate::sync::lock(&self.rooms)
     }
 
     fn key(&self, what: &str, digest: &str) -> String {
@@ -165,93 +144,82 @@ impl ChatCluster {
         super::presence_frame(&self.name, identity, channel, status)
     }
 
+    fn heal_later(&self) {
+        if let Some(chat) = self.this.upgrade() {
+            cluster::schedule_heal(&chat);
+        }
+    }
+
     /// Whether `connection` joined the channel of `key`.
     pub fn is_joined(&self, connection: &Connection, key: &ValueKey) -> bool {
-        self.lock().joined.get(&connection.id()).is_some_and(|channels| channels.contains_key(key))
+        self.lock().is_joined(connection.id(), key)
     }
 
     /// The identities whose connections on this node are in `channel`, sorted.
     pub fn local_members(&self, channel: &Value) -> Vec<String> {
-        let state = self.lock();
-        let Some(room) = state.rooms.get(&ValueKey::of(channel)) else { return Vec::new() };
-        let mut members: Vec<String> =
-            room.members.values().filter(|m| m.active).map(|m| m.identity.clone()).collect();
-        members.sort_unstable();
-        members.dedup();
-        members
+        let rooms = self.lock();
+        let members: BTreeSet<String> =
+            rooms.active_members(&ValueKey::of(channel)).filter_map(|c| c.identity().id.clone()).collect();
+        members.into_iter().collect()
     }
 
-    /// Joins `connection` (of `identity`) to `channel`; answers the members of the cluster.
-    pub async fn join(&self, connection: &Arc<Connection>, identity: &str, channel: Value) -> Result<Value, RpcError> {
+    /// Joins `connection` (of `identity`) to `channel`; answers the members of the cluster
+    /// (`None` when it queued the answer itself).
+    pub async fn join(
+        &self,
+        connection: &Arc<Connection>,
+        identity: &str,
+        channel: Value,
+        reply: JoinReply<'_>,
+    ) -> Result<Option<Value>, RpcError> {
         let key = ValueKey::of(&channel);
-        let (digest, relay) = {
-            let mut guard = self.lock();
-            let state = &mut *guard;
-            let channels = state.joined.entry(connection.id()).or_default();
-            if channels.contains_key(&key) {
-                return Err(errors::ALREADY_JOINED);
-            }
-            if channels.len() >= self.limits.max_channels {
-                return Err(errors::TOO_MANY_CHANNELS);
-            }
-            channels.insert(key.clone(), channel.clone());
-            let room = state.rooms.entry(key.clone()).or_insert_with(|| Room {
-                digest: key.digest(),
-                members: HashMap::new(),
-                relay: Arc::default(),
-            });
-            let member = Member { connection: Arc::clone(connection), identity: identity.to_owned(), active: false };
-            room.members.insert(connection.id(), member);
-            (room.digest.clone(), Arc::clone(&room.relay))
-        };
-        let listener = Arc::new(RoomListener { chat: self.this.clone(), key: key.clone() });
+        let (digest, relay) = self.lock().enter(
+            connection,
+            &key,
+            channel.clone(),
+            self.limits.max_channels,
+            errors::TOO_MANY_CHANNELS,
+        )?;
         let room_channel = self.key("room", &digest);
+        let listener = RoomListener::new(self.this.clone(), key.clone());
         if let Err(err) = relay.get_or_try_init(|| self.broker.subscribe(&room_channel, listener)).await {
-            self.forget(connection.id(), &key);
+            self.lock().forget(connection.id(), &key);
             return Err(self.unavailable("a join", &err));
         }
         let item = Item { digest, connection: connection.id(), identity: identity.to_owned(), channel };
-        let echo = self.echoes.expect();
-        let members: Result<Vec<String>, BrokerError> =
-            self.broker.script(&self.join_invocation(&[item], Some(echo.id))).await;
-        let mut members = match members {
+        let members: Vec<String> = match self.broker.script(&self.join_invocation(&[item], true)).await {
             Ok(members) => members,
             Err(err) => {
-                self.echoes.cancel(echo);
-                self.forget(connection.id(), &key);
+                self.lock().forget(connection.id(), &key);
                 // The script may have run without its answer arriving.
-                if let Some(chat) = self.this.upgrade() {
-                    cluster::schedule_heal(&chat);
-                }
+                self.heal_later();
                 return Err(self.unavailable("a join", &err));
             }
         };
-        if !self.echoes.wait(echo).await {
-            // Its event was lost (the broker connection dropped in between): the connection
-            // receives what comes from now on.
-            log::warn!("{:?}: a join event did not come back in time", self.name);
-            if let Some(member) =
-                self.lock().rooms.get_mut(&key).and_then(|room| room.members.get_mut(&connection.id()))
-            {
-                member.active = true;
-            }
-        }
-        members.sort_unstable();
-        Ok(json!({ "members": members }))
+        let present: BTreeSet<String> = members.into_iter().collect();
+        let answer = json!({ "members": present });
+        // The join event came back before the script's answer (see `services::cluster`).
+        let queued = match reply {
+            JoinReply::Queued(call_id) => Some(reply_frame(&self.name, call_id, &Ok(answer.clone()))),
+            JoinReply::Returned => None,
+        };
+        let returned = queued.is_none().then_some(answer);
+        self.lock().joined(&key, connection, Present(present), queued);
+        Ok(returned)
     }
 
-    /// The JOIN script for `items`. With `echo` (a member joining, not a membership put back),
-    /// the `join` event is published even when the identity was there already, and carries
-    /// the echo.
-    fn join_invocation(&self, items: &[Item], echo: Option<u64>) -> redis::ScriptInvocation<'static> {
+    /// The JOIN script for `items`. With `activate` (a member joining, not a membership put
+    /// back), the `join` event is published even when the identity was there already: it makes
+    /// the member active.
+    fn join_invocation(&self, items: &[Item], activate: bool) -> redis::ScriptInvocation<'static> {
         let mut invocation = JOIN.prepare_invoke();
-        invocation.key(self.records_key(self.broker.node()));
-        invocation.arg(self.broker.publish_command());
+        invocation
+            .key(self.records_key(self.broker.node()))
+            .key(self.holders_key())
+            .arg(self.broker.publish_command())
+            .arg(self.broker.node());
         for item in items {
-            let mut header = Header::new(Kind::Join, self.broker.node(), item.connection, Some(&item.identity));
-            if let Some(echo) = echo {
-                header = header.echo(echo);
-            }
+            let header = Header::new(Kind::Join, self.broker.node(), item.connection, Some(&item.identity));
             let joined = self.presence(&item.identity, &item.channel, "joined");
             invocation
                 .key(self.key("members", &item.digest))
@@ -260,38 +228,19 @@ impl ChatCluster {
                 .arg(&item.identity)
                 .arg(self.key("room", &item.digest))
                 .arg(header.encode(Some(&joined)))
-                .arg(if echo.is_some() { header.encode(None) } else { Vec::new() });
+                .arg(if activate { header.encode(None) } else { Vec::new() });
         }
         invocation
-    }
-
-    /// Takes connection `id` out of the channel of `key` on this node only.
-    fn forget(&self, id: ConnectionId, key: &ValueKey) -> Option<(String, String)> {
-        let mut state = self.lock();
-        if let Some(channels) = state.joined.get_mut(&id) {
-            channels.remove(key);
-            if channels.is_empty() {
-                state.joined.remove(&id);
-            }
-        }
-        let room = state.rooms.get_mut(key)?;
-        let member = room.members.remove(&id);
-        let digest = room.digest.clone();
-        if room.members.is_empty() {
-            // Dropping the room drops the node's subscription to the channel.
-            state.rooms.remove(key);
-        }
-        member.map(|member| (digest, member.identity))
     }
 
     /// Takes `connection` out of `channel`, everywhere.
     pub async fn leave(&self, connection: &Connection, channel: &Value) -> Result<(), RpcError> {
         let key = ValueKey::of(channel);
-        if !self.is_joined(connection, &key) {
+        let Some(left) = self.lock().forget(connection.id(), &key) else {
             return Err(errors::NOT_JOINED);
-        }
-        if let Some((digest, identity)) = self.forget(connection.id(), &key) {
-            let item = Item { digest, connection: connection.id(), identity, channel: channel.clone() };
+        };
+        if let Some(identity) = left.connection.identity().id.clone() {
+            let item = Item { digest: left.digest, connection: connection.id(), identity, channel: left.value };
             self.remove_items(vec![item]).await;
         }
         Ok(())
@@ -299,22 +248,12 @@ impl ChatCluster {
 
     /// Removes memberships from Redis (gone from this node already); a failure is healed later.
     async fn remove_items(&self, items: Vec<Item>) {
-        let node = self.broker.node().to_owned();
-        if let Err(err) = self.leave_in_redis(&node, &items, false).await {
-            log::warn!("{:?}: {} departures could not reach the broker ({err}); sent when it answers", self.name, items.len());
-            if let Some(chat) = self.this.upgrade() {
-                cluster::schedule_heal(&chat);
-            }
-        }
+        let what = format!("{} departures", items.len());
+        cluster::remove_or_heal(&self.this, what, self.leave_in_redis(self.broker.node(), &items, false)).await;
     }
 
     async fn leave_in_redis(&self, node: &str, items: &[Item], reaping: bool) -> Result<bool, BrokerError> {
-        let mut invocation = LEAVE.prepare_invoke();
-        invocation
-            .key(self.records_key(node))
-            .key(self.broker.liveness_key(node))
-            .arg(self.broker.publish_command())
-            .arg(if reaping { "1" } else { "0" });
+        let mut invocation = cluster::removal(self, &LEAVE, node, reaping);
         for item in items {
             let header = Header::new(Kind::Leave, node, item.connection, Some(&item.identity));
             let left = self.presence(&item.identity, &item.channel, "left");
@@ -331,28 +270,18 @@ impl ChatCluster {
 
     /// Sends `body` to every member of `channel`, on every node.
     pub async fn send(&self, connection: &Connection, channel: &Value, body: &Value) -> Result<(), RpcError> {
-        let digest = {
-            let state = self.lock();
-            let room = state.rooms.get(&ValueKey::of(channel));
-            match (room, connection.identity().id.as_deref()) {
-                (Some(room), Some(_)) if room.members.get(&connection.id()).is_some_and(|m| m.active) => {
-                    room.digest.clone()
-                }
-                _ => return Err(errors::NOT_JOINED),
-            }
+        let (Some(digest), Some(from)) = (
+            self.lock().active_in(connection.id(), &ValueKey::of(channel)).map(str::to_owned),
+            connection.identity().id.as_deref(),
+        ) else {
+            return Err(errors::NOT_JOINED);
         };
-        let from = connection.identity().id.as_deref().unwrap_or_default();
         let timestamp = timestamp::now();
         let frame = push_frame(&self.name, MessagePush { kind: "message", from, channel, body, timestamp: &timestamp });
-        // The sender gets its message before its reply.
-        let echo = self.echoes.expect();
-        let event = Header::new(Kind::All, self.broker.node(), connection.id(), None).echo(echo.id).encode(Some(&frame));
-        if let Err(err) = self.broker.publish(&self.key("room", &digest), &event).await {
-            self.echoes.cancel(echo);
-            return Err(self.unavailable("a message", &err));
-        }
-        self.echoes.wait(echo).await;
-        Ok(())
+        // The sender gets its message before its reply: the broker hands this node's listener
+        // the event before `publish` returns.
+        let event = Header::new(Kind::All, self.broker.node(), connection.id(), None).encode(Some(&frame));
+        self.broker.publish(&self.key("room", &digest), &event).await.map_err(|err| self.unavailable("a message", &err))
     }
 
     /// Tells the caller identity's other connections in `channel`, on every node.
@@ -369,14 +298,13 @@ impl ChatCluster {
 
     /// Takes a closed connection out of its channels, everywhere.
     pub fn disconnected(&self, connection: &Connection) {
-        let Some(channels) = self.lock().joined.remove(&connection.id()) else {
-            return;
-        };
-        let items: Vec<Item> = channels
+        let items: Vec<Item> = self
+            .lock()
+            .forget_all(connection.id())
             .into_iter()
-            .filter_map(|(key, channel)| {
-                let (digest, identity) = self.forget(connection.id(), &key)?;
-                Some(Item { digest, connection: connection.id(), identity, channel })
+            .filter_map(|left| {
+                let identity = left.connection.identity().id.clone()?;
+                Some(Item { digest: left.digest, connection: connection.id(), identity, channel: left.value })
             })
             .collect();
         if items.is_empty() {
@@ -386,36 +314,51 @@ impl ChatCluster {
         tokio::spawn(async move { chat.remove_items(items).await });
     }
 
-    /// Queues an event of the channel of `key` to this node's members.
-    fn on_event(&self, key: &ValueKey, header: &Header, frame: Option<&Frame>) {
-        self.deliver(key, header, frame);
-        self.echoes.arrived(header, self.broker.node());
-    }
-
-    fn deliver(&self, key: &ValueKey, header: &Header, frame: Option<&Frame>) {
-        let mut state = self.lock();
-        let Some(room) = state.rooms.get_mut(key) else { return };
+    /// Reads the state of the channel of `room` and pushes what this node's members missed.
+    async fn sync_room(&self, room: Known) -> Result<(), BrokerError> {
+        let Some(marker) = self.lock().start_sync(&room.key) else { return Ok(()) };
+        let channel = self.key("room", &room.digest);
+        let mut invocation = READ_ROOM.prepare_invoke();
+        invocation
+            .key(self.key("members", &room.digest))
+            .arg(self.broker.publish_command())
+            .arg(&channel)
+            .arg(Header::new(Kind::Synced, self.broker.node(), marker, None).encode(None));
+        let (state, outcome) = match self.broker.script::<Vec<String>>(&invocation).await {
+            Ok(flat) => (Some(Present(pairs(flat).into_iter().map(|(identity, _)| identity).collect())), Ok(())),
+            Err(err) => (None, Err(err)),
+        };
+        let mut rooms = self.lock();
         let me = self.broker.node();
-        if header.kind == Kind::Join && header.node == me {
-            if let Some(member) = room.members.get_mut(&header.connection) {
-                member.active = true;
+        let pushes: Vec<(Header, Frame)> = match rooms.end_sync(&room.key, marker, state) {
+            Some(synced) => {
+                let (before, after) = (&synced.before.0, &synced.after.0);
+                let left = before.difference(after).map(|identity| (identity, "left", Kind::Leave));
+                let joined = after.difference(before).map(|identity| (identity, "joined", Kind::Join));
+                left.chain(joined)
+                    .map(|(identity, status, kind)| {
+                        (Header::new(kind, me, NOBODY, Some(identity)), self.presence(identity, &room.value, status))
+                    })
+                    .collect()
             }
+            None => Vec::new(),
+        };
+        for (header, frame) in pushes {
+            rooms.push(&room.key, me, &header, &frame);
         }
-        let Some(frame) = frame else { return };
-        let who = header.who.as_deref();
-        for (id, member) in &room.members {
-            let to = member.active
-                && match header.kind {
-                    // Presence never goes to the identity concerned.
-                    Kind::Join | Kind::Leave => who != Some(member.identity.as_str()),
-                    Kind::All => true,
-                    Kind::Own => who == Some(member.identity.as_str()) && !header.is(me, *id),
-                    Kind::Others | Kind::Direct => false,
-                };
-            if to {
-                member.connection.deliver(frame.clone());
-            }
-        }
+        outcome
+    }
+}
+
+impl RoomEvents for ChatCluster {
+    fn on_event(&self, key: &ValueKey, header: &Header, frame: Option<Frame>) {
+        // A presence (a join or leave event with a frame) changes who is present.
+        let change = match (header.kind, &header.who, &frame) {
+            (Kind::Join, Some(who), Some(_)) => Some((who.clone(), true)),
+            (Kind::Leave, Some(who), Some(_)) => Some((who.clone(), false)),
+            _ => None,
+        };
+        self.lock().deliver(key, self.broker.node(), header, frame.as_ref(), change);
     }
 }
 
@@ -434,17 +377,12 @@ impl NodeRecords for ChatCluster {
         &self.name
     }
 
-    fn records_key(&self, node: &str) -> String {
-        self.broker.key(&format!("chat:{}:node:{node}", self.name))
+    fn kind(&self) -> &'static str {
+        "chat"
     }
 
     fn held(&self) -> HashSet<String> {
-        let state = self.lock();
-        state
-            .rooms
-            .values()
-            .flat_map(|room| room.members.keys().map(move |id| format!("{}:{id}", room.digest)))
-            .collect()
+        self.lock().memberships().map(|(digest, connection, _)| format!("{digest}:{}", connection.id())).collect()
     }
 
     async fn remove(&self, node: &str, records: Vec<(String, String)>, reaping: bool) -> Result<bool, BrokerError> {
@@ -466,25 +404,39 @@ impl NodeRecords for ChatCluster {
     }
 
     async fn restore(&self, fields: Vec<String>) -> Result<(), BrokerError> {
-        let items: Vec<Item> = {
-            let state = self.lock();
-            let rooms: HashMap<&str, (&ValueKey, &Room)> =
-                state.rooms.iter().map(|(key, room)| (room.digest.as_str(), (key, room))).collect();
-            fields
-                .iter()
-                .filter_map(|field| {
-                    let (digest, connection) = parse_field(field)?;
-                    let (key, room) = rooms.get(digest)?;
-                    let member = room.members.get(&connection)?;
-                    let channel = state.joined.get(&connection)?.get(*key)?.clone();
-                    Some(Item { digest: digest.to_owned(), connection, identity: member.identity.clone(), channel })
+        let wanted: HashSet<&str> = fields.iter().map(String::as_str).collect();
+        let items: Vec<Item> = self
+            .lock()
+            .memberships()
+            .filter_map(|(digest, connection, channel)| {
+                let field = format!("{digest}:{}", connection.id());
+                if !wanted.contains(field.as_str()) {
+                    return None;
+                }
+                let identity = connection.identity().id.clone()?;
+                Some(Item {
+                    digest: digest.to_owned(),
+                    connection: connection.id(),
+                    identity,
+                    channel: channel.clone(),
                 })
-                .collect()
-        };
+            })
+            .collect();
         if !items.is_empty() {
-            let _members: Vec<String> = self.broker.script(&self.join_invocation(&items, None)).await?;
+            let _members: Vec<String> = self.broker.script(&self.join_invocation(&items, false)).await?;
         }
         Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), BrokerError> {
+        let known = self.lock().known();
+        let mut outcome = Ok(());
+        for room in known {
+            if let Err(err) = self.sync_room(room).await {
+                outcome = Err(err);
+            }
+        }
+        outcome
     }
 
     fn heal_scheduled(&self) -> &AtomicBool {

@@ -10,16 +10,12 @@
 //!
 //! **Joining a room.** A connection joining a room is first added to the node's room as
 //! *pending*: it receives nothing. The join script publishes a `join` event, and the node's
-//! listener makes the connection *active* when that event comes back; `join` answers once it
-//! has ([`Echoes`]). So the connection receives exactly the events that followed its join, on
-//! every node.
-//!
-//! **Echoes.** Redis writes a message to this node's subscriptions before it answers the
-//! command that published it, but the client library hands pushed messages to the broker on a
-//! task of its own, so a command's answer may be seen before the messages it caused. Where a
-//! reply must come after them (a Chat message reaches its sender before the sender's reply; a
-//! joiner is active before its reply), the event carries an echo number and the request waits
-//! until the node's listener has handled it.
+//! listener makes the connection *active* when that event comes back. Redis writes the event to
+//! this node's subscription before it answers the script, and the broker hands it to the
+//! listener before the answer (see `broker`), so when `join` answers, the connection receives
+//! exactly the events that followed its join, on every node. For the same reason a node's own
+//! event reaches its members before the request that published it is answered (a Chat message
+//! reaches its sender before the sender's reply).
 //!
 //! **Node records.** Each node records, in a hash of its own, what its connections hold
 //! (presences, names, cursors). [`reap`] removes exactly what a dead node held, on the one node
@@ -34,16 +30,17 @@
 //! and not held locally (read in that order) is stale, and a record that was put back and is no
 //! longer held afterwards is removed again.
 
+pub mod rooms;
+
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
-use crate::broker::{Broker, BrokerError, ReapFuture, Reaper, Rejoin, COMMAND_TIMEOUT};
+use crate::broker::{Broker, BrokerError, ReapFuture, Reaper, Rejoin};
 use crate::connection::ConnectionId;
 use crate::protocol::{Frame, RpcError};
 
@@ -55,7 +52,7 @@ pub const BATCH: usize = 200;
 /// (an outage that the broker notices triggers that too, when Redis is back).
 const HEAL_DELAY: Duration = Duration::from_secs(1);
 
-/// What an event reports.
+/// What an event reports; it says which of a room's members get the frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     /// A connection joined the room: it becomes active on its node. The frame, if any, goes to
@@ -72,13 +69,24 @@ pub enum Kind {
     /// read receipts).
     #[serde(rename = "r")]
     Own,
-    /// The frame goes to every active member but the acting connection (Cursors).
-    #[serde(rename = "o")]
-    Others,
+    /// Cursor `handle` was created (or put back); the frame goes to every active member but the
+    /// acting connection, as for the two kinds that follow.
+    #[serde(rename = "a")]
+    Added,
+    /// Cursor `handle` moved or changed status.
+    #[serde(rename = "u")]
+    Updated,
+    /// Cursor `handle` was removed.
+    #[serde(rename = "d")]
+    Removed,
     /// The frame goes to connection `connection` of the receiving node, if it still holds the
     /// Messaging name `who`.
-    #[serde(rename = "d")]
+    #[serde(rename = "n")]
     Direct,
+    /// Node `node` read the room's state here (`connection` is its marker, see `rooms`):
+    /// nothing is pushed.
+    #[serde(rename = "s")]
+    Synced,
 }
 
 /// The header of an event.
@@ -96,21 +104,35 @@ pub struct Header {
     /// The identity concerned (Chat) or the name addressed (Messaging).
     #[serde(rename = "w", default, skip_serializing_if = "Option::is_none")]
     pub who: Option<String>,
-    /// The echo a request of node `node` waits for ([`Echoes`]).
-    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
-    pub echo: Option<u64>,
+    /// The cursor concerned (Cursors).
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
+    /// A digest of what the cursor now is (Cursors: [`version`]).
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+/// A digest of a value's text (the first 8 bytes of its SHA-256): two nodes compare what they
+/// told their members with what Redis holds by it.
+pub fn version(text: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(text.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&hash[..8]);
+    u64::from_be_bytes(first)
 }
 
 impl Header {
     /// A header for an event of `connection` on `node`.
     pub fn new(kind: Kind, node: &str, connection: ConnectionId, who: Option<&str>) -> Header {
-        Header { kind, node: node.to_owned(), connection, who: who.map(str::to_owned), echo: None }
+        Header { kind, node: node.to_owned(), connection, who: who.map(str::to_owned), handle: None, version: None }
     }
 
-    /// The header with echo `echo`.
+    /// The header with cursor `handle`, and what it now is (`None`: removed).
     #[must_use]
-    pub fn echo(mut self, echo: u64) -> Header {
-        self.echo = Some(echo);
+    pub fn cursor(mut self, handle: u64, version: Option<u64>) -> Header {
+        self.handle = Some(handle);
+        self.version = version;
         self
     }
 
@@ -146,52 +168,6 @@ impl Header {
     }
 }
 
-/// The requests of this node waiting for their events to come back (see the module's notes).
-#[derive(Debug, Default)]
-pub struct Echoes {
-    next: AtomicU64,
-    waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
-}
-
-/// An echo being waited for.
-#[derive(Debug)]
-pub struct Echo {
-    /// The number the event carries.
-    pub id: u64,
-    arrived: oneshot::Receiver<()>,
-}
-
-impl Echoes {
-    /// A new echo to put in an event.
-    pub fn expect(&self) -> Echo {
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (sender, arrived) = oneshot::channel();
-        crate::sync::lock(&self.waiting).insert(id, sender);
-        Echo { id, arrived }
-    }
-
-    /// The listener handled the event of `header` (called after it queued its pushes).
-    pub fn arrived(&self, header: &Header, node: &str) {
-        if let Some(id) = header.echo.filter(|_| header.node == node) {
-            if let Some(sender) = crate::sync::lock(&self.waiting).remove(&id) {
-                let _ = sender.send(());
-            }
-        }
-    }
-
-    /// Waits (at most [`COMMAND_TIMEOUT`]) for `echo`; whether it came back.
-    pub async fn wait(&self, echo: Echo) -> bool {
-        let arrived = tokio::time::timeout(COMMAND_TIMEOUT, echo.arrived).await.is_ok_and(|sent| sent.is_ok());
-        crate::sync::lock(&self.waiting).remove(&echo.id);
-        arrived
-    }
-
-    /// Stops waiting for `echo` (its event was not published).
-    pub fn cancel(&self, echo: Echo) {
-        crate::sync::lock(&self.waiting).remove(&echo.id);
-    }
-}
-
 /// Logs a failed broker operation of `service` and answers "Service unavailable".
 pub fn unavailable(service: &str, what: &str, err: &BrokerError) -> RpcError {
     log::warn!("{service:?}: {what} could not reach the broker: {err}");
@@ -203,11 +179,22 @@ pub trait NodeRecords: Send + Sync + 'static {
     /// The broker.
     fn broker(&self) -> &Broker;
 
-    /// The service's name (for logs).
+    /// The service's name (for logs, and in its keys).
     fn service_name(&self) -> &str;
 
+    /// The kind of service (`chat`, `cursors`, `messaging`), which its keys start with.
+    fn kind(&self) -> &'static str;
+
     /// The hash of node `node`'s records: field → value.
-    fn records_key(&self, node: &str) -> String;
+    fn records_key(&self, node: &str) -> String {
+        self.broker().key(&format!("{}:{}:node:{node}", self.kind(), self.service_name()))
+    }
+
+    /// The set of the nodes that may have records: the scripts that add a node's records add
+    /// the node, [`sweep`] takes out the dead ones that have none left.
+    fn holders_key(&self) -> String {
+        self.broker().key(&format!("{}:{}:holders", self.kind(), self.service_name()))
+    }
 
     /// The fields of every record this node's connections hold now, those being added
     /// included.
@@ -226,8 +213,50 @@ pub trait NodeRecords: Send + Sync + 'static {
     /// Records again what this node holds under `fields`, which Redis lacks.
     fn restore(&self, fields: Vec<String>) -> impl Future<Output = Result<(), BrokerError>> + Send;
 
+    /// After an outage: tells this node's connections what they missed, so that what they
+    /// were told agrees with Redis again (nothing for a service that pushes nothing about
+    /// what others hold).
+    fn sync(&self) -> impl Future<Output = Result<(), BrokerError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// Set while a heal is scheduled, so that failures in a burst schedule one.
     fn heal_scheduled(&self) -> &AtomicBool;
+}
+
+/// Takes a dead node out of the holders once it holds nothing. KEYS: the holders, its records,
+/// its liveness key. ARGV: the node.
+static FORGET_HOLDER: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        if redis.call('EXISTS', KEYS[3]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+            redis.call('SREM', KEYS[1], ARGV[1])
+        end
+        return 0
+        ",
+    )
+});
+
+/// Reads a room's state and publishes a marker event, in one step (see `rooms`). KEYS: the
+/// state's hash. ARGV: the publish command, the room's channel, the marker event. Returns the
+/// hash, flat.
+pub static READ_ROOM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+        redis.call(ARGV[1], ARGV[2], ARGV[3])
+        return redis.call('HGETALL', KEYS[1])
+        ",
+    )
+});
+
+/// Reads a hash's fields and values from a flat reply.
+pub fn pairs(flat: Vec<String>) -> Vec<(String, String)> {
+    let mut flat = flat.into_iter();
+    let mut pairs = Vec::new();
+    while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
+        pairs.push((field, value));
+    }
+    pairs
 }
 
 /// Every record of node `node`, read in batches.
@@ -237,10 +266,7 @@ async fn records(broker: &Broker, key: &str) -> Result<Vec<(String, String)>, Br
     loop {
         let (next, flat): (String, Vec<String>) =
             broker.query(redis::cmd("HSCAN").arg(key).arg(&cursor).arg("COUNT").arg(BATCH)).await?;
-        let mut flat = flat.into_iter();
-        while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
-            all.push((field, value));
-        }
+        all.extend(pairs(flat));
         if next == "0" {
             // HSCAN may return an element twice; the callers' removals are idempotent, but
             // there is no need to do them twice.
@@ -252,8 +278,8 @@ async fn records(broker: &Broker, key: &str) -> Result<Vec<(String, String)>, Br
     }
 }
 
-/// Removes what dead node `node` held, pushing what the clients must see (called on the one
-/// node that reaps it).
+/// Removes what dead node `node` held, pushing what the clients must see. Several nodes may
+/// reap one node at once: each record is removed once, with its pushes.
 pub async fn reap<S: NodeRecords>(service: &S, node: &str) -> Result<(), BrokerError> {
     let key = service.records_key(node);
     let all = records(service.broker(), &key).await?;
@@ -271,6 +297,26 @@ pub async fn reap<S: NodeRecords>(service: &S, node: &str) -> Result<(), BrokerE
     }
     if count > 0 {
         log::info!("{:?}: removed {count} records of node {node}", service.service_name());
+    }
+    Ok(())
+}
+
+/// Reaps every holder whose liveness key expired, and forgets those left with nothing. Runs
+/// when the broker finds a dead node, and after this node could not reach Redis (a reap that
+/// failed then is done again).
+pub async fn sweep<S: NodeRecords>(service: &S) -> Result<(), BrokerError> {
+    let broker = service.broker();
+    let holders_key = service.holders_key();
+    let holders: Vec<String> = broker.query(redis::cmd("SMEMBERS").arg(&holders_key)).await?;
+    for node in holders.iter().filter(|node| *node != broker.node()) {
+        let alive: bool = broker.query(redis::cmd("EXISTS").arg(broker.liveness_key(node))).await?;
+        if alive {
+            continue;
+        }
+        reap(service, node).await?;
+        let mut invocation = FORGET_HOLDER.prepare_invoke();
+        invocation.key(&holders_key).key(service.records_key(node)).key(broker.liveness_key(node)).arg(node);
+        broker.script::<i64>(&invocation).await?;
     }
     Ok(())
 }
@@ -312,8 +358,41 @@ pub async fn heal<S: NodeRecords>(service: &S) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Heals soon, once, after a write to Redis failed. If Redis is still unreachable then, the
-/// broker's reconnection heals later.
+/// The head of a removal script's invocation (Chat's departures, Cursors' removals): KEYS the
+/// records of node `node` and its liveness key, ARGV the publish command and whether reaping
+/// (the script then does nothing if `node` is alive).
+pub fn removal<S: NodeRecords>(
+    service: &S,
+    script: &'static redis::Script,
+    node: &str,
+    reaping: bool,
+) -> redis::ScriptInvocation<'static> {
+    let broker = service.broker();
+    let mut invocation = script.prepare_invoke();
+    invocation
+        .key(service.records_key(node))
+        .key(broker.liveness_key(node))
+        .arg(broker.publish_command())
+        .arg(if reaping { "1" } else { "0" });
+    invocation
+}
+
+/// Waits for `removal` of what this node's connections let go (gone from its state already);
+/// when Redis cannot be reached, logs `what` and heals later, which does the removal then.
+pub async fn remove_or_heal<S: NodeRecords>(
+    service: &Weak<S>,
+    what: String,
+    removal: impl Future<Output = Result<bool, BrokerError>>,
+) {
+    if let Err(err) = removal.await {
+        let Some(service) = service.upgrade() else { return };
+        log::warn!("{:?}: {what} could not reach the broker ({err}); done when it answers", service.service_name());
+        schedule_heal(&service);
+    }
+}
+
+/// Heals and sweeps soon, once, after a write to Redis failed. If Redis is still unreachable
+/// then, the broker's reconnection does it later.
 pub fn schedule_heal<S: NodeRecords>(service: &Arc<S>) {
     if service.heal_scheduled().swap(true, Ordering::AcqRel) {
         return;
@@ -323,10 +402,15 @@ pub fn schedule_heal<S: NodeRecords>(service: &Arc<S>) {
         tokio::time::sleep(HEAL_DELAY).await;
         let Some(service) = service.upgrade() else { return };
         service.heal_scheduled().store(false, Ordering::Release);
-        if let Err(err) = heal(&*service).await {
+        if let Err(err) = heal_and_sweep(&*service).await {
             log::debug!("{:?}: healing after a failed write: {err}", service.service_name());
         }
     });
+}
+
+async fn heal_and_sweep<S: NodeRecords>(service: &S) -> Result<(), BrokerError> {
+    heal(service).await?;
+    sweep(service).await
 }
 
 /// The hooks a service gives the broker: reap dead nodes, heal after an outage.
@@ -337,9 +421,9 @@ impl<S: NodeRecords> Reaper for Hooks<S> {
         let service = self.0.clone();
         Box::pin(async move {
             let Some(service) = service.upgrade() else { return };
-            if let Err(err) = reap(&*service, &node).await {
-                // The node stays in Redis until it is healed or reaped again; log it loudly.
-                log::error!("{:?}: reaping node {node} failed: {err}", service.service_name());
+            if let Err(err) = sweep(&*service).await {
+                log::warn!("{:?}: reaping node {node} failed ({err}): retried", service.service_name());
+                schedule_heal(&service);
             }
         })
     }
@@ -349,10 +433,22 @@ impl<S: NodeRecords> Rejoin for Hooks<S> {
     fn rejoin(&self) -> ReapFuture {
         let service = self.0.clone();
         Box::pin(async move {
+            let Some(strong) = service.upgrade() else { return };
+            if let Err(err) = heal_and_sweep(&*strong).await {
+                log::warn!("{:?}: putting this node's state back in the broker failed: {err}", strong.service_name());
+                schedule_heal(&strong);
+            }
+            // Every live node is back within the node timeout (or counts as dead and is
+            // reaped): then what Redis holds is what this node's connections are to know.
+            let settle = strong.broker().node_timeout();
+            drop(strong);
+            tokio::time::sleep(settle).await;
             let Some(service) = service.upgrade() else { return };
-            if let Err(err) = heal(&*service).await {
-                log::warn!("{:?}: putting this node's state back in the broker failed: {err}", service.service_name());
-                schedule_heal(&service);
+            if let Err(err) = service.sync().await {
+                log::warn!(
+                    "{:?}: telling this node's connections what they missed failed: {err}",
+                    service.service_name()
+                );
             }
         })
     }

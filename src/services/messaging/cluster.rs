@@ -6,6 +6,7 @@
 //! - `messaging:<service>:names`: a hash, name → `<connection>@<node>` (its holder);
 //! - `messaging:<service>:node:<node>`: a hash, name → connection: the node's records (see
 //!   `services::cluster`);
+//! - `messaging:<service>:holders`: the nodes that may have records;
 //! - channel `messaging:<service>:to:<node>`: the messages for the node's connections.
 //!
 //! `max_participants` bounds the names of the whole cluster.
@@ -26,8 +27,9 @@ use crate::services::cluster::{self, unavailable, Header, Kind, NodeRecords};
 use crate::services::limits::MessagingLimits;
 
 /// Registers a name unless another holder has it or the cluster has `max_participants`.
-/// KEYS: names, this node's records. ARGV: name, holder, connection, max_participants.
-/// Returns 0 (registered), 1 (taken), 2 (too many participants), 3 (this holder had it).
+/// KEYS: names, this node's records, the holders. ARGV: name, holder, connection,
+/// max_participants, this node. Returns 0 (registered), 1 (taken), 2 (too many participants),
+/// 3 (this holder had it).
 static REGISTER: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -35,6 +37,7 @@ static REGISTER: LazyLock<redis::Script> = LazyLock::new(|| {
         if holder == ARGV[2] then return 3 end
         if holder then return 1 end
         if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return 2 end
+        redis.call('SADD', KEYS[3], ARGV[5])
         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
         redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
         return 0
@@ -187,10 +190,12 @@ impl MessagingCluster {
         invocation
             .key(self.key("names"))
             .key(self.records_key(self.broker.node()))
+            .key(self.holders_key())
             .arg(name)
             .arg(self.holder(connection))
             .arg(connection)
-            .arg(self.limits.max_participants);
+            .arg(self.limits.max_participants)
+            .arg(self.broker.node());
         self.broker.script(&invocation).await
     }
 
@@ -323,8 +328,8 @@ impl NodeRecords for MessagingCluster {
         &self.name
     }
 
-    fn records_key(&self, node: &str) -> String {
-        self.key(&format!("node:{node}"))
+    fn kind(&self) -> &'static str {
+        "messaging"
     }
 
     fn held(&self) -> HashSet<String> {
