@@ -776,6 +776,20 @@ async fn a_killed_nodes_presences_cursors_and_names_go_within_the_node_timeout_w
 
     doomed.kill();
     let killed = std::time::Instant::now();
+    // Its names are not reaped yet, but a message for them reaches nobody: it is refused.
+    register(&mut watchers[0], "watcher").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let send = json!({"sender": "watcher", "dest": "alice", "body": 1});
+        let reply = call(&mut watchers[0], "messaging", "send", send).await;
+        if reply == error_reply("messaging", &json!("c"), "Unknown destination") {
+            break;
+        }
+        // Until Redis notices the dead node's connection is gone.
+        assert_eq!(reply, ok_reply("messaging", &json!("c"), &Value::Null));
+        assert!(tokio::time::Instant::now() < deadline, "a send to the dead node's name is refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for watcher in &mut watchers {
         let mut pushes = Vec::new();
         for _ in 0..3 {
@@ -795,7 +809,7 @@ async fn a_killed_nodes_presences_cursors_and_names_go_within_the_node_timeout_w
         assert_quiet(watcher, "chat").await;
         assert_quiet(watcher, "cursors").await;
     }
-    assert_eq!(ok(&mut watchers[1], "messaging", "listParticipants", json!({})).await, json!([]));
+    assert_eq!(ok(&mut watchers[1], "messaging", "listParticipants", json!({})).await, json!(["watcher"]));
     let mut late = connect_as(&one.server, "late").await;
     assert_eq!(join(&mut late, &lobby).await, json!({"members": ["bob", "late", "watcher-0", "watcher-1"]}));
     assert_eq!(join_document(&mut late, &doc).await, Vec::<Value>::new());

@@ -9,7 +9,9 @@
 //! - `messaging:<service>:holders`: the nodes that may have records;
 //! - channel `messaging:<service>:to:<node>`: the messages for the node's connections.
 //!
-//! `max_participants` bounds the names of the whole cluster.
+//! `max_participants` bounds the names of the whole cluster. A send to a name whose node is
+//! gone (no node listens on its channel; its names are not reaped yet) is "Unknown
+//! destination", as it will be once they are.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
@@ -268,7 +270,14 @@ impl MessagingCluster {
         }
         let frame = push_frame(&self.name, MessagePush { kind: "message", sender, dest, body });
         let event = Header::new(Kind::Direct, node, id, Some(dest)).encode(Some(&frame));
-        self.broker.publish(&self.inbox_channel(node), &event).await.map_err(|err| self.unavailable("a send", &err))
+        let channel = self.inbox_channel(node);
+        let listeners =
+            self.broker.publish_counted(&channel, &event).await.map_err(|err| self.unavailable("a send", &err))?;
+        if listeners == 0 {
+            // The holder's node is gone (its name is not reaped yet): nobody gets the message.
+            return Err(errors::UNKNOWN_DESTINATION);
+        }
+        Ok(())
     }
 
     /// Every name in the cluster, sorted by code point.
