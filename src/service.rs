@@ -75,7 +75,19 @@ pub trait Service: Send + Sync {
 
     /// Forgets a connection that closed.
     fn disconnected(&self, _connection: &Arc<Connection>) {}
+
+    /// Forgets a connection that closed, as [`disconnected`](Service::disconnected) does, and
+    /// returns what remains to be done elsewhere (with a broker: the removals in Redis). The
+    /// server runs it before the connection's close handshake completes.
+    fn departed(&self, connection: &Arc<Connection>) -> Option<Departure> {
+        self.disconnected(connection);
+        None
+    }
 }
+
+/// What remains of a disconnection once the node forgot the connection (see
+/// [`Service::departed`]).
+pub type Departure = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The future a [`Policy`] returns: `Ok(allowed)` or the text of a failure to log.
 pub type PolicyFuture = Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
@@ -220,8 +232,12 @@ impl AnyService {
         }
     }
 
-    /// Forgets a connection that closed.
-    pub fn disconnected(&self, connection: &Arc<Connection>) {
-        each_builtin!(self, service => service.disconnected(connection), external service => service.disconnected(connection));
+    /// Forgets a connection that closed; returns what remains to be done elsewhere (see
+    /// [`Service::departed`]).
+    pub fn disconnected(&self, connection: &Arc<Connection>) -> Option<Departure> {
+        each_builtin!(self, service => service.departed(connection), external service => {
+            service.disconnected(connection);
+            None
+        })
     }
 }

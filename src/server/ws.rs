@@ -154,6 +154,13 @@ async fn serve(
         app.config.close_grace(),
     ));
     read_loop(&app, &connection, stream).await;
+    // Disconnect takes effect now, not after the close handshake: subscriptions, names and
+    // memberships go at once. With a broker, the close handshake completes once they are gone
+    // from Redis too (each removal bounded by the broker's command timeout), so that a name
+    // freed here can be registered on another node as soon as the client's close returns.
+    for departure in app.frontend.disconnected(&connection) {
+        let _ = departure.await;
+    }
     // The reader stops either because the client left (close frame, end of stream, read error)
     // or because the connection was already asked to close (shutdown, slow consumer, oversized
     // frame, dead peer). Only the first is a normal closure; in the second case the code already
@@ -161,9 +168,6 @@ async fn serve(
     if !connection.is_closing() {
         connection.close(codes::NORMAL);
     }
-    // Disconnect takes effect now, not after the close handshake: subscriptions, names and
-    // memberships go at once.
-    app.frontend.disconnected(&connection);
     if let Err(err) = writer.await {
         log::error!("connection {id}: writer task failed: {err}");
     }

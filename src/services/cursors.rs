@@ -31,7 +31,7 @@ use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{errors, Frame, Params, RpcError};
-use crate::service::{ask_policy, Caller, Policy, Service, Side};
+use crate::service::{ask_policy, Caller, Departure, Policy, Service, Side};
 use crate::services::cluster::rooms::JoinReply;
 use crate::services::limits::{check_size, CursorsLimits};
 use crate::value::{json_size, ValueKey};
@@ -513,9 +513,16 @@ impl Service for CursorsService {
     }
 
     fn disconnected(&self, connection: &Arc<Connection>) {
-        match self.shared.cluster() {
-            Some(cluster) => cluster.disconnected(connection),
-            None => self.shared.disconnected(connection),
+        if let Some(departure) = self.departed(connection) {
+            tokio::spawn(departure);
         }
+    }
+
+    fn departed(&self, connection: &Arc<Connection>) -> Option<Departure> {
+        if let Some(cluster) = self.shared.cluster() {
+            return cluster.departure(connection);
+        }
+        self.shared.disconnected(connection);
+        None
     }
 }

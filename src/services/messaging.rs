@@ -24,7 +24,7 @@ use crate::connection::{Connection, ConnectionId};
 use crate::error::Error;
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{errors, Params, RpcError};
-use crate::service::{ask_policy, Caller, Policy, Service, Side};
+use crate::service::{ask_policy, Caller, Departure, Policy, Service, Side};
 use crate::services::limits::MessagingLimits;
 
 /// A Messaging service: `registerParticipant`, `unregisterParticipant`, `listParticipants`,
@@ -264,9 +264,16 @@ impl Service for MessagingService {
     }
 
     fn disconnected(&self, connection: &Arc<Connection>) {
-        match self.shared.cluster() {
-            Some(cluster) => cluster.disconnected(connection),
-            None => self.shared.disconnected(connection),
+        if let Some(departure) = self.departed(connection) {
+            tokio::spawn(departure);
         }
+    }
+
+    fn departed(&self, connection: &Arc<Connection>) -> Option<Departure> {
+        if let Some(cluster) = self.shared.cluster() {
+            return cluster.departure(connection);
+        }
+        self.shared.disconnected(connection);
+        None
     }
 }

@@ -121,7 +121,8 @@ impl Behaviour {
     /// The session closed.
     pub fn closed(self, app: &App, connection: &Arc<Connection>) {
         if self == Behaviour::Frontend {
-            app.frontend.disconnected(connection);
+            // What remains (removals in the broker) runs on its own tasks.
+            drop(app.frontend.disconnected(connection));
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::{push_frame, reply_frame};
 use crate::protocol::{errors, timestamp, Frame, RpcError};
+use crate::service::Departure;
 use crate::services::cluster::rooms::{JoinReply, Known, RoomEvents, RoomListener, Rooms, View, NOBODY};
 use crate::services::cluster::{self, pairs, unavailable, Header, Kind, NodeRecords, READ_ROOM};
 use crate::services::limits::ChatLimits;
@@ -296,8 +297,8 @@ impl ChatCluster {
         self.broker.publish(&room, &event).await.map_err(|err| self.unavailable("a read receipt", &err))
     }
 
-    /// Takes a closed connection out of its channels, everywhere.
-    pub fn disconnected(&self, connection: &Connection) {
+    /// Takes a closed connection out of its channels here; returns its removal from Redis.
+    pub fn departure(&self, connection: &Connection) -> Option<Departure> {
         let items: Vec<Item> = self
             .lock()
             .forget_all(connection.id())
@@ -308,10 +309,10 @@ impl ChatCluster {
             })
             .collect();
         if items.is_empty() {
-            return;
+            return None;
         }
-        let Some(chat) = self.this.upgrade() else { return };
-        tokio::spawn(async move { chat.remove_items(items).await });
+        let chat = self.this.upgrade()?;
+        Some(Box::pin(async move { chat.remove_items(items).await }))
     }
 
     /// Reads the state of the channel of `room` and pushes what this node's members missed.

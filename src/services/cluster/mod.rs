@@ -10,20 +10,25 @@
 //!
 //! **Joining a room.** A connection joining a room is first added to the node's room as
 //! *pending*: it receives nothing. The join script publishes a `join` event, and the node's
-//! listener makes the connection *active* when that event comes back. Redis writes the event to
-//! this node's subscription before it answers the script, and the broker hands it to the
-//! listener before the answer (see `broker`), so when `join` answers, the connection receives
-//! exactly the events that followed its join, on every node. For the same reason a node's own
-//! event reaches its members before the request that published it is answered (a Chat message
-//! reaches its sender before the sender's reply).
+//! listener starts keeping the room's events for the connection when that event comes back.
+//! Redis writes the event to this node's subscription before it answers the script, and the
+//! broker hands it to the listener before the answer (see `broker`), so the script's answer
+//! (the room's state: members, cursors) is the state as of that event. The service then queues
+//! the `join` reply itself, followed by the events kept, and the connection is active: it gets
+//! its listing, then exactly the events that followed it, on every node (see `rooms`). For the
+//! same reason a node's own event reaches its members before the request that published it is
+//! answered (a Chat message reaches its sender before the sender's reply).
 //!
 //! **Node records.** Each node records, in a hash of its own, what its connections hold
-//! (presences, names, cursors). [`reap`] removes exactly what a dead node held, on the one node
-//! that reaps it, each record once with the pushes its removal calls for; its scripts check the
-//! dead node's liveness key first, so a node that came back keeps what it holds. [`heal`] makes
-//! Redis agree with this node again after an outage: it removes the records whose removal
-//! failed meanwhile (their pushes go out then) and puts back what Redis lost (restarted empty,
-//! or this node was reaped while it was cut off).
+//! (presences, names, cursors), and adds itself to the service's set of *holders*. [`reap`]
+//! removes exactly what a dead node held, each record once with the pushes its removal calls
+//! for, however many nodes reap it at once; its scripts check the dead node's liveness key
+//! first, so a node that came back keeps what it holds. [`sweep`] reaps every dead holder: on
+//! the node that noticed a death, and again after a reap failed. [`heal`] makes Redis agree
+//! with this node again after an outage: it removes the records whose removal failed meanwhile
+//! (their pushes go out then) and puts back what Redis lost (restarted empty, or this node was
+//! reaped while it was cut off). Then, once every live node had the time to do the same (the
+//! node timeout), [`NodeRecords::sync`] tells this node's connections what they missed.
 //!
 //! Race-freedom of [`heal`]: a node adds a record to its local state *before* writing it to
 //! Redis and removes it locally *before* removing it from Redis. So a record that is in Redis

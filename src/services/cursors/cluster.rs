@@ -31,6 +31,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::{push_frame, reply_frame};
 use crate::protocol::{errors, Frame, RpcError};
+use crate::service::Departure;
 use crate::services::cluster::rooms::{JoinReply, Known, RoomEvents, RoomListener, Rooms, View, NOBODY};
 use crate::services::cluster::{self, pairs, unavailable, version, Header, Kind, NodeRecords, READ_ROOM};
 use crate::services::limits::CursorsLimits;
@@ -435,18 +436,19 @@ impl CursorsCluster {
         Ok(done == 1)
     }
 
-    /// Takes a closed connection out of its documents, removing its cursors everywhere.
-    pub fn disconnected(&self, connection: &Connection) {
+    /// Takes a closed connection out of its documents here; returns the removal of its cursors
+    /// from Redis.
+    pub fn departure(&self, connection: &Connection) -> Option<Departure> {
         let gone = {
             let mut state = self.lock();
             state.rooms.forget_all(connection.id());
             state.take_cursors(connection.id(), None)
         };
         if gone.is_empty() {
-            return;
+            return None;
         }
-        let Some(cursors) = self.this.upgrade() else { return };
-        tokio::spawn(async move { cursors.drop_cursors(gone).await });
+        let cursors = self.this.upgrade()?;
+        Some(Box::pin(async move { cursors.drop_cursors(gone).await }))
     }
 
     /// Reads the cursors of the document of `room` and pushes what this node's members missed.

@@ -25,6 +25,7 @@ use crate::connection::{Connection, ConnectionId};
 use crate::error::Error;
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{errors, RpcError};
+use crate::service::Departure;
 use crate::services::cluster::{self, unavailable, Header, Kind, NodeRecords};
 use crate::services::limits::MessagingLimits;
 
@@ -297,8 +298,8 @@ impl MessagingCluster {
         names
     }
 
-    /// Frees the names of a connection that closed.
-    pub fn disconnected(self: &Arc<Self>, connection: &Connection) {
+    /// Forgets the names of a connection that closed here; returns their release in Redis.
+    pub fn departure(self: &Arc<Self>, connection: &Connection) -> Option<Departure> {
         let names = {
             let mut state = self.lock();
             let names = state.by_connection.remove(&connection.id()).unwrap_or_default();
@@ -308,12 +309,12 @@ impl MessagingCluster {
             names
         };
         if names.is_empty() {
-            return;
+            return None;
         }
         let holder = self.holder(connection.id());
         let names = names.into_iter().map(|name| (name, holder.clone())).collect();
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.free(names).await });
+        Some(Box::pin(async move { this.free(names).await }))
     }
 }
 
