@@ -7,14 +7,19 @@
 //! the refusal must last as long as such a token may be valid: the revocation is remembered for
 //! `revocation_window`, which should be at least the longest lifetime the web application gives
 //! its tokens. At most `max_revocations` are remembered; the oldest are forgotten first.
+//!
+//! With a broker, revocations are shared by every node (see [`crate::revocation`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionId};
-use crate::protocol::codes;
+use crate::error::Error;
+use crate::protocol::{codes, RpcError};
+use crate::revocation::Revocations;
 
 /// Why a new connection is refused (answered with HTTP 503 at the handshake).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +57,8 @@ pub struct ConnectionTable {
     /// A std `Mutex`: nothing awaits under it, and every operation is O(1) except
     /// [`ConnectionTable::with_identity`], which is proportional to one identity's connections.
     state: Mutex<TableState>,
+    /// With a broker: the revocations the nodes share (set when the server binds).
+    shared: Mutex<Option<Arc<Revocations>>>,
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +66,8 @@ struct TableState {
     /// Admitted connections (a slot is taken at the handshake, before the connection exists).
     admitted: usize,
     per_address: HashMap<IpAddr, usize>,
-    open: HashMap<ConnectionId, Arc<Connection>>,
+    /// Each open connection, with when its connection token was issued (if it said).
+    open: HashMap<ConnectionId, (Arc<Connection>, Option<f64>)>,
     by_identity: HashMap<String, HashSet<ConnectionId>>,
     /// When each revoked identity was revoked (seconds since the epoch).
     revoked: HashMap<String, f64>,
@@ -87,7 +95,91 @@ impl ConnectionTable {
         max_per_address: Option<usize>,
         revocation: RevocationBounds,
     ) -> Arc<ConnectionTable> {
-        Arc::new(ConnectionTable { max, max_per_address, revocation, state: Mutex::default() })
+        Arc::new(ConnectionTable {
+            max,
+            max_per_address,
+            revocation,
+            state: Mutex::default(),
+            shared: Mutex::default(),
+        })
+    }
+
+    /// The revocation window and bound.
+    pub fn revocation_bounds(&self) -> RevocationBounds {
+        self.revocation
+    }
+
+    /// Shares revocations with the other nodes of `broker`: learns those made in the window and
+    /// listens for new ones. Called when the server binds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the node cannot listen on the broker.
+    pub async fn share(self: &Arc<Self>, broker: &Broker) -> Result<(), Error> {
+        let shared = Revocations::start(self, broker).await?;
+        *crate::sync::lock(&self.shared) = Some(shared);
+        Ok(())
+    }
+
+    /// Revokes `identity` now, on every node when revocations are shared (see [`revoke`]);
+    /// returns how many connections were closed.
+    ///
+    /// # Errors
+    ///
+    /// [`RpcError::Unavailable`] when the broker is unreachable: this node's connections were
+    /// closed and its tokens refused here, the other nodes did not hear of it.
+    ///
+    /// [`revoke`]: ConnectionTable::revoke
+    pub async fn revoke_everywhere(&self, identity: &str) -> Result<usize, RpcError> {
+        let shared = crate::sync::lock(&self.shared).clone();
+        let now = crate::tokens::now_seconds();
+        match shared {
+            None => Ok(self.revoke(identity, now)),
+            Some(shared) => shared.revoke(identity, now).await,
+        }
+    }
+
+    /// Records a revocation made elsewhere while this node could not hear of it: refuses the
+    /// identity's tokens issued until `at`, and closes its connections opened with such tokens
+    /// (those opened later, with newer tokens, stay).
+    pub fn learn_revocation(&self, identity: &str, at: f64, now: f64) {
+        let connections = {
+            let mut state = self.lock();
+            if state.revoked.get(identity).is_some_and(|&known| known >= at) {
+                return;
+            }
+            self.record_revocation(&mut state, identity, at, now);
+            state
+                .by_identity
+                .get(identity)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|id| state.open.get(id))
+                        .filter(|(_, issued)| issued.is_none_or(|issued| issued <= at))
+                        .map(|(connection, _)| Arc::clone(connection))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        for connection in &connections {
+            connection.close(codes::REVOKED);
+        }
+        if !connections.is_empty() {
+            log::info!("identity {identity:?} was revoked elsewhere: {} connections closed", connections.len());
+        }
+    }
+
+    fn record_revocation(&self, state: &mut TableState, identity: &str, at: f64, now: f64) {
+        state.forget_old_revocations(now, self.revocation.window);
+        if self.revocation.max > 0 {
+            if state.revoked.insert(identity.to_owned(), at).is_none() {
+                state.revoked_order.push_back((at, identity.to_owned()));
+            }
+            while state.revoked.len() > self.revocation.max {
+                let Some((_, oldest)) = state.revoked_order.pop_front() else { break };
+                state.revoked.remove(&oldest);
+            }
+        }
     }
 
     /// Revokes `identity` at `now` (seconds since the epoch): closes its open connections with
@@ -96,20 +188,13 @@ impl ConnectionTable {
     pub fn revoke(&self, identity: &str, now: f64) -> usize {
         let connections = {
             let mut state = self.lock();
-            state.forget_old_revocations(now, self.revocation.window);
-            if self.revocation.max > 0 {
-                if state.revoked.insert(identity.to_owned(), now).is_none() {
-                    state.revoked_order.push_back((now, identity.to_owned()));
-                }
-                while state.revoked.len() > self.revocation.max {
-                    let Some((_, oldest)) = state.revoked_order.pop_front() else { break };
-                    state.revoked.remove(&oldest);
-                }
-            }
+            self.record_revocation(&mut state, identity, now, now);
             state
                 .by_identity
                 .get(identity)
-                .map(|ids| ids.iter().filter_map(|id| state.open.get(id)).cloned().collect::<Vec<_>>())
+                .map(|ids| {
+                    ids.iter().filter_map(|id| state.open.get(id)).map(|(c, _)| Arc::clone(c)).collect::<Vec<_>>()
+                })
                 .unwrap_or_default()
         };
         for connection in &connections {
@@ -177,10 +262,11 @@ impl TableState {
 }
 
 impl Slot {
-    /// Records the connection that uses this slot, so it can be found by identity.
-    pub fn register(&mut self, connection: &Arc<Connection>) {
+    /// Records the connection that uses this slot, so it can be found by identity, with when
+    /// its connection token was issued (if it said).
+    pub fn register(&mut self, connection: &Arc<Connection>, issued_at: Option<f64>) {
         let mut state = self.table.lock();
-        state.open.insert(connection.id(), Arc::clone(connection));
+        state.open.insert(connection.id(), (Arc::clone(connection), issued_at));
         if let Some(identity) = &connection.identity().id {
             state.by_identity.entry(identity.clone()).or_default().insert(connection.id());
         }
@@ -199,7 +285,7 @@ impl Drop for Slot {
             }
         }
         let Some(id) = self.connection else { return };
-        let Some(connection) = state.open.remove(&id) else { return };
+        let Some((connection, _)) = state.open.remove(&id) else { return };
         if let Some(identity) = &connection.identity().id {
             if let Some(ids) = state.by_identity.get_mut(identity) {
                 ids.remove(&id);

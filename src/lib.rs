@@ -15,6 +15,7 @@
 //! - [`value`]: JSON value semantics shared by channels, keys and filters.
 //! - [`backend_client`]: the fast HTTP client the web application uses.
 //! - [`broker`]: several nodes sharing one Redis: channels, shared state, node liveness.
+//! - [`revocation`]: revocations shared by the nodes of a cluster.
 //! - [`error`]: the crate's [`Error`] (configuration, binding, I/O).
 //! - [`seconds`]: duration settings, checked so that none can overflow a clock.
 //! - [`sync`]: locking the std `Mutex`es that guard service state, recovering from poisoning.
@@ -35,6 +36,7 @@ pub mod error;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;
+pub mod revocation;
 pub mod seconds;
 pub mod server;
 pub mod service;

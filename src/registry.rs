@@ -53,11 +53,10 @@ impl ServiceRegistry {
         }
     }
 
-    /// Tells every service that a connection closed.
-    pub fn disconnected(&self, connection: &Arc<Connection>) {
-        for service in self.services.values() {
-            service.disconnected(connection);
-        }
+    /// Tells every service that a connection closed. Returns the tasks that finish the job
+    /// elsewhere (with a broker: in Redis), each bounded by the broker's command timeout.
+    pub fn disconnected(&self, connection: &Arc<Connection>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.services.values().filter_map(|service| service.disconnected(connection)).map(tokio::spawn).collect()
     }
 
     /// The registered names, sorted (for logs).

@@ -15,6 +15,7 @@ use crate::datasync::{DataSyncBackend, DataSyncService};
 use crate::error::Error;
 use crate::protocol::{Params, RpcError};
 use crate::services::chat::ChatService;
+use crate::services::cluster::rooms;
 use crate::services::connections::ConnectionsBackend;
 use crate::services::cursors::CursorsService;
 use crate::services::external::{ExternalService, Handled};
@@ -74,7 +75,19 @@ pub trait Service: Send + Sync {
 
     /// Forgets a connection that closed.
     fn disconnected(&self, _connection: &Arc<Connection>) {}
+
+    /// Forgets a connection that closed, as [`disconnected`](Service::disconnected) does, and
+    /// returns what remains to be done elsewhere (with a broker: the removals in Redis). The
+    /// server runs it before the connection's close handshake completes.
+    fn departed(&self, connection: &Arc<Connection>) -> Option<Departure> {
+        self.disconnected(connection);
+        None
+    }
 }
+
+/// What remains of a disconnection once the node forgot the connection (see
+/// [`Service::departed`]).
+pub type Departure = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The future a [`Policy`] returns: `Ok(allowed)` or the text of a failure to log.
 pub type PolicyFuture = Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
@@ -155,8 +168,9 @@ impl AnyService {
         each_builtin!(self, service => service.side(), external service => service.side())
     }
 
-    /// Runs one request. Built-in services always answer at once; external ones may answer
-    /// later (the reply is then written by a task).
+    /// Runs one request. Built-in services answer at once, but for Chat's and Cursors' `join`
+    /// with a broker, which queue their reply themselves; external ones may answer later (the
+    /// reply is then written by a task).
     pub async fn handle_request(
         &self,
         caller: Caller<'_>,
@@ -164,6 +178,21 @@ impl AnyService {
         params: Params,
         call_id: Option<&Value>,
     ) -> Handled {
+        // With a broker, Chat's and Cursors' `join` queue their reply themselves, before the
+        // pushes that follow the join.
+        match self {
+            AnyService::Chat(service) => {
+                let join = |connection, params, reply| service.join(connection, params, reply);
+                let other = |params| service.handle(caller, &command, params);
+                return rooms::handle_request(caller, &command, params, call_id, join, other).await;
+            }
+            AnyService::Cursors(service) => {
+                let join = |connection, params, reply| service.join(connection, params, reply);
+                let other = |params| service.handle(caller, &command, params);
+                return rooms::handle_request(caller, &command, params, call_id, join, other).await;
+            }
+            _ => {}
+        }
         each_builtin!(
             self,
             service => Handled::Reply(service.handle(caller, &command, params).await),
@@ -184,14 +213,15 @@ impl AnyService {
     /// # Errors
     ///
     /// [`Error::Config`] when the service cannot work with this broker.
-    // Async because a service sharing state may have to prepare it in Redis before serving.
-    #[allow(clippy::unused_async)]
     pub async fn attach(&self, server: &Attachment<'_>) -> Result<(), Error> {
         match self {
             AnyService::Connections(service) => service.attach(server.table),
             AnyService::PubSub(service) => service.hub().attach(server.broker),
             AnyService::DataSync(service) => service.hub().attach(server.broker),
             AnyService::DataSyncBackend(service) => service.hub().attach(server.broker),
+            AnyService::Messaging(service) => service.attach(server.broker).await?,
+            AnyService::Chat(service) => service.attach(server.broker),
+            AnyService::Cursors(service) => service.attach(server.broker),
             _ => {}
         }
         Ok(())
@@ -213,8 +243,12 @@ impl AnyService {
         }
     }
 
-    /// Forgets a connection that closed.
-    pub fn disconnected(&self, connection: &Arc<Connection>) {
-        each_builtin!(self, service => service.disconnected(connection), external service => service.disconnected(connection));
+    /// Forgets a connection that closed; returns what remains to be done elsewhere (see
+    /// [`Service::departed`]).
+    pub fn disconnected(&self, connection: &Arc<Connection>) -> Option<Departure> {
+        each_builtin!(self, service => service.departed(connection), external service => {
+            service.disconnected(connection);
+            None
+        })
     }
 }

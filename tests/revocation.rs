@@ -6,14 +6,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{backend_call, within, TestServer, WAIT};
-use futures_util::StreamExt;
+use common::{backend_call, TestServer};
 use serde_json::json;
 use snorky::service::AnyService;
 use snorky::services::connections::ConnectionsBackend;
 use snorky::services::pubsub::{PubSubBackend, PubSubService};
 use snorky::tokens;
-use tokio_tungstenite::tungstenite::Message;
 
 async fn start() -> TestServer {
     let pubsub = PubSubService::new("pubsub");
@@ -23,20 +21,6 @@ async fn start() -> TestServer {
         vec![AnyService::PubSub(pubsub)],
         vec![AnyService::PubSubBackend(backend), AnyService::Connections(ConnectionsBackend::new("connections"))],
     )
-    .await
-}
-
-/// Reads until the server closes `client`; returns the close code.
-async fn close_code(client: &mut common::Client) -> u16 {
-    within(WAIT, "the server to close the connection", async {
-        loop {
-            match client.ws.next().await {
-                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
-                Some(Ok(Message::Close(None)) | Err(_)) | None => return 0,
-                Some(Ok(_)) => {}
-            }
-        }
-    })
     .await
 }
 
@@ -53,7 +37,7 @@ async fn revoking_an_identity_closes_its_connections_and_refuses_its_older_token
     let answer = backend_call(&server, "connections", "disconnect", json!({"identity": "alice"})).await;
     assert_eq!(answer["message"]["data"], json!({"disconnected": 2}), "{answer}");
     for tab in [&mut tab1, &mut tab2] {
-        assert_eq!(close_code(tab).await, 4501, "closed for good");
+        assert_eq!(collab::close_code(tab).await, 4501, "closed for good");
     }
     // Her token is refused from now on; bob is untouched.
     let (status, body) = collab::refusal(collab::try_connect_query(&server, &query).await);

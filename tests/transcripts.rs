@@ -84,7 +84,8 @@ async fn every_transcript_replays_against_three_nodes_on_a_broker() {
 
 /// The kinds of service that share their state across nodes so far; transcripts using another
 /// kind are replayed on one node only.
-const ON_SEVERAL_NODES: &[&str] = &["pubsub", "pubsub_backend", "datasync", "datasync_backend"];
+const ON_SEVERAL_NODES: &[&str] =
+    &["pubsub", "pubsub_backend", "datasync", "datasync_backend", "chat", "cursors", "messaging", "connections"];
 
 async fn replay_all(broker: Option<&cluster::Redis>) {
     let mut failures = Vec::new();

@@ -126,7 +126,8 @@ class ChatService:
         return True
 
     def members(self, channel: Any) -> list[str]:
-        """The identities present in ``channel``, sorted."""
+        """The identities present in ``channel``, sorted; with a broker, those of this node's
+        connections (``join`` answers the whole cluster's)."""
         return self._core.members(channel)
 
     def __repr__(self) -> str:
@@ -163,7 +164,8 @@ class CursorsService:
         return True
 
     def cursor_count(self, document: Any) -> int:
-        """The number of cursors in ``document``."""
+        """The number of cursors in ``document``; with a broker, those of this node's connections
+        (``join`` lists the whole cluster's)."""
         return self._core.cursor_count(document)
 
     def __repr__(self) -> str:
@@ -198,7 +200,8 @@ class MessagingService:
         return True
 
     def participants(self) -> list[str]:
-        """Every registered name, sorted by code point."""
+        """Every registered name, sorted by code point; with a broker, those of this node's
+        connections (``listParticipants`` lists the whole cluster's)."""
         return self._core.participants()
 
     def __repr__(self) -> str:

@@ -141,8 +141,9 @@ impl Link {
         }
     }
 
-    /// Publishes `payload` on `channel` (sharded on a cluster).
-    pub async fn publish(&self, channel: &str, payload: &[u8]) -> RedisResult<()> {
+    /// Publishes `payload` on `channel` (sharded on a cluster); returns how many connections
+    /// received it.
+    pub async fn publish(&self, channel: &str, payload: &[u8]) -> RedisResult<usize> {
         match self {
             Link::Single(single) => {
                 redis::cmd("PUBLISH").arg(channel).arg(payload).query_async(&mut single.current()).await

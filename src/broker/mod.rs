@@ -12,10 +12,12 @@
 //!   this node reaches this node's listeners before `publish` returns (Redis writes a message
 //!   to subscribers before it answers the publisher, on the same connection).
 //! - [`Broker::query`] for commands, each bounded by [`link::COMMAND_TIMEOUT`].
-//! - Node liveness: each node refreshes a key with a time to live every third of
-//!   `node_timeout`; a node whose key expired (it crashed) is *reaped* by the first live node
-//!   that notices: every registered [`Reaper`] removes what the dead node held and tells the
-//!   clients that must know (the `left` presence, removed cursors).
+//! - Node liveness: each node refreshes a key that lives three quarters of `node_timeout`
+//!   every quarter of it; a node whose key expired (it crashed) is *reaped* by the first live
+//!   node that notices, within `node_timeout` of its last refresh: every registered [`Reaper`]
+//!   removes what the dead node held and tells the clients that must know (the `left`
+//!   presence, removed cursors). When Redis answers again after an outage, the node refreshes
+//!   its key, then every registered [`Rejoin`] puts back what Redis lost of it.
 //! - Connection health: the client library reconnects by itself and resubscribes; the broker
 //!   logs the loss and the return once each, counts them, reports them on `/health`, and tells
 //!   listeners that they may have missed messages ([`Listener::reconnected`]).
@@ -62,6 +64,14 @@ pub trait Listener: Send + Sync {
 pub trait Reaper: Send + Sync {
     /// Node `node` stopped refreshing its liveness key. Called on one live node only.
     fn reap(&self, node: String) -> ReapFuture;
+}
+
+/// Puts back in Redis what this node's connections hold, after the broker was unreachable.
+pub trait Rejoin: Send + Sync {
+    /// Redis answers again after an outage: what this node wrote meanwhile failed, and Redis may
+    /// have restarted empty, or this node may have been reaped by the others while it was cut
+    /// off. Called on a task of its own (it may take a while), once per reconnection.
+    fn rejoin(&self) -> ReapFuture;
 }
 
 /// Why a broker operation failed.
@@ -118,6 +128,7 @@ struct Shared {
     /// Subscribe and unsubscribe requests, applied in order by one task.
     requests: mpsc::UnboundedSender<Request>,
     reapers: Mutex<Vec<Arc<dyn Reaper>>>,
+    rejoins: Mutex<Vec<Arc<dyn Rejoin>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -190,6 +201,7 @@ impl Broker {
             next_listener: AtomicU64::new(1),
             requests,
             reapers: Mutex::default(),
+            rejoins: Mutex::default(),
             metrics,
         });
         let broker = Broker(shared);
@@ -290,9 +302,20 @@ impl Broker {
     ///
     /// [`BrokerError::Unreachable`] when Redis is unreachable: the message was not published.
     pub async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), BrokerError> {
-        self.bounded(self.0.link.publish(channel, payload)).await?;
+        self.publish_counted(channel, payload).await.map(|_| ())
+    }
+
+    /// [`publish`](Self::publish), returning how many nodes listen on `channel` (Redis counts
+    /// subscribed connections, one per node; on a Redis Cluster, those of the channel's shard,
+    /// which are all of them).
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish).
+    pub async fn publish_counted(&self, channel: &str, payload: &[u8]) -> Result<usize, BrokerError> {
+        let receivers = self.bounded(self.0.link.publish(channel, payload)).await?;
         self.0.metrics.broker_publishes.inc();
-        Ok(())
+        Ok(receivers)
     }
 
     /// Adds `listener` to `channel`, subscribing the node when it is the first; resolves once
@@ -321,9 +344,16 @@ impl Broker {
         crate::sync::lock(&self.0.reapers).push(reaper);
     }
 
-    /// Refreshes this node's liveness key and membership.
+    /// Registers what to run when Redis answers again after an outage.
+    pub fn add_rejoin(&self, rejoin: Arc<dyn Rejoin>) {
+        crate::sync::lock(&self.0.rejoins).push(rejoin);
+    }
+
+    /// Refreshes this node's liveness key and membership. The key lives three quarters of the
+    /// node timeout and is refreshed every quarter ([`liveness`]), so a node that stops is
+    /// noticed within the node timeout, and a live one may miss two refreshes in a row.
     async fn heartbeat(&self) -> Result<(), BrokerError> {
-        let ttl = u64::try_from(self.0.node_timeout.as_millis()).unwrap_or(u64::MAX);
+        let ttl = u64::try_from((self.0.node_timeout * 3 / 4).as_millis()).unwrap_or(u64::MAX).max(1);
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
             .arg(self.key(&format!("node:{}", self.0.node)))
@@ -351,7 +381,7 @@ impl Broker {
             if claimed == 1 {
                 log::warn!(
                     "broker: node {node} stopped (no heartbeat for {:?}): removing what it held",
-                    self.0.node_timeout
+                    self.0.node_timeout * 3 / 4
                 );
                 self.0.metrics.broker_nodes_reaped.inc();
                 let reapers: Vec<Arc<dyn Reaper>> = crate::sync::lock(&self.0.reapers).clone();
@@ -386,6 +416,18 @@ impl Broker {
             for listener in listeners {
                 listener.reconnected();
             }
+            let rejoins: Vec<Arc<dyn Rejoin>> = crate::sync::lock(&self.0.rejoins).clone();
+            let broker = self.clone();
+            tokio::spawn(async move {
+                // Alive again before putting anything back, so that no other node reaps what
+                // this one puts back (Redis may have restarted without the liveness key).
+                if let Err(err) = broker.heartbeat().await {
+                    log::debug!("broker: refreshing this node's liveness key: {err}");
+                }
+                for rejoin in rejoins {
+                    tokio::spawn(rejoin.rejoin());
+                }
+            });
         } else {
             self.0.metrics.broker_disconnections.inc();
             log::warn!("broker unreachable: serving local connections only until it is back");
@@ -496,10 +538,10 @@ async fn reconnect(broker: &Broker, channels: &std::collections::HashSet<String>
     }
 }
 
-/// Refreshes the liveness key every third of the node timeout, reaps dead nodes, and tracks
+/// Refreshes the liveness key every quarter of the node timeout, reaps dead nodes, and tracks
 /// whether Redis answers. Leaves the cluster when `shutdown` is cancelled.
 async fn liveness(broker: Broker, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(broker.0.node_timeout / 3);
+    let mut tick = tokio::time::interval(broker.0.node_timeout / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -99,6 +99,9 @@ impl Server {
             Some(config) => Some(Broker::connect(&config, Arc::clone(&metrics), shutdown.clone()).await?),
             None => None,
         };
+        if let Some(broker) = &broker {
+            table.share(broker).await?;
+        }
         let attachment = Attachment { table: &table, broker: broker.as_ref() };
         for service in self.frontend.services().chain(self.backend.services()) {
             service.attach(&attachment).await?;

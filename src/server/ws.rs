@@ -86,7 +86,7 @@ pub async fn upgrade(
         // be trusted to carry no token.
         Err(rejection) => Err(format!("Invalid connection token: {}", rejection.body_text())),
     };
-    let identity = match identity {
+    let (identity, issued_at) = match identity {
         Ok(identity) => identity,
         Err(text) => {
             log::info!("refused a WebSocket from {remote}: {text}");
@@ -107,15 +107,19 @@ pub async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(app, socket, remote, identity, slot))
+        .on_upgrade(move |socket| serve(app, socket, remote, identity, issued_at, slot))
 }
 
+/// What a handshake proves: who the client is, and when its connection token was issued (if it
+/// says; revocations refuse the tokens issued before them).
+pub(crate) type Proven = (Identity, Option<f64>);
+
 /// The identity a handshake proves (see the protocol document, "Identity"): anonymous without
-/// a token, the token's `sub` and `info` with a valid one that was not revoked. The error is
-/// the text of the HTTP 401 answer.
-pub(crate) fn handshake_identity(app: &App, token: Option<&str>) -> Result<Identity, String> {
+/// a token, the token's `sub` and `info` with a valid one that was not revoked, with when the
+/// token was issued (if it says). The error is the text of the HTTP 401 answer.
+pub(crate) fn handshake_identity(app: &App, token: Option<&str>) -> Result<Proven, String> {
     let Some(token) = token else {
-        return Ok(Identity::default());
+        return Ok((Identity::default(), None));
     };
     // A token the server cannot check is refused rather than ignored: silently connecting a
     // client that believes it is authenticated as anonymous hides a deployment mistake.
@@ -130,7 +134,7 @@ pub(crate) fn handshake_identity(app: &App, token: Option<&str>) -> Result<Ident
             return Err("Invalid connection token: revoked".to_owned());
         }
     }
-    Ok(verified.identity)
+    Ok((verified.identity, verified.issued_at))
 }
 
 /// A fresh connection id (shared by WebSocket connections and SockJS sessions).
@@ -138,13 +142,20 @@ pub(crate) fn next_connection_id() -> u64 {
     NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: Identity, mut slot: Slot) {
+async fn serve(
+    app: Arc<App>,
+    socket: WebSocket,
+    remote: SocketAddr,
+    identity: Identity,
+    issued_at: Option<f64>,
+    mut slot: Slot,
+) {
     // Held for the connection's life so that shutdown waits for the close frame.
     let _drain = app.connections.token();
     let id = next_connection_id();
     let (connection, outbox) =
         Connection::new(id, identity, remote, app.config.queue_bounds(), &app.shutdown, Arc::clone(&app.metrics));
-    slot.register(&connection);
+    slot.register(&connection, issued_at);
     app.metrics.connections.inc();
     app.metrics.connections_opened.inc();
     log::debug!("connection {id} opened from {remote}");
@@ -160,6 +171,13 @@ async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: I
         app.config.close_grace(),
     ));
     read_loop(&app, &connection, stream, &sink).await;
+    // Disconnect takes effect now, not after the close handshake: subscriptions, names and
+    // memberships go at once. With a broker, the close handshake completes once they are gone
+    // from Redis too (each removal bounded by the broker's command timeout), so that a name
+    // freed here can be registered on another node as soon as the client's close returns.
+    for departure in app.frontend.disconnected(&connection) {
+        let _ = departure.await;
+    }
     // The reader stops either because the client left (close frame, end of stream, read error)
     // or because the connection was already asked to close (shutdown, slow consumer, oversized
     // frame, dead peer). Only the first is a normal closure; in the second case the code already
@@ -167,9 +185,6 @@ async fn serve(app: Arc<App>, socket: WebSocket, remote: SocketAddr, identity: I
     if !connection.is_closing() {
         connection.close(codes::NORMAL);
     }
-    // Disconnect takes effect now, not after the close handshake: subscriptions, names and
-    // memberships go at once.
-    app.frontend.disconnected(&connection);
     if let Err(err) = writer.await {
         log::error!("connection {id}: writer task failed: {err}");
     }

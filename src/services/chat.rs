@@ -10,6 +10,11 @@
 //! Policy: [`ChatService::with_join_policy`] installs a `can_join(client, channel)` hook; when it
 //! refuses, `join` answers [`NOT_AUTHORIZED`] ("Not authorized", the text PubSub's publish
 //! policy uses), checked after "Not authenticated" and "Already joined".
+//!
+//! With a broker (several nodes), presence is counted in Redis and a channel's events go
+//! through the broker: see the `cluster` submodule.
+
+mod cluster;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,10 +22,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{errors, timestamp, Frame, Params, RpcError};
-use crate::service::{ask_policy, Caller, Policy, Service, Side};
+use crate::service::{ask_policy, Caller, Departure, Policy, Service, Side};
+use crate::services::cluster::rooms::JoinReply;
 use crate::services::limits::{check_size, ChatLimits};
 use crate::value::ValueKey;
 
@@ -40,8 +47,10 @@ struct ChatShared {
     limits: ChatLimits,
     /// Rooms and memberships. A std `Mutex` because nothing awaits while holding it; pushes are
     /// queued under it (queueing never blocks) so that every member of a channel sees that
-    /// channel's messages and presence in one order.
+    /// channel's messages and presence in one order. Unused with a broker.
     state: Mutex<ChatState>,
+    /// With a broker: the cluster's presence and events (set when a server binds).
+    cluster: Mutex<Option<Arc<cluster::ChatCluster>>>,
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +71,7 @@ struct Room {
     identities: BTreeMap<String, HashSet<ConnectionId>>,
 }
 
+/// A message, as every member gets it.
 #[derive(Serialize)]
 struct MessagePush<'a> {
     #[serde(rename = "type")]
@@ -82,6 +92,7 @@ struct PresencePush<'a> {
     timestamp: &'a str,
 }
 
+/// A read receipt, as the caller's other connections get it.
 #[derive(Serialize)]
 struct ReadPush<'a> {
     #[serde(rename = "type")]
@@ -90,14 +101,23 @@ struct ReadPush<'a> {
     timestamp: &'a str,
 }
 
+/// A presence push of service `service`, stamped now.
+fn presence_frame(service: &str, from: &str, channel: &Value, status: &'static str) -> Frame {
+    let timestamp = timestamp::now();
+    push_frame(service, PresencePush { kind: "presence", from, channel, status, timestamp: &timestamp })
+}
+
 impl ChatShared {
     fn lock(&self) -> MutexGuard<'_, ChatState> {
         crate::sync::lock(&self.state)
     }
 
+    fn cluster(&self) -> Option<Arc<cluster::ChatCluster>> {
+        crate::sync::lock(&self.cluster).clone()
+    }
+
     fn presence(&self, from: &str, channel: &Value, status: &'static str) -> Frame {
-        let timestamp = timestamp::now();
-        push_frame(&self.name, PresencePush { kind: "presence", from, channel, status, timestamp: &timestamp })
+        presence_frame(&self.name, from, channel, status)
     }
 
     fn is_joined(&self, connection: &Connection, key: &ValueKey) -> bool {
@@ -224,7 +244,7 @@ impl ChatService {
 
     /// A Chat service named `name` with these limits.
     pub fn with_limits(name: impl Into<String>, limits: ChatLimits) -> ChatService {
-        let shared = ChatShared { name: name.into(), limits, state: Mutex::default() };
+        let shared = ChatShared { name: name.into(), limits, state: Mutex::default(), cluster: Mutex::default() };
         ChatService { shared: Arc::new(shared), join_policy: None }
     }
 
@@ -236,8 +256,19 @@ impl ChatService {
         self
     }
 
-    /// The identities present in `channel`, sorted (for tests and introspection).
+    /// Shares presence and events with the other nodes of `broker` (or keeps them in this
+    /// process when `None`). Called when a server binds.
+    pub fn attach(&self, broker: Option<&Broker>) {
+        let cluster = broker.map(|broker| cluster::ChatCluster::start(&self.shared.name, self.shared.limits, broker));
+        *crate::sync::lock(&self.shared.cluster) = cluster;
+    }
+
+    /// The identities present in `channel`, sorted (for tests and introspection); with a
+    /// broker, those of this node's connections (`join` answers the cluster's).
     pub fn members(&self, channel: &Value) -> Vec<String> {
+        if let Some(cluster) = self.shared.cluster() {
+            return cluster.local_members(channel);
+        }
         let state = self.shared.lock();
         state
             .rooms
@@ -246,7 +277,14 @@ impl ChatService {
             .unwrap_or_default()
     }
 
-    async fn join(&self, connection: &Arc<Connection>, params: Params) -> Result<Value, RpcError> {
+    /// `join`: the members (`None` when the reply was queued already: with a broker, the reply
+    /// comes before the pushes that follow the join on every node, see `cluster`).
+    pub(crate) async fn join(
+        &self,
+        connection: &Arc<Connection>,
+        params: Params,
+        reply: JoinReply<'_>,
+    ) -> Result<Option<Value>, RpcError> {
         let channel = params.only("channel")?;
         let Some(identity) = connection.identity().id.as_deref() else {
             return Err(errors::NOT_AUTHENTICATED);
@@ -254,14 +292,23 @@ impl ChatService {
         check_size(&channel, self.shared.limits.max_channel_size, errors::CHANNEL_TOO_LARGE)?;
         // Checked before the policy so a hook is not asked about a join that fails anyway.
         // Requests of one connection run one at a time, so the answer still holds after the
-        // hook returns; `ChatShared::join` checks again under the lock regardless.
-        if self.shared.is_joined(connection, &ValueKey::of(&channel)) {
+        // hook returns; `join` checks again under the lock regardless.
+        let cluster = self.shared.cluster();
+        let key = ValueKey::of(&channel);
+        let joined = match &cluster {
+            Some(cluster) => cluster.is_joined(connection, &key),
+            None => self.shared.is_joined(connection, &key),
+        };
+        if joined {
             return Err(errors::ALREADY_JOINED);
         }
         if !ask_policy(self.join_policy.as_ref(), self.name(), connection, &channel).await? {
             return Err(errors::NOT_AUTHORIZED);
         }
-        self.shared.join(connection, identity, channel)
+        match cluster {
+            Some(cluster) => cluster.join(connection, identity, channel, reply).await,
+            None => self.shared.join(connection, identity, channel).map(Some),
+        }
     }
 }
 
@@ -278,17 +325,33 @@ impl Service for ChatService {
         let Caller::Client(connection) = caller else {
             return Err(RpcError::UnknownCommand);
         };
+        let cluster = self.shared.cluster();
         match command {
-            "join" => self.join(connection, params).await,
-            "leave" => self.shared.leave(connection, &params.only("channel")?).map(|()| Value::Null),
+            "join" => self.join(connection, params, JoinReply::Returned).await.map(Option::unwrap_or_default),
+            "leave" => {
+                let channel = params.only("channel")?;
+                match cluster {
+                    Some(cluster) => cluster.leave(connection, &channel).await,
+                    None => self.shared.leave(connection, &channel),
+                }
+                .map(|()| Value::Null)
+            }
             "send" => {
                 let channel = params.take("channel")?;
                 let body = params.take("body")?;
                 params.finish()?;
-                self.shared.send(connection, &channel, &body).map(|()| Value::Null)
+                match cluster {
+                    Some(cluster) => cluster.send(connection, &channel, &body).await,
+                    None => self.shared.send(connection, &channel, &body),
+                }
+                .map(|()| Value::Null)
             }
             "read" => {
-                self.shared.read(connection, &params.only("channel")?);
+                let channel = params.only("channel")?;
+                match cluster {
+                    Some(cluster) => cluster.read(connection, &channel).await?,
+                    None => self.shared.read(connection, &channel),
+                }
                 Ok(Value::Null)
             }
             _ => Err(RpcError::UnknownCommand),
@@ -296,6 +359,16 @@ impl Service for ChatService {
     }
 
     fn disconnected(&self, connection: &Arc<Connection>) {
+        if let Some(departure) = self.departed(connection) {
+            tokio::spawn(departure);
+        }
+    }
+
+    fn departed(&self, connection: &Arc<Connection>) -> Option<Departure> {
+        if let Some(cluster) = self.shared.cluster() {
+            return cluster.departure(connection);
+        }
         self.shared.disconnected(connection);
+        None
     }
 }

@@ -5,7 +5,9 @@
 //! open pages stop receiving at once.
 //!
 //! The service acts on the connections of the server it is registered in: the server hands it
-//! its [`ConnectionTable`] when it binds ([`ConnectionsBackend::attach`]).
+//! its [`ConnectionTable`] when it binds ([`ConnectionsBackend::attach`]). With a broker, a
+//! revocation reaches every node: `disconnect` answers once each has closed the identity's
+//! connections, with how many were closed in all.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,7 +16,6 @@ use serde_json::{json, Value};
 use crate::connections::ConnectionTable;
 use crate::protocol::{errors, Params, RpcError};
 use crate::service::{Caller, Service, Side};
-use crate::tokens;
 
 /// The backend service that revokes identities.
 #[derive(Debug, Clone)]
@@ -36,12 +37,12 @@ impl ConnectionsBackend {
         *crate::sync::lock(&self.table) = Some(Arc::clone(table));
     }
 
-    fn disconnect(&self, identity: &str) -> Result<Value, RpcError> {
+    async fn disconnect(&self, identity: &str) -> Result<Value, RpcError> {
         let Some(table) = crate::sync::lock(&self.table).clone() else {
             log::error!("connections service {:?}: no server attached", self.name);
             return Err(RpcError::Internal);
         };
-        let closed = table.revoke(identity, tokens::now_seconds());
+        let closed = table.revoke_everywhere(identity).await?;
         Ok(json!({"disconnected": closed}))
     }
 }
@@ -60,7 +61,7 @@ impl Service for ConnectionsBackend {
             "disconnect" => {
                 let identity = params.take_string("identity", errors::IDENTITY_MUST_BE_STRING)?;
                 params.finish()?;
-                self.disconnect(&identity)
+                self.disconnect(&identity).await
             }
             _ => Err(RpcError::UnknownCommand),
         }

@@ -15,6 +15,11 @@
 //! Policy: [`CursorsService::with_join_policy`] installs a `can_join(client, document)` hook;
 //! when it refuses, `join` answers [`NOT_AUTHORIZED`] ("Not authorized"), checked after "Not
 //! authenticated" and "Already joined".
+//!
+//! With a broker (several nodes), a document's cursors are kept in Redis and its changes go
+//! through the broker: see the `cluster` submodule.
+
+mod cluster;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,10 +27,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionId};
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{errors, Frame, Params, RpcError};
-use crate::service::{ask_policy, Caller, Policy, Service, Side};
+use crate::service::{ask_policy, Caller, Departure, Policy, Service, Side};
+use crate::services::cluster::rooms::JoinReply;
 use crate::services::limits::{check_size, CursorsLimits};
 use crate::value::{json_size, ValueKey};
 
@@ -45,7 +52,10 @@ struct CursorsShared {
     limits: CursorsLimits,
     /// Documents, cursors and memberships. A std `Mutex` because nothing awaits while holding
     /// it; pushes are queued under it so every member sees a document's changes in one order.
+    /// Unused with a broker.
     state: Mutex<CursorsState>,
+    /// With a broker: the cluster's cursors and events (set when a server binds).
+    cluster: Mutex<Option<Arc<cluster::CursorsCluster>>>,
 }
 
 #[derive(Debug)]
@@ -86,7 +96,7 @@ struct OwnCursor {
 
 /// A cursor, serialized as docs/protocol.md's `{"publicHandle", "document", "position", "status",
 /// "owner"}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Cursor {
     #[serde(rename = "publicHandle")]
     public_handle: u64,
@@ -116,6 +126,28 @@ struct Update {
     status: Option<Value>,
 }
 
+impl Update {
+    /// Changes `cursor` (of private handle `private_handle`), unless it would then be larger
+    /// than `max_size` ("Cursor too large": it is left as it was).
+    fn apply_to(self, cursor: &mut Cursor, private_handle: &Value, max_size: usize) -> Result<(), RpcError> {
+        let size = cursor_size(
+            private_handle,
+            self.position.as_ref().unwrap_or(&cursor.position),
+            self.status.as_ref().unwrap_or(&cursor.status),
+        );
+        if size > max_size {
+            return Err(errors::CURSOR_TOO_LARGE);
+        }
+        if let Some(position) = self.position {
+            cursor.position = position;
+        }
+        if let Some(status) = self.status {
+            cursor.status = status;
+        }
+        Ok(())
+    }
+}
+
 impl Document {
     /// Queues `frame` to every member but `except`.
     fn to_others(&self, except: ConnectionId, frame: &Frame) {
@@ -130,6 +162,10 @@ impl Document {
 impl CursorsShared {
     fn lock(&self) -> MutexGuard<'_, CursorsState> {
         crate::sync::lock(&self.state)
+    }
+
+    fn cluster(&self) -> Option<Arc<cluster::CursorsCluster>> {
+        crate::sync::lock(&self.cluster).clone()
     }
 
     fn push<C: Serialize>(&self, kind: &'static str, cursor: &C) -> Frame {
@@ -181,12 +217,7 @@ impl CursorsShared {
         position: Value,
         status: Value,
     ) -> Result<u64, RpcError> {
-        let Some(owner) = connection.identity().id.clone() else {
-            return Err(errors::NOT_JOINED);
-        };
-        if cursor_size(private_handle, &position, &status) > self.limits.max_cursor_size {
-            return Err(errors::CURSOR_TOO_LARGE);
-        }
+        let owner = check_new_cursor(&self.limits, connection, private_handle, &position, &status)?;
         let doc_key = ValueKey::of(&document);
         let handle_key = ValueKey::of(private_handle);
         let mut guard = self.lock();
@@ -229,20 +260,7 @@ impl CursorsShared {
         let Some(cursor) = entry.cursors.get_mut(&own.public_handle) else {
             return Err(RpcError::Internal);
         };
-        let size = cursor_size(
-            private_handle,
-            update.position.as_ref().unwrap_or(&cursor.position),
-            update.status.as_ref().unwrap_or(&cursor.status),
-        );
-        if size > self.limits.max_cursor_size {
-            return Err(errors::CURSOR_TOO_LARGE);
-        }
-        if let Some(position) = update.position {
-            cursor.position = position;
-        }
-        if let Some(status) = update.status {
-            cursor.status = status;
-        }
+        update.apply_to(cursor, private_handle, self.limits.max_cursor_size)?;
         let frame = self.push("cursorUpdated", cursor);
         entry.to_others(connection.id(), &frame);
         Ok(())
@@ -326,7 +344,7 @@ impl CursorsService {
     /// A Cursors service named `name` with these limits.
     pub fn with_limits(name: impl Into<String>, limits: CursorsLimits) -> CursorsService {
         let state = CursorsState { documents: HashMap::new(), connections: HashMap::new(), next_public_handle: 1 };
-        let shared = CursorsShared { name: name.into(), limits, state: Mutex::new(state) };
+        let shared = CursorsShared { name: name.into(), limits, state: Mutex::new(state), cluster: Mutex::default() };
         CursorsService { shared: Arc::new(shared), join_policy: None }
     }
 
@@ -338,17 +356,40 @@ impl CursorsService {
         self
     }
 
-    /// The number of cursors in `document` (for tests and introspection).
+    /// Shares documents and cursors with the other nodes of `broker` (or keeps them in this
+    /// process when `None`). Called when a server binds.
+    pub fn attach(&self, broker: Option<&Broker>) {
+        let cluster =
+            broker.map(|broker| cluster::CursorsCluster::start(&self.shared.name, self.shared.limits, broker));
+        *crate::sync::lock(&self.shared.cluster) = cluster;
+    }
+
+    /// The number of cursors in `document` (for tests and introspection); with a broker, those
+    /// of this node's connections.
     pub fn cursor_count(&self, document: &Value) -> usize {
+        if let Some(cluster) = self.shared.cluster() {
+            return cluster.local_cursor_count(document);
+        }
         self.shared.lock().documents.get(&ValueKey::of(document)).map_or(0, |document| document.cursors.len())
     }
 
-    /// The number of connections joined to `document` (for tests and introspection).
+    /// The number of connections joined to `document` (for tests and introspection); with a
+    /// broker, on this node.
     pub fn member_count(&self, document: &Value) -> usize {
+        if let Some(cluster) = self.shared.cluster() {
+            return cluster.local_member_count(document);
+        }
         self.shared.lock().documents.get(&ValueKey::of(document)).map_or(0, |document| document.members.len())
     }
 
-    async fn join(&self, connection: &Arc<Connection>, mut params: Params) -> Result<Value, RpcError> {
+    /// `join`: the cursors (`None` when the reply was queued already: with a broker, the reply
+    /// comes before the pushes that follow the join on every node, see `cluster`).
+    pub(crate) async fn join(
+        &self,
+        connection: &Arc<Connection>,
+        mut params: Params,
+        reply: JoinReply<'_>,
+    ) -> Result<Option<Value>, RpcError> {
         let document = params.take("document")?;
         params.finish()?;
         if connection.identity().id.is_none() {
@@ -356,15 +397,42 @@ impl CursorsService {
         }
         check_size(&document, self.shared.limits.max_document_size, errors::DOCUMENT_TOO_LARGE)?;
         // Checked before the policy so a hook is not asked about a join that fails anyway;
-        // `CursorsShared::join` checks again under the lock.
-        if self.shared.is_joined(connection, &ValueKey::of(&document)) {
+        // `join` checks again under the lock. Requests of one connection run one at a time.
+        let cluster = self.shared.cluster();
+        let key = ValueKey::of(&document);
+        let joined = match &cluster {
+            Some(cluster) => cluster.is_joined(connection, &key),
+            None => self.shared.is_joined(connection, &key),
+        };
+        if joined {
             return Err(errors::ALREADY_JOINED);
         }
         if !ask_policy(self.join_policy.as_ref(), self.name(), connection, &document).await? {
             return Err(errors::NOT_AUTHORIZED);
         }
-        self.shared.join(connection, document)
+        match cluster {
+            Some(cluster) => cluster.join(connection, document, reply).await,
+            None => self.shared.join(connection, document).map(Some),
+        }
     }
+}
+
+/// The checks of `createCursor` that need no state: an identity (the owner, answered) and the
+/// cursor's size.
+fn check_new_cursor(
+    limits: &CursorsLimits,
+    connection: &Connection,
+    private_handle: &Value,
+    position: &Value,
+    status: &Value,
+) -> Result<String, RpcError> {
+    let Some(owner) = connection.identity().id.clone() else {
+        return Err(errors::NOT_JOINED);
+    };
+    if cursor_size(private_handle, position, status) > limits.max_cursor_size {
+        return Err(errors::CURSOR_TOO_LARGE);
+    }
+    Ok(owner)
 }
 
 /// What a cursor costs to keep: its private handle, position and status, as JSON bytes.
@@ -397,12 +465,17 @@ impl Service for CursorsService {
         let Caller::Client(connection) = caller else {
             return Err(RpcError::UnknownCommand);
         };
+        let cluster = self.shared.cluster();
         match command {
-            "join" => self.join(connection, params).await,
+            "join" => self.join(connection, params, JoinReply::Returned).await.map(Option::unwrap_or_default),
             "leave" => {
                 let document = params.take("document")?;
                 params.finish()?;
-                self.shared.leave(connection, &document).map(|()| Value::Null)
+                match cluster {
+                    Some(cluster) => cluster.leave(connection, &document).await,
+                    None => self.shared.leave(connection, &document),
+                }
+                .map(|()| Value::Null)
             }
             "createCursor" => {
                 let private_handle = params.take("privateHandle")?;
@@ -410,25 +483,46 @@ impl Service for CursorsService {
                 let position = params.take("position")?;
                 let status = params.take("status")?;
                 params.finish()?;
-                let handle = self.shared.create(connection, &private_handle, document, position, status)?;
+                let handle = match cluster {
+                    Some(cluster) => cluster.create(connection, &private_handle, document, position, status).await,
+                    None => self.shared.create(connection, &private_handle, document, position, status),
+                }?;
                 Ok(Value::from(handle))
             }
             "updateCursor" => {
                 let private_handle = params.take("privateHandle")?;
                 let update = take_update(&mut params)?;
                 params.finish()?;
-                self.shared.update(connection, &private_handle, update).map(|()| Value::Null)
+                match cluster {
+                    Some(cluster) => cluster.update(connection, &private_handle, update).await,
+                    None => self.shared.update(connection, &private_handle, update),
+                }
+                .map(|()| Value::Null)
             }
             "removeCursor" => {
                 let private_handle = params.take("privateHandle")?;
                 params.finish()?;
-                self.shared.remove(connection, &private_handle).map(|()| Value::Null)
+                match cluster {
+                    Some(cluster) => cluster.remove(connection, &private_handle).await,
+                    None => self.shared.remove(connection, &private_handle),
+                }
+                .map(|()| Value::Null)
             }
             _ => Err(RpcError::UnknownCommand),
         }
     }
 
     fn disconnected(&self, connection: &Arc<Connection>) {
+        if let Some(departure) = self.departed(connection) {
+            tokio::spawn(departure);
+        }
+    }
+
+    fn departed(&self, connection: &Arc<Connection>) -> Option<Departure> {
+        if let Some(cluster) = self.shared.cluster() {
+            return cluster.departure(connection);
+        }
         self.shared.disconnected(connection);
+        None
     }
 }

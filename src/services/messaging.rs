@@ -8,6 +8,10 @@
 //! Policy: [`MessagingService::with_name_policy`] installs an `is_name_allowed(client, name)`
 //! hook; when it refuses, `registerParticipant` answers "Name not allowed". It is asked only
 //! about names that are free (a taken name is "Name already registered" first, as in 0.1).
+//!
+//! With a broker (several nodes), names live in Redis: see the `cluster` submodule.
+
+mod cluster;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,10 +19,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionId};
+use crate::error::Error;
 use crate::protocol::rpc::push_frame;
 use crate::protocol::{errors, Params, RpcError};
-use crate::service::{ask_policy, Caller, Policy, Service, Side};
+use crate::service::{ask_policy, Caller, Departure, Policy, Service, Side};
 use crate::services::limits::MessagingLimits;
 
 /// A Messaging service: `registerParticipant`, `unregisterParticipant`, `listParticipants`,
@@ -38,7 +44,10 @@ struct MessagingShared {
     limits: MessagingLimits,
     /// The registered names. A std `Mutex` because nothing awaits while holding it; a message
     /// is queued under it, so messages to one participant arrive in the order they were sent.
+    /// Unused with a broker.
     state: Mutex<MessagingState>,
+    /// With a broker: the names of the cluster (set when a server binds).
+    cluster: Mutex<Option<Arc<cluster::MessagingCluster>>>,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +59,7 @@ struct MessagingState {
     by_connection: HashMap<ConnectionId, HashSet<String>>,
 }
 
+/// The push a recipient gets.
 #[derive(Serialize)]
 struct MessagePush<'a> {
     #[serde(rename = "type")]
@@ -64,6 +74,10 @@ const TAKEN: RpcError = errors::NAME_ALREADY_REGISTERED;
 impl MessagingShared {
     fn lock(&self) -> MutexGuard<'_, MessagingState> {
         crate::sync::lock(&self.state)
+    }
+
+    fn cluster(&self) -> Option<Arc<cluster::MessagingCluster>> {
+        crate::sync::lock(&self.cluster).clone()
     }
 
     fn register(&self, connection: &Arc<Connection>, name: String) -> Result<(), RpcError> {
@@ -129,7 +143,7 @@ impl MessagingService {
 
     /// A Messaging service named `name` with these limits.
     pub fn with_limits(name: impl Into<String>, limits: MessagingLimits) -> MessagingService {
-        let shared = MessagingShared { name: name.into(), limits, state: Mutex::default() };
+        let shared = MessagingShared { name: name.into(), limits, state: Mutex::default(), cluster: Mutex::default() };
         MessagingService { shared: Arc::new(shared), name_policy: None }
     }
 
@@ -141,9 +155,37 @@ impl MessagingService {
         self
     }
 
-    /// Every registered name, sorted by code point.
+    /// Shares the names with the other nodes of `broker` (or keeps them in this process when
+    /// `None`). Called when a server binds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the node cannot listen on the broker.
+    pub async fn attach(&self, broker: Option<&Broker>) -> Result<(), Error> {
+        let cluster = match broker {
+            Some(broker) => {
+                Some(cluster::MessagingCluster::start(&self.shared.name, self.shared.limits, broker).await?)
+            }
+            None => None,
+        };
+        *crate::sync::lock(&self.shared.cluster) = cluster;
+        Ok(())
+    }
+
+    /// Every registered name, sorted by code point; with a broker, the names of this node's
+    /// connections (`listParticipants` lists the cluster's).
     pub fn participants(&self) -> Vec<String> {
-        self.shared.lock().names.keys().cloned().collect()
+        match self.shared.cluster() {
+            Some(cluster) => cluster.local_names(),
+            None => self.shared.lock().names.keys().cloned().collect(),
+        }
+    }
+
+    async fn list(&self) -> Result<Value, RpcError> {
+        match self.shared.cluster() {
+            Some(cluster) => cluster.list().await.map(Value::from),
+            None => Ok(Value::from(self.participants())),
+        }
     }
 
     async fn register(&self, connection: &Arc<Connection>, mut params: Params) -> Result<Value, RpcError> {
@@ -153,16 +195,24 @@ impl MessagingService {
             return Err(errors::NAME_TOO_LONG);
         }
         // Checked before the policy so a hook is not asked about a name that is taken anyway;
-        // `MessagingShared::register` checks again under the lock, since another connection
-        // may take the name while the hook runs.
-        if self.shared.lock().names.contains_key(&name) {
+        // `register` checks again (under the lock, or in Redis), since another connection may
+        // take the name while the hook runs.
+        let cluster = self.shared.cluster();
+        let taken = match &cluster {
+            Some(cluster) => cluster.is_taken(&name).await?,
+            None => self.shared.lock().names.contains_key(&name),
+        };
+        if taken {
             return Err(TAKEN);
         }
         let subject = Value::String(name.clone());
         if !ask_policy(self.name_policy.as_ref(), self.name(), connection, &subject).await? {
             return Err(errors::NAME_NOT_ALLOWED);
         }
-        self.shared.register(connection, name).map(|()| Value::Null)
+        match cluster {
+            Some(cluster) => cluster.register(connection, name).await.map(|()| Value::Null),
+            None => self.shared.register(connection, name).map(|()| Value::Null),
+        }
     }
 }
 
@@ -188,24 +238,42 @@ impl Service for MessagingService {
             "unregisterParticipant" => {
                 let name = take_name(&mut params, "name")?;
                 params.finish()?;
-                self.shared.unregister(connection, &name).map(|()| Value::Null)
+                match self.shared.cluster() {
+                    Some(cluster) => cluster.unregister(connection, &name).await,
+                    None => self.shared.unregister(connection, &name),
+                }
+                .map(|()| Value::Null)
             }
             "listParticipants" => {
                 params.finish()?;
-                Ok(Value::from(self.participants()))
+                self.list().await
             }
             "send" => {
                 let sender = take_name(&mut params, "sender")?;
                 let dest = take_name(&mut params, "dest")?;
                 let body = params.take("body")?;
                 params.finish()?;
-                self.shared.send(connection, &sender, &dest, &body).map(|()| Value::Null)
+                match self.shared.cluster() {
+                    Some(cluster) => cluster.send(connection, &sender, &dest, &body).await,
+                    None => self.shared.send(connection, &sender, &dest, &body),
+                }
+                .map(|()| Value::Null)
             }
             _ => Err(RpcError::UnknownCommand),
         }
     }
 
     fn disconnected(&self, connection: &Arc<Connection>) {
+        if let Some(departure) = self.departed(connection) {
+            tokio::spawn(departure);
+        }
+    }
+
+    fn departed(&self, connection: &Arc<Connection>) -> Option<Departure> {
+        if let Some(cluster) = self.shared.cluster() {
+            return cluster.departure(connection);
+        }
         self.shared.disconnected(connection);
+        None
     }
 }

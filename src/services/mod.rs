@@ -1,6 +1,7 @@
 //! The built-in services, one file each.
 
 pub mod chat;
+pub mod cluster;
 pub mod connections;
 pub mod cursors;
 pub mod external;

@@ -247,3 +247,60 @@ impl RedisCluster {
         format!("redis+cluster://{}", hosts.join(","))
     }
 }
+
+/// A TCP proxy on a free loopback port in front of a Redis: a node connected through it can be
+/// cut off (a network partition: its connections are dropped and new ones refused) and let back.
+pub struct Proxy {
+    /// The port it listens on.
+    pub port: u16,
+    open: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts forwarding to the Redis on `target` (127.0.0.1).
+    pub async fn start(target: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let port = listener.local_addr().expect("a bound address").port();
+        let open = std::sync::Arc::new(tokio::sync::watch::Sender::new(true));
+        let gate = std::sync::Arc::clone(&open);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*gate.borrow() {
+                    continue;
+                }
+                let mut closed = gate.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = closed.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, open, accept }
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Drops every connection through it and refuses new ones.
+    pub fn cut(&self) {
+        self.open.send_replace(false);
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}

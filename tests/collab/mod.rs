@@ -14,6 +14,9 @@ use snorky::tokens;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
 use crate::common::{error_reply, test_config, within, Client, TestServer, WAIT};
 
 /// The `token_secret` of every test server here.
@@ -141,4 +144,19 @@ pub fn check_timestamp(text: &str) {
     let (hour, minute, second, _millis) = (digits(11..13), digits(14..16), digits(17..19), digits(20..23));
     assert!((2025..=2200).contains(&year) && (1..=12).contains(&month) && (1..=31).contains(&day), "{text:?}");
     assert!(hour < 24 && minute < 60 && second < 60, "{text:?}");
+}
+
+/// Reads until the server closes `client`; returns the close code (0 when the connection ended
+/// without one).
+pub async fn close_code(client: &mut Client) -> u16 {
+    within(WAIT, "the server to close the connection", async {
+        loop {
+            match client.ws.next().await {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(Message::Close(None)) | Err(_)) | None => return 0,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
 }

@@ -11,10 +11,11 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::connection::{Connection, Identity, Outbox};
+use crate::connection::{Connection, Outbox};
 use crate::connections::Slot;
 use crate::protocol::{codes, Frame};
-use crate::server::{ws, App};
+use crate::server::ws::{self, Proven};
+use crate::server::App;
 
 use super::http::Refused;
 use super::path::Transport;
@@ -34,7 +35,7 @@ pub fn admit(app: &App, remote: SocketAddr) -> Result<Admission, Refused> {
 /// Opens the connection of a new session and counts it in the connection gauges.
 pub fn open(
     app: &App,
-    identity: Identity,
+    (identity, issued_at): Proven,
     remote: SocketAddr,
     transport: Transport,
     admission: &mut Admission,
@@ -47,7 +48,7 @@ pub fn open(
         &app.shutdown,
         Arc::clone(&app.metrics),
     );
-    admission.register(&connection);
+    admission.register(&connection, issued_at);
     app.metrics.connections.inc();
     app.metrics.connections_opened.inc();
     app.metrics.sockjs_sessions.inc();

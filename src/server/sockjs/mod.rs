@@ -42,9 +42,10 @@ use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
 
-use crate::connection::{Connection, Identity};
+use crate::connection::Connection;
 use crate::metrics::TransportLabel;
-use crate::server::{dispatch, origin, ws, App, ServerConfig};
+use crate::server::ws::{self, Proven};
+use crate::server::{dispatch, origin, App, ServerConfig};
 
 use self::adapter::Admission;
 use self::http::{Refused, RequestInfo};
@@ -124,7 +125,8 @@ impl Behaviour {
     /// The session closed.
     pub fn closed(self, app: &App, connection: &Arc<Connection>) {
         if self == Behaviour::Frontend {
-            app.frontend.disconnected(connection);
+            // What remains (removals in the broker) runs on its own tasks.
+            drop(app.frontend.disconnected(connection));
         }
     }
 }
@@ -224,7 +226,7 @@ async fn handshake(
 /// The checks a new session passes, as a WebSocket handshake on `/ws` does: an allowed origin
 /// (403 otherwise), a valid connection token if one is given (401 otherwise), and a place in the
 /// connection table (503 otherwise).
-pub fn admit(app: &App, info: &RequestInfo, remote: SocketAddr) -> Result<(Identity, Admission), Refused> {
+pub fn admit(app: &App, info: &RequestInfo, remote: SocketAddr) -> Result<(Proven, Admission), Refused> {
     if !origin::origin_allowed(&app.config.allowed_origins, info.origin.as_deref()) {
         log::warn!("refused a SockJS session from origin {:?} ({remote}): not in allowed_origins", info.origin);
         return Err(Refused::new(StatusCode::FORBIDDEN, "Origin not allowed"));

@@ -20,8 +20,9 @@ use super::adapter::{self, Admission};
 use super::framing;
 use super::path::Transport;
 use super::Shared;
-use crate::connection::{Connection, Identity, Outbox};
+use crate::connection::{Connection, Outbox};
 use crate::protocol::{codes, Frame};
+use crate::server::ws::Proven;
 
 /// Initial read buffer per socket, as for `/ws`: small, growing on demand.
 const READ_BUFFER: usize = 512;
@@ -42,7 +43,7 @@ pub fn upgrade(
     shared: &Shared,
     upgrade: WebSocketUpgrade,
     remote: SocketAddr,
-    identity: Identity,
+    identity: Proven,
     admission: Admission,
     framing: Framing,
 ) -> Response {
@@ -60,7 +61,7 @@ async fn serve(
     shared: Shared,
     socket: WebSocket,
     remote: SocketAddr,
-    identity: Identity,
+    identity: Proven,
     mut admission: Admission,
     framing: Framing,
 ) {
