@@ -569,14 +569,21 @@ async fn a_node_cut_off_from_redis_for_a_moment_reads_what_it_missed_from_the_st
     acquired(&mut client, &token, true, &mut applied).await;
     publish(&two, inserts(1..=5)).await;
     read_until(&mut client, Some(&token), &mut applied, 5).await;
-    // Node one is the only node listening for deltas: its connection is the one with a
-    // subscription. Cut it; node two publishes while node one reconnects.
+    // Node one is the only node listening for deltas: its connection to Redis is the one with
+    // one channel more than the others (every node also listens to the channels of the services
+    // shared by all, such as revocations). Cut it; node two publishes while node one reconnects.
     let clients = redis.cli(&["CLIENT", "LIST"]);
-    let listening: Vec<&str> = clients
+    let subscribed: Vec<(&str, usize)> = clients
         .lines()
-        .filter(|line| line.contains(" sub=1 "))
-        .filter_map(|line| line.strip_prefix("id=").and_then(|rest| rest.split(' ').next()))
+        .filter_map(|line| {
+            let id = line.strip_prefix("id=")?.split(' ').next()?;
+            let channels = line.split(" sub=").nth(1)?.split(' ').next()?.parse().ok()?;
+            Some((id, channels))
+        })
+        .filter(|(_, channels)| *channels > 0)
         .collect();
+    let most = subscribed.iter().map(|(_, channels)| *channels).max().unwrap_or(0);
+    let listening: Vec<&str> = subscribed.iter().filter(|(_, channels)| *channels == most).map(|(id, _)| *id).collect();
     assert_eq!(listening.len(), 1, "{clients}");
     assert_eq!(redis.cli(&["CLIENT", "KILL", "ID", listening[0]]), "1");
     for n in 6..=30 {
