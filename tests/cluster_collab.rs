@@ -975,3 +975,35 @@ async fn drain(client: &mut Client) {
     client.request("chat", "noSuchCommand", json!({}), json!("drain")).await;
     while client.recv().await["message"]["callId"] != json!("drain") {}
 }
+
+// ---------------------------------------------------------------------------------------------
+// On a Redis Cluster
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_cursors_and_messaging_work_on_a_redis_cluster() {
+    let redis = cluster::RedisCluster::start();
+    let one = node_on(on_broker_url(collab::config(), &redis.url(), "one"), MessagingLimits::default()).await;
+    let two = node_on(on_broker_url(collab::config(), &redis.url(), "two"), MessagingLimits::default()).await;
+    let (lobby, doc) = (json!("lobby"), json!("doc"));
+    let mut alice = connect_as(&one.server, "alice").await;
+    let mut bob = connect_as(&two.server, "bob").await;
+    assert_eq!(join(&mut alice, &lobby).await, json!({"members": ["alice"]}));
+    assert_eq!(join(&mut bob, &lobby).await, json!({"members": ["alice", "bob"]}));
+    assert_eq!(next(&mut alice).await, presence("bob", &lobby, "joined"));
+    say(&mut bob, "bob", &lobby, &json!("over the cluster")).await;
+    assert_eq!(next(&mut alice).await, chat_message("bob", &lobby, &json!("over the cluster")));
+    join_document(&mut alice, &doc).await;
+    let handle = create(&mut alice, "a", &doc, &json!(1)).await;
+    assert_eq!(join_document(&mut bob, &doc).await, vec![cursor(&handle, &doc, &json!(1), &json!("s"), "alice")]);
+    register(&mut alice, "alice").await;
+    register(&mut bob, "bob").await;
+    ok(&mut bob, "messaging", "send", json!({"sender": "bob", "dest": "alice", "body": 1})).await;
+    assert_eq!(alice.recv().await, delivered("bob", "alice", &json!(1)));
+    alice.close().await;
+    let mut pushes = vec![without_timestamp_if_any(bob.recv().await), without_timestamp_if_any(bob.recv().await)];
+    pushes.sort_by_key(Value::to_string);
+    let mut expected = vec![presence("alice", &lobby, "left"), removed(&handle, &doc)];
+    expected.sort_by_key(Value::to_string);
+    assert_eq!(pushes, expected);
+    assert_eq!(ok(&mut bob, "messaging", "listParticipants", json!({})).await, json!(["bob"]));
+}

@@ -64,8 +64,8 @@ pub struct ServerConfig {
     pub broker_prefix: String,
     /// A readable name for this node in logs and metrics.
     pub node_name: Option<String>,
-    /// Seconds after which a node that stopped refreshing its liveness key (it crashed) counts
-    /// as gone: the others remove its presences, names and cursors.
+    /// Seconds within which a node that stopped refreshing its liveness key (it crashed, or its
+    /// network was cut) counts as gone: the others remove its presences, names and cursors.
     pub node_timeout: f64,
     /// Seconds between pings; a connection that leaves two unanswered is dropped.
     pub ping_interval: f64,
