@@ -594,3 +594,45 @@ async fn a_node_cut_off_from_redis_for_a_moment_reads_what_it_missed_from_the_st
     barrier(&mut client).await;
     assert!(common::metric(&one, "snorky_broker_disconnections_total").await >= 1, "it did lose Redis");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_carries_datasync_between_nodes() {
+    let redis = cluster::RedisCluster::start();
+    let config = |name: &str| cluster::on_broker_url(test_config(), &redis.url(), name);
+    let one = node_with(config("one"), Limits { max_waiting: 2, ..Limits::default() }).await;
+    let two = node_with(config("two"), Limits { max_waiting: 2, ..Limits::default() }).await;
+    let token = authorize_all(&one).await;
+    publish(&two, inserts(1..=2)).await;
+    let mut client = two.connect().await;
+    let mut applied = Applied::default();
+    acquired(&mut client, &token, true, &mut applied).await;
+    for n in 3..=20 {
+        publish_keyed([&one, &two][usize::try_from(n % 2).expect("small")], inserts([n]), Some(&format!("k{n}"))).await;
+    }
+    publish_keyed(&one, inserts([20]), Some("k20")).await;
+    read_until(&mut client, Some(&token), &mut applied, 20).await;
+    assert_eq!(applied.ids, (1..=20).collect::<Vec<_>>());
+    barrier(&mut client).await;
+    // Released, then resumed on the other node after the offset.
+    client.close().await;
+    publish(&two, inserts([21])).await;
+    let mut again = one.connect().await;
+    let after = applied.last.clone();
+    let reply = acquire(&mut again, &token, true, after.as_deref(), &mut applied).await;
+    assert_eq!(reply["message"]["type"], "response", "{reply}");
+    read_until(&mut again, Some(&token), &mut applied, 21).await;
+    // Evictions (scripts touching records they build the names of) work on a cluster too.
+    let first = authorize_all(&one).await;
+    for _ in 0..2 {
+        authorize_all(&two).await;
+    }
+    let reply = acquire(&mut again, &first, false, None, &mut applied).await;
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"));
+    // Sharded pub/sub: the node listens on the shard channel of the service.
+    let shard_channels: usize = redis
+        .nodes
+        .iter()
+        .map(|node| node.cli(&["PUBSUB", "SHARDCHANNELS"]).lines().filter(|line| line.contains("datasync")).count())
+        .sum();
+    assert_eq!(shard_channels, 1);
+}

@@ -11,18 +11,27 @@
  * when the connection was cut with deltas in flight. When a subscription cannot
  * be resumed (the deltas that followed are no longer retained, the resume
  * timeout passed, the server lost it) `resyncNeeded` tells the application to
- * fetch its data and a new token.
+ * fetch its data and a new token. When the server cannot serve the acquisition
+ * for now ("Service unavailable": several nodes whose Redis is down), the
+ * client keeps the subscription and tries again later, with backoff.
  *
  * Set {@link DataSync.offsets} to `false` to speak Snorky 0.1's protocol (a 0.1
  * server): the server then resumes after the last delta it wrote, and a close
  * with 1008 (deltas queued for us were lost) resyncs every subscription.
  */
 
-import { lostMessages } from "../codes.js";
+import { ErrorCode, lostMessages } from "../codes.js";
+import { SnorkyError } from "../errors.js";
 import { ArrayCollection, CollectionDeltaProcessor, SingleItemCollection } from "../collections.js";
 import { Signal } from "../signal.js";
 import type { AcquireParams, AcquireResult, Delta, PushMessage, SubscriptionDelta } from "../types.js";
 import { afterSettled, RPCService } from "./base.js";
+
+/** The error text of a server that cannot serve a request for now (its broker is down). */
+const UNAVAILABLE = "Service unavailable";
+/** The first pause before trying an acquisition the server could not serve again, and the longest. */
+const RETRY_MIN = 1000;
+const RETRY_MAX = 30_000;
 
 /** Where a subscription's deltas go: a delta processor (its collections), or a function. */
 export type DeltaTarget = CollectionDeltaProcessor | ((delta: Delta, subscription: string) => void);
@@ -58,6 +67,8 @@ export class DataSync extends RPCService {
   private readonly held = new Map<string, Held>();
   /** The tokens acquired (in acquisition order), which are acquired again after a reconnection. */
   private readonly tokens = new Set<string>();
+  /** Acquisitions to try again, by token (the server answered "Service unavailable"). */
+  private readonly retries = new Map<string, ReturnType<typeof setTimeout>>();
 
   /**
    * Starts receiving the deltas of a subscription; `target` receives this
@@ -133,18 +144,52 @@ export class DataSync extends RPCService {
   }
 
   protected override restore(): void {
-    for (const token of this.tokens) {
-      const held = this.held.get(token);
-      if (!held) continue;
-      const params: AcquireParams = held.offsets ? { token, offsets: true } : { token };
-      if (held.offsets && held.offset !== null) params.after = held.offset;
-      held.deltaSinceAcquire = false;
-      void this.restoreCall<AcquireResult | null>("acquireSubscription", params, () => this.resync(token)).then(
-        (data) => {
-          if (data !== undefined && this.held.get(token) === held) this.acquired(token, held, data);
-        },
-      );
-    }
+    for (const timer of this.retries.values()) clearTimeout(timer);
+    this.retries.clear();
+    for (const token of this.tokens) this.resume(token, 0);
+  }
+
+  /**
+   * Acquires `token` again, after its last offset: as part of the restoration
+   * after a reconnection (`attempt` 0), or as a later attempt when the server
+   * could not serve the previous one.
+   */
+  private resume(token: string, attempt: number): void {
+    const held = this.held.get(token);
+    if (!held) return;
+    const params: AcquireParams = held.offsets ? { token, offsets: true } : { token };
+    if (held.offsets && held.offset !== null) params.after = held.offset;
+    held.deltaSinceAcquire = false;
+    const refused = (error: SnorkyError) => {
+      if (this.held.get(token) !== held) return;
+      if (error.message === UNAVAILABLE) this.retryLater(token, attempt + 1);
+      else this.resync(token);
+    };
+    const sent =
+      attempt === 0
+        ? this.restoreCall<AcquireResult | null>("acquireSubscription", params, refused)
+        : this.call<AcquireResult | null>("acquireSubscription", params).catch((error: unknown) => {
+            // Lost to a disconnection: the restoration after the reconnection sends it again.
+            if (error instanceof SnorkyError && error.code === ErrorCode.server) refused(error);
+            return undefined;
+          });
+    void sent.then((data) => {
+      if (data !== undefined && this.held.get(token) === held) this.acquired(token, held, data);
+    });
+  }
+
+  /** Tries `token` again after a pause that doubles with each attempt (1 s to 30 s). */
+  private retryLater(token: string, attempt: number): void {
+    const delay = Math.min(RETRY_MIN * 2 ** (attempt - 1), RETRY_MAX);
+    clearTimeout(this.retries.get(token));
+    this.retries.set(
+      token,
+      setTimeout(() => {
+        this.retries.delete(token);
+        // Disconnected meanwhile: the next restoration sends it.
+        if (this.snorky.isConnected) this.resume(token, attempt);
+      }, delay),
+    );
   }
 
   protected override connectionLost(code: number): void {
@@ -177,6 +222,8 @@ export class DataSync extends RPCService {
   private forget(token: string): void {
     this.tokens.delete(token);
     this.held.delete(token);
+    clearTimeout(this.retries.get(token));
+    this.retries.delete(token);
   }
 
   private resync(token: string): void {

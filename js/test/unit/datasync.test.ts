@@ -112,6 +112,36 @@ describe("DataSync offsets", () => {
     assert.equal(s.datasync.offsetOf("old"), null);
   });
 
+  it("a resume the server cannot serve for now (Service unavailable) is tried again later, not resynced", async (t) => {
+    const { server, client, s } = await connected(t);
+    server.on("datasync", "acquireSubscription", () => ({ offset: "3" }));
+    await within(s.datasync.acquireSubscription({ token: "a" }));
+    let refusals = 2;
+    server.on("datasync", "acquireSubscription", () => {
+      if (refusals-- > 0) throw new RpcError("Service unavailable");
+      return { offset: "3" };
+    });
+    const resyncs = record(s.datasync.resyncNeeded);
+    const restored = nextDispatch(client.restored, 3000, "restored");
+    server.current.close(1001);
+    await restored;
+    // Refused twice, after 1 s and 2 s: the third attempt, 3 s later, resumes it.
+    await waitUntil(() => server.calls("datasync", "acquireSubscription", 1).length === 3, 6000, "three attempts");
+    const attempts = server.calls("datasync", "acquireSubscription", 1).map((r) => r.message.params);
+    assert.deepEqual(attempts, Array(3).fill({ token: "a", offsets: true, after: "3" }));
+    await sleep(50);
+    assert.deepEqual(resyncs, []);
+    assert.deepEqual(s.datasync.subscriptions, ["a"]);
+    // A cancelled subscription is not tried again.
+    refusals = 1;
+    server.current.close(1001);
+    await server.waitForConnection(3);
+    await waitUntil(() => server.calls("datasync", "acquireSubscription", 2).length === 1, 3000, "the refused resume");
+    await within(s.datasync.cancelSubscription({ token: "a" }).catch(() => null));
+    await sleep(1200);
+    assert.equal(server.calls("datasync", "acquireSubscription", 2).length, 1, "no retry after the cancel");
+  });
+
   it("with offsets turned off it speaks 0.1: no offsets sent, 1008 resyncs", async (t) => {
     const { server, s } = await connected(t);
     s.datasync.offsets = false;

@@ -561,6 +561,9 @@ var SingleItemCollection = class {
 };
 
 // src/services/datasync.ts
+var UNAVAILABLE = "Service unavailable";
+var RETRY_MIN = 1e3;
+var RETRY_MAX = 3e4;
 var DataSync = class extends RPCService {
   constructor() {
     super(...arguments);
@@ -577,6 +580,8 @@ var DataSync = class extends RPCService {
     this.held = /* @__PURE__ */ new Map();
     /** The tokens acquired (in acquisition order), which are acquired again after a reconnection. */
     this.tokens = /* @__PURE__ */ new Set();
+    /** Acquisitions to try again, by token (the server answered "Service unavailable"). */
+    this.retries = /* @__PURE__ */ new Map();
   }
   /**
    * Starts receiving the deltas of a subscription; `target` receives this
@@ -646,18 +651,45 @@ var DataSync = class extends RPCService {
     }
   }
   restore() {
-    for (const token of this.tokens) {
-      const held = this.held.get(token);
-      if (!held) continue;
-      const params = held.offsets ? { token, offsets: true } : { token };
-      if (held.offsets && held.offset !== null) params.after = held.offset;
-      held.deltaSinceAcquire = false;
-      void this.restoreCall("acquireSubscription", params, () => this.resync(token)).then(
-        (data) => {
-          if (data !== void 0 && this.held.get(token) === held) this.acquired(token, held, data);
-        }
-      );
-    }
+    for (const timer of this.retries.values()) clearTimeout(timer);
+    this.retries.clear();
+    for (const token of this.tokens) this.resume(token, 0);
+  }
+  /**
+   * Acquires `token` again, after its last offset: as part of the restoration
+   * after a reconnection (`attempt` 0), or as a later attempt when the server
+   * could not serve the previous one.
+   */
+  resume(token, attempt) {
+    const held = this.held.get(token);
+    if (!held) return;
+    const params = held.offsets ? { token, offsets: true } : { token };
+    if (held.offsets && held.offset !== null) params.after = held.offset;
+    held.deltaSinceAcquire = false;
+    const refused = (error) => {
+      if (this.held.get(token) !== held) return;
+      if (error.message === UNAVAILABLE) this.retryLater(token, attempt + 1);
+      else this.resync(token);
+    };
+    const sent = attempt === 0 ? this.restoreCall("acquireSubscription", params, refused) : this.call("acquireSubscription", params).catch((error) => {
+      if (error instanceof SnorkyError && error.code === ErrorCode.server) refused(error);
+      return void 0;
+    });
+    void sent.then((data) => {
+      if (data !== void 0 && this.held.get(token) === held) this.acquired(token, held, data);
+    });
+  }
+  /** Tries `token` again after a pause that doubles with each attempt (1 s to 30 s). */
+  retryLater(token, attempt) {
+    const delay = Math.min(RETRY_MIN * 2 ** (attempt - 1), RETRY_MAX);
+    clearTimeout(this.retries.get(token));
+    this.retries.set(
+      token,
+      setTimeout(() => {
+        this.retries.delete(token);
+        if (this.snorky.isConnected) this.resume(token, attempt);
+      }, delay)
+    );
   }
   connectionLost(code) {
     if (!lostMessages(code)) return;
@@ -684,6 +716,8 @@ var DataSync = class extends RPCService {
   forget(token) {
     this.tokens.delete(token);
     this.held.delete(token);
+    clearTimeout(this.retries.get(token));
+    this.retries.delete(token);
   }
   resync(token) {
     this.forget(token);

@@ -11,7 +11,9 @@
  * when the connection was cut with deltas in flight. When a subscription cannot
  * be resumed (the deltas that followed are no longer retained, the resume
  * timeout passed, the server lost it) `resyncNeeded` tells the application to
- * fetch its data and a new token.
+ * fetch its data and a new token. When the server cannot serve the acquisition
+ * for now ("Service unavailable": several nodes whose Redis is down), the
+ * client keeps the subscription and tries again later, with backoff.
  *
  * Set {@link DataSync.offsets} to `false` to speak Snorky 0.1's protocol (a 0.1
  * server): the server then resumes after the last delta it wrote, and a close
@@ -40,6 +42,8 @@ export declare class DataSync extends RPCService {
     private readonly held;
     /** The tokens acquired (in acquisition order), which are acquired again after a reconnection. */
     private readonly tokens;
+    /** Acquisitions to try again, by token (the server answered "Service unavailable"). */
+    private readonly retries;
     /**
      * Starts receiving the deltas of a subscription; `target` receives this
      * subscription's deltas (only with offsets: deltas of 0.1's protocol do not
@@ -58,6 +62,14 @@ export declare class DataSync extends RPCService {
     offsetOf(token: string): string | null;
     protected onNotification(message: PushMessage): void;
     protected restore(): void;
+    /**
+     * Acquires `token` again, after its last offset: as part of the restoration
+     * after a reconnection (`attempt` 0), or as a later attempt when the server
+     * could not serve the previous one.
+     */
+    private resume;
+    /** Tries `token` again after a pause that doubles with each attempt (1 s to 30 s). */
+    private retryLater;
     protected connectionLost(code: number): void;
     /** Records what an acquire's reply says, unless a delta already told more. */
     private acquired;
