@@ -4,7 +4,8 @@
  * the load balancer. Its connection to the first node goes (cut without a close
  * frame mid-batch, or the node killed with SIGKILL); it reconnects through the
  * proxy, which now leads to the second node, and resumes after the last delta it
- * applied: every delta applied exactly once, in order, and no resync.
+ * applied: every delta applied exactly once, in order, and no resync. When
+ * Redis restarts without its data, the client is told to resync.
  */
 
 import assert from "node:assert/strict";
@@ -18,7 +19,7 @@ import { LIVE } from "../support/live.js";
 import { CutProxy } from "../support/proxy.js";
 import { RealServer } from "../support/realServer.js";
 import { Redis } from "../support/redis.js";
-import { record, waitUntil, within } from "../support/wait.js";
+import { nextDispatch, record, waitUntil, within } from "../support/wait.js";
 
 let redis: Redis;
 before(async () => {
@@ -102,5 +103,41 @@ describe("resuming by offset on another node", () => {
         proxy.cut();
       },
     });
+  });
+
+  it("Redis restarted without its data: the client is told to resync, and resyncs", async (t) => {
+    const first = await node("first");
+    t.after(() => first.close());
+    const client = new Snorky(WebSocket, first.wsUrl, { datasync: DataSync }, LIVE);
+    t.after(() => client.close());
+    await waitUntil(() => client.isConnected, 5000, "the connection");
+    const datasync = client.services.datasync;
+    const tasks = new ArrayCollection<{ id: number }>();
+    const processor = new CollectionDeltaProcessor({ Task: tasks });
+    const token = await first.authorize([{ dealer: "AllTasks", query: null }]);
+    await within(datasync.acquireSubscription({ token }, processor));
+    await first.publishDeltas([{ type: "insert", model: "Task", data: { id: 1 } }]);
+    await waitUntil(() => tasks.array.length === 1, 10_000, "the first delta");
+    const resync = nextDispatch(datasync.resyncNeeded, 30_000, "resyncNeeded");
+    const disconnections = record(client.disconnected);
+
+    await redis.restart();
+    // The node cannot know what it missed: it closes the connection with 1008; the client
+    // acquires again, the subscription is gone, and the application must fetch its data.
+    assert.equal(await resync, token);
+    assert.equal(disconnections[0]?.code, 1008);
+    assert.deepEqual(datasync.subscriptions, []);
+    // A new token works once the node is back on Redis.
+    const deadline = Date.now() + 30_000;
+    let fresh: string | null = null;
+    while (fresh === null) {
+      assert.ok(Date.now() < deadline, "an authorization through the restarted Redis within 30 s");
+      fresh = await first.authorize([{ dealer: "AllTasks", query: null }]).catch(() => null);
+      if (fresh === null) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const again = new ArrayCollection<{ id: number }>();
+    await within(datasync.acquireSubscription({ token: fresh }, new CollectionDeltaProcessor({ Task: again })));
+    await first.publishDeltas([{ type: "insert", model: "Task", data: { id: 2 } }]);
+    await waitUntil(() => again.array.length === 1, 10_000, "a delta after the restart");
   });
 });

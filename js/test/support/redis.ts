@@ -39,8 +39,9 @@ function answers(port: number): Promise<boolean> {
 }
 
 export class Redis {
+  private child: ChildProcess | null = null;
+
   private constructor(
-    private readonly child: ChildProcess,
     private readonly dir: string,
     /** The port it listens on (127.0.0.1). */
     readonly port: number,
@@ -48,23 +49,41 @@ export class Redis {
 
   /** Starts one and waits (at most 10 s) until it answers. */
   static async start(): Promise<Redis> {
-    const port = await freePort();
-    const dir = mkdtempSync(join(tmpdir(), "snorky-redis-"));
-    const args = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir];
+    const redis = new Redis(mkdtempSync(join(tmpdir(), "snorky-redis-")), await freePort());
+    await redis.run();
+    return redis;
+  }
+
+  private async run(): Promise<void> {
+    const args = ["--port", String(this.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", this.dir];
     const child = spawn("redis-server", args, { stdio: "ignore" });
+    this.child = child;
     const killOnExit = () => child.kill("SIGKILL");
     process.once("exit", killOnExit);
     child.once("exit", () => process.removeListener("exit", killOnExit));
-    const redis = new Redis(child, dir, port);
     const deadline = Date.now() + 10_000;
-    while (!(await answers(port))) {
+    while (!(await answers(this.port))) {
       if (Date.now() > deadline || child.exitCode !== null) {
-        redis.close();
-        throw new Error(`redis-server did not answer on port ${port} within 10 s (scripts/setup installs it)`);
+        this.close();
+        throw new Error(`redis-server did not answer on port ${this.port} within 10 s (scripts/setup installs it)`);
       }
       await new Promise((resolve) => setTimeout(resolve, 20));
     }
-    return redis;
+  }
+
+  /** Kills it, as a crash would, and starts it again on the same port, empty. */
+  async restart(): Promise<void> {
+    await this.kill();
+    await this.run();
+  }
+
+  private async kill(): Promise<void> {
+    const child = this.child;
+    this.child = null;
+    if (!child || child.exitCode !== null) return;
+    const gone = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    child.kill("SIGKILL");
+    await gone;
   }
 
   /** `redis://127.0.0.1:<port>/0`. */
@@ -74,7 +93,7 @@ export class Redis {
 
   /** Kills it and removes its directory. */
   close(): void {
-    this.child.kill("SIGKILL");
+    this.child?.kill("SIGKILL");
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
