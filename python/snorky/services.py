@@ -254,12 +254,20 @@ class DataSyncService:
 
     @property
     def subscription_count(self) -> int:
-        """How many subscriptions exist, waiting or acquired."""
+        """How many subscriptions exist, waiting or acquired.
+
+        With a broker, this node's only: the subscriptions its connections hold (and those of
+        connections closing); the waiting ones are kept in Redis.
+        """
         return self._core.subscription_count
 
     @property
     def waiting_count(self) -> int:
-        """How many subscriptions wait to be acquired (authorized, or their connection closed)."""
+        """How many subscriptions wait to be acquired (authorized, or their connection closed).
+
+        With a broker, only those whose connection on this node is closing: the waiting ones are
+        kept in Redis.
+        """
         return self._core.waiting_count
 
     def __repr__(self) -> str:

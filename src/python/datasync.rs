@@ -160,13 +160,14 @@ impl PyDataSyncService {
         self.inner.hub().dealers().iter().map(|dealer| dealer.name.clone()).collect()
     }
 
-    /// How many subscriptions exist (waiting or acquired).
+    /// How many subscriptions exist (waiting or acquired); with a broker, this node's only.
     #[getter]
     fn subscription_count(&self, py: Python<'_>) -> usize {
         py.detach(|| self.inner.hub().subscription_count())
     }
 
-    /// How many subscriptions wait to be acquired (authorized, or their connection closed).
+    /// How many subscriptions wait to be acquired (authorized, or their connection closed); with
+    /// a broker, only those of connections closing on this node (Redis keeps the waiting ones).
     #[getter]
     fn waiting_count(&self, py: Python<'_>) -> usize {
         py.detach(|| self.inner.hub().waiting_count())
