@@ -19,6 +19,7 @@
 //! - [`error`]: the crate's [`Error`] (configuration, binding, I/O).
 //! - [`seconds`]: duration settings, checked so that none can overflow a clock.
 //! - [`sync`]: locking the std `Mutex`es that guard service state, recovering from poisoning.
+//! - `fuzzing` (behind the `fuzzing` feature, hidden): the entry points of the fuzz targets.
 //! - `python` (behind the `python` feature): the pyo3 bindings, the extension module
 //!   `snorky._core`; the only module that uses pyo3.
 //!
@@ -33,6 +34,9 @@ pub mod connection;
 pub mod connections;
 pub mod datasync;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod protocol;
 pub mod registry;

@@ -87,6 +87,13 @@ impl Server {
                  set allowed_origins to your site's origins, or [\"*\"]"
             );
         }
+        let app = self.into_app().await?;
+        Ok(BoundServer { app: Arc::new(app), frontend, backend })
+    }
+
+    /// The state connections share, with the broker connected and every service attached:
+    /// what [`Server::bind`] serves, without the listeners.
+    pub(crate) async fn into_app(self) -> Result<App, Error> {
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
         let table = ConnectionTable::with_revocation(
@@ -106,7 +113,7 @@ impl Server {
         for service in self.frontend.services().chain(self.backend.services()) {
             service.attach(&attachment).await?;
         }
-        let app = App {
+        Ok(App {
             config: self.config,
             frontend: self.frontend,
             backend: self.backend,
@@ -116,8 +123,7 @@ impl Server {
             connections: TaskTracker::new(),
             table,
             broker,
-        };
-        Ok(BoundServer { app: Arc::new(app), frontend, backend })
+        })
     }
 }
 

@@ -80,13 +80,7 @@ pub async fn upgrade(
         );
         return (StatusCode::FORBIDDEN, "Origin not allowed").into_response();
     }
-    let identity = match query {
-        Ok(Query(query)) => handshake_identity(&app, query.token.as_deref()),
-        // A query string that does not parse (a repeated `token`, bad percent-encoding) cannot
-        // be trusted to carry no token.
-        Err(rejection) => Err(format!("Invalid connection token: {}", rejection.body_text())),
-    };
-    let (identity, issued_at) = match identity {
+    let (identity, issued_at) = match query_identity(&app, query) {
         Ok(identity) => identity,
         Err(text) => {
             log::info!("refused a WebSocket from {remote}: {text}");
@@ -113,6 +107,16 @@ pub async fn upgrade(
 /// What a handshake proves: who the client is, and when its connection token was issued (if it
 /// says; revocations refuse the tokens issued before them).
 pub(crate) type Proven = (Identity, Option<f64>);
+
+/// What the query string of a handshake proves, or the text of the HTTP 401 answer.
+pub(crate) fn query_identity(app: &App, query: Result<Query<WsQuery>, QueryRejection>) -> Result<Proven, String> {
+    match query {
+        Ok(Query(query)) => handshake_identity(app, query.token.as_deref()),
+        // A query string that does not parse (a repeated `token`, bad percent-encoding) cannot
+        // be trusted to carry no token.
+        Err(rejection) => Err(format!("Invalid connection token: {}", rejection.body_text())),
+    }
+}
 
 /// The identity a handshake proves (see the protocol document, "Identity"): anonymous without
 /// a token, the token's `sub` and `info` with a valid one that was not revoked, with when the
@@ -142,6 +146,25 @@ pub(crate) fn next_connection_id() -> u64 {
     NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Creates the connection of an upgraded socket, registers it in its slot, and tells the
+/// services it connected.
+pub(crate) async fn open(
+    app: &App,
+    remote: SocketAddr,
+    (identity, issued_at): Proven,
+    slot: &mut Slot,
+) -> (Arc<Connection>, Outbox) {
+    let id = next_connection_id();
+    let (connection, outbox) =
+        Connection::new(id, identity, remote, app.config.queue_bounds(), &app.shutdown, Arc::clone(&app.metrics));
+    slot.register(&connection, issued_at);
+    app.metrics.connections.inc();
+    app.metrics.connections_opened.inc();
+    log::debug!("connection {id} opened from {remote}");
+    Box::pin(app.frontend.connected(&connection)).await;
+    (connection, outbox)
+}
+
 async fn serve(
     app: Arc<App>,
     socket: WebSocket,
@@ -152,15 +175,8 @@ async fn serve(
 ) {
     // Held for the connection's life so that shutdown waits for the close frame.
     let _drain = app.connections.token();
-    let id = next_connection_id();
-    let (connection, outbox) =
-        Connection::new(id, identity, remote, app.config.queue_bounds(), &app.shutdown, Arc::clone(&app.metrics));
-    slot.register(&connection, issued_at);
-    app.metrics.connections.inc();
-    app.metrics.connections_opened.inc();
-    log::debug!("connection {id} opened from {remote}");
-
-    Box::pin(app.frontend.connected(&connection)).await;
+    let (connection, outbox) = open(&app, remote, (identity, issued_at), &mut slot).await;
+    let id = connection.id();
     let (sink, stream) = socket.split();
     let sink = Arc::new(SharedSink { sink: Mutex::new(sink), flush_needed: Notify::new() });
     let writer = tokio::spawn(write_loop(
