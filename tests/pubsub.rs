@@ -219,6 +219,36 @@ async fn numbers_are_channels_compared_by_value() {
     assert_eq!(client.recv().await, ok_reply("pubsub", &json!(5), &Value::Null));
 }
 
+/// The text of the number after the last `"name":` in `text`.
+fn number_after<'a>(text: &'a str, name: &str) -> &'a str {
+    let start = text.rfind(&format!("\"{name}\":")).expect("the field is there") + name.len() + 3;
+    let rest = &text[start..];
+    &rest[..rest.find([',', '}']).expect("the number ends")]
+}
+
+#[tokio::test]
+async fn long_and_large_floats_keep_their_value_as_callids_and_messages() {
+    // A number whose nearest f64 a best-effort parser misses by one unit in the last place; it
+    // must come back as that nearest f64, as a browser's JSON.parse reads the original.
+    let sent = "88888888888888888888888888888888888888888888.8888888888882";
+    let nearest: f64 = sent.parse().expect("a number");
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    client.subscribe(json!("floats")).await;
+    client
+        .send_text(format!(
+            r#"{{"service":"pubsub","message":{{"command":"publish","params":{{"channel":"floats","message":{sent}}},"callId":{sent}}}}}"#
+        ))
+        .await;
+    for _ in 0..2 {
+        let text = client.recv_text().await;
+        // The reply's `callId`, then the delivery's `message` (the last field of that name).
+        let field = if text.contains("\"callId\"") { "callId" } else { "message" };
+        let echoed: f64 = number_after(&text, field).parse().expect("a number");
+        assert_eq!(echoed.to_bits(), nearest.to_bits(), "{text} carries {nearest:e}");
+    }
+}
+
 #[tokio::test]
 async fn objects_are_channels_whatever_their_key_order() {
     let server = TestServer::start().await;

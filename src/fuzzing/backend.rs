@@ -54,7 +54,12 @@ async fn watch_every_task(harness: &mut Harness) -> usize {
     watcher
 }
 
-async fn step(u: &mut Unstructured<'_>, harness: &mut Harness, watcher: usize, keys: &mut HashSet<String>) -> Result<()> {
+async fn step(
+    u: &mut Unstructured<'_>,
+    harness: &mut Harness,
+    watcher: usize,
+    keys: &mut HashSet<String>,
+) -> Result<()> {
     match u.choose_index(8)? {
         0 => {
             let body = u.arbitrary::<&[u8]>()?.to_vec();
@@ -102,7 +107,12 @@ async fn step(u: &mut Unstructured<'_>, harness: &mut Harness, watcher: usize, k
 }
 
 /// Publishes a batch and checks what the watcher receives.
-async fn publish(u: &mut Unstructured<'_>, harness: &mut Harness, watcher: usize, keys: &mut HashSet<String>) -> Result<()> {
+async fn publish(
+    u: &mut Unstructured<'_>,
+    harness: &mut Harness,
+    watcher: usize,
+    keys: &mut HashSet<String>,
+) -> Result<()> {
     let deltas = gen::deltas(u)?;
     let mut params = json!({"deltas": deltas});
     let key = if u.arbitrary()? { Some(gen::string(u)?) } else { None };

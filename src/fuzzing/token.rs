@@ -74,7 +74,10 @@ pub fn token(data: &[u8]) {
             }
             Case::Signed(token, claims) => {
                 if let Some(identity) = proven {
-                    assert_eq!(identity.id.as_ref(), claims.get("sub").and_then(Value::as_str).map(str::to_owned).as_ref());
+                    assert_eq!(
+                        identity.id.as_ref(),
+                        claims.get("sub").and_then(Value::as_str).map(str::to_owned).as_ref()
+                    );
                     assert_eq!(identity.info.as_ref(), claims.get("info"), "{token} proves its info");
                     // Revoked a moment before `now`: older tokens (and those without a numeric
                     // `iat`) of the identity are refused.
