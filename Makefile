@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTHON := $(VENV)/python
 
-.PHONY: help install build-dev dist format lint lint-rust lint-fuzz lint-python lint-js test test-rust test-python test-django42 test-js test-install test-browser test-fuzz fuzz fuzz-short bench bench-smoke demo all
+.PHONY: help install build-dev dist format lint lint-rust lint-fuzz lint-python lint-js test test-rust test-python test-django42 test-js test-install test-browser fuzz fuzz-short bench bench-smoke demo all
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,13 +31,9 @@ lint-rust: lint-fuzz ## rustfmt and clippy -D warnings (with and without the Pyt
 	cargo clippy -p snorky-bench --all-targets -- -D warnings
 
 # The fuzz crate is a workspace of its own; its code is src/fuzzing, which the clippy runs above
-# cover (the tests enable the `fuzzing` feature). Its one-line targets are checked on nightly,
-# the toolchain cargo-fuzz builds them with, when there is one.
-lint-fuzz: ## rustfmt of the fuzz targets, and clippy on them when a nightly toolchain is installed
+# cover (the tests enable the `fuzzing` feature), and its targets are one line each.
+lint-fuzz: ## rustfmt of the fuzz targets
 	cargo fmt --manifest-path fuzz/Cargo.toml --check
-	@if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then \
-		cargo +nightly clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings; \
-	else echo "lint-fuzz: no nightly toolchain, clippy on the fuzz targets skipped"; fi
 
 lint-python: ## ruff, mypy, and stubtest (the .pyi must match the extension)
 	$(VENV)/ruff check python tests demos bench
@@ -48,7 +44,7 @@ lint-python: ## ruff, mypy, and stubtest (the .pyi must match the extension)
 lint-js: ## TypeScript type check
 	@if [ -f js/package.json ]; then cd js && npm run -s lint; fi
 
-test: test-rust test-python test-django42 test-js test-install test-browser bench-smoke test-fuzz ## every test suite
+test: test-rust test-python test-django42 test-js test-install test-browser bench-smoke fuzz-short ## every test suite
 
 test-rust: ## Rust unit and integration tests
 	cargo test --all-targets
@@ -69,15 +65,12 @@ test-install: dist ## the wheel installed without Rust and used; the sdist built
 test-browser: ## the demos in Chromium (tests/browser: playwright-core, Debian's chromium)
 	cd tests/browser && SNORKY_PYTHON=$(abspath $(PYTHON)) npm test
 
-test-fuzz: ## fuzz-short when a nightly toolchain and cargo-fuzz are installed (scripts/setup installs cargo-fuzz)
-	scripts/fuzz --if-available --short $(FUZZ_SHORT_SECONDS)
-
 # Seconds per target: 5 targets, 13 s each, over a minute in all.
 FUZZ_SHORT_SECONDS ?= 13
 # Seconds per target of `make fuzz`: 10 minutes each, about 55 minutes in all on one core.
 FUZZ_SECONDS ?= 600
 
-fuzz-short: ## every fuzz target for $(FUZZ_SHORT_SECONDS) s (nightly, cargo-fuzz); the committed corpora are only read
+fuzz-short: ## every fuzz target for $(FUZZ_SHORT_SECONDS) s (nightly, cargo-fuzz from scripts/setup); the committed corpora are only read
 	scripts/fuzz --short $(FUZZ_SHORT_SECONDS)
 
 fuzz: ## every fuzz target for $(FUZZ_SECONDS) s, one at a time, then the corpora minimized into fuzz/corpus (FUZZ_TARGETS to pick)
