@@ -179,8 +179,27 @@ struct IssuedClaims<'a> {
     info: Option<&'a Map<String, Value>>,
 }
 
+/// A token that would be longer than [`MAX_TOKEN_LEN`] is not issued: the server would refuse
+/// it as malformed, and the browser holding it could never connect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the connection token would be {length} bytes, over the {MAX_TOKEN_LEN} the server accepts: make its info smaller"
+)]
+pub struct TokenTooLong {
+    /// The length the token would have had.
+    pub length: usize,
+}
+
 /// Issues a token for `identity`, valid for `ttl` from now, signed with `secret`.
-pub fn issue(identity: &str, secret: &[u8], ttl: Duration, info: Option<&Map<String, Value>>) -> String {
+///
+/// # Errors
+/// [`TokenTooLong`] when `info` (or `identity`) makes the token longer than [`MAX_TOKEN_LEN`].
+pub fn issue(
+    identity: &str,
+    secret: &[u8],
+    ttl: Duration,
+    info: Option<&Map<String, Value>>,
+) -> Result<String, TokenTooLong> {
     // Whole seconds, as NumericDate is usually written; `exp` rounds the lifetime up so a token
     // never lives shorter than asked.
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
@@ -188,12 +207,25 @@ pub fn issue(identity: &str, secret: &[u8], ttl: Duration, info: Option<&Map<Str
 }
 
 /// Issues a token as if the time were `now` (whole seconds since the epoch).
-pub fn issue_at(identity: &str, secret: &[u8], now: u64, ttl: Duration, info: Option<&Map<String, Value>>) -> String {
+///
+/// # Errors
+/// [`TokenTooLong`], as [`issue`].
+pub fn issue_at(
+    identity: &str,
+    secret: &[u8],
+    now: u64,
+    ttl: Duration,
+    info: Option<&Map<String, Value>>,
+) -> Result<String, TokenTooLong> {
     let lifetime = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     let claims = IssuedClaims { sub: identity, iat: now, exp: now.saturating_add(lifetime), info };
     // Serializing a struct of strings, integers and a JSON map cannot fail.
     let payload = serde_json::to_vec(&claims).unwrap_or_default();
-    sign(HEADER.as_bytes(), &payload, secret)
+    let token = sign(HEADER.as_bytes(), &payload, secret);
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenTooLong { length: token.len() });
+    }
+    Ok(token)
 }
 
 /// Encodes and signs a header and payload (raw JSON bytes) into a compact JWS. Public so tests
@@ -226,11 +258,30 @@ mod tests {
     #[test]
     fn an_issued_token_verifies_to_its_identity_and_info() {
         let info = json!({"name": "Alice", "avatar": null});
-        let token = issue_at("alice", SECRET, NOW, Duration::from_secs(60), info.as_object());
+        let token = issue_at("alice", SECRET, NOW, Duration::from_secs(60), info.as_object()).expect("a short token");
         let identity = at_now(&token).expect("valid");
         assert_eq!(identity, Identity { id: Some("alice".into()), info: Some(info) });
-        let token = issue_at("bob", SECRET, NOW, Duration::from_secs(60), None);
+        let token = issue_at("bob", SECRET, NOW, Duration::from_secs(60), None).expect("a short token");
         assert_eq!(at_now(&token), Ok(Identity { id: Some("bob".into()), info: None }));
+    }
+
+    #[test]
+    fn a_token_the_server_would_refuse_as_too_long_is_not_issued() {
+        // The longest info that fits is accepted; one byte more is refused at issue time.
+        let with = |length: usize| {
+            let info = json!({"bio": "b".repeat(length)});
+            issue_at("alice", SECRET, NOW, Duration::from_secs(60), info.as_object())
+        };
+        let mut fits = 0;
+        while let Ok(token) = with(fits + 1) {
+            assert!(token.len() <= MAX_TOKEN_LEN);
+            fits += 1;
+        }
+        let longest = with(fits).expect("fits");
+        assert!(at_now(&longest).is_ok(), "the longest token issued is accepted");
+        let refused = with(fits + 3).expect_err("too long");
+        assert!(refused.length > MAX_TOKEN_LEN);
+        assert!(refused.to_string().contains("make its info smaller"), "{refused}");
     }
 
     #[test]
@@ -296,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_wrong_secret_or_a_tampered_token_is_a_bad_signature() {
-        let token = issue_at("alice", SECRET, NOW, Duration::from_secs(60), None);
+        let token = issue_at("alice", SECRET, NOW, Duration::from_secs(60), None).expect("a short token");
         #[allow(clippy::cast_precision_loss)]
         let other = verify_at(&token, b"another-secret-entirely", NOW as f64);
         assert_eq!(other, Err(TokenError::Signature));
@@ -338,7 +389,7 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_refused() {
-        let good = issue_at("alice", SECRET, NOW, Duration::from_secs(60), None);
+        let good = issue_at("alice", SECRET, NOW, Duration::from_secs(60), None).expect("a short token");
         let mut cases = vec![
             String::new(),
             "abc".to_owned(),
@@ -363,7 +414,7 @@ mod tests {
 
     #[test]
     fn issuing_rounds_the_lifetime_up() {
-        let token = issue_at("a", SECRET, NOW, Duration::from_millis(1500), None);
+        let token = issue_at("a", SECRET, NOW, Duration::from_millis(1500), None).expect("a short token");
         let payload = token.split('.').nth(1).expect("three parts");
         let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64")).expect("json");
         assert_eq!(claims, json!({"sub": "a", "iat": NOW, "exp": NOW + 2}));

@@ -48,7 +48,8 @@ async fn revoking_an_identity_closes_its_connections_and_refuses_its_older_token
     // A token issued after the revocation is good (it was issued in a later second).
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
     let later = now + 2;
-    let fresh = tokens::issue_at("alice", collab::SECRET.as_bytes(), later, Duration::from_secs(3600), None);
+    let fresh = tokens::issue_at("alice", collab::SECRET.as_bytes(), later, Duration::from_secs(3600), None)
+        .expect("a short token");
     let mut again = collab::try_connect_query(&server, &format!("?token={fresh}")).await.expect("a fresh token");
     again.subscribe(json!("news")).await;
 }

@@ -171,10 +171,11 @@ async fn the_websocket_transport_carries_snorky_frames() {
 #[tokio::test]
 async fn a_connection_token_gives_the_session_its_identity_and_a_bad_one_is_refused() {
     let server = TestServer::start_with(|config| config.token_secret = Some(SECRET.into())).await;
-    let token = tokens::issue("alice", SECRET.as_bytes(), Duration::from_secs(60), None);
+    let token = tokens::issue("alice", SECRET.as_bytes(), Duration::from_secs(60), None).expect("a short token");
     let url = new_session(&server);
     assert_eq!(post(&format!("{url}/xhr?token={token}"), "", &[]).await, (200, "o\n".to_owned()));
-    let forged = tokens::issue("alice", b"not-the-servers-secret", Duration::from_secs(60), None);
+    let forged =
+        tokens::issue("alice", b"not-the-servers-secret", Duration::from_secs(60), None).expect("a short token");
     let (status, text) = post(&format!("{}/xhr?token={forged}", new_session(&server)), "", &[]).await;
     assert_eq!(status, 401);
     assert!(text.starts_with("Invalid connection token"), "{text}");

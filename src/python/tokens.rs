@@ -14,7 +14,8 @@ const MIN_SECRET_LEN: usize = 16;
 
 /// Returns a connection token (an HS256 JWT) proving `identity` for `ttl` seconds, signed with
 /// `secret` (the server's `token_secret`). `info`, a dict, reaches services as public data about
-/// the user.
+/// the user; one that would make the token longer than the server accepts (8 KiB) is a
+/// `ValueError`.
 #[pyfunction]
 #[pyo3(signature = (identity, secret, ttl=3600, info=None))]
 pub fn connection_token(identity: &str, secret: &str, ttl: i64, info: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
@@ -37,5 +38,6 @@ pub fn connection_token(identity: &str, secret: &str, ttl: i64, info: Option<&Bo
             Err(err) => return Err(PyValueError::new_err(format!("info must be JSON-serializable: {err}"))),
         },
     };
-    Ok(tokens::issue(identity, secret.as_bytes(), Duration::from_secs(ttl), info.as_ref()))
+    tokens::issue(identity, secret.as_bytes(), Duration::from_secs(ttl), info.as_ref())
+        .map_err(|err| PyValueError::new_err(err.to_string()))
 }

@@ -24,13 +24,13 @@ pub const SECRET: &str = "integration-token-secret";
 
 /// A token for `identity`, valid for an hour.
 pub fn token(identity: &str) -> String {
-    tokens::issue(identity, SECRET.as_bytes(), Duration::from_secs(3600), None)
+    tokens::issue(identity, SECRET.as_bytes(), Duration::from_secs(3600), None).expect("a short token")
 }
 
 /// A token for `identity` carrying `info`.
 pub fn token_with_info(identity: &str, info: &Value) -> String {
     let info: Option<&Map<String, Value>> = info.as_object();
-    tokens::issue(identity, SECRET.as_bytes(), Duration::from_secs(3600), info)
+    tokens::issue(identity, SECRET.as_bytes(), Duration::from_secs(3600), info).expect("a short token")
 }
 
 /// The test configuration with [`SECRET`] as `token_secret`.

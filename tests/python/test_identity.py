@@ -82,6 +82,10 @@ def test_connection_token_checks_its_arguments():
             snorky.connection_token("alice", SECRET, ttl=ttl)
     with pytest.raises(TypeError, match="info"):
         snorky.connection_token("alice", SECRET, info=["not", "a", "dict"])  # type: ignore[arg-type]
+    # A token the server would refuse (over 8 KiB) is not issued.
+    with pytest.raises(ValueError, match="over the 8192 the server accepts: make its info smaller"):
+        snorky.connection_token("alice", SECRET, info={"bio": "b" * 8000})
+    assert len(snorky.connection_token("alice", SECRET, info={"bio": "b" * 5000})) <= 8192
 
 
 def test_a_token_gives_the_connection_its_identity_and_info():
