@@ -333,8 +333,8 @@ impl Harness {
         assert_eq!(services.external.pending_total(), 0, "no deferred call outlives its connection");
         let connected = self.handler.connected.load(Ordering::Acquire);
         assert_eq!(self.handler.disconnected.load(Ordering::Acquire), connected, "one disconnect per connect");
-        // Subscriptions whose connection left wait to be resumed; the sweeper would drop them.
-        let _ = services.datasync.subscription_count();
+        // DataSync subscriptions whose connection left are not checked: they wait to be resumed
+        // until their timeout, which no input lasts long enough to reach.
     }
 
     /// The DataSync hub, for targets that authorize subscriptions directly.
