@@ -121,6 +121,9 @@ fn parameter(u: &mut Unstructured<'_>, name: &str, tokens: &[String]) -> Result<
             1 => Value::String("k".repeat(u.int_in_range(200..=300)?)),
             _ => Value::String(gen::string(u)?),
         },
+        // Offsets are decimal strings on one server; the stream of an input has a few dozen.
+        "offsets" if u.ratio(7, 8)? => Value::Bool(u.arbitrary()?),
+        "after" if u.ratio(3, 4)? => Value::String(u.int_in_range(0..=64_u8)?.to_string()),
         "items" => gen::items(u)?,
         "deltas" => gen::deltas(u)?,
         "newData" => {

@@ -49,7 +49,7 @@ pub const MAX_FRAME: usize = 4096;
 /// The frontend services: name, commands, and each command's parameters.
 pub const FRONTEND: &[(&str, &[(&str, &[&str])])] = &[
     ("pubsub", &[("subscribe", &["channel"]), ("unsubscribe", &["channel"]), ("publish", &["channel", "message"])]),
-    ("datasync", &[("acquireSubscription", &["token"]), ("cancelSubscription", &["token"])]),
+    ("datasync", &[("acquireSubscription", &["token", "offsets", "after"]), ("cancelSubscription", &["token"])]),
     (
         "chat",
         &[("join", &["channel"]), ("leave", &["channel"]), ("send", &["channel", "body"]), ("read", &["channel"])],
@@ -187,7 +187,7 @@ impl Harness {
     pub async fn connect(&mut self, identity: Identity) -> Option<usize> {
         let remote = SocketAddr::from(([127, 0, 0, 1], 40_000));
         let mut slot = self.app.table.admit(remote).ok()?;
-        let (connection, outbox) = ws::open(&self.app, remote, identity, &mut slot).await;
+        let (connection, outbox) = ws::open(&self.app, remote, (identity, None), &mut slot).await;
         self.clients.push(Client { connection, outbox: Some(outbox), slot: Some(slot) });
         Some(self.clients.len() - 1)
     }
@@ -219,7 +219,11 @@ impl Harness {
             connection.close(codes::MESSAGE_TOO_BIG);
         } else if let Ok(text) = std::str::from_utf8(bytes) {
             self.note_request(text.as_bytes());
-            dispatch::frontend_frame(&self.app, &connection, text).await;
+            // The reply goes through the queue, as on the transports whose reader cannot write
+            // to the socket itself (the WebSocket reader writes it directly when it can).
+            if let Some(reply) = dispatch::frontend_frame(&self.app, &connection, text).await {
+                connection.send(reply);
+            }
         } else {
             connection.close(codes::INVALID_PAYLOAD);
         }
@@ -286,8 +290,11 @@ impl Harness {
                 // What the endpoint does once its reader stops: services first, then the writer
                 // drops the queue (it may still write what is queued, which nobody reads here).
                 self.drain(client);
-                let Client { connection, outbox, slot } = &mut self.clients[client];
-                self.app.frontend.disconnected(connection);
+                let departures = self.app.frontend.disconnected(&self.clients[client].connection);
+                for departure in departures {
+                    departure.await.expect("a service's departure task does not panic");
+                }
+                let Client { outbox, slot, .. } = &mut self.clients[client];
                 drop(outbox.take());
                 drop(slot.take());
                 self.app.metrics.connections.dec();

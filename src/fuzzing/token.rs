@@ -58,7 +58,13 @@ pub fn token(data: &[u8]) {
         let Ok(uri) = format!("/ws?{query}").parse::<Uri>() else {
             return;
         };
-        let answer = ws::query_identity(&harness.app, Query::try_from_uri(&uri));
+        let answer = ws::query_identity(&harness.app, Query::try_from_uri(&uri)).map(|(identity, issued_at)| {
+            // The issue time revocations are checked against is the token's own `iat`.
+            if let Case::Signed(_, claims) = &case {
+                assert_eq!(issued_at, claims.get("iat").and_then(Value::as_f64), "issued_at is the token's iat");
+            }
+            identity
+        });
         if let Err(text) = &answer {
             assert!(text.starts_with("Invalid connection token: "), "the 401 text names the problem: {text}");
         }
