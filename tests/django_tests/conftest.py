@@ -9,26 +9,20 @@ running as root, since PostgreSQL refuses root) and stops it afterwards.
 from __future__ import annotations
 
 import contextlib
-import glob
-import http.server
 import json
 import os
-import shutil
 import socket
-import subprocess
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from backendproxy import BackendProxy
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
+from pgcluster import PostgresCluster, free_port
 from wsclient import WsClient as BaseWsClient
 
 from snorky_django.testing import LiveSnorkyServer, live_snorky_server
@@ -38,27 +32,7 @@ TIMEOUT = 5.0
 QUIET = 0.5  # how long "nothing arrives" is watched, when no later event can prove it
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- PostgreSQL -----------------------------------------------------------------------------------
-
-
-def _postgres_binary(name: str) -> str | None:
-    found = sorted(
-        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-        key=lambda path: int(path.split("/")[4]) if path.split("/")[4].isdigit() else 0,
-    )
-    return found[-1] if found else shutil.which(name)
-
-
-def _run(command: list[str], timeout: float) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
 
 
 @pytest.fixture(scope="session")
@@ -67,39 +41,15 @@ def postgres_server() -> Iterator[dict[str, Any] | None]:
     if os.environ.get("SNORKY_TEST_DB", "sqlite") != "postgres":
         yield None
         return
-    initdb, pg_ctl = _postgres_binary("initdb"), _postgres_binary("pg_ctl")
-    if initdb is None or pg_ctl is None:
-        pytest.fail("SNORKY_TEST_DB=postgres, but initdb/pg_ctl are missing: apt-get install postgresql")
-    base = Path(tempfile.mkdtemp(prefix="snorky-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        # PostgreSQL refuses to run as root: run it as the `postgres` user, in a directory it owns.
-        shutil.chown(base, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, log = base / "data", base / "server.log"
-    port = free_port()
     try:
-        _run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"], 120)
-        options = (
-            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
-        )
-        _run([*as_user, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start"], 90)
-    except Exception:
-        if log.exists():
-            print(log.read_text())
-        shutil.rmtree(base, ignore_errors=True)
-        raise
+        cluster = PostgresCluster()
+    except RuntimeError as err:
+        pytest.fail(f"SNORKY_TEST_DB=postgres, but {err}")
     try:
-        yield {"port": port, "host": "127.0.0.1"}
+        cluster.start()
+        yield {"port": cluster.port, "host": cluster.host}
     finally:
-        subprocess.run(
-            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "-t", "30", "stop"],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        shutil.rmtree(base, ignore_errors=True)
+        cluster.destroy()
 
 
 @pytest.fixture(scope="session")
@@ -287,7 +237,7 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
 
 
-class FaultyBackendProxy:
+class FaultyBackendProxy(BackendProxy):
     """An HTTP proxy in front of a server's backend that answers the next requests with faults,
     then forwards again: what the relay sees of a server that fails for a while and recovers.
 
@@ -298,60 +248,30 @@ class FaultyBackendProxy:
     """
 
     def __init__(self, target_port: int, hang: float = 3.0) -> None:
-        self.target = f"http://127.0.0.1:{target_port}/backend"
         self.faults: list[int | str] = []
         self.requests = 0
         self.forwarded = 0
         self._lock = threading.Lock()
         self._hang = threading.Event()
-        proxy = self
+        self._hang_for = hang
+        super().__init__(target_port)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with proxy._lock:
-                    proxy.requests += 1
-                    fault = proxy.faults.pop(0) if proxy.faults else None
-                if fault == "timeout":
-                    proxy._hang.wait(hang)
-                    return
-                if isinstance(fault, int):
-                    self._answer(fault, json.dumps({"error": "Service unavailable"}).encode())
-                    return
-                if isinstance(fault, str):
-                    service = json.loads(body).get("service")
-                    reply = {"service": service, "message": {"type": "error", "message": fault}}
-                    self._answer(200, json.dumps(reply).encode())
-                    return
-                headers = {"Content-Type": "application/json", "X-Backend-Key": self.headers["X-Backend-Key"]}
-                request = urllib.request.Request(proxy.target, data=body, headers=headers, method="POST")
-                try:
-                    with urllib.request.urlopen(request, timeout=TIMEOUT) as upstream:
-                        status, answer = upstream.status, upstream.read()
-                except urllib.error.HTTPError as err:
-                    status, answer = err.code, err.read()
-                with proxy._lock:
-                    proxy.forwarded += 1
-                self._answer(status, answer)
-
-            def _answer(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/backend"
+    def handle(self, body: bytes, key: str) -> tuple[int, bytes] | None:
+        with self._lock:
+            self.requests += 1
+            fault = self.faults.pop(0) if self.faults else None
+        if fault == "timeout":
+            self._hang.wait(self._hang_for)
+            return None
+        if isinstance(fault, int):
+            return fault, json.dumps({"error": "Service unavailable"}).encode()
+        if isinstance(fault, str):
+            service = json.loads(body).get("service")
+            return 200, json.dumps({"service": service, "message": {"type": "error", "message": fault}}).encode()
+        answer = self.forward(body, key)
+        with self._lock:
+            self.forwarded += 1
+        return answer
 
     def fail(self, *faults: int | str) -> None:
         with self._lock:
@@ -359,8 +279,7 @@ class FaultyBackendProxy:
 
     def close(self) -> None:
         self._hang.set()
-        self._server.shutdown()
-        self._server.server_close()
+        super().close()
 
 
 def wait_until(condition: Any, timeout: float = TIMEOUT, message: str = "condition") -> None:
