@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTHON := $(VENV)/python
 
-.PHONY: help install build-dev dist format lint lint-rust lint-fuzz lint-python lint-js test test-rust test-python test-django42 test-js test-install test-browser fuzz fuzz-short bench bench-smoke demo all
+.PHONY: help install build-dev dist format lint lint-rust lint-fuzz lint-python lint-js test test-rust test-python test-django42 test-js test-install test-browser test-crash crash fuzz fuzz-short bench bench-smoke demo all
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,7 +44,7 @@ lint-python: ## ruff, mypy, and stubtest (the .pyi must match the extension)
 lint-js: ## TypeScript type check
 	@if [ -f js/package.json ]; then cd js && npm run -s lint; fi
 
-test: test-rust test-python test-django42 test-js test-install test-browser bench-smoke fuzz-short ## every test suite
+test: test-rust test-python test-django42 test-js test-install test-browser bench-smoke fuzz-short test-crash ## every test suite
 
 test-rust: ## Rust unit and integration tests
 	cargo test --all-targets
@@ -64,6 +64,15 @@ test-install: dist ## the wheel installed without Rust and used; the sdist built
 
 test-browser: ## the demos in Chromium (tests/browser: playwright-core, Debian's chromium)
 	cd tests/browser && SNORKY_PYTHON=$(abspath $(PYTHON)) npm test
+
+# The crash tests run the todo demo's project (demos/todo) with the settings in tests/crash.
+CRASH := PYTHONPATH=tests:demos/todo $(PYTHON) -m crash
+
+test-crash: ## the crash tests, short (about 2 minutes): PostgreSQL, 200 clients, each fault once (CRASH_ARGS for more)
+	$(CRASH) $(CRASH_ARGS)
+
+crash: ## the long crash run (about 30 minutes): 5 rounds of every fault, late reconnections
+	$(CRASH) --long $(CRASH_ARGS)
 
 # Seconds per target: 5 targets, 13 s each, over a minute in all.
 FUZZ_SHORT_SECONDS ?= 13
