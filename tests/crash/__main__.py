@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crash.clients import Client, Tally
+from crash.clients import Client, Restarts, Tally
 from crash.deployment import Deployment, Process
 
 #: How long the outbox may take to drain, and every client to reach the marker, after a phase.
@@ -65,6 +65,7 @@ class Options:
     cuts_per_second: float
     late_cut_share: float
     abrupt_cuts: str
+    offsets: bool
     phases: list[str]
     seed: int
     keep: bool
@@ -89,9 +90,10 @@ def parse_options() -> Options:
         choices=("auto", "on", "off"),
         default="auto",
         help="half the cuts drop the connection without a close frame, losing what is in flight: "
-        "always, never, or (auto) when the server gives delivery offsets, without which such a "
+        "always, never, or (auto) when the clients resume by offset, without which such a "
         "resume may miss the deltas in flight",
     )
+    parser.add_argument("--no-offsets", action="store_true", help="clients resume as Snorky 0.1's do, without offsets")
     parser.add_argument("--rounds", type=int, help="repetitions of the phases")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (process logs)")
@@ -114,6 +116,7 @@ def parse_options() -> Options:
         cuts_per_second=args.cuts_per_second,
         late_cut_share=0.1 if args.long else 0.0,
         abrupt_cuts=args.abrupt_cuts,
+        offsets=not args.no_offsets,
         phases=phases * rounds,
         seed=args.seed,
         keep=args.keep,
@@ -130,6 +133,7 @@ class Harness:
             {key: value for key, value in self.deployment.env.items() if key.startswith(("CRASH_", "DJANGO_"))}
         )
         self.tally = Tally()
+        self.restarts = Restarts()
         self.clients: list[Client] = []
         self.marker_id = 0
         self.marker_version = 0
@@ -188,8 +192,10 @@ class Harness:
             fetch,
             connection_token,
             self.tally,
+            self.restarts,
             self.options.resume_timeout,
             self.options.seed + index,
+            offsets=self.options.offsets,
         )
 
     # --- the run ---------------------------------------------------------------------------------
@@ -256,7 +262,7 @@ class Harness:
         self.report.append(entry)
         print(f"crash: phase {number} ({fault}): {json.dumps(entry)}", flush=True)
         problems = list(self.tally.violations)
-        if fault != "server" and self.tally.resyncs.get("a lost connection", 0):
+        if self.tally.resyncs.get("a lost connection", 0):
             problems.append(
                 f"{self.tally.resyncs['a lost connection']} clients lost their subscription without a server restart"
             )
@@ -320,6 +326,7 @@ class Harness:
         was = "one process" if self.combined else "server and --relay-only"
         for process in self.deployment.processes():
             process.kill()
+        self.restarts.count += 1
         await asyncio.sleep(1.0)
         self.combined = not self.combined
         if self.combined:

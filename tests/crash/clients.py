@@ -52,6 +52,14 @@ Fetched = tuple[dict[int, dict[str, Any]], str] | None
 
 
 @dataclass
+class Restarts:
+    """How many times the server was started again: subscriptions held before a restart are gone
+    after it, whatever the client does."""
+
+    count: int = 0
+
+
+@dataclass
 class Tally:
     """What the clients did and saw; reset at each phase."""
 
@@ -83,8 +91,10 @@ class Client:
         fetch: Callable[[], Fetched],
         connection_token: Callable[[], str],
         tally: Tally,
+        restarts: Restarts,
         resume_timeout: float,
         seed: int,
+        offsets: bool = True,
     ) -> None:
         self.index = index
         self.user_id = user_id
@@ -94,6 +104,9 @@ class Client:
         self.fetch = fetch
         self.connection_token = connection_token
         self.tally = tally
+        self.restarts = restarts
+        #: The restart count when the token was last acquired.
+        self.acquired_in = restarts.count
         self.resume_timeout = resume_timeout
         self.random = random.Random(seed)
         self.rows: dict[int, dict[str, Any]] = {}
@@ -105,9 +118,10 @@ class Client:
         self.stopping = False
         #: Whether the current token was acquired before: acquiring it again is a resume.
         self.resumable = False
-        #: Whether the server gives offsets (``None`` until an acquire says), and the offset
-        #: after the last delta applied: where a resume starts.
-        self.offsets: bool | None = None
+        #: Whether the server gives offsets (``None`` until an acquire says; ``False`` for a
+        #: client that does not ask), and the offset after the last delta applied: where a
+        #: resume starts.
+        self.offsets: bool | None = None if offsets else False
         self.after: str | None = None
         #: The client's last events (when, what), shown when something is wrong with it.
         self.events: collections.deque[tuple[float, Any]] = collections.deque(maxlen=80)
@@ -216,6 +230,7 @@ class Client:
                 self._resync(str(reply.get("message")), cut)
                 return "resynced"
             self.acquired = True
+            self.acquired_in = self.restarts.count
             if self.resumable:
                 self.tally.resumes["after a cut" if cut is not None else "after a lost connection"] += 1
             self.resumable = True
@@ -279,7 +294,9 @@ class Client:
 
     def _resync(self, reason: str, cut: float | None) -> None:
         """The token cannot be acquired again: the next loop fetches the rows and a new token."""
-        if cut is None:
+        if self.acquired_in != self.restarts.count and reason != "closed with 1008":
+            cause = "a server restart"
+        elif cut is None:
             cause = "closed with 1008" if reason == "closed with 1008" else "a lost connection"
         elif cut > self.resume_timeout:
             cause = "a cut past the resume timeout"
