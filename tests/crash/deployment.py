@@ -10,8 +10,14 @@
   ``kill_relay_after_answer``, ``stop_database``.
 
 Every process writes its output to a file in the run's directory; a failure shows their tails.
-Nodes keep their ports across restarts, as a service behind a fixed address does. A deployment
-of several nodes (sharing a broker) is the same list with more entries; clients pick their node.
+Nodes keep their ports across restarts, as a service behind a fixed address does.
+
+Several nodes: ``Deployment(nodes=N)`` already starts N nodes, and each client knows every node's
+URL, its own first, moving to the next when a connection fails, so a client of a killed node
+resumes (by offset) on another. What such a variant adds: a broker process (``redis-server``,
+as tests/redis_server.py starts it) passed to each node with ``--broker``, a ``kill_broker``
+fault, and a ``server`` fault that kills one node instead of all of them, after which no client
+should need a refetch (the harness counts refetches caused by a restart of *the* server).
 """
 
 from __future__ import annotations
