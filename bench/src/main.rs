@@ -88,6 +88,12 @@ pub struct ServeArgs {
     /// The secret that signs connection tokens (`serve-snorky`).
     #[arg(long)]
     pub token_secret: Option<String>,
+    /// The broker this node shares with others (`serve-snorky`): `redis://127.0.0.1:<port>/0`.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// This node's name in logs (`serve-snorky`, with `--broker`).
+    #[arg(long)]
+    pub node_name: Option<String>,
 }
 
 /// The load generator's options. Sizes left unset take the full-run defaults, or the smoke
@@ -101,8 +107,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "ceiling,snorky,channels")]
     pub servers: String,
     /// Scenarios to run, comma-separated: fanout, idle, setup, multi, latency, rpc (every
-    /// server), and routing, datasync, chat, python, sockjs (Snorky only).
-    #[arg(long, default_value = "fanout,idle,setup,multi,latency,rpc,routing,datasync,chat,python,sockjs")]
+    /// server), routing, datasync, chat, python, isolation, sockjs (Snorky only), and cluster
+    /// (Snorky on one node and on several nodes sharing a Redis, and Channels on that Redis).
+    #[arg(long, default_value = "fanout,idle,setup,multi,latency,rpc,routing,datasync,chat,python,sockjs,cluster")]
     pub scenarios: String,
     /// The Python with the built `snorky` extension, for the `python` scenario (skipped with a
     /// note when it does not exist).
@@ -195,6 +202,10 @@ pub struct RunArgs {
     /// Latency: seconds of publishing.
     #[arg(long)]
     pub latency_secs: Option<f64>,
+    /// Cluster: publishes per second of the Redis-hop latency run (its subscribers and seconds
+    /// are the latency scenario's).
+    #[arg(long)]
+    pub cluster_rate: Option<u64>,
     /// RPC: connections of the multi-connection run (a one-connection run is always made too).
     #[arg(long)]
     pub rpc_conns: Option<usize>,

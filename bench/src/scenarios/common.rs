@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use snorky::backend_client::BackendClient;
 
 use crate::client::{Subscribers, Target};
-use crate::procs::{Kind, ServerProcess};
-use crate::report::{format_number, Cell, Report};
+use crate::procs::{Kind, RedisProcess, ServerProcess};
+use crate::report::{format_number, Cell, Column, Report, Table};
 use crate::stats::Deliveries;
 use crate::sys;
 
@@ -31,6 +31,47 @@ pub(super) const DRAIN_MAX: Duration = Duration::from_secs(120);
 pub(super) const OPEN_MAX: Duration = Duration::from_secs(600);
 /// How long a publisher waits for the slowest subscriber before giving up.
 pub(super) const WINDOW_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Where a delivery scenario's load goes: the servers the subscribers connect to, the backend
+/// that publishes, and the processes whose CPU time is measured.
+pub(super) struct Load<'a> {
+    /// Subscribers are spread evenly over these (with one, all are on it).
+    pub(super) subscribe: &'a [Target],
+    /// The backend the publishes go through.
+    pub(super) publish: &'a Target,
+    /// Every server process (their CPU times are added up).
+    pub(super) server_pids: Vec<u32>,
+    /// The broker, if any.
+    pub(super) broker: Option<&'a RedisProcess>,
+    /// What serves: how long a drain may wait without progress depends on it.
+    pub(super) kind: Kind,
+}
+
+impl Load<'_> {
+    /// The load on one server: subscribers and publishes on it.
+    pub(super) fn on(server: &ServerProcess) -> Load<'_> {
+        Load {
+            subscribe: std::slice::from_ref(&server.target),
+            publish: &server.target,
+            server_pids: vec![server.pid()],
+            broker: None,
+            kind: server.kind,
+        }
+    }
+
+    /// The CPU clocks of its processes and of the load generator, now.
+    pub(super) async fn cpu_mark(&self) -> CpuMark {
+        let broker = match self.broker {
+            Some(redis) => redis.cpu_time().await,
+            None => None,
+        };
+        CpuMark {
+            server: self.server_pids.iter().map(|pid| sys::cpu_time(*pid)).sum(),
+            broker,
+            own: sys::cpu_time(std::process::id()),
+        }
+    }
+}
 
 /// A backend client for `target` with the benchmark's key.
 pub(crate) fn backend_client(target: &Target) -> Result<BackendClient, String> {
@@ -66,28 +107,46 @@ pub(super) fn size_note(kind: Kind, size: usize, full: usize, what: &str) -> Str
     }
 }
 
-/// Records the rows every delivery scenario has.
-pub(super) fn record_deliveries(report: &mut Report, kind: Kind, prefix: &str, summary: &Deliveries, note: &str) {
+/// Records the rows every delivery scenario has, in the table of `column`.
+pub(super) fn record_deliveries<C: Column>(
+    report: &mut Report,
+    column: C,
+    prefix: &str,
+    summary: &Deliveries,
+    note: &str,
+) {
     let mut rate = Cell::number(summary.per_second, 0).note(note);
     if summary.budget_hit {
         rate = rate.note("publishing stopped at the time budget");
     }
-    report.row_mut(&format!("{prefix}: deliveries/s"), true).set(kind, rate);
+    let table = C::table_mut(report);
+    table.row_mut(&format!("{prefix}: deliveries/s"), true).set(column, rate);
     if let Some(latency) = summary.latency {
-        report.row_mut(&format!("{prefix}: latency p50 (ms)"), true).set(kind, Cell::number(latency.p50_ms, 2));
-        report.row_mut(&format!("{prefix}: latency p99 (ms)"), true).set(kind, Cell::number(latency.p99_ms, 2));
+        table.row_mut(&format!("{prefix}: latency p50 (ms)"), true).set(column, Cell::number(latency.p50_ms, 2));
+        table.row_mut(&format!("{prefix}: latency p99 (ms)"), true).set(column, Cell::number(latency.p99_ms, 2));
     }
-    report.row_mut(&format!("{prefix}: missing/dup/reordered"), false).set(kind, Cell::text(summary.errors_text()));
-    if let Some(cpu) = summary.server_cpu_us_per_delivery {
-        report.row_mut(&format!("{prefix}: server CPU µs/delivery"), true).set(kind, Cell::number(cpu, 2));
-    }
-    if let Some(cpu) = summary.client_cpu_us_per_delivery {
-        report.row_mut(&format!("{prefix}: load generator CPU µs/delivery"), true).set(kind, Cell::number(cpu, 2));
-    }
+    table.row_mut(&format!("{prefix}: missing/dup/reordered"), false).set(column, Cell::text(summary.errors_text()));
+    record_cpu(table, column, prefix, summary);
     if !summary.close_reasons.is_empty() {
-        report.notes.push(format!("{prefix} / {}: {}", kind.name(), summary.close_reasons.join("; ")));
+        report.notes.push(format!("{prefix} / {}: {}", column.header(), summary.close_reasons.join("; ")));
     }
     print_summary(summary);
+}
+
+/// Records the CPU rows of a delivery scenario: the server's, the load generator's and, with a
+/// broker, Redis's.
+pub(super) fn record_cpu<C: Column>(table: &mut Table<C>, column: C, prefix: &str, summary: &Deliveries) {
+    let rows = [
+        ("server CPU µs/delivery", summary.server_cpu_us_per_delivery, 2),
+        ("load generator CPU µs/delivery", summary.client_cpu_us_per_delivery, 2),
+        ("Redis CPU µs/publish", summary.broker_cpu_us_per_publish, 2),
+        ("Redis CPU µs/delivery", summary.broker_cpu_us_per_delivery, 3),
+    ];
+    for (name, value, decimals) in rows {
+        if let Some(value) = value {
+            table.row_mut(&format!("{prefix}: {name}"), true).set(column, Cell::number(value, decimals));
+        }
+    }
 }
 
 /// Prints a delivery scenario's outcome on one line.
@@ -110,22 +169,22 @@ pub(super) fn check_clean(kind: Kind, summary: &Deliveries) -> Result<(), String
     Ok(())
 }
 
-/// The CPU time the server and the load generator had used at one moment.
+/// The CPU time the server (all its processes), the broker and the load generator had used at
+/// one moment.
 pub(super) struct CpuMark {
     server: Option<Duration>,
+    broker: Option<Duration>,
     own: Option<Duration>,
 }
 
 impl CpuMark {
-    /// Reads both clocks now.
-    pub(super) fn take(server: &ServerProcess) -> CpuMark {
-        CpuMark { server: server.cpu_time(), own: sys::cpu_time(std::process::id()) }
-    }
-
-    /// Sets the per-delivery CPU figures of `summary` from this mark to `after`.
+    /// Sets the per-delivery (and, with a broker, per-publish) CPU figures of `summary` from
+    /// this mark to `after`.
     pub(super) fn charge(&self, after: &CpuMark, summary: &mut Deliveries) {
         summary.server_cpu_us_per_delivery = cpu_per_delivery(self.server, after.server, summary.received);
         summary.client_cpu_us_per_delivery = cpu_per_delivery(self.own, after.own, summary.received);
+        summary.broker_cpu_us_per_publish = cpu_per_delivery(self.broker, after.broker, summary.published);
+        summary.broker_cpu_us_per_delivery = cpu_per_delivery(self.broker, after.broker, summary.received);
     }
 }
 

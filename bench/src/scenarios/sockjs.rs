@@ -273,17 +273,13 @@ async fn wait_expired(server: &ServerProcess) -> Result<(i64, i64), String> {
 /// The scenario's target lines (for the targets table).
 pub fn targets(report: &Report, sizes: &SockJsSizes) -> Vec<TargetLine> {
     let prefix = sizes.prefix();
-    let value =
-        |metric: &str| report.rows.iter().find(|row| row.metric == metric).and_then(|row| row.get(Kind::Snorky));
+    let value = |metric: &str| report.main.find(|m| m == metric).and_then(|row| row.get(Kind::Snorky));
     let ratio = value(&format!("{prefix}: server CPU xhr-streaming ÷ WebSocket")).and_then(|cell| cell.value);
     let errors: Vec<String> = ["WebSocket", "xhr-streaming"]
         .iter()
         .filter_map(|transport| {
-            report
-                .rows
-                .iter()
-                .find(|row| row.metric == format!("{prefix}: {transport} missing/dup/reordered"))
-                .and_then(|row| row.text(Kind::Snorky))
+            let metric = format!("{prefix}: {transport} missing/dup/reordered");
+            report.main.find(|m| m == metric).and_then(|row| row.text(Kind::Snorky))
         })
         .collect();
     vec![

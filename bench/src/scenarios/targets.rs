@@ -1,40 +1,32 @@
 //! The target judgment: the targets table, read from the rows the scenarios recorded.
 
 use super::driver::Sizes;
-use crate::procs::Kind;
-use crate::report::{format_number, format_ratio, Report, TargetLine};
+use super::{cluster, fanout};
+use crate::procs::{Kind, Setup};
+use crate::report::{format_number, format_ratio, Column, Report, Table, TargetLine};
 
 /// Fills the targets table from the rows.
 pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
     let smoke = report.smoke;
     let mut lines = Vec::new();
     let ratio_line = |report: &Report, prefix: &str, other: Kind, at_least: f64, target: &str| {
-        let row = report.rows.iter().find(|row| row.metric.starts_with(prefix));
-        let ratio = row.and_then(|row| row.ratio(other));
-        TargetLine {
-            target: target.to_owned(),
-            measured: ratio.map_or_else(|| "not measured".to_owned(), |r| format!("{}×", format_ratio(r))),
-            met: if smoke { None } else { ratio.map(|r| r >= at_least) },
-        }
+        ratio_target(&report.main, prefix, other, at_least, target, smoke)
     };
-    let fanout = format!("fan-out {} subs", format_number(sizes.fanout_subs as f64, 0));
-    let fanout_rate = format!("{fanout} × {} msgs: deliveries/s", format_number(sizes.fanout_msgs as f64, 0));
+    let fanout_rows = fanout::prefix(sizes);
+    let fanout_rate = format!("{fanout_rows}: deliveries/s");
     for (other, at_least, target) in [
         (Kind::Ceiling, 0.8, "fan-out 5,000 subs: deliveries/s ≥ 0.8× ceiling"),
         (Kind::Channels, 100.0, "fan-out 5,000 subs: deliveries/s ≥ 100× Channels"),
     ] {
         lines.push(ratio_line(report, &fanout_rate, other, at_least, target));
     }
-    let errors = report
-        .rows
-        .iter()
-        .find(|row| row.metric.starts_with(&fanout) && row.metric.ends_with("missing/dup/reordered"))
-        .and_then(|row| row.text(Kind::Snorky));
-    lines.push(TargetLine {
-        target: "fan-out: 0 missing, duplicated, reordered (snorky)".into(),
-        met: if smoke { None } else { errors.as_ref().map(|text| text == "0/0/0") },
-        measured: errors.unwrap_or_else(|| "not measured".into()),
-    });
+    lines.push(clean_target(
+        &report.main,
+        &fanout_rows,
+        Kind::Snorky,
+        "fan-out: 0 missing, duplicated, reordered (snorky)",
+        smoke,
+    ));
     let idle = snorky_value(report, |metric| metric.starts_with("idle: server RSS KiB/conn"));
     lines.push(TargetLine {
         target: "idle: ≤ 8 KiB per subscribed connection at 10,000".into(),
@@ -79,6 +71,7 @@ pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
     });
     for (what, starts) in [("DataSync", "DataSync"), ("chat", "chat")] {
         let texts: Vec<String> = report
+            .main
             .rows
             .iter()
             .filter(|row| row.metric.starts_with(starts) && row.metric.ends_with("missing/dup/reordered"))
@@ -91,10 +84,85 @@ pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
         });
     }
     lines.extend(super::sockjs::targets(report, &sizes.sockjs));
+    cluster_targets(sizes, report, &mut lines);
     report.targets = lines;
+}
+
+/// The targets of several nodes on Redis, from the cluster table.
+fn cluster_targets(sizes: &Sizes, report: &Report, lines: &mut Vec<TargetLine>) {
+    let smoke = report.smoke;
+    let table = &report.cluster;
+    let fanout_rate = format!("{}: deliveries/s", fanout::prefix(sizes));
+    lines.push(ratio_target(
+        table,
+        &fanout_rate,
+        Setup::Single,
+        0.7,
+        "several nodes: fan-out 5,000 subs over 2 nodes on Redis, publishing through a 3rd: deliveries/s ≥ 0.7× 1 node",
+        smoke,
+    ));
+    lines.push(clean_target(
+        table,
+        &fanout::prefix(sizes),
+        Setup::Cluster,
+        "several nodes: fan-out: 0 missing, duplicated, reordered (cluster)",
+        smoke,
+    ));
+    let p50 = |setup| {
+        table
+            .find(|metric| metric.starts_with(&cluster::hop_prefix(sizes)) && metric.ends_with("latency p50 (ms)"))
+            .and_then(|row| row.value(setup))
+    };
+    let added = p50(Setup::Cluster).zip(p50(Setup::Single));
+    lines.push(TargetLine {
+        target: "several nodes: Redis hop at 1,000 subs, 100 msg/s: p50 ≤ 1 node's + 1 ms".into(),
+        measured: added.map_or_else(
+            || "not measured".into(),
+            |(cluster, single)| format!("{:+.2} ms ({cluster:.2} ms vs {single:.2} ms)", cluster - single),
+        ),
+        met: if smoke { None } else { added.map(|(cluster, single)| cluster - single <= 1.0) },
+    });
+    lines.push(ratio_target(
+        table,
+        &fanout_rate,
+        Setup::ChannelsRedis,
+        100.0,
+        "several nodes: fan-out: deliveries/s ≥ 100× Channels on channels_redis (2 workers + 1 publishing)",
+        smoke,
+    ));
+}
+
+/// A target on the ratio of the subject's value to `other`'s in the first row of `table` whose
+/// metric starts with `prefix`.
+fn ratio_target<C: Column>(
+    table: &Table<C>,
+    prefix: &str,
+    other: C,
+    at_least: f64,
+    target: &str,
+    smoke: bool,
+) -> TargetLine {
+    let ratio = table.find(|metric| metric.starts_with(prefix)).and_then(|row| row.ratio(other));
+    TargetLine {
+        target: target.to_owned(),
+        measured: ratio.map_or_else(|| "not measured".to_owned(), |r| format!("{}×", format_ratio(r))),
+        met: if smoke { None } else { ratio.map(|r| r >= at_least) },
+    }
+}
+
+/// A target on `column` having delivered everything once and in order, in the rows of `prefix`.
+fn clean_target<C: Column>(table: &Table<C>, prefix: &str, column: C, target: &str, smoke: bool) -> TargetLine {
+    let errors = table
+        .find(|metric| metric.starts_with(prefix) && metric.ends_with("missing/dup/reordered"))
+        .and_then(|row| row.text(column));
+    TargetLine {
+        target: target.to_owned(),
+        met: if smoke { None } else { errors.as_ref().map(|text| text == "0/0/0") },
+        measured: errors.unwrap_or_else(|| "not measured".into()),
+    }
 }
 
 /// Snorky's value in the first row whose metric satisfies `wanted`.
 fn snorky_value(report: &Report, wanted: impl Fn(&str) -> bool) -> Option<f64> {
-    report.rows.iter().find(|row| wanted(&row.metric)).and_then(|row| row.get(Kind::Snorky)).and_then(|cell| cell.value)
+    report.main.find(wanted).and_then(|row| row.value(Kind::Snorky))
 }
