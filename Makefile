@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTHON := $(VENV)/python
 
-.PHONY: help install build-dev dist format lint lint-rust lint-python lint-js test test-rust test-python test-django42 test-js test-install test-browser bench bench-smoke demo all
+.PHONY: help install build-dev dist format lint lint-rust lint-python lint-js test test-rust test-python test-django42 test-js test-install test-browser bench bench-smoke soak demo all
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,11 +59,14 @@ test-install: dist ## the wheel installed without Rust and used; the sdist built
 test-browser: ## the demos in Chromium (tests/browser: playwright-core, Debian's chromium)
 	cd tests/browser && SNORKY_PYTHON=$(abspath $(PYTHON)) npm test
 
-bench-smoke: ## every benchmark scenario, tiny, against the ceiling and Snorky (debug build)
+bench-smoke: ## every benchmark scenario, tiny, and a 60-second soak (debug build)
 	cargo test -p snorky-bench
 
 bench: ## the full benchmark (release build); writes bench/RESULTS.md
 	bench/run.sh
+
+soak: ## 5,000 connections churning for 30 minutes (release build); writes bench/SOAK.md, bench/soak.svg
+	bench/run.sh --soak
 
 demo: ## the todo demo (scripts/demo without the set-up)
 	$(PYTHON) demos/todo/run.py

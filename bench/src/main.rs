@@ -14,6 +14,8 @@
 //!   through the project's venv Python. `scenarios/` holds the driver, one module per scenario
 //!   and the target judgment.
 //! - `snorky-bench routing`: the DataSync router micro-benchmark (no sockets, `routing.rs`).
+//! - `snorky-bench soak`: connections churning against one Snorky server for a long time,
+//!   sampling its memory, descriptors, tasks and gauges (`scenarios/soak/`).
 //!
 //! Server processes print one line `READY ws=<url> backend=<url>` on stdout once listening and
 //! exit when their stdin closes or on SIGTERM/SIGINT, so they never outlive the load generator.
@@ -60,6 +62,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// The DataSync routing micro-benchmark: `snorky::datasync::Router` in this process, no sockets.
     Routing(routing::RoutingArgs),
+    /// The soak: connections churning against one Snorky server for a long time, watching it
+    /// for leaks; prints (and optionally writes) the results and a plot.
+    Soak(scenarios::soak::SoakArgs),
 }
 
 /// Where a server listens.
@@ -231,6 +236,7 @@ fn main() {
         Command::ServeCeiling(args) => ceiling::main(&args),
         Command::Run(args) => scenarios::main(&args),
         Command::Routing(args) => routing::main(&args),
+        Command::Soak(args) => scenarios::soak::main(&args),
     };
     if let Err(err) = result {
         eprintln!("snorky-bench: {err}");

@@ -124,9 +124,10 @@ impl ServerProcess {
         Self::start_rust_with(Kind::Snorky, "serve-snorky", false, extra).await
     }
 
-    /// Starts `serve-snorky` counting its heap allocations (for [`ServerProcess::alloc_snapshot`]).
-    pub async fn start_snorky_with_alloc_stats() -> Result<ServerProcess, String> {
-        Self::start_rust_with(Kind::Snorky, "serve-snorky", true, &[]).await
+    /// Starts `serve-snorky` with extra options, counting its heap allocations (for
+    /// [`ServerProcess::alloc_snapshot`]).
+    pub async fn start_snorky_counted(extra: &[&str]) -> Result<ServerProcess, String> {
+        Self::start_rust_with(Kind::Snorky, "serve-snorky", true, extra).await
     }
 
     async fn start_rust_with(

@@ -249,6 +249,34 @@ impl<C: Column> Table<C> {
     }
 }
 
+/// The lines of a results file that say how, when and where it was run.
+pub fn write_header(out: &mut String, command: &str, date: &str, revision: &str, machine: &str, load: (&str, &str)) {
+    let _ = writeln!(out, "- Command: `{command}`");
+    let _ = writeln!(out, "- Date: {date}");
+    let _ = writeln!(out, "- Snorky revision: {revision}");
+    let _ = writeln!(out, "- Machine: {machine}");
+    let _ = writeln!(
+        out,
+        "- Load average (1/5/15 min) before: {}, after: {} (the machine is shared: other work may run)",
+        load.0, load.1
+    );
+}
+
+/// A targets table (target, measured, met) as markdown.
+pub fn render_targets(lines: &[TargetLine]) -> String {
+    let mut out = String::new();
+    out.push_str("| target | measured | met |\n|---|---|---|\n");
+    for line in lines {
+        let met = match line.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "n/a",
+        };
+        let _ = writeln!(out, "| {} | {} | {met} |", line.target, line.measured);
+    }
+    out
+}
+
 /// Whether a target was reached.
 #[derive(Debug, Clone)]
 pub struct TargetLine {
@@ -289,17 +317,7 @@ impl Report {
 
     /// The targets table.
     pub fn targets_table(&self) -> String {
-        let mut out = String::new();
-        out.push_str("| target | measured | met |\n|---|---|---|\n");
-        for line in &self.targets {
-            let met = match line.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "n/a",
-            };
-            let _ = writeln!(out, "| {} | {} | {met} |", line.target, line.measured);
-        }
-        out
+        render_targets(&self.targets)
     }
 
     /// The notes, each once.
@@ -320,14 +338,13 @@ impl Report {
         if self.smoke {
             out.push_str("**Smoke run: tiny sizes, the numbers mean nothing; targets are not judged.**\n\n");
         }
-        let _ = writeln!(out, "- Command: `{}`", self.command);
-        let _ = writeln!(out, "- Date: {}", self.date);
-        let _ = writeln!(out, "- Snorky revision: {}", self.revision);
-        let _ = writeln!(out, "- Machine: {}", self.machine);
-        let _ = writeln!(
-            out,
-            "- Load average (1/5/15 min) before: {}, after: {} (the machine is shared: other work may run)",
-            self.load_before, self.load_after
+        write_header(
+            &mut out,
+            &self.command,
+            &self.date,
+            &self.revision,
+            &self.machine,
+            (&self.load_before, &self.load_after),
         );
         let _ = writeln!(out, "- Wall time of the run: {:.0} s", self.duration_s);
         out.push_str(

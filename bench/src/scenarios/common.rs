@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 use snorky::backend_client::BackendClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::client::{Subscribers, Target};
 use crate::procs::{Kind, RedisProcess, ServerProcess};
@@ -192,4 +194,23 @@ impl CpuMark {
 pub(crate) fn cpu_per_delivery(before: Option<Duration>, after: Option<Duration>, deliveries: u64) -> Option<f64> {
     let spent = after?.checked_sub(before?)?;
     (deliveries > 0).then(|| spent.as_secs_f64() * 1e6 / deliveries as f64)
+}
+
+/// How long a plain HTTP `GET` may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A plain `GET`, answered in full (the server's `/metrics`).
+pub(super) async fn http_get(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http URL: {url}"))?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let io = async {
+        let mut stream = TcpStream::connect(host).await.map_err(|err| err.to_string())?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|err| err.to_string())?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.map_err(|err| err.to_string())?;
+        Ok::<_, String>(answer)
+    };
+    let answer = tokio::time::timeout(HTTP_TIMEOUT, io).await.map_err(|_| format!("GET {url} timed out"))??;
+    answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).ok_or_else(|| "no HTTP body".into())
 }

@@ -12,6 +12,8 @@
 //! - [`cluster`]: PubSub on several Snorky nodes sharing a Redis, beside one node and Django
 //!   Channels on Redis (it starts its own processes, Redis included; its own table).
 //! - [`targets`]: the targets table, judged from the recorded rows.
+//! - [`soak`]: `snorky-bench soak`, not a scenario of `run`: connections churning for a long
+//!   time against one server, with its own results file and plot.
 //!
 //! Deliveries are checked for missing, duplicated and reordered messages and timed from the
 //! publishing call to their arrival.
@@ -31,6 +33,7 @@ mod routing;
 mod rpc;
 mod services;
 mod setup;
+pub mod soak;
 mod sockjs;
 mod targets;
 

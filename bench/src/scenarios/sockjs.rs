@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 
-use super::common::{backend_client, cpu_per_delivery, wait_window};
+use super::common::{backend_client, cpu_per_delivery, http_get, wait_window};
 use crate::client::{self, Clock, OpenOptions, SubResult, Subscribers};
 use crate::procs::{Kind, ServerProcess};
 use crate::report::{format_number, format_ratio, Cell, Report, TargetLine};
@@ -76,7 +76,7 @@ impl SockJsSizes {
 
 /// Runs the scenario on a server of its own.
 pub async fn run(sizes: &SockJsSizes, clock: Clock, report: &mut Report) -> Result<(), String> {
-    let server = ServerProcess::start_snorky_with_alloc_stats().await?;
+    let server = ServerProcess::start_snorky_counted(&[]).await?;
     let outcome = run_on(sizes, clock, &server, report).await;
     server.stop().await;
     outcome
@@ -294,22 +294,6 @@ pub fn targets(report: &Report, sizes: &SockJsSizes) -> Vec<TargetLine> {
             measured: if errors.is_empty() { "not measured".into() } else { errors.join(", ") },
         },
     ]
-}
-
-/// A plain `GET`, answered in full (the server's `/metrics`).
-async fn http_get(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http URL: {url}"))?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let io = async {
-        let mut stream = TcpStream::connect(host).await.map_err(|err| err.to_string())?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.map_err(|err| err.to_string())?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.map_err(|err| err.to_string())?;
-        Ok::<_, String>(answer)
-    };
-    let answer = tokio::time::timeout(IO_TIMEOUT, io).await.map_err(|_| format!("GET {url} timed out"))??;
-    answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).ok_or_else(|| "no HTTP body".into())
 }
 
 /// xhr-streaming sessions, each read by its own task as sockjs-client would.
