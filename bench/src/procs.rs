@@ -294,6 +294,8 @@ impl ServerProcess {
 pub struct RedisProcess {
     /// `redis://127.0.0.1:<port>/0`.
     pub url: String,
+    /// CPU seconds it spends per second with nothing to do (see [`RedisProcess::measure_idle`]).
+    pub idle_cpu: f64,
     port: u16,
     child: Child,
     pid: u32,
@@ -337,7 +339,7 @@ impl RedisProcess {
         }
         // Keep draining its log so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(RedisProcess { url: format!("redis://127.0.0.1:{port}/0"), port, child, pid, dir })
+        Ok(RedisProcess { url: format!("redis://127.0.0.1:{port}/0"), idle_cpu: 0.0, port, child, pid, dir })
     }
 
     /// Its CPU time so far (user + system, all threads), as it reports it (`INFO cpu`, through
@@ -356,6 +358,18 @@ impl RedisProcess {
         };
         let total = seconds("used_cpu_user")? + seconds("used_cpu_sys")?;
         Duration::try_from_secs_f64(total).ok()
+    }
+
+    /// Measures its CPU time over `window` with no traffic (its own timers, the nodes'
+    /// liveness refreshes) into [`idle_cpu`](Self::idle_cpu), so that a measurement can leave
+    /// it out.
+    pub async fn measure_idle(&mut self, window: Duration) {
+        let before = self.cpu_time().await;
+        let start = std::time::Instant::now();
+        tokio::time::sleep(window).await;
+        let after = self.cpu_time().await;
+        let spent = before.zip(after).and_then(|(before, after)| after.checked_sub(before));
+        self.idle_cpu = spent.map_or(0.0, |spent| spent.as_secs_f64() / start.elapsed().as_secs_f64());
     }
 
     /// Stops it (SIGTERM, then SIGKILL after 5 s); dropping it removes its directory.

@@ -360,12 +360,14 @@ impl Report {
              `_clean_expired()` over every channel and group member on each `receive` and `group_send`, \
              so its cost per delivery grows with the number of connections.\n\n",
         );
-        out.push_str("## Results\n\n");
-        out.push_str(&self.table());
-        let runs = self.main.runs();
-        if !runs.is_empty() {
-            out.push_str("\nThe table shows the median of the runs; every run's value:\n\n");
-            out.push_str(&runs);
+        if !self.main.rows.is_empty() {
+            out.push_str("## Results\n\n");
+            out.push_str(&self.table());
+            let runs = self.main.runs();
+            if !runs.is_empty() {
+                out.push_str("\nThe table shows the median of the runs; every run's value:\n\n");
+                out.push_str(&runs);
+            }
         }
         if !self.cluster.rows.is_empty() {
             out.push_str("\n## Several nodes on Redis\n\n");
@@ -397,8 +399,9 @@ publishes through the backend of the third, which has no subscriber, so every de
 **channels_redis**: the same layout with three daphne processes serving the Django Channels reference on \
 `channels_redis`'s `RedisPubSubChannelLayer` (fan-out only, one run). Every process shares the machine's cores \
 with Redis and the load generator. The fan-out rows use the fan-out scenario's load; the Redis hop rows publish \
-at a steady rate. \"Redis CPU\" is redis-server's CPU time over the measured phase (`/proc/<pid>/stat`) divided \
-by the publishes or by the deliveries to browsers.\n\n";
+at a steady rate. \"Redis CPU\" is redis-server's CPU time over the measured phase (its own `INFO cpu`), less \
+its idle CPU (measured for 2 s before), divided by the publishes or by the deliveries to browsers; \"server CPU\" \
+adds up every node's.\n\n";
 
 /// `1234567.8` → `1,234,568`; fewer than 100 gets `decimals` decimals.
 pub fn format_number(value: f64, decimals: usize) -> String {

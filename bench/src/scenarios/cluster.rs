@@ -17,8 +17,11 @@
 //! ahead of the slowest subscriber: deliveries/s, missing/duplicated/reordered per subscriber)
 //! and the steady scenario's subscribers and duration at `cluster_rate` publishes/s (the latency
 //! the Redis hop adds). Redis's CPU time (its own `INFO cpu`, microsecond precision) is read at
-//! the start and the end of each measured phase and divided by the publishes and by the
-//! deliveries.
+//! the start and the end of each measured phase, less what it spends idle (its timers, the
+//! nodes' liveness refreshes: measured for [`IDLE_WINDOW`] once the nodes are up), and divided
+//! by the publishes and by the deliveries.
+
+use std::time::Duration;
 
 use super::common::{record_deliveries, Load};
 use super::driver::{Ctx, Sizes};
@@ -28,6 +31,9 @@ use crate::client::Target;
 use crate::procs::{ChannelsSetup, RedisProcess, ServerProcess, Setup};
 use crate::report::{format_number, Report};
 use crate::stats::Deliveries;
+
+/// How long Redis's idle CPU is measured before each measurement (to leave it out).
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
 
 /// The node names of a cluster: the subscribers' two, then the publisher's.
 const NODES: [&str; 3] = ["sub-a", "sub-b", "publisher"];
@@ -69,6 +75,10 @@ impl Deployment {
                     return Err(format!("{}: {err}", setup.name()));
                 }
             }
+        }
+        if let Some(redis) = deployment.redis.as_mut() {
+            redis.measure_idle(IDLE_WINDOW).await;
+            eprintln!("    Redis idle: {:.2} ms of CPU per second", redis.idle_cpu * 1e3);
         }
         Ok(deployment)
     }

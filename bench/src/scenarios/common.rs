@@ -70,7 +70,9 @@ impl Load<'_> {
         CpuMark {
             server: self.server_pids.iter().map(|pid| sys::cpu_time(*pid)).sum(),
             broker,
+            broker_idle: self.broker.map_or(0.0, |redis| redis.idle_cpu),
             own: sys::cpu_time(std::process::id()),
+            at: Instant::now(),
         }
     }
 }
@@ -176,7 +178,10 @@ pub(super) fn check_clean(kind: Kind, summary: &Deliveries) -> Result<(), String
 pub(super) struct CpuMark {
     server: Option<Duration>,
     broker: Option<Duration>,
+    /// The broker's idle CPU seconds per second, left out of what it is charged.
+    broker_idle: f64,
     own: Option<Duration>,
+    at: Instant,
 }
 
 impl CpuMark {
@@ -185,8 +190,11 @@ impl CpuMark {
     pub(super) fn charge(&self, after: &CpuMark, summary: &mut Deliveries) {
         summary.server_cpu_us_per_delivery = cpu_per_delivery(self.server, after.server, summary.received);
         summary.client_cpu_us_per_delivery = cpu_per_delivery(self.own, after.own, summary.received);
-        summary.broker_cpu_us_per_publish = cpu_per_delivery(self.broker, after.broker, summary.published);
-        summary.broker_cpu_us_per_delivery = cpu_per_delivery(self.broker, after.broker, summary.received);
+        let idle = Duration::try_from_secs_f64(self.broker_idle * after.at.duration_since(self.at).as_secs_f64())
+            .unwrap_or_default();
+        let broker_after = after.broker.map(|spent| spent.saturating_sub(idle));
+        summary.broker_cpu_us_per_publish = cpu_per_delivery(self.broker, broker_after, summary.published);
+        summary.broker_cpu_us_per_delivery = cpu_per_delivery(self.broker, broker_after, summary.received);
     }
 }
 
