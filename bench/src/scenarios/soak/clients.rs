@@ -402,7 +402,7 @@ async fn authorize(shared: &Shared, backend: &BackendClient, client: &Client) ->
     let token = backend
         .call("datasync_backend", "authorizeSubscription", &params)
         .await
-        .map_err(|err| format!("authorizeSubscription: {err}"))?;
+        .map_err(|err| format!("authorizeSubscription: {}", chain(&err)))?;
     let token = token.as_str().ok_or("authorizeSubscription returned no token")?.to_owned();
     shared.counters.add(Count::Authorizations, 1);
     // Every delta whose publishing starts from now on is the subscription's to receive.
@@ -704,7 +704,7 @@ pub(super) async fn publish_messages(shared: Arc<Shared>, backend: BackendClient
                 shared.pubsub.accept(index, seq + 1);
                 shared.counters.add(Count::Publishes, 1);
             }
-            Err(err) => shared.counters.fail(Count::PublishErrors, format!("publish: {err}")),
+            Err(err) => shared.counters.fail(Count::PublishErrors, format!("publish: {}", chain(&err))),
         }
     }
 }
@@ -736,9 +736,24 @@ pub(super) async fn publish_deltas(shared: Arc<Shared>, backend: BackendClient, 
                 }
                 shared.counters.add(Count::DeltasPublished, batch as u64);
             }
-            Err(err) => shared.counters.fail(Count::PublishErrors, format!("publishDeltas: {err}")),
+            Err(err) => shared.counters.fail(Count::PublishErrors, format!("publishDeltas: {}", chain(&err))),
         }
     }
+}
+
+/// An error with its sources (`a: b: c`): a failed backend call says why the connection failed.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// A ticker at `rate` per second that does not burst after a slow call.

@@ -228,6 +228,9 @@ async fn soak(server: &ServerProcess, timing: Timing, plan: Plan) -> Result<Outc
         .call("datasync_backend", "publishDeltas", &params)
         .await
         .map_err(|err| format!("publishDeltas: {err}"))?;
+    // That call's connection closes when its client is dropped: give the server a moment to
+    // see it go, so the baseline does not count it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let cpu_before = server.cpu_time();
     let mut samples = vec![Sample::take(server, &shared, 0.0, Phase::Baseline).await];
     eprintln!("soak: {} connections for {:.0} s; baseline {}", plan.connections, timing.secs, samples[0].line());
