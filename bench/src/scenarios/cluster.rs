@@ -15,8 +15,8 @@
 //!
 //! Two loads: the fan-out scenario's (5,000 subscribers, sequential publishes at most `window`
 //! ahead of the slowest subscriber: deliveries/s, missing/duplicated/reordered per subscriber)
-//! and the steady scenario's subscribers and duration at `cluster_rate` publishes/s (the latency
-//! the Redis hop adds). Redis's CPU time (its own `INFO cpu`, microsecond precision) is read at
+//! and the steady scenario's subscribers and duration at `cluster_rate` publishes/s and at a tenth
+//! of it (the latency the Redis hop adds, under the target's load and under a light one). Redis's CPU time (its own `INFO cpu`, microsecond precision) is read at
 //! the start and the end of each measured phase, less what it spends idle (its timers, the
 //! nodes' liveness refreshes: measured for [`IDLE_WINDOW`] once the nodes are up), and divided
 //! by the publishes and by the deliveries.
@@ -107,9 +107,15 @@ impl Deployment {
     }
 }
 
-/// The metric prefix of the Redis-hop rows.
-pub(super) fn hop_prefix(sizes: &Sizes) -> String {
-    format!("Redis hop: steady {} subs, {} msg/s", format_number(sizes.latency_subs as f64, 0), sizes.cluster_rate)
+/// The metric prefix of the Redis-hop rows at `rate` publishes per second.
+pub(super) fn hop_prefix(sizes: &Sizes, rate: u64) -> String {
+    format!("Redis hop: steady {} subs, {rate} msg/s", format_number(sizes.latency_subs as f64, 0))
+}
+
+/// The rates of the Redis-hop runs: `cluster_rate` (the target's), and a tenth of it, light
+/// enough that neither setup queues on a busy machine, so the difference is the hop itself.
+fn hop_rates(sizes: &Sizes) -> [u64; 2] {
+    [sizes.cluster_rate, (sizes.cluster_rate / 10).max(1)]
 }
 
 /// One run of the scenario: fan-out on each setup (Channels only with `channels`), then the
@@ -139,17 +145,18 @@ pub(super) async fn cluster(ctx: &Ctx, channels: Option<&ChannelsSetup>, report:
             Err(err) => failures.push(format!("fan-out / {}: {err}", setup.name())),
         }
     }
-    for setup in [Setup::Single, Setup::Cluster] {
-        eprintln!("    Redis hop / {}", setup.name());
-        let outcome =
-            with_deployment(setup, channels, async |load: &Load<'_>| steady_load(ctx, load, sizes.cluster_rate).await)
-                .await;
-        match outcome {
-            Ok((summary, achieved)) => {
-                record_steady(report, setup, &hop_prefix(sizes), &summary, achieved);
-                judge(setup, "Redis hop", &summary, &mut failures);
+    for rate in hop_rates(sizes) {
+        for setup in [Setup::Single, Setup::Cluster] {
+            eprintln!("    Redis hop at {rate} msg/s / {}", setup.name());
+            let outcome =
+                with_deployment(setup, channels, async |load: &Load<'_>| steady_load(ctx, load, rate).await).await;
+            match outcome {
+                Ok((summary, achieved)) => {
+                    record_steady(report, setup, &hop_prefix(sizes, rate), &summary, achieved);
+                    judge(setup, "Redis hop", &summary, &mut failures);
+                }
+                Err(err) => failures.push(format!("Redis hop / {}: {err}", setup.name())),
             }
-            Err(err) => failures.push(format!("Redis hop / {}: {err}", setup.name())),
         }
     }
     if failures.is_empty() {

@@ -110,7 +110,10 @@ fn cluster_targets(sizes: &Sizes, report: &Report, lines: &mut Vec<TargetLine>) 
     ));
     let p50 = |setup| {
         table
-            .find(|metric| metric.starts_with(&cluster::hop_prefix(sizes)) && metric.ends_with("latency p50 (ms)"))
+            .find(|metric| {
+                metric.starts_with(&cluster::hop_prefix(sizes, sizes.cluster_rate))
+                    && metric.ends_with("latency p50 (ms)")
+            })
             .and_then(|row| row.value(setup))
     };
     let added = p50(Setup::Cluster).zip(p50(Setup::Single));
