@@ -211,6 +211,10 @@ pub struct RunArgs {
     /// are the latency scenario's).
     #[arg(long)]
     pub cluster_rate: Option<u64>,
+    /// Cluster: worker threads of each Snorky node on Redis (default: one per CPU, like the
+    /// single node).
+    #[arg(long)]
+    pub cluster_threads: Option<usize>,
     /// RPC: connections of the multi-connection run (a one-connection run is always made too).
     #[arg(long)]
     pub rpc_conns: Option<usize>,

@@ -48,7 +48,11 @@ struct Deployment {
 impl Deployment {
     /// Starts `setup`'s processes (Channels' from `channels`); on a failure, stops those already
     /// started.
-    async fn start(setup: Setup, channels: Option<&ChannelsSetup>) -> Result<Deployment, String> {
+    async fn start(
+        setup: Setup,
+        channels: Option<&ChannelsSetup>,
+        threads: Option<usize>,
+    ) -> Result<Deployment, String> {
         let redis = match setup {
             Setup::Single => None,
             Setup::Cluster | Setup::ChannelsRedis => Some(RedisProcess::start().await?),
@@ -62,7 +66,14 @@ impl Deployment {
                     Some(channels) => ServerProcess::start_channels(channels, Some(url)).await,
                     None => Err("the Channels reference is not set up".to_owned()),
                 },
-                (Some(url), _) => ServerProcess::start_snorky_with(&["--broker", url, "--node-name", name]).await,
+                (Some(url), _) => {
+                    let threads = threads.map(|threads| threads.to_string());
+                    let mut args = vec!["--broker", url, "--node-name", name];
+                    if let Some(threads) = &threads {
+                        args.extend(["--threads", threads]);
+                    }
+                    ServerProcess::start_snorky_with(&args).await
+                }
                 (None, _) => ServerProcess::start_snorky_with(&[]).await,
             };
             match server {
@@ -114,7 +125,7 @@ pub(super) fn hop_prefix(sizes: &Sizes, rate: u64) -> String {
 
 /// The rates of the Redis-hop runs: `cluster_rate` (the target's), and a tenth of it, light
 /// enough that neither setup queues on a busy machine, so the difference is the hop itself.
-fn hop_rates(sizes: &Sizes) -> [u64; 2] {
+pub(super) fn hop_rates(sizes: &Sizes) -> [u64; 2] {
     [sizes.cluster_rate, (sizes.cluster_rate / 10).max(1)]
 }
 
@@ -124,6 +135,9 @@ fn hop_rates(sizes: &Sizes) -> [u64; 2] {
 pub(super) async fn cluster(ctx: &Ctx, channels: Option<&ChannelsSetup>, report: &mut Report) -> Result<(), String> {
     let sizes = &ctx.sizes;
     let mut failures = Vec::new();
+    if let Some(threads) = sizes.cluster_threads {
+        report.notes.push(format!("cluster: each Snorky node on Redis ran {threads} worker thread(s)"));
+    }
     let fanout_setups: &[Setup] = if channels.is_some() {
         &[Setup::Single, Setup::Cluster, Setup::ChannelsRedis]
     } else {
@@ -133,8 +147,10 @@ pub(super) async fn cluster(ctx: &Ctx, channels: Option<&ChannelsSetup>, report:
         eprintln!("    fan-out / {}", setup.name());
         let subs = if setup == Setup::ChannelsRedis { sizes.channels_fanout_subs } else { sizes.fanout_subs };
         let notes = &mut report.notes;
-        let outcome =
-            with_deployment(setup, channels, async |load: &Load<'_>| fanout_load(ctx, load, subs, notes).await).await;
+        let outcome = with_deployment(setup, channels, sizes.cluster_threads, async |load: &Load<'_>| {
+            fanout_load(ctx, load, subs, notes).await
+        })
+        .await;
         let note =
             if subs == sizes.fanout_subs { String::new() } else { format!("{} subs", format_number(subs as f64, 0)) };
         match outcome {
@@ -148,8 +164,10 @@ pub(super) async fn cluster(ctx: &Ctx, channels: Option<&ChannelsSetup>, report:
     for rate in hop_rates(sizes) {
         for setup in [Setup::Single, Setup::Cluster] {
             eprintln!("    Redis hop at {rate} msg/s / {}", setup.name());
-            let outcome =
-                with_deployment(setup, channels, async |load: &Load<'_>| steady_load(ctx, load, rate).await).await;
+            let outcome = with_deployment(setup, channels, sizes.cluster_threads, async |load: &Load<'_>| {
+                steady_load(ctx, load, rate).await
+            })
+            .await;
             match outcome {
                 Ok((summary, achieved)) => {
                     record_steady(report, setup, &hop_prefix(sizes, rate), &summary, achieved);
@@ -170,9 +188,10 @@ pub(super) async fn cluster(ctx: &Ctx, channels: Option<&ChannelsSetup>, report:
 async fn with_deployment<T>(
     setup: Setup,
     channels: Option<&ChannelsSetup>,
+    threads: Option<usize>,
     measure: impl AsyncFnOnce(&Load<'_>) -> Result<T, String>,
 ) -> Result<T, String> {
-    let deployment = Deployment::start(setup, channels).await?;
+    let deployment = Deployment::start(setup, channels, threads).await?;
     let outcome = match deployment.load() {
         Ok(load) => measure(&load).await,
         Err(err) => Err(err),

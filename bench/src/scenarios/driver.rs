@@ -38,6 +38,8 @@ pub(super) struct Sizes {
     pub(super) latency_secs: f64,
     /// Publishes per second of the cluster scenario's Redis-hop run.
     pub(super) cluster_rate: u64,
+    /// Worker threads of each node on Redis (`None`: the runtime's default).
+    pub(super) cluster_threads: Option<usize>,
     pub(super) rpc_conns: usize,
     pub(super) rpc_secs: f64,
     /// The Snorky-only scenarios (DataSync, Chat, the Python service, routing).
@@ -97,6 +99,7 @@ impl Sizes {
             latency_rate: pick64(args.latency_rate, 200, 200),
             latency_secs: pickf(args.latency_secs, 10.0, 1.0),
             cluster_rate: pick64(args.cluster_rate, 100, 100).max(1),
+            cluster_threads: args.cluster_threads,
             rpc_conns: pick(args.rpc_conns, 100, 10),
             rpc_secs: pickf(args.rpc_secs, 3.0, 0.5),
             services,
