@@ -211,8 +211,8 @@ pub struct RunArgs {
     /// are the latency scenario's).
     #[arg(long)]
     pub cluster_rate: Option<u64>,
-    /// Cluster: worker threads of each Snorky node on Redis (default: one per CPU, like the
-    /// single node).
+    /// Cluster: worker threads of every Snorky process of the scenario, the single node's and
+    /// the cluster's (default: the runtime's, one per CPU).
     #[arg(long)]
     pub cluster_threads: Option<usize>,
     /// RPC: connections of the multi-connection run (a one-connection run is always made too).

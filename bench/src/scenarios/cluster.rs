@@ -66,15 +66,17 @@ impl Deployment {
                     Some(channels) => ServerProcess::start_channels(channels, Some(url)).await,
                     None => Err("the Channels reference is not set up".to_owned()),
                 },
-                (Some(url), _) => {
+                (url, _) => {
                     let threads = threads.map(|threads| threads.to_string());
-                    let mut args = vec!["--broker", url, "--node-name", name];
+                    let mut args = Vec::new();
+                    if let Some(url) = url {
+                        args.extend(["--broker", url, "--node-name", name]);
+                    }
                     if let Some(threads) = &threads {
                         args.extend(["--threads", threads]);
                     }
                     ServerProcess::start_snorky_with(&args).await
                 }
-                (None, _) => ServerProcess::start_snorky_with(&[]).await,
             };
             match server {
                 Ok(server) => {
@@ -136,7 +138,7 @@ pub(super) async fn cluster(ctx: &Ctx, channels: Option<&ChannelsSetup>, report:
     let sizes = &ctx.sizes;
     let mut failures = Vec::new();
     if let Some(threads) = sizes.cluster_threads {
-        report.notes.push(format!("cluster: each Snorky node on Redis ran {threads} worker thread(s)"));
+        report.notes.push(format!("cluster: every Snorky process ran {threads} worker thread(s)"));
     }
     let fanout_setups: &[Setup] = if channels.is_some() {
         &[Setup::Single, Setup::Cluster, Setup::ChannelsRedis]

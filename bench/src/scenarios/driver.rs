@@ -38,7 +38,8 @@ pub(super) struct Sizes {
     pub(super) latency_secs: f64,
     /// Publishes per second of the cluster scenario's Redis-hop run.
     pub(super) cluster_rate: u64,
-    /// Worker threads of each node on Redis (`None`: the runtime's default).
+    /// Worker threads of every Snorky process of the cluster scenario (`None`: the runtime's
+    /// default).
     pub(super) cluster_threads: Option<usize>,
     pub(super) rpc_conns: usize,
     pub(super) rpc_secs: f64,
