@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTHON := $(VENV)/python
 
-.PHONY: help install build-dev dist format lint lint-rust lint-fuzz lint-python lint-js test test-rust test-python test-django42 test-js test-install test-browser test-crash crash fuzz fuzz-short bench bench-smoke demo all
+.PHONY: help install build-dev dist format lint lint-rust lint-fuzz lint-python lint-js test test-rust test-python test-django42 test-js test-install test-browser test-crash crash fuzz fuzz-short bench bench-smoke soak demo all
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -85,11 +85,14 @@ fuzz-short: ## every fuzz target for $(FUZZ_SHORT_SECONDS) s (nightly, cargo-fuz
 fuzz: ## every fuzz target for $(FUZZ_SECONDS) s, one at a time, then the corpora minimized into fuzz/corpus (FUZZ_TARGETS to pick)
 	scripts/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
-bench-smoke: ## every benchmark scenario, tiny, against the ceiling and Snorky (debug build)
+bench-smoke: ## every benchmark scenario, tiny, and a 60-second soak (debug build)
 	cargo test -p snorky-bench
 
 bench: ## the full benchmark (release build); writes bench/RESULTS.md
 	bench/run.sh
+
+soak: ## 5,000 connections churning for 30 minutes (release build); writes bench/SOAK.md, bench/soak.svg
+	bench/run.sh --soak
 
 demo: ## the todo demo (scripts/demo without the set-up)
 	$(PYTHON) demos/todo/run.py

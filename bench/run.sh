@@ -5,9 +5,12 @@
 #                           ceiling, snorky and channels; writes bench/RESULTS.md
 #   bench/run.sh --smoke    every scenario at tiny sizes (debug build; Channels only if its venv
 #                           already exists), under a minute; for the test suite; writes nothing
+#   bench/run.sh --soak     the soak instead (release build): 5,000 connections churning for
+#                           30 minutes; writes bench/SOAK.md and bench/soak.svg
 #
 # Any other option goes to `snorky-bench run` (e.g. --servers ceiling,snorky,
-# --scenarios fanout,idle, --fanout-subs 2000; `snorky-bench run --help` lists them).
+# --scenarios fanout,idle, --fanout-subs 2000; `snorky-bench run --help` lists them), or with
+# --soak to `snorky-bench soak` (e.g. --connections 2000 --secs 600; `snorky-bench soak --help`).
 # Environment: SNORKY_BENCH_RELEASE=1 makes --smoke use the release build too;
 # SNORKY_BENCH_OUT=path writes the results file elsewhere.
 set -euo pipefail
@@ -16,6 +19,11 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 smoke=0
+soak=0
+if [ "${1:-}" = "--soak" ]; then
+    soak=1
+    shift
+fi
 for arg in "$@"; do
     if [ "$arg" = "--smoke" ]; then smoke=1; fi
 done
@@ -36,7 +44,7 @@ fi
 # requirements.txt changes) by the full run. The smoke run uses it only if it is there.
 venv="$repo/bench/.venv-channels"
 requirements="$repo/bench/channels_ref/requirements.txt"
-if [ "$smoke" = 0 ]; then
+if [ "$smoke" = 0 ] && [ "$soak" = 0 ]; then
     if [ ! -x "$venv/bin/daphne" ] || ! cmp -s "$requirements" "$venv/.requirements.txt"; then
         echo "creating the Channels reference venv in bench/.venv-channels" >&2
         python3 -m venv "$venv"
@@ -65,11 +73,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'cleanup; exit 130' INT TERM
 
-setsid "$bin" run \
-    --channels-venv "$venv" \
-    --channels-dir "$repo/bench/channels_ref" \
-    --command-line "bench/run.sh${*:+ $*}" \
-    "${out_args[@]}" "$@" &
+if [ "$soak" = 1 ]; then
+    setsid "$bin" soak \
+        --out "$repo/bench/SOAK.md" \
+        --plot "$repo/bench/soak.svg" \
+        --command-line "bench/run.sh --soak${*:+ $*}" \
+        "$@" &
+else
+    setsid "$bin" run \
+        --channels-venv "$venv" \
+        --channels-dir "$repo/bench/channels_ref" \
+        --command-line "bench/run.sh${*:+ $*}" \
+        "${out_args[@]}" "$@" &
+fi
 bench_pid=$!
 status=0
 wait "$bench_pid" || status=$?

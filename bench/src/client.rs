@@ -331,6 +331,19 @@ impl Subscribers {
         options: OpenOptions,
         join: &Join,
     ) -> Subscribers {
+        Self::open_spread(std::slice::from_ref(target), channels, assignment, clock, options, join)
+    }
+
+    /// [`open_with`](Self::open_with) over several servers: subscriber `i` connects to
+    /// `targets[i % targets.len()]` (the nodes of a cluster get equal shares).
+    pub fn open_spread(
+        targets: &[Target],
+        channels: &Arc<Vec<Value>>,
+        assignment: &[usize],
+        clock: Clock,
+        options: OpenOptions,
+        join: &Join,
+    ) -> Subscribers {
         let progress = Arc::new(Progress::new(assignment.len()));
         let (stop, stop_rx) = watch::channel(false);
         let ready = Arc::new(AtomicUsize::new(0));
@@ -340,7 +353,7 @@ impl Subscribers {
         let mut tasks = Vec::with_capacity(assignment.len());
         for (index, &channel_index) in assignment.iter().enumerate() {
             by_channel[channel_index].push(index);
-            let target = target.clone();
+            let target = targets.get(index % targets.len().max(1)).cloned();
             let channels = Arc::clone(channels);
             let progress = Arc::clone(&progress);
             let gate = Arc::clone(&gate);
@@ -352,7 +365,12 @@ impl Subscribers {
                 let channel = &channels[channel_index];
                 let mut result = SubResult { channel: channel_index, ..SubResult::default() };
                 let permit = gate.acquire().await;
-                let ws = connect_and_join(&target, source_ip(index, options.source_ips), channel, &join, index).await;
+                let ws = match &target {
+                    Some(target) => {
+                        connect_and_join(target, source_ip(index, options.source_ips), channel, &join, index).await
+                    }
+                    None => Err("no server to connect to".to_owned()),
+                };
                 drop(permit);
                 let mut ws = match ws {
                     Ok(ws) => ws,

@@ -14,6 +14,8 @@
 //!   through the project's venv Python. `scenarios/` holds the driver, one module per scenario
 //!   and the target judgment.
 //! - `snorky-bench routing`: the DataSync router micro-benchmark (no sockets, `routing.rs`).
+//! - `snorky-bench soak`: connections churning against one Snorky server for a long time,
+//!   sampling its memory, descriptors, tasks and gauges (`scenarios/soak/`).
 //!
 //! Server processes print one line `READY ws=<url> backend=<url>` on stdout once listening and
 //! exit when their stdin closes or on SIGTERM/SIGINT, so they never outlive the load generator.
@@ -60,6 +62,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// The DataSync routing micro-benchmark: `snorky::datasync::Router` in this process, no sockets.
     Routing(routing::RoutingArgs),
+    /// The soak: connections churning against one Snorky server for a long time, watching it
+    /// for leaks; prints (and optionally writes) the results and a plot.
+    Soak(scenarios::soak::SoakArgs),
 }
 
 /// Where a server listens.
@@ -88,6 +93,12 @@ pub struct ServeArgs {
     /// The secret that signs connection tokens (`serve-snorky`).
     #[arg(long)]
     pub token_secret: Option<String>,
+    /// The broker this node shares with others (`serve-snorky`): `redis://127.0.0.1:<port>/0`.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// This node's name in logs (`serve-snorky`, with `--broker`).
+    #[arg(long)]
+    pub node_name: Option<String>,
 }
 
 /// The load generator's options. Sizes left unset take the full-run defaults, or the smoke
@@ -101,8 +112,9 @@ pub struct RunArgs {
     #[arg(long, default_value = "ceiling,snorky,channels")]
     pub servers: String,
     /// Scenarios to run, comma-separated: fanout, idle, setup, multi, latency, rpc (every
-    /// server), and routing, datasync, chat, python, sockjs (Snorky only).
-    #[arg(long, default_value = "fanout,idle,setup,multi,latency,rpc,routing,datasync,chat,python,sockjs")]
+    /// server), routing, datasync, chat, python, isolation, sockjs (Snorky only), and cluster
+    /// (Snorky on one node and on several nodes sharing a Redis, and Channels on that Redis).
+    #[arg(long, default_value = "fanout,idle,setup,multi,latency,rpc,routing,datasync,chat,python,sockjs,cluster")]
     pub scenarios: String,
     /// The Python with the built `snorky` extension, for the `python` scenario (skipped with a
     /// note when it does not exist).
@@ -195,6 +207,14 @@ pub struct RunArgs {
     /// Latency: seconds of publishing.
     #[arg(long)]
     pub latency_secs: Option<f64>,
+    /// Cluster: publishes per second of the Redis-hop latency run (its subscribers and seconds
+    /// are the latency scenario's).
+    #[arg(long)]
+    pub cluster_rate: Option<u64>,
+    /// Cluster: worker threads of every Snorky process of the scenario, the single node's and
+    /// the cluster's (default: the runtime's, one per CPU).
+    #[arg(long)]
+    pub cluster_threads: Option<usize>,
     /// RPC: connections of the multi-connection run (a one-connection run is always made too).
     #[arg(long)]
     pub rpc_conns: Option<usize>,
@@ -220,6 +240,7 @@ fn main() {
         Command::ServeCeiling(args) => ceiling::main(&args),
         Command::Run(args) => scenarios::main(&args),
         Command::Routing(args) => routing::main(&args),
+        Command::Soak(args) => scenarios::soak::main(&args),
     };
     if let Err(err) = result {
         eprintln!("snorky-bench: {err}");

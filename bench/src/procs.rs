@@ -40,6 +40,28 @@ impl Kind {
     }
 }
 
+/// How the `cluster` scenario deploys PubSub: the columns of its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setup {
+    /// One Snorky process, no broker: every subscriber on it, publishes through its backend.
+    Single,
+    /// Three Snorky processes on one Redis: subscribers on two, publishes through the third.
+    Cluster,
+    /// Three Django Channels processes (daphne) on the same Redis, with `channels_redis`'s
+    /// `RedisPubSubChannelLayer`, laid out like the cluster.
+    ChannelsRedis,
+}
+
+impl Setup {
+    pub fn name(self) -> &'static str {
+        match self {
+            Setup::Single => "1 node",
+            Setup::Cluster => "cluster",
+            Setup::ChannelsRedis => "channels_redis",
+        }
+    }
+}
+
 /// Where to find the Channels reference.
 #[derive(Debug, Clone)]
 pub struct ChannelsSetup {
@@ -54,6 +76,19 @@ impl ChannelsSetup {
 
     pub fn installed(&self) -> bool {
         self.daphne().is_file() && self.project.join("channels_ref").join("asgi.py").is_file()
+    }
+
+    /// Whether the venv also has `channels_redis` (a venv made before it was required has not).
+    pub async fn has_redis_layer(&self) -> bool {
+        let python = absolute(&self.venv.join("bin").join("python"));
+        let status = Command::new(python)
+            .args(["-c", "import channels_redis.pubsub"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        status.is_ok_and(|status| status.success())
     }
 }
 
@@ -76,7 +111,7 @@ impl ServerProcess {
         match kind {
             Kind::Ceiling => Self::start_rust(kind, "serve-ceiling", alloc_stats).await,
             Kind::Snorky => Self::start_rust(kind, "serve-snorky", alloc_stats).await,
-            Kind::Channels => Self::start_channels(channels).await,
+            Kind::Channels => Self::start_channels(channels, None).await,
         }
     }
 
@@ -89,9 +124,10 @@ impl ServerProcess {
         Self::start_rust_with(Kind::Snorky, "serve-snorky", false, extra).await
     }
 
-    /// Starts `serve-snorky` counting its heap allocations (for [`ServerProcess::alloc_snapshot`]).
-    pub async fn start_snorky_with_alloc_stats() -> Result<ServerProcess, String> {
-        Self::start_rust_with(Kind::Snorky, "serve-snorky", true, &[]).await
+    /// Starts `serve-snorky` with extra options, counting its heap allocations (for
+    /// [`ServerProcess::alloc_snapshot`]).
+    pub async fn start_snorky_counted(extra: &[&str]) -> Result<ServerProcess, String> {
+        Self::start_rust_with(Kind::Snorky, "serve-snorky", true, extra).await
     }
 
     async fn start_rust_with(
@@ -174,7 +210,9 @@ impl ServerProcess {
         Ok(ServerProcess { kind, target, child, pid, alloc_lines })
     }
 
-    async fn start_channels(setup: &ChannelsSetup) -> Result<ServerProcess, String> {
+    /// Starts daphne serving the Channels reference; with `redis_url`, its channel layer is
+    /// `channels_redis`'s `RedisPubSubChannelLayer` on that Redis instead of the in-memory one.
+    pub async fn start_channels(setup: &ChannelsSetup, redis_url: Option<&str>) -> Result<ServerProcess, String> {
         if !setup.installed() {
             return Err(format!(
                 "the Channels reference is not installed ({} missing): run bench/run.sh",
@@ -191,6 +229,7 @@ impl ServerProcess {
             .env("DJANGO_SETTINGS_MODULE", "channels_ref.settings")
             .env("SNORKY_BENCH_KEY", crate::KEY)
             .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("SNORKY_BENCH_REDIS", redis_url.unwrap_or(""))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -247,6 +286,104 @@ impl ServerProcess {
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
             let _ = self.child.kill().await;
         }
+    }
+}
+
+/// A `redis-server` of the benchmark's own (Debian's package): a free loopback port, a temporary
+/// directory, no persistence; stopped with [`RedisProcess::stop`] (or killed when dropped).
+pub struct RedisProcess {
+    /// `redis://127.0.0.1:<port>/0`.
+    pub url: String,
+    /// CPU seconds it spends per second with nothing to do (see [`RedisProcess::measure_idle`]).
+    pub idle_cpu: f64,
+    port: u16,
+    child: Child,
+    pid: u32,
+    dir: PathBuf,
+}
+
+impl RedisProcess {
+    /// Starts it and waits until it accepts connections (it says so on stdout).
+    pub async fn start() -> Result<RedisProcess, String> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("snorky-bench-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--loglevel", "notice", "--dir"])
+            .arg(&dir);
+        die_with_parent(&mut command);
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|err| format!("cannot start redis-server (scripts/setup installs Debian's): {err}"))?;
+        let pid = child.id().ok_or("redis-server exited at once")?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(START_TIMEOUT, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Ready to accept connections") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        if !ready {
+            return Err(format!("redis-server did not become ready on port {port}"));
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(RedisProcess { url: format!("redis://127.0.0.1:{port}/0"), idle_cpu: 0.0, port, child, pid, dir })
+    }
+
+    /// Its CPU time so far (user + system, all threads), as it reports it (`INFO cpu`, through
+    /// `redis-cli`): microsecond precision, where `/proc/<pid>/stat` counts 10 ms ticks, too coarse
+    /// for the few milliseconds Redis spends on a whole fan-out.
+    pub async fn cpu_time(&self) -> Option<Duration> {
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "INFO", "cpu"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let seconds = |field: &str| -> Option<f64> {
+            text.lines().find_map(|line| line.trim().strip_prefix(field)?.strip_prefix(':')?.parse().ok())
+        };
+        let total = seconds("used_cpu_user")? + seconds("used_cpu_sys")?;
+        Duration::try_from_secs_f64(total).ok()
+    }
+
+    /// Measures its CPU time over `window` with no traffic (its own timers, the nodes'
+    /// liveness refreshes) into [`idle_cpu`](Self::idle_cpu), so that a measurement can leave
+    /// it out.
+    pub async fn measure_idle(&mut self, window: Duration) {
+        let before = self.cpu_time().await;
+        let start = std::time::Instant::now();
+        tokio::time::sleep(window).await;
+        let after = self.cpu_time().await;
+        let spent = before.zip(after).and_then(|(before, after)| after.checked_sub(before));
+        self.idle_cpu = spent.map_or(0.0, |spent| spent.as_secs_f64() / start.elapsed().as_secs_f64());
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after 5 s); dropping it removes its directory.
+    pub async fn stop(mut self) {
+        crate::sys::terminate(self.pid);
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

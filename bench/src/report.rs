@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::procs::Kind;
+use crate::procs::{Kind, Setup};
 
 /// One measured value of one server in one run.
 #[derive(Debug, Clone, Default)]
@@ -66,41 +66,85 @@ fn merge(samples: &[Cell]) -> Option<Cell> {
     Some(merged)
 }
 
-/// One line of the table: a metric of a scenario, per server (one cell per run).
+/// The three columns of a table, in order; the middle one is the subject, whose ratio to each
+/// of the other two is shown.
+pub trait Column: Copy + PartialEq + 'static {
+    /// The columns, in table order.
+    const ALL: [Self; 3];
+
+    /// The column's header.
+    fn header(self) -> &'static str;
+
+    /// The report's table with these columns, to record in.
+    fn table_mut(report: &mut Report) -> &mut Table<Self>;
+
+    /// The subject (the middle column).
+    fn subject() -> Self {
+        Self::ALL[1]
+    }
+}
+
+impl Column for Kind {
+    const ALL: [Kind; 3] = [Kind::Ceiling, Kind::Snorky, Kind::Channels];
+
+    fn header(self) -> &'static str {
+        self.name()
+    }
+
+    fn table_mut(report: &mut Report) -> &mut Table<Kind> {
+        &mut report.main
+    }
+}
+
+impl Column for Setup {
+    const ALL: [Setup; 3] = [Setup::Single, Setup::Cluster, Setup::ChannelsRedis];
+
+    fn header(self) -> &'static str {
+        self.name()
+    }
+
+    fn table_mut(report: &mut Report) -> &mut Table<Setup> {
+        &mut report.cluster
+    }
+}
+
+fn slot<C: Column>(column: C) -> usize {
+    C::ALL.iter().position(|c| *c == column).unwrap_or(0)
+}
+
+/// One line of a table: a metric of a scenario, per column (one cell per run).
 #[derive(Debug, Clone)]
-pub struct Row {
+pub struct Row<C = Kind> {
     pub metric: String,
     samples: [Vec<Cell>; 3],
     /// Whether ratios make sense for this metric.
     pub ratios: bool,
+    columns: std::marker::PhantomData<C>,
 }
 
-fn slot(kind: Kind) -> usize {
-    match kind {
-        Kind::Ceiling => 0,
-        Kind::Snorky => 1,
-        Kind::Channels => 2,
-    }
-}
-
-impl Row {
-    pub fn new(metric: impl Into<String>, ratios: bool) -> Row {
-        Row { metric: metric.into(), samples: [Vec::new(), Vec::new(), Vec::new()], ratios }
+impl<C: Column> Row<C> {
+    pub fn new(metric: impl Into<String>, ratios: bool) -> Row<C> {
+        Row {
+            metric: metric.into(),
+            samples: [Vec::new(), Vec::new(), Vec::new()],
+            ratios,
+            columns: std::marker::PhantomData,
+        }
     }
 
     /// Records one run's value.
-    pub fn set(&mut self, kind: Kind, cell: Cell) {
-        self.samples[slot(kind)].push(cell);
+    pub fn set(&mut self, column: C, cell: Cell) {
+        self.samples[slot(column)].push(cell);
     }
 
     /// The value over all runs (median).
-    pub fn get(&self, kind: Kind) -> Option<Cell> {
-        merge(&self.samples[slot(kind)])
+    pub fn get(&self, column: C) -> Option<Cell> {
+        merge(&self.samples[slot(column)])
     }
 
     /// The rendered cell.
-    pub fn text(&self, kind: Kind) -> Option<String> {
-        let cell = self.get(kind)?;
+    pub fn text(&self, column: C) -> Option<String> {
+        let cell = self.get(column)?;
         let mut text = cell.base();
         if !cell.notes.is_empty() {
             let _ = write!(text, " ({})", cell.notes.join("; "));
@@ -109,23 +153,128 @@ impl Row {
     }
 
     /// Every run's value, when there was more than one run.
-    fn runs(&self, kind: Kind) -> Option<String> {
-        let samples = &self.samples[slot(kind)];
+    fn runs(&self, column: C) -> Option<String> {
+        let samples = &self.samples[slot(column)];
         (samples.len() > 1).then(|| samples.iter().map(Cell::base).collect::<Vec<_>>().join(", "))
     }
 
-    fn value(&self, kind: Kind) -> Option<f64> {
-        self.get(kind).and_then(|cell| cell.value)
+    /// The value over all runs, when it is a number.
+    pub fn value(&self, column: C) -> Option<f64> {
+        self.get(column).and_then(|cell| cell.value)
     }
 
-    /// snorky / `other`, when both are numbers.
-    pub fn ratio(&self, other: Kind) -> Option<f64> {
+    /// subject / `other`, when both are numbers.
+    pub fn ratio(&self, other: C) -> Option<f64> {
         if !self.ratios {
             return None;
         }
-        let (snorky, other) = (self.value(Kind::Snorky)?, self.value(other)?);
-        (other > 0.0).then(|| snorky / other)
+        let (subject, other) = (self.value(C::subject())?, self.value(other)?);
+        (other > 0.0).then(|| subject / other)
     }
+}
+
+/// The rows of one table.
+#[derive(Debug, Clone)]
+pub struct Table<C = Kind> {
+    pub rows: Vec<Row<C>>,
+}
+
+impl<C> Default for Table<C> {
+    fn default() -> Self {
+        Table { rows: Vec::new() }
+    }
+}
+
+impl<C: Column> Table<C> {
+    /// The row of `metric`, added at the end when it is new.
+    pub fn row_mut(&mut self, metric: &str, ratios: bool) -> &mut Row<C> {
+        if let Some(index) = self.rows.iter().position(|row| row.metric == metric) {
+            return &mut self.rows[index];
+        }
+        self.rows.push(Row::new(metric, ratios));
+        self.rows.last_mut().expect("just pushed")
+    }
+
+    /// The first row whose metric satisfies `wanted`.
+    pub fn find(&self, wanted: impl Fn(&str) -> bool) -> Option<&Row<C>> {
+        self.rows.iter().find(|row| wanted(&row.metric))
+    }
+
+    /// The table as markdown.
+    pub fn render(&self) -> String {
+        let [first, subject, last] = C::ALL;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "| metric | {} | {} | {} | {}/{} | {}/{} |",
+            first.header(),
+            subject.header(),
+            last.header(),
+            subject.header(),
+            first.header(),
+            subject.header(),
+            last.header()
+        );
+        out.push_str("|---|---:|---:|---:|---:|---:|\n");
+        for row in &self.rows {
+            let cell = |column| row.text(column).unwrap_or_else(|| "–".to_owned());
+            let ratio = |column| row.ratio(column).map_or_else(|| "–".to_owned(), |r| format!("{}×", format_ratio(r)));
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                row.metric,
+                cell(first),
+                cell(subject),
+                cell(last),
+                ratio(first),
+                ratio(last)
+            );
+        }
+        out
+    }
+
+    /// Every run's value of the metrics measured more than once.
+    pub fn runs(&self) -> String {
+        let mut out = String::new();
+        for row in &self.rows {
+            let runs: Vec<String> = C::ALL
+                .into_iter()
+                .filter_map(|column| row.runs(column).map(|runs| format!("{}: {runs}", column.header())))
+                .collect();
+            if !runs.is_empty() {
+                let _ = writeln!(out, "- {}: {}", row.metric, runs.join("; "));
+            }
+        }
+        out
+    }
+}
+
+/// The lines of a results file that say how, when and where it was run.
+pub fn write_header(out: &mut String, command: &str, date: &str, revision: &str, machine: &str, load: (&str, &str)) {
+    let _ = writeln!(out, "- Command: `{command}`");
+    let _ = writeln!(out, "- Date: {date}");
+    let _ = writeln!(out, "- Snorky revision: {revision}");
+    let _ = writeln!(out, "- Machine: {machine}");
+    let _ = writeln!(
+        out,
+        "- Load average (1/5/15 min) before: {}, after: {} (the machine is shared: other work may run)",
+        load.0, load.1
+    );
+}
+
+/// A targets table (target, measured, met) as markdown.
+pub fn render_targets(lines: &[TargetLine]) -> String {
+    let mut out = String::new();
+    out.push_str("| target | measured | met |\n|---|---|---|\n");
+    for line in lines {
+        let met = match line.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "n/a",
+        };
+        let _ = writeln!(out, "| {} | {} | {met} |", line.target, line.measured);
+    }
+    out
 }
 
 /// Whether a target was reached.
@@ -146,71 +295,29 @@ pub struct Report {
     pub load_before: String,
     pub load_after: String,
     pub smoke: bool,
-    pub rows: Vec<Row>,
+    /// The table of every server kind (ceiling, Snorky, Channels).
+    pub main: Table<Kind>,
+    /// The table of several nodes on Redis (one node, the cluster, Channels on Redis).
+    pub cluster: Table<Setup>,
     pub targets: Vec<TargetLine>,
     pub notes: Vec<String>,
     pub duration_s: f64,
 }
 
 impl Report {
+    /// The row of `metric` in the main table.
     pub fn row_mut(&mut self, metric: &str, ratios: bool) -> &mut Row {
-        if let Some(index) = self.rows.iter().position(|row| row.metric == metric) {
-            return &mut self.rows[index];
-        }
-        self.rows.push(Row::new(metric, ratios));
-        self.rows.last_mut().expect("just pushed")
+        self.main.row_mut(metric, ratios)
     }
 
-    /// The table alone.
+    /// The main table alone.
     pub fn table(&self) -> String {
-        let mut out = String::new();
-        out.push_str("| metric | ceiling | snorky | channels | snorky/ceiling | snorky/channels |\n");
-        out.push_str("|---|---:|---:|---:|---:|---:|\n");
-        for row in &self.rows {
-            let cell = |kind| row.text(kind).unwrap_or_else(|| "–".to_owned());
-            let ratio = |kind| row.ratio(kind).map_or_else(|| "–".to_owned(), |r| format!("{}×", format_ratio(r)));
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} |",
-                row.metric,
-                cell(Kind::Ceiling),
-                cell(Kind::Snorky),
-                cell(Kind::Channels),
-                ratio(Kind::Ceiling),
-                ratio(Kind::Channels)
-            );
-        }
-        out
-    }
-
-    /// Every run's value of the metrics measured more than once.
-    pub fn runs_table(&self) -> String {
-        let mut out = String::new();
-        for row in &self.rows {
-            let runs: Vec<String> = [Kind::Ceiling, Kind::Snorky, Kind::Channels]
-                .into_iter()
-                .filter_map(|kind| row.runs(kind).map(|runs| format!("{}: {runs}", kind.name())))
-                .collect();
-            if !runs.is_empty() {
-                let _ = writeln!(out, "- {}: {}", row.metric, runs.join("; "));
-            }
-        }
-        out
+        self.main.render()
     }
 
     /// The targets table.
     pub fn targets_table(&self) -> String {
-        let mut out = String::new();
-        out.push_str("| target | measured | met |\n|---|---|---|\n");
-        for line in &self.targets {
-            let met = match line.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "n/a",
-            };
-            let _ = writeln!(out, "| {} | {} | {met} |", line.target, line.measured);
-        }
-        out
+        render_targets(&self.targets)
     }
 
     /// The notes, each once.
@@ -231,14 +338,13 @@ impl Report {
         if self.smoke {
             out.push_str("**Smoke run: tiny sizes, the numbers mean nothing; targets are not judged.**\n\n");
         }
-        let _ = writeln!(out, "- Command: `{}`", self.command);
-        let _ = writeln!(out, "- Date: {}", self.date);
-        let _ = writeln!(out, "- Snorky revision: {}", self.revision);
-        let _ = writeln!(out, "- Machine: {}", self.machine);
-        let _ = writeln!(
-            out,
-            "- Load average (1/5/15 min) before: {}, after: {} (the machine is shared: other work may run)",
-            self.load_before, self.load_after
+        write_header(
+            &mut out,
+            &self.command,
+            &self.date,
+            &self.revision,
+            &self.machine,
+            (&self.load_before, &self.load_after),
         );
         let _ = writeln!(out, "- Wall time of the run: {:.0} s", self.duration_s);
         out.push_str(
@@ -254,12 +360,24 @@ impl Report {
              `_clean_expired()` over every channel and group member on each `receive` and `group_send`, \
              so its cost per delivery grows with the number of connections.\n\n",
         );
-        out.push_str("## Results\n\n");
-        out.push_str(&self.table());
-        let runs = self.runs_table();
-        if !runs.is_empty() {
-            out.push_str("\nThe table shows the median of the runs; every run's value:\n\n");
-            out.push_str(&runs);
+        if !self.main.rows.is_empty() {
+            out.push_str("## Results\n\n");
+            out.push_str(&self.table());
+            let runs = self.main.runs();
+            if !runs.is_empty() {
+                out.push_str("\nThe table shows the median of the runs; every run's value:\n\n");
+                out.push_str(&runs);
+            }
+        }
+        if !self.cluster.rows.is_empty() {
+            out.push_str("\n## Several nodes on Redis\n\n");
+            out.push_str(CLUSTER_INTRO);
+            out.push_str(&self.cluster.render());
+            let runs = self.cluster.runs();
+            if !runs.is_empty() {
+                out.push_str("\nEvery run's value:\n\n");
+                out.push_str(&runs);
+            }
         }
         out.push_str("\n## Targets\n\n");
         out.push_str(&self.targets_table());
@@ -272,6 +390,18 @@ impl Report {
         out
     }
 }
+
+/// What the several-nodes table compares (before the table in `RESULTS.md`).
+const CLUSTER_INTRO: &str = "The `cluster` scenario (`bench/run.sh --scenarios cluster`). Columns: **1 node**: one \
+Snorky process without a broker, subscribers on it, publishes through its backend. **cluster**: a `redis-server` \
+(no persistence) and three Snorky processes with `--broker`: the subscribers split evenly over two of them, the \
+publishes through the backend of the third, which has no subscriber, so every delivery crosses Redis. \
+**channels_redis**: the same layout with three daphne processes serving the Django Channels reference on \
+`channels_redis`'s `RedisPubSubChannelLayer` (fan-out only, one run). Every process shares the machine's cores \
+with Redis and the load generator. The fan-out rows use the fan-out scenario's load; the Redis hop rows publish \
+at a steady rate. \"Redis CPU\" is redis-server's CPU time over the measured phase (its own `INFO cpu`), less \
+its idle CPU (measured for 2 s before), divided by the publishes or by the deliveries to browsers; \"server CPU\" \
+adds up every node's.\n\n";
 
 /// `1234567.8` → `1,234,568`; fewer than 100 gets `decimals` decimals.
 pub fn format_number(value: f64, decimals: usize) -> String {

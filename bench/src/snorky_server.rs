@@ -2,6 +2,7 @@
 //! `pubsub_backend` on the backend, default configuration (queue bounds, pings, metrics and all),
 //! in its own process and runtime. `--mode datasync` and `--mode chat` serve those services
 //! instead (the DataSync and Chat scenarios), `--mode isolation` PubSub beside DataSync.
+//! `--broker` makes it one node of several sharing a Redis (the cluster scenario).
 
 use snorky::datasync::{DataSyncBackend, DataSyncService, Dealer, Limits};
 use snorky::registry::ServiceRegistry;
@@ -65,6 +66,8 @@ pub fn main(args: &ServeArgs) -> Result<(), String> {
             shutdown_timeout: 2.0,
             close_timeout: 1.0,
             token_secret: args.token_secret.clone(),
+            broker: args.broker.clone(),
+            node_name: args.node_name.clone(),
             ..ServerConfig::default()
         };
         let server = Server::new(config, frontend, backend).map_err(|e| e.to_string())?;

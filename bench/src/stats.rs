@@ -58,13 +58,19 @@ pub struct Deliveries {
     pub server_cpu_us_per_delivery: Option<f64>,
     /// Load generator CPU time per delivery, in microseconds.
     pub client_cpu_us_per_delivery: Option<f64>,
+    /// Messages published (over every channel).
+    pub published: u64,
+    /// The broker's (Redis's) CPU time per publish, in microseconds, when there is one.
+    pub broker_cpu_us_per_publish: Option<f64>,
+    /// The broker's CPU time per delivery, in microseconds.
+    pub broker_cpu_us_per_delivery: Option<f64>,
 }
 
 impl Deliveries {
     /// Sums `results`; `published[c]` is how many messages went to channel `c`; the rate is
     /// measured from `start` to the last delivery.
     pub fn summarize(results: Vec<SubResult>, published: &[u64], publish_errors: u64, start: Instant) -> Deliveries {
-        let mut summary = Deliveries { publish_errors, ..Deliveries::default() };
+        let mut summary = Deliveries { publish_errors, published: published.iter().sum(), ..Deliveries::default() };
         let mut latencies = Vec::new();
         let mut last = None::<Instant>;
         for mut result in results {

@@ -36,6 +36,11 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     proc_status_kib(pid, "VmRSS")
 }
 
+/// How many file descriptors `pid` has open (the entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// Sends SIGTERM to `pid`.
 pub fn terminate(pid: u32) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {

@@ -29,6 +29,9 @@ fn smoke_run_passes() {
         "chat 1 room",
         "SockJS fan-out",
         "SockJS expired",
+        "Several nodes on Redis",
+        "Redis hop",
+        "Redis CPU µs/delivery",
     ] {
         assert!(stdout.contains(metric), "no {metric:?} row in\n{stdout}");
     }

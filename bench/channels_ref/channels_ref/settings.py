@@ -12,8 +12,19 @@ ASGI_APPLICATION = "channels_ref.asgi.application"
 DATABASES: dict = {}
 USE_TZ = True
 # The default in-memory layer, as a Django user starting with Channels would have it
-# (capacity 100 messages per consumer channel).
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# (capacity 100 messages per consumer channel); with SNORKY_BENCH_REDIS set (the benchmark's
+# several-nodes scenario), channels_redis's pub/sub layer on that Redis, so that several daphne
+# processes share groups the way several Snorky nodes share channels.
+_REDIS = os.environ.get("SNORKY_BENCH_REDIS", "")
+if _REDIS:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [_REDIS]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -4,10 +4,12 @@
 use std::time::{Duration, Instant};
 
 use snorky::backend_client::BackendClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::client::{Subscribers, Target};
-use crate::procs::{Kind, ServerProcess};
-use crate::report::{format_number, Cell, Report};
+use crate::procs::{Kind, RedisProcess, ServerProcess};
+use crate::report::{format_number, Cell, Column, Report, Table};
 use crate::stats::Deliveries;
 use crate::sys;
 
@@ -31,6 +33,49 @@ pub(super) const DRAIN_MAX: Duration = Duration::from_secs(120);
 pub(super) const OPEN_MAX: Duration = Duration::from_secs(600);
 /// How long a publisher waits for the slowest subscriber before giving up.
 pub(super) const WINDOW_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Where a delivery scenario's load goes: the servers the subscribers connect to, the backend
+/// that publishes, and the processes whose CPU time is measured.
+pub(super) struct Load<'a> {
+    /// Subscribers are spread evenly over these (with one, all are on it).
+    pub(super) subscribe: &'a [Target],
+    /// The backend the publishes go through.
+    pub(super) publish: &'a Target,
+    /// Every server process (their CPU times are added up).
+    pub(super) server_pids: Vec<u32>,
+    /// The broker, if any.
+    pub(super) broker: Option<&'a RedisProcess>,
+    /// What serves: how long a drain may wait without progress depends on it.
+    pub(super) kind: Kind,
+}
+
+impl Load<'_> {
+    /// The load on one server: subscribers and publishes on it.
+    pub(super) fn on(server: &ServerProcess) -> Load<'_> {
+        Load {
+            subscribe: std::slice::from_ref(&server.target),
+            publish: &server.target,
+            server_pids: vec![server.pid()],
+            broker: None,
+            kind: server.kind,
+        }
+    }
+
+    /// The CPU clocks of its processes and of the load generator, now.
+    pub(super) async fn cpu_mark(&self) -> CpuMark {
+        let broker = match self.broker {
+            Some(redis) => redis.cpu_time().await,
+            None => None,
+        };
+        CpuMark {
+            server: self.server_pids.iter().map(|pid| sys::cpu_time(*pid)).sum(),
+            broker,
+            broker_idle: self.broker.map_or(0.0, |redis| redis.idle_cpu),
+            own: sys::cpu_time(std::process::id()),
+            at: Instant::now(),
+        }
+    }
+}
 
 /// A backend client for `target` with the benchmark's key.
 pub(crate) fn backend_client(target: &Target) -> Result<BackendClient, String> {
@@ -66,28 +111,46 @@ pub(super) fn size_note(kind: Kind, size: usize, full: usize, what: &str) -> Str
     }
 }
 
-/// Records the rows every delivery scenario has.
-pub(super) fn record_deliveries(report: &mut Report, kind: Kind, prefix: &str, summary: &Deliveries, note: &str) {
+/// Records the rows every delivery scenario has, in the table of `column`.
+pub(super) fn record_deliveries<C: Column>(
+    report: &mut Report,
+    column: C,
+    prefix: &str,
+    summary: &Deliveries,
+    note: &str,
+) {
     let mut rate = Cell::number(summary.per_second, 0).note(note);
     if summary.budget_hit {
         rate = rate.note("publishing stopped at the time budget");
     }
-    report.row_mut(&format!("{prefix}: deliveries/s"), true).set(kind, rate);
+    let table = C::table_mut(report);
+    table.row_mut(&format!("{prefix}: deliveries/s"), true).set(column, rate);
     if let Some(latency) = summary.latency {
-        report.row_mut(&format!("{prefix}: latency p50 (ms)"), true).set(kind, Cell::number(latency.p50_ms, 2));
-        report.row_mut(&format!("{prefix}: latency p99 (ms)"), true).set(kind, Cell::number(latency.p99_ms, 2));
+        table.row_mut(&format!("{prefix}: latency p50 (ms)"), true).set(column, Cell::number(latency.p50_ms, 2));
+        table.row_mut(&format!("{prefix}: latency p99 (ms)"), true).set(column, Cell::number(latency.p99_ms, 2));
     }
-    report.row_mut(&format!("{prefix}: missing/dup/reordered"), false).set(kind, Cell::text(summary.errors_text()));
-    if let Some(cpu) = summary.server_cpu_us_per_delivery {
-        report.row_mut(&format!("{prefix}: server CPU µs/delivery"), true).set(kind, Cell::number(cpu, 2));
-    }
-    if let Some(cpu) = summary.client_cpu_us_per_delivery {
-        report.row_mut(&format!("{prefix}: load generator CPU µs/delivery"), true).set(kind, Cell::number(cpu, 2));
-    }
+    table.row_mut(&format!("{prefix}: missing/dup/reordered"), false).set(column, Cell::text(summary.errors_text()));
+    record_cpu(table, column, prefix, summary);
     if !summary.close_reasons.is_empty() {
-        report.notes.push(format!("{prefix} / {}: {}", kind.name(), summary.close_reasons.join("; ")));
+        report.notes.push(format!("{prefix} / {}: {}", column.header(), summary.close_reasons.join("; ")));
     }
     print_summary(summary);
+}
+
+/// Records the CPU rows of a delivery scenario: the server's, the load generator's and, with a
+/// broker, Redis's.
+pub(super) fn record_cpu<C: Column>(table: &mut Table<C>, column: C, prefix: &str, summary: &Deliveries) {
+    let rows = [
+        ("server CPU µs/delivery", summary.server_cpu_us_per_delivery, 2),
+        ("load generator CPU µs/delivery", summary.client_cpu_us_per_delivery, 2),
+        ("Redis CPU µs/publish", summary.broker_cpu_us_per_publish, 2),
+        ("Redis CPU µs/delivery", summary.broker_cpu_us_per_delivery, 3),
+    ];
+    for (name, value, decimals) in rows {
+        if let Some(value) = value {
+            table.row_mut(&format!("{prefix}: {name}"), true).set(column, Cell::number(value, decimals));
+        }
+    }
 }
 
 /// Prints a delivery scenario's outcome on one line.
@@ -110,22 +173,28 @@ pub(super) fn check_clean(kind: Kind, summary: &Deliveries) -> Result<(), String
     Ok(())
 }
 
-/// The CPU time the server and the load generator had used at one moment.
+/// The CPU time the server (all its processes), the broker and the load generator had used at
+/// one moment.
 pub(super) struct CpuMark {
     server: Option<Duration>,
+    broker: Option<Duration>,
+    /// The broker's idle CPU seconds per second, left out of what it is charged.
+    broker_idle: f64,
     own: Option<Duration>,
+    at: Instant,
 }
 
 impl CpuMark {
-    /// Reads both clocks now.
-    pub(super) fn take(server: &ServerProcess) -> CpuMark {
-        CpuMark { server: server.cpu_time(), own: sys::cpu_time(std::process::id()) }
-    }
-
-    /// Sets the per-delivery CPU figures of `summary` from this mark to `after`.
+    /// Sets the per-delivery (and, with a broker, per-publish) CPU figures of `summary` from
+    /// this mark to `after`.
     pub(super) fn charge(&self, after: &CpuMark, summary: &mut Deliveries) {
         summary.server_cpu_us_per_delivery = cpu_per_delivery(self.server, after.server, summary.received);
         summary.client_cpu_us_per_delivery = cpu_per_delivery(self.own, after.own, summary.received);
+        let idle = Duration::try_from_secs_f64(self.broker_idle * after.at.duration_since(self.at).as_secs_f64())
+            .unwrap_or_default();
+        let broker_after = after.broker.map(|spent| spent.saturating_sub(idle));
+        summary.broker_cpu_us_per_publish = cpu_per_delivery(self.broker, broker_after, summary.published);
+        summary.broker_cpu_us_per_delivery = cpu_per_delivery(self.broker, broker_after, summary.received);
     }
 }
 
@@ -133,4 +202,23 @@ impl CpuMark {
 pub(crate) fn cpu_per_delivery(before: Option<Duration>, after: Option<Duration>, deliveries: u64) -> Option<f64> {
     let spent = after?.checked_sub(before?)?;
     (deliveries > 0).then(|| spent.as_secs_f64() * 1e6 / deliveries as f64)
+}
+
+/// How long a plain HTTP `GET` may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A plain `GET`, answered in full (the server's `/metrics`).
+pub(super) async fn http_get(url: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http URL: {url}"))?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let io = async {
+        let mut stream = TcpStream::connect(host).await.map_err(|err| err.to_string())?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(|err| err.to_string())?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.map_err(|err| err.to_string())?;
+        Ok::<_, String>(answer)
+    };
+    let answer = tokio::time::timeout(HTTP_TIMEOUT, io).await.map_err(|_| format!("GET {url} timed out"))??;
+    answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).ok_or_else(|| "no HTTP body".into())
 }

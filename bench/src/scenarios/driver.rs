@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::services::ServiceSizes;
 use super::{
-    chat, datasync, fanout, idle, isolation, latency, multi, python, routing, rpc, setup, snorky_only, sockjs, targets,
-    ALL_SCENARIOS,
+    chat, cluster, datasync, fanout, idle, isolation, latency, multi, python, routing, rpc, setup, snorky_only, sockjs,
+    targets, ALL_SCENARIOS,
 };
 use crate::client::{Clock, OpenOptions};
 use crate::procs::{ChannelsSetup, Kind, ServerProcess};
@@ -36,6 +36,11 @@ pub(super) struct Sizes {
     pub(super) latency_subs: usize,
     pub(super) latency_rate: u64,
     pub(super) latency_secs: f64,
+    /// Publishes per second of the cluster scenario's Redis-hop run.
+    pub(super) cluster_rate: u64,
+    /// Worker threads of every Snorky process of the cluster scenario (`None`: the runtime's
+    /// default).
+    pub(super) cluster_threads: Option<usize>,
     pub(super) rpc_conns: usize,
     pub(super) rpc_secs: f64,
     /// The Snorky-only scenarios (DataSync, Chat, the Python service, routing).
@@ -94,6 +99,8 @@ impl Sizes {
             latency_subs: pick(args.latency_subs, 1_000, 50),
             latency_rate: pick64(args.latency_rate, 200, 200),
             latency_secs: pickf(args.latency_secs, 10.0, 1.0),
+            cluster_rate: pick64(args.cluster_rate, 100, 100).max(1),
+            cluster_threads: args.cluster_threads,
             rpc_conns: pick(args.rpc_conns, 100, 10),
             rpc_secs: pickf(args.rpc_secs, 3.0, 0.5),
             services,
@@ -169,7 +176,12 @@ pub fn main(args: &RunArgs) -> Result<(), String> {
     runtime.shutdown_timeout(Duration::from_secs(2));
 
     println!();
-    println!("{}", report.table());
+    if !report.main.rows.is_empty() {
+        println!("{}", report.table());
+    }
+    if !report.cluster.rows.is_empty() {
+        println!("Several nodes on Redis:\n\n{}", report.cluster.render());
+    }
     println!("{}", report.targets_table());
     for note in report.distinct_notes() {
         println!("note: {note}");
@@ -195,6 +207,23 @@ async fn run_all(
     report: &mut Report,
 ) -> Vec<String> {
     let mut failures = Vec::new();
+    // The cluster scenario compares with Channels on Redis when Channels is measured and its
+    // venv has `channels_redis`.
+    let channels_redis = if scenarios.iter().any(|s| s == "cluster") && kinds.contains(&Kind::Channels) {
+        if channels.has_redis_layer().await {
+            Some(channels)
+        } else {
+            let note =
+                "Channels on Redis skipped: the Channels venv has no channels_redis (bench/run.sh refreshes it).";
+            report.notes.push(note.to_owned());
+            if !report.smoke {
+                failures.push(note.to_owned());
+            }
+            None
+        }
+    } else {
+        None
+    };
     for scenario in scenarios {
         for (run, &kind) in (0..ctx.sizes.repeat).flat_map(|run| kinds.iter().map(move |kind| (run, kind))) {
             if kind == Kind::Channels && run >= ctx.sizes.channels_repeat {
@@ -217,6 +246,10 @@ async fn run_all(
                     "chat" => chat::chat(services, ctx.clock, report).await,
                     "isolation" => isolation::isolation(services, report).await,
                     "sockjs" => sockjs::run(&ctx.sizes.sockjs, ctx.clock, report).await,
+                    "cluster" => {
+                        let channels = channels_redis.filter(|_| run < ctx.sizes.channels_repeat);
+                        cluster::cluster(ctx, channels, report).await
+                    }
                     _ => python::python(services, report).await,
                 };
                 if let Err(err) = outcome {
@@ -259,7 +292,7 @@ async fn run_all(
 }
 
 /// The current UTC time as `YYYY-MM-DD HH:MM UTC`.
-fn utc_now() -> String {
+pub(super) fn utc_now() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let days = i64::try_from(secs / 86_400).unwrap_or(0);
     let rem = secs % 86_400;

@@ -9,12 +9,17 @@
 //!   DataSync, Chat or Python services, so their rows carry absolute numbers), with what they
 //!   share in [`services`]: [`routing`], [`datasync`], [`chat`], [`python`], [`isolation`]; and
 //!   [`sockjs`] (WebSocket and SockJS xhr-streaming fan-outs in one run).
+//! - [`cluster`]: PubSub on several Snorky nodes sharing a Redis, beside one node and Django
+//!   Channels on Redis (it starts its own processes, Redis included; its own table).
 //! - [`targets`]: the targets table, judged from the recorded rows.
+//! - [`soak`]: `snorky-bench soak`, not a scenario of `run`: connections churning for a long
+//!   time against one server, with its own results file and plot.
 //!
 //! Deliveries are checked for missing, duplicated and reordered messages and timed from the
 //! publishing call to their arrival.
 
 mod chat;
+mod cluster;
 mod common;
 mod datasync;
 mod driver;
@@ -28,13 +33,15 @@ mod routing;
 mod rpc;
 mod services;
 mod setup;
+pub mod soak;
 mod sockjs;
 mod targets;
 
 pub use driver::main;
 
-/// Every scenario, in the order of a full run; the last six are Snorky's alone.
-const ALL_SCENARIOS: [&str; 12] = [
+/// Every scenario, in the order of a full run; the first six run against every server kind, the
+/// others start their own servers.
+const ALL_SCENARIOS: [&str; 13] = [
     "fanout",
     "idle",
     "setup",
@@ -47,9 +54,11 @@ const ALL_SCENARIOS: [&str; 12] = [
     "python",
     "isolation",
     "sockjs",
+    "cluster",
 ];
 
-/// Whether `scenario` runs against Snorky only (it starts its own servers).
+/// Whether `scenario` starts its own servers (Snorky's, and for `cluster` Channels' too) rather
+/// than running against each server kind in turn.
 fn snorky_only(scenario: &str) -> bool {
-    ["routing", "datasync", "chat", "python", "isolation", "sockjs"].contains(&scenario)
+    ["routing", "datasync", "chat", "python", "isolation", "sockjs", "cluster"].contains(&scenario)
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use super::common::{
-    backend_client, check_clean, drain_idle, record_deliveries, wait_window, CpuMark, DRAIN_MAX, MESSAGE_SIZE, OPEN_MAX,
+    backend_client, check_clean, drain_idle, record_deliveries, wait_window, Load, DRAIN_MAX, MESSAGE_SIZE, OPEN_MAX,
 };
 use super::driver::Ctx;
 use crate::client::{self, Subscribers};
@@ -39,7 +39,7 @@ pub(super) async fn multi(ctx: &Ctx, server: &ServerProcess, report: &mut Report
     let errors = Arc::new(AtomicU64::new(0));
     let stalled = Arc::new(AtomicU64::new(0));
     let inflight = sizes.multi_inflight.clamp(1, count.max(1));
-    let cpu_before = CpuMark::take(server);
+    let cpu_before = Load::on(server).cpu_mark().await;
     let start = Instant::now();
     let mut publishers = Vec::with_capacity(inflight);
     for task in 0..inflight {
@@ -82,7 +82,7 @@ pub(super) async fn multi(ctx: &Ctx, server: &ServerProcess, report: &mut Report
     );
     let expected: u64 = published.iter().map(|p| p * per as u64).sum();
     subscribers.wait_drained(expected, drain_idle(server.kind), Instant::now() + DRAIN_MAX).await;
-    let cpu_after = CpuMark::take(server);
+    let cpu_after = Load::on(server).cpu_mark().await;
     let subscribers = Arc::into_inner(subscribers).ok_or("subscribers still shared")?;
     let results = subscribers.finish().await;
     let mut summary = Deliveries::summarize(results, &published, errors.load(Ordering::Relaxed), start);

@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 
-use super::common::{backend_client, cpu_per_delivery, wait_window};
+use super::common::{backend_client, cpu_per_delivery, http_get, wait_window};
 use crate::client::{self, Clock, OpenOptions, SubResult, Subscribers};
 use crate::procs::{Kind, ServerProcess};
 use crate::report::{format_number, format_ratio, Cell, Report, TargetLine};
@@ -76,7 +76,7 @@ impl SockJsSizes {
 
 /// Runs the scenario on a server of its own.
 pub async fn run(sizes: &SockJsSizes, clock: Clock, report: &mut Report) -> Result<(), String> {
-    let server = ServerProcess::start_snorky_with_alloc_stats().await?;
+    let server = ServerProcess::start_snorky_counted(&[]).await?;
     let outcome = run_on(sizes, clock, &server, report).await;
     server.stop().await;
     outcome
@@ -273,17 +273,13 @@ async fn wait_expired(server: &ServerProcess) -> Result<(i64, i64), String> {
 /// The scenario's target lines (for the targets table).
 pub fn targets(report: &Report, sizes: &SockJsSizes) -> Vec<TargetLine> {
     let prefix = sizes.prefix();
-    let value =
-        |metric: &str| report.rows.iter().find(|row| row.metric == metric).and_then(|row| row.get(Kind::Snorky));
+    let value = |metric: &str| report.main.find(|m| m == metric).and_then(|row| row.get(Kind::Snorky));
     let ratio = value(&format!("{prefix}: server CPU xhr-streaming ÷ WebSocket")).and_then(|cell| cell.value);
     let errors: Vec<String> = ["WebSocket", "xhr-streaming"]
         .iter()
         .filter_map(|transport| {
-            report
-                .rows
-                .iter()
-                .find(|row| row.metric == format!("{prefix}: {transport} missing/dup/reordered"))
-                .and_then(|row| row.text(Kind::Snorky))
+            let metric = format!("{prefix}: {transport} missing/dup/reordered");
+            report.main.find(|m| m == metric).and_then(|row| row.text(Kind::Snorky))
         })
         .collect();
     vec![
@@ -298,22 +294,6 @@ pub fn targets(report: &Report, sizes: &SockJsSizes) -> Vec<TargetLine> {
             measured: if errors.is_empty() { "not measured".into() } else { errors.join(", ") },
         },
     ]
-}
-
-/// A plain `GET`, answered in full (the server's `/metrics`).
-async fn http_get(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http URL: {url}"))?;
-    let (host, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let io = async {
-        let mut stream = TcpStream::connect(host).await.map_err(|err| err.to_string())?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.map_err(|err| err.to_string())?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.map_err(|err| err.to_string())?;
-        Ok::<_, String>(answer)
-    };
-    let answer = tokio::time::timeout(IO_TIMEOUT, io).await.map_err(|_| format!("GET {url} timed out"))??;
-    answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).ok_or_else(|| "no HTTP body".into())
 }
 
 /// xhr-streaming sessions, each read by its own task as sockjs-client would.

@@ -1,40 +1,34 @@
 //! The target judgment: the targets table, read from the rows the scenarios recorded.
 
+use std::fmt::Write as _;
+
 use super::driver::Sizes;
-use crate::procs::Kind;
-use crate::report::{format_number, format_ratio, Report, TargetLine};
+use super::{cluster, fanout};
+use crate::procs::{Kind, Setup};
+use crate::report::{format_number, format_ratio, Column, Report, Table, TargetLine};
 
 /// Fills the targets table from the rows.
 pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
     let smoke = report.smoke;
     let mut lines = Vec::new();
     let ratio_line = |report: &Report, prefix: &str, other: Kind, at_least: f64, target: &str| {
-        let row = report.rows.iter().find(|row| row.metric.starts_with(prefix));
-        let ratio = row.and_then(|row| row.ratio(other));
-        TargetLine {
-            target: target.to_owned(),
-            measured: ratio.map_or_else(|| "not measured".to_owned(), |r| format!("{}×", format_ratio(r))),
-            met: if smoke { None } else { ratio.map(|r| r >= at_least) },
-        }
+        ratio_target(&report.main, prefix, other, at_least, target, smoke)
     };
-    let fanout = format!("fan-out {} subs", format_number(sizes.fanout_subs as f64, 0));
-    let fanout_rate = format!("{fanout} × {} msgs: deliveries/s", format_number(sizes.fanout_msgs as f64, 0));
+    let fanout_rows = fanout::prefix(sizes);
+    let fanout_rate = format!("{fanout_rows}: deliveries/s");
     for (other, at_least, target) in [
         (Kind::Ceiling, 0.8, "fan-out 5,000 subs: deliveries/s ≥ 0.8× ceiling"),
         (Kind::Channels, 100.0, "fan-out 5,000 subs: deliveries/s ≥ 100× Channels"),
     ] {
         lines.push(ratio_line(report, &fanout_rate, other, at_least, target));
     }
-    let errors = report
-        .rows
-        .iter()
-        .find(|row| row.metric.starts_with(&fanout) && row.metric.ends_with("missing/dup/reordered"))
-        .and_then(|row| row.text(Kind::Snorky));
-    lines.push(TargetLine {
-        target: "fan-out: 0 missing, duplicated, reordered (snorky)".into(),
-        met: if smoke { None } else { errors.as_ref().map(|text| text == "0/0/0") },
-        measured: errors.unwrap_or_else(|| "not measured".into()),
-    });
+    lines.push(clean_target(
+        &report.main,
+        &fanout_rows,
+        Kind::Snorky,
+        "fan-out: 0 missing, duplicated, reordered (snorky)",
+        smoke,
+    ));
     let idle = snorky_value(report, |metric| metric.starts_with("idle: server RSS KiB/conn"));
     lines.push(TargetLine {
         target: "idle: ≤ 8 KiB per subscribed connection at 10,000".into(),
@@ -79,6 +73,7 @@ pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
     });
     for (what, starts) in [("DataSync", "DataSync"), ("chat", "chat")] {
         let texts: Vec<String> = report
+            .main
             .rows
             .iter()
             .filter(|row| row.metric.starts_with(starts) && row.metric.ends_with("missing/dup/reordered"))
@@ -91,10 +86,102 @@ pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
         });
     }
     lines.extend(super::sockjs::targets(report, &sizes.sockjs));
+    cluster_targets(sizes, report, &mut lines);
     report.targets = lines;
+}
+
+/// The targets of several nodes on Redis, from the cluster table.
+fn cluster_targets(sizes: &Sizes, report: &Report, lines: &mut Vec<TargetLine>) {
+    let smoke = report.smoke;
+    let table = &report.cluster;
+    let fanout_rate = format!("{}: deliveries/s", fanout::prefix(sizes));
+    lines.push(ratio_target(
+        table,
+        &fanout_rate,
+        Setup::Single,
+        0.7,
+        "several nodes: fan-out 5,000 subs over 2 nodes on Redis, publishing through a 3rd: deliveries/s ≥ 0.7× 1 node",
+        smoke,
+    ));
+    lines.push(clean_target(
+        table,
+        &fanout::prefix(sizes),
+        Setup::Cluster,
+        "several nodes: fan-out: 0 missing, duplicated, reordered (cluster)",
+        smoke,
+    ));
+    for rate in cluster::hop_rates(sizes) {
+        lines.push(hop_target(table, sizes, rate, smoke));
+    }
+    lines.push(ratio_target(
+        table,
+        &fanout_rate,
+        Setup::ChannelsRedis,
+        100.0,
+        "several nodes: fan-out: deliveries/s ≥ 100× Channels on channels_redis (2 workers + 1 publishing)",
+        smoke,
+    ));
+}
+
+/// The Redis hop's target at `rate`: the cluster's latency p50 at most 1 ms over one node's.
+/// Judged only when both kept the rate (within 5%): a setup that fell behind carried less load,
+/// and its latency is not comparable.
+fn hop_target(table: &Table<Setup>, sizes: &Sizes, rate: u64, smoke: bool) -> TargetLine {
+    let prefix = cluster::hop_prefix(sizes, rate);
+    let value = |setup, metric: &str| {
+        table.find(|m| m.starts_with(&prefix) && m.ends_with(metric)).and_then(|row| row.value(setup))
+    };
+    let p50 = value(Setup::Cluster, "latency p50 (ms)").zip(value(Setup::Single, "latency p50 (ms)"));
+    let achieved = value(Setup::Cluster, "publishes/s achieved").zip(value(Setup::Single, "publishes/s achieved"));
+    let kept = achieved.is_some_and(|(cluster, single)| cluster.min(single) >= 0.95 * rate as f64);
+    let target = format!(
+        "several nodes: Redis hop at {} subs, {rate} msg/s: p50 ≤ 1 node's + 1 ms",
+        format_number(sizes.latency_subs as f64, 0)
+    );
+    let Some((cluster, single)) = p50 else {
+        return TargetLine { target, measured: "not measured".into(), met: None };
+    };
+    let mut measured = format!("{:+.2} ms ({cluster:.2} ms vs {single:.2} ms)", cluster - single);
+    if let (false, Some((cluster_rate, single_rate))) = (kept, achieved) {
+        let _ = write!(
+            measured,
+            "; not judged: the rate was not kept (cluster {cluster_rate:.0} msg/s, 1 node {single_rate:.0} msg/s)"
+        );
+    }
+    TargetLine { target, measured, met: if smoke || !kept { None } else { Some(cluster - single <= 1.0) } }
+}
+
+/// A target on the ratio of the subject's value to `other`'s in the first row of `table` whose
+/// metric starts with `prefix`.
+fn ratio_target<C: Column>(
+    table: &Table<C>,
+    prefix: &str,
+    other: C,
+    at_least: f64,
+    target: &str,
+    smoke: bool,
+) -> TargetLine {
+    let ratio = table.find(|metric| metric.starts_with(prefix)).and_then(|row| row.ratio(other));
+    TargetLine {
+        target: target.to_owned(),
+        measured: ratio.map_or_else(|| "not measured".to_owned(), |r| format!("{}×", format_ratio(r))),
+        met: if smoke { None } else { ratio.map(|r| r >= at_least) },
+    }
+}
+
+/// A target on `column` having delivered everything once and in order, in the rows of `prefix`.
+fn clean_target<C: Column>(table: &Table<C>, prefix: &str, column: C, target: &str, smoke: bool) -> TargetLine {
+    let errors = table
+        .find(|metric| metric.starts_with(prefix) && metric.ends_with("missing/dup/reordered"))
+        .and_then(|row| row.text(column));
+    TargetLine {
+        target: target.to_owned(),
+        met: if smoke { None } else { errors.as_ref().map(|text| text == "0/0/0") },
+        measured: errors.unwrap_or_else(|| "not measured".into()),
+    }
 }
 
 /// Snorky's value in the first row whose metric satisfies `wanted`.
 fn snorky_value(report: &Report, wanted: impl Fn(&str) -> bool) -> Option<f64> {
-    report.rows.iter().find(|row| wanted(&row.metric)).and_then(|row| row.get(Kind::Snorky)).and_then(|cell| cell.value)
+    report.main.find(wanted).and_then(|row| row.value(Kind::Snorky))
 }
