@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::services::ServiceSizes;
 use super::{
-    chat, datasync, fanout, idle, isolation, latency, multi, python, routing, rpc, setup, snorky_only, sockjs, targets,
+    chat, datasync, django, fanout, idle, isolation, latency, multi, python, routing, rpc, setup, snorky_only, sockjs, targets,
     ALL_SCENARIOS,
 };
 use crate::client::{Clock, OpenOptions};
@@ -42,6 +42,8 @@ pub(super) struct Sizes {
     pub(super) services: ServiceSizes,
     /// The SockJS scenario.
     pub(super) sockjs: sockjs::SockJsSizes,
+    /// The django scenario.
+    pub(super) django: django::DjangoSizes,
 }
 
 impl Sizes {
@@ -98,6 +100,7 @@ impl Sizes {
             rpc_secs: pickf(args.rpc_secs, 3.0, 0.5),
             services,
             sockjs: sockjs::SockJsSizes::resolve(args, pick64(args.window, 32, 32), concurrency),
+            django: django::DjangoSizes::resolve(args, concurrency),
         }
     }
 }
@@ -201,7 +204,8 @@ async fn run_all(
                 continue;
             }
             if snorky_only(scenario) {
-                if kind != Kind::Snorky {
+                // The django scenario is long and measures Channels itself: one run.
+                if kind != Kind::Snorky || (scenario == "django" && run > 0) {
                     continue;
                 }
                 eprintln!(
@@ -217,6 +221,7 @@ async fn run_all(
                     "chat" => chat::chat(services, ctx.clock, report).await,
                     "isolation" => isolation::isolation(services, report).await,
                     "sockjs" => sockjs::run(&ctx.sizes.sockjs, ctx.clock, report).await,
+                    "django" => django::run(&ctx.sizes.django, report).await,
                     _ => python::python(services, report).await,
                 };
                 if let Err(err) = outcome {

@@ -8,7 +8,9 @@
 //! - One module per scenario run against Snorky only (the ceiling has no equivalent of
 //!   DataSync, Chat or Python services, so their rows carry absolute numbers), with what they
 //!   share in [`services`]: [`routing`], [`datasync`], [`chat`], [`python`], [`isolation`]; and
-//!   [`sockjs`] (WebSocket and SockJS xhr-streaming fan-outs in one run).
+//!   [`sockjs`] (WebSocket and SockJS xhr-streaming fan-outs in one run); [`django`] (the
+//!   Django path from `save()` to the clients, against Channels; its processes in
+//!   [`django_procs`]).
 //! - [`targets`]: the targets table, judged from the recorded rows.
 //!
 //! Deliveries are checked for missing, duplicated and reordered messages and timed from the
@@ -17,6 +19,8 @@
 mod chat;
 mod common;
 mod datasync;
+mod django;
+mod django_procs;
 mod driver;
 mod fanout;
 mod idle;
@@ -34,7 +38,7 @@ mod targets;
 pub use driver::main;
 
 /// Every scenario, in the order of a full run; the last six are Snorky's alone.
-const ALL_SCENARIOS: [&str; 12] = [
+const ALL_SCENARIOS: [&str; 13] = [
     "fanout",
     "idle",
     "setup",
@@ -47,9 +51,10 @@ const ALL_SCENARIOS: [&str; 12] = [
     "python",
     "isolation",
     "sockjs",
+    "django",
 ];
 
 /// Whether `scenario` runs against Snorky only (it starts its own servers).
 fn snorky_only(scenario: &str) -> bool {
-    ["routing", "datasync", "chat", "python", "isolation", "sockjs"].contains(&scenario)
+    ["routing", "datasync", "chat", "python", "isolation", "sockjs", "django"].contains(&scenario)
 }

@@ -91,6 +91,7 @@ pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
         });
     }
     lines.extend(super::sockjs::targets(report, &sizes.sockjs));
+    lines.extend(super::django::targets(report, &sizes.django));
     report.targets = lines;
 }
 
