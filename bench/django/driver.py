@@ -12,7 +12,8 @@ Each command is one step of the scenario, run as its own process with the site's
 - ``write``: one writer process: creates, updates and deletes todos, each in
   ``transaction.atomic()``, at a given rate, and logs when each transaction committed.
 - ``micro`` (snorky): the time of one ``save()`` and of a 100-row ``bulk_create`` in a
-  transaction, with and without ``@subscribable``.
+  transaction, with and without ``@subscribable`` (in direct mode with the server running; in
+  outbox mode before it starts, so the relay's work does not share the machine with the saves).
 
 Every write's title is ``s<seq>`` (a number unique in the run) so the load generator can tell which
 write a delta comes from; commit times are ``CLOCK_MONOTONIC`` microseconds, the load generator's
@@ -222,17 +223,24 @@ def micro(args: argparse.Namespace) -> None:
     from django.contrib.auth import get_user_model
     from django.db import connection, transaction
 
-    from snorky_django.conf import snorky_settings
-    from snorky_django.delivery import get_backend
-    from snorky_django.models import OutboxEntry
-
     owner = get_user_model().objects.order_by("id").first()
-    models = {"plain": todo_model("snorky", plain=True), "subscribable": todo_model("snorky")}
-    times: dict[str, list[int]] = {f"{what} {name}": [] for what in ("insert", "update", "bulk") for name in models}
+    # Each variant: the model saved, and what to do before each of its blocks. On the Snorky site,
+    # PlainTodo against the demo's @subscribable Todo; on the Channels one, PlainTodo without and
+    # with the receivers that group_send on commit (bulk_create sends no signal there: not timed).
+    if args.site == "snorky":
+        variants = {"plain": (todo_model("snorky", plain=True), None), "subscribable": (todo_model("snorky"), None)}
+        kinds: tuple[str, ...] = ("insert", "update", "bulk")
+    else:
+        from benchtodos.models import PlainTodo
+        from channels_ref.todo_live import connect_receivers, disconnect_receivers
+
+        variants = {"plain": (PlainTodo, disconnect_receivers), "subscribable": (PlainTodo, connect_receivers)}
+        kinds = ("insert", "update")
+    times: dict[str, list[int]] = {f"{kind} {name}": [] for kind in kinds for name in variants}
     # CPU time of this process's thread: the Python side's own cost, which waits on nothing and
     # so moves less than wall time with the load of a shared machine.
     cpu: dict[str, list[int]] = {key: [] for key in times}
-    existing = {name: model.objects.create(title="m", owner=owner) for name, model in models.items()}
+    existing = {name: model.objects.create(title="m", owner=owner) for name, (model, _) in variants.items()}
 
     def timed(key: str, action, *args) -> None:
         begin, begin_cpu = time.perf_counter_ns(), time.thread_time_ns()
@@ -244,35 +252,44 @@ def micro(args: argparse.Namespace) -> None:
     block = 20
     for round_ in range(max(args.n // block, 1)):
         # Interleaved in small blocks, so a change of the machine's load touches both alike.
-        for name, model in models.items():
+        for name, (model, prepare) in variants.items():
+            if prepare is not None:
+                prepare()
             for i in range(block):
                 timed(f"insert {name}", model(title=f"m{i}", owner=owner).save)
             todo = existing[name]
             for i in range(block):
                 todo.title = f"m{round_}-{i}"
                 timed(f"update {name}", todo.save)
-            for _ in range(max(block // 10, 1)):
-                rows = [model(title="b", owner=owner) for _ in range(100)]
-                timed(f"bulk {name}", model.objects.bulk_create, rows)
-    result: dict[str, float | str] = {"delivery": snorky_settings.DELIVERY}
+            if "bulk" in kinds:
+                for _ in range(max(block // 10, 1)):
+                    rows = [model(title="b", owner=owner) for _ in range(100)]
+                    timed(f"bulk {name}", model.objects.bulk_create, rows)
+    result: dict[str, float | str] = {}
     for key, samples in times.items():
         result[f"{key} us"] = statistics.median(samples) / 1000
         result[f"{key} cpu us"] = statistics.median(cpu[key]) / 1000
-    # The part of a direct-mode save that waits for the server: one publishDeltas round trip.
-    backend = get_backend()
-    delta = {"type": "insert", "model": "Todo", "data": {"id": 0, "title": "m", "owner": owner.pk}}
-    round_trips = []
-    for _ in range(args.n):
-        begin = time.perf_counter_ns()
-        backend.publish_deltas([delta], service=snorky_settings.DATASYNC_BACKEND_SERVICE)
-        round_trips.append(time.perf_counter_ns() - begin)
-    result["publishDeltas round trip us"] = statistics.median(round_trips) / 1000
-    # What the relay has not sent yet would reach the clients the load generator opens next.
-    deadline = time.monotonic() + 60
-    while OutboxEntry.objects.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with connection.cursor() as cursor:  # the lists the clients fetch start empty (no deltas: raw SQL)
-        cursor.execute("DELETE FROM todos_todo; DELETE FROM benchtodos_plaintodo")
+    if args.site == "snorky":
+        from snorky_django.conf import snorky_settings
+        from snorky_django.delivery import get_backend
+
+        result["delivery"] = snorky_settings.DELIVERY
+        if snorky_settings.DELIVERY == "direct":
+            # The part of a direct-mode save that waits for the server: one publishDeltas round trip.
+            backend = get_backend()
+            delta = {"type": "insert", "model": "Todo", "data": {"id": 0, "title": "m", "owner": owner.pk}}
+            round_trips = []
+            for _ in range(args.n):
+                begin = time.perf_counter_ns()
+                backend.publish_deltas([delta], service=snorky_settings.DATASYNC_BACKEND_SERVICE)
+                round_trips.append(time.perf_counter_ns() - begin)
+            result["publishDeltas round trip us"] = statistics.median(round_trips) / 1000
+    tables = ["todos_todo", "snorky_django_outboxentry"] if args.site == "snorky" else []
+    with connection.cursor() as cursor:
+        # The lists the clients fetch next start empty, and in outbox mode (timed before the server
+        # and its relay start) nothing of this reaches them: raw SQL, which publishes nothing.
+        for table in ["benchtodos_plaintodo", *tables]:
+            cursor.execute(f"DELETE FROM {table}")
     emit(result, args.out)
 
 

@@ -52,12 +52,24 @@ def _deleted(sender, instance, **kwargs) -> None:
     transaction.on_commit(lambda: _send(owner_pk, {"type": "delete", "model": "Todo", "data": data}))
 
 
+def connect_receivers() -> None:
+    from benchtodos.models import PlainTodo
+
+    post_save.connect(_saved, sender=PlainTodo, dispatch_uid="todo_live.saved")
+    post_delete.connect(_deleted, sender=PlainTodo, dispatch_uid="todo_live.deleted")
+
+
+def disconnect_receivers() -> None:
+    """For the baseline of the save() timings."""
+    from benchtodos.models import PlainTodo
+
+    post_save.disconnect(sender=PlainTodo, dispatch_uid="todo_live.saved")
+    post_delete.disconnect(sender=PlainTodo, dispatch_uid="todo_live.deleted")
+
+
 class TodoLiveConfig(AppConfig):
     name = "channels_ref.todo_live"
     label = "todo_live"
 
     def ready(self) -> None:
-        from benchtodos.models import PlainTodo
-
-        post_save.connect(_saved, sender=PlainTodo, dispatch_uid="todo_live.saved")
-        post_delete.connect(_deleted, sender=PlainTodo, dispatch_uid="todo_live.deleted")
+        connect_receivers()

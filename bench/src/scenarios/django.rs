@@ -92,7 +92,7 @@ impl DjangoSizes {
         let ramp = if smoke {
             vec![40.0, 80.0]
         } else {
-            vec![50.0, 100.0, 200.0, 400.0, 600.0, 800.0, 1200.0, 1600.0, 2400.0, 3200.0]
+            vec![10.0, 25.0, 50.0, 100.0, 200.0, 400.0, 600.0, 800.0, 1200.0, 1600.0, 2400.0, 3200.0]
         };
         DjangoSizes {
             mine: args.django_mine.unwrap_or(if smoke { 10 } else { 900 }),
@@ -177,7 +177,7 @@ async fn run_on(sizes: &DjangoSizes, pg_port: u16, work: &Path, report: &mut Rep
     }
     let channels = if sizes.channels_installed() {
         eprintln!("    channels (channels_redis, uvicorn)");
-        match channels(sizes, pg_port, work).await {
+        match channels(sizes, pg_port, work, report).await {
             Ok(outcome) => Some(outcome),
             Err(err) => {
                 failures.push(format!("channels: {err}"));
@@ -268,6 +268,11 @@ async fn snorky_mode(
         .with("BENCH_DELIVERY", mode)
         .with("BENCH_SNORKY_FRONTEND", &frontend.to_string())
         .with("BENCH_SNORKY_BACKEND", &backend.to_string());
+    if mode == "outbox" {
+        // The saves only write the outbox: timed before the relay starts sharing the machine.
+        eprintln!("    save() timings");
+        micro(&sizes.python, "snorky", &env, mode, sizes.micro, report).await?;
+    }
     let mut server = command(&absolute(&sizes.python), None, libc::SIGTERM);
     server.arg(absolute(Path::new("bench/django/manage.py"))).arg("snorky");
     env.apply(&mut server);
@@ -280,8 +285,10 @@ async fn snorky_mode(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        eprintln!("    save() timings");
-        micro(sizes, &env, mode, report).await?;
+        if mode == "direct" {
+            eprintln!("    save() timings");
+            micro(&sizes.python, "snorky", &env, mode, sizes.micro, report).await?;
+        }
         eprintln!("    {} subscriptions through the list views", sizes.mine + sizes.all);
         let tokens_file = work.join(format!("tokens-{mode}.json"));
         let mut tokens = driver(&sizes.python, "snorky", &env);
@@ -311,32 +318,39 @@ async fn snorky_mode(
     outcome
 }
 
-/// Times `save()` with and without `@subscribable` (`driver.py micro`) and records the rows.
-async fn micro(sizes: &DjangoSizes, env: &Env, mode: &str, report: &mut Report) -> Result<(), String> {
-    let mut command = driver(&sizes.python, "snorky", env);
-    command.args(["micro", "--n", &sizes.micro.to_string()]);
+/// Times `save()` with and without live updates (`driver.py micro`) and records the rows: on the
+/// Snorky site (`mode`: `direct` or `outbox`) `@subscribable` against the plain model, on the
+/// Channels one (`mode`: `channels`) the receivers that `group_send` on commit against none.
+async fn micro(python: &Path, site: &str, env: &Env, mode: &str, n: usize, report: &mut Report) -> Result<(), String> {
+    let mut command = driver(python, site, env);
+    command.args(["micro", "--n", &n.to_string()]);
     let out = run_to_end(command, "driver.py micro", Duration::from_secs(900)).await?;
     let result: Value = serde_json::from_str(out.trim()).map_err(|err| format!("driver.py micro: {err}: {out}"))?;
     let number = |key: &str| result[key].as_f64().ok_or_else(|| format!("driver.py micro: no {key:?} in {out}"));
-    for (kind, label) in
-        [("insert", "save() of a new row"), ("update", "save() of a changed row"), ("bulk", "bulk_create() of 100 rows")]
-    {
-        let plain = number(&format!("{kind} plain us"))?;
-        let subscribable = number(&format!("{kind} subscribable us"))?;
+    let (kind, live) = if site == "snorky" {
+        (Kind::Snorky, "@subscribable")
+    } else {
+        (Kind::Channels, "post_save → group_send on commit")
+    };
+    for (what, label) in [
+        ("insert", "save() of a new row"),
+        ("update", "save() of a changed row"),
+        ("bulk", "bulk_create() of 100 rows"),
+    ] {
+        let (Ok(plain), Ok(with)) = (number(&format!("{what} plain us")), number(&format!("{what} subscribable us")))
+        else {
+            continue; // bulk_create sends no signal: the Channels side has nothing to time
+        };
         let prefix = format!("django {label} in a transaction ({mode})");
-        report.row_mut(&format!("{prefix}: plain model (µs)"), false).set(Kind::Snorky, Cell::number(plain, 0));
-        report.row_mut(&format!("{prefix}: @subscribable (µs)"), false).set(Kind::Snorky, Cell::number(subscribable, 0));
+        report.row_mut(&format!("{prefix}: plain model (µs)"), false).set(kind, Cell::number(plain, 0));
+        report.row_mut(&format!("{prefix}: {live} (µs)"), false).set(kind, Cell::number(with, 0));
+        report.row_mut(&format!("{prefix}: {live} ÷ plain"), false).set(kind, Cell::number(with / plain.max(1e-9), 2));
+        let plain_cpu = number(&format!("{what} plain cpu us"))?;
+        let with_cpu = number(&format!("{what} subscribable cpu us"))?;
         report
-            .row_mut(&format!("{prefix}: @subscribable ÷ plain"), false)
-            .set(Kind::Snorky, Cell::number(subscribable / plain.max(1e-9), 2));
-        let plain_cpu = number(&format!("{kind} plain cpu us"))?;
-        let subscribable_cpu = number(&format!("{kind} subscribable cpu us"))?;
-        report
-            .row_mut(&format!("{prefix}: Python CPU, plain ÷ @subscribable (µs)"), false)
-            .set(Kind::Snorky, Cell::text(format!("{plain_cpu:.0} ÷ {subscribable_cpu:.0}")));
-        eprintln!(
-            "    {label}: plain {plain:.0} µs, @subscribable {subscribable:.0} µs (CPU {plain_cpu:.0}, {subscribable_cpu:.0})"
-        );
+            .row_mut(&format!("{prefix}: Python CPU, plain → {live} (µs)"), false)
+            .set(kind, Cell::text(format!("{plain_cpu:.0} → {with_cpu:.0}")));
+        eprintln!("    {label}: plain {plain:.0} µs, {live} {with:.0} µs (CPU {plain_cpu:.0} → {with_cpu:.0})");
     }
     if mode == "direct" {
         let round_trip = number("publishDeltas round trip us")?;
@@ -368,13 +382,15 @@ fn snorky_clients(path: &Path) -> Result<Vec<ClientSpec>, String> {
 
 // --- Channels -------------------------------------------------------------------------------------
 
-async fn channels(sizes: &DjangoSizes, pg_port: u16, work: &Path) -> Result<Outcome, String> {
+async fn channels(sizes: &DjangoSizes, pg_port: u16, work: &Path, report: &mut Report) -> Result<Outcome, String> {
     let python = sizes.channels_venv.join("bin").join("python");
     let redis = Redis::start().await?;
     let env = Env::new(pg_port, "channels").with("BENCH_REDIS_URL", &format!("redis://127.0.0.1:{}/0", redis.port));
     let outcome = async {
         let users_file = work.join("users-channels.json");
         setup(&python, "channels", &env, sizes.mine.max(sizes.all), &users_file).await?;
+        eprintln!("    save() timings");
+        micro(&python, "channels", &env, "channels", sizes.micro, report).await?;
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let mut uvicorn = command(&absolute(&sizes.channels_venv.join("bin").join("uvicorn")), None, libc::SIGTERM);
         // One worker per core, as a deployment on this machine would run it.
@@ -446,6 +462,10 @@ async fn measure(
         match result.failure() {
             None => outcome.sustained = Some(rate),
             Some(why) => {
+                // Writers that fall short, with every delivery on time, still show a rate carried.
+                if result.delivered_in_time() {
+                    outcome.sustained = Some(outcome.sustained.unwrap_or(0.0).max(result.achieved));
+                }
                 outcome.stopped = format!("{} writes/s: {why}", format_number(rate, 0));
                 break;
             }
@@ -512,6 +532,14 @@ impl Step {
         }
     }
 
+    /// Every delivery arrived, once, within the p99 bound (whatever rate the writers reached).
+    fn delivered_in_time(&self) -> bool {
+        self.closed == 0
+            && self.missing == 0
+            && self.duplicated == 0
+            && self.latency.is_some_and(|latency| latency.p99_ms <= RAMP_P99_MS)
+    }
+
     fn print(&self) {
         eprintln!(
             "    {} writes/s asked, {:.0} done ({} writes): {} of {} deliveries, p50 {:.2} ms, p99 {:.2} ms, missing/dup/reordered {}{}",
@@ -572,7 +600,8 @@ async fn step(
         for line in text.lines() {
             let fields: Vec<&str> = line.split('\t').collect();
             let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-            let (Some(number), Some(id), Some(owner), Some(committed_us)) = (number(0), number(2), number(3), number(4))
+            let (Some(number), Some(id), Some(owner), Some(committed_us)) =
+                (number(0), number(2), number(3), number(4))
             else {
                 return Err(format!("a malformed writer log line: {line:?}"));
             };
@@ -798,8 +827,7 @@ async fn join(connect: &Connect, spec: &ClientSpec) -> Result<Ws, String> {
         (Connect::Snorky(target), Login::Snorky { connection, subscription }) => {
             let url = format!("{}?token={connection}", target.ws_url);
             let mut ws = client::connect_url(target, None, &url).await?;
-            client::call_service(&mut ws, "datasync", "acquireSubscription", json!({"token": subscription}), 1)
-                .await?;
+            client::call_service(&mut ws, "datasync", "acquireSubscription", json!({"token": subscription}), 1).await?;
             Ok(ws)
         }
         (Connect::Channels(addr), Login::Channels { session }) => {
@@ -911,15 +939,30 @@ fn record(sizes: &DjangoSizes, report: &mut Report, snorky: &[(&str, Outcome)], 
         };
         let at = format!("{prefix}, {rate} writes/s ({mode})");
         let latency = |outcome: &Outcome, p99: bool| {
-            outcome.latency.as_ref().and_then(|s| s.latency).map(|l| Cell::number(if p99 { l.p99_ms } else { l.p50_ms }, 2))
+            outcome
+                .latency
+                .as_ref()
+                .and_then(|s| s.latency)
+                .map(|l| Cell::number(if p99 { l.p99_ms } else { l.p50_ms }, 2))
         };
-        set(format!("{at}: commit → delivery p50 (ms)"), true, latency(outcome, false), channels.and_then(|c| latency(c, false)));
-        set(format!("{at}: commit → delivery p99 (ms)"), true, latency(outcome, true), channels.and_then(|c| latency(c, true)));
+        set(
+            format!("{at}: commit → delivery p50 (ms)"),
+            true,
+            latency(outcome, false),
+            channels.and_then(|c| latency(c, false)),
+        );
+        set(
+            format!("{at}: commit → delivery p99 (ms)"),
+            true,
+            latency(outcome, true),
+            channels.and_then(|c| latency(c, true)),
+        );
         let achieved = |outcome: &Outcome| outcome.latency.as_ref().map(|s| Cell::number(s.achieved, 0));
         set(format!("{at}: writes/s done"), false, achieved(outcome), channels.and_then(achieved));
         let errors = |outcome: &Outcome| outcome.latency.as_ref().map(|s| Cell::text(s.errors()));
         set(format!("{at}: missing/dup/reordered"), false, errors(outcome), channels.and_then(errors));
-        let sustained = |outcome: &Outcome| Some(Cell::number(outcome.sustained.unwrap_or(0.0), 0).note(&outcome.stopped));
+        let sustained =
+            |outcome: &Outcome| Some(Cell::number(outcome.sustained.unwrap_or(0.0), 0).note(&outcome.stopped));
         set(
             format!("{prefix} ({mode}): highest write rate with p99 ≤ {RAMP_P99_MS:.0} ms (writes/s)"),
             true,
@@ -927,13 +970,20 @@ fn record(sizes: &DjangoSizes, report: &mut Report, snorky: &[(&str, Outcome)], 
             channels.and_then(sustained),
         );
         let rss = |outcome: &Outcome| outcome.rss_kib.map(|kib| Cell::number(kib as f64 / 1024.0, 1));
-        set(format!("{prefix} ({mode}): server RSS with the clients connected (MiB)"), true, rss(outcome), channels.and_then(rss));
+        set(
+            format!("{prefix} ({mode}): server RSS with the clients connected (MiB)"),
+            true,
+            rss(outcome),
+            channels.and_then(rss),
+        );
         if !outcome.closes.is_empty() {
             report.notes.push(format!("django ({mode}): clients disconnected: {}", outcome.closes));
         }
         if let Some(step) = &outcome.latency {
             if step.unknown > 0 {
-                report.notes.push(format!("django ({mode}): {} deliveries matched no write of their step", step.unknown));
+                report
+                    .notes
+                    .push(format!("django ({mode}): {} deliveries matched no write of their step", step.unknown));
             }
         }
     }
@@ -967,7 +1017,9 @@ pub fn targets(report: &Report, sizes: &DjangoSizes) -> Vec<TargetLine> {
             .collect();
         let measured: Vec<String> = ratios
             .iter()
-            .map(|(label, ratio)| format!("{label}: {}", ratio.map_or_else(|| "not measured".into(), |r| format!("{r:.2}×"))))
+            .map(|(label, ratio)| {
+                format!("{label}: {}", ratio.map_or_else(|| "not measured".into(), |r| format!("{r:.2}×")))
+            })
             .collect();
         lines.push(TargetLine {
             target: format!(

@@ -169,7 +169,8 @@ impl Postgres {
         // SAFETY: geteuid has no preconditions.
         #[allow(unsafe_code)]
         let root = unsafe { libc::geteuid() } == 0;
-        let user = if root { Some(user_ids("postgres").ok_or("running as root, but no `postgres` user")?) } else { None };
+        let user =
+            if root { Some(user_ids("postgres").ok_or("running as root, but no `postgres` user")?) } else { None };
         if let Some((uid, gid)) = user {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|err| format!("chown: {err}"))?;
         }
@@ -181,7 +182,8 @@ impl Postgres {
             let port = free_port()?;
             let log = std::fs::File::create(dir.join("server.log")).map_err(|err| err.to_string())?;
             if let Some((uid, gid)) = user {
-                std::os::unix::fs::chown(dir.join("server.log"), Some(uid), Some(gid)).map_err(|err| err.to_string())?;
+                std::os::unix::fs::chown(dir.join("server.log"), Some(uid), Some(gid))
+                    .map_err(|err| err.to_string())?;
             }
             // SIGQUIT: an immediate shutdown if the load generator dies.
             let mut postgres = command(&bin.join("postgres"), user, libc::SIGQUIT);

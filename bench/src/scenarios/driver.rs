@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::services::ServiceSizes;
 use super::{
-    chat, datasync, django, fanout, idle, isolation, latency, multi, python, routing, rpc, setup, snorky_only, sockjs, targets,
-    ALL_SCENARIOS,
+    chat, datasync, django, fanout, idle, isolation, latency, multi, python, routing, rpc, setup, snorky_only, sockjs,
+    targets, ALL_SCENARIOS,
 };
 use crate::client::{Clock, OpenOptions};
 use crate::procs::{ChannelsSetup, Kind, ServerProcess};
