@@ -571,22 +571,22 @@ async fn step(
     secs: f64,
     seq: &mut u64,
 ) -> Result<Step, String> {
-    let writers = sizes.writers;
-    let mut commands = Vec::with_capacity(writers);
-    let logs: Vec<PathBuf> = (0..writers).map(|i| setup.work.join(format!("writer-{i}.tsv"))).collect();
+    let processes = sizes.writers;
+    let mut commands = Vec::with_capacity(processes);
+    let logs: Vec<PathBuf> = (0..processes).map(|i| setup.work.join(format!("writer-{i}.tsv"))).collect();
     for (index, log) in logs.iter().enumerate() {
         let mut command = driver(&setup.python, setup.site, &setup.env);
         command.arg("write").arg("--users-file").arg(&setup.users_file).arg("--log").arg(log).args([
             "--owners",
             &sizes.mine.to_string(),
             "--rate",
-            &(rate / writers as f64).to_string(),
+            &(rate / processes as f64).to_string(),
             "--secs",
             &secs.to_string(),
             "--index",
             &index.to_string(),
             "--of",
-            &writers.to_string(),
+            &processes.to_string(),
             "--seq-start",
             &seq.to_string(),
         ]);
