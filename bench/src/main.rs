@@ -112,9 +112,13 @@ pub struct RunArgs {
     #[arg(long, default_value = "ceiling,snorky,channels")]
     pub servers: String,
     /// Scenarios to run, comma-separated: fanout, idle, setup, multi, latency, rpc (every
-    /// server), routing, datasync, chat, python, isolation, sockjs (Snorky only), and cluster
-    /// (Snorky on one node and on several nodes sharing a Redis, and Channels on that Redis).
-    #[arg(long, default_value = "fanout,idle,setup,multi,latency,rpc,routing,datasync,chat,python,sockjs,cluster")]
+    /// server), routing, datasync, chat, python, isolation, sockjs, django (Snorky only; django
+    /// measures Channels itself), and cluster (Snorky on one node and on several nodes sharing a
+    /// Redis, and Channels on that Redis).
+    #[arg(
+        long,
+        default_value = "fanout,idle,setup,multi,latency,rpc,routing,datasync,chat,python,sockjs,cluster,django"
+    )]
     pub scenarios: String,
     /// The Python with the built `snorky` extension, for the `python` scenario (skipped with a
     /// note when it does not exist).
@@ -227,6 +231,21 @@ pub struct RunArgs {
     /// SockJS: messages published in each fan-out.
     #[arg(long)]
     pub sockjs_msgs: Option<u64>,
+    /// Django: clients of their own todos (Simple dealer by owner), one per user.
+    #[arg(long)]
+    pub django_mine: Option<usize>,
+    /// Django: clients of every todo (Broadcast dealer).
+    #[arg(long)]
+    pub django_all: Option<usize>,
+    /// Django: writes per second of the latency measurement.
+    #[arg(long)]
+    pub django_rate: Option<f64>,
+    /// Django: seconds of writing of the latency measurement.
+    #[arg(long)]
+    pub django_secs: Option<f64>,
+    /// Django: writer processes.
+    #[arg(long)]
+    pub django_writers: Option<usize>,
     /// Seconds of publishing after which a scenario stops publishing (Channels is slow); what
     /// was published is then drained and measured.
     #[arg(long)]

@@ -35,8 +35,15 @@ fn smoke_run_passes() {
     ] {
         assert!(stdout.contains(metric), "no {metric:?} row in\n{stdout}");
     }
-    // The Python-service scenario runs only when the project's venv exists (else a skip line).
+    // The Python-service and django scenarios run only when the project's venv exists (else a
+    // skip line).
     let python = std::path::Path::new(repo).join(".venv/bin/python");
-    let expected = if python.exists() { "Python RPCService echo" } else { "python: skipped" };
-    assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
+    for (row, skipped) in [
+        ("Python RPCService echo", "python: skipped"),
+        ("commit → delivery p99 (ms)", "django: skipped"),
+        ("django save() of a new row in a transaction (outbox)", "django: skipped"),
+    ] {
+        let expected = if python.exists() { row } else { skipped };
+        assert!(stdout.contains(expected), "no {expected:?} in\n{stdout}");
+    }
 }

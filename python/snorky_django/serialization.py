@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -201,24 +202,40 @@ def _plan(model: type[models.Model]) -> DeltaData:
     concrete: type[models.Model] = model._meta.concrete_model or model
     if options is not None and options.serializer is not None:
         serializer = _import_serializer(options.serializer, concrete)
-        return DeltaData(lambda instance: serializer(instance).data, "serializer", serializer_names(serializer))
+        return DeltaData(_represent(serializer), "serializer", serializer_names(serializer))
     if options is not None and options.fields is not None:
         names = tuple(options.fields)
         if _drf_installed():
             fields_serializer = _model_serializer(concrete, list(names))
-            return DeltaData(lambda instance: fields_serializer(instance).data, "fields", frozenset(names))
+            return DeltaData(_represent(fields_serializer), "fields", frozenset(names))
         return DeltaData(lambda instance: field_values(instance, names), "fields", frozenset(names))
     if callable(getattr(model, "jsonify", None)):
         return DeltaData(lambda instance: instance.jsonify(), "jsonify", None)  # type: ignore[attr-defined]
     view_serializer, detail = _view_serializer(concrete)
     if view_serializer is not None:
-        return DeltaData(
-            lambda instance: view_serializer(instance).data, "view", serializer_names(view_serializer), detail
-        )
+        return DeltaData(_represent(view_serializer), "view", serializer_names(view_serializer), detail)
     if _drf_installed():
         everything = _model_serializer(concrete, "__all__")
-        return DeltaData(lambda instance: everything(instance).data, "undeclared", frozenset(), detail)
+        return DeltaData(_represent(everything), "undeclared", frozenset(), detail)
     return DeltaData(field_values, "undeclared", frozenset(), detail)
+
+
+def _represent(serializer: type[Any]) -> Callable[[models.Model], Any]:
+    """``serializer(instance).data``, with one serializer per thread serving every instance.
+
+    DRF builds a serializer's fields the first time it is used, which costs more than turning a row
+    into data; a list view (``many=True``) builds them once for all its rows, and so does this. The
+    serializer gets no context (there is no request), the same for every row.
+    """
+    local = threading.local()
+
+    def represent(instance: models.Model) -> Any:
+        built = getattr(local, "serializer", None)
+        if built is None:
+            built = local.serializer = serializer()
+        return built.to_representation(instance)
+
+    return represent
 
 
 _plans: dict[type[models.Model], DeltaData] = {}

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::services::ServiceSizes;
 use super::{
-    chat, cluster, datasync, fanout, idle, isolation, latency, multi, python, routing, rpc, setup, snorky_only, sockjs,
-    targets, ALL_SCENARIOS,
+    chat, cluster, datasync, django, fanout, idle, isolation, latency, multi, python, routing, rpc, setup, snorky_only,
+    sockjs, targets, ALL_SCENARIOS,
 };
 use crate::client::{Clock, OpenOptions};
 use crate::procs::{ChannelsSetup, Kind, ServerProcess};
@@ -47,6 +47,8 @@ pub(super) struct Sizes {
     pub(super) services: ServiceSizes,
     /// The SockJS scenario.
     pub(super) sockjs: sockjs::SockJsSizes,
+    /// The django scenario.
+    pub(super) django: django::DjangoSizes,
 }
 
 impl Sizes {
@@ -105,6 +107,7 @@ impl Sizes {
             rpc_secs: pickf(args.rpc_secs, 3.0, 0.5),
             services,
             sockjs: sockjs::SockJsSizes::resolve(args, pick64(args.window, 32, 32), concurrency),
+            django: django::DjangoSizes::resolve(args, concurrency),
         }
     }
 }
@@ -230,7 +233,8 @@ async fn run_all(
                 continue;
             }
             if snorky_only(scenario) {
-                if kind != Kind::Snorky {
+                // The django scenario is long and measures Channels itself: one run.
+                if kind != Kind::Snorky || (scenario == "django" && run > 0) {
                     continue;
                 }
                 eprintln!(
@@ -250,6 +254,7 @@ async fn run_all(
                         let channels = channels_redis.filter(|_| run < ctx.sizes.channels_repeat);
                         cluster::cluster(ctx, channels, report).await
                     }
+                    "django" => django::run(&ctx.sizes.django, report).await,
                     _ => python::python(services, report).await,
                 };
                 if let Err(err) = outcome {

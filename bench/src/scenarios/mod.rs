@@ -8,7 +8,9 @@
 //! - One module per scenario run against Snorky only (the ceiling has no equivalent of
 //!   DataSync, Chat or Python services, so their rows carry absolute numbers), with what they
 //!   share in [`services`]: [`routing`], [`datasync`], [`chat`], [`python`], [`isolation`]; and
-//!   [`sockjs`] (WebSocket and SockJS xhr-streaming fan-outs in one run).
+//!   [`sockjs`] (WebSocket and SockJS xhr-streaming fan-outs in one run); [`django`] (the
+//!   Django path from `save()` to the clients, against Channels; its processes in
+//!   [`django_procs`]).
 //! - [`cluster`]: PubSub on several Snorky nodes sharing a Redis, beside one node and Django
 //!   Channels on Redis (it starts its own processes, Redis included; its own table).
 //! - [`targets`]: the targets table, judged from the recorded rows.
@@ -22,6 +24,8 @@ mod chat;
 mod cluster;
 mod common;
 mod datasync;
+mod django;
+mod django_procs;
 mod driver;
 mod fanout;
 mod idle;
@@ -41,7 +45,7 @@ pub use driver::main;
 
 /// Every scenario, in the order of a full run; the first six run against every server kind, the
 /// others start their own servers.
-const ALL_SCENARIOS: [&str; 13] = [
+const ALL_SCENARIOS: [&str; 14] = [
     "fanout",
     "idle",
     "setup",
@@ -55,10 +59,11 @@ const ALL_SCENARIOS: [&str; 13] = [
     "isolation",
     "sockjs",
     "cluster",
+    "django",
 ];
 
 /// Whether `scenario` starts its own servers (Snorky's, and for `cluster` Channels' too) rather
 /// than running against each server kind in turn.
 fn snorky_only(scenario: &str) -> bool {
-    ["routing", "datasync", "chat", "python", "isolation", "sockjs", "cluster"].contains(&scenario)
+    ["routing", "datasync", "chat", "python", "isolation", "sockjs", "cluster", "django"].contains(&scenario)
 }

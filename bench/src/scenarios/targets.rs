@@ -87,6 +87,7 @@ pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
     }
     lines.extend(super::sockjs::targets(report, &sizes.sockjs));
     cluster_targets(sizes, report, &mut lines);
+    lines.extend(super::django::targets(report, &sizes.django));
     report.targets = lines;
 }
 

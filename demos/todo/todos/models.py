@@ -6,9 +6,10 @@ from django.db import models
 from snorky_django import subscribable
 
 
-@subscribable
+@subscribable(serializer="todos.serializers.TodoSerializer")
 class Todo(models.Model):
-    """Every committed change becomes a ``Todo`` delta.
+    """Every committed change becomes a ``Todo`` delta, carrying what the API answers (the
+    serializer of ``views.TodoViewSet``), so the page handles both alike.
 
     Who sees a todo: its owner while it is private; everyone once it is shared. The dealers in
     ``snorky.py`` route the deltas the same way, so a todo that is unshared or given to someone else
@@ -26,9 +27,3 @@ class Todo(models.Model):
 
     def __str__(self) -> str:
         return self.title
-
-    def jsonify(self) -> dict:
-        """The delta data: what the API answers, so the page handles both alike."""
-        from todos.serializers import TodoSerializer
-
-        return dict(TodoSerializer(self).data)

@@ -422,7 +422,8 @@ async fn session(
 ) {
     let counters = &shared.counters;
     let Some(token) = subscription.as_ref().map(|sub| sub.token.clone()) else { return };
-    let jwt = snorky::tokens::issue(&client.identity, TOKEN_SECRET.as_bytes(), TOKEN_TTL, None);
+    let jwt = snorky::tokens::issue(&client.identity, TOKEN_SECRET.as_bytes(), TOKEN_TTL, None)
+        .expect("the soak's identities make short tokens");
     let url = format!("{}?token={jwt}", shared.target.ws_url);
     let source = client::source_ip(client.index, shared.plan.source_ips);
     let ws = match tokio::time::timeout(client::SETUP_TIMEOUT, client::connect_url(&shared.target, source, &url)).await
