@@ -97,8 +97,8 @@ fn check_routes(router: &Router, deltas: &[Delta]) {
         assert_eq!(router.route_with(delta, &keys), naive, "route_with and route_naive disagree on {delta:?}");
         assert!(naive.windows(2).all(|pair| pair[0].0 < pair[1].0), "each subscription at most once, in order");
         for id in 0..16 {
-            let routed = naive.iter().find(|(sub, _)| *sub == id).map(|&(_, shape)| shape);
-            assert_eq!(router.shape_for(id, delta, &keys), routed, "the replay of {id} differs on {delta:?}");
+            let expected_shape = naive.iter().find(|(sub, _)| *sub == id).map(|&(_, shape)| shape);
+            assert_eq!(router.shape_for(id, delta, &keys), expected_shape, "the replay of {id} differs on {delta:?}");
         }
     }
 }

@@ -33,7 +33,10 @@ pub use frame::frame;
 pub use rpc::rpc;
 pub use token::token;
 
+/// A fuzz target's entry point: one input, any bytes.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by name: what `cargo fuzz run <name>` runs and tests/fuzz_corpus.rs
 /// replays from fuzz/corpus/<name>/ and fuzz/regressions/<name>/.
-pub const TARGETS: &[(&str, fn(&[u8]))] =
+pub const TARGETS: &[(&str, Target)] =
     &[("frame", frame), ("rpc", rpc), ("backend", backend), ("filter", filter), ("token", token)];

@@ -8,7 +8,7 @@ use arbitrary::{Result, Unstructured};
 use serde_json::{json, Map, Value};
 
 use super::gen;
-use super::server::{request, run, Harness, BACKEND, FRONTEND};
+use super::server::{request, run, Harness, ServiceCommands, BACKEND, FRONTEND};
 
 /// The most steps of one input.
 const MAX_STEPS: usize = 64;
@@ -64,7 +64,7 @@ async fn step(u: &mut Unstructured<'_>, harness: &mut Harness, tokens: &mut Vec<
 /// A request envelope for one of `services`, as text: usually a known command with its
 /// parameters each right, missing or mistyped; sometimes an unknown service or command, params
 /// that are not an object, or a request without command or params.
-fn envelope(u: &mut Unstructured<'_>, services: &[(&str, &[(&str, &[&str])])], tokens: &[String]) -> Result<Vec<u8>> {
+fn envelope(u: &mut Unstructured<'_>, services: &[ServiceCommands], tokens: &[String]) -> Result<Vec<u8>> {
     let &(service, commands) = u.choose(services)?;
     let service = if u.ratio(1, 64)? { gen::string(u)? } else { service.to_owned() };
     let &(command, names) = u.choose(commands)?;

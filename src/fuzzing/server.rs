@@ -46,8 +46,13 @@ pub const TOKEN_SECRET: &str = "fuzzing-token-secret";
 /// The largest frame a client may send (the transport refuses larger ones with 1009).
 pub const MAX_FRAME: usize = 4096;
 
+/// A command: its name and its parameters' names.
+pub type Command = (&'static str, &'static [&'static str]);
+/// A service: its name and its commands.
+pub type ServiceCommands = (&'static str, &'static [Command]);
+
 /// The frontend services: name, commands, and each command's parameters.
-pub const FRONTEND: &[(&str, &[(&str, &[&str])])] = &[
+pub const FRONTEND: &[ServiceCommands] = &[
     ("pubsub", &[("subscribe", &["channel"]), ("unsubscribe", &["channel"]), ("publish", &["channel", "message"])]),
     ("datasync", &[("acquireSubscription", &["token", "offsets", "after"]), ("cancelSubscription", &["token"])]),
     (
@@ -77,7 +82,7 @@ pub const FRONTEND: &[(&str, &[(&str, &[&str])])] = &[
 ];
 
 /// The backend services, as [`FRONTEND`].
-pub const BACKEND: &[(&str, &[(&str, &[&str])])] = &[
+pub const BACKEND: &[ServiceCommands] = &[
     ("pubsub_backend", &[("publish", &["channel", "message"])]),
     ("datasync_backend", &[("authorizeSubscription", &["items", "identity"]), ("publishDeltas", &["deltas", "key"])]),
     ("connections", &[("disconnect", &["identity"])]),
@@ -490,7 +495,7 @@ fn check_frame(frame: &Value, call_ids: &[Value]) {
 }
 
 /// Checks a reply envelope: a known service, a type, an echoed `callId`, an error text.
-fn check_reply(reply: &Value, services: &[(&str, &[(&str, &[&str])])], call_ids: &[Value]) {
+fn check_reply(reply: &Value, services: &[ServiceCommands], call_ids: &[Value]) {
     let service = reply["service"].as_str().expect("a reply names its service");
     assert!(services.iter().any(|(name, _)| *name == service), "a reply from an unknown service: {reply}");
     let message = reply["message"].as_object().expect("a reply's message is an object");
