@@ -194,6 +194,22 @@ async fn a_closed_connections_names_are_freed_on_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_freed_by_a_sockjs_close_can_be_taken_on_another_node_once_the_close_returns() {
+    let redis = Redis::start();
+    let (first, second) = (node(&redis, "one").await, node(&redis, "two").await);
+    // SockJS's raw WebSocket transport carries the same frames as /ws.
+    let url = format!("ws://{}/sockjs/websocket", first.server.frontend);
+    let (ws, _) = within(WAIT, "the SockJS handshake", tokio_tungstenite::connect_async(url)).await.expect("upgrades");
+    let mut leaving = Client { ws, pings: 0 };
+    register(&mut leaving, "a").await;
+    leaving.close().await;
+    // No waiting: the close frame came once the name was gone from Redis.
+    let mut elsewhere = anonymous(&second).await;
+    register(&mut elsewhere, "a").await;
+    assert_eq!(ok(&mut elsewhere, "messaging", "listParticipants", json!({})).await, json!(["a"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_participants_bounds_the_whole_cluster() {
     let redis = Redis::start();
     let limits = MessagingLimits { max_participants: 3, ..MessagingLimits::default() };

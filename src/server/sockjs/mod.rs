@@ -122,11 +122,15 @@ impl Behaviour {
         }
     }
 
-    /// The session closed.
-    pub fn closed(self, app: &App, connection: &Arc<Connection>) {
+    /// The session closed: services forget the connection. With a broker this returns once
+    /// its names and memberships are gone from Redis too (each removal bounded by the broker's
+    /// command timeout), as for the WebSocket endpoint, so that a name freed by a close can be
+    /// taken on another node as soon as the client has seen the close frame.
+    pub async fn closed(self, app: &App, connection: &Arc<Connection>) {
         if self == Behaviour::Frontend {
-            // What remains (removals in the broker) runs on its own tasks.
-            drop(app.frontend.disconnected(connection));
+            for departure in app.frontend.disconnected(connection) {
+                let _ = departure.await;
+            }
         }
     }
 }

@@ -291,7 +291,7 @@ async fn run(app: &App, endpoint: &Endpoint, session: &Arc<Session>, admission: 
         }
     }
     // Services forget the connection now; only the close frame remains to be served.
-    endpoint.behaviour.closed(app, connection);
+    endpoint.behaviour.closed(app, connection).await;
     adapter::forget(app, connection);
     drop(admission);
     tokio::select! {

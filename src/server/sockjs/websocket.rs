@@ -82,10 +82,12 @@ async fn serve(
         app.config.close_grace(),
     ));
     read_loop(&shared, &connection, stream, framing).await;
+    // Services forget the connection before a normal closure's close frame goes out (see
+    // `Behaviour::closed`); a close the server chose is already on its way.
+    endpoint.behaviour.closed(app, &connection).await;
     if !adapter::is_closing(&connection) {
         adapter::close(&connection, codes::NORMAL);
     }
-    endpoint.behaviour.closed(app, &connection);
     if let Err(err) = writer.await {
         log::error!("sockjs session {}: writer task failed: {err}", connection.id());
     }
