@@ -210,6 +210,44 @@ async fn a_name_freed_by_a_sockjs_close_can_be_taken_on_another_node_once_the_cl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_accepted_while_its_destination_unregisters_still_reaches_that_connection() {
+    let redis = Redis::start();
+    let (first, second) = (node(&redis, "one").await, node(&redis, "two").await);
+    let mut alice = anonymous(&first).await;
+    let mut bob = anonymous(&second).await;
+    let mut carol = anonymous(&second).await;
+    register(&mut alice, "alice").await;
+    // Redis holds writes (PUBLISH and scripts among them) but answers reads: alice's send looks
+    // bob up, then waits to publish while bob lets the name go. A lookup
+    // held up behind a node's heartbeat misses the race; the scenario is then run again.
+    for attempt in 1..=5 {
+        register(&mut bob, "bob").await;
+        redis.cli(&["CLIENT", "PAUSE", "10000", "WRITE"]);
+        alice.request("messaging", "send", json!({"sender": "alice", "dest": "bob", "body": attempt}), json!(1)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        bob.request("messaging", "unregisterParticipant", json!({"name": "bob"}), json!(2)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.cli(&["CLIENT", "UNPAUSE"]);
+        let reply = alice.recv().await;
+        let mut bobs = vec![bob.recv().await];
+        let accepted = reply == ok_reply("messaging", &json!(1), &Value::Null);
+        if accepted {
+            bobs.push(bob.recv().await);
+        }
+        assert!(bobs.contains(&ok_reply("messaging", &json!(2), &Value::Null)), "bob let the name go: {bobs:?}");
+        if accepted {
+            // The message was bob's when alice sent it: bob gets it, and the name is free.
+            assert!(bobs.contains(&delivered("alice", "bob", &json!(attempt))), "{bobs:?}");
+            register(&mut carol, "bob").await;
+            assert_quiet(&mut carol, "messaging").await;
+            return;
+        }
+        assert_eq!(reply, error_reply("messaging", &json!(1), "Unknown destination"));
+    }
+    panic!("the send never looked bob up before the release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_participants_bounds_the_whole_cluster() {
     let redis = Redis::start();
     let limits = MessagingLimits { max_participants: 3, ..MessagingLimits::default() };

@@ -9,13 +9,19 @@
 //! - `messaging:<service>:holders`: the nodes that may have records;
 //! - channel `messaging:<service>:to:<node>`: the messages for the node's connections.
 //!
+//! A message goes to the connection that held the name when the sender looked it up: if that
+//! connection let the name go meanwhile (and is still connected), it still gets the message, as
+//! on one node, where a send and an unregister happen one after the other; a connection that
+//! took the name since never gets a message meant for its predecessor.
+//!
 //! `max_participants` bounds the names of the whole cluster. A send to a name whose node is
 //! gone (no node listens on its channel; its names are not reaped yet) is "Unknown
 //! destination", as it will be once they are.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -83,6 +89,50 @@ struct State {
     /// registered: it is held, so that a heal keeps it, but receives nothing yet).
     names: HashMap<String, (Arc<Connection>, bool)>,
     by_connection: HashMap<ConnectionId, HashSet<String>>,
+    /// Names unregistered here lately, oldest first, with their holders: a message a sender
+    /// addressed to the holder before it let the name go may still be on its way.
+    released: VecDeque<Released>,
+}
+
+/// A name a live connection let go of (see [`State::released`]).
+#[derive(Debug)]
+struct Released {
+    name: String,
+    holder: Weak<Connection>,
+    at: Instant,
+}
+
+/// How long a released name's holder still gets the messages addressed to it: longer than a
+/// send takes between its lookup and its publish (two broker commands, each bounded by the
+/// broker's command timeout).
+const RELEASED_FOR: Duration = Duration::from_secs(30);
+
+/// At most this many released names are remembered (the oldest are forgotten first), so that
+/// clients registering and unregistering in a loop cannot grow the node's memory.
+const MAX_RELEASED: usize = 4096;
+
+impl State {
+    /// Remembers that `holder` let `name` go (see [`State::released`]).
+    fn remember_release(&mut self, name: &str, holder: &Arc<Connection>) {
+        let now = Instant::now();
+        while self.released.front().is_some_and(|old| now.duration_since(old.at) > RELEASED_FOR)
+            || self.released.len() >= MAX_RELEASED
+        {
+            self.released.pop_front();
+        }
+        self.released.push_back(Released { name: name.to_owned(), holder: Arc::downgrade(holder), at: now });
+    }
+
+    /// The connection `id` if it held `name` and let it go lately, and is still open.
+    fn released_holder(&self, name: &str, id: ConnectionId) -> Option<Arc<Connection>> {
+        let now = Instant::now();
+        self.released
+            .iter()
+            .rev()
+            .take_while(|old| now.duration_since(old.at) <= RELEASED_FOR)
+            .filter(|old| old.name == name)
+            .find_map(|old| old.holder.upgrade().filter(|holder| holder.id() == id))
+    }
 }
 
 /// Delivers the messages other nodes send to this node's names.
@@ -94,12 +144,16 @@ impl Listener for Inbox {
         let Some((header, Some(frame))) = Header::decode(payload) else { return };
         let Some(name) = header.who.as_deref() else { return };
         let state = cluster.lock();
-        // Delivered only if the connection still holds the name: one that let it go since the
-        // sender looked it up must not get messages for its successor.
+        // Delivered to the connection the sender found holding the name, never to a successor
+        // that took it since.
         if let Some((holder, true)) = state.names.get(name) {
             if holder.id() == header.connection {
                 holder.deliver(frame);
+                return;
             }
+        }
+        if let Some(holder) = state.released_holder(name, header.connection) {
+            holder.deliver(frame);
         }
     }
 }
@@ -207,7 +261,14 @@ impl MessagingCluster {
         let holder = self.lock().names.get(name).map(|(holder, _)| holder.id());
         match holder {
             Some(id) if id == connection.id() => {
-                drop_name(&mut self.lock(), id, name);
+                {
+                    let mut state = self.lock();
+                    if let Some((holder, true)) = state.names.get(name) {
+                        let holder = Arc::clone(holder);
+                        state.remember_release(name, &holder);
+                    }
+                    drop_name(&mut state, id, name);
+                }
                 self.free(vec![(name.to_owned(), self.holder(id))]).await;
                 Ok(())
             }
@@ -371,5 +432,44 @@ impl NodeRecords for MessagingCluster {
 
     fn heal_scheduled(&self) -> &AtomicBool {
         &self.heal_scheduled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::{State, MAX_RELEASED};
+    use crate::connection::{Connection, Identity, Outbox, QueueBounds};
+    use crate::metrics::Metrics;
+
+    fn connection(id: u64) -> (Arc<Connection>, Outbox) {
+        Connection::new(
+            id,
+            Identity { id: None, info: None },
+            "127.0.0.1:1".parse().expect("an address"),
+            QueueBounds::default(),
+            &CancellationToken::new(),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    #[test]
+    fn released_names_are_bounded_and_found_only_for_their_holder() {
+        let mut state = State::default();
+        let (first, _first_outbox) = connection(1);
+        let (second, _second_outbox) = connection(2);
+        state.remember_release("early", &first);
+        for n in 0..MAX_RELEASED {
+            state.remember_release(&format!("name-{n}"), &second);
+        }
+        assert_eq!(state.released.len(), MAX_RELEASED, "the oldest are forgotten");
+        assert!(state.released_holder("early", 1).is_none(), "forgotten once over the bound");
+        let last = format!("name-{}", MAX_RELEASED - 1);
+        assert_eq!(state.released_holder(&last, 2).map(|holder| holder.id()), Some(2));
+        assert!(state.released_holder(&last, 1).is_none(), "only the connection that held it");
+        assert!(state.released_holder("name-unknown", 2).is_none());
     }
 }
