@@ -767,6 +767,17 @@ impl ChildNode {
         Client { ws, pings: 0 }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): the process freezes with its connections open,
+    /// as a node does that stalls (swapping, a paused VM), then goes on.
+    fn freeze(&self, frozen: bool) {
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// SIGKILL: no goodbye to Redis, no close frames.
     fn kill(&mut self) {
         let _ = self.child.kill();
@@ -956,6 +967,34 @@ async fn a_node_cut_off_from_redis_is_reaped_then_puts_its_state_back_and_catche
     let mut late = connect_as(&one.server, "late").await;
     assert_eq!(join(&mut late, &lobby).await, json!({"members": ["alice", "bob", "late", "watcher"]}));
     assert_eq!(join_document(&mut late, &doc).await, vec![alices]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stalls_past_the_node_timeout_is_reaped_then_puts_its_state_back() {
+    let redis = Redis::start();
+    let one = node(&redis, "one").await;
+    let stalling = ChildNode::start(&redis, "stalling").await;
+    let lobby = json!("lobby");
+    let mut watcher = connect_as(&one.server, "watcher").await;
+    join(&mut watcher, &lobby).await;
+    let mut alice = stalling.connect_as("alice").await;
+    join(&mut alice, &lobby).await;
+    assert_eq!(next(&mut watcher).await, presence("alice", &lobby, "joined"));
+    // Frozen with its connection to Redis open: the others take it for dead.
+    stalling.freeze(true);
+    let left = without_timestamp_if_any(within(REAPED_WITHIN, "alice to leave", watcher.recv()).await);
+    stalling.freeze(false);
+    assert_eq!(left, presence("alice", &lobby, "left"));
+    // Going on, it finds itself reaped and puts alice back, as after an outage.
+    let back = without_timestamp_if_any(within(REAPED_WITHIN, "alice to come back", watcher.recv()).await);
+    assert_eq!(back, presence("alice", &lobby, "joined"));
+    let mut late = connect_as(&one.server, "late").await;
+    assert_eq!(join(&mut late, &lobby).await, json!({"members": ["alice", "late", "watcher"]}));
+    assert_eq!(next(&mut alice).await, presence("late", &lobby, "joined"));
+    assert_eq!(next(&mut watcher).await, presence("late", &lobby, "joined"));
+    say(&mut alice, "alice", &lobby, &json!("still here")).await;
+    assert_eq!(next(&mut watcher).await, chat_message("alice", &lobby, &json!("still here")));
+    assert_quiet(&mut alice, "chat").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,9 @@
 //!   node that notices, within `node_timeout` of its last refresh: every registered [`Reaper`]
 //!   removes what the dead node held and tells the clients that must know (the `left`
 //!   presence, removed cursors). When Redis answers again after an outage, the node refreshes
-//!   its key, then every registered [`Rejoin`] puts back what Redis lost of it.
+//!   its key, then every registered [`Rejoin`] puts back what Redis lost of it. So does a node
+//!   that finds it was reaped while it stayed connected (it stalled for longer than the node
+//!   timeout): its listeners are told they may have missed messages, as after an outage.
 //! - Connection health: the client library reconnects by itself and resubscribes; the broker
 //!   logs the loss and the return once each, counts them, reports them on `/health`, and tells
 //!   listeners that they may have missed messages ([`Listener::reconnected`]).
@@ -129,6 +131,9 @@ struct Shared {
     requests: mpsc::UnboundedSender<Request>,
     reapers: Mutex<Vec<Arc<dyn Reaper>>>,
     rejoins: Mutex<Vec<Arc<dyn Rejoin>>>,
+    /// How many times [`Broker::rejoin`] ran, so that the liveness loop can tell a rejoin
+    /// after an outage (already under way) from finding this node reaped while connected.
+    rejoined: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -202,6 +207,7 @@ impl Broker {
             requests,
             reapers: Mutex::default(),
             rejoins: Mutex::default(),
+            rejoined: AtomicU64::new(0),
             metrics,
         });
         let broker = Broker(shared);
@@ -352,7 +358,10 @@ impl Broker {
     /// Refreshes this node's liveness key and membership. The key lives three quarters of the
     /// node timeout and is refreshed every quarter ([`liveness`]), so a node that stops is
     /// noticed within the node timeout, and a live one may miss two refreshes in a row.
-    async fn heartbeat(&self) -> Result<(), BrokerError> {
+    ///
+    /// Returns true when this node was not a member of the cluster: the others reaped it (it
+    /// stalled for longer than the node timeout) or Redis lost its data.
+    async fn heartbeat(&self) -> Result<bool, BrokerError> {
         let ttl = u64::try_from((self.0.node_timeout * 3 / 4).as_millis()).unwrap_or(u64::MAX).max(1);
         let mut pipe = redis::pipe();
         pipe.cmd("SET")
@@ -363,9 +372,9 @@ impl Broker {
             .ignore()
             .cmd("SADD")
             .arg(self.key("nodes"))
-            .arg(&self.0.node)
-            .ignore();
-        self.pipeline::<()>(&pipe).await
+            .arg(&self.0.node);
+        let (added,): (i64,) = self.pipeline(&pipe).await?;
+        Ok(added == 1)
     }
 
     /// Finds the nodes whose liveness key expired and reaps each (once, cluster-wide: the
@@ -411,27 +420,38 @@ impl Broker {
         self.0.metrics.broker_connected.set(i64::from(connected));
         if connected {
             log::warn!("broker reachable again: resuming");
-            let listeners: Vec<Arc<dyn Listener>> =
-                crate::sync::lock(&self.0.listeners).values().flatten().map(|(_, l)| Arc::clone(l)).collect();
-            for listener in listeners {
-                listener.reconnected();
-            }
-            let rejoins: Vec<Arc<dyn Rejoin>> = crate::sync::lock(&self.0.rejoins).clone();
-            let broker = self.clone();
-            tokio::spawn(async move {
-                // Alive again before putting anything back, so that no other node reaps what
-                // this one puts back (Redis may have restarted without the liveness key).
-                if let Err(err) = broker.heartbeat().await {
-                    log::debug!("broker: refreshing this node's liveness key: {err}");
-                }
-                for rejoin in rejoins {
-                    tokio::spawn(rejoin.rejoin());
-                }
-            });
+            self.rejoin(true);
         } else {
             self.0.metrics.broker_disconnections.inc();
             log::warn!("broker unreachable: serving local connections only until it is back");
         }
+    }
+}
+
+impl Broker {
+    /// Tells the listeners that they may have missed messages, and has every [`Rejoin`] put back
+    /// what Redis lost of this node: after an outage, or after the others reaped this node.
+    /// `refresh` first refreshes the liveness key, so that no other node reaps what is put back
+    /// (Redis may have restarted without it).
+    fn rejoin(&self, refresh: bool) {
+        self.0.rejoined.fetch_add(1, Ordering::AcqRel);
+        let listeners: Vec<Arc<dyn Listener>> =
+            crate::sync::lock(&self.0.listeners).values().flatten().map(|(_, l)| Arc::clone(l)).collect();
+        for listener in listeners {
+            listener.reconnected();
+        }
+        let rejoins: Vec<Arc<dyn Rejoin>> = crate::sync::lock(&self.0.rejoins).clone();
+        let broker = self.clone();
+        tokio::spawn(async move {
+            if refresh {
+                if let Err(err) = broker.heartbeat().await {
+                    log::debug!("broker: refreshing this node's liveness key: {err}");
+                }
+            }
+            for rejoin in rejoins {
+                tokio::spawn(rejoin.rejoin());
+            }
+        });
     }
 }
 
@@ -543,6 +563,7 @@ async fn reconnect(broker: &Broker, channels: &std::collections::HashSet<String>
 async fn liveness(broker: Broker, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(broker.0.node_timeout / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rejoined = broker.0.rejoined.load(Ordering::Acquire);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
@@ -559,6 +580,18 @@ async fn liveness(broker: Broker, shutdown: CancellationToken) {
         } else if broker.0.link.resubscribes_itself() {
             broker.set_connected(true);
         }
+        // Not a member any more, with no reconnection since the last beat (whose rejoin would
+        // be under way): the others reaped this node while it stayed connected (it stalled for
+        // longer than the node timeout). What it held is gone from Redis and it may have missed
+        // messages, as after an outage. It is a member again (the heartbeat added it), so
+        // nothing it puts back is reaped.
+        if let Ok(true) = beat {
+            if broker.0.rejoined.load(Ordering::Acquire) == rejoined {
+                log::warn!("broker: node {} was taken for dead by the others: putting its state back", broker.0.node);
+                broker.rejoin(false);
+            }
+        }
+        rejoined = broker.0.rejoined.load(Ordering::Acquire);
         if beat.is_ok() {
             if let Err(err) = broker.reap_dead_nodes().await {
                 log::debug!("broker: looking for dead nodes: {err}");
