@@ -53,10 +53,12 @@ Fetched = tuple[dict[int, dict[str, Any]], str] | None
 
 @dataclass
 class Restarts:
-    """How many times the server was started again: subscriptions held before a restart are gone
-    after it, whatever the client does."""
+    """How many times the server (or, with several nodes, the broker they share) was started
+    again: subscriptions held before a restart are gone after it, whatever the client does.
+    ``cause`` names the last one, as resyncs it caused are counted."""
 
     count: int = 0
+    cause: str = "a server restart"
 
 
 @dataclass
@@ -295,7 +297,7 @@ class Client:
     def _resync(self, reason: str, cut: float | None) -> None:
         """The token cannot be acquired again: the next loop fetches the rows and a new token."""
         if self.acquired_in != self.restarts.count and reason != "closed with 1008":
-            cause = "a server restart"
+            cause = self.restarts.cause
         elif cut is None:
             cause = "closed with 1008" if reason == "closed with 1008" else "a lost connection"
         elif cut > self.resume_timeout:
