@@ -72,7 +72,7 @@ test-crash: ## the crash tests, short (about 3 minutes): PostgreSQL, 200 clients
 	$(CRASH) $(CRASH_ARGS)
 	$(CRASH) --nodes 2 $(CRASH_ARGS)
 
-crash: ## the long crash run (about 50 minutes): 5 rounds of every fault, late reconnections, on one node then on two
+crash: ## the long crash run (about an hour): 5 rounds of every fault, late reconnections, on one node then on two
 	$(CRASH) --long $(CRASH_ARGS)
 	$(CRASH) --long --nodes 2 $(CRASH_ARGS)
 

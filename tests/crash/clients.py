@@ -6,7 +6,9 @@ connection token and acquires the subscription. Deltas are applied as ``ArrayCol
 them: an insert replaces or adds the row, an update replaces a row the client holds, a delete
 removes it. When the connection drops the client reconnects and acquires the same token again
 (a *resume*: the server sends what it missed); when the server answers "No such subscription"
-it fetches again (a *resync*: a full refetch), as ``resyncNeeded`` makes an application do.
+it fetches again (a *resync*: a full refetch), as ``resyncNeeded`` makes an application do;
+"Service unavailable" (a node that cannot reach Redis) is tried again later, as the JavaScript
+client does.
 
 Clients ask for delivery offsets (``"offsets": true``); when the server gives them, a resume
 starts exactly after the last delta applied (``"after"``), and "Offset not retained" is a resync
@@ -228,6 +230,10 @@ class Client:
         try:
             reply = await self._acquire(ws)
             self.note(f"acquire from port {ws.local_address[1]}: {reply}")
+            if reply.get("message") == "Service unavailable":
+                # The server cannot reach what it shares with other nodes (Redis): the
+                # JavaScript client tries again later, keeping its token and offset.
+                return "failed"
             if reply.get("type") == "error":
                 self._resync(str(reply.get("message")), cut)
                 return "resynced"
