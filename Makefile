@@ -68,7 +68,7 @@ test-browser: ## the demos in Chromium (tests/browser: playwright-core, Debian's
 # The crash tests run the todo demo's project (demos/todo) with the settings in tests/crash.
 CRASH := PYTHONPATH=tests:demos/todo $(PYTHON) -m crash
 
-test-crash: ## the crash tests, short (about 3 minutes): PostgreSQL, 200 clients, each fault once, on one node then on two sharing a Redis (CRASH_ARGS for more)
+test-crash: ## the crash tests, short (about 2 minutes): PostgreSQL, 200 clients, each fault once, on one node then on two sharing a Redis (CRASH_ARGS for more)
 	$(CRASH) $(CRASH_ARGS)
 	$(CRASH) --nodes 2 $(CRASH_ARGS)
 
