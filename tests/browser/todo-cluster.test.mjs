@@ -52,6 +52,7 @@ describe("todo demo: two nodes sharing a Redis", () => {
     await status(page, "live", 10_000);
     const mine = frontend.connections.slice(before).filter((connection) => !connection.closed);
     assert.equal(mine.length, 1, `${name}'s page has one connection`);
+    assert.equal(subscribes.get(page), 1, `${name}'s page fetched its data with a token once`);
     page.connection = mine[0];
     return page;
   }
@@ -142,10 +143,12 @@ describe("todo demo: two nodes sharing a Redis", () => {
     const team = todos.filter((todo) => todo.shared).map((todo) => todo.title);
     assert.deepEqual(mine, [t("Buy oat milk"), t("Posted meanwhile")]);
     assert.deepEqual(team, [t("Written meanwhile")]);
+    const killedAt = Date.now();
     await status(alice2, "live", MOVE_TIMEOUT);
     await shows(alice2, "mine", mine, MOVE_TIMEOUT);
     await shows(alice2, "team", team, MOVE_TIMEOUT);
     await isDone(alice2, "mine", t("Posted meanwhile"), true, MOVE_TIMEOUT);
+    console.log(`alice's page held the database's state ${Date.now() - killedAt} ms after the kill`);
 
     const moved = frontend.connections.slice(before).filter((connection) => !connection.closed);
     assert.deepEqual(moved.map((connection) => connection.target), [survivor], "alice's page moved to the survivor");
