@@ -25,7 +25,10 @@ cannot be reached. Its faults:
 - ``broker``: ``redis-server`` killed, started again empty 5 s later. Nodes keep their
   connections; the backend answers 503 meanwhile (the relays retry); once Redis is back, the
   subscriptions it lost are closed with 1008 and their clients, told "Offset not retained" or
-  "No such subscription", refetch (counted as resyncs after a broker restart).
+  "No such subscription", refetch (counted as resyncs after a broker restart);
+- ``stall`` (not in the default runs: ``--phases stall``): ``redis-server`` stopped with SIGSTOP
+  for 5 s, then continued, with its data: what the nodes sent meanwhile runs late, after they
+  gave up on it. Clients should resume by offset, without a refetch.
 
 At the end of each phase the writers stop, the outbox drains, a last change (the *marker*, a
 todo every user sees) is committed, and once every client holds it, every client's rows are
@@ -65,6 +68,8 @@ SETTLE_TIMEOUT = 90.0
 KILL_TIMEOUT = 30.0
 #: How long PostgreSQL stays down.
 DATABASE_DOWN = 10.0
+#: The refusals of a resume that make a client refetch.
+LOST = ("No such subscription", "Offset not retained")
 #: How long Redis stays down (several nodes).
 BROKER_DOWN = 5.0
 
@@ -114,6 +119,11 @@ def parse_options() -> Options:
         "--nodes", type=int, default=1, help="several nodes sharing a redis-server (faults: a node killed, Redis lost)"
     )
     parser.add_argument("--rounds", type=int, help="repetitions of the phases")
+    parser.add_argument(
+        "--phases",
+        help="the faults to inject, in order, comma-separated (instead of the default ones): database, server, "
+        "relay; with --nodes: node, broker, stall, database",
+    )
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (process logs)")
     args = parser.parse_args()
@@ -129,6 +139,11 @@ def parse_options() -> Options:
             if rounds == 1 and not args.long
             else ["database", "server", "relay", "server"]
         )
+    if args.phases:
+        phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
+        known = {"node", "broker", "stall", "database"} if args.nodes > 1 else {"database", "server", "relay"}
+        if not phases or not set(phases) <= known:
+            parser.error(f"--phases: choose among {', '.join(sorted(known))}")
     return Options(
         clients=args.clients,
         users=args.users,
@@ -291,9 +306,15 @@ class Harness:
         print(f"crash: phase {number} ({fault}): {json.dumps(entry)}", flush=True)
         problems = list(self.tally.violations)
         if self.tally.resyncs.get("a lost connection", 0):
+            lost = [
+                client.index
+                for client in self.clients
+                if any(event == f"resync after a lost connection: {why}" for _, event in client.events for why in LOST)
+            ]
             problems.append(
                 f"{self.tally.resyncs['a lost connection']} clients lost their subscription without a server restart"
             )
+            problems += [f"client {index} refetched after a lost connection" for index in lost]
         if problems:
             events = self.events_of(self.named(problems))
             raise AssertionError("\n".join(problems[:50]) + f"\nthe last events of some of these clients:\n{events}")
@@ -386,6 +407,11 @@ class Harness:
         await asyncio.to_thread(self.deployment.start_broker)
         return {"broker down (s)": BROKER_DOWN}
 
+    async def fault_stall(self) -> dict[str, Any]:
+        """Redis stopped (SIGSTOP) and continued: unreachable for a while, but with its data."""
+        await asyncio.to_thread(self.deployment.stall_broker, BROKER_DOWN)
+        return {"broker stalled (s)": BROKER_DOWN}
+
     async def fault_relay(self) -> dict[str, Any]:
         if self.combined:
             raise AssertionError("the relay fault needs the split deployment (a server phase first)")
@@ -462,10 +488,19 @@ class Harness:
         client's rows with the database. Returns how many rows were compared."""
         await self.wait_for(lambda: self.outbox_size() == 0, "the outbox to drain", blocking=True)
         version = await asyncio.to_thread(self.bump_marker)
-        await self.wait_for(
-            lambda: all(client.ready and client.version(self.marker_id) == version for client in self.clients),
-            f"every client to hold marker v{version}",
-        )
+
+        def holds_marker(client: Client) -> bool:
+            return client.ready and client.version(self.marker_id) == version
+
+        try:
+            await self.wait_for(
+                lambda: all(holds_marker(client) for client in self.clients), f"every client to hold marker v{version}"
+            )
+        except AssertionError as err:
+            behind = [client for client in self.clients if not holds_marker(client)]
+            raise AssertionError(
+                f"{err}: {len(behind)} do not; the last events of some:\n{self.events_of(behind[:3])}"
+            ) from None
         views = await asyncio.to_thread(self.committed_views)
         compared = 0
         problems = []

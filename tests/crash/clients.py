@@ -46,8 +46,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from crash import version_of
 
-#: How long one step (a handshake, an acquire) may take before it counts as failed.
+#: How long a handshake may take before it counts as failed.
 STEP_TIMEOUT = 10.0
+#: How long a call may wait for its reply: longer than the server's longest wait for a
+#: subscription's previous holder (15 s), since the JavaScript client puts no timeout on a call
+#: sent on an open connection.
+CALL_TIMEOUT = 20.0
 
 #: What a fetch answers: the rows by id and the subscription token, or ``None`` when it failed.
 Fetched = tuple[dict[int, dict[str, Any]], str] | None
@@ -291,7 +295,7 @@ class Client:
         request = {"command": command, "params": params, "callId": call_id}
         await ws.send(json.dumps({"service": "datasync", "message": request}))
         deltas_first = False
-        async with asyncio.timeout(STEP_TIMEOUT):
+        async with asyncio.timeout(CALL_TIMEOUT):
             while True:
                 frame = json.loads(await ws.recv())
                 message: dict[str, Any] = frame.get("message", {})

@@ -306,6 +306,16 @@ class Deployment:
         assert self.broker is not None, "the deployment has no broker"
         self.broker.stop()
 
+    def stall_broker(self, seconds: float) -> None:
+        """SIGSTOP ``redis-server`` for ``seconds``, then SIGCONT: it keeps its data, and the
+        commands sent meanwhile run when it goes on (after their senders gave up on them)."""
+        assert self.broker is not None and self.broker.process is not None, "the deployment has no broker"
+        self.broker.process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            self.broker.process.send_signal(signal.SIGCONT)
+
     def start_broker(self) -> None:
         """Starts ``redis-server`` again on its port, empty."""
         assert self.broker is not None, "the deployment has no broker"
