@@ -68,8 +68,6 @@ SETTLE_TIMEOUT = 90.0
 KILL_TIMEOUT = 30.0
 #: How long PostgreSQL stays down.
 DATABASE_DOWN = 10.0
-#: The refusals of a resume that make a client refetch.
-LOST = ("No such subscription", "Offset not retained")
 #: How long Redis stays down (several nodes).
 BROKER_DOWN = 5.0
 
@@ -306,15 +304,10 @@ class Harness:
         print(f"crash: phase {number} ({fault}): {json.dumps(entry)}", flush=True)
         problems = list(self.tally.violations)
         if self.tally.resyncs.get("a lost connection", 0):
-            lost = [
-                client.index
-                for client in self.clients
-                if any(event == f"resync after a lost connection: {why}" for _, event in client.events for why in LOST)
-            ]
             problems.append(
                 f"{self.tally.resyncs['a lost connection']} clients lost their subscription without a server restart"
             )
-            problems += [f"client {index} refetched after a lost connection" for index in lost]
+            problems += self.tally.lost[:5]
         if problems:
             events = self.events_of(self.named(problems))
             raise AssertionError("\n".join(problems[:50]) + f"\nthe last events of some of these clients:\n{events}")

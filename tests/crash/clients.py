@@ -78,6 +78,9 @@ class Tally:
     resumes: Counter[str] = field(default_factory=Counter)
     resyncs: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
+    #: Clients that refetched after a lost connection (not a cut of their own, not a restart):
+    #: what the server said, and the client's events then.
+    lost: list[str] = field(default_factory=list)
     offsets: bool | None = None
 
     def reset(self) -> None:
@@ -85,6 +88,7 @@ class Tally:
         for counter in (self.cuts, self.resumes, self.resyncs):
             counter.clear()
         self.violations.clear()
+        self.lost.clear()
 
 
 class Client:
@@ -316,6 +320,8 @@ class Client:
             cause = "a cut within the resume timeout"
         self.note(f"resync after {cause}: {reason}")
         self.tally.resyncs[cause] += 1
+        if cause == "a lost connection":
+            self.tally.lost.append(f"client {self.index}: {reason}; its last events:\n  {self.history_text()}")
         if cause == "a cut within the resume timeout":
             self.tally.violations.append(
                 f"client {self.index}: refetched after a cut of {cut:.2f} s, within the resume timeout ({reason})"
