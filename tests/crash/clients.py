@@ -210,7 +210,10 @@ class Client:
                 self.resumable = False
                 self.after = None
             outcome = await self._connection(cut)
-            cut = None
+            if outcome != "failed":
+                # Back from the cut (a connection that failed before acquiring, say to a node
+                # killed meanwhile, does not end it: the next one comes back from the same cut).
+                cut = None
             if outcome == "stopped":
                 return
             if outcome == "resynced":
