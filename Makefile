@@ -68,11 +68,13 @@ test-browser: ## the demos in Chromium (tests/browser: playwright-core, Debian's
 # The crash tests run the todo demo's project (demos/todo) with the settings in tests/crash.
 CRASH := PYTHONPATH=tests:demos/todo $(PYTHON) -m crash
 
-test-crash: ## the crash tests, short (about 2 minutes): PostgreSQL, 200 clients, each fault once (CRASH_ARGS for more)
+test-crash: ## the crash tests, short (about 2 minutes): PostgreSQL, 200 clients, each fault once, on one node then on two sharing a Redis (CRASH_ARGS for more)
 	$(CRASH) $(CRASH_ARGS)
+	$(CRASH) --nodes 2 $(CRASH_ARGS)
 
-crash: ## the long crash run (about 30 minutes): 5 rounds of every fault, late reconnections
+crash: ## the long crash run (about an hour): 5 rounds of every fault, late reconnections, on one node then on two
 	$(CRASH) --long $(CRASH_ARGS)
+	$(CRASH) --long --nodes 2 $(CRASH_ARGS)
 
 # Seconds per target: 5 targets, 13 s each, over a minute in all.
 FUZZ_SHORT_SECONDS ?= 13

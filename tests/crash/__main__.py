@@ -2,6 +2,7 @@
 
     PYTHONPATH=tests:demos/todo .venv/bin/python -m crash            # the short run (make test-crash)
     PYTHONPATH=tests:demos/todo .venv/bin/python -m crash --long     # the long one (make crash)
+    PYTHONPATH=tests:demos/todo .venv/bin/python -m crash --nodes 2  # two nodes sharing a Redis
 
 The todo demo's models on a PostgreSQL server of the run's own, outbox delivery, clients
 subscribed to the demo's API (see :mod:`crash.clients`), writers committing all along (see
@@ -13,6 +14,21 @@ within the resume timeout. Then, phase by phase, a fault in the middle of the st
   (alternately as one process, and as a server with a ``--relay-only`` process beside it);
 - ``relay``: only the relay killed with SIGKILL after the server answered a batch and before the
   relay committed its deletion, then started again.
+
+``--nodes 2`` runs the same on several nodes: N ``manage.py snorky`` processes (each relaying the
+outbox) sharing a ``redis-server``, each client on one node and moving to the next when its node
+cannot be reached. Its faults:
+
+- ``node``: one node killed with SIGKILL (the nodes in turn), started again a second later; its
+  clients move to another node and resume there by offset once the dead node's subscriptions are
+  handed over (``node_timeout``, 4 s here): none may need a refetch;
+- ``broker``: ``redis-server`` killed, started again empty 5 s later. Nodes keep their
+  connections; the backend answers 503 meanwhile (the relays retry); once Redis is back, the
+  subscriptions it lost are closed with 1008 and their clients, told "Offset not retained" or
+  "No such subscription", refetch (counted as resyncs after a broker restart);
+- ``stall`` (not in the default runs: ``--phases stall``): ``redis-server`` stopped with SIGSTOP
+  for 5 s, then continued, with its data: what the nodes sent meanwhile runs late, after they
+  gave up on it. Clients should resume by offset, without a refetch.
 
 At the end of each phase the writers stop, the outbox drains, a last change (the *marker*, a
 todo every user sees) is committed, and once every client holds it, every client's rows are
@@ -52,6 +68,8 @@ SETTLE_TIMEOUT = 90.0
 KILL_TIMEOUT = 30.0
 #: How long PostgreSQL stays down.
 DATABASE_DOWN = 10.0
+#: How long Redis stays down (several nodes).
+BROKER_DOWN = 5.0
 
 
 @dataclass
@@ -67,6 +85,7 @@ class Options:
     abrupt_cuts: str
     offsets: bool
     phases: list[str]
+    nodes: int
     seed: int
     keep: bool
 
@@ -94,16 +113,35 @@ def parse_options() -> Options:
         "resume may miss the deltas in flight",
     )
     parser.add_argument("--no-offsets", action="store_true", help="clients resume as Snorky 0.1's do, without offsets")
+    parser.add_argument(
+        "--nodes", type=int, default=1, help="several nodes sharing a redis-server (faults: a node killed, Redis lost)"
+    )
     parser.add_argument("--rounds", type=int, help="repetitions of the phases")
+    parser.add_argument(
+        "--phases",
+        help="the faults to inject, in order, comma-separated (instead of the default ones): database, server, "
+        "relay; with --nodes: node, broker, stall, database",
+    )
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (process logs)")
     args = parser.parse_args()
     rounds = args.rounds or (5 if args.long else 1)
     # A round: the database, then the server (killed as one process, started as server + relay),
     # then the relay alone; a long run also kills the split deployment and starts it as one process.
-    phases = (
-        ["database", "server", "relay"] if rounds == 1 and not args.long else ["database", "server", "relay", "server"]
-    )
+    if args.nodes > 1:
+        # Several nodes: a node killed, then Redis lost; a long run also stops the database.
+        phases = ["node", "broker"] if rounds == 1 and not args.long else ["node", "broker", "database", "node"]
+    else:
+        phases = (
+            ["database", "server", "relay"]
+            if rounds == 1 and not args.long
+            else ["database", "server", "relay", "server"]
+        )
+    if args.phases:
+        phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
+        known = {"node", "broker", "stall", "database"} if args.nodes > 1 else {"database", "server", "relay"}
+        if not phases or not set(phases) <= known:
+            parser.error(f"--phases: choose among {', '.join(sorted(known))}")
     return Options(
         clients=args.clients,
         users=args.users,
@@ -118,6 +156,7 @@ def parse_options() -> Options:
         abrupt_cuts=args.abrupt_cuts,
         offsets=not args.no_offsets,
         phases=phases * rounds,
+        nodes=max(args.nodes, 1),
         seed=args.seed,
         keep=args.keep,
     )
@@ -128,7 +167,7 @@ class Harness:
         self.options = options
         self.run_dir = run_dir
         self.random = random.Random(options.seed)
-        self.deployment = Deployment(run_dir, options.resume_timeout)
+        self.deployment = Deployment(run_dir, options.resume_timeout, options.nodes, broker=options.nodes > 1)
         os.environ.update(
             {key: value for key, value in self.deployment.env.items() if key.startswith(("CRASH_", "DJANGO_"))}
         )
@@ -140,6 +179,7 @@ class Harness:
         self.user_ids: list[int] = []
         self.report: list[dict[str, Any]] = []
         self.combined = True
+        self.nodes_killed = 0
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -220,7 +260,8 @@ class Harness:
             raise AssertionError(f"{err}; the last events of some:\n{self.events_of(waiting)}") from None
         print(
             f"crash: database ready in {prepared - started:.1f} s, {len(self.clients)} clients of "
-            f"{self.options.users} users subscribed {time.monotonic() - prepared:.1f} s later "
+            f"{self.options.users} users subscribed {time.monotonic() - prepared:.1f} s later"
+            f"{f' on {self.options.nodes} nodes sharing a Redis' if self.options.nodes > 1 else ''} "
             f"(seed {self.options.seed})",
             flush=True,
         )
@@ -266,6 +307,7 @@ class Harness:
             problems.append(
                 f"{self.tally.resyncs['a lost connection']} clients lost their subscription without a server restart"
             )
+            problems += self.tally.lost[:5]
         if problems:
             events = self.events_of(self.named(problems))
             raise AssertionError("\n".join(problems[:50]) + f"\nthe last events of some of these clients:\n{events}")
@@ -327,6 +369,7 @@ class Harness:
         for process in self.deployment.processes():
             process.kill()
         self.restarts.count += 1
+        self.restarts.cause = "a server restart"
         await asyncio.sleep(1.0)
         self.combined = not self.combined
         if self.combined:
@@ -335,6 +378,32 @@ class Harness:
             await asyncio.to_thread(self.deployment.start_split)
         now = "one process" if self.combined else "server and --relay-only"
         return {"killed": was, "started": now}
+
+    async def fault_node(self) -> dict[str, Any]:
+        """One node killed, the nodes in turn; started again a second later. Not a restart of the
+        server: its clients must resume elsewhere without a refetch."""
+        index = self.nodes_killed % len(self.deployment.nodes)
+        self.nodes_killed += 1
+        node = self.deployment.nodes[index]
+        on_it = sum(client.ready and client.urls[0] == node.ws_url for client in self.clients)
+        await asyncio.to_thread(self.deployment.kill_node, index)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(self.deployment.start_node, index)
+        return {"killed": node.name, "its clients": on_it}
+
+    async def fault_broker(self) -> dict[str, Any]:
+        """Redis killed and started again, empty: the subscriptions it held are gone."""
+        await asyncio.to_thread(self.deployment.stop_broker)
+        self.restarts.count += 1
+        self.restarts.cause = "a broker restart"
+        await asyncio.sleep(BROKER_DOWN)
+        await asyncio.to_thread(self.deployment.start_broker)
+        return {"broker down (s)": BROKER_DOWN}
+
+    async def fault_stall(self) -> dict[str, Any]:
+        """Redis stopped (SIGSTOP) and continued: unreachable for a while, but with its data."""
+        await asyncio.to_thread(self.deployment.stall_broker, BROKER_DOWN)
+        return {"broker stalled (s)": BROKER_DOWN}
 
     async def fault_relay(self) -> dict[str, Any]:
         if self.combined:
@@ -412,10 +481,19 @@ class Harness:
         client's rows with the database. Returns how many rows were compared."""
         await self.wait_for(lambda: self.outbox_size() == 0, "the outbox to drain", blocking=True)
         version = await asyncio.to_thread(self.bump_marker)
-        await self.wait_for(
-            lambda: all(client.ready and client.version(self.marker_id) == version for client in self.clients),
-            f"every client to hold marker v{version}",
-        )
+
+        def holds_marker(client: Client) -> bool:
+            return client.ready and client.version(self.marker_id) == version
+
+        try:
+            await self.wait_for(
+                lambda: all(holds_marker(client) for client in self.clients), f"every client to hold marker v{version}"
+            )
+        except AssertionError as err:
+            behind = [client for client in self.clients if not holds_marker(client)]
+            raise AssertionError(
+                f"{err}: {len(behind)} do not; the last events of some:\n{self.events_of(behind[:3])}"
+            ) from None
         views = await asyncio.to_thread(self.committed_views)
         compared = 0
         problems = []

@@ -6,7 +6,9 @@ connection token and acquires the subscription. Deltas are applied as ``ArrayCol
 them: an insert replaces or adds the row, an update replaces a row the client holds, a delete
 removes it. When the connection drops the client reconnects and acquires the same token again
 (a *resume*: the server sends what it missed); when the server answers "No such subscription"
-it fetches again (a *resync*: a full refetch), as ``resyncNeeded`` makes an application do.
+it fetches again (a *resync*: a full refetch), as ``resyncNeeded`` makes an application do;
+"Service unavailable" (a node that cannot reach Redis) is tried again later, as the JavaScript
+client does.
 
 Clients ask for delivery offsets (``"offsets": true``); when the server gives them, a resume
 starts exactly after the last delta applied (``"after"``), and "Offset not retained" is a resync
@@ -44,8 +46,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from crash import version_of
 
-#: How long one step (a handshake, an acquire) may take before it counts as failed.
+#: How long a handshake may take before it counts as failed.
 STEP_TIMEOUT = 10.0
+#: How long a call may wait for its reply: longer than the server's longest wait for a
+#: subscription's previous holder (15 s), since the JavaScript client puts no timeout on a call
+#: sent on an open connection.
+CALL_TIMEOUT = 20.0
 
 #: What a fetch answers: the rows by id and the subscription token, or ``None`` when it failed.
 Fetched = tuple[dict[int, dict[str, Any]], str] | None
@@ -53,10 +59,12 @@ Fetched = tuple[dict[int, dict[str, Any]], str] | None
 
 @dataclass
 class Restarts:
-    """How many times the server was started again: subscriptions held before a restart are gone
-    after it, whatever the client does."""
+    """How many times the server (or, with several nodes, the broker they share) was started
+    again: subscriptions held before a restart are gone after it, whatever the client does.
+    ``cause`` names the last one, as resyncs it caused are counted."""
 
     count: int = 0
+    cause: str = "a server restart"
 
 
 @dataclass
@@ -70,6 +78,9 @@ class Tally:
     resumes: Counter[str] = field(default_factory=Counter)
     resyncs: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
+    #: Clients that refetched after a lost connection (not a cut of their own, not a restart):
+    #: what the server said, and the client's events then.
+    lost: list[str] = field(default_factory=list)
     offsets: bool | None = None
 
     def reset(self) -> None:
@@ -77,6 +88,7 @@ class Tally:
         for counter in (self.cuts, self.resumes, self.resyncs):
             counter.clear()
         self.violations.clear()
+        self.lost.clear()
 
 
 class Client:
@@ -198,7 +210,10 @@ class Client:
                 self.resumable = False
                 self.after = None
             outcome = await self._connection(cut)
-            cut = None
+            if outcome != "failed":
+                # Back from the cut (a connection that failed before acquiring, say to a node
+                # killed meanwhile, does not end it: the next one comes back from the same cut).
+                cut = None
             if outcome == "stopped":
                 return
             if outcome == "resynced":
@@ -226,6 +241,10 @@ class Client:
         try:
             reply = await self._acquire(ws)
             self.note(f"acquire from port {ws.local_address[1]}: {reply}")
+            if reply.get("message") == "Service unavailable":
+                # The server cannot reach what it shares with other nodes (Redis): the
+                # JavaScript client tries again later, keeping its token and offset.
+                return "failed"
             if reply.get("type") == "error":
                 self._resync(str(reply.get("message")), cut)
                 return "resynced"
@@ -283,7 +302,7 @@ class Client:
         request = {"command": command, "params": params, "callId": call_id}
         await ws.send(json.dumps({"service": "datasync", "message": request}))
         deltas_first = False
-        async with asyncio.timeout(STEP_TIMEOUT):
+        async with asyncio.timeout(CALL_TIMEOUT):
             while True:
                 frame = json.loads(await ws.recv())
                 message: dict[str, Any] = frame.get("message", {})
@@ -295,7 +314,7 @@ class Client:
     def _resync(self, reason: str, cut: float | None) -> None:
         """The token cannot be acquired again: the next loop fetches the rows and a new token."""
         if self.acquired_in != self.restarts.count and reason != "closed with 1008":
-            cause = "a server restart"
+            cause = self.restarts.cause
         elif cut is None:
             cause = "closed with 1008" if reason == "closed with 1008" else "a lost connection"
         elif cut > self.resume_timeout:
@@ -304,6 +323,8 @@ class Client:
             cause = "a cut within the resume timeout"
         self.note(f"resync after {cause}: {reason}")
         self.tally.resyncs[cause] += 1
+        if cause == "a lost connection":
+            self.tally.lost.append(f"client {self.index}: {reason}; its last events:\n  {self.history_text()}")
         if cause == "a cut within the resume timeout":
             self.tally.violations.append(
                 f"client {self.index}: refetched after a cut of {cut:.2f} s, within the resume timeout ({reason})"

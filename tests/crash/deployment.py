@@ -12,12 +12,13 @@
 Every process writes its output to a file in the run's directory; a failure shows their tails.
 Nodes keep their ports across restarts, as a service behind a fixed address does.
 
-Several nodes: ``Deployment(nodes=N)`` already starts N nodes, and each client knows every node's
-URL, its own first, moving to the next when a connection fails, so a client of a killed node
-resumes (by offset) on another. What such a variant adds: a broker process (``redis-server``,
-as tests/redis_server.py starts it) passed to each node with ``--broker``, a ``kill_broker``
-fault, and a ``server`` fault that kills one node instead of all of them, after which no client
-should need a refetch (the harness counts refetches caused by a restart of *the* server).
+Several nodes: ``Deployment(nodes=N, broker=True)`` starts a ``redis-server`` (as
+tests/redis_server.py does, on a free port, keeping nothing on disk) and N nodes sharing it
+(``--broker``), each relaying the outbox (PostgreSQL's row locks keep two relays from sending a
+batch twice or out of order). Each client knows every node's URL, its own first, and moves to the
+next when a connection fails, so a client of a killed node resumes (by offset) on another. The
+faults of several nodes: ``kill_node`` (one node), and ``stop_broker``/``start_broker`` (Redis
+killed, then started again empty, as after a crash without persistence).
 """
 
 from __future__ import annotations
@@ -35,17 +36,24 @@ from typing import IO, Any
 import psycopg
 from backendproxy import BackendProxy
 from pgcluster import PostgresCluster, free_port
+from redis_server import RedisServer
 
 TESTS = Path(__file__).resolve().parent.parent
 ROOT = TESTS.parent
 #: Where ``todo_site`` and ``todos`` (the demo's project and app) are imported from.
 DEMO = ROOT / "demos" / "todo"
 START_TIMEOUT = 30.0
+#: The nodes' ``node_timeout`` when they share a broker: how long a killed node's subscriptions
+#: stay held before another node may hand them over (the server's default is 15 s).
+NODE_TIMEOUT = 4.0
 
 
-def environment(db_port: int, frontend_port: int, backend_port: int, resume_timeout: float) -> dict[str, str]:
+def environment(
+    db_port: int, frontend_port: int, backend_port: int, resume_timeout: float, node_timeout: float | None
+) -> dict[str, str]:
     """The environment of every process of the deployment (read by ``crash.settings``)."""
     return {
+        **({"CRASH_NODE_TIMEOUT": str(node_timeout)} if node_timeout is not None else {}),
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "crash.settings",
         "PYTHONPATH": os.pathsep.join([str(TESTS), str(DEMO), os.environ.get("PYTHONPATH", "")]),
@@ -133,11 +141,15 @@ def manage(*args: str) -> list[str]:
 class Node:
     """One Snorky server process (``manage.py snorky``) on fixed ports."""
 
-    def __init__(self, name: str, db_port: int, resume_timeout: float, run_dir: Path) -> None:
+    def __init__(
+        self, name: str, db_port: int, resume_timeout: float, run_dir: Path, broker: RedisServer | None = None
+    ) -> None:
         self.name = name
         self.frontend_port, self.backend_port = free_port(), free_port()
-        self.env = environment(db_port, self.frontend_port, self.backend_port, resume_timeout)
+        node_timeout = NODE_TIMEOUT if broker is not None else None
+        self.env = environment(db_port, self.frontend_port, self.backend_port, resume_timeout, node_timeout)
         self.run_dir = run_dir
+        self.broker = broker
         self.process: Process | None = None
         self.with_relay = True
 
@@ -148,6 +160,8 @@ class Node:
     def start(self, with_relay: bool) -> None:
         self.with_relay = with_relay
         args = ["snorky", "--node-name", self.name] + ([] if with_relay else ["--no-relay"])
+        if self.broker is not None:
+            args += ["--broker", self.broker.url]
         self.process = Process(self.name, manage(*args), self.env, self.run_dir)
         self.process.start(ready="Starting Snorky server")
 
@@ -239,11 +253,14 @@ def _batch_key(body: bytes) -> str | None:
 class Deployment:
     """The database, the Snorky nodes and, when split, the relay and its kill switch."""
 
-    def __init__(self, run_dir: Path, resume_timeout: float, nodes: int = 1) -> None:
+    def __init__(self, run_dir: Path, resume_timeout: float, nodes: int = 1, broker: bool = False) -> None:
         self.run_dir = run_dir
         self.resume_timeout = resume_timeout
         self.db = PostgresCluster(max_connections=100)
-        self.nodes = [Node(f"node{index}", self.db.port, resume_timeout, run_dir) for index in range(nodes)]
+        self.broker = RedisServer() if broker else None
+        self.nodes = [
+            Node(f"node{index}", self.db.port, resume_timeout, run_dir, self.broker) for index in range(nodes)
+        ]
         self.relay: Relay | None = None
         self.switch: RelayKillSwitch | None = None
         self.env = self.nodes[0].env
@@ -279,6 +296,31 @@ class Deployment:
         """SIGKILL a node (with its relay, when it runs one)."""
         self.nodes[index].kill()
 
+    def start_node(self, index: int) -> None:
+        """Starts a node again (as it was: with its relay or without)."""
+        node = self.nodes[index]
+        node.start(with_relay=node.with_relay)
+
+    def stop_broker(self) -> None:
+        """SIGKILL ``redis-server``: what it held (subscriptions, the delta stream) is lost."""
+        assert self.broker is not None, "the deployment has no broker"
+        self.broker.stop()
+
+    def stall_broker(self, seconds: float) -> None:
+        """SIGSTOP ``redis-server`` for ``seconds``, then SIGCONT: it keeps its data, and the
+        commands sent meanwhile run when it goes on (after their senders gave up on them)."""
+        assert self.broker is not None and self.broker.process is not None, "the deployment has no broker"
+        self.broker.process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            self.broker.process.send_signal(signal.SIGCONT)
+
+    def start_broker(self) -> None:
+        """Starts ``redis-server`` again on its port, empty."""
+        assert self.broker is not None, "the deployment has no broker"
+        self.broker.start()
+
     def kill_relay_after_answer(self, timeout: float) -> str:
         """Kills the relay between the server's answer to a batch and the relay's commit; returns
         the batch's key once the kill happened."""
@@ -308,4 +350,6 @@ class Deployment:
             process.kill()
         if self.switch is not None:
             self.switch.close()
+        if self.broker is not None:
+            self.broker.close()
         self.db.destroy()

@@ -1,9 +1,9 @@
 """The todo demo's settings on the crash tests' PostgreSQL server, with outbox delivery.
 
 Everything else is the demo's (``demos/todo/todo_site/settings.py``): its model, dealers, views and
-API. The harness passes the database port, the two listening addresses and the resume timeout
-through the environment, so that every process it starts (``manage.py snorky``, the relay, the
-writers) reads the same values.
+API. The harness passes the database port, the two listening addresses, the resume timeout (and,
+with several nodes, their ``node_timeout``) through the environment, so that every process it
+starts (``manage.py snorky``, the relay, the writers) reads the same values.
 """
 
 import os
@@ -38,6 +38,10 @@ SNORKY = {
     # The connection tokens clients reconnect with stay valid for the longest run.
     "CONNECTION_TOKEN_TTL": 3600,
     "OUTBOX_MAX_RETRY_DELAY": 1.0,
+    # Several nodes (``--broker``): a killed node's subscriptions are handed over this soon.
+    "SERVER_OPTIONS": (
+        {"node_timeout": float(os.environ["CRASH_NODE_TIMEOUT"])} if os.environ.get("CRASH_NODE_TIMEOUT") else {}
+    ),
 }
 LOGGING = {
     "version": 1,

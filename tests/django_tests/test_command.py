@@ -1,5 +1,6 @@
 """`manage.py snorky` as a real process: banner, deltas through it, SIGTERM, configuration errors,
-and the outbox surviving a SIGKILL of the server and its relay."""
+the outbox surviving a SIGKILL of the server and its relay, and two processes sharing a broker
+(Redis) serving the project's subscriptions as one server, a SIGKILL of one included."""
 
 from __future__ import annotations
 
@@ -244,3 +245,102 @@ def test_an_unreachable_broker_is_a_command_error(processes):
     server = processes("--broker", f"redis://127.0.0.1:{free_port()}/0")
     assert server.finish() != 0
     assert "cannot reach the broker" in server.output
+
+
+# --- Two nodes sharing a broker: the project's own subscriptions --------------------------------
+
+
+def _two_nodes(processes, redis, *first_args: str, **env: str) -> tuple[SnorkyProcess, SnorkyProcess]:
+    """Two ``manage.py snorky`` processes on one Redis: ``first`` (with ``first_args``) and
+    ``second`` (without relay)."""
+    first = processes("--broker", redis.url, "--node-name", "first", *first_args, **env)
+    second = processes("--broker", redis.url, "--node-name", "second", "--no-relay", **env)
+    for server in (first, second):
+        server.wait_for("Quit the server with CONTROL-C.")
+        assert f"Broker: {redis.url}" in server.output
+    return first, second
+
+
+def _titles(deltas: list[dict]) -> list[tuple[str, str]]:
+    return [(delta["type"], (delta.get("data") or delta["newData"])["title"]) for delta in deltas]
+
+
+@pytest.mark.parametrize("delivery", ["direct", "outbox"])
+def test_a_subscription_authorized_through_one_node_is_served_by_the_other(
+    delivery, processes, settings, ws_factory, alice, bob
+):
+    # Django talks to the first node only (BACKEND_URL: the DRF view authorizes there, direct
+    # mode posts deltas there, the outbox relay runs in its process); browsers are on the second.
+    from redis_server import redis_server
+
+    with redis_server() as redis:
+        first, second = _two_nodes(processes, redis, SNORKY_TEST_DELIVERY=delivery)
+        assert f"Delivery: {delivery}" in first.output
+        settings.SNORKY = {**settings.SNORKY, "BACKEND_URL": first.backend_url, "DELIVERY": delivery}
+        Task.objects.create(title="existing", owner=alice)
+        drained = lambda: delivery == "direct" or not OutboxEntry.objects.exists()  # noqa: E731
+        wait_until(drained, timeout=10, message="the relay")
+        body, token = subscribe(client_for(alice), "/api/tasks/")
+        assert [task["title"] for task in body] == ["existing"]
+        _, bob_token = subscribe(client_for(bob), "/api/tasks/")
+        # Committed between the authorization and the acquisition: still delivered.
+        Task.objects.create(title="before the acquire", owner=alice)
+        wait_until(drained, timeout=10, message="the relay")
+
+        ws = ws_factory(second.ws_url, user=alice)
+        ws.acquire(token)
+        bob_ws = ws_factory(first.ws_url, user=bob)
+        bob_ws.acquire(bob_token)
+        assert _titles([ws.delta()]) == [("insert", "before the acquire")]
+
+        with transaction.atomic():
+            task = Task.objects.create(title="draft", owner=alice)
+            task.title = "final"
+            task.save()
+        Task.objects.create(title="bob's", owner=bob)
+        task.owner = bob  # leaves alice's view, enters bob's
+        task.save()
+        assert _titles(ws.deltas(3)) == [("insert", "draft"), ("update", "final"), ("delete", "final")]
+        assert _titles(bob_ws.deltas(2)) == [("insert", "bob's"), ("insert", "final")]
+        task.delete()
+        assert _titles([bob_ws.delta()]) == [("delete", "final")]
+        ws.assert_silent()
+
+        # The token is held on the second node: the first refuses it to another connection.
+        thief = ws_factory(first.ws_url, user=alice)
+        assert thief.call("datasync", "acquireSubscription", token=token)["message"] == "No such subscription"
+
+
+def test_a_client_of_a_killed_node_resumes_on_the_other_by_offset(processes, settings, ws_factory, alice):
+    from redis_server import redis_server
+
+    with redis_server() as redis:
+        first, second = _two_nodes(processes, redis)
+        settings.SNORKY = {**settings.SNORKY, "BACKEND_URL": first.backend_url}
+        _, token = subscribe(client_for(alice), "/api/tasks/")
+        ws = ws_factory(second.ws_url, user=alice)
+        reply = ws.call("datasync", "acquireSubscription", token=token, offsets=True)
+        assert reply["type"] == "response" and "offset" in reply["data"], reply
+        Task.objects.create(title="one", owner=alice)
+        frame = ws.recv()["message"]
+        assert frame["delta"]["data"]["title"] == "one" and frame["subscription"] == token
+        last = frame["offset"]
+
+        second.kill()  # SIGKILL: its record in Redis still names it as the holder
+        for title in ("two", "three"):
+            Task.objects.create(title=title, owner=alice)
+        # The first node waits for the dead node's liveness key to expire (the node timeout),
+        # then hands over the subscription from the last delta applied.
+        again = ws_factory(first.ws_url, user=alice)
+        again.send(
+            "datasync",
+            {"command": "acquireSubscription", "params": {"token": token, "offsets": True, "after": last}, "callId": 1},
+        )
+        frames = [again.recv(timeout=30.0) for _ in range(3)]
+        reply = next(frame["message"] for frame in frames if frame["message"].get("callId") == 1)
+        assert reply["type"] == "response", reply
+        deltas = [frame["message"] for frame in frames if frame["message"].get("type") == "delta"]
+        assert [delta["delta"]["data"]["title"] for delta in deltas] == ["two", "three"]
+        Task.objects.create(title="four", owner=alice)
+        assert again.delta()["data"]["title"] == "four"
+        again.assert_silent()

@@ -12,6 +12,11 @@ choose ports and a fresh database:
 | ``SNORKY_ALLOWED_ORIGINS`` | derived (loopback on ports 8000, 8080, ...) | comma-separated page origins |
 | ``SOCKJS_CLIENT_URL`` | sockjs-client 1.6.1 from a CDN | the script pages without WebSocket load |
 | ``DEMO_DATABASE`` | ``db.sqlite3`` beside ``manage.py`` | the SQLite file |
+| ``SNORKY_BROKER`` | none (one process) | the Redis several ``manage.py snorky`` nodes share |
+| ``SNORKY_PUBLIC_URL`` | from the page's host and the frontend address | the pages' WebSocket URL |
+| ``SNORKY_BACKEND_URL`` | from ``SNORKY_BACKEND_ADDRESS`` | where Django posts |
+
+With several nodes, the last two are a load balancer's URLs (see the demo's README).
 """
 
 import os
@@ -105,4 +110,9 @@ SNORKY = {
     "BACKEND_ADDRESS": os.environ.get("SNORKY_BACKEND_ADDRESS") or "127.0.0.1:5002",
     # None: derived from ALLOWED_HOSTS (in DEBUG, loopback pages on ports 8000, 8080, 3000, 5173).
     "ALLOWED_ORIGINS": _env_list("SNORKY_ALLOWED_ORIGINS"),
+    # Several nodes: each `manage.py snorky --frontend-address ... --backend-address ...` connects to
+    # this Redis, and pages and Django reach the nodes through a load balancer (see the README).
+    "BROKER": os.environ.get("SNORKY_BROKER") or None,
+    "PUBLIC_URL": os.environ.get("SNORKY_PUBLIC_URL") or None,
+    "BACKEND_URL": os.environ.get("SNORKY_BACKEND_URL") or None,
 }

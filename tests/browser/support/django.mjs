@@ -49,7 +49,8 @@ export async function startDjangoDemo(demoDir, { setup = [], env = {}, timeoutMs
  * - `django`, `snorky`: the ManagedProcess of each server (see processes.mjs);
  * - `manage(...args)`: runs another manage.py command with the same settings; resolves with its output;
  * - `stopSnorky()`, `startSnorky()`, `restartSnorky()`: the Snorky server alone, on the same ports;
- * - `stop()`: both servers, then the temporary database.
+ * - `startNode(name)`: one more `manage.py snorky` on ports of its own (several nodes), in `nodes`;
+ * - `stop()`: every server, then the temporary database.
  */
 export class DjangoDemo {
   constructor(dir, env, timeoutMs) {
@@ -58,6 +59,7 @@ export class DjangoDemo {
     this.tmp = mkdtempSync(join(tmpdir(), "snorky-demo-"));
     this.django = null;
     this.snorky = null;
+    this.nodes = [];
     this.ready = freePorts(3).then(([http, ws, backend]) => {
       this.ports = { http, ws, backend };
       this.baseUrl = `http://127.0.0.1:${http}`;
@@ -94,6 +96,24 @@ export class DjangoDemo {
     await waitForUrl(`http://127.0.0.1:${this.ports.ws}/health`, { process: this.snorky, timeoutMs: this.timeoutMs });
   }
 
+  /**
+   * One more `manage.py snorky` of the project, on free ports of its own, named `name`: a node of
+   * several when `env` has `SNORKY_BROKER` (the Redis they share). Resolves once it answers with
+   * `{name, process, ports: {ws, backend}}`; `stop()` stops it with the others.
+   */
+  async startNode(name) {
+    await this.ready;
+    const [ws, backend] = await freePorts(2);
+    const args = ["manage.py", "snorky", `--frontend-address=127.0.0.1:${ws}`, `--backend-address=127.0.0.1:${backend}`];
+    const managed = startProcess(PYTHON, [...args, "--node-name", name], { name: `node ${name}`, cwd: this.dir, env: this.env });
+    const accept = (status) => status === 200;
+    await waitForUrl(`http://127.0.0.1:${backend}/health`, { process: managed, timeoutMs: this.timeoutMs, accept });
+    await waitForUrl(`http://127.0.0.1:${ws}/health`, { process: managed, timeoutMs: this.timeoutMs, accept });
+    const node = { name, process: managed, ports: { ws, backend } };
+    this.nodes.push(node);
+    return node;
+  }
+
   async stopSnorky() {
     const result = await this.snorky?.stop();
     if (result && result.code !== 0) throw this.snorky.error(`stopped with ${result.code ?? result.signal}, not 0`);
@@ -115,7 +135,7 @@ export class DjangoDemo {
   }
 
   async stop() {
-    await Promise.all([this.django?.stop(), this.snorky?.stop()]);
+    await Promise.all([this.django?.stop(), this.snorky?.stop(), ...this.nodes.map((node) => node.process.stop())]);
     rmSync(this.tmp, { recursive: true, force: true });
   }
 }
