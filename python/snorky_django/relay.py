@@ -1,13 +1,24 @@
 """The outbox relay: moves committed deltas from the outbox table to the Snorky server.
 
-One pass (:meth:`OutboxRelay.relay_once`) first records which of the oldest entries form the next
-batch, under a new idempotency key (committed on its own), then locks them (``SELECT ... FOR
-UPDATE``, so two relays never send the same batch nor reorder it), publishes them in one request
-with the key, and deletes them in the same transaction, only after the server accepted them.
-(SQLite has no row locks: there, run a single relay.) If the server cannot be reached the
-transaction rolls back and the entries stay for the next try. If the relay dies between the
-server's answer and the commit, the next pass sends the same entries with the same key, and the
+Every pass (:meth:`OutboxRelay.relay_once`) records which of the oldest entries form the next
+batch, under a new idempotency key, and commits that before sending anything; it publishes them in
+one request with the key, and deletes them only after the server accepted them. If the server
+cannot be reached the entries stay, claimed, for the next try. If the relay dies between the
+server's answer and the deletion, the next pass sends the same entries with the same key, and the
 server, which remembers recent keys, drops the repeat: each delta reaches the browsers once.
+
+On PostgreSQL a pass is two statements in autocommit and the request: the claim is one
+``UPDATE ... RETURNING`` (the entries' ids and deltas), the deletion one ``DELETE``. Order is kept
+by letting a single relay work per database at a time: the active relay holds a session advisory
+lock on its connection (taken once, kept while the connection lives); the others try to take it at
+each pass and find nothing to do until the active one stops, dies or loses its connection, which
+releases the lock. A relay that has just taken the lock first sends again any batch left claimed
+(by a crashed relay, or a request that failed), oldest first, then claims new ones.
+
+Other databases take two transactions per pass: the claim (``SELECT ... FOR UPDATE`` of the oldest
+entries and an ``UPDATE`` of their batch key, committed on its own), then a transaction that locks
+the batch's entries (so two relays never send the same batch nor reorder it, on MySQL), publishes
+them and deletes them. SQLite has no row locks: there, run a single relay.
 
 Only the server's refusal of a delta itself (one of
 :data:`~snorky_django.delivery.DELTA_REFUSALS`, a delta alone over the body limit) sets that entry
@@ -25,12 +36,13 @@ kept, so the listener, once connected again, wakes the relay to look.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, close_old_connections, connections, router, transaction
 
@@ -41,7 +53,7 @@ from snorky_django.delivery import describe, get_backend, send_deltas
 if TYPE_CHECKING:
     from snorky_django.models import OutboxEntry
 
-__all__ = ["NOTIFY_CHANNEL", "OutboxRelay", "batch_key"]
+__all__ = ["ADVISORY_LOCK", "NOTIFY_CHANNEL", "OutboxRelay", "batch_key"]
 
 logger = logging.getLogger("snorky_django.relay")
 
@@ -59,7 +71,18 @@ def batch_key(using: str, first: int, last: int) -> str:
     The random part makes it unique whatever the database, the site, or a reset of the table's
     ids; the alias and the ids are there for the logs. At most 200 characters (the server's limit).
     """
-    return f"snorky-outbox:{using[:40]}:{first}-{last}:{secrets.token_urlsafe(16)}"
+    prefix, suffix = _key_parts(using)
+    return f"{prefix}{first}-{last}{suffix}"
+
+
+def _key_parts(using: str) -> tuple[str, str]:
+    """What comes before and after the ids in a new :func:`batch_key`."""
+    return f"snorky-outbox:{using[:40]}:", f":{secrets.token_urlsafe(16)}"
+
+
+#: The session advisory lock the active relay of a PostgreSQL database holds (64-bit key, derived
+#: from a fixed text so that it is the same in every process and unlikely to be anyone else's).
+ADVISORY_LOCK = int.from_bytes(hashlib.blake2b(b"snorky_django outbox relay", digest_size=8).digest(), "big", signed=True)
 
 
 # How often a listener with nothing to report looks whether the relay is stopping, and its first
@@ -100,6 +123,11 @@ class OutboxRelay:
         self._thread: threading.Thread | None = None
         self._listeners: list[threading.Thread] = []
         self._listening: set[str] = set()
+        # PostgreSQL: per database, the DB-API connection on which this relay holds the advisory
+        # lock, and whether a batch may be left claimed and unsent (checked once the lock is taken,
+        # and after any pass that failed between its claim and its deletion).
+        self._lock_holder: dict[str, Any] = {}
+        self._unsent: dict[str, bool] = {}
 
     def _databases(self) -> list[str]:
         if self.databases is not None:
@@ -112,10 +140,18 @@ class OutboxRelay:
         """Relays one batch from database ``using``; returns how many deltas the server accepted.
 
         Raises :class:`~snorky.SnorkyConnectionError` (nothing deleted) when the server is down.
+        On PostgreSQL, returns 0 while another relay is the active one (see the module docs); called
+        from any thread but the relay's own, it gives the advisory lock back before returning.
         """
         from snorky_django.models import OutboxEntry
 
         backend = self.backend or get_backend()
+        if connections[using].vendor == "postgresql":
+            try:
+                return self._relay_exclusive(using, backend)
+            finally:
+                if threading.current_thread() is not self._thread:
+                    self._release(using)
         key = self._claim(using)
         if key is None:
             return 0
@@ -126,6 +162,82 @@ class OutboxRelay:
                 return self._relay(list(entries_of.select_for_update()), key, backend, using)
         # Without row locks (SQLite), hold no transaction during the request: one relay per database.
         return self._relay(list(entries_of), key, backend, using)
+
+    def _relay_exclusive(self, using: str, backend: SnorkyBackend) -> int:
+        """One pass on PostgreSQL: claim (one statement), publish, delete (one statement)."""
+        from snorky_django.models import OutboxEntry
+
+        if not self._hold_lock(using):
+            return 0
+        connection = connections[using]
+        table = connection.ops.quote_name(OutboxEntry._meta.db_table)
+        rows: list[tuple[int, Any, str]] = []
+        with connection.cursor() as cursor:
+            if self._unsent.get(using, True):
+                # A batch claimed before (by a relay that died, or by a pass whose request failed)
+                # goes again first, whole and under its key, so the server recognises a repeat.
+                cursor.execute(
+                    f"SELECT id, delta, batch FROM {table} WHERE batch = ("  # noqa: S608
+                    f"SELECT batch FROM {table} WHERE error = '' AND batch <> '' ORDER BY id LIMIT 1"
+                    ") AND error = '' ORDER BY id"
+                )
+                rows = cursor.fetchall()
+            if not rows:
+                self._unsent[using] = False
+                # The claim commits by itself (autocommit) before anything is sent: the oldest
+                # entries nobody claimed, in id order, under a key naming their first and last ids.
+                prefix, suffix = _key_parts(using)
+                cursor.execute(
+                    f"WITH claimed AS (SELECT id FROM {table} WHERE error = '' AND batch = '' "  # noqa: S608
+                    "ORDER BY id LIMIT %s), "
+                    "span AS (SELECT min(id) AS first, max(id) AS last FROM claimed) "
+                    f"UPDATE {table} SET batch = %s::text || span.first::text || '-' || span.last::text || %s::text "
+                    "FROM span "
+                    f"WHERE {table}.id IN (SELECT id FROM claimed) RETURNING {table}.id, {table}.delta, {table}.batch",
+                    [self.batch_size, prefix, suffix],
+                )
+                rows = sorted(cursor.fetchall())
+                if not rows:
+                    return 0
+                self._unsent[using] = True
+        key = rows[0][2]
+        delta_field = OutboxEntry._meta.get_field("delta")
+        entries = [
+            OutboxEntry(id=pk, delta=delta_field.from_db_value(delta, None, connection), batch=key)
+            for pk, delta, _ in rows
+        ]
+        count = self._relay(entries, key, backend, using)
+        self._unsent[using] = False
+        return count
+
+    def _hold_lock(self, using: str) -> bool:
+        """Whether this relay holds the advisory lock of ``using`` on its current connection (taking
+        it if it is free). A new connection (the old one was lost) must take it again."""
+        connection = connections[using]
+        connection.ensure_connection()
+        if self._lock_holder.get(using) is connection.connection:
+            return True
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK])
+            row = cursor.fetchone()
+        if not (row and row[0]):
+            return False
+        self._lock_holder[using] = connection.connection
+        self._unsent[using] = True
+        return True
+
+    def _release(self, using: str) -> None:
+        """Gives back the advisory lock of ``using`` if this thread's connection holds it."""
+        connection = connections[using]
+        holder = self._lock_holder.get(using)
+        if holder is None or holder is not connection.connection:
+            return
+        del self._lock_holder[using]
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK])
+        except DatabaseError:  # the connection is gone, and the lock with it
+            pass
 
     def _claim(self, using: str) -> str | None:
         """The key of the oldest batch, committed before anything is sent.
@@ -170,7 +282,10 @@ class OutboxRelay:
             OutboxEntry.objects.using(using).filter(pk=entry.pk).update(error=reason)
             failed_ids.add(entry.pk)
         accepted = [entry.pk for entry in entries if entry.pk not in failed_ids]
-        OutboxEntry.objects.using(using).filter(pk__in=accepted).delete()
+        # One DELETE (a queryset's delete() may first select the rows to send signals).
+        table = connections[using].ops.quote_name(OutboxEntry._meta.db_table)
+        with connections[using].cursor() as cursor:
+            cursor.execute(f"DELETE FROM {table} WHERE batch = %s AND error = ''", [key])  # noqa: S608
         self.relayed += len(accepted)
         return len(accepted)
 
@@ -182,7 +297,7 @@ class OutboxRelay:
             while time.monotonic() < deadline:
                 count = self.relay_once(using)
                 total += count
-                if count < self.batch_size:
+                if count == 0:
                     break
         return total
 
@@ -297,8 +412,10 @@ class OutboxRelay:
                 if not busy:
                     self._wake.wait(self.poll_interval)
         finally:
+            # Closing the connections also gives back the advisory locks held on them.
             for connection in connections.all(initialized_only=True):
                 connection.close()
+            self._lock_holder.clear()
 
     def __repr__(self) -> str:
         return f"<OutboxRelay running={self.running} relayed={self.relayed}>"

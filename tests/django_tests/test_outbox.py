@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from django_tests.conftest import FaultyBackendProxy, TcpProxy, client_for, subscribe, wait_until
 from django_tests.testapp.models import Label, Task
@@ -168,3 +169,76 @@ def test_only_a_validation_refusal_sets_an_entry_aside(live_outbox, ws_factory, 
     assert [d["data"]["title"] for d in ws.deltas(2)] == ["one", "two"]
     errors = list(OutboxEntry.objects.order_by("id").values_list("error", flat=True))
     assert errors == ["Missing field", "Invalid delta type", "model must be string", "Unknown model", "Invalid params"]
+
+
+postgres_only = pytest.mark.skipif("connection.vendor != 'postgresql'", reason="PostgreSQL's relay path")
+
+
+@postgres_only
+def test_a_postgres_pass_is_two_statements(ws_factory, alice):
+    # The claim (UPDATE ... RETURNING, committed by itself) and the deletion: no transaction around
+    # the request, no row lock held during it. The relay's advisory lock is taken once.
+    with live_snorky_server(DELIVERY="outbox", relay=False) as live:
+        ws = watch_tasks(live, alice, ws_factory)
+        relay = OutboxRelay(live.backend())
+        try:
+            Task.objects.create(title="first", owner=alice)
+            assert relay._relay_exclusive("default", live.backend()) == 1  # takes the lock
+            for i in range(3):
+                Task.objects.create(title=f"next {i}", owner=alice)
+                with CaptureQueriesContext(connection) as queries:
+                    assert relay._relay_exclusive("default", live.backend()) == 1
+                statements = [query["sql"].split()[0] for query in queries.captured_queries]
+                assert statements == ["WITH", "DELETE"], queries.captured_queries
+            assert [d["data"]["title"] for d in ws.deltas(4)] == ["first", "next 0", "next 1", "next 2"]
+        finally:
+            relay._release("default")
+
+
+@postgres_only
+def test_one_relay_works_at_a_time_and_another_takes_over(ws_factory, alice):
+    # Several relays on one database (every node of a cluster runs one): the one holding the
+    # advisory lock relays, in order; the others stand by and take over when it stops.
+    with live_snorky_server(DELIVERY="outbox", relay=False) as live:
+        ws = watch_tasks(live, alice, ws_factory)
+        relays = [OutboxRelay(live.backend(), poll_interval=0.02, max_retry_delay=0.1) for _ in range(3)]
+        for relay in relays:
+            relay.start()
+        try:
+            for i in range(30):
+                with transaction.atomic():
+                    Task.objects.create(title=f"a{i}", owner=alice)
+            assert [d["data"]["title"] for d in ws.deltas(30)] == [f"a{i}" for i in range(30)]
+            wait_until(lambda: not OutboxEntry.objects.exists(), message="an empty outbox")
+            active = [relay for relay in relays if relay.relayed]
+            assert len(active) == 1 and active[0].relayed == 30
+            assert active[0].stop(5.0)
+            for i in range(30):
+                with transaction.atomic():
+                    Task.objects.create(title=f"b{i}", owner=alice)
+            assert [d["data"]["title"] for d in ws.deltas(30)] == [f"b{i}" for i in range(30)]
+            wait_until(lambda: not OutboxEntry.objects.exists(), message="an empty outbox")
+            ws.assert_silent()
+            assert sum(relay.relayed for relay in relays) == 60
+        finally:
+            for relay in relays:
+                assert relay.stop(5.0)
+
+
+def test_a_batch_left_claimed_goes_first_under_its_key(live_outbox, ws_factory, alice):
+    # What a relay that died after the server's answer leaves: entries claimed under a key the
+    # server has seen. The next pass sends them again first, with that key: the server drops the
+    # repeat, and the newer entries follow, each delivered once.
+    ws = watch_tasks(live_outbox, alice, ws_factory)
+    live_outbox.relay.stop()
+    for i in range(3):
+        Task.objects.create(title=f"old {i}", owner=alice)
+    OutboxEntry.objects.update(batch="snorky-outbox:default:test:claimed")
+    old = list(OutboxEntry.objects.order_by("id").values_list("delta", flat=True))
+    live_outbox.backend().publish_deltas(old, key="snorky-outbox:default:test:claimed")
+    assert [d["data"]["title"] for d in ws.deltas(3)] == [f"old {i}" for i in range(3)]
+    Task.objects.create(title="new", owner=alice)
+    assert live_outbox.relay.drain() == 4
+    assert [d["data"]["title"] for d in ws.deltas(1)] == ["new"]
+    ws.assert_silent()
+    assert not OutboxEntry.objects.exists()
