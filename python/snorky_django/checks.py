@@ -7,7 +7,8 @@ E001        no ``API_KEY``
 E002        ``BACKEND_URL`` is not an ``http(s)://host:port/path`` URL
 E003        a dealer names a model that is not ``@subscribable``
 E004        ``FRONTEND_ADDRESS`` or ``BACKEND_ADDRESS`` is not ``host:port``
-E005        ``DELIVERY`` is neither ``"direct"`` nor ``"outbox"``
+E005        ``DELIVERY`` is neither ``"direct"`` nor ``"outbox"``, ``DIRECT_SEND`` neither
+            ``"background"`` nor ``"inline"``, or ``DIRECT_QUEUE_SIZE`` not a positive integer
 E006        a ``SERVICES`` entry is neither a built-in service nor a dotted path
 E007        two dealers, or two subscribable models, share a name
 E008        ``TOKEN_SECRET`` is shorter than 16 characters
@@ -39,6 +40,7 @@ from snorky_django.conf import (
     BUILTIN_SERVICES,
     DEFAULTS,
     DELIVERY_MODES,
+    DIRECT_SEND_MODES,
     snorky_settings,
     split_address,
     valid_backend_url,
@@ -99,6 +101,25 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 f'SNORKY["DELIVERY"] = {snorky_settings.DELIVERY!r} is not a delivery mode.',
                 hint='Use "direct" (publish on commit) or "outbox" '
                 "(through the outbox table, relayed by manage.py snorky).",
+                id="snorky.E005",
+            )
+        )
+    if snorky_settings.DIRECT_SEND not in DIRECT_SEND_MODES:
+        messages.append(
+            Error(
+                f'SNORKY["DIRECT_SEND"] = {snorky_settings.DIRECT_SEND!r} is not a way to send.',
+                hint='Use "background" (a sender thread per process, the default) or "inline" '
+                "(the committing thread sends and waits).",
+                id="snorky.E005",
+            )
+        )
+    queue_size = snorky_settings.DIRECT_QUEUE_SIZE
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        messages.append(
+            Error(
+                f'SNORKY["DIRECT_QUEUE_SIZE"] = {queue_size!r} is not a positive integer.',
+                hint="The deltas a process may hold for its sender thread; "
+                f"the default is {DEFAULTS['DIRECT_QUEUE_SIZE']}.",
                 id="snorky.E005",
             )
         )

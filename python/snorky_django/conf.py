@@ -27,7 +27,7 @@ from snorky import _core
 if TYPE_CHECKING:
     from django.http import HttpRequest
 
-__all__ = ["BUILTIN_SERVICES", "DEFAULTS", "DELIVERY_MODES", "SnorkySettings", "snorky_settings"]
+__all__ = ["BUILTIN_SERVICES", "DEFAULTS", "DELIVERY_MODES", "DIRECT_SEND_MODES", "SnorkySettings", "snorky_settings"]
 
 #: Every setting and its default. ``None`` marks a value derived from other settings.
 DEFAULTS: dict[str, Any] = {
@@ -81,6 +81,11 @@ DEFAULTS: dict[str, Any] = {
     # "direct": publish deltas on commit (an unreachable server is logged and counted).
     # "outbox": write them to the outbox table in the transaction; `manage.py snorky` relays them.
     "DELIVERY": "direct",
+    # Direct delivery: "background" (a sender thread per process posts after the commit; the
+    # committing thread does not wait) or "inline" (the committing thread posts and waits).
+    "DIRECT_SEND": "background",
+    # Deltas the background sender may hold per process before a committing thread waits for room.
+    "DIRECT_QUEUE_SIZE": 10_000,
     # DataSync timeouts: seconds an authorized subscription waits to be acquired, seconds a
     # disconnected one waits to be resumed.
     "SUBSCRIPTION_TIMEOUT": 120.0,
@@ -120,6 +125,9 @@ BUILTIN_SERVICES = ("pubsub", "datasync", "chat", "cursors", "messaging")
 
 #: Accepted values of ``DELIVERY``.
 DELIVERY_MODES = ("direct", "outbox")
+
+#: Accepted values of ``DIRECT_SEND``.
+DIRECT_SEND_MODES = ("background", "inline")
 
 #: In DEBUG, loopback hosts are allowed as origins on these ports (besides the default port),
 #: because the development server's port is not known to the Snorky process.
@@ -173,6 +181,8 @@ class SnorkySettings:
     DEALERS: list[str]
     AUTODISCOVER: bool
     DELIVERY: str
+    DIRECT_SEND: str
+    DIRECT_QUEUE_SIZE: int
     SUBSCRIPTION_TIMEOUT: float
     RESUME_TIMEOUT: float
     DATASYNC_OPTIONS: dict[str, Any]

@@ -5,12 +5,16 @@
 happens next depends on ``SNORKY["DELIVERY"]``:
 
 ``"direct"`` (the default)
-    Deltas wait for the transaction to commit, then every delta of the transaction goes in one
-    ``publishDeltas`` request, sent from the committing thread. Outside an atomic block each save
-    is its own transaction (one request per save). A rolled-back transaction, or a rolled-back
-    savepoint, publishes nothing of what it did. When the server cannot be reached the deltas are
-    logged (logger ``snorky_django``) and counted in :data:`stats`, and :data:`delivery_failed` is
-    sent; the request that made the change is never broken.
+    Deltas wait for the transaction to commit; then, with ``DIRECT_SEND = "background"`` (the
+    default), the transaction's deltas join the process's send queue and the committing thread goes
+    on at once: one sender thread per process posts the queue in order, several transactions per
+    ``publishDeltas`` request when they pile up (see :class:`_Sender`). With ``"inline"``, every
+    delta of the transaction goes in one request sent from the committing thread, which waits for
+    the answer. Outside an atomic block each save is its own transaction. A rolled-back
+    transaction, or a rolled-back savepoint, publishes nothing of what it did. When the server
+    cannot be reached the deltas are logged (logger ``snorky_django``) and counted in
+    :data:`stats`, and :data:`delivery_failed` is sent; the request that made the change is never
+    broken. :func:`flush` waits until what was queued has been sent.
 
 ``"outbox"``
     Deltas are written to the :class:`~snorky_django.models.OutboxEntry` table *in the
@@ -27,8 +31,12 @@ discarded by a savepoint rollback, a *flush* entry registered outside any savepo
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
+import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,9 +50,11 @@ from snorky_django.conf import snorky_settings
 
 __all__ = [
     "DELTA_REFUSALS",
+    "DeliveryQueueFullError",
     "DeliveryStats",
     "delivery_failed",
     "enqueue",
+    "flush",
     "get_backend",
     "refuses_the_deltas",
     "send_deltas",
@@ -54,8 +64,15 @@ __all__ = [
 logger = logging.getLogger("snorky_django")
 
 #: Sent (``sender=None``) when deltas could not be delivered in direct mode, with ``deltas`` (the
-#: list) and ``error`` (the exception). Receivers run in the thread that committed.
+#: list) and ``error`` (the exception). Receivers run in the thread that sent them: the process's
+#: sender thread (``DIRECT_SEND = "background"``; a full queue signals from the committing thread),
+#: or the thread that committed (``"inline"``).
 delivery_failed = Signal()
+
+
+class DeliveryQueueFullError(SnorkyError):
+    """The ``error`` of :data:`delivery_failed` for deltas dropped because the process's send queue
+    stayed full (``DIRECT_QUEUE_SIZE``) for ``BACKEND_TIMEOUT`` seconds."""
 
 
 @dataclass
@@ -68,18 +85,21 @@ class DeliveryStats:
     """Deltas that could not be delivered (server unreachable or refusing them)."""
     failed_requests: int = 0
     """``publishDeltas`` requests that failed."""
+    queue_full: int = 0
+    """Deltas dropped (and counted in ``failed``) because the send queue stayed full."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def _add(self, *, published: int = 0, failed: int = 0, failed_requests: int = 0) -> None:
+    def _add(self, *, published: int = 0, failed: int = 0, failed_requests: int = 0, queue_full: int = 0) -> None:
         with self._lock:
             self.published += published
             self.failed += failed
             self.failed_requests += failed_requests
+            self.queue_full += queue_full
 
     def reset(self) -> None:
         """Sets every counter back to zero."""
         with self._lock:
-            self.published = self.failed = self.failed_requests = 0
+            self.published = self.failed = self.failed_requests = self.queue_full = 0
 
 
 #: The process-wide delivery counters.
@@ -262,8 +282,141 @@ def _flush(batch: _Batch) -> None:
 
 def _send_ready() -> None:
     ready, _state.ready = _state.ready, []
-    if ready:
+    if not ready:
+        return
+    if snorky_settings.DIRECT_SEND == "inline":
         _deliver_direct(ready)
+        return
+    limit = int(snorky_settings.DIRECT_QUEUE_SIZE)
+    wait = float(snorky_settings.BACKEND_TIMEOUT)
+    if not _sender.put(ready, limit, wait):
+        stats._add(failed=len(ready), queue_full=len(ready))
+        logger.error(
+            "Snorky: dropped %d delta(s): the send queue stayed full (%d deltas) for %.1f s",
+            len(ready),
+            limit,
+            wait,
+            extra={"deltas": ready},
+        )
+        _signal_failure(ready, DeliveryQueueFullError(f"the send queue stayed full ({limit} deltas) for {wait:.1f} s"))
+
+
+#: At most this many deltas per request when the sender joins queued transactions (a transaction
+#: larger than that still goes whole, in one request, as inline delivery sends it).
+SENDER_BATCH = 500
+
+
+class _Sender:
+    """The process's sender thread for ``DIRECT_SEND = "background"``.
+
+    Committed transactions are appended to one queue (so in the order their commits ran their
+    on_commit callbacks in this process) and posted in that order by a single daemon thread, which
+    joins what piled up into requests of up to :data:`SENDER_BATCH` deltas. The queue holds at most
+    ``DIRECT_QUEUE_SIZE`` deltas: beyond that the committing thread waits for room, at most
+    ``BACKEND_TIMEOUT`` seconds (as long as an inline send to a stalled server would have held it),
+    then its deltas are dropped, logged, counted (``stats.queue_full``) and signalled. Room is never
+    made by sending from the committing thread: that would overtake what is queued. A transaction
+    larger than the whole queue waits for it to empty, then goes.
+
+    At interpreter exit, :func:`flush` runs (for at most ``BACKEND_TIMEOUT``). What a process killed
+    outright (SIGKILL, a crash, ``os._exit``) had queued is lost, as with any direct delivery: use
+    the outbox where every change must arrive. A forked child starts with an empty queue and its
+    own thread (the parent sends what it queued).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._queue: deque[list[dict[str, Any]]] = deque()
+        self._queued = 0  # deltas in the queue
+        self._sending = 0  # deltas taken by the thread and not done yet
+        self._thread: threading.Thread | None = None
+
+    def put(self, deltas: list[dict[str, Any]], limit: int, wait: float) -> bool:
+        """Queues one transaction's deltas; ``False`` if the queue stayed full for ``wait`` seconds."""
+        with self._changed:
+            deadline = time.monotonic() + wait
+            while self._queued and self._queued + len(deltas) > limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            self._queue.append(deltas)
+            self._queued += len(deltas)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="snorky-direct-sender", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+            return True
+
+    def flush(self, timeout: float) -> bool:
+        """Waits until everything queued so far is sent (or failed); ``False`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._queued or self._sending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Deltas queued or being sent."""
+        with self._lock:
+            return self._queued + self._sending
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._queue:
+                    self._changed.wait()
+                batch = self._queue.popleft()
+                while self._queue and len(batch) + len(self._queue[0]) <= SENDER_BATCH:
+                    batch = batch + self._queue.popleft()
+                self._queued -= len(batch)
+                self._sending = len(batch)
+                self._changed.notify_all()  # room for the writers
+            try:
+                _deliver_direct(batch)
+            except Exception:  # pragma: no cover (_deliver_direct reports every failure itself)
+                logger.exception("Snorky: the sender thread failed to deliver %d delta(s)", len(batch))
+            finally:
+                with self._changed:
+                    self._sending = 0
+                    self._changed.notify_all()
+
+    def _after_fork(self) -> None:
+        # The parent's thread did not come along; its queue is the parent's to send.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._queue = deque()
+        self._queued = self._sending = 0
+        self._thread = None
+
+
+_sender = _Sender()
+os.register_at_fork(after_in_child=_sender._after_fork)
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Waits until the deltas this process has queued for sending (``DIRECT_SEND =
+    "background"``) are sent or have failed; returns ``False`` if that took longer than ``timeout``
+    seconds (default ``BACKEND_TIMEOUT``). Runs by itself at interpreter exit."""
+    return _sender.flush(float(snorky_settings.BACKEND_TIMEOUT) if timeout is None else timeout)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    pending = _sender.pending
+    if not pending:
+        return
+    try:
+        timeout = float(snorky_settings.BACKEND_TIMEOUT)
+    except Exception:  # settings unusable this late: still give the queue a moment
+        timeout = 5.0
+    if not _sender.flush(timeout):
+        logger.error("Snorky: exiting with %d delta(s) not sent after %.1f s", _sender.pending, timeout)
 
 
 def _current_batch(using: str, hooks: list[Any]) -> _Batch:

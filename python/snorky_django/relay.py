@@ -82,7 +82,9 @@ def _key_parts(using: str) -> tuple[str, str]:
 
 #: The session advisory lock the active relay of a PostgreSQL database holds (64-bit key, derived
 #: from a fixed text so that it is the same in every process and unlikely to be anyone else's).
-ADVISORY_LOCK = int.from_bytes(hashlib.blake2b(b"snorky_django outbox relay", digest_size=8).digest(), "big", signed=True)
+ADVISORY_LOCK = int.from_bytes(
+    hashlib.blake2b(b"snorky_django outbox relay", digest_size=8).digest(), "big", signed=True
+)
 
 
 # How often a listener with nothing to report looks whether the relay is stopping, and its first
@@ -177,7 +179,7 @@ class OutboxRelay:
                 # A batch claimed before (by a relay that died, or by a pass whose request failed)
                 # goes again first, whole and under its key, so the server recognises a repeat.
                 cursor.execute(
-                    f"SELECT id, delta, batch FROM {table} WHERE batch = ("  # noqa: S608
+                    f"SELECT id, delta, batch FROM {table} WHERE batch = ("
                     f"SELECT batch FROM {table} WHERE error = '' AND batch <> '' ORDER BY id LIMIT 1"
                     ") AND error = '' ORDER BY id"
                 )
@@ -188,7 +190,7 @@ class OutboxRelay:
                 # entries nobody claimed, in id order, under a key naming their first and last ids.
                 prefix, suffix = _key_parts(using)
                 cursor.execute(
-                    f"WITH claimed AS (SELECT id FROM {table} WHERE error = '' AND batch = '' "  # noqa: S608
+                    f"WITH claimed AS (SELECT id FROM {table} WHERE error = '' AND batch = '' "
                     "ORDER BY id LIMIT %s), "
                     "span AS (SELECT min(id) AS first, max(id) AS last FROM claimed) "
                     f"UPDATE {table} SET batch = %s::text || span.first::text || '-' || span.last::text || %s::text "
@@ -201,7 +203,7 @@ class OutboxRelay:
                     return 0
                 self._unsent[using] = True
         key = rows[0][2]
-        delta_field = OutboxEntry._meta.get_field("delta")
+        delta_field: Any = OutboxEntry._meta.get_field("delta")
         entries = [
             OutboxEntry(id=pk, delta=delta_field.from_db_value(delta, None, connection), batch=key)
             for pk, delta, _ in rows
@@ -285,7 +287,7 @@ class OutboxRelay:
         # One DELETE (a queryset's delete() may first select the rows to send signals).
         table = connections[using].ops.quote_name(OutboxEntry._meta.db_table)
         with connections[using].cursor() as cursor:
-            cursor.execute(f"DELETE FROM {table} WHERE batch = %s AND error = ''", [key])  # noqa: S608
+            cursor.execute(f"DELETE FROM {table} WHERE batch = %s AND error = ''", [key])
         self.relayed += len(accepted)
         return len(accepted)
 

@@ -25,6 +25,7 @@ from django.test import TransactionTestCase, override_settings
 
 from snorky import ServerHandle
 from snorky.backend import SnorkyBackend
+from snorky_django import delivery
 from snorky_django.conf import snorky_settings
 from snorky_django.relay import OutboxRelay
 from snorky_django.server import DjangoServer, build_server
@@ -87,7 +88,11 @@ def live_snorky_server(*, relay: bool | None = None, **snorky: Any) -> Iterator[
             "PUBLIC_URL": f"ws://127.0.0.1:{handle.frontend_port}/ws",
         }
         with override_settings(SNORKY=running):
-            yield LiveSnorkyServer(server, handle, base["API_KEY"])
+            try:
+                yield LiveSnorkyServer(server, handle, base["API_KEY"])
+            finally:
+                # Deltas the block committed go to this server, not to whatever comes next.
+                delivery.flush(5.0)
     finally:
         handle.stop(10.0)
 

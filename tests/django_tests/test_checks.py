@@ -31,6 +31,9 @@ def test_setting_errors():
     assert ids(BACKEND_URL="ftp://x/backend") == {"snorky.E002"}
     assert ids(FRONTEND_ADDRESS="5001") == {"snorky.E004"}
     assert ids(DELIVERY="later") == {"snorky.E005"}
+    assert ids(DIRECT_SEND="threaded") == {"snorky.E005"}
+    assert ids(DIRECT_QUEUE_SIZE=0) == {"snorky.E005"}
+    assert ids(DIRECT_QUEUE_SIZE="100") == {"snorky.E005"}
     assert ids(SERVICES=["pubsub", "chatroom"]) == {"snorky.E006"}
     assert ids(TOKEN_SECRET="short") == {"snorky.E008"}
     assert ids(PUBLIC_URL="http://example.com/ws") == {"snorky.E009"}

@@ -47,7 +47,12 @@ class RecordingBackend:
 
 
 @pytest.fixture
-def backend(monkeypatch: pytest.MonkeyPatch) -> RecordingBackend:
+def backend(monkeypatch: pytest.MonkeyPatch, settings: Any) -> RecordingBackend:
+    # Inline sending: each request is made by the committing thread before the commit returns, so
+    # what these tests look at (which deltas, grouped how) is there to see at once. The background
+    # sender, which joins transactions that pile up, is tested against a real server
+    # (test_direct_sender.py).
+    settings.SNORKY = {**settings.SNORKY, "DIRECT_SEND": "inline"}
     recording = RecordingBackend()
     monkeypatch.setattr(delivery, "get_backend", lambda: recording)
     delivery.stats.reset()
