@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from backendproxy import BackendProxy
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.test import override_settings
 from pgcluster import free_port
 
@@ -114,8 +114,11 @@ def test_a_full_queue_holds_the_writer_back_and_loses_nothing(live_direct, ws_fa
         done = threading.Event()
 
         def write() -> None:
-            Task.objects.create(title="waited", owner=alice)
-            done.set()
+            try:
+                Task.objects.create(title="waited", owner=alice)
+                done.set()
+            finally:
+                connections.close_all()  # this thread's own connection
 
         writer = threading.Thread(target=write)
         writer.start()
