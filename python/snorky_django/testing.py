@@ -10,6 +10,10 @@
 - A pytest fixture ``snorky_server``: add ``pytest_plugins = ["snorky_django.testing"]`` to your
   ``conftest.py`` and use it with ``@pytest.mark.django_db(transaction=True)``.
 
+Direct delivery posts from a sender thread after the commit (``DIRECT_SEND = "background"``): a
+test that counts deltas or ``delivery.stats`` right after a commit calls
+``snorky_django.delivery.flush()`` first; :func:`live_snorky_server` flushes when its block ends.
+
 Every wait is bounded: starting and stopping take at most a few seconds.
 """
 
