@@ -4,6 +4,8 @@ PostgreSQL, DRF, snorky_django, and the bench's baseline model (``benchtodos.Pla
 The load generator sets the environment: ``BENCH_DB_PORT`` / ``BENCH_DB_NAME`` (the PostgreSQL
 cluster it created), ``SNORKY_BENCH_KEY``, ``BENCH_SNORKY_FRONTEND`` / ``BENCH_SNORKY_BACKEND``
 (the addresses of ``manage.py snorky``) and ``BENCH_DELIVERY`` (``direct`` or ``outbox``).
+``BENCH_DIRECT_SEND`` (``background``, the default, or ``inline``), set by whoever runs the bench,
+chooses how direct delivery sends.
 """
 
 import os
@@ -53,6 +55,7 @@ SNORKY = {
     "FRONTEND_ADDRESS": os.environ.get("BENCH_SNORKY_FRONTEND", "127.0.0.1:5001"),
     "BACKEND_ADDRESS": os.environ.get("BENCH_SNORKY_BACKEND", "127.0.0.1:5002"),
     "DELIVERY": os.environ.get("BENCH_DELIVERY", "direct"),
+    "DIRECT_SEND": os.environ.get("BENCH_DIRECT_SEND", "background"),
     # The load generator connects without an Origin header (not a browser).
     "ALLOWED_ORIGINS": ["http://127.0.0.1"],
     # Setting up 1,000 clients takes a while: tokens must outlive it.
