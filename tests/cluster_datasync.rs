@@ -294,6 +294,38 @@ async fn a_0_1_client_resumes_on_another_node_after_what_was_written() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquisition_redis_answers_too_late_does_not_keep_the_subscription_held() {
+    let redis = Redis::start();
+    let (one, two) = (node(&redis, "one").await, node(&redis, "two").await);
+    let mut applied = Applied::default();
+    // Node one already follows the stream, so the acquisition below goes straight to Redis.
+    let mut other = one.connect().await;
+    acquired(&mut other, &authorize_all(&one).await, true, &mut applied).await;
+    let token = authorize_all(&one).await;
+    let mut first = one.connect().await;
+    // Redis stalls: the acquisition gets no answer in time, but runs once Redis goes on.
+    redis.freeze(true);
+    let reply = acquire(&mut first, &token, true, None, &mut applied).await;
+    redis.freeze(false);
+    assert_eq!(reply, error_reply("datasync", &json!("acquire"), "Service unavailable"));
+    // The client tries again, on another node: node one gives the subscription back, so it is
+    // acquired there rather than held forever by a connection that was told it failed.
+    let mut second = two.connect().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let reply = acquire(&mut second, &token, true, None, &mut applied).await;
+        if reply["message"]["type"] == "response" {
+            break;
+        }
+        assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"));
+        assert!(std::time::Instant::now() < deadline, "the subscription was never given back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publish(&one, inserts([7])).await;
+    read_until(&mut second, Some(&token), &mut applied, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_authorization_and_resume_timeouts_hold_on_every_node() {
     let redis = Redis::start();
     let limits = Limits {

@@ -58,7 +58,7 @@
 //! to offsets resume them exactly, others (whose position only that node knew) are told "No such
 //! subscription".
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
@@ -209,6 +209,11 @@ pub(super) enum CoverError {
 enum Pending {
     Release(Detached),
     Delete(String, u64),
+    /// An acquisition of this token got no answer (Redis stalled, or the connection broke): it
+    /// may still run once Redis goes on, leaving the subscription held by this node for a
+    /// connection that was told "Service unavailable". Given back unless a connection here
+    /// holds it by then.
+    Unanswered(String),
 }
 
 /// What the follower works on, in order.
@@ -231,6 +236,10 @@ pub(super) struct Cluster {
     relay: tokio::sync::Mutex<Option<Subscription>>,
     /// Acquisitions in progress: they need the relay before they hold a subscription.
     acquiring: AtomicUsize,
+    /// The tokens whose acquisition script is on its way to Redis from here, with how many.
+    taking: Mutex<HashMap<String, usize>>,
+    /// The subscriptions (token and lease) acquisitions here took in Redis and are adopting.
+    adopting: Mutex<HashSet<(String, u64)>>,
     events: mpsc::Sender<Event>,
     /// A message or a reconnection could not be queued for the follower.
     missed: Arc<AtomicBool>,
@@ -257,6 +266,37 @@ impl Drop for Acquiring<'_> {
     }
 }
 
+/// A subscription an acquisition took in Redis, until the acquisition ends (see
+/// [`Cluster::adopting`]).
+pub(super) struct Adopting<'a> {
+    cluster: &'a Cluster,
+    lease: (String, u64),
+}
+
+impl Drop for Adopting<'_> {
+    fn drop(&mut self) {
+        crate::sync::lock(&self.cluster.adopting).remove(&self.lease);
+    }
+}
+
+/// An acquisition script of `token` on its way, until its answer (or its timeout).
+struct Taking<'a> {
+    cluster: &'a Cluster,
+    token: &'a str,
+}
+
+impl Drop for Taking<'_> {
+    fn drop(&mut self) {
+        let mut taking = crate::sync::lock(&self.cluster.taking);
+        if let Some(count) = taking.get_mut(self.token) {
+            *count -= 1;
+            if *count == 0 {
+                taking.remove(self.token);
+            }
+        }
+    }
+}
+
 fn unavailable(service: &str, what: &str, err: &BrokerError) -> RpcError {
     log::warn!("datasync {service:?}: {what} could not reach the broker: {err}");
     RpcError::Unavailable
@@ -280,6 +320,8 @@ impl Cluster {
             broker: broker.clone(),
             relay: tokio::sync::Mutex::new(None),
             acquiring: AtomicUsize::new(0),
+            taking: Mutex::default(),
+            adopting: Mutex::default(),
             events,
             missed: Arc::new(AtomicBool::new(false)),
             reconnected: Arc::new(AtomicBool::new(false)),
@@ -370,6 +412,59 @@ impl Cluster {
         Acquiring(&self.acquiring)
     }
 
+    /// The guard of a subscription [`Cluster::take`] took under `lease` (it recorded it as
+    /// adopting, so that it is not mistaken for one an unanswered acquisition left behind):
+    /// forgets it when the acquisition ends.
+    pub(super) fn adopting(&self, token: &str, lease: u64) -> Adopting<'_> {
+        Adopting { cluster: self, lease: (token.to_owned(), lease) }
+    }
+
+    /// Gives back the subscriptions that unanswered acquisitions left held by this node with no
+    /// connection here (see [`Pending::Unanswered`]); kept for later while Redis fails.
+    async fn release_unanswered(
+        &self,
+        tokens: Vec<String>,
+        held_here: impl Fn() -> HashSet<(String, u64)>,
+        limits: &Limits,
+    ) {
+        let mut orphans = Vec::new();
+        for token in tokens {
+            let cmd =
+                redis::cmd("HMGET").arg(self.keys.record(&token)).arg(&["holder", "lease", "state", "after"]).clone();
+            match self.broker.query::<(Option<String>, Option<u64>, Option<String>, Option<u64>)>(&cmd).await {
+                Ok((Some(holder), Some(lease), Some(state), Some(after))) if self.is_me(&holder) && state == "h" => {
+                    orphans.push(Detached { token, lease, written: after });
+                }
+                Ok(_) => {}
+                Err(_) => self.postpone(std::iter::once(Pending::Unanswered(token))),
+            }
+        }
+        // Checked after reading Redis: an acquisition here that took the subscription before
+        // the read is adopting it under the lease read, or is done (held here under it); one
+        // after the read changed the lease, which the release checks.
+        if orphans.is_empty() {
+            return;
+        }
+        let held = held_here();
+        let adopting = crate::sync::lock(&self.adopting).clone();
+        let taking: HashSet<String> = crate::sync::lock(&self.taking).keys().cloned().collect();
+        let mut later = Vec::new();
+        orphans.retain(|orphan| {
+            if taking.contains(&orphan.token) {
+                // Another acquisition's answer is on its way: which lease is whose is known after.
+                later.push(Pending::Unanswered(orphan.token.clone()));
+                return false;
+            }
+            let lease = (orphan.token.clone(), orphan.lease);
+            !adopting.contains(&lease) && !held.contains(&lease)
+        });
+        self.postpone(later.into_iter());
+        if !orphans.is_empty() {
+            log::info!("datasync: giving back {} subscriptions left held by unanswered acquisitions", orphans.len());
+            self.release(orphans, limits).await;
+        }
+    }
+
     /// Makes sure the node listens on the service's channel (before any position is read, so
     /// that every delta after it arrives).
     pub(super) async fn listen(&self, service: &str) -> Result<(), RpcError> {
@@ -399,6 +494,8 @@ impl Cluster {
         after: Option<Offset>,
     ) -> Result<Take, BrokerError> {
         let (epoch, seq) = after.map_or((String::new(), 0), |offset| (offset.epoch.to_string(), offset.seq));
+        *crate::sync::lock(&self.taking).entry(token.to_owned()).or_insert(0) += 1;
+        let _taking = Taking { cluster: self, token };
         let reply: Vec<String> = self
             .broker
             .script(
@@ -423,13 +520,19 @@ impl Cluster {
             [status, holder, state] if status == "held" => {
                 Take::Held { holder: holder.clone(), releasing: state == "r" }
             }
-            [status, items, epoch, after, head, lease] if status == "ok" => Take::Taken(Taken {
-                items: items.clone(),
-                epoch: number(epoch)?,
-                after: number(after)?,
-                head: number(head)?,
-                lease: number(lease)?,
-            }),
+            [status, items, epoch, after, head, lease] if status == "ok" => {
+                let granted = Taken {
+                    items: items.clone(),
+                    epoch: number(epoch)?,
+                    after: number(after)?,
+                    head: number(head)?,
+                    lease: number(lease)?,
+                };
+                // Recorded before this acquisition stops counting as on its way (see
+                // `release_unanswered`); the caller's `Adopting` guard removes it.
+                crate::sync::lock(&self.adopting).insert((token.to_owned(), granted.lease));
+                Take::Taken(granted)
+            }
             other => return Err(BrokerError::Unreachable(format!("unexpected answer to an acquisition: {other:?}"))),
         })
     }
@@ -895,15 +998,18 @@ impl DataSyncHub {
             let _ = cluster.events.try_send(Event::CatchUp);
         }
         let pending: Vec<Pending> = crate::sync::lock(&cluster.pending).drain(..).collect();
-        let (mut releases, mut deletes) = (Vec::new(), Vec::new());
+        let (mut releases, mut deletes, mut unanswered) = (Vec::new(), Vec::new(), Vec::new());
         for write in pending {
             match write {
                 Pending::Release(detached) => releases.push(detached),
                 Pending::Delete(token, lease) => deletes.push((token, lease)),
+                Pending::Unanswered(token) => unanswered.push(token),
             }
         }
         cluster.release(releases, &self.limits()).await;
         cluster.delete(deletes).await;
+        let held_here = || self.state().held().into_iter().map(|(token, lease, _)| (token, lease)).collect();
+        cluster.release_unanswered(unanswered, held_here, &self.limits()).await;
         let retention = self.limits().retention;
         let trimmed = cluster
             .broker
@@ -938,10 +1044,13 @@ impl DataSyncHub {
         let started = Instant::now();
         let mut poll = HOLDER_POLL;
         let granted = loop {
-            let take = cluster
-                .take(token, connection.identity().id.as_deref(), after)
-                .await
-                .map_err(|err| unavailable(service, "an acquisition", &err))?;
+            let take = match cluster.take(token, connection.identity().id.as_deref(), after).await {
+                Ok(take) => take,
+                Err(err) => {
+                    cluster.postpone(std::iter::once(Pending::Unanswered(token.to_owned())));
+                    return Err(unavailable(service, "an acquisition", &err));
+                }
+            };
             let wait = match take {
                 Take::Taken(granted) => break granted,
                 Take::None => return Err(no_such()),
@@ -975,6 +1084,7 @@ impl DataSyncHub {
             poll = (poll * 2).min(HOLDER_POLL_MAX);
         };
         let lease = granted.lease;
+        let _adopting = cluster.adopting(token, lease);
         let give_back = |written: u64| Detached { token: token.to_owned(), lease, written };
         let prepared = match self.prepare_items(&granted.items).await {
             Ok(prepared) => prepared,

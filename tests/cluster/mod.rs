@@ -136,6 +136,15 @@ impl Redis {
         }
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): Redis stops answering with every connection left
+    /// open, then goes on with its data and what it was sent meanwhile.
+    pub fn freeze(&self, frozen: bool) {
+        let Some(child) = &self.child else { panic!("Redis is not running") };
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Starts it again on the same port (empty: it keeps no data).
     pub fn restart(&mut self) {
         self.stop();

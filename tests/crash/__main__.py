@@ -26,9 +26,10 @@ cannot be reached. Its faults:
   connections; the backend answers 503 meanwhile (the relays retry); once Redis is back, the
   subscriptions it lost are closed with 1008 and their clients, told "Offset not retained" or
   "No such subscription", refetch (counted as resyncs after a broker restart);
-- ``stall`` (not in the default runs: ``--phases stall``): ``redis-server`` stopped with SIGSTOP
-  for 5 s, then continued, with its data: what the nodes sent meanwhile runs late, after they
-  gave up on it. Clients should resume by offset, without a refetch.
+- ``stall``: ``redis-server`` stopped with SIGSTOP for 5 s, then continued, with its data: what
+  the nodes sent meanwhile runs late, after they gave up on it (an acquisition answered "Service
+  unavailable" still takes its subscription, which its node then gives back). Clients resume by
+  offset: none may need a refetch.
 
 At the end of each phase the writers stop, the outbox drains, a last change (the *marker*, a
 todo every user sees) is committed, and once every client holds it, every client's rows are
@@ -129,8 +130,13 @@ def parse_options() -> Options:
     # A round: the database, then the server (killed as one process, started as server + relay),
     # then the relay alone; a long run also kills the split deployment and starts it as one process.
     if args.nodes > 1:
-        # Several nodes: a node killed, then Redis lost; a long run also stops the database.
-        phases = ["node", "broker"] if rounds == 1 and not args.long else ["node", "broker", "database", "node"]
+        # Several nodes: a node killed, Redis stalled, then Redis lost; a long run also stops the
+        # database.
+        phases = (
+            ["node", "stall", "broker"]
+            if rounds == 1 and not args.long
+            else ["node", "stall", "broker", "database", "node"]
+        )
     else:
         phases = (
             ["database", "server", "relay"]
