@@ -52,9 +52,9 @@ fn request_of(message: Value) -> Result<Fields, RequestError> {
 /// What `Envelope::parse` makes of a frame, in the same terms.
 fn one_pass(text: &[u8]) -> Reading {
     let envelope = Envelope::parse(text)?;
-    let request = envelope.request.map(|request| {
-        (request.command.map(|command| command.into_owned()), request.params.into_map(), request.call_id)
-    });
+    let request = envelope
+        .request
+        .map(|request| (request.command.map(std::borrow::Cow::into_owned), request.params.into_map(), request.call_id));
     Ok((envelope.service.into_owned(), request))
 }
 
