@@ -174,7 +174,24 @@ impl AnyService {
     pub async fn handle_request(
         &self,
         caller: Caller<'_>,
-        command: String,
+        command: &str,
+        params: Params,
+        call_id: Option<&Value>,
+    ) -> Handled {
+        match self {
+            // PubSub's future is small: it runs inline. The others' hold a broker's calls or a
+            // hand-off to Python, kilobytes of state that every request would otherwise allocate
+            // and move, so it is boxed: only their own requests pay for it.
+            AnyService::PubSub(service) => Handled::Reply(service.handle(caller, command, params).await),
+            _ => Box::pin(self.handle_other(caller, command, params, call_id)).await,
+        }
+    }
+
+    /// [`handle_request`](Self::handle_request) for every service but PubSub.
+    async fn handle_other(
+        &self,
+        caller: Caller<'_>,
+        command: &str,
         params: Params,
         call_id: Option<&Value>,
     ) -> Handled {
@@ -183,25 +200,25 @@ impl AnyService {
         match self {
             AnyService::Chat(service) => {
                 let join = |connection, params, reply| service.join(connection, params, reply);
-                let other = |params| service.handle(caller, &command, params);
-                return rooms::handle_request(caller, &command, params, call_id, join, other).await;
+                let other = |params| service.handle(caller, command, params);
+                return rooms::handle_request(caller, command, params, call_id, join, other).await;
             }
             AnyService::Cursors(service) => {
                 let join = |connection, params, reply| service.join(connection, params, reply);
-                let other = |params| service.handle(caller, &command, params);
-                return rooms::handle_request(caller, &command, params, call_id, join, other).await;
+                let other = |params| service.handle(caller, command, params);
+                return rooms::handle_request(caller, command, params, call_id, join, other).await;
             }
             _ => {}
         }
         each_builtin!(
             self,
-            service => Handled::Reply(service.handle(caller, &command, params).await),
+            service => Handled::Reply(service.handle(caller, command, params).await),
             external service => {
                 let connection = match caller {
                     Caller::Client(connection) => Some(connection),
                     Caller::Backend => None,
                 };
-                service.handle_request(connection, command, params.into_map(), call_id).await
+                service.handle_request(connection, command.to_owned(), params.into_map(), call_id).await
             }
         )
     }

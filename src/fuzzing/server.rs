@@ -21,6 +21,7 @@ use std::sync::Arc;
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use bytes::Bytes;
 use serde_json::Value;
 
 use crate::connection::{Connection, Identity, Outbox};
@@ -226,7 +227,9 @@ impl Harness {
             self.note_request(text.as_bytes());
             // The reply goes through the queue, as on the transports whose reader cannot write
             // to the socket itself (the WebSocket reader writes it directly when it can).
-            if let Some(reply) = dispatch::frontend_frame(&self.app, &connection, text).await {
+            if let Some(reply) =
+                dispatch::frontend_frame(&self.app, &connection, Bytes::copy_from_slice(text.as_bytes())).await
+            {
                 connection.send(reply);
             }
         } else {

@@ -58,15 +58,25 @@ impl std::fmt::Display for RpcError {
 
 impl std::error::Error for RpcError {}
 
-/// A request that passed the envelope-level checks.
+/// A request that passed the envelope-level checks (read by [`Envelope::parse`]).
+///
+/// [`Envelope::parse`]: super::Envelope::parse
 #[derive(Debug, Clone, PartialEq)]
-pub struct Request {
-    /// The command name. A non-string `command` is kept as `None` and answered "Unknown command".
-    pub command: Option<String>,
+pub struct Request<'a> {
+    /// The command name, borrowed from the frame unless it has escapes. A non-string `command`
+    /// is kept as `None` and answered "Unknown command".
+    pub command: Option<Cow<'a, str>>,
     /// The parameters object.
     pub params: Params,
     /// The caller's `callId`, echoed verbatim; `None` when the request had none.
     pub call_id: Option<Value>,
+}
+
+impl Request<'_> {
+    /// The same request, owning its command.
+    pub fn into_owned(self) -> Request<'static> {
+        Request { command: self.command.map(|command| Cow::Owned(command.into_owned())), ..self }
+    }
 }
 
 /// Why a message is not a request.
@@ -81,33 +91,6 @@ pub enum RequestError {
         /// The error to send.
         error: RpcError,
     },
-}
-
-impl Request {
-    /// Interprets a service message as an RPC request, applying docs/protocol.md's rules in order:
-    /// a non-object is unreadable; an absent `command` or `params` is "Invalid message" when a
-    /// `callId` can be echoed and unreadable otherwise; a present `params` that is not an object
-    /// (including `null`) is "Invalid params".
-    pub fn parse(message: Value) -> Result<Request, RequestError> {
-        let Value::Object(mut object) = message else {
-            return Err(RequestError::Unreadable("message is not an object"));
-        };
-        let call_id = object.remove("callId");
-        let (Some(command), Some(params)) = (object.remove("command"), object.remove("params")) else {
-            return match call_id {
-                Some(call_id) => Err(RequestError::Reply { call_id: Some(call_id), error: RpcError::InvalidMessage }),
-                None => Err(RequestError::Unreadable("request without command or params, and no callId")),
-            };
-        };
-        let Value::Object(params) = params else {
-            return Err(RequestError::Reply { call_id, error: RpcError::InvalidParams });
-        };
-        let command = match command {
-            Value::String(command) => Some(command),
-            _ => None,
-        };
-        Ok(Request { command, params: Params::new(params), call_id })
-    }
 }
 
 /// The `message` part of a reply, in protocol field order.
@@ -154,8 +137,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse(value: Value) -> Result<Request, RequestError> {
-        Request::parse(value)
+    fn parse(value: Value) -> Result<Request<'static>, RequestError> {
+        crate::protocol::envelope::request_of(value)
     }
 
     #[test]

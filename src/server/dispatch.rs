@@ -68,17 +68,32 @@ pub async fn handle<'a>(
     message: Bytes,
     metrics: &Metrics,
 ) -> Outcome<'a> {
-    let envelope = match parse(message).await {
+    if message.len() <= PARSE_INLINE_MAX {
+        return answer(registry, caller, Envelope::parse(&message), metrics).await;
+    }
+    let parsed = tokio::task::spawn_blocking(move || Envelope::parse(&message).map(Envelope::into_owned)).await;
+    let parsed = parsed.unwrap_or_else(|err| Err(EnvelopeError::NotJson(format!("the parser failed: {err}"))));
+    answer(registry, caller, parsed, metrics).await
+}
+
+/// Runs a parsed message against `registry`.
+async fn answer<'a>(
+    registry: &'a ServiceRegistry,
+    caller: Caller<'_>,
+    parsed: Result<Envelope<'_>, EnvelopeError>,
+    metrics: &Metrics,
+) -> Outcome<'a> {
+    let envelope = match parsed {
         Ok(envelope) => envelope,
         Err(err) => return Outcome::Refused(Refusal::NotEnvelope(err)),
     };
     let Some(service) = registry.get(&envelope.service) else {
-        return Outcome::Refused(Refusal::UnknownService(envelope.service));
+        return Outcome::Refused(Refusal::UnknownService(envelope.service.into_owned()));
     };
-    let (call_id, result) = match Request::parse(envelope.message) {
+    let (call_id, result) = match envelope.request {
         Ok(Request { command, params, call_id }) => {
             let handled = match command {
-                Some(command) => service.handle_request(caller, command, params, call_id.as_ref()).await,
+                Some(command) => service.handle_request(caller, &command, params, call_id.as_ref()).await,
                 None => Handled::Reply(Err(RpcError::UnknownCommand)),
             };
             match handled {
@@ -99,23 +114,11 @@ pub async fn handle<'a>(
     Outcome::Answered { service: service.name(), call_id, result }
 }
 
-/// Parses the envelope, off the runtime thread when the message is large.
-async fn parse(message: Bytes) -> Result<Envelope, EnvelopeError> {
-    if message.len() <= PARSE_INLINE_MAX {
-        return Envelope::parse(&message);
-    }
-    match tokio::task::spawn_blocking(move || Envelope::parse(&message)).await {
-        Ok(parsed) => parsed,
-        Err(err) => Err(EnvelopeError::NotJson(format!("the parser failed: {err}"))),
-    }
-}
-
 /// Handles one text frame of a client and returns the reply to send, if any. Malformed frames
 /// are dropped and logged; the connection stays open. The caller sends the reply: the WebSocket
 /// reader writes it straight to the socket when it can, other transports queue it.
-pub async fn frontend_frame(app: &App, connection: &Arc<Connection>, text: &str) -> Option<Frame> {
-    let message = Bytes::copy_from_slice(text.as_bytes());
-    match handle(&app.frontend, Caller::Client(connection), message, &app.metrics).await {
+pub async fn frontend_frame(app: &App, connection: &Arc<Connection>, text: Bytes) -> Option<Frame> {
+    match handle(&app.frontend, Caller::Client(connection), text, &app.metrics).await {
         Outcome::Answered { service, call_id, result } => Some(reply_frame(service, call_id.as_ref(), &result)),
         Outcome::InvalidMessage { service, call_id } => {
             Some(reply_frame(service, call_id.as_ref(), &Err(RpcError::InvalidMessage)))

@@ -209,19 +209,25 @@ async fn serve(
 }
 
 async fn read_loop(app: &App, connection: &Arc<Connection>, mut stream: SplitStream<WebSocket>, sink: &SharedSink) {
+    // One wait for the close signal for the whole loop: a new one per frame would register with
+    // the connection's cancellation token and leave it again on every frame.
+    let closed = connection.closed();
+    tokio::pin!(closed);
     loop {
         let message = tokio::select! {
-            () = connection.closed() => return,
+            biased;
+            () = &mut closed => return,
             message = stream.next() => message,
         };
         match message {
             None | Some(Ok(Message::Close(_))) => return,
             Some(Ok(Message::Text(text))) => {
                 app.metrics.frames_received.inc();
-                // Boxed: the request's future (the largest of every service's) is then allocated
-                // only while a frame is handled, instead of living inline in every idle
-                // connection's task.
-                if let Some(reply) = Box::pin(dispatch::frontend_frame(app, connection, text.as_str())).await {
+                // Boxed: the request's future is then allocated only while a frame is handled,
+                // instead of living inline in every idle connection's task. It stays small (the
+                // services whose futures are large box them: `AnyService::handle_request`), so
+                // the allocation is a cheap one.
+                if let Some(reply) = Box::pin(dispatch::frontend_frame(app, connection, text.into())).await {
                     send_reply(app, connection, sink, reply);
                 }
             }

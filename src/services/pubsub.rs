@@ -126,7 +126,7 @@ impl PubSubHub {
             None => Ok(self.deliver_local(&key, &frame)),
             Some(broker) => {
                 let name = self.broker_channel(&broker, &key);
-                broker.publish(&name, frame.as_str().as_bytes()).await.map_err(|err| {
+                Box::pin(broker.publish(&name, frame.as_str().as_bytes())).await.map_err(|err| {
                     log::warn!("pubsub {:?}: a publish could not reach the broker: {err}", self.frontend_name);
                     RpcError::Unavailable
                 })?;
@@ -183,7 +183,8 @@ impl PubSubHub {
         let Some(broker) = self.broker() else { return Ok(()) };
         let listener = Arc::new(ChannelListener { hub: self.this.clone(), key: key.clone() });
         let name = self.broker_channel(&broker, &key);
-        if let Err(err) = relay.get_or_try_init(|| broker.subscribe(&name, listener)).await {
+        // Boxed: a broker call's state is large, and without a broker a subscribe never holds it.
+        if let Err(err) = Box::pin(relay.get_or_try_init(|| broker.subscribe(&name, listener))).await {
             log::warn!("pubsub {:?}: a subscription could not reach the broker: {err}", self.frontend_name);
             self.remove(connection.id(), &key);
             return Err(RpcError::Unavailable);

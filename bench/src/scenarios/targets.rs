@@ -71,6 +71,7 @@ pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
         measured: isolated.map_or_else(|| "not measured".into(), |ms| format!("{ms:.2} ms")),
         met: if smoke { None } else { isolated.map(|ms| ms < 50.0) },
     });
+    lines.extend(rpc_targets(report));
     for (what, starts) in [("DataSync", "DataSync"), ("chat", "chat")] {
         let texts: Vec<String> = report
             .main
@@ -89,6 +90,27 @@ pub(super) fn judge_targets(sizes: &Sizes, report: &mut Report) {
     cluster_targets(sizes, report, &mut lines);
     lines.extend(super::django::targets(report, &sizes.django));
     report.targets = lines;
+}
+
+/// The targets of a request/reply round trip on one connection: the server wakes about once per
+/// round trip, and spends at most 1.15× the ceiling's CPU on it.
+fn rpc_targets(report: &Report) -> [TargetLine; 2] {
+    let smoke = report.smoke;
+    let row = |metric: &str| report.main.find(|found| found == metric);
+    let switches = row("RPC: server context switches/round trip, 1 connection").and_then(|row| row.value(Kind::Snorky));
+    let cpu = row("RPC: server CPU µs/round trip, 1 connection").and_then(|row| row.ratio(Kind::Ceiling));
+    [
+        TargetLine {
+            target: "RPC, 1 connection: ≤ 1.5 server context switches per round trip".into(),
+            measured: switches.map_or_else(|| "not measured".into(), |count| format!("{count:.2}")),
+            met: if smoke { None } else { switches.map(|count| count <= 1.5) },
+        },
+        TargetLine {
+            target: "RPC, 1 connection: server CPU per round trip ≤ 1.15× ceiling".into(),
+            measured: cpu.map_or_else(|| "not measured".into(), |ratio| format!("{}×", format_ratio(ratio))),
+            met: if smoke { None } else { cpu.map(|ratio| ratio <= 1.15) },
+        },
+    ]
 }
 
 /// The targets of several nodes on Redis, from the cluster table.

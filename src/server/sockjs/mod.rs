@@ -41,6 +41,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
+use bytes::Bytes;
 
 use crate::connection::Connection;
 use crate::metrics::TransportLabel;
@@ -113,7 +114,9 @@ impl Behaviour {
     pub async fn message(self, app: &App, connection: &Arc<Connection>, text: &str) {
         match self {
             Behaviour::Frontend => {
-                if let Some(reply) = dispatch::frontend_frame(app, connection, text).await {
+                if let Some(reply) =
+                    dispatch::frontend_frame(app, connection, Bytes::copy_from_slice(text.as_bytes())).await
+                {
                     connection.send(reply);
                 }
             }
