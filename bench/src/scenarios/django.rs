@@ -83,6 +83,8 @@ pub struct DjangoSizes {
     pub python: PathBuf,
     /// The Channels reference's venv.
     pub channels_venv: PathBuf,
+    /// Whether `--servers` names Channels: the scenario measures it only then.
+    pub with_channels: bool,
 }
 
 impl DjangoSizes {
@@ -106,6 +108,7 @@ impl DjangoSizes {
             concurrency,
             python: args.python.clone(),
             channels_venv: args.channels_venv.clone(),
+            with_channels: args.servers.split(',').any(|server| server.trim() == "channels"),
         }
     }
 
@@ -175,7 +178,10 @@ async fn run_on(sizes: &DjangoSizes, pg_port: u16, work: &Path, report: &mut Rep
             Err(err) => failures.push(format!("{mode}: {err}")),
         }
     }
-    let channels = if sizes.channels_installed() {
+    let channels = if !sizes.with_channels {
+        report.notes.push("django: Channels not measured: --servers does not name it.".into());
+        None
+    } else if sizes.channels_installed() {
         eprintln!("    channels (channels_redis, uvicorn)");
         match channels(sizes, pg_port, work, report).await {
             Ok(outcome) => Some(outcome),
