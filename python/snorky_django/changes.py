@@ -3,9 +3,10 @@
 For a decorated model:
 
 - ``save()`` publishes an ``insert`` delta for a new row and an ``update`` delta (``newData`` and
-  ``oldData``, the row as it was in the database, read under ``SELECT ... FOR UPDATE``) for an
-  existing one; an update that changes nothing publishes nothing. ``delete()`` publishes a
-  ``delete`` delta, for the cascade too.
+  ``oldData``, the row as it was in the database) for an existing one; an update that changes
+  nothing publishes nothing. ``oldData`` is the row the instance was loaded as (or last saved as),
+  confirmed by the ``UPDATE`` itself, or else read under ``SELECT ... FOR UPDATE`` (see
+  :mod:`snorky_django.old_rows`). ``delete()`` publishes a ``delete`` delta, for the cascade too.
 - Each ``save()`` runs in a transaction (``atomic(savepoint=False)``: a no-op inside an existing
   one), so the old row, the change and, in outbox mode, the outbox row are consistent.
 - The model's automatic ``objects`` manager becomes a :class:`SubscribableManager`, whose querysets
@@ -45,6 +46,7 @@ from django.db.models.options import Options
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
 from django.utils.functional import cached_property
 
+from snorky_django import old_rows
 from snorky_django.delivery import enqueue
 from snorky_django.serialization import forget_delta_data, jsonable, serialize
 
@@ -55,6 +57,8 @@ logger = logging.getLogger("snorky_django")
 M = TypeVar("M", bound=type[models.Model])
 
 _OLD_DATA = "_snorky_old_data"
+_CHECK = "_snorky_check"
+_BEFORE = "_snorky_before"
 _DELETED_DATA = "_snorky_deleted_data"
 _CHUNK = 500
 
@@ -164,6 +168,8 @@ def subscribable(
         _install_manager(cls)
         _install_base_manager(cls)
         _make_saves_atomic(cls)
+        _check_updates(cls)
+        old_rows.remember_loaded_rows(cls)
         connect_signals(cls)
         if apps.ready:  # declared late (a test's isolated models): relations now, not at ready()
             from snorky_django.relations import connect_relations
@@ -271,10 +277,53 @@ def _name(model: type[models.Model]) -> str:
     return options.name
 
 
-def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool, using: str, **kwargs: Any) -> None:
-    if raw:
+def _check_updates(cls: type[models.Model]) -> None:
+    """Makes the ``UPDATE`` of a save confirm the row it replaces (see :mod:`snorky_django.old_rows`)."""
+    do_update = cls._do_update
+    if getattr(do_update, "_snorky_checks", False):
         return
-    old_data = None
+
+    @functools.wraps(do_update)
+    def checked_update(
+        self: models.Model, base_qs: models.QuerySet[Any], using: str, pk_val: Any, values: Any, *rest: Any
+    ) -> Any:
+        check: old_rows.Check | None = self.__dict__.pop(_CHECK, None)
+        if check is None or not values:
+            return do_update(self, base_qs, using, pk_val, values, *rest)
+        updated = do_update(self, old_rows.checked(base_qs, check, using), using, pk_val, values, *rest)
+        if updated:
+            # The database replaced the row this instance remembered: that row is the old data.
+            old = type(self).from_db(using, [field.attname for field in self._meta.concrete_fields], check.row)
+            self.__dict__[_OLD_DATA] = serialize(_share_relations(old, self))
+            self.__dict__[_BEFORE] = check.row
+            return updated
+        # The row changed since (or is gone): read it under lock, then update it as Django would.
+        _read_old_data(self, using)
+        return do_update(self, base_qs, using, pk_val, values, *rest)
+
+    checked_update._snorky_checks = True  # type: ignore[attr-defined]
+    cls._do_update = checked_update  # type: ignore[method-assign, assignment]
+
+
+def _read_old_data(instance: models.Model, using: str) -> None:
+    """Reads the row ``instance`` is about to replace, under lock, as the delta's old data."""
+    old_data = before = None
+    old = _locked(type(instance), using).filter(pk=instance.pk).first()
+    if old is not None:
+        old_data = serialize(_share_relations(old, instance))
+        before = old_rows.row_of(old)
+    instance.__dict__[_OLD_DATA] = old_data
+    instance.__dict__[_BEFORE] = before
+
+
+def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool, using: str, **kwargs: Any) -> None:
+    state = instance.__dict__
+    state.pop(_CHECK, None)
+    state.pop(_BEFORE, None)
+    state[_OLD_DATA] = None
+    if raw:
+        old_rows.forget(instance)
+        return
     pk_field = instance._meta.pk
     # A new instance whose primary key has a default is inserted without looking (as Django does).
     has_db_default = getattr(pk_field, "has_db_default", None)  # Django 5.0+
@@ -283,25 +332,31 @@ def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool, usi
         and pk_field is not None
         and (pk_field.has_default() or (callable(has_db_default) and has_db_default()))
     )
-    if instance.pk is not None and not new_with_default:
-        old = _locked(type(instance), using).filter(pk=instance.pk).first()
-        if old is not None:
-            old_data = serialize(_share_relations(old, instance))
-    instance.__dict__[_OLD_DATA] = old_data
+    if instance.pk is None or new_with_default:
+        return
+    check = old_rows.check_for(instance, using)
+    if check is not None:
+        state[_CHECK] = check  # the UPDATE confirms the remembered row (or reads it, if it changed)
+    else:
+        _read_old_data(instance, using)
 
 
 def _post_save(
     sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kw: Any
 ) -> None:
+    state = instance.__dict__
+    old_data = state.pop(_OLD_DATA, None)
+    before = state.pop(_BEFORE, None)
+    state.pop(_CHECK, None)
     if raw:
         return
-    old_data = instance.__dict__.pop(_OLD_DATA, None)
     new_data = serialize(instance)
     model = _name(sender)
     if created or old_data is None:
         enqueue([{"type": "insert", "model": model, "data": new_data}], using)
     elif new_data != old_data:
         enqueue([{"type": "update", "model": model, "newData": new_data, "oldData": old_data}], using)
+    old_rows.remember_saved(instance, kw.get("update_fields"), None if created else before)
 
 
 def _pre_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:

@@ -8,7 +8,8 @@ E002        ``BACKEND_URL`` is not an ``http(s)://host:port/path`` URL
 E003        a dealer names a model that is not ``@subscribable``
 E004        ``FRONTEND_ADDRESS`` or ``BACKEND_ADDRESS`` is not ``host:port``
 E005        ``DELIVERY`` is neither ``"direct"`` nor ``"outbox"``, ``DIRECT_SEND`` neither
-            ``"background"`` nor ``"inline"``, or ``DIRECT_QUEUE_SIZE`` not a positive integer
+            ``"background"`` nor ``"inline"``, ``DIRECT_QUEUE_SIZE`` not a positive integer, or
+            ``DIRECT_LINGER`` not a number of seconds between 0 and 1
 E006        a ``SERVICES`` entry is neither a built-in service nor a dotted path
 E007        two dealers, or two subscribable models, share a name
 E008        ``TOKEN_SECRET`` is shorter than 16 characters
@@ -120,6 +121,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 f'SNORKY["DIRECT_QUEUE_SIZE"] = {queue_size!r} is not a positive integer.',
                 hint="The deltas a process may hold for its sender thread; "
                 f"the default is {DEFAULTS['DIRECT_QUEUE_SIZE']}.",
+                id="snorky.E005",
+            )
+        )
+    linger = snorky_settings.DIRECT_LINGER
+    if isinstance(linger, bool) or not isinstance(linger, (int, float)) or not 0 <= linger <= 1:
+        messages.append(
+            Error(
+                f'SNORKY["DIRECT_LINGER"] = {linger!r} is not a number of seconds between 0 and 1.',
+                hint="How long the sender thread lets commits arriving in quick succession join one "
+                f"request; the default is {DEFAULTS['DIRECT_LINGER']}, 0 sends each at once.",
                 id="snorky.E005",
             )
         )

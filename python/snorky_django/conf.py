@@ -86,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
     "DIRECT_SEND": "background",
     # Deltas the background sender may hold per process before a committing thread waits for room.
     "DIRECT_QUEUE_SIZE": 10_000,
+    # Seconds the background sender lets commits that follow each other closely join one request
+    # (an isolated commit is sent at once); 0 sends every commit's deltas at once.
+    "DIRECT_LINGER": 0.002,
     # DataSync timeouts: seconds an authorized subscription waits to be acquired, seconds a
     # disconnected one waits to be resumed.
     "SUBSCRIPTION_TIMEOUT": 120.0,
@@ -183,6 +186,7 @@ class SnorkySettings:
     DELIVERY: str
     DIRECT_SEND: str
     DIRECT_QUEUE_SIZE: int
+    DIRECT_LINGER: float
     SUBSCRIPTION_TIMEOUT: float
     RESUME_TIMEOUT: float
     DATASYNC_OPTIONS: dict[str, Any]

@@ -44,6 +44,7 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.transaction import TransactionManagementError
 from django.dispatch import Signal
+from django.utils import timezone
 
 from snorky.backend import BackendError, SnorkyBackend, SnorkyError
 from snorky_django.conf import snorky_settings
@@ -289,7 +290,7 @@ def _send_ready() -> None:
         return
     limit = int(snorky_settings.DIRECT_QUEUE_SIZE)
     wait = float(snorky_settings.BACKEND_TIMEOUT)
-    if not _sender.put(ready, limit, wait):
+    if not _sender.put(ready, limit, wait, float(snorky_settings.DIRECT_LINGER)):
         stats._add(failed=len(ready), queue_full=len(ready))
         logger.error(
             "Snorky: dropped %d delta(s): the send queue stayed full (%d deltas) for %.1f s",
@@ -318,6 +319,13 @@ class _Sender:
     made by sending from the committing thread: that would overtake what is queued. A transaction
     larger than the whole queue waits for it to empty, then goes.
 
+    Commits that follow each other closely share requests: when the last request ended less than
+    ``DIRECT_LINGER`` seconds ago, the thread waits up to that long before the next one, so that
+    the commits of that time join it (one request and one thread switch for many commits, instead
+    of one each, which is most of what a direct-mode save costs its process). An isolated commit
+    (nothing sent for ``DIRECT_LINGER``) is sent at once, so the linger adds latency only while
+    commits keep coming.
+
     At interpreter exit, :func:`flush` runs (for at most ``BACKEND_TIMEOUT``). What a process killed
     outright (SIGKILL, a crash, ``os._exit``) had queued is lost, as with any direct delivery: use
     the outbox where every change must arrive. A forked child starts with an empty queue and its
@@ -331,9 +339,14 @@ class _Sender:
         self._queued = 0  # deltas in the queue
         self._sending = 0  # deltas taken by the thread and not done yet
         self._thread: threading.Thread | None = None
+        self._linger = 0.0
+        self._lingering = False
+        self._flushing = 0  # threads in flush(), which cut a linger short
+        self._last_sent = -1e9  # time.monotonic() when the last request ended
 
-    def put(self, deltas: list[dict[str, Any]], limit: int, wait: float) -> bool:
-        """Queues one transaction's deltas; ``False`` if the queue stayed full for ``wait`` seconds."""
+    def put(self, deltas: list[dict[str, Any]], limit: int, wait: float, linger: float = 0.0) -> bool:
+        """Queues one transaction's deltas; ``False`` if the queue stayed full for ``wait`` seconds.
+        ``linger``: see the class docs."""
         with self._changed:
             deadline = time.monotonic() + wait
             while self._queued and self._queued + len(deltas) > limit:
@@ -343,21 +356,30 @@ class _Sender:
                 self._changed.wait(remaining)
             self._queue.append(deltas)
             self._queued += len(deltas)
+            self._linger = linger
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="snorky-direct-sender", daemon=True)
                 self._thread.start()
-            self._changed.notify_all()
+            # A lingering sender wakes at its deadline: waking it for each commit would cost the
+            # thread switch that lingering saves.
+            if not self._lingering or self._queued >= SENDER_BATCH:
+                self._changed.notify_all()
             return True
 
     def flush(self, timeout: float) -> bool:
         """Waits until everything queued so far is sent (or failed); ``False`` after ``timeout``."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while self._queued or self._sending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
+            self._flushing += 1  # a lingering sender goes at once
+            self._changed.notify_all()
+            try:
+                while self._queued or self._sending:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._changed.wait(remaining)
+            finally:
+                self._flushing -= 1
         return True
 
     @property
@@ -371,6 +393,7 @@ class _Sender:
             with self._changed:
                 while not self._queue:
                     self._changed.wait()
+                self._wait_for_company()
                 batch = self._queue.popleft()
                 while self._queue and len(batch) + len(self._queue[0]) <= SENDER_BATCH:
                     batch = batch + self._queue.popleft()
@@ -384,7 +407,24 @@ class _Sender:
             finally:
                 with self._changed:
                     self._sending = 0
+                    self._last_sent = time.monotonic()
                     self._changed.notify_all()
+
+    def _wait_for_company(self) -> None:
+        """With the lock held and something queued: when the last request ended less than the
+        linger ago (commits are following each other closely), waits up to the linger for more
+        transactions to join the next request, unless a request's worth is already queued."""
+        linger = self._linger
+        now = time.monotonic()
+        if linger <= 0 or now - self._last_sent >= linger:
+            return
+        deadline = now + linger
+        self._lingering = True
+        try:
+            while self._queued < SENDER_BATCH and not self._flushing and (remaining := deadline - time.monotonic()) > 0:
+                self._changed.wait(remaining)
+        finally:
+            self._lingering = False
 
     def _after_fork(self) -> None:
         # The parent's thread did not come along; its queue is the parent's to send.
@@ -393,6 +433,9 @@ class _Sender:
         self._queue = deque()
         self._queued = self._sending = 0
         self._thread = None
+        self._lingering = False
+        self._flushing = 0
+        self._last_sent = -1e9
 
 
 _sender = _Sender()
@@ -438,15 +481,43 @@ def _current_batch(using: str, hooks: list[Any]) -> _Batch:
     return batch
 
 
+def _write_outbox(deltas: list[dict[str, Any]], using: str) -> None:
+    """Writes one outbox row per delta, in the current transaction.
+
+    One ``INSERT`` prepared from the model's fields as Django would (``get_db_prep_save``), without
+    building model instances and a queryset: on a single-row save that ORM work cost more than the
+    statement itself.
+    """
+    from snorky_django.models import OutboxEntry
+
+    connection = connections[using]
+    meta = OutboxEntry._meta
+    fields = {field.name: field for field in meta.concrete_fields}
+    created_field, delta_field = fields["created"], fields["delta"]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(str(fields[name].column)) for name in ("created", "delta", "error", "batch"))
+    created = created_field.get_db_prep_save(timezone.now(), connection)
+    with connection.cursor() as cursor:
+        for start in range(0, len(deltas), _OUTBOX_ROWS_PER_INSERT):
+            chunk = deltas[start : start + _OUTBOX_ROWS_PER_INSERT]
+            params: list[Any] = []
+            for delta in chunk:
+                params.extend((created, delta_field.get_db_prep_save(delta, connection)))
+            values = ", ".join(["(%s, %s, '', '')"] * len(chunk))
+            cursor.execute(f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values}", params)
+
+
+#: Outbox rows per ``INSERT``: two parameters each, under SQLite's oldest limit of 999.
+_OUTBOX_ROWS_PER_INSERT = 400
+
+
 def enqueue(deltas: Iterable[dict[str, Any]], using: str = DEFAULT_DB_ALIAS) -> None:
     """Publishes ``deltas`` once the current transaction on ``using`` commits (see the module docs)."""
     deltas = list(deltas)
     if not deltas:
         return
     if snorky_settings.DELIVERY == "outbox":
-        from snorky_django.models import OutboxEntry
-
-        OutboxEntry.objects.using(using).bulk_create([OutboxEntry(delta=delta) for delta in deltas])
+        _write_outbox(deltas, using)
         return
     connection = connections[using]
     if not connection.in_atomic_block:

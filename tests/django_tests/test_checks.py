@@ -34,6 +34,9 @@ def test_setting_errors():
     assert ids(DIRECT_SEND="threaded") == {"snorky.E005"}
     assert ids(DIRECT_QUEUE_SIZE=0) == {"snorky.E005"}
     assert ids(DIRECT_QUEUE_SIZE="100") == {"snorky.E005"}
+    assert ids(DIRECT_LINGER=-0.1) == {"snorky.E005"}
+    assert ids(DIRECT_LINGER="0.002") == {"snorky.E005"}
+    assert ids(DIRECT_LINGER=5) == {"snorky.E005"}
     assert ids(SERVICES=["pubsub", "chatroom"]) == {"snorky.E006"}
     assert ids(TOKEN_SECRET="short") == {"snorky.E008"}
     assert ids(PUBLIC_URL="http://example.com/ws") == {"snorky.E009"}

@@ -103,6 +103,28 @@ def test_a_save_does_not_wait_and_transactions_arrive_in_commit_order(live_direc
     ws.assert_silent()
 
 
+def test_commits_in_quick_succession_share_a_request_and_an_isolated_one_goes_at_once(
+    live_direct, ws_factory, alice, monkeypatch
+):
+    ws = watch_tasks(live_direct, alice, ws_factory)
+    monkeypatch.setattr(delivery._sender, "_last_sent", float("-inf"))  # nothing sent lately
+    # A linger longer than every wait of this test: a commit that waited for it would fail it.
+    with gated(live_direct, DIRECT_LINGER=3 * TIMEOUT) as proxy:
+        proxy.gate.set()
+        task = Task.objects.create(title="0", owner=alice)
+        assert ws.deltas(1)[0]["data"]["title"] == "0"  # isolated: sent at once
+        for i in range(1, 11):
+            with transaction.atomic():
+                task.title = str(i)
+                task.save()
+        # These follow a request closely: the sender holds them for company, and flush() sends
+        # them at once, together.
+        assert delivery.flush(TIMEOUT)
+        assert [d["newData"]["title"] for d in ws.deltas(10)] == [str(i) for i in range(1, 11)]
+        assert proxy.requests == 2
+    ws.assert_silent()
+
+
 def test_a_full_queue_holds_the_writer_back_and_loses_nothing(live_direct, ws_factory, alice):
     ws = watch_tasks(live_direct, alice, ws_factory)
     with gated(live_direct, DIRECT_QUEUE_SIZE=3, BACKEND_TIMEOUT=TIMEOUT) as proxy:

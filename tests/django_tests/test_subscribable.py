@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from django_tests.testapp.models import ArchivedTask, Label, Note, Task, Team
 from snorky.backend import BackendError, SnorkyConnectionError
@@ -138,6 +139,72 @@ def test_old_data_is_read_from_the_database_not_the_stale_instance(backend, user
     update = backend.deltas[-1]
     assert update["oldData"]["title"] == "v2" and update["oldData"]["done"] is False
     assert update["newData"]["title"] == "v1" and update["newData"]["done"] is True
+
+
+def _task_statements(block: Any) -> list[str]:
+    """The statements ``block()`` ran on the task table, in a transaction of its own (the
+    serializer's reads of the labels, a many-to-many, are not counted)."""
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        block()
+    return [
+        query["sql"]
+        for query in queries.captured_queries
+        if query["sql"].startswith('UPDATE "testapp_task"') or 'FROM "testapp_task" ' in query["sql"]
+    ]
+
+
+def test_saving_a_loaded_row_is_one_update_that_confirms_the_old_row(backend, user):
+    Task.objects.create(title="a", owner=user, estimate=decimal.Decimal("2.50"), due=datetime.date(2030, 1, 2))
+    task = Task.objects.get()
+    task.title = "b"
+    statements = _task_statements(task.save)
+    # No SELECT (... FOR UPDATE) of the old row: the UPDATE checks the row loaded.
+    assert len(statements) == 1 and statements[0].startswith("UPDATE")
+    update = backend.deltas[-1]
+    assert update["oldData"]["title"] == "a" and update["newData"]["title"] == "b"
+    assert update["oldData"]["estimate"] == "2.50" and update["oldData"]["due"] == "2030-01-02"
+    # Saved again, the instance checks the row it wrote.
+    task.title = "c"
+    assert len(_task_statements(task.save)) == 1
+    assert backend.deltas[-1]["oldData"]["title"] == "b" and backend.deltas[-1]["newData"]["title"] == "c"
+
+
+def test_a_rolled_back_save_does_not_fool_the_next_one(backend, user):
+    task = Task.objects.create(title="a", owner=user)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        task.title = "rolled back"
+        task.save()
+        raise RuntimeError
+    task.title = "b"
+    task.save()
+    # The instance believed the database had "rolled back": the UPDATE found otherwise, so the
+    # row was read, under lock, and the delta carries what browsers were shown.
+    assert backend.types() == ["insert", "update"]
+    update = backend.deltas[-1]
+    assert update["oldData"]["title"] == "a" and update["newData"]["title"] == "b"
+    task.title = "c"
+    assert len(_task_statements(task.save)) == 1  # what the read found is remembered
+
+
+def test_saving_some_fields_then_all_carries_the_database_row(backend, user):
+    task = Task.objects.create(title="a", owner=user)
+    task.title, task.done = "b", True
+    task.save(update_fields=["title"])  # done stays False in the database
+    assert backend.deltas[-1]["oldData"]["done"] is False and backend.deltas[-1]["newData"]["done"] is True
+    task.priority = 5
+    assert len(_task_statements(task.save)) == 1
+    update = backend.deltas[-1]
+    assert update["oldData"]["title"] == "b" and update["oldData"]["done"] is False
+    assert update["newData"]["done"] is True and update["newData"]["priority"] == 5
+
+
+def test_a_row_deleted_since_it_was_loaded_is_inserted_again(backend, user):
+    task = Task.objects.create(title="a", owner=user)
+    Task.objects.filter(pk=task.pk).delete()
+    task.title = "back"
+    task.save()
+    assert backend.types() == ["insert", "delete", "insert"]
+    assert backend.deltas[-1]["data"]["title"] == "back"
 
 
 def test_delete_publishes_the_database_row_and_cascades(backend, user):

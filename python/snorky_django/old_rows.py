@@ -1,0 +1,190 @@
+"""The row a ``save()`` replaces, learned by the ``UPDATE`` itself instead of a read before it.
+
+An ``update`` delta carries ``oldData``, the row as the database had it just before the save: the
+dealers route the change by it (a todo given to someone else leaves its old owner's lists). Reading
+that row first (``SELECT ... FOR UPDATE``) costs a statement, a round trip and an ORM query per
+save, which on a small model is most of what ``@subscribable`` would add to a ``save()``.
+
+So an instance remembers the row it was loaded as (``from_db``) or last saved as, and the save's
+``UPDATE`` checks the memory: the statement gets ``AND <column> IS NOT DISTINCT FROM <remembered
+value>`` for every column. When it updates the row, the database has confirmed, under the row's
+lock, that the row it replaced is the remembered one: that is ``oldData``, without a read. When it
+updates nothing (someone changed the row since, a rolled-back transaction left the memory wrong,
+the row is gone), the save reads the old row under lock and runs the plain ``UPDATE``: as before,
+one statement more. A wrong memory therefore costs time, never a wrong delta.
+
+The check needs an equality that is exact: it is used on PostgreSQL and SQLite, for models whose
+columns all have a type that compares exactly (no ``citext``, no ``json`` or custom types, no
+``db_collation``), without multi-table inheritance or ``select_on_save``. Any other model or
+database reads the old row first. What is remembered is the values as Python holds them: a value
+the database stores differently but compares equal to (``Decimal("1.5")`` in a column holding
+``1.50``) is carried in ``oldData`` as the instance held it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connections, models
+
+__all__ = ["Check", "check_for", "checked", "forget", "remember_loaded_rows", "remember_saved", "row_of"]
+
+#: Where an instance keeps the row it believes the database has (a tuple in ``concrete_fields``
+#: order, the layout ``Model.from_db`` receives).
+_ROW = "_snorky_row"
+
+_VENDORS = frozenset({"postgresql", "sqlite"})
+
+# Column types whose equality is exact on PostgreSQL (``citext``, ``json``, ``xml``, geometric and
+# user types are not: they compare loosely or not at all).
+_EXACT_POSTGRESQL_TYPES = frozenset(
+    {
+        "smallint",
+        "integer",
+        "bigint",
+        "boolean",
+        "varchar",
+        "char",
+        "text",
+        "date",
+        "time",
+        "timestamp",
+        "timestamp with time zone",
+        "numeric",
+        "double precision",
+        "real",
+        "uuid",
+        "interval",
+        "jsonb",
+        "bytea",
+        "inet",
+    }
+)
+_TYPE_NAME = re.compile(r"^([a-z ]+?)\s*(\(.*\))?$")
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """How the rows of one model are checked on one database."""
+
+    fields: tuple[Any, ...]
+    where: str
+    """``<column> IS NOT DISTINCT FROM %s AND ...`` for every concrete field, in ``fields`` order."""
+
+
+@dataclass(frozen=True)
+class Check:
+    """The row a coming ``UPDATE`` expects to replace."""
+
+    columns: _Columns
+    row: tuple[Any, ...]
+
+    def params(self, using: str) -> list[Any]:
+        connection = connections[using]
+        return [
+            field.get_db_prep_value(value, connection, prepared=False)
+            for field, value in zip(self.columns.fields, self.row, strict=True)
+        ]
+
+
+_plans: dict[tuple[type[models.Model], str, str], _Columns | None] = {}
+
+
+def _columns(model: type[models.Model], using: str) -> _Columns | None:
+    """How rows of ``model`` are checked on ``using``; ``None`` when they cannot be."""
+    connection = connections[using]
+    key = (model, using, connection.vendor)
+    if key in _plans:
+        return _plans[key]
+    meta = model._meta
+    plan: _Columns | None = None
+    if connection.vendor in _VENDORS and not meta.parents and not meta.select_on_save:
+        fields = tuple(meta.concrete_fields)
+        if all(_compares_exactly(field, connection) for field in fields):
+            quote = connection.ops.quote_name
+            same = "IS NOT DISTINCT FROM" if connection.vendor == "postgresql" else "IS"
+            where = " AND ".join(f"{quote(str(field.column))} {same} %s" for field in fields)
+            plan = _Columns(fields, f"({where})")
+    _plans[key] = plan
+    return plan
+
+
+def _compares_exactly(field: Any, connection: Any) -> bool:
+    if getattr(field, "db_collation", None):
+        return False
+    if connection.vendor != "postgresql":
+        return True  # SQLite: IS compares values exactly, whatever the declared type
+    db_type = field.db_type(connection)
+    if not isinstance(db_type, str):
+        return False
+    match = _TYPE_NAME.match(db_type.lower())
+    return match is not None and match.group(1) in _EXACT_POSTGRESQL_TYPES
+
+
+def remember_loaded_rows(model: type[models.Model]) -> None:
+    """Makes instances of ``model`` loaded from the database remember the row they were loaded as."""
+    loader = model.from_db.__func__  # type: ignore[attr-defined]
+    if getattr(loader, "_snorky_remembers", False):
+        return
+
+    def from_db(cls: type[models.Model], db: str | None, field_names: Any, values: Any) -> models.Model:
+        instance: models.Model = loader(cls, db, field_names, values)
+        # Every field loaded: ``values`` are in concrete_fields order (what from_db itself assumes).
+        if len(values) == len(cls._meta.concrete_fields):
+            instance.__dict__[_ROW] = values
+        return instance
+
+    from_db._snorky_remembers = True  # type: ignore[attr-defined]
+    model.from_db = classmethod(from_db)  # type: ignore[method-assign, assignment]
+
+
+def row_of(instance: models.Model) -> tuple[Any, ...] | None:
+    """The row ``instance`` believes the database has, if it knows one."""
+    row = instance.__dict__.get(_ROW)
+    if row is None or len(row) != len(instance._meta.concrete_fields):
+        return None
+    return tuple(row)
+
+
+def check_for(instance: models.Model, using: str) -> Check | None:
+    """What the ``UPDATE`` of ``instance`` on ``using`` can check, if anything."""
+    if instance._state.db != using:
+        return None
+    row = row_of(instance)
+    if row is None:
+        return None
+    columns = _columns(type(instance), using)
+    return None if columns is None else Check(columns, row)
+
+
+def checked(queryset: models.QuerySet[Any], check: Check, using: str) -> models.QuerySet[Any]:
+    """``queryset`` restricted to the row ``check`` expects."""
+    return queryset.extra(where=[check.columns.where], params=check.params(using))
+
+
+def remember_saved(instance: models.Model, update_fields: Any, before: tuple[Any, ...] | None) -> None:
+    """After a save of ``instance`` (its ``update_fields``; ``before``: the row it replaced, when
+    known), remembers the row it wrote, or forgets when that is not known (an expression was
+    saved, a field is deferred, only some fields were written over an unknown row)."""
+    state = instance.__dict__
+    row: list[Any] = []
+    for position, field in enumerate(instance._meta.concrete_fields):
+        if update_fields is not None and field.name not in update_fields and field.attname not in update_fields:
+            if before is None:
+                state.pop(_ROW, None)
+                return
+            row.append(before[position])
+            continue
+        value = state.get(field.attname, _ROW)
+        if value is _ROW or hasattr(value, "resolve_expression"):
+            state.pop(_ROW, None)
+            return
+        row.append(value)
+    state[_ROW] = tuple(row)
+
+
+def forget(instance: models.Model) -> None:
+    """Drops what ``instance`` remembers of its row."""
+    instance.__dict__.pop(_ROW, None)
