@@ -44,9 +44,9 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.transaction import TransactionManagementError
 from django.dispatch import Signal
-from django.utils import timezone
 
 from snorky.backend import BackendError, SnorkyBackend, SnorkyError
+from snorky_django import outbox_writes
 from snorky_django.conf import snorky_settings
 
 __all__ = [
@@ -481,43 +481,13 @@ def _current_batch(using: str, hooks: list[Any]) -> _Batch:
     return batch
 
 
-def _write_outbox(deltas: list[dict[str, Any]], using: str) -> None:
-    """Writes one outbox row per delta, in the current transaction.
-
-    One ``INSERT`` prepared from the model's fields as Django would (``get_db_prep_save``), without
-    building model instances and a queryset: on a single-row save that ORM work cost more than the
-    statement itself.
-    """
-    from snorky_django.models import OutboxEntry
-
-    connection = connections[using]
-    meta = OutboxEntry._meta
-    fields = {field.name: field for field in meta.concrete_fields}
-    created_field, delta_field = fields["created"], fields["delta"]
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(str(fields[name].column)) for name in ("created", "delta", "error", "batch"))
-    created = created_field.get_db_prep_save(timezone.now(), connection)
-    with connection.cursor() as cursor:
-        for start in range(0, len(deltas), _OUTBOX_ROWS_PER_INSERT):
-            chunk = deltas[start : start + _OUTBOX_ROWS_PER_INSERT]
-            params: list[Any] = []
-            for delta in chunk:
-                params.extend((created, delta_field.get_db_prep_save(delta, connection)))
-            values = ", ".join(["(%s, %s, '', '')"] * len(chunk))
-            cursor.execute(f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values}", params)
-
-
-#: Outbox rows per ``INSERT``: two parameters each, under SQLite's oldest limit of 999.
-_OUTBOX_ROWS_PER_INSERT = 400
-
-
 def enqueue(deltas: Iterable[dict[str, Any]], using: str = DEFAULT_DB_ALIAS) -> None:
     """Publishes ``deltas`` once the current transaction on ``using`` commits (see the module docs)."""
     deltas = list(deltas)
     if not deltas:
         return
     if snorky_settings.DELIVERY == "outbox":
-        _write_outbox(deltas, using)
+        outbox_writes.write(deltas, using)
         return
     connection = connections[using]
     if not connection.in_atomic_block:

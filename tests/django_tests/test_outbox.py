@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from django_tests.conftest import FaultyBackendProxy, TcpProxy, client_for, subscribe, wait_until
@@ -42,6 +42,61 @@ def test_outbox_rows_commit_and_roll_back_with_the_change(outbox_mode, alice):
         ("insert", "kept"),
         ("update", "kept, renamed"),
     ]
+
+
+postgres_only = pytest.mark.skipif("connection.vendor != 'postgresql'", reason="PostgreSQL only")
+
+
+def _titles() -> list[tuple[str, str]]:
+    deltas = OutboxEntry.objects.order_by("id").values_list("delta", flat=True)
+    return [(d["type"], (d.get("data") or d["newData"])["title"]) for d in deltas]
+
+
+@postgres_only
+def test_a_transactions_rows_leave_with_its_commit_in_one_message(outbox_mode, alice):
+    OutboxEntry.objects.all().delete()
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        task = Task.objects.create(title="a", owner=alice)
+        task.title = "b"
+        task.save()
+    statements = [query["sql"] for query in queries.captured_queries]
+    outbox = [sql for sql in statements if "snorky_django_outboxentry" in sql]
+    # No statement (and no round trip) of its own: the rows ride with the COMMIT.
+    assert len(outbox) == 1 and outbox[0].startswith("INSERT") and outbox[0].endswith("; COMMIT")
+    assert _titles() == [("insert", "a"), ("update", "b")]
+
+
+@postgres_only
+def test_a_commit_that_fails_writes_no_row_and_says_why(outbox_mode, alice):
+    OutboxEntry.objects.all().delete()
+    # Foreign keys are checked at COMMIT on PostgreSQL (DEFERRABLE INITIALLY DEFERRED).
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Task.objects.create(title="orphan", owner_id=alice.pk + 1000)
+    assert not OutboxEntry.objects.exists() and not Task.objects.exists()
+    Task.objects.create(title="after", owner=alice)  # the connection is fine
+    assert _titles() == [("insert", "after")]
+
+
+@postgres_only
+def test_a_large_transaction_leaves_whole_with_its_commit(outbox_mode, alice):
+    OutboxEntry.objects.all().delete()
+    with transaction.atomic():
+        Task.objects.bulk_create([Task(title=str(i), owner=alice) for i in range(1000)])
+        with pytest.raises(ValueError), transaction.atomic():
+            Task.objects.create(title="undone", owner=alice)
+            raise ValueError
+        Task.objects.create(title="last", owner=alice)
+    assert _titles() == [("insert", str(i)) for i in range(1000)] + [("insert", "last")]
+
+
+@pytest.mark.django_db(transaction=False)
+def test_rows_of_a_test_transaction_are_written_when_its_callbacks_run(
+    outbox_mode, alice, django_capture_on_commit_callbacks
+):
+    # A TestCase-style test never commits; running its on_commit callbacks writes the rows.
+    with django_capture_on_commit_callbacks(execute=True):
+        Task.objects.create(title="in a test", owner=alice)
+    assert _titles() == [("insert", "in a test")]
 
 
 def test_relay_delivers_every_delta_in_order(live_outbox, ws_factory, alice):
@@ -169,9 +224,6 @@ def test_only_a_validation_refusal_sets_an_entry_aside(live_outbox, ws_factory, 
     assert [d["data"]["title"] for d in ws.deltas(2)] == ["one", "two"]
     errors = list(OutboxEntry.objects.order_by("id").values_list("error", flat=True))
     assert errors == ["Missing field", "Invalid delta type", "model must be string", "Unknown model", "Invalid params"]
-
-
-postgres_only = pytest.mark.skipif("connection.vendor != 'postgresql'", reason="PostgreSQL's relay path")
 
 
 @postgres_only

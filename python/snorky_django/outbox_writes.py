@@ -1,0 +1,119 @@
+"""Writing outbox rows (``DELIVERY = "outbox"``) in the transaction that made the change.
+
+A transaction's outbox rows must commit or roll back with it. Written as soon as each change is
+made, they cost a statement and a database round trip per change, which on a single-row
+``save()`` is most of what the outbox adds to it. So on PostgreSQL with psycopg 3 (client-side
+binding, Django's default) the rows of a transaction are sent together with its ``COMMIT``, in the
+same message: ``INSERT ... ; COMMIT``. The ``INSERT`` still runs inside the transaction (a failure
+aborts the transaction, and the ``COMMIT`` with it), so nothing changes but the round trips.
+
+Which rows: each :func:`write` inside an atomic block registers its prepared rows as an
+``on_commit`` callback, so a savepoint rollback discards the rows of what it undid exactly as
+Django discards its callbacks; at the commit, the rows of the callbacks still registered are
+inserted, in order. The callbacks themselves do nothing afterwards, unless the rows did not leave
+with a commit (``TestCase.captureOnCommitCallbacks(execute=True)`` runs callbacks of a
+transaction that never commits): they are inserted then.
+
+Other databases, and PostgreSQL with ``server_side_binding`` (which cannot send two statements in
+one message), insert the rows at once, one ``INSERT`` per :func:`write`.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from django.db import connections
+from django.utils import timezone
+
+__all__ = ["write"]
+
+#: Outbox rows per ``INSERT``: two parameters each, under SQLite's oldest limit of 999.
+ROWS_PER_INSERT = 400
+
+
+class _Rows:
+    """An ``on_commit`` callback holding one :func:`write`'s prepared rows (``created``, ``delta``
+    parameters) until the commit carries them."""
+
+    __slots__ = ("params", "using", "written")
+
+    def __init__(self, params: list[Any], using: str) -> None:
+        self.params = params
+        self.using = using
+        self.written = False
+
+    def __call__(self) -> None:
+        if not self.written:  # the rows did not leave with a COMMIT (see the module docs)
+            self.written = True
+            connection = connections[self.using]
+            with connection.cursor() as cursor:
+                for sql, params in _inserts(connection, self.params):
+                    cursor.execute(sql, params)
+
+
+def write(deltas: list[dict[str, Any]], using: str) -> None:
+    """Writes one outbox row per delta in the current transaction on ``using`` (see the module
+    docs). The rows are prepared here, so a delta that cannot be stored fails the change now."""
+    from snorky_django.models import OutboxEntry
+
+    connection = connections[using]
+    fields = {field.name: field for field in OutboxEntry._meta.concrete_fields}
+    created = fields["created"].get_db_prep_save(timezone.now(), connection)
+    params: list[Any] = []
+    for delta in deltas:
+        params.extend((created, fields["delta"].get_db_prep_save(delta, connection)))
+    if connection.in_atomic_block and _rides_the_commit(connection):
+        connection.on_commit(_Rows(params, using))
+        return
+    with connection.cursor() as cursor:
+        for sql, chunk in _inserts(connection, params):
+            cursor.execute(sql, chunk)
+
+
+def _inserts(connection: Any, params: list[Any]) -> list[tuple[str, list[Any]]]:
+    """The ``INSERT`` statements (with their parameters) writing the rows of ``params``."""
+    from snorky_django.models import OutboxEntry
+
+    meta = OutboxEntry._meta
+    fields = {field.name: field for field in meta.concrete_fields}
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(str(fields[name].column)) for name in ("created", "delta", "error", "batch"))
+    statements = []
+    for start in range(0, len(params), 2 * ROWS_PER_INSERT):
+        chunk = params[start : start + 2 * ROWS_PER_INSERT]
+        values = ", ".join(["(%s, %s, '', '')"] * (len(chunk) // 2))
+        statements.append((f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values}", chunk))
+    return statements
+
+
+def _rides_the_commit(connection: Any) -> bool:
+    """Whether ``connection``'s commits carry the outbox rows (installing that the first time)."""
+    if "_commit" in connection.__dict__:
+        return bool(getattr(connection.__dict__["_commit"], "_snorky_outbox", False))
+    able = False
+    if connection.vendor == "postgresql":
+        from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+        able = is_psycopg3 and connection.settings_dict.get("OPTIONS", {}).get("server_side_binding") is not True
+    if not able:
+        return False
+    plain_commit = connection._commit
+
+    def commit_with_outbox_rows(self: Any) -> Any:
+        rows = [func for _, func, _ in self.run_on_commit if isinstance(func, _Rows) and not func.written]
+        if rows and self.connection is not None:
+            params = [param for batch in rows for param in batch.params]
+            statements = _inserts(self, params)
+            sql = "; ".join(statement for statement, _ in statements) + "; COMMIT"
+            with self.cursor() as cursor:
+                # One message: the INSERTs run in the transaction, then COMMIT; psycopg's own
+                # commit below then finds no transaction open and sends nothing.
+                cursor.execute(sql, [param for _, chunk in statements for param in chunk])
+            for batch in rows:
+                batch.written = True
+        return plain_commit()
+
+    commit_with_outbox_rows._snorky_outbox = True  # type: ignore[attr-defined]
+    connection._commit = types.MethodType(commit_with_outbox_rows, connection)
+    return True
