@@ -2,7 +2,7 @@
 VENV := .venv/bin
 PYTHON := $(VENV)/python
 
-.PHONY: help install build-dev dist format lint lint-rust lint-fuzz lint-python lint-js test test-rust test-python test-django42 test-js test-install test-browser test-crash crash fuzz fuzz-short bench bench-smoke soak demo all
+.PHONY: help install build-dev dist format lint lint-rust lint-fuzz lint-python lint-js test test-rust test-python test-django42 test-django60 test-js test-install test-browser test-crash crash fuzz fuzz-short bench bench-smoke soak demo all
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,7 +44,7 @@ lint-python: ## ruff, mypy, and stubtest (the .pyi must match the extension)
 lint-js: ## TypeScript type check
 	@if [ -f js/package.json ]; then cd js && npm run -s lint; fi
 
-test: test-rust test-python test-django42 test-js test-install test-browser bench-smoke fuzz-short test-crash ## every test suite
+test: test-rust test-python test-django42 test-django60 test-js test-install test-browser bench-smoke fuzz-short test-crash ## every test suite
 
 test-rust: ## Rust unit and integration tests
 	cargo test --all-targets
@@ -55,6 +55,9 @@ test-python: ## Python and Django tests against real servers (SQLite), then the 
 
 test-django42: ## the Django tests on Django 4.2 LTS and PostgreSQL (compatibility)
 	SNORKY_TEST_DB=postgres PYTHONPATH=python .venv-django42/bin/python -m pytest tests/django_tests -p no:cacheprovider
+
+test-django60: ## the Django tests on Django 6.0, Python 3.12 and PostgreSQL (compatibility)
+	SNORKY_TEST_DB=postgres PYTHONPATH=python .venv-django60/bin/python -m pytest tests/django_tests -p no:cacheprovider
 
 test-js: ## JavaScript client tests, the stale-bundle check, and the npm package used from a scratch app
 	@if [ -f js/package.json ]; then cd js && npm test && npm run -s check-bundle && npm run -s test:package; fi

@@ -25,6 +25,7 @@ durations as seconds (a float), file fields as their name, bytes as base64.
 from __future__ import annotations
 
 import base64
+import copy
 import datetime
 import decimal
 import threading
@@ -277,10 +278,35 @@ def without_secrets(value: Any, named: frozenset[str]) -> Any:
     return value
 
 
+def _as_stored(instance: models.Model) -> models.Model:
+    """``instance``, or a copy of it with the values the database stored where a field still holds
+    an expression (``F("n") + 1``, ``Now()``) after a save.
+
+    Django 6.0 reads such fields back when it saves (``RETURNING``), but not a field left out of
+    ``update_fields``, and Django 4.2 and 5.2 leave every expression on the instance (their docs
+    say to call ``refresh_from_db()``): a delta carries what the row holds, so those fields are
+    read, in one query, into a copy. The caller's instance stays as Django left it.
+    """
+    state = instance.__dict__
+    names = [
+        field.attname
+        for field in instance._meta.concrete_fields
+        if hasattr(state.get(field.attname), "resolve_expression")
+    ]
+    if not names or instance.pk is None or instance._state.db is None:
+        return instance
+    stored = type(instance)._base_manager.using(instance._state.db).filter(pk=instance.pk).values(*names).first()
+    if stored is None:
+        return instance
+    row = copy.copy(instance)
+    row.__dict__.update(stored)
+    return row
+
+
 def serialize(instance: models.Model) -> dict[str, Any]:
     """The JSON object a delta carries for ``instance`` (see the module docs)."""
     plan = delta_data(type(instance))
-    data = jsonable(plan.function(instance))
+    data = jsonable(plan.function(_as_stored(instance)))
     if not isinstance(data, dict):
         raise TypeError(f"{type(instance).__name__} serialized to {type(data).__name__}, not an object")
     return data if plan.named is None else without_secrets(data, plan.named)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from django.db import transaction
+from django.db.models import F, Value
+from django.db.models.functions import Upper
 
 from django_tests.testapp.models import Label, Note, Sponsor, Task, Team
 
@@ -146,3 +148,23 @@ def test_queryset_update_and_delete_through_the_default_manager(watch, alice, bo
     watch.assert_silent(0.3)
     Task.objects.filter(owner=alice).delete()
     assert sorted(changes(watch, 2)) == [("delete", "Task", tasks[0].pk), ("delete", "Task", tasks[1].pk)]
+
+
+def test_saves_with_expressions_publish_what_the_database_stored(watch, alice):
+    # The database evaluates F() and functions. Django 6.0 reads the results back into the
+    # instance (not for a field left out of update_fields); 4.2 and 5.2 leave the expression there.
+    # Either way the delta carries the row as stored, and saving does not fail.
+    task = Task.objects.create(title=Upper(Value("new")), owner=alice, priority=1)
+    assert watch.deltas(1)[0]["data"]["title"] == "NEW"
+
+    task.priority = F("priority") + 1
+    task.save()
+    old, new = updated(watch, 1)[task.pk]
+    assert (old["priority"], new["priority"]) == (1, 2)
+
+    task.title = "renamed"
+    task.priority = F("priority") * 10  # not in update_fields: not written, and the delta says so
+    task.save(update_fields=["title"])
+    old, new = updated(watch, 1)[task.pk]
+    assert (old["title"], new["title"], old["priority"], new["priority"]) == ("NEW", "renamed", 2, 2)
+    assert Task.objects.get(pk=task.pk).priority == 2
