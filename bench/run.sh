@@ -40,8 +40,9 @@ else
     bin="$target_dir/release/snorky-bench"
 fi
 
-# The Django Channels reference lives in a bench-only venv, created (or refreshed when
-# requirements.txt changes) by the full run. The smoke run uses it only if it is there.
+# The Django Channels reference (and django-eventstream, the django scenario's other reference)
+# lives in a bench-only venv, created (or refreshed when requirements.txt changes) by the full
+# run. The smoke run uses it only if it is there.
 venv="$repo/bench/.venv-channels"
 requirements="$repo/bench/channels_ref/requirements.txt"
 if [ "$smoke" = 0 ] && [ "$soak" = 0 ]; then

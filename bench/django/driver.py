@@ -2,7 +2,8 @@
 
 Each command is one step of the scenario, run as its own process with the site's settings
 (``--site snorky``: ``bench_site``, the todo demo's app with snorky_django, in the project's venv;
-``--site channels``: ``channels_ref.todo_settings``, the same model with Django Channels, in
+``--site channels``: ``channels_ref.todo_settings``, the same model with Django Channels, and
+``--site eventstream``: ``channels_ref.eventstream_settings``, with django-eventstream, both in
 ``bench/.venv-channels``):
 
 - ``setup``: migrates, creates the users and a logged-in session for each (written as JSON).
@@ -40,6 +41,10 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
+#: The settings module (in ``bench/channels_ref/channels_ref``) of each reference site.
+SETTINGS = {"channels": "todo_settings", "eventstream": "eventstream_settings"}
+
+
 def setup_django(site: str) -> None:
     import django
 
@@ -48,13 +53,13 @@ def setup_django(site: str) -> None:
         os.environ["DJANGO_SETTINGS_MODULE"] = "bench_site.settings"
     else:
         sys.path.insert(0, str(REPO / "bench" / "channels_ref"))
-        os.environ["DJANGO_SETTINGS_MODULE"] = "channels_ref.todo_settings"
+        os.environ["DJANGO_SETTINGS_MODULE"] = f"channels_ref.{SETTINGS[site]}"
     django.setup()
 
 
 def todo_model(site: str, *, plain: bool = False):
     """The model the site writes: the demo's ``Todo`` (``@subscribable``) or ``PlainTodo``."""
-    if site == "channels" or plain:
+    if site != "snorky" or plain:
         from benchtodos.models import PlainTodo
 
         return PlainTodo
@@ -225,14 +230,18 @@ def micro(args: argparse.Namespace) -> None:
 
     owner = get_user_model().objects.order_by("id").first()
     # Each variant: the model saved, and what to do before each of its blocks. On the Snorky site,
-    # PlainTodo against the demo's @subscribable Todo; on the Channels one, PlainTodo without and
-    # with the receivers that group_send on commit (bulk_create sends no signal there: not timed).
+    # PlainTodo against the demo's @subscribable Todo; on the reference ones, PlainTodo without and
+    # with the receivers that send on commit (group_send, send_event; bulk_create sends no signal
+    # there: not timed).
     if args.site == "snorky":
         variants = {"plain": (todo_model("snorky", plain=True), None), "subscribable": (todo_model("snorky"), None)}
         kinds: tuple[str, ...] = ("insert", "update", "bulk")
     else:
         from benchtodos.models import PlainTodo
         from channels_ref.todo_live import connect_receivers, disconnect_receivers
+
+        if args.site == "eventstream":
+            from channels_ref.eventstream_live import connect as connect_receivers
 
         variants = {"plain": (PlainTodo, disconnect_receivers), "subscribable": (PlainTodo, connect_receivers)}
         kinds = ("insert", "update")
@@ -295,7 +304,7 @@ def micro(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--site", choices=("snorky", "channels"), required=True)
+    parser.add_argument("--site", choices=("snorky", "channels", "eventstream"), required=True)
     parser.add_argument("--out", help="write the JSON result here instead of stdout")
     commands = parser.add_subparsers(dest="command", required=True)
     command = commands.add_parser("setup")

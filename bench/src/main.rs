@@ -108,7 +108,8 @@ pub struct RunArgs {
     /// Tiny sizes everywhere (the test suite's smoke run); skips Channels unless its venv exists.
     #[arg(long)]
     pub smoke: bool,
-    /// Server kinds to measure, comma-separated: ceiling, snorky, channels.
+    /// Server kinds to measure, comma-separated: ceiling, snorky, channels, and eventstream
+    /// (django-eventstream, in the django scenario only; not in the default list).
     #[arg(long, default_value = "ceiling,snorky,channels")]
     pub servers: String,
     /// Scenarios to run, comma-separated: fanout, idle, setup, multi, latency, rpc (every

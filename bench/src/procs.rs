@@ -19,6 +19,9 @@ pub enum Kind {
     Snorky,
     /// Django Channels under daphne.
     Channels,
+    /// django-eventstream (Server-Sent Events) under daphne: measured by the `django` scenario
+    /// only, which starts it itself.
+    Eventstream,
 }
 
 impl Kind {
@@ -27,6 +30,7 @@ impl Kind {
             Kind::Ceiling => "ceiling",
             Kind::Snorky => "snorky",
             Kind::Channels => "channels",
+            Kind::Eventstream => "eventstream",
         }
     }
 
@@ -35,7 +39,8 @@ impl Kind {
             "ceiling" => Ok(Kind::Ceiling),
             "snorky" => Ok(Kind::Snorky),
             "channels" => Ok(Kind::Channels),
-            other => Err(format!("unknown server kind {other:?} (ceiling, snorky, channels)")),
+            "eventstream" => Ok(Kind::Eventstream),
+            other => Err(format!("unknown server kind {other:?} (ceiling, snorky, channels, eventstream)")),
         }
     }
 }
@@ -112,6 +117,7 @@ impl ServerProcess {
             Kind::Ceiling => Self::start_rust(kind, "serve-ceiling", alloc_stats).await,
             Kind::Snorky => Self::start_rust(kind, "serve-snorky", alloc_stats).await,
             Kind::Channels => Self::start_channels(channels, None).await,
+            Kind::Eventstream => Err("django-eventstream runs in the django scenario only".into()),
         }
     }
 

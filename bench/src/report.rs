@@ -66,11 +66,11 @@ fn merge(samples: &[Cell]) -> Option<Cell> {
     Some(merged)
 }
 
-/// The three columns of a table, in order; the middle one is the subject, whose ratio to each
-/// of the other two is shown.
+/// The columns of a table, in order; the second one is the subject, whose ratio to each of the
+/// others is shown. A column no row has a value in is left out of the rendered table.
 pub trait Column: Copy + PartialEq + 'static {
     /// The columns, in table order.
-    const ALL: [Self; 3];
+    const ALL: &'static [Self];
 
     /// The column's header.
     fn header(self) -> &'static str;
@@ -85,10 +85,13 @@ pub trait Column: Copy + PartialEq + 'static {
 }
 
 impl Column for Kind {
-    const ALL: [Kind; 3] = [Kind::Ceiling, Kind::Snorky, Kind::Channels];
+    const ALL: &'static [Kind] = &[Kind::Ceiling, Kind::Snorky, Kind::Channels, Kind::Eventstream];
 
     fn header(self) -> &'static str {
-        self.name()
+        match self {
+            Kind::Eventstream => "django-eventstream",
+            _ => self.name(),
+        }
     }
 
     fn table_mut(report: &mut Report) -> &mut Table<Kind> {
@@ -97,7 +100,7 @@ impl Column for Kind {
 }
 
 impl Column for Setup {
-    const ALL: [Setup; 3] = [Setup::Single, Setup::Cluster, Setup::ChannelsRedis];
+    const ALL: &'static [Setup] = &[Setup::Single, Setup::Cluster, Setup::ChannelsRedis];
 
     fn header(self) -> &'static str {
         self.name()
@@ -116,7 +119,8 @@ fn slot<C: Column>(column: C) -> usize {
 #[derive(Debug, Clone)]
 pub struct Row<C = Kind> {
     pub metric: String,
-    samples: [Vec<Cell>; 3],
+    /// One list per column of `C::ALL`.
+    samples: Vec<Vec<Cell>>,
     /// Whether ratios make sense for this metric.
     pub ratios: bool,
     columns: std::marker::PhantomData<C>,
@@ -126,7 +130,7 @@ impl<C: Column> Row<C> {
     pub fn new(metric: impl Into<String>, ratios: bool) -> Row<C> {
         Row {
             metric: metric.into(),
-            samples: [Vec::new(), Vec::new(), Vec::new()],
+            samples: C::ALL.iter().map(|_| Vec::new()).collect(),
             ratios,
             columns: std::marker::PhantomData,
         }
@@ -135,6 +139,11 @@ impl<C: Column> Row<C> {
     /// Records one run's value.
     pub fn set(&mut self, column: C, cell: Cell) {
         self.samples[slot(column)].push(cell);
+    }
+
+    /// Whether some run recorded a cell of `column`.
+    fn has(&self, column: C) -> bool {
+        !self.samples[slot(column)].is_empty()
     }
 
     /// The value over all runs (median).
@@ -200,35 +209,36 @@ impl<C: Column> Table<C> {
         self.rows.iter().find(|row| wanted(&row.metric))
     }
 
-    /// The table as markdown.
+    /// The table as markdown: the columns some row has a value in (the subject always), then the
+    /// subject's ratio to each of the others.
     pub fn render(&self) -> String {
-        let [first, subject, last] = C::ALL;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "| metric | {} | {} | {} | {}/{} | {}/{} |",
-            first.header(),
-            subject.header(),
-            last.header(),
-            subject.header(),
-            first.header(),
-            subject.header(),
-            last.header()
-        );
-        out.push_str("|---|---:|---:|---:|---:|---:|\n");
+        let subject = C::subject();
+        let columns: Vec<C> = C::ALL
+            .iter()
+            .copied()
+            .filter(|&column| column == subject || self.rows.iter().any(|row| row.has(column)))
+            .collect();
+        let others: Vec<C> = columns.iter().copied().filter(|&column| column != subject).collect();
+        let mut out = String::from("| metric |");
+        for column in &columns {
+            let _ = write!(out, " {} |", column.header());
+        }
+        for other in &others {
+            let _ = write!(out, " {}/{} |", subject.header(), other.header());
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"---:|".repeat(columns.len() + others.len()));
+        out.push('\n');
         for row in &self.rows {
-            let cell = |column| row.text(column).unwrap_or_else(|| "–".to_owned());
-            let ratio = |column| row.ratio(column).map_or_else(|| "–".to_owned(), |r| format!("{}×", format_ratio(r)));
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} |",
-                row.metric,
-                cell(first),
-                cell(subject),
-                cell(last),
-                ratio(first),
-                ratio(last)
-            );
+            let _ = write!(out, "| {} |", row.metric);
+            for &column in &columns {
+                let _ = write!(out, " {} |", row.text(column).unwrap_or_else(|| "–".to_owned()));
+            }
+            for &other in &others {
+                let ratio = row.ratio(other).map_or_else(|| "–".to_owned(), |r| format!("{}×", format_ratio(r)));
+                let _ = write!(out, " {ratio} |");
+            }
+            out.push('\n');
         }
         out
     }
@@ -238,7 +248,8 @@ impl<C: Column> Table<C> {
         let mut out = String::new();
         for row in &self.rows {
             let runs: Vec<String> = C::ALL
-                .into_iter()
+                .iter()
+                .copied()
                 .filter_map(|column| row.runs(column).map(|runs| format!("{}: {runs}", column.header())))
                 .collect();
             if !runs.is_empty() {
@@ -295,7 +306,7 @@ pub struct Report {
     pub load_before: String,
     pub load_after: String,
     pub smoke: bool,
-    /// The table of every server kind (ceiling, Snorky, Channels).
+    /// The table of every server kind (ceiling, Snorky, Channels, django-eventstream).
     pub main: Table<Kind>,
     /// The table of several nodes on Redis (one node, the cluster, Channels on Redis).
     pub cluster: Table<Setup>,
@@ -447,5 +458,19 @@ mod tests {
         assert_eq!(format_number(1_234_567.8, 0), "1,234,568");
         assert_eq!(format_number(12.345, 2), "12.35");
         assert_eq!(format_number(999.0, 2), "999");
+    }
+
+    #[test]
+    fn columns_without_values_are_left_out() {
+        let mut table: Table<Kind> = Table::default();
+        table.row_mut("p99 (ms)", true).set(Kind::Snorky, Cell::number(2.0, 1));
+        table.row_mut("p99 (ms)", true).set(Kind::Eventstream, Cell::number(50.0, 1));
+        table.row_mut("rss (MiB)", true).set(Kind::Snorky, Cell::number(90.0, 1));
+        let text = table.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "| metric | snorky | django-eventstream | snorky/django-eventstream |");
+        assert_eq!(lines[1], "|---|---:|---:|---:|");
+        assert_eq!(lines[2], "| p99 (ms) | 2.0 | 50.0 | 0.04× |");
+        assert_eq!(lines[3], "| rss (MiB) | 90.0 | – | – |");
     }
 }

@@ -7,6 +7,7 @@ so the load generator reads both alike.
 """
 
 import json
+from collections.abc import Callable
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -22,41 +23,50 @@ def owner_group(pk) -> str:
     return f"todos.owner.{pk}"
 
 
-def _send(owner_pk, delta: dict) -> None:
-    frame = json.dumps({"service": "datasync", "message": {"type": "delta", "delta": delta}}, separators=(",", ":"))
-    event = {"type": "todo.delta", "frame": frame}
+def frame(delta: dict) -> str:
+    """The text every client of a change receives (the frame of Snorky's DataSync)."""
+    return json.dumps({"service": "datasync", "message": {"type": "delta", "delta": delta}}, separators=(",", ":"))
+
+
+def group_send(owner_pk, text: str) -> None:
+    """Channels' way: the frame to the owner's group and to everyone's, through the layer."""
+    event = {"type": "todo.delta", "frame": text}
     layer = get_channel_layer()
     async_to_sync(layer.group_send)(owner_group(owner_pk), event)
     async_to_sync(layer.group_send)(EVERYONE, event)
 
 
-def _saved(sender, instance, created, raw, **kwargs) -> None:
+def receivers(send: Callable[[object, str], None]) -> tuple[Callable[..., None], Callable[..., None]]:
+    """``post_save`` and ``post_delete`` receivers that ``send(owner_pk, frame)`` each change of a
+    todo once its transaction commits."""
     from benchtodos.serializers import PlainTodoSerializer
 
-    if raw:
-        return
-    data = dict(PlainTodoSerializer(instance).data)
-    if created:
-        delta = {"type": "insert", "model": "Todo", "data": data}
-    else:
-        delta = {"type": "update", "model": "Todo", "newData": data}
-    owner_pk = instance.owner_id
-    transaction.on_commit(lambda: _send(owner_pk, delta))
+    def saved(sender, instance, created, raw, **kwargs) -> None:
+        if raw:
+            return
+        data = dict(PlainTodoSerializer(instance).data)
+        if created:
+            delta = {"type": "insert", "model": "Todo", "data": data}
+        else:
+            delta = {"type": "update", "model": "Todo", "newData": data}
+        owner_pk = instance.owner_id
+        transaction.on_commit(lambda: send(owner_pk, frame(delta)))
+
+    def deleted(sender, instance, **kwargs) -> None:
+        data = dict(PlainTodoSerializer(instance).data)
+        owner_pk = instance.owner_id
+        transaction.on_commit(lambda: send(owner_pk, frame({"type": "delete", "model": "Todo", "data": data})))
+
+    return saved, deleted
 
 
-def _deleted(sender, instance, **kwargs) -> None:
-    from benchtodos.serializers import PlainTodoSerializer
-
-    data = dict(PlainTodoSerializer(instance).data)
-    owner_pk = instance.owner_id
-    transaction.on_commit(lambda: _send(owner_pk, {"type": "delete", "model": "Todo", "data": data}))
-
-
-def connect_receivers() -> None:
+def connect_receivers(send: Callable[[object, str], None] = group_send) -> None:
     from benchtodos.models import PlainTodo
 
-    post_save.connect(_saved, sender=PlainTodo, dispatch_uid="todo_live.saved")
-    post_delete.connect(_deleted, sender=PlainTodo, dispatch_uid="todo_live.deleted")
+    saved, deleted = receivers(send)
+    # Closures: held strongly, or the signal would drop them.
+    post_save.connect(saved, sender=PlainTodo, weak=False, dispatch_uid="todo_live.saved")
+    post_delete.connect(deleted, sender=PlainTodo, weak=False, dispatch_uid="todo_live.deleted")
 
 
 def disconnect_receivers() -> None:

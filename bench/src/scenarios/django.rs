@@ -21,9 +21,12 @@
 //!
 //! Then the same workload (steps 3–4) on Channels: `post_save`/`post_delete` receivers that
 //! `group_send` on commit to the owner's group and to everyone's, `channels_redis` on a
-//! `redis-server` of the run's own, consumers on uvicorn (session cookie authentication).
-//! Server memory (RSS) is read with the clients connected: `manage.py snorky`; uvicorn's
-//! processes and redis-server.
+//! `redis-server` of the run's own, consumers on uvicorn (session cookie authentication); and on
+//! django-eventstream: the same receivers calling `send_event` to the owner's channel and to
+//! everyone's, its Redis support (`EVENTSTREAM_REDIS`) carrying the events from the writer
+//! processes to daphne's (one per core), clients reading Server-Sent Events (session cookie).
+//! Server memory (RSS) is read with the clients connected: `manage.py snorky`; uvicorn's or
+//! daphne's processes and redis-server.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -32,8 +35,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use sse_stream::SseStream;
 use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio::sync::{watch, Semaphore};
@@ -85,6 +93,8 @@ pub struct DjangoSizes {
     pub channels_venv: PathBuf,
     /// Whether `--servers` names Channels: the scenario measures it only then.
     pub with_channels: bool,
+    /// Whether `--servers` names django-eventstream (`eventstream`): measured only then.
+    pub with_eventstream: bool,
 }
 
 impl DjangoSizes {
@@ -109,6 +119,7 @@ impl DjangoSizes {
             python: args.python.clone(),
             channels_venv: args.channels_venv.clone(),
             with_channels: args.servers.split(',').any(|server| server.trim() == "channels"),
+            with_eventstream: args.servers.split(',').any(|server| server.trim() == "eventstream"),
         }
     }
 
@@ -121,8 +132,21 @@ impl DjangoSizes {
         )
     }
 
-    fn channels_installed(&self) -> bool {
-        self.channels_venv.join("bin").join("uvicorn").is_file()
+    /// Whether the reference venv holds `reference`'s server and packages.
+    fn installed(&self, reference: Reference) -> bool {
+        let bin = self.channels_venv.join("bin");
+        match reference {
+            Reference::Channels => bin.join("uvicorn").is_file(),
+            Reference::Eventstream => {
+                // lib/python3.X/site-packages/django_eventstream
+                let package = std::fs::read_dir(self.channels_venv.join("lib")).ok().is_some_and(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .any(|entry| entry.path().join("site-packages").join("django_eventstream").is_dir())
+                });
+                bin.join("daphne").is_file() && package
+            }
+        }
     }
 }
 
@@ -140,7 +164,7 @@ pub async fn run(sizes: &DjangoSizes, report: &mut Report) -> Result<(), String>
     let work = std::env::temp_dir().join(format!("snorky-bench-django-{}-{}", std::process::id(), monotonic_us()));
     std::fs::create_dir_all(&work).map_err(|err| format!("{}: {err}", work.display()))?;
     eprintln!("    creating the PostgreSQL cluster");
-    let outcome = match Postgres::start(&["snorky", "channels"]).await {
+    let outcome = match Postgres::start(&["snorky", "channels", "eventstream"]).await {
         Ok(postgres) => {
             let outcome = run_on(sizes, postgres.port, &work, report).await;
             postgres.stop().await;
@@ -178,23 +202,26 @@ async fn run_on(sizes: &DjangoSizes, pg_port: u16, work: &Path, report: &mut Rep
             Err(err) => failures.push(format!("{mode}: {err}")),
         }
     }
-    let channels = if !sizes.with_channels {
-        report.notes.push("django: Channels not measured: --servers does not name it.".into());
-        None
-    } else if sizes.channels_installed() {
-        eprintln!("    channels (channels_redis, uvicorn)");
-        match channels(sizes, pg_port, work, report).await {
-            Ok(outcome) => Some(outcome),
-            Err(err) => {
-                failures.push(format!("channels: {err}"));
-                None
+    let mut references = Vec::new();
+    for reference in [Reference::Channels, Reference::Eventstream] {
+        let name = reference.name();
+        let wanted = match reference {
+            Reference::Channels => sizes.with_channels,
+            Reference::Eventstream => sizes.with_eventstream,
+        };
+        if !wanted {
+            report.notes.push(format!("django: {name} not measured: --servers does not name it."));
+        } else if !sizes.installed(reference) {
+            report.notes.push(format!("django: {name} skipped: it is not installed (bench/run.sh creates its venv)."));
+        } else {
+            eprintln!("    {name} ({})", reference.setup());
+            match run_reference(reference, sizes, pg_port, work, report).await {
+                Ok(outcome) => references.push((reference, outcome)),
+                Err(err) => failures.push(format!("{name}: {err}")),
             }
         }
-    } else {
-        report.notes.push("django: Channels skipped: its venv is not installed (bench/run.sh creates it).".into());
-        None
-    };
-    record(sizes, report, &outcomes, channels.as_ref());
+    }
+    record(sizes, report, &outcomes, &references);
     if failures.is_empty() {
         Ok(())
     } else {
@@ -326,17 +353,18 @@ async fn snorky_mode(
 
 /// Times `save()` with and without live updates (`driver.py micro`) and records the rows: on the
 /// Snorky site (`mode`: `direct` or `outbox`) `@subscribable` against the plain model, on the
-/// Channels one (`mode`: `channels`) the receivers that `group_send` on commit against none.
+/// reference ones (`mode`: `channels`, `eventstream`) the receivers that send on commit
+/// (`group_send`, `send_event`) against none.
 async fn micro(python: &Path, site: &str, env: &Env, mode: &str, n: usize, report: &mut Report) -> Result<(), String> {
     let mut command = driver(python, site, env);
     command.args(["micro", "--n", &n.to_string()]);
     let out = run_to_end(command, "driver.py micro", Duration::from_secs(900)).await?;
     let result: Value = serde_json::from_str(out.trim()).map_err(|err| format!("driver.py micro: {err}: {out}"))?;
     let number = |key: &str| result[key].as_f64().ok_or_else(|| format!("driver.py micro: no {key:?} in {out}"));
-    let (kind, live) = if site == "snorky" {
-        (Kind::Snorky, "@subscribable")
-    } else {
-        (Kind::Channels, "post_save → group_send on commit")
+    let (kind, live) = match site {
+        "snorky" => (Kind::Snorky, "@subscribable"),
+        "eventstream" => (Kind::Eventstream, "post_save → send_event on commit"),
+        _ => (Kind::Channels, "post_save → group_send on commit"),
     };
     for (what, label) in [
         ("insert", "save() of a new row"),
@@ -345,7 +373,7 @@ async fn micro(python: &Path, site: &str, env: &Env, mode: &str, n: usize, repor
     ] {
         let (Ok(plain), Ok(with)) = (number(&format!("{what} plain us")), number(&format!("{what} subscribable us")))
         else {
-            continue; // bulk_create sends no signal: the Channels side has nothing to time
+            continue; // bulk_create sends no signal: the reference sides have nothing to time
         };
         let prefix = format!("django {label} in a transaction ({mode})");
         report.row_mut(&format!("{prefix}: plain model (µs)"), false).set(kind, Cell::number(plain, 0));
@@ -386,29 +414,111 @@ fn snorky_clients(path: &Path) -> Result<Vec<ClientSpec>, String> {
         .collect()
 }
 
-// --- Channels -------------------------------------------------------------------------------------
+// --- Channels and django-eventstream -------------------------------------------------------------
 
-async fn channels(sizes: &DjangoSizes, pg_port: u16, work: &Path, report: &mut Report) -> Result<Outcome, String> {
+/// A set-up a Django user would pick today, measured beside Snorky on the same workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reference {
+    /// Django Channels: `channels_redis`, consumers on uvicorn.
+    Channels,
+    /// django-eventstream: Server-Sent Events, `EVENTSTREAM_REDIS`, daphne.
+    Eventstream,
+}
+
+impl Reference {
+    fn name(self) -> &'static str {
+        match self {
+            Reference::Channels => "channels",
+            Reference::Eventstream => "eventstream",
+        }
+    }
+
+    fn setup(self) -> &'static str {
+        match self {
+            Reference::Channels => "channels_redis, uvicorn",
+            Reference::Eventstream => "django-eventstream, EVENTSTREAM_REDIS, daphne",
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Reference::Channels => Kind::Channels,
+            Reference::Eventstream => Kind::Eventstream,
+        }
+    }
+
+    /// Starts the site's server processes (one per core) on free ports; returns them and how
+    /// clients reach them.
+    async fn serve(self, venv: &Path, env: &Env) -> Result<(Vec<Service>, Connect), String> {
+        let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let program = |name: &str| command(&absolute(&venv.join("bin").join(name)), None, libc::SIGTERM);
+        let project = absolute(Path::new("bench/channels_ref"));
+        match self {
+            Reference::Channels => {
+                let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+                let mut uvicorn = program("uvicorn");
+                // One worker per core, as a deployment on this machine would run it.
+                uvicorn
+                    .args(["channels_ref.todo_asgi:application", "--host", "127.0.0.1"])
+                    .args(["--port", &addr.port().to_string(), "--workers", &workers.to_string()])
+                    .args(["--ws", "websockets", "--http", "httptools", "--loop", "uvloop"])
+                    .args(["--log-level", "warning", "--no-access-log"])
+                    .current_dir(&project)
+                    .env("DJANGO_SETTINGS_MODULE", "channels_ref.todo_settings");
+                env.apply(&mut uvicorn);
+                Ok((vec![Service::start(uvicorn, addr, "uvicorn").await?], Connect::Channels(addr)))
+            }
+            Reference::Eventstream => {
+                // daphne, the server django-eventstream's documentation deploys with, is one
+                // process: one per core, the clients spread over them, the events reaching each
+                // through Redis.
+                let mut services = Vec::with_capacity(workers);
+                let mut addrs = Vec::with_capacity(workers);
+                for _ in 0..workers {
+                    let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+                    let mut daphne = program("daphne");
+                    daphne
+                        .args(["-b", "127.0.0.1", "-p", &addr.port().to_string(), "-v", "0"])
+                        .arg("channels_ref.eventstream_asgi:application")
+                        .current_dir(&project)
+                        .env("DJANGO_SETTINGS_MODULE", "channels_ref.eventstream_settings");
+                    env.apply(&mut daphne);
+                    match Service::start(daphne, addr, "daphne").await {
+                        Ok(service) => services.push(service),
+                        Err(err) => {
+                            for service in services {
+                                service.stop().await;
+                            }
+                            return Err(err);
+                        }
+                    }
+                    addrs.push(addr);
+                }
+                Ok((services, Connect::Eventstream(addrs)))
+            }
+        }
+    }
+}
+
+/// The same writers and clients on a reference set-up: its own database on the cluster, a
+/// `redis-server` of its own between the writers and the server processes.
+async fn run_reference(
+    reference: Reference,
+    sizes: &DjangoSizes,
+    pg_port: u16,
+    work: &Path,
+    report: &mut Report,
+) -> Result<Outcome, String> {
+    let site = reference.name();
     let python = sizes.channels_venv.join("bin").join("python");
     let redis = Redis::start().await?;
-    let env = Env::new(pg_port, "channels").with("BENCH_REDIS_URL", &format!("redis://127.0.0.1:{}/0", redis.port));
+    let env = Env::new(pg_port, site).with("BENCH_REDIS_URL", &format!("redis://127.0.0.1:{}/0", redis.port));
     let outcome = async {
-        let users_file = work.join("users-channels.json");
-        setup(&python, "channels", &env, sizes.mine.max(sizes.all), &users_file).await?;
+        let users_file = work.join(format!("users-{site}.json"));
+        setup(&python, site, &env, sizes.mine.max(sizes.all), &users_file).await?;
         eprintln!("    save() timings");
-        micro(&python, "channels", &env, "channels", sizes.micro, report).await?;
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let mut uvicorn = command(&absolute(&sizes.channels_venv.join("bin").join("uvicorn")), None, libc::SIGTERM);
-        // One worker per core, as a deployment on this machine would run it.
-        let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get).to_string();
-        uvicorn
-            .args(["channels_ref.todo_asgi:application", "--host", "127.0.0.1", "--port", &addr.port().to_string()])
-            .args(["--workers", &workers, "--ws", "websockets", "--http", "httptools", "--loop", "uvloop"])
-            .args(["--log-level", "warning", "--no-access-log"])
-            .current_dir(absolute(Path::new("bench/channels_ref")))
-            .env("DJANGO_SETTINGS_MODULE", "channels_ref.todo_settings");
-        env.apply(&mut uvicorn);
-        let server = Service::start(uvicorn, addr, "uvicorn").await?;
+        micro(&python, site, &env, site, sizes.micro, report).await?;
+        let (servers, connect) = reference.serve(&sizes.channels_venv, &env).await?;
         let users = read_users(&users_file)?;
         let specs: Vec<ClientSpec> = users
             .iter()
@@ -418,24 +528,27 @@ async fn channels(sizes: &DjangoSizes, pg_port: u16, work: &Path, report: &mut R
             .map(|(id, session, everything)| ClientSpec {
                 user: *id,
                 everything,
-                login: Login::Channels { session: session.clone() },
+                login: Login::Session { session: session.clone() },
             })
             .collect();
-        let clients = Clients::open(specs, Connect::Channels(addr), sizes.concurrency);
+        let clients = Clients::open(specs, connect, sizes.concurrency);
         let writers = WriterSetup {
             python: python.clone(),
-            site: "channels",
+            site,
             env: env.clone(),
             users_file: users_file.clone(),
             work: work.to_owned(),
         };
         let redis_pid = redis.pid();
         let outcome = measure(sizes, &clients, &writers, || {
-            Some(server.pid().map_or(0, tree_rss_kib) + redis_pid.map_or(0, tree_rss_kib))
+            let servers: u64 = servers.iter().filter_map(Service::pid).map(tree_rss_kib).sum();
+            Some(servers + redis_pid.map_or(0, tree_rss_kib))
         })
         .await;
         clients.close().await;
-        server.stop().await;
+        for server in servers {
+            server.stop().await;
+        }
         outcome
     }
     .await;
@@ -684,8 +797,9 @@ async fn step(
 enum Login {
     /// `ws://.../ws?token=<connection>`, then `datasync.acquireSubscription(subscription)`.
     Snorky { connection: String, subscription: String },
-    /// `ws://.../todos?list=mine|all` with the session cookie.
-    Channels { session: String },
+    /// The user's session cookie: Channels' `ws://.../todos?list=mine|all`, django-eventstream's
+    /// `GET /todos/events/?list=mine|all`.
+    Session { session: String },
 }
 
 #[derive(Debug, Clone)]
@@ -700,6 +814,14 @@ struct ClientSpec {
 enum Connect {
     Snorky(Target),
     Channels(SocketAddr),
+    /// The server processes; a client goes to one of them by its user's id.
+    Eventstream(Vec<SocketAddr>),
+}
+
+/// A subscribed client's connection.
+enum Conn {
+    Ws(Box<Ws>),
+    Sse(Box<SseStream<Incoming>>),
 }
 
 /// One delivery: the write's number (from the title) or, for a delete, the row's id.
@@ -746,10 +868,10 @@ impl Clients {
                 let mut stop = stop_rx.clone();
                 tokio::spawn(async move {
                     let permit = gate.acquire().await;
-                    let ws = tokio::time::timeout(client::SETUP_TIMEOUT, join(&connect, &spec)).await;
+                    let conn = tokio::time::timeout(client::SETUP_TIMEOUT, join(&connect, &spec)).await;
                     drop(permit);
-                    let mut ws = match ws {
-                        Ok(Ok(ws)) => ws,
+                    let mut conn = match conn {
+                        Ok(Ok(conn)) => conn,
                         Ok(Err(err)) => {
                             failed.fetch_add(1, Ordering::Relaxed);
                             first_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get_or_insert(err);
@@ -761,7 +883,7 @@ impl Clients {
                         }
                     };
                     ready.fetch_add(1, Ordering::Relaxed);
-                    receive(&mut ws, &state, &mut stop).await;
+                    receive(&mut conn, &state, &mut stop).await;
                 })
             })
             .collect();
@@ -834,16 +956,16 @@ impl Clients {
 }
 
 /// Connects and subscribes one client.
-async fn join(connect: &Connect, spec: &ClientSpec) -> Result<Ws, String> {
+async fn join(connect: &Connect, spec: &ClientSpec) -> Result<Conn, String> {
+    let list = if spec.everything { "all" } else { "mine" };
     match (connect, &spec.login) {
         (Connect::Snorky(target), Login::Snorky { connection, subscription }) => {
             let url = format!("{}?token={connection}", target.ws_url);
             let mut ws = client::connect_url(target, None, &url).await?;
             client::call_service(&mut ws, "datasync", "acquireSubscription", json!({"token": subscription}), 1).await?;
-            Ok(ws)
+            Ok(Conn::Ws(Box::new(ws)))
         }
-        (Connect::Channels(addr), Login::Channels { session }) => {
-            let list = if spec.everything { "all" } else { "mine" };
+        (Connect::Channels(addr), Login::Session { session }) => {
             let mut request = format!("ws://{addr}/todos?list={list}")
                 .into_client_request()
                 .map_err(|err| format!("request: {err}"))?;
@@ -855,45 +977,113 @@ async fn join(connect: &Connect, spec: &ClientSpec) -> Result<Ws, String> {
             let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                 .await
                 .map_err(|err| format!("handshake: {err}"))?;
-            Ok(ws)
+            Ok(Conn::Ws(Box::new(ws)))
+        }
+        (Connect::Eventstream(addrs), Login::Session { session }) => {
+            let addr = addrs
+                .get(usize::try_from(spec.user).unwrap_or(0) % addrs.len().max(1))
+                .ok_or("no django-eventstream server")?;
+            Ok(Conn::Sse(Box::new(open_events(*addr, list, session).await?)))
         }
         _ => Err("a client's login does not match its server".into()),
     }
 }
 
-/// Reads deltas until told to stop, recording each with its arrival time.
-async fn receive(ws: &mut Ws, state: &ClientState, stop: &mut watch::Receiver<bool>) {
-    let mut checked = false;
+/// `GET /todos/events/?list=...` with the session cookie, as a browser's `EventSource` asks; the
+/// client is subscribed once the stream's `stream-open` event arrived (the server registers the
+/// stream's listener before it sends it).
+async fn open_events(addr: SocketAddr, list: &str, session: &str) -> Result<SseStream<Incoming>, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|err| format!("connect: {err}"))?;
+    let _ = stream.set_nodelay(true);
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|err| format!("HTTP: {err}"))?;
+    // The connection lives as long as the response body: it ends when the client drops it.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = hyper::Request::get(format!("/todos/events/?list={list}"))
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::ACCEPT, "text/event-stream")
+        .header(hyper::header::COOKIE, format!("sessionid={session}"))
+        .body(Empty::<Bytes>::new())
+        .map_err(|err| format!("request: {err}"))?;
+    let response = sender.send_request(request).await.map_err(|err| format!("GET: {err}"))?;
+    let content_type = response.headers().get(hyper::header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    if response.status() != hyper::StatusCode::OK || content_type != Some("text/event-stream") {
+        return Err(format!("GET /todos/events/: {} ({content_type:?})", response.status()));
+    }
+    let mut events = SseStream::new(response.into_body());
     loop {
-        let message = tokio::select! {
-            biased;
-            _ = stop.changed() => return,
-            message = ws.next() => message,
-        };
-        let reason = match message {
-            Some(Ok(Message::Text(text))) => {
-                let received_us = monotonic_us();
-                // The first frame is checked in full; then the numbers are read from the text.
-                let record = parse(text.as_str(), received_us).filter(|record| {
-                    let ok = checked || well_formed(text.as_str(), record);
-                    checked = true;
-                    ok
-                });
-                if let Some(record) = record {
-                    state.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(record);
-                    state.count.fetch_add(1, Ordering::Relaxed);
+        match events.next().await {
+            Some(Ok(event)) => match event.event.as_deref() {
+                Some("stream-open") => return Ok(events),
+                Some("stream-error") => return Err(format!("stream-error: {}", event.data.unwrap_or_default())),
+                _ => {}
+            },
+            Some(Err(err)) => return Err(format!("events: {err}")),
+            None => return Err("the stream ended before stream-open".into()),
+        }
+    }
+}
+
+/// Reads deltas until told to stop, recording each with its arrival time.
+async fn receive(conn: &mut Conn, state: &ClientState, stop: &mut watch::Receiver<bool>) {
+    let mut checked = false;
+    let reason = match conn {
+        Conn::Ws(ws) => loop {
+            let Some(message) = next_or_stop(ws.as_mut(), stop).await else { return };
+            match message {
+                Some(Ok(Message::Text(text))) => note(text.as_str(), state, &mut checked),
+                Some(Ok(Message::Close(frame))) => {
+                    break frame
+                        .map_or_else(|| "close frame".to_owned(), |f| format!("closed with {}", u16::from(f.code)));
                 }
-                continue;
+                Some(Ok(_)) => {}
+                Some(Err(err)) => break format!("error: {err}"),
+                None => break "connection ended".into(),
             }
-            Some(Ok(Message::Close(frame))) => {
-                frame.map_or_else(|| "close frame".to_owned(), |f| format!("closed with {}", u16::from(f.code)))
+        },
+        Conn::Sse(events) => loop {
+            let Some(event) = next_or_stop(events.as_mut(), stop).await else { return };
+            match event {
+                // An event without a type is a `message` (the SSE rules); `keep-alive` is not one.
+                Some(Ok(event)) => match (event.event.as_deref(), event.data) {
+                    (None | Some("message"), Some(data)) => note(&data, state, &mut checked),
+                    (Some("stream-error"), data) => break format!("stream-error: {}", data.unwrap_or_default()),
+                    _ => {}
+                },
+                Some(Err(err)) => break format!("error: {err}"),
+                None => break "stream ended".into(),
             }
-            Some(Ok(_)) => continue,
-            Some(Err(err)) => format!("error: {err}"),
-            None => "connection ended".into(),
-        };
-        *state.closed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
-        return;
+        },
+    };
+    *state.closed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+}
+
+/// The next item of `stream`, or `None` once told to stop.
+async fn next_or_stop<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Option<S::Item>> {
+    tokio::select! {
+        biased;
+        _ = stop.changed() => None,
+        item = stream.next() => Some(item),
+    }
+}
+
+/// Records one delivered text, when it is a delta: the first one is checked in full, then the
+/// numbers are read from the text.
+fn note(text: &str, state: &ClientState, checked: &mut bool) {
+    let received_us = monotonic_us();
+    let record = parse(text, received_us).filter(|record| {
+        let ok = *checked || well_formed(text, record);
+        *checked = true;
+        ok
+    });
+    if let Some(record) = record {
+        state.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(record);
+        state.count.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -936,58 +1126,45 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
 
 // --- The report -----------------------------------------------------------------------------------
 
-fn record(sizes: &DjangoSizes, report: &mut Report, snorky: &[(&str, Outcome)], channels: Option<&Outcome>) {
+/// How a figure is read from an outcome.
+type Measure<'a> = &'a dyn Fn(&Outcome) -> Option<Cell>;
+
+fn record(sizes: &DjangoSizes, report: &mut Report, snorky: &[(&str, Outcome)], references: &[(Reference, Outcome)]) {
     let prefix = sizes.prefix();
     let rate = format_number(sizes.rate, 0);
+    let latency = |outcome: &Outcome, p99: bool| {
+        outcome.latency.as_ref().and_then(|s| s.latency).map(|l| Cell::number(if p99 { l.p99_ms } else { l.p50_ms }, 2))
+    };
+    let achieved = |outcome: &Outcome| outcome.latency.as_ref().map(|s| Cell::number(s.achieved, 0));
+    let errors = |outcome: &Outcome| outcome.latency.as_ref().map(|s| Cell::text(s.errors()));
+    let sustained = |outcome: &Outcome| Some(Cell::number(outcome.sustained.unwrap_or(0.0), 0).note(&outcome.stopped));
+    let rss = |outcome: &Outcome| outcome.rss_kib.map(|kib| Cell::number(kib as f64 / 1024.0, 1));
     for (mode, outcome) in snorky {
-        let mut set = |metric: String, ratios: bool, snorky: Option<Cell>, channels: Option<Cell>| {
+        let at = format!("{prefix}, {rate} writes/s ({mode})");
+        let rows: [(String, bool, Measure); 6] = [
+            (format!("{at}: commit → delivery p50 (ms)"), true, &|o| latency(o, false)),
+            (format!("{at}: commit → delivery p99 (ms)"), true, &|o| latency(o, true)),
+            (format!("{at}: writes/s done"), false, &achieved),
+            (format!("{at}: missing/dup/reordered"), false, &errors),
+            (
+                format!("{prefix} ({mode}): highest write rate with p99 ≤ {RAMP_P99_MS:.0} ms (writes/s)"),
+                true,
+                &sustained,
+            ),
+            (format!("{prefix} ({mode}): server RSS with the clients connected (MiB)"), true, &rss),
+        ];
+        // Each Snorky mode's rows carry the references' figures beside it, for the ratios.
+        for (metric, ratios, measure) in rows {
             let row = report.row_mut(&metric, ratios);
-            if let Some(cell) = snorky {
+            if let Some(cell) = measure(outcome) {
                 row.set(Kind::Snorky, cell);
             }
-            if let Some(cell) = channels {
-                row.set(Kind::Channels, cell);
+            for (reference, outcome) in references {
+                if let Some(cell) = measure(outcome) {
+                    row.set(reference.kind(), cell);
+                }
             }
-        };
-        let at = format!("{prefix}, {rate} writes/s ({mode})");
-        let latency = |outcome: &Outcome, p99: bool| {
-            outcome
-                .latency
-                .as_ref()
-                .and_then(|s| s.latency)
-                .map(|l| Cell::number(if p99 { l.p99_ms } else { l.p50_ms }, 2))
-        };
-        set(
-            format!("{at}: commit → delivery p50 (ms)"),
-            true,
-            latency(outcome, false),
-            channels.and_then(|c| latency(c, false)),
-        );
-        set(
-            format!("{at}: commit → delivery p99 (ms)"),
-            true,
-            latency(outcome, true),
-            channels.and_then(|c| latency(c, true)),
-        );
-        let achieved = |outcome: &Outcome| outcome.latency.as_ref().map(|s| Cell::number(s.achieved, 0));
-        set(format!("{at}: writes/s done"), false, achieved(outcome), channels.and_then(achieved));
-        let errors = |outcome: &Outcome| outcome.latency.as_ref().map(|s| Cell::text(s.errors()));
-        set(format!("{at}: missing/dup/reordered"), false, errors(outcome), channels.and_then(errors));
-        let sustained =
-            |outcome: &Outcome| Some(Cell::number(outcome.sustained.unwrap_or(0.0), 0).note(&outcome.stopped));
-        set(
-            format!("{prefix} ({mode}): highest write rate with p99 ≤ {RAMP_P99_MS:.0} ms (writes/s)"),
-            true,
-            sustained(outcome),
-            channels.and_then(sustained),
-        );
-        let rss = |outcome: &Outcome| outcome.rss_kib.map(|kib| Cell::number(kib as f64 / 1024.0, 1));
-        set(
-            format!("{prefix} ({mode}): server RSS with the clients connected (MiB)"),
-            true,
-            rss(outcome),
-            channels.and_then(rss),
-        );
+        }
         if !outcome.closes.is_empty() {
             report.notes.push(format!("django ({mode}): clients disconnected: {}", outcome.closes));
         }
@@ -999,16 +1176,23 @@ fn record(sizes: &DjangoSizes, report: &mut Report, snorky: &[(&str, Outcome)], 
             }
         }
     }
-    if let Some(outcome) = channels.filter(|outcome| !outcome.closes.is_empty()) {
-        report.notes.push(format!("django (channels): clients disconnected: {}", outcome.closes));
-    }
-    if channels.is_some() {
-        report.notes.push(
-            "django: the channels column is the same workload on Django Channels 4 (channels_redis, uvicorn with one \
-             worker per core, post_save/post_delete receivers that group_send on commit); its RSS adds uvicorn's \
-             processes and redis-server."
+    for (reference, outcome) in references {
+        let name = reference.name();
+        if !outcome.closes.is_empty() {
+            report.notes.push(format!("django ({name}): clients disconnected: {}", outcome.closes));
+        }
+        report.notes.push(match reference {
+            Reference::Channels => "django: the channels column is the same workload on Django Channels 4 \
+                 (channels_redis, uvicorn with one worker per core, post_save/post_delete receivers that group_send on \
+                 commit); its RSS adds uvicorn's processes and redis-server."
                 .into(),
-        );
+            Reference::Eventstream => "django: the django-eventstream column is the same workload on \
+                 django-eventstream 5 (Server-Sent Events; post_save/post_delete receivers that send_event on commit \
+                 to the owner's channel and everyone's; EVENTSTREAM_REDIS carries the events from the writer \
+                 processes to daphne, one process per core, the clients spread over them; no event storage); its \
+                 RSS adds daphne's processes and redis-server."
+                .into(),
+        });
     }
 }
 

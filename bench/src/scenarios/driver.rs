@@ -139,6 +139,11 @@ pub fn main(args: &RunArgs) -> Result<(), String> {
     let mut kinds = Vec::new();
     for name in args.servers.split(',').filter(|name| !name.trim().is_empty()) {
         let kind = Kind::parse(name)?;
+        if kind == Kind::Eventstream {
+            // The django scenario reads `--servers` itself and starts django-eventstream there;
+            // it has no PubSub server for the other scenarios.
+            continue;
+        }
         if kind == Kind::Channels && !channels.installed() {
             if args.smoke {
                 notes.push("Channels skipped: its venv is not installed (bench/run.sh creates it).".to_owned());
