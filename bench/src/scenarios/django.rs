@@ -52,7 +52,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::django_procs::{
-    command, free_port, http_status, monotonic_us, run_to_end, run_writers, tree_rss_kib, Postgres, Redis, Service,
+    children, command, free_port, http_status, monotonic_us, run_to_end, run_writers, tree_rss_kib, Postgres, Redis,
+    Service,
 };
 use crate::client::{self, Target, Ws};
 use crate::procs::{absolute, Kind};
@@ -164,9 +165,13 @@ pub async fn run(sizes: &DjangoSizes, report: &mut Report) -> Result<(), String>
     let work = std::env::temp_dir().join(format!("snorky-bench-django-{}-{}", std::process::id(), monotonic_us()));
     std::fs::create_dir_all(&work).map_err(|err| format!("{}: {err}", work.display()))?;
     eprintln!("    creating the PostgreSQL cluster");
-    let outcome = match Postgres::start(&["snorky", "channels", "eventstream"]).await {
+    // Beyond the writers, the servers and the set-up steps: a connection per client, since each
+    // open django-eventstream stream holds one (Django closes a request's connection when its
+    // response ends, and a stream's does not).
+    let max_connections = 300 + sizes.mine + sizes.all;
+    let outcome = match Postgres::start(&["snorky", "channels", "eventstream"], max_connections).await {
         Ok(postgres) => {
-            let outcome = run_on(sizes, postgres.port, &work, report).await;
+            let outcome = run_on(sizes, &postgres, &work, report).await;
             postgres.stop().await;
             outcome
         }
@@ -184,12 +189,15 @@ struct Outcome {
     sustained: Option<f64>,
     stopped: String,
     rss_kib: Option<u64>,
+    /// PostgreSQL's processes with the clients connected: its background ones and one per
+    /// connection (the writers are not running then).
+    db_processes: Option<usize>,
     /// Why clients were disconnected, if any were.
     closes: String,
 }
 
-async fn run_on(sizes: &DjangoSizes, pg_port: u16, work: &Path, report: &mut Report) -> Result<(), String> {
-    let snorky_env = Env::new(pg_port, "snorky");
+async fn run_on(sizes: &DjangoSizes, postgres: &Postgres, work: &Path, report: &mut Report) -> Result<(), String> {
+    let snorky_env = Env::new(postgres.port, "snorky");
     eprintln!("    migrating, {} users", sizes.mine.max(sizes.all));
     let users_file = work.join("users-snorky.json");
     setup(&sizes.python, "snorky", &snorky_env, sizes.mine.max(sizes.all), &users_file).await?;
@@ -197,7 +205,7 @@ async fn run_on(sizes: &DjangoSizes, pg_port: u16, work: &Path, report: &mut Rep
     let mut failures = Vec::new();
     for mode in ["direct", "outbox"] {
         eprintln!("    snorky, {mode} delivery");
-        match snorky_mode(sizes, &snorky_env, &users_file, work, mode, report).await {
+        match snorky_mode(sizes, &snorky_env, &users_file, work, mode, postgres.pid(), report).await {
             Ok(outcome) => outcomes.push((mode, outcome)),
             Err(err) => failures.push(format!("{mode}: {err}")),
         }
@@ -215,7 +223,7 @@ async fn run_on(sizes: &DjangoSizes, pg_port: u16, work: &Path, report: &mut Rep
             report.notes.push(format!("django: {name} skipped: it is not installed (bench/run.sh creates its venv)."));
         } else {
             eprintln!("    {name} ({})", reference.setup());
-            match run_reference(reference, sizes, pg_port, work, report).await {
+            match run_reference(reference, sizes, postgres, work, report).await {
                 Ok(outcome) => references.push((reference, outcome)),
                 Err(err) => failures.push(format!("{name}: {err}")),
             }
@@ -293,6 +301,7 @@ async fn snorky_mode(
     users_file: &Path,
     work: &Path,
     mode: &str,
+    pg_pid: Option<u32>,
     report: &mut Report,
 ) -> Result<Outcome, String> {
     let frontend: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
@@ -342,7 +351,7 @@ async fn snorky_mode(
             users_file: users_file.to_owned(),
             work: work.to_owned(),
         };
-        let outcome = measure(sizes, &clients, &writers, || server.pid().map(tree_rss_kib)).await;
+        let outcome = measure(sizes, &clients, &writers, pg_pid, || server.pid().map(tree_rss_kib)).await;
         clients.close().await;
         outcome
     }
@@ -505,14 +514,14 @@ impl Reference {
 async fn run_reference(
     reference: Reference,
     sizes: &DjangoSizes,
-    pg_port: u16,
+    postgres: &Postgres,
     work: &Path,
     report: &mut Report,
 ) -> Result<Outcome, String> {
     let site = reference.name();
     let python = sizes.channels_venv.join("bin").join("python");
     let redis = Redis::start().await?;
-    let env = Env::new(pg_port, site).with("BENCH_REDIS_URL", &format!("redis://127.0.0.1:{}/0", redis.port));
+    let env = Env::new(postgres.port, site).with("BENCH_REDIS_URL", &format!("redis://127.0.0.1:{}/0", redis.port));
     let outcome = async {
         let users_file = work.join(format!("users-{site}.json"));
         setup(&python, site, &env, sizes.mine.max(sizes.all), &users_file).await?;
@@ -540,7 +549,7 @@ async fn run_reference(
             work: work.to_owned(),
         };
         let redis_pid = redis.pid();
-        let outcome = measure(sizes, &clients, &writers, || {
+        let outcome = measure(sizes, &clients, &writers, postgres.pid(), || {
             let servers: u64 = servers.iter().filter_map(Service::pid).map(tree_rss_kib).sum();
             Some(servers + redis_pid.map_or(0, tree_rss_kib))
         })
@@ -558,18 +567,21 @@ async fn run_reference(
 
 // --- The measurements -----------------------------------------------------------------------------
 
-/// The latency step at the fixed rate, the memory, then the ramp.
+/// The latency step at the fixed rate, the memory (and PostgreSQL's processes, `pg_pid`'s
+/// children), then the ramp.
 async fn measure(
     sizes: &DjangoSizes,
     clients: &Clients,
     writers: &WriterSetup,
+    pg_pid: Option<u32>,
     rss: impl Fn() -> Option<u64>,
 ) -> Result<Outcome, String> {
     let (ready, failed) = clients.wait_ready(OPEN_MAX).await;
     if failed > 0 || ready == 0 {
         return Err(format!("{failed} of {} clients could not subscribe: {}", ready + failed, clients.first_error()));
     }
-    let mut outcome = Outcome { rss_kib: rss(), ..Outcome::default() };
+    let mut outcome =
+        Outcome { rss_kib: rss(), db_processes: pg_pid.map(|pid| children(pid).len()), ..Outcome::default() };
     let mut seq = 1u64;
     eprintln!("    {} writes/s for {} s", sizes.rate, sizes.secs);
     let latency = step(sizes, clients, writers, sizes.rate, sizes.secs, &mut seq).await?;
@@ -1139,9 +1151,10 @@ fn record(sizes: &DjangoSizes, report: &mut Report, snorky: &[(&str, Outcome)], 
     let errors = |outcome: &Outcome| outcome.latency.as_ref().map(|s| Cell::text(s.errors()));
     let sustained = |outcome: &Outcome| Some(Cell::number(outcome.sustained.unwrap_or(0.0), 0).note(&outcome.stopped));
     let rss = |outcome: &Outcome| outcome.rss_kib.map(|kib| Cell::number(kib as f64 / 1024.0, 1));
+    let db = |outcome: &Outcome| outcome.db_processes.map(|n| Cell::number(n as f64, 0));
     for (mode, outcome) in snorky {
         let at = format!("{prefix}, {rate} writes/s ({mode})");
-        let rows: [(String, bool, Measure); 6] = [
+        let rows: [(String, bool, Measure); 7] = [
             (format!("{at}: commit → delivery p50 (ms)"), true, &|o| latency(o, false)),
             (format!("{at}: commit → delivery p99 (ms)"), true, &|o| latency(o, true)),
             (format!("{at}: writes/s done"), false, &achieved),
@@ -1152,6 +1165,7 @@ fn record(sizes: &DjangoSizes, report: &mut Report, snorky: &[(&str, Outcome)], 
                 &sustained,
             ),
             (format!("{prefix} ({mode}): server RSS with the clients connected (MiB)"), true, &rss),
+            (format!("{prefix} ({mode}): PostgreSQL processes with the clients connected"), true, &db),
         ];
         // Each Snorky mode's rows carry the references' figures beside it, for the ratios.
         for (metric, ratios, measure) in rows {
@@ -1190,7 +1204,7 @@ fn record(sizes: &DjangoSizes, report: &mut Report, snorky: &[(&str, Outcome)], 
                  django-eventstream 5 (Server-Sent Events; post_save/post_delete receivers that send_event on commit \
                  to the owner's channel and everyone's; EVENTSTREAM_REDIS carries the events from the writer \
                  processes to daphne, one process per core, the clients spread over them; no event storage); its \
-                 RSS adds daphne's processes and redis-server."
+                 RSS adds daphne's processes and redis-server; each open stream holds a PostgreSQL connection."
                 .into(),
         });
     }

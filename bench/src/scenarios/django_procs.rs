@@ -122,7 +122,9 @@ pub fn tree_rss_kib(pid: u32) -> u64 {
     total
 }
 
-fn children(pid: u32) -> Vec<u32> {
+/// The processes whose parent is `pid` (a PostgreSQL server's: one per connection, beside its
+/// own background processes).
+pub fn children(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -161,8 +163,9 @@ pub struct Postgres {
 impl Postgres {
     /// `initdb` in a temporary directory, then `postgres` on a free loopback port with
     /// durability off (`fsync`, `synchronous_commit`, `full_page_writes`), so the database's
-    /// own cost in the timings is the smallest it can be; then the `databases` are created.
-    pub async fn start(databases: &[&str]) -> Result<Postgres, String> {
+    /// own cost in the timings is the smallest it can be, accepting `max_connections`; then the
+    /// `databases` are created.
+    pub async fn start(databases: &[&str], max_connections: usize) -> Result<Postgres, String> {
         let bin = postgres_bin().ok_or("PostgreSQL is not installed (apt-get install postgresql)")?;
         let dir = std::env::temp_dir().join(format!("snorky-bench-pg-{}-{}", std::process::id(), monotonic_us()));
         std::fs::create_dir_all(&dir).map_err(|err| format!("{}: {err}", dir.display()))?;
@@ -189,13 +192,13 @@ impl Postgres {
             let mut postgres = command(&bin.join("postgres"), user, libc::SIGQUIT);
             postgres.arg("-D").arg(&data).args(["-p", &port.to_string()]).arg("-k").arg(&dir);
             for setting in [
-                "listen_addresses=127.0.0.1",
-                "fsync=off",
-                "synchronous_commit=off",
-                "full_page_writes=off",
-                "max_connections=300",
+                "listen_addresses=127.0.0.1".to_owned(),
+                "fsync=off".to_owned(),
+                "synchronous_commit=off".to_owned(),
+                "full_page_writes=off".to_owned(),
+                format!("max_connections={max_connections}"),
             ] {
-                postgres.args(["-c", setting]);
+                postgres.args(["-c", &setting]);
             }
             let log_err = log.try_clone().map_err(|err| err.to_string())?;
             let mut child = postgres
@@ -231,6 +234,11 @@ impl Postgres {
             }
         }
         Ok(cluster)
+    }
+
+    /// The server's process (the parent of its backends).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// A fast shutdown (SIGINT), then the directory is removed.
