@@ -12,7 +12,11 @@ Which rows: each :func:`write` inside an atomic block registers its prepared row
 Django discards its callbacks; at the commit, the rows of the callbacks still registered are
 inserted, in order. The callbacks themselves do nothing afterwards, unless the rows did not leave
 with a commit (``TestCase.captureOnCommitCallbacks(execute=True)`` runs callbacks of a
-transaction that never commits): they are inserted then.
+transaction that never commits): they are inserted then. A transaction holds about
+:data:`DEFERRED_ROWS` rows for its commit; past that, the waiting rows and the new ones are
+inserted at once (in order, inside the transaction), so a long transaction does not hold its
+deltas in memory (unless rows registered before a savepoint still open are waiting: they, and
+so the rows after them, wait for the commit, see ``_take_waiting``).
 
 Other databases, and PostgreSQL with ``server_side_binding`` (which cannot send two statements in
 one message), insert the rows at once, one ``INSERT`` per :func:`write`.
@@ -31,6 +35,10 @@ __all__ = ["write"]
 #: Outbox rows per ``INSERT``: two parameters each, under SQLite's oldest limit of 999.
 ROWS_PER_INSERT = 400
 
+#: The most outbox rows a transaction keeps in memory for its commit to carry; beyond, they are
+#: written at once (still in the transaction).
+DEFERRED_ROWS = 1000
+
 
 class _Rows:
     """An ``on_commit`` callback holding one :func:`write`'s prepared rows (``created``, ``delta``
@@ -45,11 +53,11 @@ class _Rows:
 
     def __call__(self) -> None:
         if not self.written:  # the rows did not leave with a COMMIT (see the module docs)
-            self.written = True
+            params, self.written, self.params = self.params, True, []
             connection = connections[self.using]
             with connection.cursor() as cursor:
-                for sql, params in _inserts(connection, self.params):
-                    cursor.execute(sql, params)
+                for sql, chunk in _inserts(connection, params):
+                    cursor.execute(sql, chunk)
 
 
 def write(deltas: list[dict[str, Any]], using: str) -> None:
@@ -64,11 +72,46 @@ def write(deltas: list[dict[str, Any]], using: str) -> None:
     for delta in deltas:
         params.extend((created, fields["delta"].get_db_prep_save(delta, connection)))
     if connection.in_atomic_block and _rides_the_commit(connection):
-        connection.on_commit(_Rows(params, using))
-        return
+        # The rows waiting for the commit are held in memory: past DEFERRED_ROWS in one
+        # transaction (a long loop of saves, a bulk operation), they are written at once instead.
+        hooks = connection.run_on_commit
+        waiting = connection.__dict__.get("_snorky_outbox_waiting")
+        deferred = waiting[1] if waiting is not None and waiting[0] is hooks else 0
+        rows = len(params) // 2
+        waiting_params = _take_waiting(connection) if deferred + rows > DEFERRED_ROWS else None
+        if waiting_params is None:
+            connection.on_commit(_Rows(params, using))
+            connection.__dict__["_snorky_outbox_waiting"] = (hooks, deferred + rows)
+            return
+        params = [*waiting_params, *params]  # the earlier rows first: ids keep the order
+        connection.__dict__["_snorky_outbox_waiting"] = (hooks, 0)
     with connection.cursor() as cursor:
         for sql, chunk in _inserts(connection, params):
             cursor.execute(sql, chunk)
+
+
+def _take_waiting(connection: Any) -> list[Any] | None:
+    """The parameters of the rows waiting for ``connection``'s commit, now marked written; ``None``
+    (and nothing taken) when they must keep waiting.
+
+    Rows registered before a savepoint that is still open must wait for the commit: written
+    inside it, their ``INSERT`` would be undone by its rollback while their callback, registered
+    outside it, survives, and they would be lost. Rows after them then wait too, so that the
+    outbox's ids keep the order of the changes.
+    """
+    open_savepoints = set(connection.savepoint_ids)
+    waiting = [
+        (savepoints, func)
+        for savepoints, func, _ in connection.run_on_commit
+        if isinstance(func, _Rows) and not func.written
+    ]
+    if any(not open_savepoints <= savepoints for savepoints, _ in waiting):
+        return None
+    params: list[Any] = []
+    for _, func in waiting:
+        params.extend(func.params)
+        func.written, func.params = True, []
+    return params
 
 
 def _inserts(connection: Any, params: list[Any]) -> list[tuple[str, list[Any]]]:
@@ -111,7 +154,7 @@ def _rides_the_commit(connection: Any) -> bool:
                 # commit below then finds no transaction open and sends nothing.
                 cursor.execute(sql, [param for _, chunk in statements for param in chunk])
             for batch in rows:
-                batch.written = True
+                batch.written, batch.params = True, []
         return plain_commit()
 
     commit_with_outbox_rows._snorky_outbox = True  # type: ignore[attr-defined]

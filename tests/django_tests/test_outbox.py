@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django_tests.conftest import FaultyBackendProxy, TcpProxy, client_for, subscribe, wait_until
 from django_tests.testapp.models import Label, Task
 from snorky.backend import SnorkyBackend
-from snorky_django import publish_deltas
+from snorky_django import outbox_writes, publish_deltas
 from snorky_django.models import OutboxEntry
 from snorky_django.relay import OutboxRelay
 from snorky_django.testing import LiveSnorkyServer, live_snorky_server
@@ -87,6 +87,35 @@ def test_a_large_transaction_leaves_whole_with_its_commit(outbox_mode, alice):
             raise ValueError
         Task.objects.create(title="last", owner=alice)
     assert _titles() == [("insert", str(i)) for i in range(1000)] + [("insert", "last")]
+
+
+@postgres_only
+def test_a_long_transaction_writes_its_rows_before_the_commit_in_order(outbox_mode, alice, monkeypatch):
+    monkeypatch.setattr(outbox_writes, "DEFERRED_ROWS", 3)
+    OutboxEntry.objects.all().delete()
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        for title in "abcde":
+            Task.objects.create(title=title, owner=alice)
+    outbox = [query["sql"] for query in queries.captured_queries if "snorky_django_outboxentry" in query["sql"]]
+    # The first three waited; the fourth wrote them and itself at once; the fifth left with COMMIT.
+    assert len(outbox) == 2 and not outbox[0].endswith("COMMIT") and outbox[1].endswith("; COMMIT")
+    assert _titles() == [("insert", title) for title in "abcde"]
+
+
+@postgres_only
+def test_rows_waiting_from_before_a_savepoint_are_not_written_inside_it(outbox_mode, alice, monkeypatch):
+    monkeypatch.setattr(outbox_writes, "DEFERRED_ROWS", 3)
+    OutboxEntry.objects.all().delete()
+    with transaction.atomic():
+        Task.objects.create(title="a", owner=alice)
+        Task.objects.create(title="b", owner=alice)
+        with pytest.raises(ValueError), transaction.atomic():
+            Task.objects.create(title="undone 1", owner=alice)
+            Task.objects.create(title="undone 2", owner=alice)  # past the limit, inside the savepoint
+            raise ValueError
+        Task.objects.create(title="c", owner=alice)
+    # Written inside the savepoint, "a" and "b" would have been rolled back with it and lost.
+    assert _titles() == [("insert", "a"), ("insert", "b"), ("insert", "c")]
 
 
 @pytest.mark.django_db(transaction=False)
