@@ -13,8 +13,10 @@ Each command is one step of the scenario, run as its own process with the site's
 - ``write``: one writer process: creates, updates and deletes todos, each in
   ``transaction.atomic()``, at a given rate, and logs when each transaction committed.
 - ``micro`` (snorky): the time of one ``save()`` and of a 100-row ``bulk_create`` in a
-  transaction, with and without ``@subscribable`` (in direct mode with the server running; in
-  outbox mode before it starts, so the relay's work does not share the machine with the saves).
+  transaction, with and without ``@subscribable`` (and with it on ``benchlight.LightTodo``, whose
+  deltas come from a plain ``jsonify()`` instead of the demo's DRF serializer); in direct mode
+  with the server running, in outbox mode before it starts, so the relay's work does not share
+  the machine with the saves.
 
 Every write's title is ``s<seq>`` (a number unique in the run) so the load generator can tell which
 write a delta comes from; commit times are ``CLOCK_MONOTONIC`` microseconds, the load generator's
@@ -234,7 +236,15 @@ def micro(args: argparse.Namespace) -> None:
     # with the receivers that send on commit (group_send, send_event; bulk_create sends no signal
     # there: not timed).
     if args.site == "snorky":
-        variants = {"plain": (todo_model("snorky", plain=True), None), "subscribable": (todo_model("snorky"), None)}
+        from benchlight.models import LightTodo
+
+        # "light": @subscribable with a jsonify() returning the fields, so the demo's DRF
+        # serializer's share of the cost shows.
+        variants = {
+            "plain": (todo_model("snorky", plain=True), None),
+            "subscribable": (todo_model("snorky"), None),
+            "light": (LightTodo, None),
+        }
         kinds: tuple[str, ...] = ("insert", "update", "bulk")
     else:
         from benchtodos.models import PlainTodo
@@ -293,7 +303,7 @@ def micro(args: argparse.Namespace) -> None:
                 backend.publish_deltas([delta], service=snorky_settings.DATASYNC_BACKEND_SERVICE)
                 round_trips.append(time.perf_counter_ns() - begin)
             result["publishDeltas round trip us"] = statistics.median(round_trips) / 1000
-    tables = ["todos_todo", "snorky_django_outboxentry"] if args.site == "snorky" else []
+    tables = ["todos_todo", "benchlight_lighttodo", "snorky_django_outboxentry"] if args.site == "snorky" else []
     with connection.cursor() as cursor:
         # The lists the clients fetch next start empty, and in outbox mode (timed before the server
         # and its relay start) nothing of this reaches them: raw SQL, which publishes nothing.

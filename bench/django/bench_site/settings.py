@@ -28,6 +28,7 @@ INSTALLED_APPS = [
     "snorky_django",
     "todos",
     "benchtodos",
+    "benchlight",
 ]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -394,6 +394,16 @@ async fn micro(python: &Path, site: &str, env: &Env, mode: &str, n: usize, repor
             .row_mut(&format!("{prefix}: Python CPU, plain → {live} (µs)"), false)
             .set(kind, Cell::text(format!("{plain_cpu:.0} → {with_cpu:.0}")));
         eprintln!("    {label}: plain {plain:.0} µs, {live} {with:.0} µs (CPU {plain_cpu:.0} → {with_cpu:.0})");
+        // The same model with its deltas built by a plain jsonify() (the Snorky site only): what
+        // @subscribable costs without the demo's DRF serializer.
+        if let Ok(light) = number(&format!("{what} light us")) {
+            report
+                .row_mut(&format!("{prefix}: {live} with a plain jsonify() (µs)"), false)
+                .set(kind, Cell::number(light, 0));
+            report
+                .row_mut(&format!("{prefix}: {live} with a plain jsonify() ÷ plain"), false)
+                .set(kind, Cell::number(light / plain.max(1e-9), 2));
+        }
     }
     if mode == "direct" {
         let round_trip = number("publishDeltas round trip us")?;
