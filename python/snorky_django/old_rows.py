@@ -155,7 +155,8 @@ def check_for(instance: models.Model, using: str) -> Check | None:
     row = row_of(instance)
     if row is None:
         return None
-    columns = _columns(type(instance), using)
+    # A proxy has its concrete model's rows (and a parent in _meta.parents, which is no inheritance).
+    columns = _columns(instance._meta.concrete_model or type(instance), using)
     return None if columns is None else Check(columns, row)
 
 

@@ -169,6 +169,15 @@ def test_saving_a_loaded_row_is_one_update_that_confirms_the_old_row(backend, us
     assert backend.deltas[-1]["oldData"]["title"] == "b" and backend.deltas[-1]["newData"]["title"] == "c"
 
 
+def test_a_proxy_saves_with_one_update_too(backend, user):
+    Task.objects.create(title="a", owner=user)
+    archived = ArchivedTask.objects.get()
+    archived.title = "b"
+    assert len(_task_statements(archived.save)) == 1
+    update = backend.deltas[-1]
+    assert update["model"] == "Task" and update["oldData"]["title"] == "a" and update["newData"]["title"] == "b"
+
+
 def test_a_rolled_back_save_does_not_fool_the_next_one(backend, user):
     task = Task.objects.create(title="a", owner=user)
     with pytest.raises(RuntimeError), transaction.atomic():
