@@ -24,6 +24,7 @@ one message), insert the rows at once, one ``INSERT`` per :func:`write`.
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Any
 
@@ -66,11 +67,12 @@ def write(deltas: list[dict[str, Any]], using: str) -> None:
     from snorky_django.models import OutboxEntry
 
     connection = connections[using]
-    fields = {field.name: field for field in OutboxEntry._meta.concrete_fields}
-    created = fields["created"].get_db_prep_save(timezone.now(), connection)
+    meta = OutboxEntry._meta
+    created_field, delta_field = meta.get_field("created"), meta.get_field("delta")
+    created = created_field.get_db_prep_save(timezone.now(), connection)  # type: ignore[union-attr]
     params: list[Any] = []
     for delta in deltas:
-        params.extend((created, fields["delta"].get_db_prep_save(delta, connection)))
+        params.extend((created, delta_field.get_db_prep_save(delta, connection)))  # type: ignore[union-attr]
     if connection.in_atomic_block and _rides_the_commit(connection):
         # The rows waiting for the commit are held in memory: past DEFERRED_ROWS in one
         # transaction (a long loop of saves, a bulk operation), they are written at once instead.
@@ -81,7 +83,10 @@ def write(deltas: list[dict[str, Any]], using: str) -> None:
         waiting_params = _take_waiting(connection) if deferred + rows > DEFERRED_ROWS else None
         if waiting_params is None:
             connection.on_commit(_Rows(params, using))
-            connection.__dict__["_snorky_outbox_waiting"] = (hooks, deferred + rows)
+            # Counted again from zero when they had to keep waiting: the next look is
+            # DEFERRED_ROWS later, not at every write.
+            counted = deferred + rows if deferred + rows <= DEFERRED_ROWS else 0
+            connection.__dict__["_snorky_outbox_waiting"] = (hooks, counted)
             return
         params = [*waiting_params, *params]  # the earlier rows first: ids keep the order
         connection.__dict__["_snorky_outbox_waiting"] = (hooks, 0)
@@ -116,18 +121,25 @@ def _take_waiting(connection: Any) -> list[Any] | None:
 
 def _inserts(connection: Any, params: list[Any]) -> list[tuple[str, list[Any]]]:
     """The ``INSERT`` statements (with their parameters) writing the rows of ``params``."""
-    from snorky_django.models import OutboxEntry
-
-    meta = OutboxEntry._meta
-    fields = {field.name: field for field in meta.concrete_fields}
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(str(fields[name].column)) for name in ("created", "delta", "error", "batch"))
     statements = []
     for start in range(0, len(params), 2 * ROWS_PER_INSERT):
         chunk = params[start : start + 2 * ROWS_PER_INSERT]
-        values = ", ".join(["(%s, %s, '', '')"] * (len(chunk) // 2))
-        statements.append((f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values}", chunk))
+        statements.append((_insert_sql(connection.alias, connection.vendor, len(chunk) // 2), chunk))
     return statements
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_sql(using: str, vendor: str, rows: int) -> str:
+    """The text of an ``INSERT`` of ``rows`` outbox rows on ``using`` (whose ``vendor`` is part of
+    the key only so that a changed database setting is not served an old text)."""
+    from snorky_django.models import OutboxEntry
+
+    meta = OutboxEntry._meta
+    quote = connections[using].ops.quote_name
+    fields = {field.name: field for field in meta.concrete_fields}
+    columns = ", ".join(quote(str(fields[name].column)) for name in ("created", "delta", "error", "batch"))
+    values = ", ".join(["(%s, %s, '', '')"] * rows)
+    return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values}"
 
 
 def _rides_the_commit(connection: Any) -> bool:
