@@ -293,7 +293,7 @@ def _check_updates(cls: type[models.Model]) -> None:
         updated = do_update(self, old_rows.checked(base_qs, check, using), using, pk_val, values, *rest)
         if updated:
             # The database replaced the row this instance remembered: that row is the old data.
-            old = type(self).from_db(using, [field.attname for field in self._meta.concrete_fields], check.row)
+            old = type(self).from_db(using, list(check.columns.attnames), check.row)
             self.__dict__[_OLD_DATA] = serialize(_share_relations(old, self))
             self.__dict__[_BEFORE] = check.row
             return updated

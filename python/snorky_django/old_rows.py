@@ -70,6 +70,7 @@ class _Columns:
     """How the rows of one model are checked on one database."""
 
     fields: tuple[Any, ...]
+    attnames: tuple[str, ...]
     where: str
     """``<column> IS NOT DISTINCT FROM %s AND ...`` for every concrete field, in ``fields`` order."""
 
@@ -106,7 +107,7 @@ def _columns(model: type[models.Model], using: str) -> _Columns | None:
             quote = connection.ops.quote_name
             same = "IS NOT DISTINCT FROM" if connection.vendor == "postgresql" else "IS"
             where = " AND ".join(f"{quote(str(field.column))} {same} %s" for field in fields)
-            plan = _Columns(fields, f"({where})")
+            plan = _Columns(fields, tuple(field.attname for field in fields), f"({where})")
     _plans[key] = plan
     return plan
 

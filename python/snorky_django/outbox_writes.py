@@ -52,13 +52,14 @@ class _Rows:
         self.using = using
         self.written = False
 
+    def take(self) -> list[Any]:
+        """The rows' parameters, for a statement about to write them; they count as written."""
+        params, self.written, self.params = self.params, True, []
+        return params
+
     def __call__(self) -> None:
         if not self.written:  # the rows did not leave with a COMMIT (see the module docs)
-            params, self.written, self.params = self.params, True, []
-            connection = connections[self.using]
-            with connection.cursor() as cursor:
-                for sql, chunk in _inserts(connection, params):
-                    cursor.execute(sql, chunk)
+            _insert_now(connections[self.using], self.take())
 
 
 def write(deltas: list[dict[str, Any]], using: str) -> None:
@@ -90,6 +91,10 @@ def write(deltas: list[dict[str, Any]], using: str) -> None:
             return
         params = [*waiting_params, *params]  # the earlier rows first: ids keep the order
         connection.__dict__["_snorky_outbox_waiting"] = (hooks, 0)
+    _insert_now(connection, params)
+
+
+def _insert_now(connection: Any, params: list[Any]) -> None:
     with connection.cursor() as cursor:
         for sql, chunk in _inserts(connection, params):
             cursor.execute(sql, chunk)
@@ -112,11 +117,7 @@ def _take_waiting(connection: Any) -> list[Any] | None:
     ]
     if any(not open_savepoints <= savepoints for savepoints, _ in waiting):
         return None
-    params: list[Any] = []
-    for _, func in waiting:
-        params.extend(func.params)
-        func.written, func.params = True, []
-    return params
+    return [param for _, func in waiting for param in func.take()]
 
 
 def _inserts(connection: Any, params: list[Any]) -> list[tuple[str, list[Any]]]:
@@ -158,15 +159,12 @@ def _rides_the_commit(connection: Any) -> bool:
     def commit_with_outbox_rows(self: Any) -> Any:
         rows = [func for _, func, _ in self.run_on_commit if isinstance(func, _Rows) and not func.written]
         if rows and self.connection is not None:
-            params = [param for batch in rows for param in batch.params]
-            statements = _inserts(self, params)
+            statements = _inserts(self, [param for batch in rows for param in batch.take()])
             sql = "; ".join(statement for statement, _ in statements) + "; COMMIT"
             with self.cursor() as cursor:
                 # One message: the INSERTs run in the transaction, then COMMIT; psycopg's own
                 # commit below then finds no transaction open and sends nothing.
                 cursor.execute(sql, [param for _, chunk in statements for param in chunk])
-            for batch in rows:
-                batch.written, batch.params = True, []
         return plain_commit()
 
     commit_with_outbox_rows._snorky_outbox = True  # type: ignore[attr-defined]
