@@ -48,7 +48,8 @@ from django.utils.functional import cached_property
 
 from snorky_django import old_rows
 from snorky_django.delivery import enqueue
-from snorky_django.serialization import forget_delta_data, jsonable, serialize
+from snorky_django.old_data import Replaced
+from snorky_django.serialization import forget_delta_data, jsonable, serialize, serialize_update
 
 __all__ = ["SubscribableManager", "SubscribableOptions", "SubscribableQuerySet", "options_for", "subscribable"]
 
@@ -56,7 +57,7 @@ logger = logging.getLogger("snorky_django")
 
 M = TypeVar("M", bound=type[models.Model])
 
-_OLD_DATA = "_snorky_old_data"
+_REPLACED = "_snorky_replaced"
 _CHECK = "_snorky_check"
 _BEFORE = "_snorky_before"
 _DELETED_DATA = "_snorky_deleted_data"
@@ -290,14 +291,15 @@ def _check_updates(cls: type[models.Model]) -> None:
         check: old_rows.Check | None = self.__dict__.pop(_CHECK, None)
         if check is None or not values:
             return do_update(self, base_qs, using, pk_val, values, *rest)
-        updated = do_update(self, old_rows.checked(base_qs, check, using), using, pk_val, values, *rest)
+        unrestrict = old_rows.restrict(base_qs, check, using)
+        updated = do_update(self, base_qs, using, pk_val, values, *rest)
         if updated:
             # The database replaced the row this instance remembered: that row is the old data.
-            old = type(self).from_db(using, list(check.columns.attnames), check.row)
-            self.__dict__[_OLD_DATA] = serialize(_share_relations(old, self))
+            self.__dict__[_REPLACED] = _replaced_row(type(self), using, check)
             self.__dict__[_BEFORE] = check.row
             return updated
         # The row changed since (or is gone): read it under lock, then update it as Django would.
+        unrestrict()
         _read_old_data(self, using)
         return do_update(self, base_qs, using, pk_val, values, *rest)
 
@@ -305,14 +307,25 @@ def _check_updates(cls: type[models.Model]) -> None:
     cls._do_update = checked_update  # type: ignore[method-assign, assignment]
 
 
+def _replaced_row(model: type[models.Model], using: str, check: old_rows.Check) -> Replaced:
+    """The row a checked ``UPDATE`` confirmed it replaced; an instance is made of it only if the
+    old data needs one."""
+    attnames = check.columns.attnames
+
+    def build(saved: models.Model) -> models.Model:
+        return _share_relations(model.from_db(using, list(attnames), check.row), saved)
+
+    return Replaced(dict(zip(attnames, check.row, strict=True)), build)
+
+
 def _read_old_data(instance: models.Model, using: str) -> None:
     """Reads the row ``instance`` is about to replace, under lock, as the delta's old data."""
-    old_data = before = None
+    replaced = before = None
     old = _locked(type(instance), using).filter(pk=instance.pk).first()
     if old is not None:
-        old_data = serialize(_share_relations(old, instance))
+        replaced = Replaced.loaded(old, _share_relations)
         before = old_rows.row_of(old)
-    instance.__dict__[_OLD_DATA] = old_data
+    instance.__dict__[_REPLACED] = replaced
     instance.__dict__[_BEFORE] = before
 
 
@@ -320,7 +333,7 @@ def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool, usi
     state = instance.__dict__
     state.pop(_CHECK, None)
     state.pop(_BEFORE, None)
-    state[_OLD_DATA] = None
+    state[_REPLACED] = None
     if raw:
         old_rows.forget(instance)
         return
@@ -345,17 +358,18 @@ def _post_save(
     sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kw: Any
 ) -> None:
     state = instance.__dict__
-    old_data = state.pop(_OLD_DATA, None)
+    replaced: Replaced | None = state.pop(_REPLACED, None)
     before = state.pop(_BEFORE, None)
     state.pop(_CHECK, None)
     if raw:
         return
-    new_data = serialize(instance)
     model = _name(sender)
-    if created or old_data is None:
-        enqueue([{"type": "insert", "model": model, "data": new_data}], using)
-    elif new_data != old_data:
-        enqueue([{"type": "update", "model": model, "newData": new_data, "oldData": old_data}], using)
+    if created or replaced is None:
+        enqueue([{"type": "insert", "model": model, "data": serialize(instance)}], using)
+    else:
+        new_data, old_data = serialize_update(instance, replaced)
+        if new_data != old_data:
+            enqueue([{"type": "update", "model": model, "newData": new_data, "oldData": old_data}], using)
     old_rows.remember_saved(instance, kw.get("update_fields"), None if created else before)
 
 
@@ -551,13 +565,12 @@ def _update_deltas(
         after = new.get(key)
         if after is None:
             continue
-        new_data = serialize(after)
         before = old.get(key)
         if before is None:
             if insert_missing:
-                deltas.append({"type": "insert", "model": name, "data": new_data})
+                deltas.append({"type": "insert", "model": name, "data": serialize(after)})
             continue
-        old_data = serialize(before)
+        new_data, old_data = serialize_update(after, Replaced.loaded(before, _share_relations))
         if old_data != new_data:
             deltas.append({"type": "update", "model": name, "newData": new_data, "oldData": old_data})
     return deltas

@@ -23,13 +23,16 @@ the database stores differently but compares equal to (``Decimal("1.5")`` in a c
 
 from __future__ import annotations
 
+import datetime
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import connections, models
+from django.db.models.sql.where import AND, ExtraWhere
 
-__all__ = ["Check", "check_for", "checked", "forget", "remember_loaded_rows", "remember_saved", "row_of"]
+__all__ = ["Check", "check_for", "forget", "remember_loaded_rows", "remember_saved", "restrict", "row_of"]
 
 #: Where an instance keeps the row it believes the database has (a tuple in ``concrete_fields``
 #: order, the layout ``Model.from_db`` receives).
@@ -62,6 +65,27 @@ _EXACT_POSTGRESQL_TYPES = frozenset(
         "inet",
     }
 )
+# Django's own fields whose preparation returns a value of this type unchanged (a datetime only
+# when aware: Django makes a naive one aware first).
+_BOUND_AS_IS: dict[type, type] = {
+    **dict.fromkeys(
+        (
+            models.AutoField,
+            models.BigAutoField,
+            models.SmallAutoField,
+            models.IntegerField,
+            models.BigIntegerField,
+            models.SmallIntegerField,
+            models.PositiveIntegerField,
+            models.PositiveBigIntegerField,
+            models.PositiveSmallIntegerField,
+        ),
+        int,
+    ),
+    **dict.fromkeys((models.CharField, models.TextField, models.SlugField, models.EmailField), str),
+    models.BooleanField: bool,
+    models.DateTimeField: datetime.datetime,
+}
 _TYPE_NAME = re.compile(r"^([a-z ]+?)\s*(\(.*\))?$")
 
 
@@ -73,6 +97,9 @@ class _Columns:
     attnames: tuple[str, ...]
     where: str
     """``<column> IS NOT DISTINCT FROM %s AND ...`` for every concrete field, in ``fields`` order."""
+    as_is: tuple[type | None, ...]
+    """For each field, the type of value that its own preparation would return unchanged, so the
+    value is bound as it is (``None``: always prepared by the field)."""
 
 
 @dataclass(frozen=True)
@@ -83,11 +110,15 @@ class Check:
     row: tuple[Any, ...]
 
     def params(self, using: str) -> list[Any]:
-        connection = connections[using]
-        return [
-            field.get_db_prep_value(value, connection, prepared=False)
-            for field, value in zip(self.columns.fields, self.row, strict=True)
-        ]
+        params = list(self.row)
+        connection = None
+        for position, (field, as_is) in enumerate(zip(self.columns.fields, self.columns.as_is, strict=True)):
+            value = params[position]
+            if value is None or (type(value) is as_is and getattr(value, "tzinfo", True) is not None):
+                continue
+            connection = connection or connections[using]
+            params[position] = field.get_db_prep_value(value, connection, prepared=False)
+        return params
 
 
 _plans: dict[tuple[type[models.Model], str, str], _Columns | None] = {}
@@ -107,9 +138,21 @@ def _columns(model: type[models.Model], using: str) -> _Columns | None:
             quote = connection.ops.quote_name
             same = "IS NOT DISTINCT FROM" if connection.vendor == "postgresql" else "IS"
             where = " AND ".join(f"{quote(str(field.column))} {same} %s" for field in fields)
-            plan = _Columns(fields, tuple(field.attname for field in fields), f"({where})")
+            as_is = tuple(_bound_as_is(field, connection.vendor) for field in fields)
+            plan = _Columns(fields, tuple(field.attname for field in fields), f"({where})", as_is)
     _plans[key] = plan
     return plan
+
+
+def _bound_as_is(field: Any, vendor: str) -> type | None:
+    """The type of value Django's own ``field`` binds unchanged on ``vendor``, if any (a subclass
+    may prepare values its own way: it is always asked)."""
+    if type(field) in (models.ForeignKey, models.OneToOneField):
+        field = field.target_field
+    bound = _BOUND_AS_IS.get(type(field))
+    if bound is datetime.datetime and vendor != "postgresql":
+        return None  # SQLite stores datetimes as text: Django formats them
+    return bound
 
 
 def _compares_exactly(field: Any, connection: Any) -> bool:
@@ -161,9 +204,17 @@ def check_for(instance: models.Model, using: str) -> Check | None:
     return None if columns is None else Check(columns, row)
 
 
-def checked(queryset: models.QuerySet[Any], check: Check, using: str) -> models.QuerySet[Any]:
-    """``queryset`` restricted to the row ``check`` expects."""
-    return queryset.extra(where=[check.columns.where], params=check.params(using))
+def restrict(queryset: models.QuerySet[Any], check: Check, using: str) -> Callable[[], None]:
+    """Restricts ``queryset``, in place, to the row ``check`` expects; returns what lifts the
+    restriction again.
+
+    In place, because a save's ``UPDATE`` starts from a queryset made for it alone, and cloning
+    one (as ``extra()`` does) costs more than the check itself.
+    """
+    condition = ExtraWhere([check.columns.where], check.params(using))
+    where = queryset.query.where
+    where.add(condition, AND)
+    return lambda: where.children.remove(condition)  # type: ignore[arg-type]
 
 
 def remember_saved(instance: models.Model, update_fields: Any, before: tuple[Any, ...] | None) -> None:

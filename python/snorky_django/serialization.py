@@ -45,6 +45,8 @@ from django.dispatch import receiver
 from django.utils.functional import Promise
 from django.utils.module_loading import import_string
 
+from snorky_django import old_data
+
 __all__ = [
     "DeltaData",
     "delta_data",
@@ -52,6 +54,7 @@ __all__ = [
     "is_secret",
     "jsonable",
     "serialize",
+    "serialize_update",
     "serializer_names",
     "without_secrets",
 ]
@@ -203,40 +206,55 @@ def _plan(model: type[models.Model]) -> DeltaData:
     concrete: type[models.Model] = model._meta.concrete_model or model
     if options is not None and options.serializer is not None:
         serializer = _import_serializer(options.serializer, concrete)
-        return DeltaData(_represent(serializer), "serializer", serializer_names(serializer))
+        return DeltaData(_Representer(serializer, concrete), "serializer", serializer_names(serializer))
     if options is not None and options.fields is not None:
         names = tuple(options.fields)
         if _drf_installed():
             fields_serializer = _model_serializer(concrete, list(names))
-            return DeltaData(_represent(fields_serializer), "fields", frozenset(names))
+            return DeltaData(_Representer(fields_serializer, concrete), "fields", frozenset(names))
         return DeltaData(lambda instance: field_values(instance, names), "fields", frozenset(names))
     if callable(getattr(model, "jsonify", None)):
         return DeltaData(lambda instance: instance.jsonify(), "jsonify", None)  # type: ignore[attr-defined]
     view_serializer, detail = _view_serializer(concrete)
     if view_serializer is not None:
-        return DeltaData(_represent(view_serializer), "view", serializer_names(view_serializer), detail)
+        return DeltaData(_Representer(view_serializer, concrete), "view", serializer_names(view_serializer), detail)
     if _drf_installed():
         everything = _model_serializer(concrete, "__all__")
-        return DeltaData(_represent(everything), "undeclared", frozenset(), detail)
+        return DeltaData(_Representer(everything, concrete), "undeclared", frozenset(), detail)
     return DeltaData(field_values, "undeclared", frozenset(), detail)
 
 
-def _represent(serializer: type[Any]) -> Callable[[models.Model], Any]:
+class _Representer:
     """``serializer(instance).data``, with one serializer per thread serving every instance.
 
     DRF builds a serializer's fields the first time it is used, which costs more than turning a row
     into data; a list view (``many=True``) builds them once for all its rows, and so does this. The
     serializer gets no context (there is no request), the same for every row.
     """
-    local = threading.local()
 
-    def represent(instance: models.Model) -> Any:
-        built = getattr(local, "serializer", None)
+    def __init__(self, serializer: type[Any], model: type[models.Model]) -> None:
+        self._serializer = serializer
+        self._model = model
+        self._local = threading.local()
+
+    def _built(self) -> Any:
+        built = getattr(self._local, "serializer", None)
         if built is None:
-            built = local.serializer = serializer()
-        return built.to_representation(instance)
+            built = self._local.serializer = self._serializer()
+            self._local.reuse = old_data.reuse_plan(built, self._model)
+        return built
 
-    return represent
+    def __call__(self, instance: models.Model) -> Any:
+        return self._built().to_representation(instance)
+
+    def replaced(self, old: old_data.Replaced, saved: models.Model, new_data: Any) -> Any:
+        """What this returns for the row ``saved``'s save replaced, given ``new_data``: what it
+        returned for ``saved`` (see :mod:`snorky_django.old_data`)."""
+        built = self._built()
+        plan: old_data.ReusePlan | None = self._local.reuse
+        if plan is None or not isinstance(new_data, Mapping):
+            return built.to_representation(old.instance(saved))
+        return old_data.render_old(plan, old, saved, new_data)
 
 
 _plans: dict[type[models.Model], DeltaData] = {}
@@ -306,7 +324,27 @@ def _as_stored(instance: models.Model) -> models.Model:
 def serialize(instance: models.Model) -> dict[str, Any]:
     """The JSON object a delta carries for ``instance`` (see the module docs)."""
     plan = delta_data(type(instance))
-    data = jsonable(plan.function(_as_stored(instance)))
+    return _finished(plan, instance, plan.function(_as_stored(instance)))
+
+
+def serialize_update(instance: models.Model, old: old_data.Replaced) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``newData`` and ``oldData`` of a save of ``instance`` that replaced the row ``old``.
+
+    With a DRF serializer, the old row's fields whose column the save did not change are copied
+    from the new row's (see :mod:`snorky_django.old_data`): the same result, rendered once.
+    """
+    plan = delta_data(type(instance))
+    saved = _as_stored(instance)
+    after = plan.function(saved)
+    if isinstance(plan.function, _Representer):
+        before = plan.function.replaced(old, saved, after)
+    else:
+        before = plan.function(_as_stored(old.instance(saved)))
+    return _finished(plan, instance, after), _finished(plan, instance, before)
+
+
+def _finished(plan: DeltaData, instance: models.Model, data: Any) -> dict[str, Any]:
+    data = jsonable(data)
     if not isinstance(data, dict):
         raise TypeError(f"{type(instance).__name__} serialized to {type(data).__name__}, not an object")
     return data if plan.named is None else without_secrets(data, plan.named)

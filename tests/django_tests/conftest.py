@@ -25,11 +25,55 @@ from django.test import Client
 from pgcluster import PostgresCluster, free_port
 from wsclient import WsClient as BaseWsClient
 
+from snorky.backend import BackendError
+from snorky_django import delivery
 from snorky_django.testing import LiveSnorkyServer, live_snorky_server
 from snorky_django.testing import snorky_server as snorky_server  # the fixture shipped for users
 
 TIMEOUT = 5.0
 QUIET = 0.5  # how long "nothing arrives" is watched, when no later event can prove it
+
+
+# --- Deltas recorded in place of the server -------------------------------------------------------
+
+
+class RecordingBackend:
+    """Stands in for SnorkyBackend: records each publishDeltas request, or fails on demand."""
+
+    def __init__(self) -> None:
+        self.requests: list[list[dict[str, Any]]] = []
+        self.error: Exception | None = None
+        self.refuse_model: str | None = None
+
+    def publish_deltas(
+        self, deltas: list[dict[str, Any]], *, key: str | None = None, service: str = "datasync_backend"
+    ) -> None:
+        assert service == "datasync_backend" and key is None  # direct delivery sends once, no key
+        if self.error is not None:
+            raise self.error
+        if self.refuse_model and any(d["model"] == self.refuse_model for d in deltas):
+            raise BackendError("Unknown model")
+        self.requests.append(list(deltas))
+
+    @property
+    def deltas(self) -> list[dict[str, Any]]:
+        return [delta for request in self.requests for delta in request]
+
+    def types(self) -> list[str]:
+        return [delta["type"] for delta in self.deltas]
+
+
+@pytest.fixture
+def backend(monkeypatch: pytest.MonkeyPatch, settings: Any) -> RecordingBackend:
+    # Inline sending: each request is made by the committing thread before the commit returns, so
+    # what these tests look at (which deltas, grouped how) is there to see at once. The background
+    # sender, which joins transactions that pile up, is tested against a real server
+    # (test_direct_sender.py).
+    settings.SNORKY = {**settings.SNORKY, "DIRECT_SEND": "inline"}
+    recording = RecordingBackend()
+    monkeypatch.setattr(delivery, "get_backend", lambda: recording)
+    delivery.stats.reset()
+    return recording
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------------

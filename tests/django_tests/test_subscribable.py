@@ -21,45 +21,6 @@ from snorky_django.changes import SubscribableManager, options_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-class RecordingBackend:
-    """Stands in for SnorkyBackend: records each publishDeltas request, or fails on demand."""
-
-    def __init__(self) -> None:
-        self.requests: list[list[dict[str, Any]]] = []
-        self.error: Exception | None = None
-        self.refuse_model: str | None = None
-
-    def publish_deltas(
-        self, deltas: list[dict[str, Any]], *, key: str | None = None, service: str = "datasync_backend"
-    ) -> None:
-        assert service == "datasync_backend" and key is None  # direct delivery sends once, no key
-        if self.error is not None:
-            raise self.error
-        if self.refuse_model and any(d["model"] == self.refuse_model for d in deltas):
-            raise BackendError("Unknown model")
-        self.requests.append(list(deltas))
-
-    @property
-    def deltas(self) -> list[dict[str, Any]]:
-        return [delta for request in self.requests for delta in request]
-
-    def types(self) -> list[str]:
-        return [delta["type"] for delta in self.deltas]
-
-
-@pytest.fixture
-def backend(monkeypatch: pytest.MonkeyPatch, settings: Any) -> RecordingBackend:
-    # Inline sending: each request is made by the committing thread before the commit returns, so
-    # what these tests look at (which deltas, grouped how) is there to see at once. The background
-    # sender, which joins transactions that pile up, is tested against a real server
-    # (test_direct_sender.py).
-    settings.SNORKY = {**settings.SNORKY, "DIRECT_SEND": "inline"}
-    recording = RecordingBackend()
-    monkeypatch.setattr(delivery, "get_backend", lambda: recording)
-    delivery.stats.reset()
-    return recording
-
-
 @pytest.fixture
 def user() -> Any:
     return get_user_model().objects.create_user("carol", password="x")
@@ -167,6 +128,17 @@ def test_saving_a_loaded_row_is_one_update_that_confirms_the_old_row(backend, us
     task.title = "c"
     assert len(_task_statements(task.save)) == 1
     assert backend.deltas[-1]["oldData"]["title"] == "b" and backend.deltas[-1]["newData"]["title"] == "c"
+
+
+def test_values_of_another_type_are_checked_as_the_field_prepares_them(backend, user):
+    # The remembered row holds what the instance held: a string for an integer or a
+    # decimal. The check binds them as the field prepares them, so it still matches.
+    task = Task.objects.create(title="a", owner=user, priority="7", estimate="2.5")
+    task.title = "b"
+    assert len(_task_statements(task.save)) == 1
+    update = backend.deltas[-1]
+    assert update["oldData"]["priority"] == 7 and update["oldData"]["estimate"] == "2.50"
+    assert update["oldData"]["title"] == "a" and update["newData"]["title"] == "b"
 
 
 def test_a_proxy_saves_with_one_update_too(backend, user):
