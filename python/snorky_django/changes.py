@@ -171,6 +171,7 @@ def subscribable(
         _make_saves_atomic(cls)
         _check_updates(cls)
         old_rows.remember_loaded_rows(cls)
+        old_rows.remember_refreshed_rows(cls)
         connect_signals(cls)
         if apps.ready:  # declared late (a test's isolated models): relations now, not at ready()
             from snorky_django.relations import connect_relations

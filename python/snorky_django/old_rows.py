@@ -24,6 +24,7 @@ the database stores differently but compares equal to (``Decimal("1.5")`` in a c
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +33,16 @@ from typing import Any
 from django.db import connections, models
 from django.db.models.sql.where import AND, ExtraWhere
 
-__all__ = ["Check", "check_for", "forget", "remember_loaded_rows", "remember_saved", "restrict", "row_of"]
+__all__ = [
+    "Check",
+    "check_for",
+    "forget",
+    "remember_loaded_rows",
+    "remember_refreshed_rows",
+    "remember_saved",
+    "restrict",
+    "row_of",
+]
 
 #: Where an instance keeps the row it believes the database has (a tuple in ``concrete_fields``
 #: order, the layout ``Model.from_db`` receives).
@@ -182,6 +192,34 @@ def remember_loaded_rows(model: type[models.Model]) -> None:
 
     from_db._snorky_remembers = True  # type: ignore[attr-defined]
     model.from_db = classmethod(from_db)  # type: ignore[method-assign, assignment]
+
+
+def remember_refreshed_rows(model: type[models.Model]) -> None:
+    """Makes ``refresh_from_db()`` of ``model``'s instances update the row they remember: the
+    fields it reloaded now hold what the database has."""
+    refresh = model.refresh_from_db
+    if getattr(refresh, "_snorky_remembers", False):
+        return
+
+    @functools.wraps(refresh)
+    def refresh_from_db(self: models.Model, *args: Any, **kwargs: Any) -> None:
+        refresh(self, *args, **kwargs)
+        fields = kwargs["fields"] if "fields" in kwargs else (args[1] if len(args) > 1 else None)
+        if fields is None:
+            remember_saved(self, None, None)  # every loaded field was reloaded
+            return
+        row = row_of(self)
+        if row is None:
+            return
+        reloaded = set(fields)
+        state = self.__dict__
+        state[_ROW] = tuple(
+            state[field.attname] if field.attname in reloaded or field.name in reloaded else value
+            for field, value in zip(self._meta.concrete_fields, row, strict=True)
+        )
+
+    refresh_from_db._snorky_remembers = True  # type: ignore[attr-defined]
+    model.refresh_from_db = refresh_from_db  # type: ignore[method-assign]
 
 
 def row_of(instance: models.Model) -> tuple[Any, ...] | None:

@@ -141,6 +141,24 @@ def test_values_of_another_type_are_checked_as_the_field_prepares_them(backend, 
     assert update["oldData"]["title"] == "a" and update["newData"]["title"] == "b"
 
 
+def test_a_refreshed_instance_saves_with_one_update(backend, user):
+    task = Task.objects.create(title="a", owner=user, priority=1)
+    Task.objects.filter(pk=task.pk).update(title="changed elsewhere", priority=2)
+    task.refresh_from_db()
+    task.done = True
+    assert len(_task_statements(task.save)) == 1
+    update = backend.deltas[-1]
+    assert update["oldData"]["title"] == "changed elsewhere" and update["oldData"]["done"] is False
+    # Only some fields reloaded: the row remembered is updated for those.
+    Task.objects.filter(pk=task.pk).update(priority=3)
+    task.refresh_from_db(fields=["priority"])
+    task.title = "b"
+    assert len(_task_statements(task.save)) == 1
+    update = backend.deltas[-1]
+    assert update["oldData"]["priority"] == 3 and update["oldData"]["title"] == "changed elsewhere"
+    assert update["newData"]["title"] == "b"
+
+
 def test_a_proxy_saves_with_one_update_too(backend, user):
     Task.objects.create(title="a", owner=user)
     archived = ArchivedTask.objects.get()
