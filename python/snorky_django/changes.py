@@ -49,7 +49,7 @@ from django.utils.functional import cached_property
 from snorky_django import old_rows
 from snorky_django.delivery import enqueue
 from snorky_django.old_data import Replaced
-from snorky_django.serialization import forget_delta_data, jsonable, serialize, serialize_update
+from snorky_django.serialization import forget_delta_data, jsonable, serialize, serialize_update, unstored_fields
 
 __all__ = ["SubscribableManager", "SubscribableOptions", "SubscribableQuerySet", "options_for", "subscribable"]
 
@@ -498,9 +498,17 @@ class SubscribableQuerySet(models.QuerySet[Any]):
                     self.model.__name__,
                     len(created) - len(pks),
                 )
-            new = self.model._base_manager.using(using).in_bulk(pks)
-            _share_all(new, objs)
+            # The objects hold what was inserted, as a save()d instance does; only those holding
+            # an expression (a database default, F()) are read back, in one query.
+            new = {obj.pk: obj for obj in created if obj.pk is not None}
+            unstored = [pk for pk, obj in new.items() if unstored_fields(obj)]
+            if unstored:
+                read = self.model._base_manager.using(using).in_bulk(unstored)
+                _share_all(read, objs)
+                new.update(read)
             enqueue(_update_deltas(self.model, pks, {}, new, insert_missing=True), using)
+            for obj in new.values():
+                old_rows.remember_saved(obj, None, None)
         return created
 
     bulk_create.alters_data = True  # type: ignore[attr-defined]

@@ -56,6 +56,7 @@ __all__ = [
     "serialize",
     "serialize_update",
     "serializer_names",
+    "unstored_fields",
     "without_secrets",
 ]
 
@@ -296,6 +297,17 @@ def without_secrets(value: Any, named: frozenset[str]) -> Any:
     return value
 
 
+def unstored_fields(instance: models.Model) -> list[str]:
+    """The attnames of ``instance``'s fields that hold an expression (``F("n") + 1``, a database
+    default) rather than the value the database stored."""
+    state = instance.__dict__
+    return [
+        field.attname
+        for field in instance._meta.concrete_fields
+        if hasattr(state.get(field.attname), "resolve_expression")
+    ]
+
+
 def _as_stored(instance: models.Model) -> models.Model:
     """``instance``, or a copy of it with the values the database stored where a field still holds
     an expression (``F("n") + 1``, ``Now()``) after a save.
@@ -305,12 +317,7 @@ def _as_stored(instance: models.Model) -> models.Model:
     say to call ``refresh_from_db()``): a delta carries what the row holds, so those fields are
     read, in one query, into a copy. The caller's instance stays as Django left it.
     """
-    state = instance.__dict__
-    names = [
-        field.attname
-        for field in instance._meta.concrete_fields
-        if hasattr(state.get(field.attname), "resolve_expression")
-    ]
+    names = unstored_fields(instance)
     if not names or instance.pk is None or instance._state.db is None:
         return instance
     stored = type(instance)._base_manager.using(instance._state.db).filter(pk=instance.pk).values(*names).first()

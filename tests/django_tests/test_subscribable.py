@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
+from django.db.models.functions import Now
 from django.test.utils import CaptureQueriesContext
 
 from django_tests.testapp.models import ArchivedTask, Label, Note, Task, Team
@@ -269,6 +270,19 @@ def test_bulk_operations_join_the_transaction(backend, user):
     bulk_updates = backend.deltas[5:8]
     assert [d["newData"]["title"] for d in bulk_updates] == ["T0", "T1", "T2"]
     assert bulk_updates[0]["oldData"]["priority"] == 1  # read before the change, after update()
+
+
+def test_bulk_created_rows_carry_what_was_stored_and_save_with_one_update(backend, user):
+    stamped, plain = Task.objects.bulk_create(
+        [Task(title="stamped", owner=user, created=Now()), Task(title="plain", owner=user, priority="4")]
+    )
+    inserted = {delta["data"]["title"]: delta["data"] for delta in backend.deltas}
+    # The expression is read back (one query for such rows); the others carry what was inserted.
+    assert inserted == {task.title: serialization.serialize(Task.objects.get(pk=task.pk)) for task in (stamped, plain)}
+    assert inserted["plain"]["priority"] == 4 and inserted["stamped"]["created"].endswith("Z")
+    plain.title = "changed"
+    assert len(_task_statements(plain.save)) == 1  # the inserted row is remembered
+    assert backend.deltas[-1]["oldData"]["title"] == "plain"
 
 
 def test_upsert_publishes_updates_for_existing_rows(backend):
