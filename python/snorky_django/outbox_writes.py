@@ -4,7 +4,7 @@ A transaction's outbox rows must commit or roll back with it. Written as soon as
 made, they cost a statement and a database round trip per change, which on a single-row
 ``save()`` is most of what the outbox adds to it. So on PostgreSQL with psycopg 3 (client-side
 binding, Django's default) the rows of a transaction are sent together with its ``COMMIT``, in the
-same message: ``INSERT ... ; COMMIT``. The ``INSERT`` still runs inside the transaction (a failure
+same message: ``INSERT ... ; NOTIFY snorky_outbox; COMMIT``. The ``INSERT`` still runs inside the transaction (a failure
 aborts the transaction, and the ``COMMIT`` with it), so nothing changes but the round trips.
 
 Which rows: each :func:`write` inside an atomic block registers its prepared rows as an
@@ -19,7 +19,8 @@ deltas in memory (unless rows registered before a savepoint still open are waiti
 so the rows after them, wait for the commit, see ``_take_waiting``).
 
 Other databases, and PostgreSQL with ``server_side_binding`` (which cannot send two statements in
-one message), insert the rows at once, one ``INSERT`` per :func:`write`.
+one message), insert the rows at once, one ``INSERT`` per :func:`write` (and on PostgreSQL a
+``NOTIFY``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,19 @@ from typing import Any
 from django.db import connections
 from django.utils import timezone
 
-__all__ = ["write"]
+__all__ = ["NOTIFY_CHANNEL", "write"]
 
 #: Outbox rows per ``INSERT``: two parameters each, under SQLite's oldest limit of 999.
 ROWS_PER_INSERT = 400
+
+#: The channel the relay listens to on PostgreSQL.
+NOTIFY_CHANNEL = "snorky_outbox"
+
+#: Wakes the relay (``LISTEN``-ing on :data:`NOTIFY_CHANNEL`) when the transaction commits: PostgreSQL
+#: delivers a notification only then, and once however many times a transaction sends it. It is
+#: sent with the rows rather than by a trigger, whose function every new connection would compile
+#: (about a millisecond) before its first outbox write.
+_NOTIFY = f"NOTIFY {NOTIFY_CHANNEL}"
 
 #: The most outbox rows a transaction keeps in memory for its commit to carry; beyond, they are
 #: written at once (still in the transaction).
@@ -98,6 +108,8 @@ def _insert_now(connection: Any, params: list[Any]) -> None:
     with connection.cursor() as cursor:
         for sql, chunk in _inserts(connection, params):
             cursor.execute(sql, chunk)
+        if connection.vendor == "postgresql":
+            cursor.execute(_NOTIFY)
 
 
 def _take_waiting(connection: Any) -> list[Any] | None:
@@ -160,7 +172,7 @@ def _rides_the_commit(connection: Any) -> bool:
         rows = [func for _, func, _ in self.run_on_commit if isinstance(func, _Rows) and not func.written]
         if rows and self.connection is not None:
             statements = _inserts(self, [param for batch in rows for param in batch.take()])
-            sql = "; ".join(statement for statement, _ in statements) + "; COMMIT"
+            sql = "; ".join(statement for statement, _ in statements) + f"; {_NOTIFY}; COMMIT"
             with self.cursor() as cursor:
                 # One message: the INSERTs run in the transaction, then COMMIT; psycopg's own
                 # commit below then finds no transaction open and sends nothing.

@@ -26,9 +26,9 @@ aside, with ``error`` set, never to be retried. Anything else ("Internal error",
 status, a timeout, the server unreachable) leaves the batch where it is, and the relay tries again
 with a growing pause (up to ``OUTBOX_MAX_RETRY_DELAY``).
 
-When to look: on PostgreSQL (with psycopg 3), a trigger on the outbox table notifies channel
-``snorky_outbox`` from the writing transaction, so the notification arrives when, and only if, it
-commits; the relay listens (``LISTEN``, on a connection of its own per database) and starts a pass
+When to look: on PostgreSQL, the transaction writing outbox rows notifies channel
+``snorky_outbox`` (:mod:`snorky_django.outbox_writes`), so the notification arrives when, and only
+if, it commits; the relay listens (``LISTEN``, on a connection of its own per database) and starts a pass
 at once. It also polls every ``OUTBOX_POLL_INTERVAL`` seconds, the only way on other databases and
 the safety net on PostgreSQL: a notification sent while the listening connection was down is not
 kept, so the listener, once connected again, wakes the relay to look.
@@ -49,6 +49,7 @@ from django.db import DatabaseError, close_old_connections, connections, router,
 from snorky.backend import SnorkyBackend, SnorkyError
 from snorky_django.conf import snorky_settings
 from snorky_django.delivery import describe, get_backend, send_deltas
+from snorky_django.outbox_writes import NOTIFY_CHANNEL
 
 if TYPE_CHECKING:
     from snorky_django.models import OutboxEntry
@@ -57,8 +58,6 @@ __all__ = ["ADVISORY_LOCK", "NOTIFY_CHANNEL", "OutboxRelay", "batch_key"]
 
 logger = logging.getLogger("snorky_django.relay")
 
-#: The channel the outbox table's trigger notifies on PostgreSQL (migration 0002).
-NOTIFY_CHANNEL = "snorky_outbox"
 
 # Only for the tests of exactly-once delivery: the relay process dies between the server's answer
 # and the commit that deletes the batch, as a crash there would (never set it elsewhere).

@@ -1,5 +1,5 @@
-"""On PostgreSQL the outbox wakes the relay on commit: the outbox table's trigger notifies from the
-writing transaction, and the relay, listening, relays at once rather than at its next poll.
+"""On PostgreSQL the outbox wakes the relay on commit: the transaction writing outbox rows notifies,
+and the relay, listening, relays at once rather than at its next poll.
 Polling stays the fallback: for a notification lost while nobody listened, and for SQLite."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from django.db import connection, transaction
 
 from django_tests.conftest import TIMEOUT, client_for, subscribe, wait_until
 from django_tests.testapp.models import Task
+from snorky_django import outbox_writes
 from snorky_django.models import OutboxEntry
 from snorky_django.relay import OutboxRelay
+from snorky_django.serialization import serialize
 from snorky_django.testing import LiveSnorkyServer, live_snorky_server
 
 pytestmark = [
@@ -65,15 +67,29 @@ def test_a_commit_wakes_the_relay_at_once(outbox, ws_factory, alice):
 def test_a_lost_notification_is_found_by_polling(outbox, ws_factory, alice):
     ws = watcher(outbox, alice, ws_factory)
     relay = started(OutboxRelay(outbox.backend(), poll_interval=0.1))
-    table = connection.ops.quote_name(OutboxEntry._meta.db_table)
     try:
-        with connection.cursor() as cursor:
-            cursor.execute(f"ALTER TABLE {table} DISABLE TRIGGER snorky_outbox_notify")
-        Task.objects.create(title="unannounced", owner=alice)
+        # A row inserted by hand sends no notification (only Snorky's writes do).
+        task = Task(pk=424242, title="unannounced", owner=alice)
+        OutboxEntry.objects.create(delta={"type": "insert", "model": "Task", "data": serialize(task)})
         assert ws.delta()["data"]["title"] == "unannounced"
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"ALTER TABLE {table} ENABLE TRIGGER snorky_outbox_notify")
+        assert relay.stop(5.0)
+
+
+def test_every_way_of_writing_rows_wakes_the_relay(outbox, ws_factory, alice, monkeypatch):
+    # The rows written at once, inside the transaction (past the rows a transaction holds for its
+    # commit), and those sent with the COMMIT.
+    ws = watcher(outbox, alice, ws_factory)
+    relay = started(OutboxRelay(outbox.backend(), poll_interval=NEVER))
+    monkeypatch.setattr(outbox_writes, "DEFERRED_ROWS", 2)
+    try:
+        with transaction.atomic():
+            for i in range(3):
+                Task.objects.create(title=f"early {i}", owner=alice)
+        assert [d["data"]["title"] for d in ws.deltas(3, TIMEOUT)] == ["early 0", "early 1", "early 2"]
+        Task.objects.create(title="alone", owner=alice)
+        assert ws.delta()["data"]["title"] == "alone"
+    finally:
         assert relay.stop(5.0)
 
 
