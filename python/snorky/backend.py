@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -9,6 +11,20 @@ from snorky import _core
 from snorky._core import BackendError, SnorkyConnectionError, SnorkyError
 
 __all__ = ["BackendError", "SnorkyBackend", "SnorkyConnectionError", "SnorkyError"]
+
+
+#: The clients to close at exit (see :func:`_close_at_exit`).
+_open_clients: weakref.WeakSet[SnorkyBackend] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Stops every client's threads while the interpreter is whole: a client thread still running
+    once Python finalizes would crash the process the moment it logs (which needs the GIL).
+    Registered at import, so it runs after the exit handlers of modules that use a client (they
+    register theirs later), such as Django's delivery flushing its queue."""
+    for client in list(_open_clients):
+        client.close()
 
 
 class SnorkyBackend:
@@ -23,6 +39,12 @@ class SnorkyBackend:
 
     def __init__(self, url: str, api_key: str, *, timeout: float = 10.0) -> None:
         self._client = _core.BackendClient(url, api_key, timeout)
+        _open_clients.add(self)
+
+    def close(self) -> None:
+        """Closes the pooled connections and stops the client's threads (the next call starts
+        them again). Every client is closed this way when the interpreter exits."""
+        self._client.close()
 
     @property
     def url(self) -> str:

@@ -33,6 +33,16 @@ impl ClientRuntime {
     }
 }
 
+impl ClientRuntime {
+    /// Stops the runtime, waiting up to `timeout` for its threads to finish what they were doing.
+    /// Called with the GIL released, so a thread that logs (through Python's `logging`) can.
+    fn shut_down(mut self, timeout: Duration) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_timeout(timeout);
+        }
+    }
+}
+
 impl Drop for ClientRuntime {
     fn drop(&mut self) {
         if let Some(runtime) = self.0.take() {
@@ -84,6 +94,26 @@ impl PyBackendClient {
         let result = py.detach(|| runtime.block_on(client.call(service, command, &params)));
         let data = result.map_err(backend_error)?;
         Ok(pythonize::pythonize(py, &data)?)
+    }
+
+    /// Closes the pooled connections and stops the client's threads, waiting up to `timeout`
+    /// seconds for them; the next call starts them again. Meant for the interpreter's exit: a
+    /// thread still running while Python finalizes must not need the GIL (to log), or the process
+    /// crashes.
+    #[pyo3(signature = (timeout=1.0))]
+    fn close(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let timeout = super::datasync::seconds(timeout, "timeout")?;
+        let taken = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        let Some(PerProcess { pid, runtime, client }) = taken else { return Ok(()) };
+        drop(client);
+        // Another thread's call still holds the runtime (or it is a parent process's): it is left
+        // to stop when that call drops it.
+        if pid == std::process::id() {
+            if let Ok(runtime) = Arc::try_unwrap(runtime) {
+                py.detach(|| runtime.shut_down(timeout));
+            }
+        }
+        Ok(())
     }
 }
 

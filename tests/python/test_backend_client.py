@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -70,3 +72,38 @@ def test_backend_errors_carry_the_http_status(pubsub_server):
     with pytest.raises(BackendError) as rpc:
         pubsub_server.backend().call("pubsub_backend", "publish")
     assert rpc.value.status is None
+
+
+def test_a_closed_client_is_usable_again(pubsub_server):
+    backend = pubsub_server.backend()
+    backend.publish("c", 1)
+    backend.close()
+    backend.close()  # closing twice is harmless
+    backend.publish("c", 2)  # its threads start again
+
+
+# A process that used a client, its debug logging going to Python (so the client's threads log as
+# they wind down), then exits: the client is closed at exit, so no thread of it needs the GIL
+# while Python finalizes (which crashed the process now and then).
+EXITING = """
+import logging, sys
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+import snorky._core
+from snorky.backend import SnorkyBackend
+snorky._core.reset_log_cache()
+backend = SnorkyBackend(sys.argv[1], sys.argv[2])
+for n in range(3):
+    backend.publish("c", n)
+"""
+
+
+def test_a_process_exits_cleanly_after_using_a_client(pubsub_server):
+    for _ in range(3):
+        done = subprocess.run(
+            [sys.executable, "-c", EXITING, pubsub_server.backend_url, pubsub_server.api_key],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
