@@ -501,14 +501,14 @@ class SubscribableQuerySet(models.QuerySet[Any]):
             # The objects hold what was inserted, as a save()d instance does; only those holding
             # an expression (a database default, F()) are read back, in one query.
             new = {obj.pk: obj for obj in created if obj.pk is not None}
+            for obj in new.values():
+                old_rows.remember_saved(obj, None, None)  # forgets those holding an expression
             unstored = [pk for pk, obj in new.items() if unstored_fields(obj)]
             if unstored:
-                read = self.model._base_manager.using(using).in_bulk(unstored)
+                read = self.model._base_manager.using(using).in_bulk(unstored)  # they remember theirs
                 _share_all(read, objs)
                 new.update(read)
             enqueue(_update_deltas(self.model, pks, {}, new, insert_missing=True), using)
-            for obj in new.values():
-                old_rows.remember_saved(obj, None, None)
         return created
 
     bulk_create.alters_data = True  # type: ignore[attr-defined]

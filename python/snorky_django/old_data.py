@@ -122,7 +122,8 @@ def _rendering_field_classes() -> frozenset[type]:
 def reuse_plan(serializer: Any, model: type[models.Model]) -> ReusePlan | None:
     """How ``serializer`` (built, for rows of ``model``) renders an old row from a new one;
     ``None`` when it must render the whole old row."""
-    from rest_framework import serializers
+    from django.db.models.query_utils import DeferredAttribute
+    from rest_framework import fields, serializers
 
     kind = type(serializer)
     if (
@@ -130,9 +131,6 @@ def reuse_plan(serializer: Any, model: type[models.Model]) -> ReusePlan | None:
         or kind._readable_fields is not serializers.Serializer._readable_fields
     ):
         return None
-    from django.db.models.query_utils import DeferredAttribute
-    from rest_framework import fields
-
     rendering = _rendering_field_classes()
     columns: dict[str, str] = {}
     plain: set[str] = set()  # attributes that are the column's value (no descriptor of their own)

@@ -4,8 +4,9 @@ A transaction's outbox rows must commit or roll back with it. Written as soon as
 made, they cost a statement and a database round trip per change, which on a single-row
 ``save()`` is most of what the outbox adds to it. So on PostgreSQL with psycopg 3 (client-side
 binding, Django's default) the rows of a transaction are sent together with its ``COMMIT``, in the
-same message: ``INSERT ... ; NOTIFY snorky_outbox; COMMIT``. The ``INSERT`` still runs inside the transaction (a failure
-aborts the transaction, and the ``COMMIT`` with it), so nothing changes but the round trips.
+same message: ``INSERT ... ; NOTIFY snorky_outbox; COMMIT``. The ``INSERT`` still runs inside the
+transaction (a failure aborts the transaction, and the ``COMMIT`` with it), so nothing changes but
+the round trips.
 
 Which rows: each :func:`write` inside an atomic block registers its prepared rows as an
 ``on_commit`` callback, so a savepoint rollback discards the rows of what it undid exactly as
@@ -40,10 +41,10 @@ ROWS_PER_INSERT = 400
 #: The channel the relay listens to on PostgreSQL.
 NOTIFY_CHANNEL = "snorky_outbox"
 
-#: Wakes the relay (``LISTEN``-ing on :data:`NOTIFY_CHANNEL`) when the transaction commits: PostgreSQL
-#: delivers a notification only then, and once however many times a transaction sends it. It is
-#: sent with the rows rather than by a trigger, whose function every new connection would compile
-#: (about a millisecond) before its first outbox write.
+#: Wakes the relay (``LISTEN``-ing on :data:`NOTIFY_CHANNEL`) when the transaction commits:
+#: PostgreSQL delivers a notification only then, and once however many times a transaction sends
+#: it. It is sent with the rows rather than by a trigger, whose function every new connection would
+#: compile (about a millisecond) before its first outbox write.
 _NOTIFY = f"NOTIFY {NOTIFY_CHANNEL}"
 
 #: The most outbox rows a transaction keeps in memory for its commit to carry; beyond, they are

@@ -28,8 +28,8 @@ with a growing pause (up to ``OUTBOX_MAX_RETRY_DELAY``).
 
 When to look: on PostgreSQL, the transaction writing outbox rows notifies channel
 ``snorky_outbox`` (:mod:`snorky_django.outbox_writes`), so the notification arrives when, and only
-if, it commits; the relay listens (``LISTEN``, on a connection of its own per database) and starts a pass
-at once. It also polls every ``OUTBOX_POLL_INTERVAL`` seconds, the only way on other databases and
+if, it commits; the relay listens (``LISTEN``, on a connection of its own per database) and starts
+a pass at once. It also polls every ``OUTBOX_POLL_INTERVAL`` seconds, the only way on other databases and
 the safety net on PostgreSQL: a notification sent while the listening connection was down is not
 kept, so the listener, once connected again, wakes the relay to look.
 """

@@ -31,9 +31,7 @@ impl ClientRuntime {
             None => unreachable!("the runtime is only taken when the ClientRuntime is dropped"),
         }
     }
-}
 
-impl ClientRuntime {
     /// Stops the runtime, waiting up to `timeout` for its threads to finish what they were doing.
     /// Called with the GIL released, so a thread that logs (through Python's `logging`) can.
     fn shut_down(mut self, timeout: Duration) {
