@@ -30,13 +30,14 @@ struct PyKeyFunction {
 
 impl KeyFunction for PyKeyFunction {
     fn key(&self, data: &Value) -> Result<Value, String> {
-        Python::attach(|py| {
+        super::exit::attach(|py| {
             let result = pythonize::pythonize(py, data)
                 .map_err(PyErr::from)
                 .and_then(|data| self.callable.call1(py, (data,)))
                 .and_then(|key| pythonize::depythonize::<Value>(key.bind(py)).map_err(PyErr::from));
             result.map_err(|err| describe(py, &err))
         })
+        .unwrap_or_else(|| Err(super::exit::NOT_CALLED_AT_EXIT.to_owned()))
     }
 }
 

@@ -9,6 +9,7 @@ mod client;
 mod collab;
 mod convert;
 mod datasync;
+mod exit;
 mod policy;
 mod rpc;
 mod server;
@@ -41,10 +42,11 @@ static LOG_RESET: std::sync::OnceLock<pyo3_log::ResetHandle> = std::sync::OnceLo
 
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    if let Ok(handle) = pyo3_log::try_init() {
+    let py = m.py();
+    if let Some(handle) = exit::install_logger(py) {
         let _ = LOG_RESET.set(handle);
     }
-    let py = m.py();
+    exit::register(m)?;
     m.add("SnorkyError", py.get_type::<SnorkyError>())?;
     m.add("ConfigurationError", py.get_type::<ConfigurationError>())?;
     m.add("BackendError", py.get_type::<BackendError>())?;

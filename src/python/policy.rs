@@ -32,12 +32,15 @@ impl Policy for PyPolicy {
             // The user's code may block (a database query, a sleep): run it where blocking is
             // allowed, holding the GIL only for the call.
             let outcome = tokio::task::spawn_blocking(move || {
-                Python::attach(|py| {
-                    let client = Py::new(py, PyClient { connection })?;
-                    let subject = pythonize::pythonize(py, &subject)?;
-                    callable.call1(py, (client, subject))?.bind(py).is_truthy()
+                super::exit::attach(|py| {
+                    let decide = || {
+                        let client = Py::new(py, PyClient { connection })?;
+                        let subject = pythonize::pythonize(py, &subject)?;
+                        callable.call1(py, (client, subject))?.bind(py).is_truthy()
+                    };
+                    decide().map_err(|err| describe(py, &err))
                 })
-                .map_err(|err| Python::attach(|py| describe(py, &err)))
+                .unwrap_or_else(|| Err(super::exit::NOT_CALLED_AT_EXIT.to_owned()))
             })
             .await;
             match outcome {

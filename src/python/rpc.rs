@@ -27,13 +27,16 @@ struct PyHandler {
 
 impl PyHandler {
     fn call_hook(target: &Py<PyAny>, name: &str, hook: &str, connection: Arc<Connection>) {
-        Python::attach(|py| {
+        let called = super::exit::attach(|py| {
             let outcome =
                 Py::new(py, PyClient { connection }).and_then(|client| target.call_method1(py, hook, (client,)));
             if let Err(err) = outcome {
                 log::error!("service {name:?}: {hook} failed: {}", describe(py, &err));
             }
         });
+        if called.is_none() {
+            log::debug!("service {name:?}: {hook} {}", super::exit::NOT_CALLED_AT_EXIT);
+        }
     }
 }
 
@@ -42,16 +45,20 @@ impl ExternalHandler for PyHandler {
         let target = Arc::clone(&self.target);
         let name = self.name.clone();
         Box::pin(async move {
+            // Not called once Python exits: the call is dropped with its connection's, which
+            // is closing.
             let ran = tokio::task::spawn_blocking(move || {
-                Python::attach(|py| {
-                    let request = PyRequest::create(py, call)?;
-                    target.call_method1(py, "_dispatch", (request.clone_ref(py),))?;
-                    Ok::<_, PyErr>(request)
+                super::exit::attach(|py| {
+                    let dispatch = || {
+                        let request = PyRequest::create(py, call)?;
+                        target.call_method1(py, "_dispatch", (request.clone_ref(py),))?;
+                        Ok::<_, PyErr>(request)
+                    };
+                    dispatch()
+                        .map_err(|err| log::error!("service {name:?}: dispatch failed: {}", describe(py, &err)))
+                        .ok()
                 })
-                .map_err(|err| {
-                    Python::attach(|py| log::error!("service {name:?}: dispatch failed: {}", describe(py, &err)));
-                })
-                .ok()
+                .flatten()
             })
             .await;
             match ran {
@@ -101,7 +108,9 @@ fn watch_for_cancellation(request: Py<PyRequest>) {
         tokio::select! {
             () = answered.cancelled() => {}
             () = cancelled.cancelled() => {
-                let run = tokio::task::spawn_blocking(move || Python::attach(|py| request.get().run_cancel_callbacks(py)));
+                let run = tokio::task::spawn_blocking(move || {
+                    super::exit::attach(|py| request.get().run_cancel_callbacks(py));
+                });
                 if let Err(err) = run.await {
                     log::error!("a Python service worker failed: {err}");
                 }

@@ -184,6 +184,8 @@ class Harness:
         self.marker_version = 0
         self.user_ids: list[int] = []
         self.report: list[dict[str, Any]] = []
+        #: Where the run is, for the failure's last line: "phase 2 (stall)", "start-up".
+        self.stage = "start-up"
         self.combined = True
         self.nodes_killed = 0
 
@@ -277,16 +279,23 @@ class Harness:
             await client.stop()
 
     async def phase(self, number: int, fault: str) -> None:
+        self.stage = f"phase {number} ({fault})"
         self.tally.reset()
         started = time.monotonic()
         writers = await asyncio.to_thread(self.start_writers, number)
         churn = asyncio.create_task(self.churn())
-        await asyncio.sleep(self.options.phase_seconds / 2)
-        details = await getattr(self, f"fault_{fault}")()
-        await asyncio.sleep(self.options.phase_seconds / 2)
-        churn.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await churn
+        try:
+            await asyncio.sleep(self.options.phase_seconds / 2)
+            details = await getattr(self, f"fault_{fault}")()
+            await asyncio.sleep(self.options.phase_seconds / 2)
+        except BaseException:
+            # A fault that failed must not leave the writers writing after the run.
+            writers.kill()
+            raise
+        finally:
+            churn.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await churn
         counts = await asyncio.to_thread(self.stop_writers, writers)
         rows = await self.settle()
         entry = {
@@ -566,22 +575,29 @@ def main() -> int:
     options = parse_options()
     run_dir = Path(tempfile.mkdtemp(prefix="snorky-crash-"))
     harness = Harness(options, run_dir)
-    failed = False
+    failure: BaseException | None = None
     started = time.monotonic()
     try:
         asyncio.run(harness.run())
     except BaseException as err:
-        failed = True
-        print(f"crash: FAILED: {err}\nprocess logs:\n{harness.deployment.tails()}", file=sys.stderr)
-        if not isinstance(err, AssertionError):
-            raise
+        failure = err
+        print(f"process logs:\n{harness.deployment.tails()}", file=sys.stderr, flush=True)
     finally:
         harness.deployment.close()
-        if options.keep or failed:
-            print(f"crash: logs kept in {run_dir}")
+        if options.keep or failure is not None:
+            print(f"crash: logs kept in {run_dir}", flush=True)
         else:
             shutil.rmtree(run_dir, ignore_errors=True)
-    if failed:
+    if failure is not None:
+        # The reason comes last: a CI page that shows only the end of the output still shows it.
+        reason = str(failure).strip() or type(failure).__name__
+        print(f"crash: FAILED: {reason}", file=sys.stderr)
+        print(
+            f"crash: FAILED in {harness.stage} after {time.monotonic() - started:.0f} s: {reason.splitlines()[0]}",
+            file=sys.stderr,
+        )
+        if not isinstance(failure, AssertionError):
+            raise failure
         return 1
     resyncs = sum(sum(entry["resyncs"].values()) for entry in harness.report)
     resumes = sum(sum(entry["resumes"].values()) for entry in harness.report)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -84,6 +86,81 @@ def test_start_gives_ports_and_the_context_manager_stops_gracefully():
     with pytest.raises(ConnectionClosed) as closed:
         client.recv(timeout=TIMEOUT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+
+# A process that starts a server, never stops it, and exits once its standard input closes. Its
+# Python service logs from the hooks the server's threads run, with logging at DEBUG, so that
+# those threads call into Python while the process exits.
+LEFT_RUNNING = """
+import logging, sys
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+from snorky import Server
+from snorky.rpc import RPCService, rpc_command
+
+class Echo(RPCService):
+    @rpc_command
+    def echo(self, request, text: str):
+        return text
+
+    def client_disconnected(self, client):
+        logging.getLogger("echo").info("bye %s", client.id)
+
+server = Server([Echo("echo")], frontend_address="127.0.0.1:0", backend_address="127.0.0.1:0",
+                api_key="a-key-for-the-exit-test", allowed_origins=["*"])
+handle = server.start()
+print(handle.frontend_port, flush=True)
+sys.stdin.read()
+"""
+
+
+def exit_with_clients(script: str) -> str:
+    """Runs ``script``, connects three clients that call it, lets it exit; checks that it exited
+    with code 0 and each client got close code 1001. Returns its standard error."""
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            assert child.stdout is not None
+            port = int(child.stdout.readline())
+            clients = [WsClient(f"ws://127.0.0.1:{port}/ws") for _ in range(3)]
+            for client in clients:
+                assert client.call("echo", "echo", text="hi")["data"] == "hi"
+            _, errors = child.communicate(input="", timeout=30)
+        finally:
+            child.kill()
+    assert child.returncode == 0, errors[-2000:]
+    for client in clients:
+        with pytest.raises(ConnectionClosed) as closed:
+            client.recv(timeout=TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    return errors
+
+
+def test_a_server_left_running_at_exit_is_stopped_gracefully():
+    for _ in range(3):
+        errors = exit_with_clients(LEFT_RUNNING)
+        assert errors.count("bye") == 3, errors[-2000:]
+
+
+# The same server, stopped by an exit handler that runs after the extension's own (registered
+# before snorky is imported, so it runs later): its threads then run with Python already exiting.
+STOPPED_LATE = """
+import atexit
+late = []
+atexit.register(lambda: [stop() for stop in late])
+""" + LEFT_RUNNING.replace(
+    "sys.stdin.read()",
+    """import snorky.server
+snorky.server._started.discard(handle)
+late.append(lambda: handle.stop(timeout=10))
+sys.stdin.read()""",
+)
+
+
+def test_server_threads_do_not_call_python_once_it_exits():
+    errors = exit_with_clients(STOPPED_LATE)
+    # The hooks were not called: Python was exiting.
+    assert "bye" not in errors, errors[-2000:]
 
 
 def test_health_on_both_listeners_and_metrics_on_the_backend(pubsub_server):
