@@ -28,12 +28,13 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from django.db import models
 
-__all__ = ["PlannedField", "Replaced", "ReusePlan", "render_old", "reuse_plan"]
+from snorky_django.representation import SerializerPlan
+
+__all__ = ["Replaced", "render_old"]
 
 
 class Replaced:
@@ -60,99 +61,8 @@ class Replaced:
         return self._instance
 
 
-@dataclass(frozen=True)
-class PlannedField:
-    """One readable field of a serializer, as :func:`render_old` treats it."""
-
-    name: str
-    field: Any
-    column: str | None
-    """The column it renders from (``None``: rendered again for the old row, from its instance)."""
-    reads_column: bool
-    """Whether DRF's ``get_attribute`` returns the column's value itself (a plain attribute of
-    the model), so that the old value renders without an instance of the old row."""
-
-
-@dataclass(frozen=True)
-class ReusePlan:
-    """The readable fields of one serializer, in its order."""
-
-    fields: tuple[PlannedField, ...]
-
-
-# Only these exact classes: DRF's own value and relation fields render their value and nothing
-# else. (The names are looked up, so a DRF without one of them still works.)
-_VALUE_FIELDS = (
-    "BooleanField",
-    "CharField",
-    "EmailField",
-    "RegexField",
-    "SlugField",
-    "URLField",
-    "UUIDField",
-    "IPAddressField",
-    "IntegerField",
-    "BigIntegerField",
-    "FloatField",
-    "DecimalField",
-    "DateTimeField",
-    "DateField",
-    "TimeField",
-    "DurationField",
-    "ChoiceField",
-    "MultipleChoiceField",
-    "FilePathField",
-    "JSONField",
-    "ReadOnlyField",
-)
-_RELATION_FIELDS = ("PrimaryKeyRelatedField", "SlugRelatedField", "StringRelatedField")
-
 # Types whose equal values always render alike (no precision, zone or sign hidden by ``==``).
 _EQUAL_RENDERS_ALIKE = frozenset({str, int, bool, bytes, datetime.date, uuid.UUID, type(None)})
-
-
-def _rendering_field_classes() -> frozenset[type]:
-    from rest_framework import fields, relations
-
-    found = [getattr(fields, name, None) for name in _VALUE_FIELDS]
-    found += [getattr(relations, name, None) for name in _RELATION_FIELDS]
-    return frozenset(cls for cls in found if isinstance(cls, type))
-
-
-def reuse_plan(serializer: Any, model: type[models.Model]) -> ReusePlan | None:
-    """How ``serializer`` (built, for rows of ``model``) renders an old row from a new one;
-    ``None`` when it must render the whole old row."""
-    from django.db.models.query_utils import DeferredAttribute
-    from rest_framework import fields, serializers
-
-    kind = type(serializer)
-    if (
-        kind.to_representation is not serializers.Serializer.to_representation
-        or kind._readable_fields is not serializers.Serializer._readable_fields
-    ):
-        return None
-    rendering = _rendering_field_classes()
-    columns: dict[str, str] = {}
-    plain: set[str] = set()  # attributes that are the column's value (no descriptor of their own)
-    for model_field in model._meta.concrete_fields:
-        columns[model_field.name] = columns[model_field.attname] = model_field.attname
-        if model_field.descriptor_class is DeferredAttribute:
-            plain.add(model_field.attname)
-    planned = []
-    for field in serializer._readable_fields:
-        attrs: list[str] = getattr(field, "source_attrs", None) or []
-        column = None
-        if type(field) in rendering and attrs and field.source != "*":
-            column = columns.get(attrs[0])
-        # Field.get_attribute (not a relation's) of one plain attribute: getattr(row, attribute).
-        reads_column = (
-            column is not None
-            and len(attrs) == 1
-            and attrs[0] in plain
-            and type(field).get_attribute is fields.Field.get_attribute
-        )
-        planned.append(PlannedField(field.field_name, field, column, reads_column))
-    return ReusePlan(tuple(planned))
 
 
 _ABSENT = object()  # a column the instance does not hold (deferred)
@@ -175,12 +85,9 @@ def _same(old: Any, new: Any) -> bool:
     return kind in _EQUAL_RENDERS_ALIKE or repr(old) == repr(new)
 
 
-def render_old(plan: ReusePlan, old: Replaced, saved: models.Model, new_data: Mapping[str, Any]) -> dict[str, Any]:
+def render_old(plan: SerializerPlan, old: Replaced, saved: models.Model, new_data: Mapping[str, Any]) -> dict[str, Any]:
     """The old row as the serializer renders it, copying ``new_data`` (the serializer's rendering
     of ``saved``) wherever the field's column did not change."""
-    from rest_framework.fields import SkipField
-    from rest_framework.relations import PKOnlyObject
-
     state = saved.__dict__
     values = old.values
     data: dict[str, Any] = {}
@@ -198,8 +105,8 @@ def render_old(plan: ReusePlan, old: Replaced, saved: models.Model, new_data: Ma
         # DRF's own rendering of one field, as Serializer.to_representation does it.
         try:
             attribute = field.get_attribute(old.instance(saved))
-        except SkipField:
+        except plan.skip_field:
             continue
-        value = attribute.pk if isinstance(attribute, PKOnlyObject) else attribute
+        value = attribute.pk if isinstance(attribute, plan.pk_only) else attribute
         data[name] = None if value is None else field.to_representation(attribute)
     return data

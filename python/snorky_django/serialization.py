@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from django.apps import apps
@@ -45,7 +45,7 @@ from django.dispatch import receiver
 from django.utils.functional import Promise
 from django.utils.module_loading import import_string
 
-from snorky_django import old_data
+from snorky_django import old_data, representation
 
 __all__ = [
     "DeltaData",
@@ -230,7 +230,9 @@ class _Representer:
 
     DRF builds a serializer's fields the first time it is used, which costs more than turning a row
     into data; a list view (``many=True``) builds them once for all its rows, and so does this. The
-    serializer gets no context (there is no request), the same for every row.
+    serializer gets no context (there is no request), the same for every row. Rows are rendered as
+    its ``to_representation`` does, with the reads of plain columns done directly (see
+    :mod:`snorky_django.representation`).
     """
 
     def __init__(self, serializer: type[Any], model: type[models.Model]) -> None:
@@ -238,21 +240,24 @@ class _Representer:
         self._model = model
         self._local = threading.local()
 
-    def _built(self) -> Any:
-        built = getattr(self._local, "serializer", None)
+    def _built(self) -> tuple[Any, representation.SerializerPlan | None]:
+        """This thread's serializer and its plan."""
+        local = self._local
+        built = getattr(local, "serializer", None)
         if built is None:
-            built = self._local.serializer = self._serializer()
-            self._local.reuse = old_data.reuse_plan(built, self._model)
-        return built
+            built = self._serializer()
+            local.plan = representation.plan(built, self._model)
+            local.serializer = built
+        return built, local.plan
 
     def __call__(self, instance: models.Model) -> Any:
-        return self._built().to_representation(instance)
+        built, plan = self._built()
+        return built.to_representation(instance) if plan is None else representation.render(plan, instance)
 
     def replaced(self, old: old_data.Replaced, saved: models.Model, new_data: Any) -> Any:
         """What this returns for the row ``saved``'s save replaced, given ``new_data``: what it
         returned for ``saved`` (see :mod:`snorky_django.old_data`)."""
-        built = self._built()
-        plan: old_data.ReusePlan | None = self._local.reuse
+        built, plan = self._built()
         if plan is None or not isinstance(new_data, Mapping):
             return built.to_representation(old.instance(saved))
         return old_data.render_old(plan, old, saved, new_data)
@@ -265,6 +270,7 @@ def forget_delta_data() -> None:
     """Drops what :func:`delta_data` cached (a model was declared, settings or URLs changed)."""
     _plans.clear()
     _secret_patterns.cache_clear()
+    is_secret.cache_clear()
 
 
 @receiver(setting_changed)
@@ -280,6 +286,7 @@ def _secret_patterns() -> tuple[str, ...]:
     return tuple(str(pattern).lower() for pattern in snorky_settings.SECRET_FIELDS)
 
 
+@lru_cache(maxsize=4096)  # every delta asks for the same few names; bounded, as keys may be data
 def is_secret(name: str) -> bool:
     """Whether a field called ``name`` matches ``SNORKY["SECRET_FIELDS"]``."""
     lowered = name.lower()
