@@ -357,8 +357,18 @@ def serialize_update(instance: models.Model, old: old_data.Replaced) -> tuple[di
     return _finished(plan, instance, after), _finished(plan, instance, before)
 
 
+# Values that are JSON as they are (exact types: a subclass goes the long way, through jsonable).
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _finished(plan: DeltaData, instance: models.Model, data: Any) -> dict[str, Any]:
+    named = plan.named
+    if type(data) is dict and all(type(key) is str and type(value) in _JSON_SCALARS for key, value in data.items()):
+        # The usual row: flat and nothing to convert, so secrets can only be at the top.
+        if named is None:
+            return dict(data)
+        return {key: value for key, value in data.items() if key in named or not is_secret(key)}
     data = jsonable(data)
     if not isinstance(data, dict):
         raise TypeError(f"{type(instance).__name__} serialized to {type(data).__name__}, not an object")
-    return data if plan.named is None else without_secrets(data, plan.named)
+    return data if named is None else without_secrets(data, named)
