@@ -6,7 +6,7 @@ related objects and defaults), then renders it (``field.to_representation``). Fo
 ``ModelSerializer`` that walk ends at one column of the instance, and costs more than the
 rendering. :func:`render` reads such a column itself and does the rest as DRF does, with the same
 bound fields: same order, same ``SkipField``, same ``None`` for an empty value, the same
-``to_representation``. It is about 40% cheaper than DRF's for the demo's serializer.
+``to_representation``. It is about a third cheaper than DRF's for the demo's serializer.
 
 A read is done directly only where it is certain to give what ``get_attribute`` gives:
 
