@@ -1041,7 +1041,10 @@ impl DataSyncHub {
         }
         let _acquiring = cluster.acquiring();
         cluster.listen(service).await?;
-        let started = Instant::now();
+        // The wait for a holder counts from the first answer naming one, not from this call's
+        // start: an answer held up by a broker outage (up to the command timeout) must not eat
+        // the time the holder's node has to put the subscription back once the broker returns.
+        let mut held_since: Option<Instant> = None;
         let mut poll = HOLDER_POLL;
         let granted = loop {
             let take = match cluster.take(token, connection.identity().id.as_deref(), after).await {
@@ -1077,7 +1080,7 @@ impl DataSyncHub {
                     }
                 }
             };
-            if started.elapsed() >= wait {
+            if held_since.get_or_insert_with(Instant::now).elapsed() >= wait {
                 return Err(no_such());
             }
             tokio::time::sleep(poll).await;
