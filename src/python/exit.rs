@@ -65,7 +65,11 @@ impl log::Log for ExitAwareLogger {
         }
     }
 
-    fn flush(&self) {}
+    fn flush(&self) {
+        if !exiting() {
+            self.0.flush();
+        }
+    }
 }
 
 /// Installs the logger; returns the handle that drops pyo3-log's cache of Python's logger

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -121,6 +122,8 @@ def exit_with_clients(script: str) -> str:
     ) as child:
         try:
             assert child.stdout is not None
+            ready, _, _ = select.select([child.stdout], [], [], TIMEOUT)
+            assert ready, f"the script printed no port within {TIMEOUT} s"
             port = int(child.stdout.readline())
             clients = [WsClient(f"ws://127.0.0.1:{port}/ws") for _ in range(3)]
             for client in clients:
