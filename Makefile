@@ -44,26 +44,35 @@ lint-python: ## ruff, mypy, and stubtest (the .pyi must match the extension)
 lint-js: ## TypeScript type check
 	@if [ -f js/package.json ]; then cd js && npm run -s lint; fi
 
+# scripts/test runs the same suites, with the release builds beside the ones that need none.
 test: test-rust test-python test-django42 test-django60 test-js test-install test-browser bench-smoke fuzz-short test-crash ## every test suite
 
 test-rust: ## Rust unit and integration tests
 	cargo test --all-targets
 
+# The Python suites run in PYTEST_WORKERS processes (pytest-xdist): their tests mostly wait on
+# sockets and the database, so more processes than cores still shorten them. Each process starts
+# its own servers (PostgreSQL included) on free ports.
+PYTEST_WORKERS ?= 4
+PYTEST := -m pytest -n $(PYTEST_WORKERS)
+
 test-python: ## Python and Django tests against real servers (SQLite), then the Django tests on PostgreSQL
-	$(PYTHON) -m pytest
-	SNORKY_TEST_DB=postgres $(PYTHON) -m pytest tests/django_tests
+	$(PYTHON) $(PYTEST)
+	SNORKY_TEST_DB=postgres $(PYTHON) $(PYTEST) tests/django_tests
 
 test-django42: ## the Django tests on Django 4.2 LTS and PostgreSQL (compatibility)
-	SNORKY_TEST_DB=postgres PYTHONPATH=python .venv-django42/bin/python -m pytest tests/django_tests -p no:cacheprovider
+	SNORKY_TEST_DB=postgres PYTHONPATH=python .venv-django42/bin/python $(PYTEST) tests/django_tests -p no:cacheprovider
 
 test-django60: ## the Django tests on Django 6.0, Python 3.12 and PostgreSQL (compatibility)
-	SNORKY_TEST_DB=postgres PYTHONPATH=python .venv-django60/bin/python -m pytest tests/django_tests -p no:cacheprovider
+	SNORKY_TEST_DB=postgres PYTHONPATH=python .venv-django60/bin/python $(PYTEST) tests/django_tests -p no:cacheprovider
 
 test-js: ## JavaScript client tests, the stale-bundle check, and the npm package used from a scratch app
 	@if [ -f js/package.json ]; then cd js && npm test && npm run -s check-bundle && npm run -s test:package; fi
 
+# Two processes (pytest-xdist's loadscope): the sdist's test class builds it in one while the
+# wheel's tests run in the other.
 test-install: dist ## the wheel installed without Rust and used; the sdist built and installed with cargo
-	$(PYTHON) -m pytest tests/install -p no:cacheprovider
+	$(PYTHON) -m pytest -n 2 --dist loadscope tests/install -p no:cacheprovider
 
 test-browser: ## the demos in Chromium (tests/browser: playwright-core, Debian's chromium)
 	cd tests/browser && SNORKY_PYTHON=$(abspath $(PYTHON)) npm test
@@ -84,13 +93,13 @@ FUZZ_SHORT_SECONDS ?= 13
 # Seconds per target of `make fuzz`: 10 minutes each, about 55 minutes in all on one core.
 FUZZ_SECONDS ?= 600
 
-fuzz-short: ## every fuzz target for $(FUZZ_SHORT_SECONDS) s (nightly, cargo-fuzz from scripts/setup); the committed corpora are only read
+fuzz-short: ## every fuzz target for $(FUZZ_SHORT_SECONDS) s (cargo-fuzz from scripts/setup); the committed corpora are only read
 	scripts/fuzz --short $(FUZZ_SHORT_SECONDS)
 
 fuzz: ## every fuzz target for $(FUZZ_SECONDS) s, one at a time, then the corpora minimized into fuzz/corpus (FUZZ_TARGETS to pick)
 	scripts/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
-bench-smoke: ## every benchmark scenario, tiny, and a 60-second soak (debug build)
+bench-smoke: ## every benchmark scenario, tiny, and a 30-second soak (debug build)
 	cargo test -p snorky-bench
 
 bench: ## the full benchmark (release build); writes bench/RESULTS.md

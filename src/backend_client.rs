@@ -28,11 +28,15 @@ pub enum BackendError {
         /// The server's `error` text.
         message: String,
     },
-    /// The server could not be reached or the connection failed mid-request.
-    #[error("cannot reach the Snorky backend at {url}: {source}")]
+    /// The server could not be reached, the connection failed mid-request, or no answer came
+    /// within the client's timeout.
+    #[error("cannot reach the Snorky backend at {url}: {reason}")]
     Connection {
         /// The URL called.
         url: String,
+        /// What went wrong, in words: the timeout and its length, or the transport's error
+        /// with its underlying cause (connection refused, reset...).
+        reason: String,
         /// The transport error.
         source: reqwest::Error,
     },
@@ -49,6 +53,7 @@ pub enum BackendError {
 pub struct BackendClient {
     url: String,
     key: String,
+    timeout: Duration,
     http: reqwest::Client,
 }
 
@@ -88,8 +93,12 @@ impl BackendClient {
             .pool_idle_timeout(IDLE_CONNECTION_LIFETIME)
             .tcp_nodelay(true)
             .build()
-            .map_err(|source| BackendError::Connection { url: url.to_owned(), source })?;
-        Ok(BackendClient { url: url.to_owned(), key: key.to_owned(), http })
+            .map_err(|source| BackendError::Connection {
+                url: url.to_owned(),
+                reason: transport_failure(&source, timeout),
+                source,
+            })?;
+        Ok(BackendClient { url: url.to_owned(), key: key.to_owned(), timeout, http })
     }
 
     /// Calls `command` of `service` with `params`; returns the reply's `data`.
@@ -122,7 +131,27 @@ impl BackendClient {
     }
 
     fn connection_error(&self, source: reqwest::Error) -> BackendError {
-        BackendError::Connection { url: self.url.clone(), source }
+        BackendError::Connection { url: self.url.clone(), reason: transport_failure(&source, self.timeout), source }
+    }
+}
+
+/// A transport error in words. reqwest's own text names only the step that failed ("error
+/// sending request for url ..."), the same for a refused connection, a reset one and a timeout:
+/// a timeout says so with its length, anything else gets its innermost cause appended.
+fn transport_failure(source: &reqwest::Error, timeout: Duration) -> String {
+    if source.is_timeout() {
+        return format!("no answer within {:.1} s (the client's timeout)", timeout.as_secs_f64());
+    }
+    let outer = source.to_string();
+    let mut innermost = None;
+    let mut next = std::error::Error::source(source);
+    while let Some(inner) = next {
+        innermost = Some(inner);
+        next = inner.source();
+    }
+    match innermost.map(ToString::to_string) {
+        Some(cause) if !outer.contains(&cause) => format!("{outer}: {cause}"),
+        _ => outer,
     }
 }
 

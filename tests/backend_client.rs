@@ -125,10 +125,35 @@ async fn an_unreachable_server_is_a_connection_error() {
         common::within(common::WAIT, "the call to fail", backend.call("pubsub_backend", "publish", &Map::new())).await;
     match result {
         Err(error @ BackendError::Connection { .. }) => {
-            assert!(error.to_string().contains(&url), "the error names the URL: {error}");
+            let text = error.to_string();
+            assert!(text.contains(&url), "the error names the URL: {error}");
+            assert!(text.to_lowercase().contains("refused"), "the error says the connection was refused: {error}");
         }
         other => panic!("expected a connection error, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_answer_in_time_is_a_timeout_naming_its_length() {
+    // Connections are accepted (by the kernel, into the backlog) and never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback binds");
+    let url = format!("http://{}/backend", silent.local_addr().expect("bound"));
+    let backend = BackendClient::new(&url, KEY, Duration::from_millis(300)).expect("a valid URL");
+    let result =
+        common::within(common::WAIT, "the call to time out", backend.call("pubsub_backend", "publish", &Map::new()))
+            .await;
+    match result {
+        Err(error @ BackendError::Connection { .. }) => {
+            let text = error.to_string();
+            assert!(text.contains(&url), "the error names the URL: {error}");
+            assert!(
+                text.contains("no answer within 0.3 s"),
+                "the error says it timed out, and after how long: {error}"
+            );
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    drop(silent);
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
-//! Replays every committed fuzz input through the fuzz targets' entry points, on the stable
-//! toolchain: the minimized corpus of each target (fuzz/corpus/<target>/) and the inputs that
-//! once failed (fuzz/regressions/<target>/), so a regression fails `cargo test` without a
-//! nightly toolchain or cargo-fuzz. `make fuzz` grows and minimizes the corpora.
+//! Replays every committed fuzz input through the fuzz targets' entry points: the minimized
+//! corpus of each target (fuzz/corpus/<target>/) and the inputs that once failed
+//! (fuzz/regressions/<target>/), so a regression fails `cargo test` without cargo-fuzz or
+//! libFuzzer. `make fuzz` grows and minimizes the corpora.
 
 use std::fs;
 use std::path::{Path, PathBuf};

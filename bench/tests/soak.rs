@@ -1,4 +1,4 @@
-//! The soak's short version: 60 seconds of 200 churning connections (connect with a token,
+//! The soak's short version: 30 seconds of 200 churning connections (connect with a token,
 //! subscribe to PubSub, acquire or resume a DataSync subscription, receive, leave, come back)
 //! against a debug build, with publishes throughout. Nothing may be lost, duplicated or
 //! reordered, no session may fail, and the server's descriptors, tasks and gauges must come back
@@ -9,12 +9,12 @@
 use std::process::Command;
 
 #[test]
-fn a_minute_of_churn_loses_nothing_and_leaves_nothing_behind() {
+fn half_a_minute_of_churn_loses_nothing_and_leaves_nothing_behind() {
     let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let plot = std::env::temp_dir().join(format!("snorky-bench-soak-{}.svg", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_snorky-bench"))
         .current_dir(repo)
-        .args(["soak", "--secs", "60", "--connections", "200", "--channels", "10", "--owners", "10"])
+        .args(["soak", "--secs", "30", "--connections", "200", "--channels", "10", "--owners", "10"])
         .args(["--session-min", "2", "--session-max", "8", "--pause-max", "0.5", "--sample-secs", "5"])
         .args(["--abrupt-percent", "20", "--command-line", "cargo test -p snorky-bench (soak)"])
         .arg("--plot")
@@ -31,7 +31,7 @@ fn a_minute_of_churn_loses_nothing_and_leaves_nothing_behind() {
         let line = stdout.lines().find(|line| line.starts_with(&format!("| {label}"))).unwrap_or_default();
         line.rsplit('|').nth(1).map_or(0, |n| n.trim().replace(',', "").parse().unwrap_or(0))
     };
-    assert!(count("sessions (") > 600, "too few sessions in\n{stdout}");
+    assert!(count("sessions (") > 300, "too few sessions in\n{stdout}");
     for label in
         ["DataSync resumes", "sessions ended by cancelling", "PubSub messages received", "DataSync deltas received"]
     {

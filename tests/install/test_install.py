@@ -8,7 +8,8 @@ startproject`` that adds ``snorky_django``, passes ``manage.py check``, migrates
 ``manage.py snorky``, whose deltas reach a WebSocket client. The sdist is built and installed with
 cargo, and a Python the wheel does not support (3.10) is refused by pip with the wheel's tag.
 
-Run by ``make test-install``, which builds dist/ first (once per run; the tests reuse it).
+Run by ``make test-install``, which builds dist/ first (once per run; the tests reuse it), in two
+processes (pytest-xdist's loadscope): the sdist's build (its own test class) beside the rest.
 """
 
 from __future__ import annotations
@@ -477,22 +478,47 @@ print(json.dumps({
 """
 
 
-@pytest.mark.timeout(1800)
-def test_the_sdist_builds_with_cargo_and_installs(sdist: Path, wheel: Path, tmp_path: Path):
-    assert shutil.which("cargo"), "building the sdist needs cargo on PATH"
-    # A target directory kept between runs, so that the dependencies (immutable crates.io
-    # releases) compile once. Not snorky itself: an sdist's files all carry the same old mtime,
-    # so cargo would take any earlier build of it for fresh; its artifacts are removed first.
-    target = REPO / "target" / "dist"
-    for stale in [*target.glob("release/.fingerprint/snorky-*"), *target.glob("release/deps/*snorky*")]:
-        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    env = clean_env(os.environ["PATH"], CARGO_TARGET_DIR=str(target))
-    venv = Venv(tmp_path / "venv", env, tmp_path)
-    # --no-cache-dir: pip would otherwise reuse a wheel it built from an sdist of the same name.
-    built = venv.pip_install("-v", "--no-cache-dir", sdist, timeout=1700)
-    assert re.search(r"Compiling snorky v", built), built[-3000:]
-    result = json.loads(venv.run(venv.python, "-c", SMOKE))
-    version = wheel.name.split("-")[1]
-    assert result["version"] == result["metadata"] == version
-    assert all(port > 0 for port in result["ports"])
-    assert result["files"] == ["snorky/py.typed", "snorky_django/py.typed", "snorky_django/static/snorky/snorky.min.js"]
+def stale_builds_of_the_extension(target: Path) -> list[Path]:
+    """Cargo's records of earlier builds of the extension (the crate with its `python` feature) in
+    the dev profile of `target`: an sdist's files all carry the same old mtime, so cargo would take
+    such a build, of other sources, for fresh."""
+    stale = []
+    for record in target.glob("debug/.fingerprint/snorky-*/lib-snorky.json"):
+        try:
+            features = json.loads(record.read_text()).get("features", "")
+        except (OSError, ValueError):
+            features = '"python"'  # unreadable: removed, to be safe
+        if '"python"' in features and '"fuzzing"' not in features:
+            stale.append(record.parent)
+    return stale
+
+
+class TestTheSdist:
+    """A class of its own so that `make test-install` runs it in one process (pytest-xdist's
+    loadscope groups a class's tests) while the wheel's tests run in the other."""
+
+    @pytest.mark.timeout(1800)
+    def test_builds_with_cargo_and_installs(self, sdist: Path, wheel: Path, tmp_path: Path) -> None:
+        assert shutil.which("cargo"), "building the sdist needs cargo on PATH"
+        # Built in the dev profile, in the repository's target directory, where `maturin develop`
+        # (scripts/setup) compiled the dependencies with the same features: only snorky itself is
+        # compiled here. What this proves is that the sdist holds everything a build needs and that
+        # pip installs what it builds; the release profile is what the wheel is built with
+        # (scripts/dist), from the same sources.
+        target = REPO / "target"
+        for stale in stale_builds_of_the_extension(target):
+            shutil.rmtree(stale)
+        env = clean_env(os.environ["PATH"], CARGO_TARGET_DIR=str(target), MATURIN_PEP517_ARGS="--profile dev")
+        venv = Venv(tmp_path / "venv", env, tmp_path)
+        # --no-cache-dir: pip would otherwise reuse a wheel it built from an sdist of the same name.
+        built = venv.pip_install("-v", "--no-cache-dir", sdist, timeout=1700)
+        assert re.search(r"Compiling snorky v", built), built[-3000:]
+        result = json.loads(venv.run(venv.python, "-c", SMOKE))
+        version = wheel.name.split("-")[1]
+        assert result["version"] == result["metadata"] == version
+        assert all(port > 0 for port in result["ports"])
+        assert result["files"] == [
+            "snorky/py.typed",
+            "snorky_django/py.typed",
+            "snorky_django/static/snorky/snorky.min.js",
+        ]

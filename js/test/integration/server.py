@@ -180,7 +180,11 @@ class Driver:
         # Port 0 the first time; the bound ports from then on, so a restart reuses them.
         self.frontend_port = self.handle.frontend_port
         self.backend_port = self.handle.backend_port
-        self.client = SnorkyBackend(self.backend_url, self.api_key, timeout=5.0)
+        # Generous: a test publishes batches of 20,000 deltas to this debug build while other test
+        # files (and, in the test command, the release builds) share the machine; still below the
+        # 15 s within which the tests want each command's answer, so a slow call fails with its
+        # own error.
+        self.client = SnorkyBackend(self.backend_url, self.api_key, timeout=12.0)
         return self.describe()
 
     def stop(self) -> dict[str, Any]:
