@@ -76,8 +76,12 @@ describe("sockjs-client in Chromium, transport by transport", () => {
         ({ base, transport }) =>
           new Promise((resolve) => {
             const events = [];
-            const timer = setTimeout(() => resolve({ events, error: "timed out" }), 10_000);
-            const echo = new SockJS(`${base}/echo`, null, { transports: [transport] });
+            const timer = setTimeout(() => resolve({ events, error: "timed out" }), 20_000);
+            // sockjs-client gives a transport its measured round trip times the transport's
+            // round trips to open (under a second on loopback) and then reports "All transports
+            // failed"; a loaded machine opening an iframe takes longer, so a fixed allowance.
+            const options = { transports: [transport], timeout: 8_000 };
+            const echo = new SockJS(`${base}/echo`, null, options);
             echo.onopen = () => {
               events.push(`open ${echo.transport}`);
               echo.send("héllo \u2028 wörld");
@@ -85,7 +89,7 @@ describe("sockjs-client in Chromium, transport by transport", () => {
             echo.onmessage = (event) => {
               events.push(`message ${event.data}`);
               // Then a session the server closes at once: its close frame and reason arrive.
-              const closing = new SockJS(`${base}/close`, null, { transports: [transport] });
+              const closing = new SockJS(`${base}/close`, null, options);
               closing.onclose = (close) => {
                 events.push(`close ${close.code} ${close.reason}`);
                 clearTimeout(timer);

@@ -3,7 +3,8 @@
  * bob in a third. Changes show up live on the pages that may see them and never reach the others;
  * a todo that leaves a user's view disappears there; the Snorky server is restarted mid-test and
  * the pages recover without a reload, with what changed while it was down; signing out in one tab
- * closes the user's other tab's connection (it goes to the login form). Then `run.py` itself:
+ * closes the user's other tab's connection (it goes to the login form). A tick on its way to the
+ * server survives other changes arriving, and one the server refuses is undone. Then `run.py` itself:
  * one command, a URL and credentials printed, both servers stopped on SIGTERM.
  */
 
@@ -129,6 +130,45 @@ describe("todo demo: live lists", () => {
         .map((delta) => (delta.data ?? delta.newData).title),
       [t("Barrier")],
     );
+  });
+
+  test("a tick on its way to the server stays shown while other changes arrive; a refused one is undone", async () => {
+    const tab = await newPage(browser, { baseURL: demo.baseUrl });
+    tab.user = "bob (a tab of his own)";
+    await login(tab, `${demo.baseUrl}/accounts/login/`, "bob", USERS.bob);
+    await status(tab, "live", 10_000);
+    const secret = row(tab, "mine", t("Bob's secret")).locator(".toggle");
+    const oneTodo = "**/api/todos/*/";
+
+    // Bob's tick is held on its way to Django while alice adds a team todo: its delta redraws
+    // bob's lists, and the box he ticked stays ticked.
+    let release;
+    const held = new Promise((resolve) => (release = resolve));
+    await tab.route(oneTodo, async (route) => {
+      if (route.request().method() === "PATCH") await held;
+      await route.continue();
+    });
+    await secret.check();
+    await add(alice, "team", t("While bob's tick is held"));
+    await shows(tab, "team", [t("Standup at ten"), t("Barrier"), t("While bob's tick is held")]);
+    assert.equal(await secret.isChecked(), true, "the tick on its way is still shown");
+    release();
+    await isDone(bob, "mine", t("Bob's secret"), true);
+    await tab.unroute(oneTodo);
+
+    // A write Django refuses: the box shows the todo as it is again, and the page says why.
+    await tab.route(oneTodo, (route) =>
+      route.fulfill({ status: 400, contentType: "application/json", body: '{"detail": "Refused by the test"}' }),
+    );
+    await secret.click();
+    await eventually(async () => {
+      assert.equal(await tab.locator(".error").textContent(), "Could not save: Refused by the test");
+      assert.equal(await secret.isChecked(), true);
+    });
+    await tab.context().close();
+
+    await row(alice, "team", t("While bob's tick is held")).locator(".destroy").click();
+    for (const page of [alice, alice2, bob]) await shows(page, "team", [t("Standup at ten"), t("Barrier")]);
   });
 
   test("the Snorky server restarts: pages recover without a reload, with the changes made meanwhile", async () => {

@@ -152,13 +152,19 @@ function removeLocally(todo) {
   if (!isLive()) todos.remove(todo, sameTodo);
 }
 
-function write(promise) {
-  promise.then(() => showError(null)).catch((error) => showError(error.message));
+/** Shows the outcome of a write; `undo` puts back what the page showed ahead of a failed one. */
+function write(promise, undo) {
+  promise
+    .then(() => showError(null))
+    .catch((error) => {
+      undo?.();
+      showError(error.message);
+    });
 }
 
 const createTodo = (title, shared) => write(api("POST", "/api/todos/", { title, shared }).then(applyLocally));
-const updateTodo = (todo, changes) =>
-  write(api("PATCH", `/api/todos/${todo.id}/`, changes).then(applyLocally));
+const updateTodo = (todo, changes, undo) =>
+  write(api("PATCH", `/api/todos/${todo.id}/`, changes).then(applyLocally), undo);
 const deleteTodo = (todo) =>
   write(api("DELETE", `/api/todos/${todo.id}/`).then(() => removeLocally(todo)));
 const clearCompleted = (list) =>
@@ -184,7 +190,9 @@ function render() {
 }
 
 // Rows are kept by id and updated in place, so a delta for one todo never disturbs another
-// (nor the one being edited).
+// (nor the one being edited). A row is written only when its todo changed (a delta replaces the
+// object): rewriting the others would undo a checkbox the user just ticked, whose write is still
+// on its way to the server.
 function renderList(name, list, items) {
   const ul = list.section.querySelector(".items");
   const wanted = new Set(items.map((todo) => todo.id));
@@ -200,7 +208,7 @@ function renderList(name, list, items) {
       row = createRow(name);
       list.rows.set(todo.id, row);
     }
-    updateRow(row, todo);
+    if (row.todo !== todo) updateRow(row, todo);
     if (ul.children[index] !== row) ul.insertBefore(row, ul.children[index] ?? null);
   });
   const left = items.filter((todo) => !todo.done).length;
@@ -217,8 +225,10 @@ function createRow(listName) {
     <select class="give" aria-label="Give to"></select>
     <button type="button" class="share"></button>
     <button type="button" class="destroy" aria-label="Delete" title="Delete">×</button>`;
+  // A failed write shows the row's todo as it is again (the checkbox, the "Give to" choice).
+  const showAsItIs = () => updateRow(row, row.todo);
   row.querySelector(".toggle").addEventListener("change", (event) =>
-    updateTodo(row.todo, { done: event.target.checked }),
+    updateTodo(row.todo, { done: event.target.checked }, showAsItIs),
   );
   row.querySelector(".title").addEventListener("dblclick", () => startEditing(row));
   row.querySelector(".destroy").addEventListener("click", () => deleteTodo(row.todo));
@@ -227,7 +237,7 @@ function createRow(listName) {
   give.add(new Option("Give to…", ""));
   for (const user of page.users) if (user.id !== me) give.add(new Option(user.username, String(user.id)));
   give.addEventListener("change", () => {
-    if (give.value) updateTodo(row.todo, { owner: Number(give.value) });
+    if (give.value) updateTodo(row.todo, { owner: Number(give.value) }, showAsItIs);
   });
   if (listName === "team") give.remove();
   return row;
