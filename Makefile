@@ -24,11 +24,13 @@ format: ## format Rust, Python and TypeScript sources
 
 lint: lint-rust lint-python lint-js ## every linter
 
+# Two clippy runs: every target of the workspace (the crate with its fuzzing entry points, which
+# the tests enable, and the benchmark), then the library as the wheel builds it (the Python
+# bindings, no fuzzing entry points), where code only they use would be dead.
 lint-rust: lint-fuzz ## rustfmt and clippy -D warnings (with and without the Python bindings)
 	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
-	cargo clippy --all-targets --features python -- -D warnings
-	cargo clippy -p snorky-bench --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --lib --features python -- -D warnings
 
 # The fuzz crate is a workspace of its own; its code is src/fuzzing, which the clippy runs above
 # cover (the tests enable the `fuzzing` feature), and its targets are one line each.
@@ -45,10 +47,12 @@ lint-js: ## TypeScript type check
 	@if [ -f js/package.json ]; then cd js && npm run -s lint; fi
 
 # scripts/test runs the same suites, with the release builds beside the ones that need none.
-test: test-rust test-python test-django42 test-django60 test-js test-install test-browser bench-smoke fuzz-short test-crash ## every test suite
+test: test-rust test-python test-django42 test-django60 test-js test-install test-browser fuzz-short test-crash ## every test suite
 
-test-rust: ## Rust unit and integration tests
-	cargo test --all-targets
+# The benchmark's tests (bench-smoke) are built in the same cargo run as the crate's: one build of
+# the crate and the dependencies they share.
+test-rust: ## Rust unit and integration tests, and the benchmark's smoke run and short soak
+	cargo test --workspace --all-targets
 
 # The Python suites run in PYTEST_WORKERS processes (pytest-xdist): their tests mostly wait on
 # sockets and the database, so more processes than cores still shorten them. Each process starts

@@ -1,7 +1,7 @@
 //! The benchmark's smoke run: every scenario at tiny sizes against the ceiling and Snorky (and
 //! Channels when its venv exists; the Python-service scenario when the project's `.venv`
 //! exists), checking that every delivery arrives once and in order.
-//! Not part of the root crate's `cargo test`; run with `cargo test -p snorky-bench`.
+//! Run by `cargo test -p snorky-bench`, and with the crate's tests by `cargo test --workspace`.
 
 use std::process::Command;
 

@@ -4,7 +4,7 @@
 //! reordered, no session may fail, and the server's descriptors, tasks and gauges must come back
 //! to their baseline once the load stops (the soak exits non-zero otherwise). Its memory is
 //! reported but judged only on long runs (`bench/run.sh --soak`).
-//! Run by `cargo test -p snorky-bench`.
+//! Run by `cargo test -p snorky-bench`, and with the crate's tests by `cargo test --workspace`.
 
 use std::process::Command;
 
