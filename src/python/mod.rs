@@ -10,6 +10,7 @@ mod collab;
 mod convert;
 mod datasync;
 mod exit;
+mod hooks;
 mod policy;
 mod rpc;
 mod server;

@@ -85,8 +85,9 @@ impl ExternalHandler for PyHandler {
         let target = Arc::clone(&self.target);
         let name = self.name.clone();
         let connection = Arc::clone(connection);
-        // Fire and forget: disconnect clean-up in the core must not wait for user code.
-        tokio::task::spawn_blocking(move || PyHandler::call_hook(&target, &name, "client_disconnected", connection));
+        // Fire and forget: disconnect clean-up in the core must not wait for user code. (The
+        // server's stop waits for it, see `hooks`.)
+        super::hooks::spawn(move || PyHandler::call_hook(&target, &name, "client_disconnected", connection));
     }
 
     fn wants_connection_events(&self) -> bool {
@@ -108,7 +109,7 @@ fn watch_for_cancellation(request: Py<PyRequest>) {
         tokio::select! {
             () = answered.cancelled() => {}
             () = cancelled.cancelled() => {
-                let run = tokio::task::spawn_blocking(move || {
+                let run = super::hooks::spawn(move || {
                     super::exit::attach(|py| request.get().run_cancel_callbacks(py));
                 });
                 if let Err(err) = run.await {

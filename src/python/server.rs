@@ -7,8 +7,10 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::convert::server_error;
+use super::hooks;
 use super::services::extract_service;
 use super::{ConfigurationError, ServerError};
 use crate::error::Error;
@@ -19,6 +21,11 @@ use crate::service::{AnyService, Side};
 
 /// How long each GIL-free wait lasts before Python gets a chance to deliver signals.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
+
+/// How long a stopped server waits for the Python code still running on its threads (the
+/// `client_disconnected` hooks of the connections the stop closed, calls in progress): a moment,
+/// not forever.
+const PYTHON_AT_STOP: Duration = Duration::from_secs(5);
 
 /// A configured server: services plus settings. `start()` binds and serves in the background.
 #[pyclass(module = "snorky._core", name = "Server", frozen)]
@@ -51,11 +58,13 @@ impl PyServer {
     fn start(&self, py: Python<'_>) -> PyResult<PyServerHandle> {
         let (frontend, backend) = registries(&self.frontend, &self.backend).map_err(server_error)?;
         let server = Server::new(self.config.clone(), frontend, backend).map_err(server_error)?;
-        let runtime = build_runtime()?;
+        let (runtime, python_hooks) = build_runtime()?;
         let bound = py.detach(|| runtime.block_on(server.bind())).map_err(server_error)?;
         let frontend_port = bound.frontend_addr().map_err(server_error)?.port();
         let backend_port = bound.backend_addr().map_err(server_error)?.port();
-        PyServerHandle::spawn(runtime, frontend_port, backend_port, move |stop| bound.run(stop.cancelled_owned()))
+        PyServerHandle::spawn(runtime, python_hooks, frontend_port, backend_port, move |stop| {
+            bound.run(stop.cancelled_owned())
+        })
     }
 }
 
@@ -63,18 +72,23 @@ impl PyServer {
 /// `frontend_port` is its port (it has no backend: `backend_port` is 0).
 #[pyfunction]
 pub fn start_sockjs_echo(py: Python<'_>, address: &str) -> PyResult<PyServerHandle> {
-    let runtime = build_runtime()?;
+    let (runtime, python_hooks) = build_runtime()?;
     let bound = py.detach(|| runtime.block_on(EchoServer::bind(address))).map_err(server_error)?;
     let port = bound.local_addr().map_err(server_error)?.port();
-    PyServerHandle::spawn(runtime, port, 0, move |stop| bound.run(stop.cancelled_owned()))
+    PyServerHandle::spawn(runtime, python_hooks, port, 0, move |stop| bound.run(stop.cancelled_owned()))
 }
 
-fn build_runtime() -> PyResult<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// A server's runtime, and the tracker of the Python hooks its threads start (see `hooks`).
+fn build_runtime() -> PyResult<(tokio::runtime::Runtime, TaskTracker)> {
+    let python_hooks = TaskTracker::new();
+    let tracked = python_hooks.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("snorky-server")
+        .on_thread_start(move || hooks::track_on_this_thread(&tracked))
         .build()
-        .map_err(|err| ServerError::new_err(format!("cannot start the runtime: {err}")))
+        .map_err(|err| ServerError::new_err(format!("cannot start the runtime: {err}")))?;
+    Ok((runtime, python_hooks))
 }
 
 fn registries(frontend: &[AnyService], backend: &[AnyService]) -> Result<(ServiceRegistry, ServiceRegistry), Error> {
@@ -145,9 +159,11 @@ impl PyServerHandle {
 }
 
 impl PyServerHandle {
-    /// Runs `serve` (given the stop signal) on its own thread and returns the handle.
+    /// Runs `serve` (given the stop signal) on its own thread and returns the handle. Once it
+    /// returns, the Python hooks it started (`python_hooks`) get to run before the runtime shuts down.
     fn spawn<F, Fut>(
         runtime: tokio::runtime::Runtime,
+        python_hooks: TaskTracker,
         frontend_port: u16,
         backend_port: u16,
         serve: F,
@@ -161,9 +177,23 @@ impl PyServerHandle {
         let thread = std::thread::Builder::new()
             .name("snorky".into())
             .spawn(move || {
-                let result = runtime.block_on(serve(stop));
-                // Python hooks still running on blocking threads get a moment, not forever.
-                runtime.shutdown_timeout(Duration::from_secs(5));
+                hooks::track_on_this_thread(&python_hooks);
+                let (result, deadline) = runtime.block_on(async {
+                    let result = serve(stop).await;
+                    let deadline = Instant::now() + PYTHON_AT_STOP;
+                    python_hooks.close();
+                    let waited = tokio::time::timeout_at(deadline.into(), python_hooks.wait()).await;
+                    if waited.is_err() {
+                        log::warn!(
+                            "{} Python hooks (client_disconnected, cancel callbacks) still running {} s after the \
+                             server stopped: not waited for",
+                            python_hooks.len(),
+                            PYTHON_AT_STOP.as_secs()
+                        );
+                    }
+                    (result, deadline)
+                });
+                runtime.shutdown_timeout(deadline.saturating_duration_since(Instant::now()));
                 result
             })
             .map_err(|err| ServerError::new_err(format!("cannot start the server thread: {err}")))?;

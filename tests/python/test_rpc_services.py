@@ -166,6 +166,19 @@ def test_connection_hooks(counter_server):
     assert [c.id for c in counter.disconnected] == [ident]
 
 
+def test_stopping_the_server_runs_the_disconnect_hook_of_every_connection_it_closes():
+    # The stop closes every connection; their client_disconnected hooks start on threads of the
+    # server's runtime at that moment, and must run before stop() returns, not be dropped with it.
+    counter = Counter("counter")
+    with running_server([counter]) as server:
+        clients = [WsClient(server.ws_url) for _ in range(60)]
+        for client in clients:
+            assert client.call("counter", "whoami")["type"] == "response"
+        assert len(counter.connected) == 60
+    assert len(counter.disconnected) == 60
+    assert {c.id for c in counter.disconnected} == {c.id for c in counter.connected}
+
+
 def test_a_sleeping_command_does_not_stall_pubsub(counter_server):
     _, server = counter_server
     sleeper, listener = WsClient(server.ws_url), WsClient(server.ws_url)
