@@ -22,11 +22,19 @@ so the rows after them, wait for the commit, see ``_take_waiting``).
 Other databases, and PostgreSQL with ``server_side_binding`` (which cannot send two statements in
 one message), insert the rows at once, one ``INSERT`` per :func:`write` (and on PostgreSQL a
 ``NOTIFY``).
+
+What a row binds: on PostgreSQL, its delta as JSON text (cast to ``jsonb`` by the statement) and
+no time at all (``created`` is the database's ``statement_timestamp()``). Bound as the model's
+fields prepare them, they went through the ``JSONField``'s adapter and psycopg's literal of a
+``datetime``: a fifth of what the outbox adds to a 100-row ``bulk_create()`` in Python, and
+a smaller but measurable share of a single-row ``save()``'s. Elsewhere each row binds ``created``
+and ``delta`` as the fields prepare them.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import types
 from typing import Any
 
@@ -35,7 +43,7 @@ from django.utils import timezone
 
 __all__ = ["NOTIFY_CHANNEL", "write"]
 
-#: Outbox rows per ``INSERT``: two parameters each, under SQLite's oldest limit of 999.
+#: Outbox rows per ``INSERT``: at most two parameters each, under SQLite's oldest limit of 999.
 ROWS_PER_INSERT = 400
 
 #: The channel the relay listens to on PostgreSQL.
@@ -53,8 +61,8 @@ DEFERRED_ROWS = 1000
 
 
 class _Rows:
-    """An ``on_commit`` callback holding one :func:`write`'s prepared rows (``created``, ``delta``
-    parameters) until the commit carries them."""
+    """An ``on_commit`` callback holding one :func:`write`'s prepared rows (their parameters, see
+    :func:`_parameters_per_row`) until the commit carries them."""
 
     __slots__ = ("params", "using", "written")
 
@@ -76,22 +84,27 @@ class _Rows:
 def write(deltas: list[dict[str, Any]], using: str) -> None:
     """Writes one outbox row per delta in the current transaction on ``using`` (see the module
     docs). The rows are prepared here, so a delta that cannot be stored fails the change now."""
-    from snorky_django.models import OutboxEntry
-
     connection = connections[using]
-    meta = OutboxEntry._meta
-    created_field, delta_field = meta.get_field("created"), meta.get_field("delta")
-    created = created_field.get_db_prep_save(timezone.now(), connection)  # type: ignore[union-attr]
     params: list[Any] = []
-    for delta in deltas:
-        params.extend((created, delta_field.get_db_prep_save(delta, connection)))  # type: ignore[union-attr]
+    if connection.vendor == "postgresql":
+        # The module docs say why not through the fields. (The model's JSONField has no encoder:
+        # this is what it would store.)
+        params.extend(json.dumps(delta) for delta in deltas)
+    else:
+        from snorky_django.models import OutboxEntry
+
+        meta = OutboxEntry._meta
+        created_field, delta_field = meta.get_field("created"), meta.get_field("delta")
+        created = created_field.get_db_prep_save(timezone.now(), connection)  # type: ignore[union-attr]
+        for delta in deltas:
+            params.extend((created, delta_field.get_db_prep_save(delta, connection)))  # type: ignore[union-attr]
     if connection.in_atomic_block and _rides_the_commit(connection):
         # The rows waiting for the commit are held in memory: past DEFERRED_ROWS in one
         # transaction (a long loop of saves, a bulk operation), they are written at once instead.
         hooks = connection.run_on_commit
         waiting = connection.__dict__.get("_snorky_outbox_waiting")
         deferred = waiting[1] if waiting is not None and waiting[0] is hooks else 0
-        rows = len(params) // 2
+        rows = len(params) // _parameters_per_row(connection.vendor)
         waiting_params = _take_waiting(connection) if deferred + rows > DEFERRED_ROWS else None
         if waiting_params is None:
             connection.on_commit(_Rows(params, using))
@@ -133,12 +146,18 @@ def _take_waiting(connection: Any) -> list[Any] | None:
     return [param for _, func in waiting for param in func.take()]
 
 
+def _parameters_per_row(vendor: str) -> int:
+    """How many parameters an outbox row binds on ``vendor`` (see the module docs)."""
+    return 1 if vendor == "postgresql" else 2
+
+
 def _inserts(connection: Any, params: list[Any]) -> list[tuple[str, list[Any]]]:
     """The ``INSERT`` statements (with their parameters) writing the rows of ``params``."""
+    per_row = _parameters_per_row(connection.vendor)
     statements = []
-    for start in range(0, len(params), 2 * ROWS_PER_INSERT):
-        chunk = params[start : start + 2 * ROWS_PER_INSERT]
-        statements.append((_insert_sql(connection.alias, connection.vendor, len(chunk) // 2), chunk))
+    for start in range(0, len(params), per_row * ROWS_PER_INSERT):
+        chunk = params[start : start + per_row * ROWS_PER_INSERT]
+        statements.append((_insert_sql(connection.alias, connection.vendor, len(chunk) // per_row), chunk))
     return statements
 
 
@@ -152,8 +171,8 @@ def _insert_sql(using: str, vendor: str, rows: int) -> str:
     quote = connections[using].ops.quote_name
     fields = {field.name: field for field in meta.concrete_fields}
     columns = ", ".join(quote(str(fields[name].column)) for name in ("created", "delta", "error", "batch"))
-    values = ", ".join(["(%s, %s, '', '')"] * rows)
-    return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {values}"
+    row = "(statement_timestamp(), %s::jsonb, '', '')" if vendor == "postgresql" else "(%s, %s, '', '')"
+    return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join([row] * rows)}"
 
 
 def _rides_the_commit(connection: Any) -> bool:

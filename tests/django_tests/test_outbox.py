@@ -3,11 +3,13 @@ once the server accepted them; a server or relay that goes away loses nothing.""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from django_tests.conftest import FaultyBackendProxy, TcpProxy, client_for, subscribe, wait_until
 from django_tests.testapp.models import Label, Task
@@ -52,18 +54,50 @@ def _titles() -> list[tuple[str, str]]:
     return [(d["type"], (d.get("data") or d["newData"])["title"]) for d in deltas]
 
 
-@postgres_only
-def test_a_transactions_rows_leave_with_its_commit_in_one_message(outbox_mode, alice):
+#: A title whose JSON, bound as text, needs quoting and escaping.
+ODD_TITLE = "it's é \" \\ \n ;"
+
+
+def _insert_and_update_in_one_transaction(owner: Any) -> list[str]:
+    """Creates then renames a task in one transaction; checks the outbox rows it left (their
+    deltas, and their time: the database's, within the transaction) and returns the statements
+    that wrote them."""
     OutboxEntry.objects.all().delete()
-    with CaptureQueriesContext(connection) as queries, transaction.atomic():
-        task = Task.objects.create(title="a", owner=alice)
+    before = timezone.now()
+    with CaptureQueriesContext(connections["default"]) as queries, transaction.atomic():
+        task = Task.objects.create(title=ODD_TITLE, owner=owner)
         task.title = "b"
         task.save()
-    statements = [query["sql"] for query in queries.captured_queries]
-    outbox = [sql for sql in statements if "snorky_django_outboxentry" in sql]
+    after = timezone.now()
+    assert _titles() == [("insert", ODD_TITLE), ("update", "b")]
+    for created in OutboxEntry.objects.values_list("created", flat=True):
+        assert before <= created <= after
+    return [query["sql"] for query in queries.captured_queries if "snorky_django_outboxentry" in query["sql"]]
+
+
+@postgres_only
+def test_a_transactions_rows_leave_with_its_commit_in_one_message(outbox_mode, alice):
+    outbox = _insert_and_update_in_one_transaction(alice)
     # No statement (and no round trip) of its own: the rows ride with the COMMIT.
     assert len(outbox) == 1 and outbox[0].startswith("INSERT") and outbox[0].endswith("; COMMIT")
-    assert _titles() == [("insert", "a"), ("update", "b")]
+
+
+@postgres_only
+def test_with_server_side_binding_each_change_writes_its_rows_at_once(outbox_mode, alice):
+    """psycopg's server-side binding cannot send several statements in one message: the rows are
+    inserted with each change instead (their JSON bound as a parameter) and reach the outbox
+    alike."""
+    previous = connections["default"]
+    settings_dict = copy.deepcopy(previous.settings_dict)
+    settings_dict["OPTIONS"] = {**settings_dict.get("OPTIONS", {}), "server_side_binding": True}
+    binding = type(previous)(settings_dict, alias="default")
+    connections["default"] = binding
+    try:
+        outbox = _insert_and_update_in_one_transaction(alice)
+    finally:
+        connections["default"] = previous
+        binding.close()
+    assert len(outbox) == 2 and not any(sql.endswith("COMMIT") for sql in outbox)
 
 
 @postgres_only
