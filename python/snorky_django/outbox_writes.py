@@ -88,8 +88,9 @@ def write(deltas: list[dict[str, Any]], using: str) -> None:
     params: list[Any] = []
     if connection.vendor == "postgresql":
         # The module docs say why not through the fields. (The model's JSONField has no encoder:
-        # this is what it would store.)
-        params.extend(json.dumps(delta) for delta in deltas)
+        # this is what it would store.) A NaN or an infinity, which JSON cannot carry, fails here
+        # rather than at the commit (a model's deltas never hold one: they become null).
+        params.extend(json.dumps(delta, allow_nan=False) for delta in deltas)
     else:
         from snorky_django.models import OutboxEntry
 

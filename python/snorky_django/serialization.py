@@ -19,7 +19,9 @@ on it (nested serializers included), or returned by ``jsonify()`` (code that nam
 
 Values are then made JSON-safe the same way: datetimes, dates and times in ISO 8601 (UTC as
 ``Z``), ``Decimal`` as a string (``"12.50"``: no precision lost to floats), UUIDs as strings,
-durations as seconds (a float), file fields as their name, bytes as base64.
+durations as seconds (a float), file fields as their name, bytes as base64. JSON has no NaN or
+infinity: a float that is not finite becomes ``null`` (stored in an outbox row, it would make the
+transaction fail at its commit).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import base64
 import copy
 import datetime
 import decimal
+import math
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -63,7 +66,9 @@ __all__ = [
 
 def jsonable(value: Any) -> Any:
     """``value`` with every nested value turned into a JSON type (see the module docs)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, Mapping):
         return {str(key): jsonable(item) for key, item in value.items()}
@@ -357,13 +362,17 @@ def serialize_update(instance: models.Model, old: old_data.Replaced) -> tuple[di
     return _finished(plan, instance, after), _finished(plan, instance, before)
 
 
-# Values that are JSON as they are (exact types: a subclass goes the long way, through jsonable).
+# Values that are JSON as they are (exact types: a subclass goes the long way, through jsonable; a
+# float only when finite).
 _JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _finished(plan: DeltaData, instance: models.Model, data: Any) -> dict[str, Any]:
     named = plan.named
-    if type(data) is dict and all(type(key) is str and type(value) in _JSON_SCALARS for key, value in data.items()):
+    if type(data) is dict and all(
+        type(key) is str and type(value) in _JSON_SCALARS and (type(value) is not float or math.isfinite(value))
+        for key, value in data.items()
+    ):
         # The usual row: flat and nothing to convert, so secrets can only be at the top.
         if named is None:
             return dict(data)

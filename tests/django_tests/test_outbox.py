@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_tests.conftest import FaultyBackendProxy, TcpProxy, client_for, subscribe, wait_until
-from django_tests.testapp.models import Label, Task
+from django_tests.testapp.models import Label, Note, Task
 from snorky.backend import SnorkyBackend
 from snorky_django import outbox_writes, publish_deltas
 from snorky_django.models import OutboxEntry
@@ -73,6 +73,22 @@ def _insert_and_update_in_one_transaction(owner: Any) -> list[str]:
     for created in OutboxEntry.objects.values_list("created", flat=True):
         assert before <= created <= after
     return [query["sql"] for query in queries.captured_queries if "snorky_django_outboxentry" in query["sql"]]
+
+
+def test_a_float_that_is_not_finite_is_stored_as_null(outbox_mode, alice, monkeypatch):
+    """JSON has no NaN or infinity: the save goes through, the delta carries null."""
+    task = Task.objects.create(title="t", owner=alice)
+    monkeypatch.setattr(
+        Note, "jsonify", lambda self: {"id": self.pk, "nan": float("nan"), "more": [float("-inf"), 1.5]}
+    )
+    OutboxEntry.objects.all().delete()
+    with transaction.atomic():
+        note = Note.objects.create(task=task, text="n")
+    [delta] = OutboxEntry.objects.values_list("delta", flat=True)
+    assert delta["data"] == {"id": note.pk, "nan": None, "more": [None, 1.5]}
+    if connection.vendor == "postgresql":
+        with pytest.raises(ValueError), transaction.atomic():  # a hand-made one: at once, not at COMMIT
+            publish_deltas([{"type": "insert", "model": "Note", "data": {"id": 0, "nan": float("nan")}}])
 
 
 @postgres_only

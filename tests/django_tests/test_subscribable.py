@@ -223,6 +223,13 @@ def test_delete_publishes_the_database_row_and_cascades(backend, user):
     assert deleted["Task"]["title"] == "t"
 
 
+def test_a_float_that_is_not_finite_is_sent_as_null(backend, user, monkeypatch):
+    task = Task.objects.create(title="t", owner=user)
+    monkeypatch.setattr(Note, "jsonify", lambda self: {"id": self.pk, "inf": float("inf"), "flat": float("nan")})
+    note = Note.objects.create(task=task, text="n")
+    assert backend.deltas[-1]["data"] == {"id": note.pk, "inf": None, "flat": None}
+
+
 def test_jsonify_drf_and_field_serialization(backend, user, monkeypatch):
     team = Team.objects.create(slug="s", name="S")
     task = Task.objects.create(title="t", owner=user, team=team, estimate=decimal.Decimal("2"))
