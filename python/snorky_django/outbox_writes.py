@@ -86,7 +86,7 @@ def write(deltas: list[dict[str, Any]], using: str) -> None:
     docs). The rows are prepared here, so a delta that cannot be stored fails the change now."""
     connection = connections[using]
     params: list[Any] = []
-    if connection.vendor == "postgresql":
+    if _binds_json_text(connection.vendor):
         # The module docs say why not through the fields. (The model's JSONField has no encoder:
         # this is what it would store.) A NaN or an infinity, which JSON cannot carry, fails here
         # rather than at the commit (a model's deltas never hold one: they become null).
@@ -147,9 +147,14 @@ def _take_waiting(connection: Any) -> list[Any] | None:
     return [param for _, func in waiting for param in func.take()]
 
 
+def _binds_json_text(vendor: str) -> bool:
+    """Whether a row on ``vendor`` binds only its delta, as JSON text (see the module docs)."""
+    return vendor == "postgresql"
+
+
 def _parameters_per_row(vendor: str) -> int:
-    """How many parameters an outbox row binds on ``vendor`` (see the module docs)."""
-    return 1 if vendor == "postgresql" else 2
+    """How many parameters an outbox row binds on ``vendor``."""
+    return 1 if _binds_json_text(vendor) else 2
 
 
 def _inserts(connection: Any, params: list[Any]) -> list[tuple[str, list[Any]]]:
@@ -172,7 +177,7 @@ def _insert_sql(using: str, vendor: str, rows: int) -> str:
     quote = connections[using].ops.quote_name
     fields = {field.name: field for field in meta.concrete_fields}
     columns = ", ".join(quote(str(fields[name].column)) for name in ("created", "delta", "error", "batch"))
-    row = "(statement_timestamp(), %s::jsonb, '', '')" if vendor == "postgresql" else "(%s, %s, '', '')"
+    row = "(statement_timestamp(), %s::jsonb, '', '')" if _binds_json_text(vendor) else "(%s, %s, '', '')"
     return f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES {', '.join([row] * rows)}"
 
 
