@@ -9,11 +9,12 @@
  */
 
 import assert from "node:assert/strict";
+import { once } from "node:events";
 import { after, before, describe, it } from "node:test";
 import { ErrorCode } from "../../src/codes.js";
 import { ArrayCollection, CollectionDeltaProcessor, SingleItemCollection } from "../../src/collections.js";
 import type { Delta } from "../../src/types.js";
-import { connectedClient } from "../support/live.js";
+import { connectedClient, recordingSocketClass } from "../support/live.js";
 import { RealServer } from "../support/realServer.js";
 import { nextDispatch, record, sleep, waitUntil, within } from "../support/wait.js";
 
@@ -219,9 +220,15 @@ describe("DataSync on the real server", () => {
   it("a closed connection's subscription can be resumed by another connection", async (t) => {
     const owner = 5;
     const token = await server.authorize([{ dealer: "TasksByOwner", query: owner }]);
-    const first = await connectedClient(t, server);
+    const { socketClass, sockets } = recordingSocketClass();
+    const first = await connectedClient(t, server, {}, socketClass);
     await within(first.services.datasync.acquireSubscription({ token }));
+    // Publish only once the server has answered the close. A delta published
+    // before that may still be written to the closing socket, which counts as
+    // delivered (docs/protocol.md): a client without offsets never sees it.
+    const closeAnswered = once(sockets[0], "close");
     first.close();
+    await within(closeAnswered, 3000, "the server's answer to the close");
     await server.publishDeltas([{ type: "insert", model: "Task", data: task(1, owner, "while nobody held it") }]);
     // A new page load (say) presents the same token.
     const second = await connectedClient(t, server);

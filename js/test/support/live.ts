@@ -2,7 +2,7 @@
 
 import type { TestContext } from "node:test";
 import { WebSocket } from "ws";
-import { Snorky } from "../../src/client.js";
+import { Snorky, type WebSocketClass } from "../../src/client.js";
 import { RPCService } from "../../src/services/base.js";
 import type { SnorkyOptions } from "../../src/types.js";
 import { ALL_SERVICES } from "./harness.js";
@@ -18,17 +18,42 @@ export const LIVE: SnorkyOptions = { minReconnectDelay: 20, maxReconnectDelay: 2
 export type LiveClient = Snorky<typeof SERVICES>;
 
 /** A client of `server` (not waited for); closed when the test ends. */
-export function liveClient(t: TestContext, server: RealServer, options: SnorkyOptions = {}): LiveClient {
-  const client = new Snorky(WebSocket, server.wsUrl, SERVICES, { ...LIVE, ...options });
+export function liveClient(
+  t: TestContext,
+  server: RealServer,
+  options: SnorkyOptions = {},
+  socketClass: WebSocketClass = WebSocket,
+): LiveClient {
+  const client = new Snorky(socketClass, server.wsUrl, SERVICES, { ...LIVE, ...options });
   t.after(() => client.close());
   return client;
 }
 
 /** Like {@link liveClient}, and waits (bounded) for the connection to be open. */
-export async function connectedClient(t: TestContext, server: RealServer, options: SnorkyOptions = {}): Promise<LiveClient> {
-  const client = liveClient(t, server, options);
+export async function connectedClient(
+  t: TestContext,
+  server: RealServer,
+  options: SnorkyOptions = {},
+  socketClass: WebSocketClass = WebSocket,
+): Promise<LiveClient> {
+  const client = liveClient(t, server, options, socketClass);
   await waitUntil(() => client.isConnected, 5000, "the client to connect to the real server");
   return client;
+}
+
+/**
+ * A `ws` WebSocket class that remembers every socket it opens, so a test can
+ * watch a connection's own events (its close handshake finishing, say).
+ */
+export function recordingSocketClass(): { socketClass: WebSocketClass; sockets: WebSocket[] } {
+  const sockets: WebSocket[] = [];
+  class RecordedWebSocket extends WebSocket {
+    constructor(address: string) {
+      super(address);
+      sockets.push(this);
+    }
+  }
+  return { socketClass: RecordedWebSocket, sockets };
 }
 
 /**
