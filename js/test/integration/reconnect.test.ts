@@ -17,7 +17,7 @@ import { ArrayCollection, CollectionDeltaProcessor } from "../../src/collections
 import { DataSync } from "../../src/services/datasync.js";
 import { PubSub } from "../../src/services/pubsub.js";
 import type { Delta } from "../../src/types.js";
-import { connectedClient, Gate, LIVE } from "../support/live.js";
+import { connectedClient, Gate, LIVE, recordingSocketClass } from "../support/live.js";
 import { RealServer } from "../support/realServer.js";
 import { nextDispatch, record, waitUntil, within } from "../support/wait.js";
 
@@ -283,15 +283,10 @@ describe("reconnection to the real server", () => {
     // A server of its own, with a small outgoing queue per connection.
     const small = await RealServer.start({ args: ["--option", "max_frame_size=16384", "--option", "outbox_limit=65536"] });
     t.after(() => small.close());
-    const sockets: WebSocket[] = [];
-    class PausableSocket extends WebSocket {
-      constructor(url: string) {
-        super(url);
-        sockets.push(this);
-      }
-    }
+    // The sockets the client opens, so the test can pause the current one's reading.
+    const { socketClass, sockets } = recordingSocketClass();
     const services = { datasync: DataSync, datasync_small: DataSync, pubsub: PubSub };
-    const client = new Snorky(PausableSocket, small.wsUrl, services, LIVE);
+    const client = new Snorky(socketClass, small.wsUrl, services, LIVE);
     t.after(() => client.close());
     await waitUntil(() => client.isConnected, 5000, "the connection");
     const { datasync, datasync_small: legacy, pubsub } = client.services;
