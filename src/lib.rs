@@ -14,6 +14,7 @@
 //! - [`metrics`]: the Prometheus counters and gauges a server keeps, which services update.
 //! - [`value`]: JSON value semantics shared by channels, keys and filters.
 //! - [`backend_client`]: the fast HTTP client the web application uses.
+//! - [`send_queue`]: the bounded, ordered queue of Django's direct-delivery sender thread.
 //! - [`broker`]: several nodes sharing one Redis: channels, shared state, node liveness.
 //! - [`revocation`]: revocations shared by the nodes of a cluster.
 //! - [`error`]: the crate's [`Error`] (configuration, binding, I/O).
@@ -42,6 +43,7 @@ pub mod protocol;
 pub mod registry;
 pub mod revocation;
 pub mod seconds;
+pub mod send_queue;
 pub mod server;
 pub mod service;
 pub mod services;

@@ -36,15 +36,14 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.transaction import TransactionManagementError
 from django.dispatch import Signal
 
+from snorky import _core
 from snorky.backend import BackendError, SnorkyBackend, SnorkyError
 from snorky_django import outbox_writes
 from snorky_django.conf import snorky_settings
@@ -76,23 +75,32 @@ class DeliveryQueueFullError(SnorkyError):
     stayed full (``DIRECT_QUEUE_SIZE``) for ``BACKEND_TIMEOUT`` seconds."""
 
 
-@dataclass
 class DeliveryStats:
     """Counters of direct delivery, for metrics and health checks (read ``stats``)."""
 
-    published: int = 0
-    """Deltas the server accepted."""
-    failed: int = 0
+    failed: int
     """Deltas that could not be delivered (server unreachable or refusing them)."""
-    failed_requests: int = 0
+    failed_requests: int
     """``publishDeltas`` requests that failed."""
-    queue_full: int = 0
+    queue_full: int
     """Deltas dropped (and counted in ``failed``) because the send queue stayed full."""
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._published = 0
+        self.failed = self.failed_requests = self.queue_full = 0
+
+    @property
+    def published(self) -> int:
+        """Deltas the server accepted."""
+        with self._lock:
+            # The sender thread counts its own without the GIL; collected when read.
+            self._published += _sender.take_published()
+            return self._published
 
     def _add(self, *, published: int = 0, failed: int = 0, failed_requests: int = 0, queue_full: int = 0) -> None:
         with self._lock:
-            self.published += published
+            self._published += published
             self.failed += failed
             self.failed_requests += failed_requests
             self.queue_full += queue_full
@@ -100,7 +108,14 @@ class DeliveryStats:
     def reset(self) -> None:
         """Sets every counter back to zero."""
         with self._lock:
-            self.published = self.failed = self.failed_requests = self.queue_full = 0
+            _sender.take_published()
+            self._published = self.failed = self.failed_requests = self.queue_full = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"DeliveryStats(published={self.published}, failed={self.failed}, "
+            f"failed_requests={self.failed_requests}, queue_full={self.queue_full})"
+        )
 
 
 #: The process-wide delivery counters.
@@ -115,20 +130,25 @@ def get_backend() -> SnorkyBackend:
     global _backend
     with _backend_lock:
         if _backend is None:
-            api_key = snorky_settings.API_KEY
-            if not api_key:
-                raise SnorkyError('SNORKY["API_KEY"] is not set')
-            _backend = SnorkyBackend(
-                snorky_settings.BACKEND_URL, api_key, timeout=float(snorky_settings.BACKEND_TIMEOUT)
-            )
+            url, api_key, timeout = _backend_settings()
+            _backend = SnorkyBackend(url, api_key, timeout=timeout)
         return _backend
 
 
+def _backend_settings() -> tuple[str, str, float]:
+    """``BACKEND_URL``, ``API_KEY`` and ``BACKEND_TIMEOUT``; a :class:`SnorkyError` without a key."""
+    api_key = snorky_settings.API_KEY
+    if not api_key:
+        raise SnorkyError('SNORKY["API_KEY"] is not set')
+    return snorky_settings.BACKEND_URL, api_key, float(snorky_settings.BACKEND_TIMEOUT)
+
+
 def reset_backend() -> None:
-    """Forgets the shared client (its settings changed)."""
+    """Forgets the shared client and sender (their settings changed)."""
     global _backend
     with _backend_lock:
         _backend = None
+    _sender.retire()
 
 
 #: The texts with which ``publishDeltas`` refuses a delta itself (PROTOCOL.md): a missing field, an
@@ -156,15 +176,21 @@ def send_deltas(
     if not deltas:
         return []
     backend = backend or get_backend()
-    service = snorky_settings.DATASYNC_BACKEND_SERVICE
     try:
-        backend.publish_deltas(deltas, service=service, key=key)
+        backend.publish_deltas(deltas, service=snorky_settings.DATASYNC_BACKEND_SERVICE, key=key)
         return []
     except BackendError as err:
-        if not refuses_the_deltas(err):
-            raise
-        if len(deltas) == 1:
-            return [(0, str(err))]
+        return _one_by_one(deltas, err, backend, key)
+
+
+def _one_by_one(deltas: list[Any], error: Exception, backend: SnorkyBackend, key: str | None) -> list[tuple[int, str]]:
+    """After ``deltas`` failed together with ``error``: raises it unless it refuses the deltas, or
+    sends each alone and returns those refused alone (see :func:`send_deltas`)."""
+    if not isinstance(error, BackendError) or not refuses_the_deltas(error):
+        raise error
+    if len(deltas) == 1:
+        return [(0, str(error))]
+    service = snorky_settings.DATASYNC_BACKEND_SERVICE
     refused: list[tuple[int, str]] = []
     for position, delta in enumerate(deltas):
         try:
@@ -186,26 +212,33 @@ def refuses_the_deltas(err: BackendError) -> bool:
     return str(err).startswith(DELTA_REFUSALS)
 
 
-def _deliver_direct(deltas: list[dict[str, Any]]) -> None:
-    """Sends now; failures are logged, counted and signalled, never raised."""
+def _deliver_direct(deltas: list[dict[str, Any]], error: Exception | None = None) -> None:
+    """Sends now (or, given the ``error`` with which the batch failed already, whatever sending
+    its deltas one by one can still deliver); failures are logged, counted and signalled, never
+    raised."""
     try:
-        refused = send_deltas(deltas)
+        refused = send_deltas(deltas) if error is None else _one_by_one(deltas, error, get_backend(), None)
     except Exception as err:
-        stats._add(failed=len(deltas), failed_requests=1)
-        logger.error(
-            "Snorky: could not publish %d delta(s) to %s: %s",
-            len(deltas),
-            snorky_settings.BACKEND_URL,
-            err,
-            extra={"deltas": deltas},
-        )
-        _signal_failure(deltas, err)
+        _failed(deltas, err)
         return
     stats._add(published=len(deltas) - len(refused), failed=len(refused), failed_requests=1 if refused else 0)
     for position, reason in refused:
         logger.error("Snorky refused %s: %s", describe(deltas[position]), reason)
     if refused:
         _signal_failure([deltas[position] for position, _ in refused], BackendError(refused[0][1]))
+
+
+def _failed(deltas: list[dict[str, Any]], error: Exception) -> None:
+    """Logs, counts and signals deltas that could not be published."""
+    stats._add(failed=len(deltas), failed_requests=1)
+    logger.error(
+        "Snorky: could not publish %d delta(s) to %s: %s",
+        len(deltas),
+        snorky_settings.BACKEND_URL,
+        error,
+        extra={"deltas": deltas},
+    )
+    _signal_failure(deltas, error)
 
 
 def describe(delta: Any) -> str:
@@ -290,7 +323,12 @@ def _send_ready() -> None:
         return
     limit = int(snorky_settings.DIRECT_QUEUE_SIZE)
     wait = float(snorky_settings.BACKEND_TIMEOUT)
-    if not _sender.put(ready, limit, wait, float(snorky_settings.DIRECT_LINGER)):
+    try:
+        queued = _sender.put(ready, limit, wait, float(snorky_settings.DIRECT_LINGER))
+    except Exception as err:  # no API key, an unusable URL, deltas that are not JSON
+        _failed(ready, err)
+        return
+    if not queued:
         stats._add(failed=len(ready), queue_full=len(ready))
         logger.error(
             "Snorky: dropped %d delta(s): the send queue stayed full (%d deltas) for %.1f s",
@@ -306,136 +344,129 @@ def _send_ready() -> None:
 #: larger than that still goes whole, in one request, as inline delivery sends it).
 SENDER_BATCH = 500
 
+#: The sender thread's name, which ``delivery_failed`` receivers and log records see.
+SENDER_THREAD = "snorky-direct-sender"
+
 
 class _Sender:
-    """The process's sender thread for ``DIRECT_SEND = "background"``.
+    """The process's sender for ``DIRECT_SEND = "background"``.
 
     Committed transactions are appended to one queue (so in the order their commits ran their
-    on_commit callbacks in this process) and posted in that order by a single daemon thread, which
-    joins what piled up into requests of up to :data:`SENDER_BATCH` deltas. The queue holds at most
-    ``DIRECT_QUEUE_SIZE`` deltas: beyond that the committing thread waits for room, at most
-    ``BACKEND_TIMEOUT`` seconds (as long as an inline send to a stalled server would have held it),
-    then its deltas are dropped, logged, counted (``stats.queue_full``) and signalled. Room is never
-    made by sending from the committing thread: that would overtake what is queued. A transaction
-    larger than the whole queue waits for it to empty, then goes.
+    on_commit callbacks in this process) and posted in that order by a single thread, which joins
+    what piled up into requests of up to :data:`SENDER_BATCH` deltas. The queue and the thread are
+    the extension's (``snorky._core.DeltaSender``): the committing thread converts its deltas to
+    JSON and queues them, and the thread posts them without the GIL, so a process that keeps saving
+    is not interrupted for it. The thread takes the GIL only to hand back a batch that failed
+    (:func:`_sender_failed`).
+
+    The queue holds at most ``DIRECT_QUEUE_SIZE`` deltas: beyond that the committing thread waits
+    for room, at most ``BACKEND_TIMEOUT`` seconds (as long as an inline send to a stalled server
+    would have held it), then its deltas are dropped, logged, counted (``stats.queue_full``) and
+    signalled. Room is never made by sending from the committing thread: that would overtake what
+    is queued. A transaction larger than the whole queue waits for it to empty, then goes.
 
     Commits that follow each other closely share requests: when the last request ended less than
     ``DIRECT_LINGER`` seconds ago, the thread waits up to that long before the next one, so that
-    the commits of that time join it (one request and one thread switch for many commits, instead
-    of one each, which is most of what a direct-mode save costs its process). An isolated commit
-    (nothing sent for ``DIRECT_LINGER``) is sent at once, so the linger adds latency only while
-    commits keep coming.
+    the commits of that time join it. An isolated commit (nothing sent for ``DIRECT_LINGER``) is
+    sent at once, so the linger adds latency only while commits keep coming.
 
     At interpreter exit, :func:`flush` runs (for at most ``BACKEND_TIMEOUT``). What a process killed
     outright (SIGKILL, a crash, ``os._exit``) had queued is lost, as with any direct delivery: use
     the outbox where every change must arrive. A forked child starts with an empty queue and its
     own thread (the parent sends what it queued).
+
+    A sender posts to one ``BACKEND_URL`` with one ``API_KEY``: when the settings change, it is
+    closed (it still sends what it has) and the next commit starts a new one. Across such a change
+    the order of the two senders' deltas is not kept.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._queue: deque[list[dict[str, Any]]] = deque()
-        self._queued = 0  # deltas in the queue
-        self._sending = 0  # deltas taken by the thread and not done yet
-        self._thread: threading.Thread | None = None
-        self._linger = 0.0
-        self._lingering = False
-        self._flushing = 0  # threads in flush(), which cut a linger short
-        self._last_sent = -1e9  # time.monotonic() when the last request ended
+        self._current: _core.DeltaSender | None = None
+        self._closing: list[_core.DeltaSender] = []  # retired, maybe still sending
+        self._retired_published = 0  # counted by retired senders since forgotten
+        # A forked child's copies of its parent's senders: never used nor freed (their locks may
+        # have been held by the parent's thread at the fork).
+        self._abandoned: list[_core.DeltaSender] = []
 
-    def put(self, deltas: list[dict[str, Any]], limit: int, wait: float, linger: float = 0.0) -> bool:
+    def put(self, deltas: list[dict[str, Any]], limit: int, wait: float, linger: float) -> bool:
         """Queues one transaction's deltas; ``False`` if the queue stayed full for ``wait`` seconds.
-        ``linger``: see the class docs."""
-        with self._changed:
-            deadline = time.monotonic() + wait
-            while self._queued and self._queued + len(deltas) > limit:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-            self._queue.append(deltas)
-            self._queued += len(deltas)
-            self._linger = linger
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="snorky-direct-sender", daemon=True)
-                self._thread.start()
-            # A lingering sender wakes at its deadline: waking it for each commit would cost the
-            # thread switch that lingering saves.
-            if not self._lingering or self._queued >= SENDER_BATCH:
-                self._changed.notify_all()
-            return True
+        Raises what the settings or the deltas make impossible (no API key, deltas not JSON)."""
+        while True:
+            sender = self._current or self._start()
+            try:
+                return sender.put(deltas, limit, wait, linger)
+            except SnorkyError:
+                if sender is self._current:
+                    raise
+                # Closed by a settings change in the meantime: the next sender takes them.
+
+    def _start(self) -> _core.DeltaSender:
+        with self._lock:
+            if self._current is None:
+                url, api_key, timeout = _backend_settings()
+                service = snorky_settings.DATASYNC_BACKEND_SERVICE
+                self._current = _core.DeltaSender(url, api_key, timeout, service, _sender_failed, SENDER_BATCH)
+            return self._current
+
+    def retire(self) -> None:
+        """Closes the current sender (it sends what it has); the next commit starts another."""
+        with self._lock:
+            sender, self._current = self._current, None
+            if sender is not None:
+                sender.close()
+                self._closing.append(sender)
+            self._forget_finished()
+
+    def _forget_finished(self) -> None:
+        """With the lock held: drops the retired senders that have sent everything, keeping their
+        count. Finished first, then counted: a sender counts a batch before it is done with it."""
+        finished = [sender for sender in self._closing if not sender.pending]
+        self._retired_published += sum(sender.take_published() for sender in finished)
+        self._closing = [sender for sender in self._closing if sender not in finished]
+
+    def _senders(self) -> list[_core.DeltaSender]:
+        with self._lock:
+            return self._all()
+
+    def _all(self) -> list[_core.DeltaSender]:
+        return [*self._closing, *([self._current] if self._current is not None else [])]
 
     def flush(self, timeout: float) -> bool:
         """Waits until everything queued so far is sent (or failed); ``False`` after ``timeout``."""
         deadline = time.monotonic() + timeout
-        with self._changed:
-            self._flushing += 1  # a lingering sender goes at once
-            self._changed.notify_all()
-            try:
-                while self._queued or self._sending:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self._changed.wait(remaining)
-            finally:
-                self._flushing -= 1
-        return True
+        return all(sender.flush(max(0.0, deadline - time.monotonic())) for sender in self._senders())
 
     @property
     def pending(self) -> int:
         """Deltas queued or being sent."""
+        return sum(sender.pending for sender in self._senders())
+
+    def take_published(self) -> int:
+        """Deltas the server accepted since the last call."""
         with self._lock:
-            return self._queued + self._sending
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                while not self._queue:
-                    self._changed.wait()
-                self._wait_for_company()
-                batch = self._queue.popleft()
-                while self._queue and len(batch) + len(self._queue[0]) <= SENDER_BATCH:
-                    batch = batch + self._queue.popleft()
-                self._queued -= len(batch)
-                self._sending = len(batch)
-                self._changed.notify_all()  # room for the writers
-            try:
-                _deliver_direct(batch)
-            except Exception:  # pragma: no cover (_deliver_direct reports every failure itself)
-                logger.exception("Snorky: the sender thread failed to deliver %d delta(s)", len(batch))
-            finally:
-                with self._changed:
-                    self._sending = 0
-                    self._last_sent = time.monotonic()
-                    self._changed.notify_all()
-
-    def _wait_for_company(self) -> None:
-        """With the lock held and something queued: when the last request ended less than the
-        linger ago (commits are following each other closely), waits up to the linger for more
-        transactions to join the next request, unless a request's worth is already queued."""
-        linger = self._linger
-        now = time.monotonic()
-        if linger <= 0 or now - self._last_sent >= linger:
-            return
-        deadline = now + linger
-        self._lingering = True
-        try:
-            while self._queued < SENDER_BATCH and not self._flushing and (remaining := deadline - time.monotonic()) > 0:
-                self._changed.wait(remaining)
-        finally:
-            self._lingering = False
+            self._forget_finished()
+            published = self._retired_published + sum(sender.take_published() for sender in self._all())
+            self._retired_published = 0
+        return published
 
     def _after_fork(self) -> None:
         # The parent's thread did not come along; its queue is the parent's to send.
+        self._abandoned += self._all()
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._queue = deque()
-        self._queued = self._sending = 0
-        self._thread = None
-        self._lingering = False
-        self._flushing = 0
-        self._last_sent = -1e9
+        self._current = None
+        self._closing = []
+        self._retired_published = 0
+
+
+def _sender_failed(deltas: list[dict[str, Any]], error: Exception) -> None:
+    """Called by the sender thread, with the GIL, for a batch the server did not take: sends what
+    it can delta by delta when the server refused the batch, then logs, counts and signals the
+    rest, as inline delivery would."""
+    thread = threading.current_thread()
+    if thread.name != SENDER_THREAD:  # a thread Python did not start is "Dummy-N" to it
+        thread.name = SENDER_THREAD
+    _deliver_direct(deltas, error)
 
 
 _sender = _Sender()

@@ -13,6 +13,7 @@ mod exit;
 mod hooks;
 mod policy;
 mod rpc;
+mod sender;
 mod server;
 mod services;
 mod tokens;
@@ -71,6 +72,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<collab::PyMessagingService>()?;
     m.add_class::<client::PyClient>()?;
     m.add_class::<backend::PyBackendClient>()?;
+    m.add_class::<sender::PyDeltaSender>()?;
     m.add_class::<rpc::PyExternalService>()?;
     m.add_class::<rpc::PyRequest>()?;
     Ok(())

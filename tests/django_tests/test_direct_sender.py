@@ -5,6 +5,7 @@ the request, and what is queued at exit is sent before the process ends."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from pgcluster import free_port
 
 from django_tests.conftest import TIMEOUT, client_for, subscribe, wait_until
 from django_tests.testapp.models import Task
-from snorky_django import delivery
+from snorky_django import delivery, publish_deltas
 from snorky_django.testing import LiveSnorkyServer, live_snorky_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -80,6 +81,31 @@ def watch_tasks(live: LiveSnorkyServer, user: Any, ws_factory: Any) -> Any:
     return ws
 
 
+def task_delta(ws: Any, owner: Any) -> dict[str, Any]:
+    """The delta of a new task as the watching ``ws`` received it: a template for hand-made ones."""
+    Task.objects.create(title="model", owner=owner)
+    return ws.delta()
+
+
+def titled(delta: dict[str, Any], title: Any) -> dict[str, Any]:
+    return {**delta, "data": {**delta["data"], "title": title}}
+
+
+@contextmanager
+def recorded_failures() -> Iterator[list[tuple[str, list[Any]]]]:
+    """The ``delivery_failed`` signals of the block: the thread each came on, and its deltas."""
+    failures: list[tuple[str, list[Any]]] = []
+
+    def receiver(deltas: list[Any], error: Exception, **kwargs: Any) -> None:
+        failures.append((threading.current_thread().name, deltas))
+
+    delivery.delivery_failed.connect(receiver, weak=False, dispatch_uid="test-direct-sender")
+    try:
+        yield failures
+    finally:
+        delivery.delivery_failed.disconnect(dispatch_uid="test-direct-sender")
+
+
 def test_a_save_does_not_wait_and_transactions_arrive_in_commit_order(live_direct, ws_factory, alice):
     ws = watch_tasks(live_direct, alice, ws_factory)
     with gated(live_direct) as proxy:
@@ -103,12 +129,10 @@ def test_a_save_does_not_wait_and_transactions_arrive_in_commit_order(live_direc
     ws.assert_silent()
 
 
-def test_commits_in_quick_succession_share_a_request_and_an_isolated_one_goes_at_once(
-    live_direct, ws_factory, alice, monkeypatch
-):
+def test_commits_in_quick_succession_share_a_request_and_an_isolated_one_goes_at_once(live_direct, ws_factory, alice):
     ws = watch_tasks(live_direct, alice, ws_factory)
-    monkeypatch.setattr(delivery._sender, "_last_sent", float("-inf"))  # nothing sent lately
-    # A linger longer than every wait of this test: a commit that waited for it would fail it.
+    # The proxy's URL gets a sender of its own, which has sent nothing yet. A linger longer than
+    # every wait of this test: a commit that waited for it would fail it.
     with gated(live_direct, DIRECT_LINGER=3 * TIMEOUT) as proxy:
         proxy.gate.set()
         task = Task.objects.create(title="0", owner=alice)
@@ -192,35 +216,61 @@ def test_what_waits_longer_than_backend_timeout_for_room_is_dropped_and_signalle
 
 def test_a_stopped_server_costs_the_deltas_not_the_request(live_direct, ws_factory, alice, caplog):
     ws = watch_tasks(live_direct, alice, ws_factory)
-    failures: list[tuple[str, list[Any]]] = []
-
-    def receiver(deltas: list[Any], error: Exception, **kwargs: Any) -> None:
-        failures.append((threading.current_thread().name, deltas))
-
-    delivery.delivery_failed.connect(receiver, weak=False, dispatch_uid="test-stopped")
-    try:
-        unreachable = f"http://127.0.0.1:{free_port()}/backend"
-        with override_settings(SNORKY={**settings.SNORKY, "BACKEND_URL": unreachable}):
-            for i in range(3):
-                with transaction.atomic():
-                    Task.objects.create(title=f"lost {i}", owner=alice)
-            assert delivery.flush(TIMEOUT)
-        assert Task.objects.filter(title__startswith="lost").count() == 3
-        assert delivery.stats.failed == 3 and delivery.stats.failed_requests >= 1
-        assert {name for name, _ in failures} == {"snorky-direct-sender"}
-        assert [d["data"]["title"] for _, deltas in failures for d in deltas] == ["lost 0", "lost 1", "lost 2"]
-        assert "could not publish" in caplog.text
-        # The server back (the settings point at it again): the next change arrives.
-        Task.objects.create(title="back", owner=alice)
-        assert ws.delta()["data"]["title"] == "back"
-        ws.assert_silent()
-    finally:
-        delivery.delivery_failed.disconnect(dispatch_uid="test-stopped")
+    unreachable = {**settings.SNORKY, "BACKEND_URL": f"http://127.0.0.1:{free_port()}/backend"}
+    with recorded_failures() as failures, override_settings(SNORKY=unreachable):
+        for i in range(3):
+            with transaction.atomic():
+                Task.objects.create(title=f"lost {i}", owner=alice)
+        assert delivery.flush(TIMEOUT)
+    assert Task.objects.filter(title__startswith="lost").count() == 3
+    assert delivery.stats.failed == 3 and delivery.stats.failed_requests >= 1
+    assert {name for name, _ in failures} == {"snorky-direct-sender"}
+    assert [d["data"]["title"] for _, deltas in failures for d in deltas] == ["lost 0", "lost 1", "lost 2"]
+    assert "could not publish" in caplog.text
+    # The server back (the settings point at it again): the next change arrives.
+    Task.objects.create(title="back", owner=alice)
+    assert ws.delta()["data"]["title"] == "back"
+    ws.assert_silent()
 
 
-EXITING = textwrap.dedent(
+def test_a_refused_delta_in_a_batch_is_retried_alone_on_the_sender_thread(live_direct, ws_factory, alice, caplog):
+    ws = watch_tasks(live_direct, alice, ws_factory)
+    model = task_delta(ws, alice)
+    with recorded_failures() as failures, gated(live_direct) as proxy:
+        proxy.gate.set()
+        with transaction.atomic():
+            publish_deltas([titled(model, "before")])
+            publish_deltas([{**model, "model": "NoSuchModel"}])
+            publish_deltas([titled(model, "after")])
+        assert delivery.flush(TIMEOUT)
+        # One request for the transaction, refused whole; then one per delta.
+        assert proxy.requests == 4
+    assert [d["data"]["title"] for d in ws.deltas(2)] == ["before", "after"]
+    assert delivery.stats.published == 3 and delivery.stats.failed == 1
+    assert [(name, [d["model"] for d in deltas]) for name, deltas in failures] == [
+        ("snorky-direct-sender", ["NoSuchModel"])
+    ]
+    assert "Unknown model" in caplog.text
+    ws.assert_silent()
+
+
+def test_deltas_that_are_not_json_fail_alone_and_the_commit_goes_on(live_direct, ws_factory, alice, caplog):
+    ws = watch_tasks(live_direct, alice, ws_factory)
+    model = task_delta(ws, alice)
+    with recorded_failures() as failures, transaction.atomic():
+        publish_deltas([titled(model, object())])
+    assert delivery.stats.failed == 1 and failures[0][0] == threading.current_thread().name
+    assert "cannot be sent as JSON" in caplog.text
+    Task.objects.create(title="next", owner=alice)
+    assert ws.delta()["data"]["title"] == "next"
+    ws.assert_silent()
+
+
+#: A Django process of its own (see :func:`run_django`): ``script`` runs with ``titled(title)`` (a
+#: copy of the delta given, with that title), ``delivery`` and ``publish_deltas`` at hand.
+DJANGO_PROCESS = textwrap.dedent(
     """
-    import json, sys
+    import json, os, sys
     import django
     from django.conf import settings
 
@@ -234,27 +284,39 @@ EXITING = textwrap.dedent(
     django.setup()
     from snorky_django import delivery, publish_deltas
 
-    for i in range(3):
-        publish_deltas([{**delta, "data": {**delta["data"], "title": f"at exit {i}"}}])
-    assert delivery._sender.pending, "sent before the exit: the test proves nothing"
-    sys.exit(0)
+    def titled(title):
+        return {**delta, "data": {**delta["data"], "title": title}}
     """
 )
 
+EXITING = """
+for i in range(3):
+    publish_deltas([titled(f"at exit {i}")])
+assert delivery._sender.pending, "sent before the exit: the test proves nothing"
+sys.exit(0)
+"""
 
-def test_what_is_queued_at_exit_is_sent_before_the_process_ends(live_direct, ws_factory, alice):
-    import json
+FORKING = """
+publish_deltas([titled("parent")])
+assert delivery._sender.pending, "sent before the fork: the test proves nothing"
+child = os.fork()
+if child == 0:
+    publish_deltas([titled("child")])
+    os._exit(0 if delivery.flush(10) and delivery.stats.published == 1 else 1)
+_, status = os.waitpid(child, 0)
+assert os.waitstatus_to_exitcode(status) == 0, "the child did not deliver its delta"
+"""
 
-    ws = watch_tasks(live_direct, alice, ws_factory)
-    Task.objects.create(title="model", owner=alice)
-    model = ws.delta()
-    proxy = GatedProxy(live_direct.handle.backend_port)
+
+def run_django(script: str, live: LiveSnorkyServer, delta: dict[str, Any]) -> None:
+    """Runs ``script`` in a Django process posting through a server that stalls its first half
+    second (the process gets there with its deltas still queued); asserts that it succeeded."""
+    proxy = GatedProxy(live.handle.backend_port)
     try:
-        # The server stalls a moment: the process reaches its exit with everything still queued.
         threading.Timer(0.5, proxy.gate.set).start()
         python_path = os.pathsep.join([str(Path(delivery.__file__).parents[1]), *sys.path])
         result = subprocess.run(
-            [sys.executable, "-c", EXITING, proxy.url, live_direct.api_key, json.dumps(model)],
+            [sys.executable, "-c", DJANGO_PROCESS + script, proxy.url, live.api_key, json.dumps(delta)],
             capture_output=True,
             text=True,
             timeout=TIMEOUT * 2,
@@ -262,10 +324,23 @@ def test_what_is_queued_at_exit_is_sent_before_the_process_ends(live_direct, ws_
             check=False,
         )
         assert result.returncode == 0, result.stderr
-        assert [d["data"]["title"] for d in ws.deltas(3)] == [f"at exit {i}" for i in range(3)]
-        ws.assert_silent()
     finally:
         proxy.close()
+
+
+def test_what_is_queued_at_exit_is_sent_before_the_process_ends(live_direct, ws_factory, alice):
+    ws = watch_tasks(live_direct, alice, ws_factory)
+    run_django(EXITING, live_direct, task_delta(ws, alice))
+    assert [d["data"]["title"] for d in ws.deltas(3)] == [f"at exit {i}" for i in range(3)]
+    ws.assert_silent()
+
+
+def test_a_forked_child_sends_its_own_deltas_and_not_its_parents(live_direct, ws_factory, alice):
+    ws = watch_tasks(live_direct, alice, ws_factory)
+    # The parent forks while its delta is still queued or in flight.
+    run_django(FORKING, live_direct, task_delta(ws, alice))
+    assert sorted(d["data"]["title"] for d in ws.deltas(2)) == ["child", "parent"]
+    ws.assert_silent()
 
 
 def test_inline_sending_is_still_there(live_direct, ws_factory, alice):
