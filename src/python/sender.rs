@@ -231,7 +231,7 @@ fn report(shared: &Shared, deltas: Vec<Value>, failure: Failure) {
     match called {
         Some(Ok(())) => {}
         Some(Err(err)) => {
-            log::error!("Snorky: could not publish {count} delta(s) ({text}), and on_failure raised {err}")
+            log::error!("Snorky: could not publish {count} delta(s) ({text}), and on_failure raised {err}");
         }
         None => log::error!("Snorky: could not publish {count} delta(s) to {} at exit: {text}", shared.url),
     }
