@@ -5,6 +5,7 @@
 //! killed with SIGKILL and Redis going away lose nothing silently.
 
 mod cluster;
+mod collab;
 mod common;
 mod proxy;
 
@@ -49,13 +50,23 @@ async fn backend(node: &TestServer, command: &str, params: Value) -> (u16, Value
 }
 
 async fn authorize(node: &TestServer, items: Value) -> String {
-    let (status, reply) = backend(node, "authorizeSubscription", json!({"items": items})).await;
+    authorize_with(node, json!({"items": items})).await
+}
+
+/// `authorizeSubscription` with `params`; returns the token.
+async fn authorize_with(node: &TestServer, params: Value) -> String {
+    let (status, reply) = backend(node, "authorizeSubscription", params).await;
     assert_eq!(status, 200, "{reply}");
     reply["message"]["data"].as_str().unwrap_or_else(|| panic!("authorized: {reply}")).to_owned()
 }
 
 async fn authorize_all(node: &TestServer) -> String {
     authorize(node, json!([{"dealer": "all", "query": null}])).await
+}
+
+/// Authorizes `all` for the connections of `identity` only.
+async fn authorize_as(node: &TestServer, identity: &str) -> String {
+    authorize_with(node, json!({"items": [{"dealer": "all", "query": null}], "identity": identity})).await
 }
 
 fn inserts(ids: impl IntoIterator<Item = u64>) -> Value {
@@ -406,6 +417,47 @@ async fn the_shared_stream_is_bounded_by_count_and_bytes_and_what_it_lost_is_rep
     assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"), "evicted");
     acquired(&mut client, &fourth, false, &mut applied).await;
     assert!(applied.ids.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_identity_cannot_crowd_the_others_out_of_the_waiting_subscriptions() {
+    let redis = Redis::start();
+    let limits = Limits { max_waiting: 10, max_waiting_per_identity: 2, ..Limits::default() };
+    let one = node_with(on_broker(collab::config(), &redis, "one"), limits).await;
+    let two = node_with(on_broker(collab::config(), &redis, "two"), limits).await;
+    let bob = authorize_as(&one, "bob").await;
+    let anonymous = authorize_all(&two).await;
+    let mut alice = Vec::new();
+    for node in [&one, &two, &one, &two] {
+        alice.push(authorize_as(node, "alice").await);
+    }
+    // Alice's two oldest were dropped, wherever they were authorized; the others' were not.
+    let mut applied = Applied::default();
+    let mut alice_client = collab::connect_as(&two, "alice").await;
+    for token in &alice[..2] {
+        let reply = acquire(&mut alice_client, token, false, None, &mut applied).await;
+        assert_eq!(reply, error_reply("datasync", &json!("acquire"), "No such subscription"), "evicted");
+    }
+    for token in &alice[2..] {
+        acquired(&mut alice_client, token, false, &mut applied).await;
+    }
+    let mut bob_client = collab::connect_as(&one, "bob").await;
+    acquired(&mut bob_client, &bob, false, &mut applied).await;
+    let mut anonymous_client = one.connect().await;
+    acquired(&mut anonymous_client, &anonymous, false, &mut applied).await;
+    // Nothing of alice's waits: Redis keeps no set for her.
+    let alices = "{snorky}:datasync:datasync:waiting=alice";
+    assert_eq!(redis.cli(&["EXISTS", alices]), "0");
+    assert_eq!(redis.cli(&["ZCARD", "{snorky}:datasync:datasync:waiting"]), "0");
+    // Her connection closes: hers wait again, counted as hers, and the cap holds for them too.
+    alice_client.close().await;
+    common::eventually(WAIT, "alice's subscriptions to wait again", || async { redis.cli(&["ZCARD", alices]) == "2" })
+        .await;
+    authorize_as(&one, "alice").await;
+    assert_eq!(redis.cli(&["ZCARD", alices]), "2");
+    assert_eq!(redis.cli(&["ZCARD", "{snorky}:datasync:datasync:waiting"]), "2");
+    let ttl: i64 = redis.cli(&["PTTL", alices]).parse().expect("a number");
+    assert!(ttl > 0, "her set expires with its last deadline: {ttl}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -228,6 +228,9 @@ class DataSyncService:
       reading slower than deltas are published, read from it; a subscription whose position
       fell out of it is dropped ("No such subscription": the client fetches its data again).
     - ``max_waiting`` (100,000): the most subscriptions waiting at once; the oldest go first.
+    - ``max_waiting_per_identity`` (1,000): the most subscriptions bound to one identity waiting
+      at once; that identity's oldest go first, so that one user reloading pages cannot crowd
+      the others' out of ``max_waiting``.
     - ``max_items`` (1,000): the most items in one authorization ("Too many items").
     - ``max_subscriptions`` (100): the most subscriptions one connection may hold ("Too many
       subscriptions").

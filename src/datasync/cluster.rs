@@ -17,8 +17,9 @@
 //!   started at and the one it resumes after, its state, holder node and lease). A waiting
 //!   record expires with its timeout, so the authorization and resume timeouts hold on every
 //!   node. `datasync:<s>:waiting` lists waiting tokens by deadline, to bound them
-//!   (`max_waiting`, cluster-wide); `datasync:<s>:held:<node>` the tokens a node holds, so that
-//!   a dead node's are put back to waiting by whoever reaps it.
+//!   (`max_waiting`, cluster-wide), and `datasync:<s>:waiting=<identity>` those bound to one
+//!   identity (`max_waiting_per_identity`); `datasync:<s>:held:<node>` the tokens a node holds,
+//!   so that a dead node's are put back to waiting by whoever reaps it.
 //! - `datasync:<s>:keys`: the idempotency keys of recent batches, bounded by age and count.
 //!
 //! **Deltas.** `publishDeltas` validates the batch on the node that receives it, serializes
@@ -366,7 +367,8 @@ impl Cluster {
                         .arg(timeout)
                         .arg(limits.max_waiting)
                         .arg(&self.keys.records)
-                        .arg(&token),
+                        .arg(&token)
+                        .arg(limits.max_waiting_per_identity),
                 )
                 .await
                 .map_err(|err| unavailable(service, "an authorization", &err))?;
@@ -587,7 +589,8 @@ impl Cluster {
             .arg(self.node())
             .arg(millis(limits.resume_timeout))
             .arg(limits.max_waiting)
-            .arg(&self.keys.records);
+            .arg(&self.keys.records)
+            .arg(limits.max_waiting_per_identity);
         for Detached { token, lease, written } in detached {
             invocation.arg(token).arg(lease).arg(written);
         }
@@ -639,7 +642,8 @@ impl Cluster {
                         .arg(millis(limits.resume_timeout))
                         .arg(limits.max_waiting)
                         .arg(&self.keys.records)
-                        .arg(REAP_BATCH),
+                        .arg(REAP_BATCH)
+                        .arg(limits.max_waiting_per_identity),
                 )
                 .await?;
             total += taken;

@@ -20,6 +20,9 @@ pub struct Limits {
     pub retention: Retention,
     /// The most subscriptions waiting at once; authorizing one more drops the oldest.
     pub max_waiting: usize,
+    /// The most subscriptions bound to one identity waiting at once; one more drops that
+    /// identity's oldest, so that one user cannot crowd the others out of `max_waiting`.
+    pub max_waiting_per_identity: usize,
     /// The most items one authorization may have.
     pub max_items: usize,
     /// The most subscriptions one connection may hold.
@@ -34,7 +37,7 @@ pub struct Limits {
 
 impl Default for Limits {
     /// 120 s to acquire, 60 s to resume, the default retention, 100,000 waiting
-    /// subscriptions, 1,000 items per authorization, 100 subscriptions per connection, the
+    /// subscriptions (1,000 per identity), 1,000 items per authorization, 100 subscriptions per connection, the
     /// default filter bounds, idempotency keys remembered for 10 minutes (100,000 of them).
     fn default() -> Self {
         Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             resume_timeout: Duration::from_secs(60),
             retention: Retention::default(),
             max_waiting: 100_000,
+            max_waiting_per_identity: 1_000,
             max_items: 1_000,
             max_per_connection: 100,
             filter: FilterLimits::default(),
@@ -68,6 +72,8 @@ pub struct LimitsConfig {
     pub retention_age: f64,
     /// The most subscriptions waiting at once.
     pub max_waiting: usize,
+    /// The most subscriptions bound to one identity waiting at once.
+    pub max_waiting_per_identity: usize,
     /// The most items in one authorization.
     pub max_items: usize,
     /// The most subscriptions one connection may hold.
@@ -92,6 +98,7 @@ impl Default for LimitsConfig {
             retention_bytes: limits.retention.bytes,
             retention_age: limits.retention.age.as_secs_f64(),
             max_waiting: limits.max_waiting,
+            max_waiting_per_identity: limits.max_waiting_per_identity,
             max_items: limits.max_items,
             max_subscriptions: limits.max_per_connection,
             max_query_size: limits.filter.max_size,
@@ -114,6 +121,7 @@ impl LimitsConfig {
             ("retention", self.retention),
             ("retention_bytes", self.retention_bytes),
             ("max_waiting", self.max_waiting),
+            ("max_waiting_per_identity", self.max_waiting_per_identity),
             ("max_items", self.max_items),
             ("max_subscriptions", self.max_subscriptions),
             ("max_query_size", self.max_query_size),
@@ -132,6 +140,7 @@ impl LimitsConfig {
                 age: seconds("retention_age", self.retention_age)?,
             },
             max_waiting: self.max_waiting,
+            max_waiting_per_identity: self.max_waiting_per_identity,
             max_items: self.max_items,
             max_per_connection: self.max_subscriptions,
             filter: FilterLimits { max_depth: self.max_query_depth, max_size: self.max_query_size },

@@ -130,6 +130,9 @@ pub struct Subscriptions {
     /// Ids of waiting and releasing subscriptions; ids grow with age, so the first is the
     /// oldest (evicted when there are too many).
     waiting: BTreeSet<u64>,
+    /// The ids in `waiting` of the subscriptions bound to each identity, oldest first (evicted
+    /// when one identity has too many).
+    waiting_by_identity: HashMap<String, BTreeSet<u64>>,
     /// The next subscription id; ids are never reused.
     next_id: u64,
     /// With a broker: the stream mirrors the shared one, whose follower alone trims it.
@@ -230,6 +233,7 @@ impl Subscriptions {
             by_connection: HashMap::new(),
             deadlines: BTreeSet::new(),
             waiting: BTreeSet::new(),
+            waiting_by_identity: HashMap::new(),
             next_id: 0,
             mirror: false,
             dropped: Vec::new(),
@@ -323,7 +327,8 @@ impl Subscriptions {
     /// `authorizeSubscription`: registers the prepared items and returns a fresh token; the
     /// subscription waits for `subscription_timeout` and will receive every delta published
     /// from now on. With `identity`, only connections with that identity may acquire it.
-    /// When `max_waiting` subscriptions wait already, the oldest is dropped.
+    /// When `max_waiting` subscriptions wait already, the oldest is dropped; when
+    /// `max_waiting_per_identity` of `identity`'s do, its oldest is.
     ///
     /// # Errors
     ///
@@ -457,7 +462,8 @@ impl Subscriptions {
             });
         }
         self.deadlines.remove(&(deadline, id));
-        self.waiting.remove(&id);
+        let identity = self.live.get(&id).and_then(|subscription| subscription.identity.clone());
+        self.forget_waiting(id, identity.as_deref());
         let lagging = self.hand_over(id, connection, after, resume.offsets);
         Ok((lagging, self.stream.offset(after)))
     }
@@ -795,13 +801,38 @@ impl Subscriptions {
     }
 
     /// Records a waiting (or releasing) subscription's deadline, evicting the oldest waiting
-    /// ones beyond `max_waiting`.
+    /// ones beyond `max_waiting_per_identity` of its identity's, then beyond `max_waiting`.
     fn mark_waiting(&mut self, id: u64, deadline: Instant) {
         self.deadlines.insert((deadline, id));
         self.waiting.insert(id);
+        if let Some(identity) = self.live.get(&id).and_then(|subscription| subscription.identity.clone()) {
+            self.waiting_by_identity.entry(identity.clone()).or_default().insert(id);
+            let max = self.limits.max_waiting_per_identity;
+            while let Some(oldest) = self
+                .waiting_by_identity
+                .get(&identity)
+                .filter(|ids| ids.len() > max)
+                .and_then(|ids| ids.first().copied())
+            {
+                self.drop_subscription(oldest, "its identity had too many waiting (max_waiting_per_identity)");
+            }
+        }
         while self.waiting.len() > self.limits.max_waiting {
             let Some(&oldest) = self.waiting.first() else { break };
             self.drop_subscription(oldest, "too many subscriptions were waiting (max_waiting)");
+        }
+    }
+
+    /// Takes subscription `id` (bound to `identity`) off the waiting lists.
+    fn forget_waiting(&mut self, id: u64, identity: Option<&str>) {
+        self.waiting.remove(&id);
+        if let Some(identity) = identity {
+            if let Some(ids) = self.waiting_by_identity.get_mut(identity) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.waiting_by_identity.remove(identity);
+                }
+            }
         }
     }
 
@@ -821,7 +852,7 @@ impl Subscriptions {
         };
         self.by_token.remove(&subscription.token);
         self.router.remove_subscription(id);
-        self.waiting.remove(&id);
+        self.forget_waiting(id, subscription.identity.as_deref());
         match subscription.holder {
             Holder::Waiting { deadline, .. } | Holder::Releasing { deadline, .. } => {
                 self.deadlines.remove(&(deadline, id));
@@ -1093,6 +1124,37 @@ mod tests {
             );
         }
         assert!(s.acquire(&tokens[2], &conn, Resume::default(), now).is_ok());
+    }
+
+    #[test]
+    fn one_identity_cannot_crowd_the_others_out_of_the_waiting_subscriptions() {
+        let now = Instant::now();
+        let mut s = subscriptions(Limits { max_waiting: 6, max_waiting_per_identity: 2, ..limits() });
+        let items = json!([{"dealer": "all", "query": null}]);
+        let bob = authorize(&mut s, &items, Some("bob"), now);
+        let anonymous: Vec<String> = (0..2).map(|_| authorize(&mut s, &items, None, now)).collect();
+        let alice: Vec<String> = (0..4).map(|_| authorize(&mut s, &items, Some("alice"), now)).collect();
+        assert_eq!(s.waiting(), 5, "bob's, the two anonymous ones and alice's last two");
+        let (alice_connection, _alice_out) = connection_with(1, Some("alice"), 100);
+        for token in &alice[..2] {
+            assert_eq!(
+                s.acquire(token, &alice_connection, Resume::default(), now).err(),
+                Some(SubscriptionError::NoSuchSubscription),
+                "alice's oldest went first"
+            );
+        }
+        assert!(s.acquire(&alice[3], &alice_connection, Resume::default(), now).is_ok());
+        // Acquired, it no longer counts: alice may wait for two again, bob's is still there.
+        authorize(&mut s, &items, Some("alice"), now);
+        assert!(s.acquire(&alice[2], &alice_connection, Resume::default(), now).is_ok());
+        let (bob_connection, _bob_out) = connection_with(2, Some("bob"), 100);
+        assert!(s.acquire(&bob, &bob_connection, Resume::default(), now).is_ok());
+        let (anonymous_connection, _anonymous_out) = connection(3);
+        for token in &anonymous {
+            assert!(s.acquire(token, &anonymous_connection, Resume::default(), now).is_ok());
+        }
+        assert_eq!(s.waiting(), 1);
+        assert!(s.waiting_by_identity.values().all(|ids| ids.len() == 1));
     }
 
     #[test]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from wsclient import WsClient
 
+from snorky import ConfigurationError
 from snorky.backend import BackendError
 from snorky.dealers import BroadcastDealer, FilterDealer, SimpleDealer
 from snorky.services import DataSyncBackend, DataSyncService
@@ -245,6 +246,20 @@ def test_expired_tokens():
         time.sleep(0.5)
         assert refused(ds.client(), "acquireSubscription", token=resumable) == "No such subscription"
         wait_until(lambda: ds.service.subscription_count == 0, "the sweep", limit=2.0)
+
+
+def test_one_identity_waits_for_at_most_max_waiting_per_identity():
+    with pytest.raises(ConfigurationError, match="max_waiting_per_identity must be at least 1"):
+        DataSyncService("datasync", DEALERS, max_waiting_per_identity=0)
+    with datasync_server(max_waiting=10, max_waiting_per_identity=2) as ds:
+        items = [{"dealer": "AllTasks", "query": None}]
+        ds.backend.authorize_subscription(items, identity="bob")
+        anonymous = [ds.authorize(*items) for _ in range(3)]
+        for _ in range(4):
+            ds.backend.authorize_subscription(items, identity="alice")
+        assert ds.service.waiting_count == 1 + 3 + 2, "alice's two oldest were dropped, nobody else's"
+        acquire(ds.client(), anonymous[0])
+        assert ds.service.waiting_count == 5
 
 
 def test_reconnect_and_resume_delivers_what_was_missed_once_in_order(ds):

@@ -29,7 +29,7 @@ if state ~= 'w' then
 end
 local function drop()
   redis.call('DEL', KEYS[4])
-  redis.call('ZREM', KEYS[3], token)
+  unwait(KEYS[3], token, record[2])
   if holder ~= '' then
     redis.call('SREM', ARGV[6] .. holder, token)
   end
@@ -60,6 +60,6 @@ end
 local lease = redis.call('HINCRBY', KEYS[4], 'lease', 1)
 redis.call('HSET', KEYS[4], 'state', 'h', 'holder', ARGV[1], 'after', int(after), 'exact', 1)
 redis.call('PERSIST', KEYS[4])
-redis.call('ZREM', KEYS[3], token)
+unwait(KEYS[3], token, record[2])
 redis.call('SADD', KEYS[5], token)
 return { 'ok', record[1], int(epoch), int(after), int(head), int(lease) }

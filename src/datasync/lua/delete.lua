@@ -5,10 +5,10 @@
 for i = 3, #ARGV, 2 do
   local token = ARGV[i]
   local record = ARGV[2] .. token
-  local r = redis.call('HMGET', record, 'holder', 'lease')
+  local r = redis.call('HMGET', record, 'holder', 'lease', 'identity')
   if r[1] == ARGV[1] and r[2] == ARGV[i + 1] then
     redis.call('DEL', record)
-    redis.call('ZREM', KEYS[1], token)
+    unwait(KEYS[1], token, r[3])
     redis.call('SREM', KEYS[2], token)
   end
 end

@@ -67,17 +67,55 @@ local function trim(stream, epoch, head, first, bytes, max_count, max_bytes, max
   return kept, bytes
 end
 
--- Lists `token` among the waiting subscriptions until `deadline`, forgets those whose deadline
--- passed (their records expired), and evicts (deletes) the ones nearest their deadline beyond
--- `max`.
-local function wait_for(waiting, token, deadline, max, records, now)
+-- Besides `waiting` (every waiting token by deadline), each identity has its own sorted set:
+-- `waiting` followed by the identity as records keep it ('=' and the identity); subscriptions
+-- without an identity are only in `waiting`.
+
+-- Takes `token`, bound to `identity` ('' for none), off the waiting sets.
+local function unwait(waiting, token, identity)
+  redis.call('ZREM', waiting, token)
+  if identity and identity ~= '' then
+    redis.call('ZREM', waiting .. identity, token)
+  end
+end
+
+-- Pops the `over` tokens nearest their deadline from sorted set `set` and deletes them: their
+-- records, and their entries in `also` (the other waiting set each is in, given its identity).
+local function evict(set, over, records, also)
+  if over <= 0 then
+    return
+  end
+  local evicted = redis.call('ZPOPMIN', set, over)
+  for i = 1, #evicted, 2 do
+    also(evicted[i])
+    redis.call('DEL', records .. evicted[i])
+  end
+end
+
+-- Lists `token` (bound to `identity`) among the waiting subscriptions until `deadline`, forgets
+-- those whose deadline passed (their records expired), and evicts (deletes) the ones nearest
+-- their deadline beyond `max_mine` of the identity's, then beyond `max` of all.
+local function wait_for(waiting, token, deadline, max, records, now, identity, max_mine)
   redis.call('ZREMRANGEBYSCORE', waiting, '-inf', int(now))
-  redis.call('ZADD', waiting, int(deadline), token)
-  local over = redis.call('ZCARD', waiting) - max
-  if over > 0 then
-    local evicted = redis.call('ZPOPMIN', waiting, over)
-    for i = 1, #evicted, 2 do
-      redis.call('DEL', records .. evicted[i])
+  if identity ~= '' then
+    local mine = waiting .. identity
+    redis.call('ZREMRANGEBYSCORE', mine, '-inf', int(now))
+    redis.call('ZADD', mine, int(deadline), token)
+    evict(mine, redis.call('ZCARD', mine) - max_mine, records, function(evicted)
+      redis.call('ZREM', waiting, evicted)
+    end)
+    -- The set lasts as long as its latest deadline, so an identity that stops authorizing
+    -- leaves nothing behind.
+    local last = redis.call('ZRANGE', mine, -1, -1, 'WITHSCORES')
+    if #last == 2 then
+      redis.call('PEXPIREAT', mine, last[2])
     end
   end
+  redis.call('ZADD', waiting, int(deadline), token)
+  evict(waiting, redis.call('ZCARD', waiting) - max, records, function(evicted)
+    local bound = redis.call('HGET', records .. evicted, 'identity')
+    if bound and bound ~= '' then
+      redis.call('ZREM', waiting .. bound, evicted)
+    end
+  end)
 end

@@ -7,13 +7,13 @@ local lost = {}
 for i = 3, #ARGV, 2 do
   local token = ARGV[i]
   local record = ARGV[2] .. token
-  local r = redis.call('HMGET', record, 'holder', 'lease', 'state')
+  local r = redis.call('HMGET', record, 'holder', 'lease', 'state', 'identity')
   if r[2] ~= ARGV[i + 1] or (r[3] ~= 'w' and r[1] ~= ARGV[1]) then
     lost[#lost + 1] = token
   elseif r[3] == 'w' then
     redis.call('HSET', record, 'state', 'h', 'holder', ARGV[1], 'exact', 1)
     redis.call('PERSIST', record)
-    redis.call('ZREM', KEYS[1], token)
+    unwait(KEYS[1], token, r[4])
     redis.call('SADD', KEYS[2], token)
   end
 end
