@@ -151,7 +151,7 @@ def reset_backend() -> None:
     _sender.retire()
 
 
-#: The texts with which ``publishDeltas`` refuses a delta itself (PROTOCOL.md): a missing field, an
+#: The texts with which ``publishDeltas`` refuses a delta itself (docs/protocol.md): a missing field, an
 #: unknown type, a model that is not a string or that no dealer handles, a delta that is not an
 #: object. Only these say that sending the delta again cannot help.
 DELTA_REFUSALS = ("Missing field", "Invalid delta type", "model must be string", "Unknown model", "Invalid params")

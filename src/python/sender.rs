@@ -4,8 +4,8 @@
 //! A sender written in Python must take the GIL to post, and a thread that saves in a loop then
 //! pays for every hand-over: about half of what direct delivery cost such a thread was the Python
 //! sender waking. Here the committing thread converts its transaction's deltas to JSON values and
-//! queues them ([`SendQueue`]); a Rust thread posts them on its own small runtime without the
-//! GIL, and takes the GIL only to hand a failed batch back to Python (which logs it, counts it,
+//! queues them ([`SendQueue`]); a Rust thread posts them through its own small runtime without
+//! the GIL, and takes the GIL only to hand a failed batch back to Python (which logs it, counts it,
 //! retries a refused batch delta by delta and sends `delivery_failed`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,7 +183,13 @@ impl Drop for PyDeltaSender {
 
 /// The sender thread: posts batches in order until the queue is closed and empty.
 fn run(shared: &Shared) {
-    let sending = tokio::runtime::Builder::new_current_thread()
+    // A worker thread of its own, not a runtime that runs only while a request is in flight: the
+    // pooled connections' tasks must run between requests too, so that a connection the other
+    // side closed meanwhile (a node killed behind a load balancer) leaves the pool before the
+    // next batch is written into it and lost.
+    let sending = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("snorky-direct-sender-io")
         .enable_all()
         .build()
         .map_err(|err| format!("cannot start the sender's runtime: {err}"))

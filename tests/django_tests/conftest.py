@@ -237,9 +237,13 @@ class TcpProxy:
 
     def up(self) -> None:
         listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(16)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(16)
+        except OSError:  # the port is still taken (the last listener's thread has not let go)
+            listener.close()
+            raise
         listener.settimeout(0.1)
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()

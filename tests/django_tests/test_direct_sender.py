@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +24,7 @@ from django.db import connections, transaction
 from django.test import override_settings
 from pgcluster import free_port
 
-from django_tests.conftest import TIMEOUT, client_for, subscribe, wait_until
+from django_tests.conftest import TIMEOUT, TcpProxy, client_for, subscribe, wait_until
 from django_tests.testapp.models import Task
 from snorky_django import delivery, publish_deltas
 from snorky_django.testing import LiveSnorkyServer, live_snorky_server
@@ -231,6 +232,39 @@ def test_a_stopped_server_costs_the_deltas_not_the_request(live_direct, ws_facto
     Task.objects.create(title="back", owner=alice)
     assert ws.delta()["data"]["title"] == "back"
     ws.assert_silent()
+
+
+def listening_again(proxy: TcpProxy) -> bool:
+    """Whether ``proxy`` listens again (its port is free once its accepting thread let go)."""
+    try:
+        proxy.up()
+    except OSError:
+        return False
+    return True
+
+
+def test_a_pooled_connection_closed_while_idle_loses_nothing(live_direct, ws_factory, alice):
+    # What a load balancer does when the node behind it dies: it closes its side of the sender's
+    # idle keep-alive connection. The next batch must go on a new connection, not be written into
+    # that one and lost.
+    ws = watch_tasks(live_direct, alice, ws_factory)
+    proxy = TcpProxy(live_direct.handle.backend_port)
+    try:
+        with override_settings(SNORKY={**settings.SNORKY, "BACKEND_URL": proxy.url}):
+            for round_ in range(3):
+                Task.objects.create(title=f"before {round_}", owner=alice)
+                assert ws.delta()["data"]["title"] == f"before {round_}"
+                assert delivery.flush(TIMEOUT)  # the answer is in: the connection is idle
+                proxy.down()
+                wait_until(lambda: listening_again(proxy), message="the proxy to listen again")
+                time.sleep(0.2)  # idle while the close arrives, as between two requests
+                Task.objects.create(title=f"after {round_}", owner=alice)
+                assert ws.delta()["data"]["title"] == f"after {round_}"
+            assert delivery.flush(TIMEOUT)
+        assert delivery.stats.failed == 0 and delivery.stats.published == 6
+        ws.assert_silent()
+    finally:
+        proxy.down()
 
 
 def test_a_refused_delta_in_a_batch_is_retried_alone_on_the_sender_thread(live_direct, ws_factory, alice, caplog):
