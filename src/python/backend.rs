@@ -49,6 +49,14 @@ impl Drop for ClientRuntime {
     }
 }
 
+/// A runtime for a backend client's calls: one worker thread of its own, not a runtime that runs
+/// only while a call is in flight. The pooled connections' tasks must run between calls too, so
+/// that a connection the other side closed meanwhile (the server's keep-alive limit, a node killed
+/// behind a load balancer) leaves the pool before the next request is written into it and lost.
+pub(super) fn client_runtime(thread_name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name(thread_name).enable_all().build()
+}
+
 /// A pooled HTTP client for `POST /backend`.
 #[pyclass(module = "snorky._core", name = "BackendClient", frozen)]
 pub struct PyBackendClient {
@@ -122,11 +130,7 @@ impl PyBackendClient {
         if let Some(current) = state.as_ref().filter(|current| current.pid == pid) {
             return Ok((Arc::clone(&current.runtime), current.client.clone()));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("snorky-backend-client")
-            .enable_all()
-            .build()
+        let runtime = client_runtime("snorky-backend-client")
             .map_err(|err| super::ServerError::new_err(format!("cannot start the client runtime: {err}")))?;
         let runtime = Arc::new(ClientRuntime(Some(runtime)));
         let client = BackendClient::new(&self.url, &self.key, self.timeout).map_err(backend_error)?;

@@ -147,12 +147,6 @@ impl PyDeltaSender {
     fn close(&self) {
         self.shared.queue.close();
     }
-
-    /// The backend URL.
-    #[getter]
-    fn url(&self) -> &str {
-        &self.shared.url
-    }
 }
 
 impl PyDeltaSender {
@@ -183,15 +177,7 @@ impl Drop for PyDeltaSender {
 
 /// The sender thread: posts batches in order until the queue is closed and empty.
 fn run(shared: &Shared) {
-    // A worker thread of its own, not a runtime that runs only while a request is in flight: the
-    // pooled connections' tasks must run between requests too, so that a connection the other
-    // side closed meanwhile (a node killed behind a load balancer) leaves the pool before the
-    // next batch is written into it and lost.
-    let sending = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("snorky-direct-sender-io")
-        .enable_all()
-        .build()
+    let sending = super::backend::client_runtime("snorky-direct-sender-io")
         .map_err(|err| format!("cannot start the sender's runtime: {err}"))
         .and_then(|runtime| {
             let client = BackendClient::new(&shared.url, &shared.key, shared.timeout).map_err(|err| err.to_string())?;

@@ -227,6 +227,7 @@ class TcpProxy:
         self.target_port = target_port
         self.port = free_port()
         self._listener: socket.socket | None = None
+        self._accepting: threading.Thread | None = None
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self.up()
@@ -246,12 +247,17 @@ class TcpProxy:
             raise
         listener.settimeout(0.1)
         self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self._accepting = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._accepting.start()
 
     def down(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        # A thread blocked in accept() keeps the port until its timeout (0.1 s) ends the call:
+        # once it is gone, up() may listen on the port again at once.
+        if self._accepting is not None:
+            self._accepting.join(TIMEOUT)
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
