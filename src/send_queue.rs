@@ -3,8 +3,9 @@
 //!
 //! Committing threads [`put`](SendQueue::put) one transaction's deltas each; a single sender
 //! thread takes them in order with [`next_batch`](SendQueue::next_batch), joining what piled up
-//! into one request of at most a batch's worth (a transaction larger than that still goes whole),
-//! and says when the request is over with [`sent`](SendQueue::sent).
+//! into one request of at most a batch's worth (a transaction larger than that still goes whole).
+//! The request is over when its [`Request`] is dropped: sent, failed, or the sender panicked, so a
+//! flush never waits for a request that no one will end.
 //!
 //! - **Bounded.** At most `limit` deltas wait. A committing thread beyond that waits for room, at
 //!   most `wait`, and gets its deltas back if none came. Room is never made by sending from the
@@ -109,7 +110,7 @@ impl SendQueue {
 
     /// For the sender: waits for the next request's deltas, at most `batch` of them unless a
     /// single transaction has more; `None` once the queue is closed and empty.
-    pub fn next_batch(&self, batch: usize) -> Option<Vec<Value>> {
+    pub fn next_batch(&self, batch: usize) -> Option<Request<'_>> {
         let mut state = lock(&self.state);
         while state.transactions.is_empty() {
             if state.closed {
@@ -130,7 +131,7 @@ impl SendQueue {
         state.queued -= deltas.len();
         state.sending = deltas.len();
         self.progress.notify_all(); // room for the committing threads
-        Some(deltas)
+        Some(Request { queue: self, deltas })
     }
 
     /// With something queued: when the last request ended less than the linger ago, waits up to
@@ -156,8 +157,8 @@ impl SendQueue {
         state
     }
 
-    /// For the sender: the request of the last batch is over (sent or failed).
-    pub fn sent(&self) {
+    /// The request of the last batch is over.
+    fn request_ended(&self) {
         let mut state = lock(&self.state);
         state.sending = 0;
         state.last_sent = Some(Instant::now());
@@ -199,6 +200,27 @@ impl SendQueue {
     }
 }
 
+/// One request's deltas, taken by the sender; the request ends when this is dropped.
+#[must_use = "dropping the request ends it at once"]
+#[derive(Debug)]
+pub struct Request<'a> {
+    queue: &'a SendQueue,
+    deltas: Vec<Value>,
+}
+
+impl Request<'_> {
+    /// The deltas to post (the request stays in flight until it is dropped).
+    pub fn take_deltas(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.deltas)
+    }
+}
+
+impl Drop for Request<'_> {
+    fn drop(&mut self) {
+        self.queue.request_ended();
+    }
+}
+
 /// The time until `deadline`; forever without one (a wait too long for the clock).
 fn time_left(deadline: Option<Instant>) -> Duration {
     deadline.map_or(Duration::MAX, |deadline| deadline.saturating_duration_since(Instant::now()))
@@ -220,19 +242,21 @@ mod tests {
         (first..first + count).map(|i| json!(i)).collect()
     }
 
+    /// Takes the next batch and ends its request at once.
+    fn sent(queue: &SendQueue, batch: usize) -> Option<Vec<Value>> {
+        queue.next_batch(batch).map(|mut request| request.take_deltas())
+    }
+
     #[test]
     fn transactions_are_joined_in_order_up_to_a_batch_and_a_large_one_goes_whole() {
         let queue = SendQueue::new();
         for (first, count) in [(0, 2), (2, 3), (5, 4), (9, 1)] {
             queue.put(deltas(first, count), 100, NO_WAIT, NO_WAIT, 6).expect("queued");
         }
-        assert_eq!(queue.next_batch(6), Some(deltas(0, 5)));
-        queue.sent();
-        assert_eq!(queue.next_batch(6), Some(deltas(5, 5)));
-        queue.sent();
+        assert_eq!(sent(&queue, 6), Some(deltas(0, 5)));
+        assert_eq!(sent(&queue, 6), Some(deltas(5, 5)));
         queue.put(deltas(10, 8), 100, NO_WAIT, NO_WAIT, 6).expect("queued");
-        assert_eq!(queue.next_batch(6), Some(deltas(10, 8)));
-        queue.sent();
+        assert_eq!(sent(&queue, 6), Some(deltas(10, 8)));
         assert_eq!(queue.pending(), 0);
     }
 
@@ -246,9 +270,12 @@ mod tests {
             let queue = Arc::clone(&queue);
             thread::spawn(move || queue.put(deltas(3, 1), 3, LONG, NO_WAIT, 10))
         };
-        assert_eq!(queue.next_batch(10), Some(deltas(0, 3)));
+        let mut request = queue.next_batch(10).expect("a batch");
+        assert_eq!(request.take_deltas(), deltas(0, 3));
         assert_eq!(writer.join().expect("the thread ended normally"), Ok(()));
         assert_eq!(queue.pending(), 4, "three in flight, one queued");
+        drop(request);
+        assert_eq!(queue.pending(), 1);
     }
 
     #[test]
@@ -256,39 +283,53 @@ mod tests {
         let queue = SendQueue::new();
         queue.put(deltas(0, 5), 3, NO_WAIT, NO_WAIT, 10).expect("queued");
         assert!(queue.put(deltas(5, 1), 3, NO_WAIT, NO_WAIT, 10).is_err());
-        assert_eq!(queue.next_batch(10), Some(deltas(0, 5)));
+        assert_eq!(sent(&queue, 10), Some(deltas(0, 5)));
         queue.put(deltas(5, 7), 3, NO_WAIT, NO_WAIT, 10).expect("queued");
     }
 
     #[test]
     fn flush_waits_for_the_request_in_flight() {
-        let queue = Arc::new(SendQueue::new());
+        let queue = SendQueue::new();
         queue.put(deltas(0, 1), 10, NO_WAIT, NO_WAIT, 10).expect("queued");
         assert!(!queue.flush(Duration::from_millis(20)));
-        let batch = queue.next_batch(10);
+        let mut request = queue.next_batch(10).expect("a batch");
         assert!(!queue.flush(Duration::from_millis(20)), "a request in flight is not sent yet");
-        let sender = {
-            let queue = Arc::clone(&queue);
-            thread::spawn(move || {
+        thread::scope(|scope| {
+            let batch = request.take_deltas();
+            scope.spawn(move || {
                 thread::sleep(Duration::from_millis(50));
-                queue.sent();
-            })
-        };
-        assert!(queue.flush(LONG));
-        sender.join().expect("the thread ended normally");
-        assert_eq!(batch, Some(deltas(0, 1)));
+                drop(request);
+            });
+            assert!(queue.flush(LONG));
+            assert_eq!(batch, deltas(0, 1));
+        });
+    }
+
+    #[test]
+    fn a_sender_that_panics_mid_request_leaves_no_flush_waiting() {
+        let queue = SendQueue::new();
+        queue.put(deltas(0, 2), 10, NO_WAIT, NO_WAIT, 10).expect("queued");
+        thread::scope(|scope| {
+            let sender = scope.spawn(|| {
+                let _request = queue.next_batch(10);
+                panic!("a bug while posting");
+            });
+            assert!(sender.join().is_err(), "the sender panicked");
+        });
+        assert!(queue.flush(Duration::from_secs(1)), "the request ended with the panic");
+        queue.put(deltas(2, 1), 10, NO_WAIT, NO_WAIT, 10).expect("the queue still takes deltas");
+        assert_eq!(sent(&queue, 10), Some(deltas(2, 1)), "and a new sender gets them");
     }
 
     #[test]
     fn a_commit_right_after_a_request_waits_for_company_unless_someone_flushes() {
         let queue = Arc::new(SendQueue::new());
         queue.put(deltas(0, 1), 10, NO_WAIT, LONG, 10).expect("queued");
-        assert_eq!(queue.next_batch(10), Some(deltas(0, 1)), "an isolated commit goes at once");
-        queue.sent();
+        assert_eq!(sent(&queue, 10), Some(deltas(0, 1)), "an isolated commit goes at once");
         queue.put(deltas(1, 1), 10, NO_WAIT, LONG, 10).expect("queued");
         let sender = {
             let queue = Arc::clone(&queue);
-            thread::spawn(move || queue.next_batch(10))
+            thread::spawn(move || sent(&queue, 10))
         };
         thread::sleep(Duration::from_millis(50));
         queue.put(deltas(2, 1), 10, NO_WAIT, LONG, 10).expect("queued");
@@ -298,7 +339,6 @@ mod tests {
             thread::spawn(move || queue.flush(LONG))
         };
         assert_eq!(sender.join().expect("the thread ended normally"), Some(deltas(1, 2)), "the flush ended the linger");
-        queue.sent();
         assert!(flusher.join().expect("the thread ended normally"));
     }
 
@@ -308,8 +348,7 @@ mod tests {
         queue.put(deltas(0, 1), 10, NO_WAIT, NO_WAIT, 10).expect("queued");
         queue.close();
         assert_eq!(queue.put(deltas(1, 1), 10, NO_WAIT, NO_WAIT, 10), Err((deltas(1, 1), Refused::Closed)));
-        assert_eq!(queue.next_batch(10), Some(deltas(0, 1)));
-        queue.sent();
-        assert_eq!(queue.next_batch(10), None);
+        assert_eq!(sent(&queue, 10), Some(deltas(0, 1)));
+        assert!(queue.next_batch(10).is_none());
     }
 }

@@ -183,7 +183,10 @@ fn run(shared: &Shared) {
             let client = BackendClient::new(&shared.url, &shared.key, shared.timeout).map_err(|err| err.to_string())?;
             Ok((runtime, client))
         });
-    while let Some(deltas) = shared.queue.next_batch(shared.batch) {
+    // Each request ends when `request` is dropped, also if posting panics: the thread then dies,
+    // `flush()` still returns, and the next `put` starts a new thread.
+    while let Some(mut request) = shared.queue.next_batch(shared.batch) {
+        let deltas = request.take_deltas();
         let count = deltas.len() as u64;
         let mut params = Map::new();
         params.insert("deltas".into(), Value::Array(deltas));
@@ -206,7 +209,6 @@ fn run(shared: &Shared) {
                 report(shared, deltas, failure);
             }
         }
-        shared.queue.sent();
     }
 }
 
