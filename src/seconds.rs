@@ -17,7 +17,40 @@ pub fn check_seconds(name: &str, seconds: f64) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::Config(format!(
-            "{name} must be a positive number of seconds no larger than {MAX_SECONDS} (a year), not {seconds}"
+            "{name} must be a positive number of seconds no larger than {MAX_SECONDS} (a year), not {}",
+            shown(seconds)
         )))
+    }
+}
+
+/// A number as an error message quotes it: a huge one in exponent form (`1e300`, not its 301
+/// digits).
+fn shown(seconds: f64) -> String {
+    if seconds.is_finite() && seconds.abs() >= 1e15 {
+        format!("{seconds:e}")
+    } else {
+        format!("{seconds}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seconds: f64) -> String {
+        match check_seconds("ping_interval", seconds) {
+            Err(Error::Config(text)) => text,
+            other => panic!("{seconds} was not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refused_duration_is_quoted_short_and_named() {
+        assert!(check_seconds("ping_interval", MAX_SECONDS).is_ok());
+        assert!(message(1e300).ends_with("(a year), not 1e300"), "{}", message(1e300));
+        assert!(message(-2.5).ends_with("not -2.5"));
+        assert!(message(0.0).starts_with("ping_interval must be a positive number"));
+        assert!(message(f64::NAN).ends_with("not NaN"));
+        assert!(message(f64::INFINITY).ends_with("not inf"));
     }
 }

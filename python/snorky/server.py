@@ -94,6 +94,10 @@ class Server:
         allowed_origins: Iterable[str] = (),
         **options: Any,
     ) -> None:
+        if isinstance(allowed_origins, str):  # a string is iterable too: each letter would be an origin
+            raise _core.ConfigurationError(
+                f"allowed_origins must be a list of origins, not a string: write [{allowed_origins!r}]"
+            )
         self.frontend = frontend if isinstance(frontend, ServiceRegistry) else ServiceRegistry(frontend)
         self.backend = backend if isinstance(backend, ServiceRegistry) else ServiceRegistry(backend)
         config: dict[str, Any] = {

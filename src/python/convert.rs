@@ -46,8 +46,33 @@ pub fn service_options<T: serde::de::DeserializeOwned + Default>(
     service: &str,
 ) -> PyResult<T> {
     match options {
-        Some(options) => pythonize::depythonize(options)
-            .map_err(|err| ConfigurationError::new_err(format!("invalid {service} option: {err}"))),
+        Some(options) => options_from_dict(options, service),
         None => Ok(T::default()),
     }
+}
+
+/// Options given as Python keyword arguments, as the struct they configure (every field with a
+/// default). A value of the wrong type is a `ConfigurationError` that names its option and
+/// quotes the value: the conversion's own error does not say which option it was, so when the
+/// whole dict fails, each option is converted alone to find the one that did.
+pub fn options_from_dict<T: serde::de::DeserializeOwned>(options: &Bound<'_, PyDict>, what: &str) -> PyResult<T> {
+    let whole = match pythonize::depythonize(options.as_any()) {
+        Ok(parsed) => return Ok(parsed),
+        Err(err) => err,
+    };
+    let py = options.py();
+    for (name, value) in options.iter() {
+        let alone = PyDict::new(py);
+        alone.set_item(&name, &value)?;
+        if let Err(err) = pythonize::depythonize::<T>(alone.as_any()) {
+            let shown = value.repr().map_or_else(|_| "?".to_owned(), |repr| repr.to_string_lossy().into_owned());
+            let shown = if shown.chars().count() > 80 {
+                format!("{}...", shown.chars().take(80).collect::<String>())
+            } else {
+                shown
+            };
+            return Err(ConfigurationError::new_err(format!("invalid {what} option {name}={shown}: {err}")));
+        }
+    }
+    Err(ConfigurationError::new_err(format!("invalid {what} option: {whole}")))
 }

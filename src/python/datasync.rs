@@ -138,11 +138,7 @@ impl PyDataSyncService {
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<PyDataSyncService> {
         let dealers = dealers.iter().map(dealer_from_spec).collect::<PyResult<Vec<_>>>()?;
-        let config: LimitsConfig = match options {
-            Some(options) => pythonize::depythonize(options)
-                .map_err(|err| ConfigurationError::new_err(format!("invalid DataSync option: {err}")))?,
-            None => LimitsConfig::default(),
-        };
+        let config: LimitsConfig = super::convert::service_options(options, "DataSync")?;
         let limits = config.limits().map_err(|err| ConfigurationError::new_err(err.to_string()))?;
         let inner = DataSyncService::with_limits(name, dealers, limits)
             .map_err(|err| ConfigurationError::new_err(format!("{err}: dealer names must be unique")))?;

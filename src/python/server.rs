@@ -9,10 +9,10 @@ use pyo3::types::PyDict;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::convert::server_error;
+use super::convert::{options_from_dict, server_error};
 use super::hooks;
 use super::services::extract_service;
-use super::{ConfigurationError, ServerError};
+use super::ServerError;
 use crate::error::Error;
 use crate::registry::ServiceRegistry;
 use crate::server::sockjs::echo::EchoServer;
@@ -44,8 +44,7 @@ impl PyServer {
         backend: Vec<Bound<'_, PyAny>>,
         config: &Bound<'_, PyDict>,
     ) -> PyResult<PyServer> {
-        let config: ServerConfig = pythonize::depythonize(config.as_any())
-            .map_err(|err| ConfigurationError::new_err(format!("invalid server option: {err}")))?;
+        let config: ServerConfig = options_from_dict(config, "server")?;
         config.validate().map_err(server_error)?;
         let frontend = frontend.iter().map(extract_service).collect::<PyResult<Vec<_>>>()?;
         let backend = backend.iter().map(extract_service).collect::<PyResult<Vec<_>>>()?;

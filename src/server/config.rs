@@ -18,6 +18,26 @@ pub const MIN_API_KEY_LENGTH: usize = 16;
 /// The sockjs-client build the SockJS iframe page loads unless `sockjs_client_url` says otherwise.
 pub const DEFAULT_SOCKJS_CLIENT_URL: &str = "https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js";
 
+/// A switch given as `True` or `False` only. Python's converter would take any value by its
+/// truth, so `sockjs="false"` would turn SockJS on.
+fn strict_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    struct Strict;
+
+    impl serde::de::Visitor<'_> for Strict {
+        type Value = bool;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("True or False")
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<bool, E> {
+            Ok(value)
+        }
+    }
+
+    deserializer.deserialize_any(Strict)
+}
+
 /// Everything a server needs besides its services. Deserialized from the Python keyword
 /// arguments (unknown keys are refused, naming the key).
 #[derive(Debug, Clone, Deserialize)]
@@ -79,14 +99,17 @@ pub struct ServerConfig {
     pub token_secret: Option<String>,
     /// Whether the frontend listener also serves SockJS, for browsers and networks without
     /// WebSocket.
+    #[serde(deserialize_with = "strict_bool")]
     pub sockjs: bool,
     /// The path SockJS is served under (`/sockjs`): the URL clients give `new SockJS(...)`.
     pub sockjs_prefix: String,
     /// Whether SockJS offers its `websocket` transports; off, `/info` says `websocket: false`
     /// and clients use the HTTP transports only.
+    #[serde(deserialize_with = "strict_bool")]
     pub sockjs_websocket: bool,
     /// Whether SockJS responses set a `JSESSIONID` cookie, for load balancers that keep a client
     /// on one node by that cookie.
+    #[serde(deserialize_with = "strict_bool")]
     pub sockjs_cookie_needed: bool,
     /// Seconds between SockJS heartbeat frames on an open receiving request.
     pub sockjs_heartbeat_interval: f64,

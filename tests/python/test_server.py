@@ -41,14 +41,51 @@ def test_unknown_option_is_named():
         make_server(api_key=KEY, frobnicate=1)
 
 
-def test_wrong_option_type_is_named():
-    with pytest.raises(ConfigurationError, match="invalid server option"):
-        make_server(api_key=KEY, ping_interval="often")
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [
+        ("ping_interval", "often", "invalid server option ping_interval='often': "),
+        ("max_frame_size", -1, "invalid server option max_frame_size=-1: "),
+        ("max_connections", 2.5, "invalid server option max_connections=2.5: "),
+        ("sockjs", "false", "invalid server option sockjs='false': "),
+        ("sockjs", 0, "invalid server option sockjs=0: "),
+        ("sockjs_prefix", ["x"] * 200, "invalid server option sockjs_prefix=['x', 'x'"),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_named_with_its_value(option, value, named):
+    with pytest.raises(ConfigurationError) as refused:
+        make_server(api_key=KEY, **{option: value})
+    assert str(refused.value).startswith(named)
+    assert len(str(refused.value)) < 300, "a long value is cut short"
+
+
+def test_a_wrong_api_key_type_is_named():
+    with pytest.raises(ConfigurationError, match="invalid server option api_key=123: "):
+        make_server(api_key=123)
+
+
+def test_a_huge_duration_is_quoted_short():
+    with pytest.raises(ConfigurationError, match=r"ping_interval must be .* not 1e300$"):
+        make_server(api_key=KEY, ping_interval=1e300)
+
+
+def test_a_service_option_of_the_wrong_type_is_named():
+    from snorky.services import ChatService, DataSyncService
+
+    with pytest.raises(ConfigurationError, match="invalid DataSync option max_items='many': "):
+        DataSyncService("datasync", [], max_items="many")
+    with pytest.raises(ConfigurationError, match="invalid Chat option max_channels=-3: "):
+        ChatService("chat", max_channels=-3)
 
 
 def test_a_bad_origin_entry_is_refused():
     with pytest.raises(ConfigurationError, match="allowed_origins"):
         make_server(api_key=KEY, allowed_origins=["example.com"])
+
+
+def test_allowed_origins_given_as_one_string_says_to_make_it_a_list():
+    with pytest.raises(ConfigurationError, match=r"allowed_origins must be a list .*\['https://app.example.com'\]"):
+        make_server(api_key=KEY, allowed_origins="https://app.example.com")
 
 
 def test_duplicate_names_are_refused():
