@@ -1,4 +1,4 @@
-"""``python -m snorky``: run a Snorky server from the command line.
+"""``snorky`` (or ``python -m snorky``): run a Snorky server from the command line.
 
 Every option can also come from an environment variable (shown in ``--help``), so a container or
 a systemd unit configures the server without a command line full of secrets.
@@ -11,7 +11,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from snorky import ConfigurationError, Server, ServiceRegistry, _core
@@ -23,8 +23,9 @@ def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(name, default)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m snorky", description="Snorky: live data over WebSocket.")
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; ``prog`` defaults to the program's name (``sys.argv[0]``)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Snorky: live data over WebSocket.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser(
         "serve",
@@ -64,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="MODULE:CALLABLE",
-        help="also serve the services returned by this callable (e.g. myapp.snorky_services:build); each goes to "
-        "the frontend or backend registry by its `side`; repeatable",
+        help="also serve the service, or the list of services, returned by this callable (e.g. "
+        "myapp.snorky_services:build); each goes to the frontend or backend registry by its `side`; repeatable",
     )
     serve.add_argument("--no-pubsub", action="store_true", help="do not serve the default PubSub services")
     serve.add_argument(
@@ -144,24 +145,41 @@ def sockjs_echo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_service(value: object) -> bool:
+    return hasattr(value, "_core")
+
+
 def load_services(path: str) -> list[Any]:
-    """Imports ``module:callable`` and calls it; it returns an iterable of services."""
+    """Imports ``module:callable`` and calls it; it returns a service or an iterable of services
+    (as a callable in Django's ``SNORKY["SERVICES"]`` does). ``module:name`` may also name a service."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ConfigurationError(f"--services {path!r} must look like package.module:callable")
     try:
-        factory = getattr(importlib.import_module(module_name), attribute)
+        target = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as err:
         raise ConfigurationError(f"--services {path!r}: cannot import it: {err}") from err
-    services = list(factory())
+    if _is_service(target):
+        return [target]
+    if not callable(target):
+        raise ConfigurationError(f"--services {path!r} is {target!r}, neither a Snorky service nor a callable")
+    made = target()
+    if _is_service(made) or not isinstance(made, Iterable) or isinstance(made, (str, bytes, dict)):
+        services = [made]
+    else:
+        services = list(made)
     for service in services:
-        if not hasattr(service, "_core"):
-            raise ConfigurationError(f"--services {path!r} returned {service!r}, which is not a Snorky service")
+        if not _is_service(service):
+            raise ConfigurationError(
+                f"--services {path!r} returned {service!r}, which is not a Snorky service "
+                "(return a service, or a list of them)"
+            )
     return services
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Runs the command line (``argv``: ``sys.argv[1:]`` by default); returns the exit status."""
+    args = build_parser(prog).parse_args(argv)
     try:
         if args.command == "sockjs-echo":
             return sockjs_echo(args)
@@ -171,5 +189,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def console_main() -> int:
+    """The ``snorky`` console script: like ``python -m snorky``, it imports ``--services`` modules
+    from the current directory (a console script's ``sys.path`` starts with its own directory)."""
+    sys.path.insert(0, os.getcwd())
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m snorky.cli"))

@@ -19,6 +19,7 @@ E011        a list view hands out subscriptions without a dealer (nor ``broadcas
 E012        ``@subscribable(fields=...)`` names a field the model does not have, or its
             ``serializer`` path cannot be imported
 E013        ``PUBSUB_PUBLISH_CHANNELS``, ``PUBSUB_PUBLISH_POLICY`` or ``MESSAGING_NAMES`` is unusable
+E014        ``API_KEY`` is shorter than 16 characters (the server refuses it)
 W001        an unknown key in ``SNORKY`` (a typo?)
 W002        a subscribable model's default manager is not a ``SubscribableManager``
 W003        browsers from any origin may connect (``ALLOWED_ORIGINS`` is ``"*"``) outside DEBUG
@@ -26,6 +27,9 @@ W004        a wildcard ``CSRF_TRUSTED_ORIGINS`` entry cannot be used as a WebSoc
 W005        outbox delivery on SQLite without ``"transaction_mode": "IMMEDIATE"``
 W006        a subscribable model does not declare what its deltas carry (every field but the
             secret ones is sent)
+W007        ``{% snorky_client_config %}`` needs the request (``PUBLIC_URL`` is not an absolute
+            ``ws(s)://`` URL) and no ``DjangoTemplates`` backend has the ``request`` context
+            processor
 =========== ==================================================================================
 """
 
@@ -47,7 +51,15 @@ from snorky_django.conf import (
     valid_backend_url,
 )
 
-__all__ = ["check_dealers", "check_settings", "check_views", "routed_views"]
+__all__ = ["MIN_API_KEY_LENGTH", "check_dealers", "check_settings", "check_templates", "check_views", "routed_views"]
+
+#: The shortest API key the server accepts. This mirrors the server's own rule, which the extension
+#: does not expose: ``MIN_API_KEY_LENGTH`` and ``ServerConfig::validate`` in ``src/server/config.rs``
+#: (characters of the key with surrounding whitespace trimmed).
+MIN_API_KEY_LENGTH = 16
+
+#: The context processor that puts the request in the templates' context.
+REQUEST_CONTEXT_PROCESSOR = "django.template.context_processors.request"
 
 
 @register("snorky")
@@ -69,9 +81,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         messages.append(
             Error(
                 'SNORKY["API_KEY"] is not set: Django cannot talk to the Snorky server.',
-                hint='Set SNORKY = {"API_KEY": os.environ["SNORKY_API_KEY"]} with a long random secret '
-                '(python -c "import secrets; print(secrets.token_urlsafe(32))").',
+                hint='Set SNORKY = {"API_KEY": os.environ.get("SNORKY_API_KEY", "")} and export SNORKY_API_KEY, '
+                'a long random secret (python -c "import secrets; print(secrets.token_urlsafe(32))").',
                 id="snorky.E001",
+            )
+        )
+    # str.strip() trims a little more than Rust's trim() (also \x1c-\x1f): never laxer than the server.
+    elif len(api_key.strip()) < MIN_API_KEY_LENGTH:
+        messages.append(
+            Error(
+                f'SNORKY["API_KEY"] is shorter than {MIN_API_KEY_LENGTH} characters: the server refuses it.',
+                hint="Use a long random secret, the same in Django and the server "
+                '(python -c "import secrets; print(secrets.token_urlsafe(32))").',
+                id="snorky.E014",
             )
         )
     url = snorky_settings.BACKEND_URL
@@ -88,10 +110,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         value = getattr(snorky_settings, key)
         try:
             split_address(value) if isinstance(value, str) else split_address("")
-        except ValueError:
+        except ValueError as err:
+            problem = str(err) if isinstance(value, str) else f"{value!r} is not HOST:PORT"
             messages.append(
                 Error(
-                    f'SNORKY["{key}"] = {value!r} is not host:port.',
+                    f'SNORKY["{key}"] = {problem}.',
                     hint=f'For example {DEFAULTS[key]!r}; an IPv6 host goes in brackets: "[::1]:5001".',
                     id="snorky.E004",
                 )
@@ -210,6 +233,37 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                     )
                 )
     return messages
+
+
+@register("snorky", "templates")
+def check_templates(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W007: ``{% snorky_client_config %}`` would render without the request it needs."""
+    from django.core.exceptions import ImproperlyConfigured
+    from django.template import engines
+    from django.template.backends.django import DjangoTemplates
+
+    public_url = snorky_settings.PUBLIC_URL
+    if isinstance(public_url, str) and public_url.startswith(("ws://", "wss://")):
+        return []  # absolute: the tag needs no request
+    try:
+        django_engines = [engine for engine in engines.all() if isinstance(engine, DjangoTemplates)]
+    except (ImproperlyConfigured, ImportError):
+        return []  # a broken TEMPLATES setting: Django's own checks and errors report it
+    if not django_engines or any(
+        REQUEST_CONTEXT_PROCESSOR in engine.engine.context_processors for engine in django_engines
+    ):
+        return []
+    found = "a path" if public_url else "unset"
+    return [
+        Warning(
+            "{% snorky_client_config %} builds the WebSocket URL from the request "
+            f'(SNORKY["PUBLIC_URL"] is {found}), but no DjangoTemplates backend has the '
+            f"{REQUEST_CONTEXT_PROCESSOR!r} context processor: pages would be told to connect to 'localhost'.",
+            hint=f'Add {REQUEST_CONTEXT_PROCESSOR!r} to TEMPLATES[...]["OPTIONS"]["context_processors"], '
+            'or set SNORKY["PUBLIC_URL"] to an absolute URL ("wss://example.com/snorky/ws").',
+            id="snorky.W007",
+        )
+    ]
 
 
 @register("snorky")

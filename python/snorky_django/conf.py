@@ -143,10 +143,18 @@ _WATCHED = {"SNORKY", "SECRET_KEY", "ALLOWED_HOSTS", "CSRF_TRUSTED_ORIGINS", "DE
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """Splits ``"host:port"`` (``"[::1]:5001"`` for IPv6); raises ``ValueError`` when malformed."""
+    """Splits ``"host:port"`` (``"[::1]:5001"`` for IPv6); raises ``ValueError`` when malformed.
+
+    The host is required: the server cannot listen on ``":5001"`` (an empty host is no address).
+    """
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{address!r} is not host:port")
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    if not host:
+        raise ValueError(
+            f"{address!r} has no host: give one, e.g. 0.0.0.0:{port} (every interface) "
+            f"or 127.0.0.1:{port} (this machine only)"
+        )
     return host, int(port)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.core import checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
@@ -10,12 +11,19 @@ from django.db import models
 from django.test import override_settings
 from django.test.utils import isolate_apps
 
+import snorky
 from snorky_django import changes, subscribable
+
+KEY = "checks-test-api-key"
+
+
+def messages(**snorky) -> list[checks.CheckMessage]:
+    with override_settings(SNORKY={"API_KEY": KEY, **snorky}):
+        return checks.run_checks(tags=["snorky"])
 
 
 def ids(**snorky) -> set[str]:
-    with override_settings(SNORKY={"API_KEY": "k", **snorky}):
-        return {message.id for message in checks.run_checks(tags=["snorky"])}
+    return {message.id for message in messages(**snorky)}
 
 
 def test_the_test_project_is_clean():
@@ -44,8 +52,58 @@ def test_setting_errors():
     assert ids(API_KEYS="typo") == {"snorky.W001"}
 
 
+def test_an_api_key_the_server_refuses_is_an_error():
+    assert ids(API_KEY="swordfish") == {"snorky.E014"}
+    assert ids(API_KEY="  " + "x" * 15 + "  ") == {"snorky.E014"}  # the server trims it too
+    assert ids(API_KEY="x" * 16) == set()
+    [message] = messages(API_KEY="swordfish")
+    assert "shorter than 16 characters" in message.msg and "token_urlsafe" in (message.hint or "")
+
+
+@pytest.mark.parametrize("key", ["swordfish", "x" * 15, "x" * 16, " " + "x" * 15 + "\t", "é" * 16, "é" * 15])
+def test_the_api_key_check_agrees_with_the_server(key):
+    # The server's own rule (src/server/config.rs), through the extension: building a server
+    # validates its configuration without listening.
+    try:
+        snorky.Server([], [], frontend_address="127.0.0.1:0", backend_address="127.0.0.1:0", api_key=key)
+        refused = False
+    except snorky.ConfigurationError as err:
+        assert "api_key is too short" in str(err)
+        refused = True
+    assert ("snorky.E014" in ids(API_KEY=key)) == refused
+
+
+def test_an_address_without_a_host_is_an_error():
+    [message] = messages(FRONTEND_ADDRESS=":5101")
+    assert message.id == "snorky.E004"
+    assert "has no host" in message.msg and "0.0.0.0:5101" in message.msg and "127.0.0.1:5101" in message.msg
+
+
+TEMPLATES_WITHOUT_REQUEST = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.contrib.auth.context_processors.auth"]},
+    }
+]
+
+
+def test_templates_without_the_request_context_processor_warn():
+    with override_settings(TEMPLATES=TEMPLATES_WITHOUT_REQUEST):
+        assert ids() == {"snorky.W007"}
+        assert ids(PUBLIC_URL="/snorky/ws") == {"snorky.W007"}  # completed from the request too
+        assert ids(PUBLIC_URL="wss://live.example.com/ws") == set()  # needs no request
+        [message] = messages()
+        assert "django.template.context_processors.request" in (message.hint or "")
+    # Another backend has it: the tag can be given a request.
+    with override_settings(TEMPLATES=[{**TEMPLATES_WITHOUT_REQUEST[0], "NAME": "other"}, *settings.TEMPLATES]):
+        assert ids() == set()
+    with override_settings(TEMPLATES=[]):
+        assert ids() == set()  # no Django templates: no tag
+
+
 def test_a_dealer_naming_an_unknown_model():
-    with override_settings(SNORKY={"API_KEY": "k", "DEALERS": ["django_tests.extra_dealers.GhostTasks"]}):
+    with override_settings(SNORKY={"API_KEY": KEY, "DEALERS": ["django_tests.extra_dealers.GhostTasks"]}):
         messages = checks.run_checks(tags=["snorky"])
     assert [m.id for m in messages] == ["snorky.E003"]
     assert "'Ghost'" in messages[0].msg and "Task" in messages[0].hint

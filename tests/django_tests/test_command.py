@@ -17,10 +17,12 @@ from pathlib import Path
 
 import pytest
 from django.db import transaction
+from django.test import override_settings
 
 from django_tests.conftest import TIMEOUT, client_for, database_env, free_port, subscribe, wait_until
 from django_tests.testapp.models import Task
 from snorky.backend import SnorkyBackend
+from snorky_django.management.commands.snorky import _bind_hint, address_warnings
 from snorky_django.models import OutboxEntry
 from snorky_django.relay import OutboxRelay
 from snorky_django.testing import live_snorky_server
@@ -167,6 +169,84 @@ def test_a_busy_port_says_how_to_change_it(processes):
         server = processes(f"--frontend-address=127.0.0.1:{port}")
         assert server.finish() == 1
     assert "Snorky could not start" in server.output and "--frontend-address" in server.output
+    assert "Is another server using the port?" in server.output
+
+
+def test_an_address_without_a_host_or_not_of_this_machine_is_not_blamed_on_another_server(processes):
+    server = processes("--frontend-address=:5101")
+    assert server.finish() == 1
+    assert "--frontend-address ':5101' has no host: give one, e.g. 0.0.0.0:5101" in server.output
+    assert "127.0.0.1:5101" in server.output and "another server" not in server.output
+    # 192.0.2.1 (TEST-NET-1, documentation only) is no address of this machine.
+    server = processes(f"--frontend-address=192.0.2.1:{free_port()}")
+    assert server.finish() == 1
+    assert "Cannot assign requested address" in server.output and "another server" not in server.output
+    assert "not an address of this machine" in server.output
+
+
+def test_the_bind_hint_follows_the_error():
+    assert "another server" in _bind_hint("cannot listen on 127.0.0.1:5001: Address already in use (os error 98)")
+    for error in (
+        "cannot listen on 10.1.2.3:5001: Cannot assign requested address (os error 99)",
+        "cannot listen on nohost.invalid:0: failed to lookup address information: Name or service not known",
+        "cannot listen on 0.0.0.0:80: Permission denied (os error 13)",
+    ):
+        assert "another server" not in _bind_hint(error)
+    assert "does not resolve" in _bind_hint("cannot listen on x.invalid:0: failed to lookup address information: ...")
+
+
+def test_address_flags_that_django_does_not_follow_are_warned_about(processes):
+    # The test settings keep the default addresses; the flags move only the Snorky process.
+    server = processes()
+    server.wait_for("Quit the server with CONTROL-C.")
+    warnings = "".join(server.stderr)
+    assert f'set SNORKY["FRONTEND_ADDRESS"] = "127.0.0.1:{server.frontend_port}" instead' in warnings
+    assert "pages are told to connect to ws://<host>:5001/ws" in warnings
+    assert "Django posts to http://127.0.0.1:5002/backend" in warnings and "503" in warnings
+    assert f'set SNORKY["BACKEND_ADDRESS"] = "127.0.0.1:{server.backend_port}" instead' in warnings
+
+
+def test_address_warnings():
+    assert address_warnings(None, None) == []
+    assert address_warnings("0.0.0.0:5001", "127.0.0.1:5002") == []
+    assert address_warnings("127.0.0.1:5001", "0.0.0.0:5002") == []
+    assert address_warnings(None, "localhost:5002") == []
+    [frontend] = address_warnings("127.0.0.1:8001", None)
+    assert 'set SNORKY["FRONTEND_ADDRESS"] = "127.0.0.1:8001" instead' in frontend
+    [backend] = address_warnings(None, "127.0.0.1:8002")
+    assert 'set SNORKY["BACKEND_ADDRESS"] = "127.0.0.1:8002"' in backend and "broker" not in backend
+    [backend] = address_warnings(None, "10.0.0.5:5002")  # the port matches, the host does not
+    assert "Django posts to http://127.0.0.1:5002/backend" in backend
+    [_, backend] = address_warnings("127.0.0.1:8001", "127.0.0.1:8002", broker="redis://127.0.0.1:6379/0")
+    assert "another node sharing" in backend
+    [relay] = address_warnings(None, "127.0.0.1:8002", relay_only=True)
+    assert "this relay posts to 127.0.0.1:8002" in relay and "reach no subscriber" in relay
+    with override_settings(SNORKY={"API_KEY": API_KEY, "BACKEND_URL": "http://snorky.internal:9000/backend"}):
+        assert address_warnings(None, "0.0.0.0:9000") == []
+        [backend] = address_warnings(None, "0.0.0.0:9001")
+        assert 'set SNORKY["BACKEND_URL"] = "http://127.0.0.1:9001/backend"' in backend
+    with override_settings(SNORKY={"API_KEY": API_KEY, "PUBLIC_URL": "/snorky/ws"}):
+        assert address_warnings("127.0.0.1:8001", None) == []  # a proxy's business
+    with override_settings(SNORKY={"API_KEY": API_KEY, "PUBLIC_URL": "wss://live.example.com/ws"}):
+        assert address_warnings("127.0.0.1:8001", None) == []
+    with override_settings(SNORKY={"API_KEY": API_KEY, "PUBLIC_URL": "ws://127.0.0.1:5001/ws"}):
+        [frontend] = address_warnings("127.0.0.1:8001", None)
+        assert 'ws://127.0.0.1:5001/ws (SNORKY["PUBLIC_URL"])' in frontend
+        assert address_warnings("127.0.0.1:5001", None) == []
+
+
+def test_a_relay_only_process_with_direct_delivery_warns_that_it_has_nothing_to_relay(processes):
+    relay = processes("--relay-only")
+    relay.wait_for("Relaying the outbox")
+    relay.wait_for('SNORKY["DELIVERY"] is "direct"')
+    assert "writes nothing to the outbox" in "".join(relay.stderr)
+    relay.process.send_signal(signal.SIGTERM)
+    assert relay.finish() == 0
+    outbox = processes("--relay-only", SNORKY_TEST_DELIVERY="outbox")
+    outbox.wait_for("Relaying the outbox")
+    outbox.process.send_signal(signal.SIGTERM)
+    assert outbox.finish() == 0
+    assert "DELIVERY" not in outbox.output
 
 
 def test_the_outbox_survives_killing_the_server_and_its_relay(processes, settings, ws_factory, alice):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 from typing import Any
 
 import pytest
-from django.test import Client, override_settings
+from django.template.loader import render_to_string
+from django.test import Client, RequestFactory, override_settings
 
 from django_tests.conftest import client_for
 from snorky_django import connection_token, identity_of
@@ -61,3 +63,25 @@ def test_the_template_tag_names_the_view_when_its_urls_are_included(alice):
     assert page_config(client_for(alice))["tokenUrl"] == "/snorky/connection-token/"
     with override_settings(ROOT_URLCONF="django_tests.page_urls"):
         assert page_config(client_for(alice))["tokenUrl"] is None
+
+
+def rendered_config(**kwargs: Any) -> dict[str, Any]:
+    page = render_to_string("page.html", **kwargs)
+    found = re.search(r'<script id="snorky-config" type="application/json">(.*?)</script>', page)
+    assert found is not None
+    return json.loads(found.group(1))  # type: ignore[no-any-return]
+
+
+def test_the_template_tag_without_a_request_logs_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="snorky_django"):
+        assert rendered_config()["url"] == "ws://localhost:5001/ws"
+    [record] = caplog.records
+    assert "has no request" in record.getMessage() and "ws://localhost:5001/ws" in record.getMessage()
+    assert "django.template.context_processors.request" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="snorky_django"):
+        request = RequestFactory().get("/", HTTP_HOST="localhost:8000")
+        assert rendered_config(request=request)["url"] == "ws://localhost:5001/ws"
+        with override_settings(SNORKY={"PUBLIC_URL": "wss://live.example.com/ws"}):
+            assert rendered_config()["url"] == "wss://live.example.com/ws"  # needs no request
+    assert caplog.records == []

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -24,11 +25,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def snorky(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen[str]:
+FIXTURES = str(Path(__file__).parent / "fixtures")
+
+
+def snorky(
+    *args: str, env: dict[str, str] | None = None, command: list[str] | None = None, **kwargs
+) -> subprocess.Popen[str]:
+    """``python -m snorky`` (or ``command``) with ``args``; a ``PYTHONPATH`` in ``env`` goes before
+    the inherited one (which may be where snorky itself is imported from)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SNORKY_")}
     full_env.update(env or {})
+    if env and "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
+        full_env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], os.environ["PYTHONPATH"]])
     return subprocess.Popen(
-        [sys.executable, "-m", "snorky", *args],
+        [*(command or [sys.executable, "-m", "snorky"]), *args],
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -153,3 +163,85 @@ def test_bad_services_paths_fail_clearly(path: str, message: str):
     _, err = process.communicate(timeout=30)
     assert process.returncode == 2
     assert message in err
+
+
+def test_a_callable_returning_one_service_is_accepted():
+    # As in Django's SNORKY["SERVICES"]: a callable may return a service or a list of them.
+    front, back = free_port(), free_port()
+    process = snorky(
+        "serve", "--frontend-address", f"127.0.0.1:{front}", "--backend-address", f"127.0.0.1:{back}",
+        "--api-key", "cli-test-key-0123456789", "--services", "cli_services:single", "--no-pubsub",
+        env={"PYTHONPATH": FIXTURES},
+    )  # fmt: skip
+    try:
+        wait_healthy(back, process)
+        client = WsClient(f"ws://127.0.0.1:{front}/ws")
+        assert client.call("echo", "echo", value="one")["data"] == "one"
+        client.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+
+def test_a_callable_returning_no_service_is_a_configuration_error_without_traceback():
+    process = snorky(
+        "serve", "--api-key", "cli-test-key-0123456789", "--services", "cli_services:nothing",
+        env={"PYTHONPATH": FIXTURES},
+    )  # fmt: skip
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert "returned None, which is not a Snorky service" in err and "Traceback" not in err
+
+
+def console_script(directory: Path) -> list[str]:
+    """The ``snorky`` console script as pip writes it, from pyproject.toml's [project.scripts]."""
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    module, _, function = pyproject["project"]["scripts"]["snorky"].partition(":")
+    script = directory / "bin" / "snorky"
+    script.parent.mkdir()
+    script.write_text(
+        "import re\n"
+        "import sys\n"
+        f"from {module} import {function}\n"
+        "if __name__ == '__main__':\n"
+        "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+        f"    sys.exit({function}())\n"
+    )
+    return [sys.executable, str(script)]
+
+
+def test_the_console_script_imports_services_from_the_current_directory(tmp_path: Path):
+    (tmp_path / "project_services.py").write_text(
+        "from snorky.services import RPCService, rpc_command\n\n\n"
+        "class Echo(RPCService):\n"
+        "    @rpc_command\n"
+        "    def echo(self, req, value=None):\n"
+        "        return value\n\n\n"
+        "def build():\n"
+        "    return Echo('echo')\n"
+    )
+    front, back = free_port(), free_port()
+    process = snorky(
+        "serve", "--frontend-address", f"127.0.0.1:{front}", "--backend-address", f"127.0.0.1:{back}",
+        "--api-key", "cli-test-key-0123456789", "--services", "project_services:build",
+        command=console_script(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        wait_healthy(back, process)
+        client = WsClient(f"ws://127.0.0.1:{front}/ws")
+        assert client.call("echo", "echo", value=2)["data"] == 2
+        client.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+
+def test_usage_names_the_program_as_invoked(tmp_path: Path):
+    for command, usage in (
+        (console_script(tmp_path), "usage: snorky serve"),
+        ([sys.executable, "-m", "snorky"], "usage: python -m snorky serve"),
+    ):
+        process = snorky("serve", "--help", command=command)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert out.startswith(usage), out

@@ -11,12 +11,15 @@ no value can close the script element)::
 ``snorky_django.urls``, ``null`` when they are not included): tokens are short-lived.
 
 Read it with ``JSON.parse(document.getElementById("snorky-config").textContent)``. The token is
-the current user's (``request.user``, which needs the ``request`` context processor); pass an
-element id as the argument to render several: ``{% snorky_client_config "live-config" %}``.
+the current user's (``request.user``), and the URL is built from the request's host unless
+``PUBLIC_URL`` is absolute: both need the ``request`` context processor (without a request the tag
+logs a warning, and ``manage.py check`` warns: ``snorky.W007``). Pass an element id as the argument
+to render several: ``{% snorky_client_config "live-config" %}``.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django import template
@@ -29,11 +32,20 @@ from snorky_django.conf import snorky_settings
 
 register = template.Library()
 
+logger = logging.getLogger("snorky_django")
+
 
 @register.simple_tag(takes_context=True)
 def snorky_client_config(context: template.Context, element_id: str = "snorky-config") -> SafeString:
     """The public WebSocket URL and the user's connection token, as a JSON script element."""
     request = context.get("request")
+    if request is None and not _absolute(snorky_settings.PUBLIC_URL):
+        logger.warning(
+            "{%% snorky_client_config %%} has no request in its context: the page is told %s, built "
+            "from 'localhost'. Add 'django.template.context_processors.request' to the templates' "
+            'context_processors (and render with the request), or set SNORKY["PUBLIC_URL"] to an absolute URL.',
+            snorky_settings.public_url(None),
+        )
     user = getattr(request, "user", None) or context.get("user")
     config: dict[str, Any] = {
         "url": snorky_settings.public_url(request),
@@ -41,6 +53,10 @@ def snorky_client_config(context: template.Context, element_id: str = "snorky-co
         "tokenUrl": _token_url(),
     }
     return json_script(config, element_id)
+
+
+def _absolute(url: object) -> bool:
+    return isinstance(url, str) and url.startswith(("ws://", "wss://"))
 
 
 def _token_url() -> str | None:
