@@ -222,3 +222,19 @@ async fn a_body_over_the_limit_still_gets_an_answer() {
     assert_eq!(answer.status, 413, "{}", answer.text());
     assert!(answer.json()["error"].is_string());
 }
+
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_answered_408_and_the_listener_goes_on() {
+    let server = TestServer::start_with(|config| config.body_read_timeout = 0.5).await;
+    let mut subscriber = server.connect().await;
+    subscriber.subscribe(json!("after")).await;
+    let head = format!(
+        "POST /backend HTTP/1.1\r\nHost: test\r\nX-Backend-Key: {KEY}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n{{\"service\": \"pubsub_backend\""
+    );
+    // The rest of the body never comes: the answer must, after body_read_timeout.
+    let answer = common::answer_to_a_stalled_body(server.backend, &head).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    backend_publish(&server, &json!("after"), &json!("served")).await;
+    assert_eq!(subscriber.recv().await, delivery("pubsub", &json!("after"), &json!("served")));
+}

@@ -367,3 +367,21 @@ async fn concurrent_sends_to_one_session_are_all_handled() {
     assert_eq!(ids, (0..20).collect::<Vec<u64>>());
     assert!((0..20).all(|n| server.hub().subscriber_count(&json!(format!("c{n}"))) == 1));
 }
+
+#[tokio::test]
+async fn an_xhr_send_body_sent_too_slowly_is_answered_408_and_frees_the_session() {
+    let server = TestServer::start_with(|config| config.body_read_timeout = 0.5).await;
+    let id = rand_id();
+    let url = format!("{}/000/{id}", base(&server));
+    let mut stream = Streaming::open(&format!("{url}/xhr_streaming")).await;
+    assert_eq!(stream.next().await, "o");
+    let head = format!(
+        "POST /sockjs/000/{id}/xhr_send HTTP/1.1\r\nHost: test\r\nContent-Length: 1000000\r\n\r\n[\"{{\\\"serv"
+    );
+    let answer = common::answer_to_a_stalled_body(server.frontend, &head).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // The slow body held the session's turn to send; the next request has it.
+    let (status, _) = post(&format!("{url}/xhr_send"), send_body(&[subscribe("news", 1)]), &[]).await;
+    assert_eq!(status, 204);
+    assert_eq!(messages_of(&stream.next().await), vec![ok_reply("pubsub", &json!(1), &Value::Null)]);
+}

@@ -74,7 +74,8 @@ class Server:
     - ``api_key``: the shared secret the web application sends as ``X-Backend-Key`` (required)
     - ``allowed_origins``: browser origins allowed to connect, or ``["*"]``
     - ``max_frame_size`` (1 MiB), ``outbox_limit`` (16 MiB per connection), ``ping_interval``
-      (30 s), ``close_timeout`` (5 s), ``shutdown_timeout`` (10 s), ``backend_body_limit`` (16 MiB)
+      (30 s), ``close_timeout`` (5 s), ``shutdown_timeout`` (10 s), ``backend_body_limit`` (16 MiB),
+      ``header_read_timeout`` (10 s) and ``body_read_timeout`` (30 s) for a request's head and body
     - ``token_secret``: the secret that signs connection tokens
     - SockJS, for browsers without WebSocket: ``sockjs`` (``True``: served), ``sockjs_prefix``
       (``"/sockjs"``), ``sockjs_websocket`` (``True``), ``sockjs_cookie_needed`` (``False``),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{to_bytes, Body};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,7 @@ use crate::protocol::rpc::reply_envelope;
 use crate::protocol::RpcError;
 use crate::service::Caller;
 
+use super::body::{self, BodyError};
 use super::dispatch::{self, Outcome};
 use super::App;
 
@@ -35,8 +36,13 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
     if announced.is_some_and(|length| length > limit as u64) {
         return too_large();
     }
-    let Ok(body) = to_bytes(body, limit).await else {
-        return too_large();
+    let body = match body::read(body, limit, app.config.body_deadline()).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::TooSlow) => {
+            return error(StatusCode::REQUEST_TIMEOUT, "Body not received within body_read_timeout");
+        }
+        Err(BodyError::Broken) => return error(StatusCode::BAD_REQUEST, "Broken request body"),
     };
     match dispatch::handle(&app.backend, Caller::Backend, body, &app.metrics).await {
         Outcome::Answered { service, call_id, result } => {

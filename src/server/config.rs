@@ -69,6 +69,9 @@ pub struct ServerConfig {
     /// Seconds a client may take to send a request's head (both listeners); slower ones are
     /// disconnected.
     pub header_read_timeout: f64,
+    /// Seconds a client may take to send a request's whole body (`POST /backend`, SockJS's
+    /// `xhr_send` and `jsonp_send`); a slower one is answered 408.
+    pub body_read_timeout: f64,
     /// Seconds a revoked identity's older connection tokens stay refused; at least the longest
     /// lifetime the web application gives its tokens.
     pub revocation_window: f64,
@@ -136,6 +139,7 @@ impl Default for ServerConfig {
             max_connections: 50_000,
             max_connections_per_address: None,
             header_read_timeout: 10.0,
+            body_read_timeout: 30.0,
             revocation_window: 3600.0,
             max_revocations: 100_000,
             broker: None,
@@ -194,6 +198,7 @@ impl ServerConfig {
             ("shutdown_timeout", self.shutdown_timeout),
             ("stall_timeout", self.stall_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
             ("revocation_window", self.revocation_window),
             ("node_timeout", self.node_timeout),
             ("sockjs_heartbeat_interval", self.sockjs_heartbeat_interval),
@@ -316,6 +321,11 @@ impl ServerConfig {
     /// `close_timeout` as a duration.
     pub fn close_grace(&self) -> Duration {
         Duration::from_secs_f64(self.close_timeout)
+    }
+
+    /// `body_read_timeout` as a duration.
+    pub fn body_deadline(&self) -> Duration {
+        Duration::from_secs_f64(self.body_read_timeout)
     }
 
     /// `shutdown_timeout` as a duration.

@@ -4,6 +4,7 @@
 //! state connections share.
 
 pub mod backend;
+pub mod body;
 pub mod config;
 pub mod dispatch;
 pub mod listener;

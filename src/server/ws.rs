@@ -31,7 +31,7 @@ use crate::connection::{Connection, Identity, Outbox};
 use crate::protocol::{codes, Frame};
 use crate::tokens;
 
-use super::{dispatch, origin, App};
+use super::{dispatch, origin, App, ServerConfig};
 use crate::connections::Slot;
 
 /// Connection ids are process-wide, not per server: one service object may be registered in two
@@ -43,6 +43,9 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 const READ_BUFFER: usize = 512;
 /// Bytes the writer buffers before writing to the socket when it batches frames.
 const WRITE_BUFFER: usize = 16 * 1024;
+/// Room in a socket's send buffer beyond its largest frame, for control frames (a pong, the
+/// close).
+const CONTROL_ROOM: usize = 64 * 1024;
 /// How often a blocked write re-checks the stall rule while the queue is empty (the writer holds
 /// the frames it is writing; new ones restart the stall clock).
 const STALL_RECHECK: Duration = Duration::from_secs(1);
@@ -95,13 +98,24 @@ pub async fn upgrade(
             return (StatusCode::SERVICE_UNAVAILABLE, format!("Server busy: {refusal}")).into_response();
         }
     };
-    let max = app.config.max_frame_size;
+    with_limits(upgrade, &app.config).on_upgrade(move |socket| serve(app, socket, remote, identity, issued_at, slot))
+}
+
+/// The buffers and bounds of every WebSocket, on `/ws` and on SockJS's websocket transports.
+pub(crate) fn with_limits(upgrade: WebSocketUpgrade, config: &ServerConfig) -> WebSocketUpgrade {
+    let max = config.max_frame_size;
+    // The send buffer's bound. Without one (tungstenite's default), a pong answering each ping
+    // joins the buffer even while the socket takes nothing, so a client that sends pings and never
+    // reads could grow it without end. Bounded, a pong that does not fit replaces the one waiting.
+    // It leaves room for the largest frame a connection is sent (a queue's worth, or a backend
+    // body), or writing that frame would fail.
+    let largest = config.queue_limit().max(config.backend_body_limit);
     upgrade
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER.saturating_add(largest).saturating_add(CONTROL_ROOM))
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| serve(app, socket, remote, identity, issued_at, slot))
 }
 
 /// What a handshake proves: who the client is, and when its connection token was issued (if it

@@ -569,3 +569,21 @@ pub async fn metric(server: &TestServer, name: &str) -> i64 {
 pub fn filler(len: usize) -> String {
     "x".repeat(len)
 }
+
+/// Sends `head` (a request's head and the start of its body, which never ends) on a new
+/// connection to `addr`, and returns the head of the answer the server sends anyway.
+pub async fn answer_to_a_stalled_body(addr: SocketAddr, head: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("the server listens");
+    stream.write_all(head.as_bytes()).await.expect("the head is sent");
+    within(WAIT, "an answer to a body that stopped", async {
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !answer.windows(4).any(|window| window == b"\r\n\r\n") {
+            let read = stream.read(&mut chunk).await.expect("the connection stays readable");
+            assert!(read > 0, "the server closed without an answer");
+            answer.extend_from_slice(&chunk[..read]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+}

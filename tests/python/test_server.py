@@ -240,7 +240,9 @@ def test_a_short_api_key_is_refused():
         make_server(api_key="short-key")
 
 
-@pytest.mark.parametrize("option", ["ping_interval", "stall_timeout", "header_read_timeout", "shutdown_timeout"])
+@pytest.mark.parametrize(
+    "option", ["ping_interval", "stall_timeout", "header_read_timeout", "body_read_timeout", "shutdown_timeout"]
+)
 def test_a_duration_too_long_for_the_clock_is_refused_at_start(option):
     with pytest.raises(ConfigurationError, match=option):
         make_server(api_key=KEY, **{option: 1e300})

@@ -7,13 +7,13 @@
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::Response;
-use http_body_util::LengthLimitError;
 
 use super::framing::{self, PayloadError};
 use super::http::{self, RequestInfo};
 use super::path::Transport;
 use super::{adapter, Shared};
 use crate::protocol::codes;
+use crate::server::body::{self, BodyError};
 
 /// Handles `xhr_send` or `jsonp_send` for session `id`.
 pub async fn send(shared: &Shared, info: &RequestInfo, id: &str, transport: Transport, body: Body) -> Response {
@@ -27,17 +27,20 @@ pub async fn send(shared: &Shared, info: &RequestInfo, id: &str, transport: Tran
     // lock is taken before the body is read, so that a client sending many requests at once
     // makes the server hold one body per session, not one per request.
     let order = session.inbound().await;
-    let bytes = match axum::body::to_bytes(body, app.config.max_frame_size).await {
+    // The deadline bounds how long the session's turn is held too.
+    let bytes = match body::read(body, app.config.max_frame_size, app.config.body_deadline()).await {
         Ok(bytes) => bytes,
-        Err(err) => {
-            if err.into_inner().is::<LengthLimitError>() {
-                log::info!("sockjs session {}: body over max_frame_size, closing with 1009", session.connection.id());
-                adapter::close(&session.connection, codes::MESSAGE_TOO_BIG);
-                return http::error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large.");
-            }
-            // The client went away while sending: nobody reads this answer.
-            return http::error(StatusCode::BAD_REQUEST, "Broken request.");
+        Err(BodyError::TooLarge) => {
+            log::info!("sockjs session {}: body over max_frame_size, closing with 1009", session.connection.id());
+            adapter::close(&session.connection, codes::MESSAGE_TOO_BIG);
+            return http::error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large.");
         }
+        Err(BodyError::TooSlow) => {
+            log::info!("sockjs session {}: body not received within body_read_timeout", session.connection.id());
+            return http::error(StatusCode::REQUEST_TIMEOUT, "Body not received in time.");
+        }
+        // The client went away while sending: nobody reads this answer.
+        Err(BodyError::Broken) => return http::error(StatusCode::BAD_REQUEST, "Broken request."),
     };
     let payload = if transport == Transport::JsonpSend && info.form_body {
         form_field(&bytes).unwrap_or_default()

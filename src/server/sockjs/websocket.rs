@@ -22,12 +22,7 @@ use super::path::Transport;
 use super::Shared;
 use crate::connection::{Connection, Outbox};
 use crate::protocol::{codes, Frame};
-use crate::server::ws::Proven;
-
-/// Initial read buffer per socket, as for `/ws`: small, growing on demand.
-const READ_BUFFER: usize = 512;
-/// Bytes the writer buffers before writing to the socket when it batches frames.
-const WRITE_BUFFER: usize = 16 * 1024;
+use crate::server::ws::{self, Proven};
 
 /// SockJS framing, or none (`/websocket`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,12 +43,7 @@ pub fn upgrade(
     framing: Framing,
 ) -> Response {
     let shared = shared.clone();
-    let max = shared.app.config.max_frame_size;
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max)
+    ws::with_limits(upgrade, &shared.app.config)
         .on_upgrade(move |socket| serve(shared, socket, remote, identity, admission, framing))
 }
 
