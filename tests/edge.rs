@@ -186,6 +186,26 @@ async fn a_text_frame_that_is_not_utf8_closes_with_1007() {
 }
 
 #[tokio::test]
+async fn frames_that_break_the_websocket_protocol_close_with_1002() {
+    let server = TestServer::start().await;
+    // An unmasked text frame, a frame with a reserved opcode, a ping of 126 bytes, a continuation
+    // frame with nothing to continue, a frame with a reserved bit.
+    let unmasked = vec![0x81, 0x02, b'{', b'}'];
+    let reserved_opcode = vec![0x83, 0x80, 0, 0, 0, 0];
+    let mut long_ping = vec![0x89, 0xfe, 0x00, 0x7e, 0, 0, 0, 0];
+    long_ping.extend(std::iter::repeat_n(0u8, 126));
+    let stray_continuation = vec![0x80, 0x80, 0, 0, 0, 0];
+    let reserved_bit = vec![0xc1, 0x80, 0, 0, 0, 0];
+    for bytes in [unmasked, reserved_opcode, long_ping, stray_continuation, reserved_bit] {
+        let mut raw = RawClient::connect(server.frontend).await;
+        raw.stream.write_all(&bytes).await.expect("the frame is sent");
+        let frames = raw.read_until_end(WAIT).await;
+        let close = frames.iter().find(|frame| frame.opcode == 8).expect("a close frame");
+        assert_eq!(close.close_code(), Some(1002), "after {bytes:02x?}");
+    }
+}
+
+#[tokio::test]
 async fn a_backend_body_announced_over_the_limit_gets_413_before_it_is_sent() {
     let server = TestServer::start().await;
     let mut stream = tcp_from([127, 0, 0, 1], server.backend).await;

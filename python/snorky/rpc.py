@@ -89,7 +89,8 @@ class RPCService:
 
     A connection may have at most ``max_pending_calls`` (class attribute, default 100) calls
     waiting for an answer that comes later (``async def`` and ``@rpc_asynchronous`` commands);
-    more are answered "Too many pending calls". When the connection closes, its waiting calls
+    while it has, every further call to the service (a synchronous command too) is answered "Too
+    many pending calls". When the connection closes, its waiting calls
     are cancelled: ``async def`` commands get :class:`asyncio.CancelledError`, and deferred ones
     can check ``req.cancelled`` or register ``req.on_cancel(callback)``.
     """

@@ -17,6 +17,10 @@
 pub const NORMAL: u16 = 1000;
 /// The server is shutting down (graceful shutdown). Reconnect with backoff.
 pub const GOING_AWAY: u16 = 1001;
+/// A frame that breaks the WebSocket protocol (RFC 6455 section 7.4.1): unmasked, a reserved
+/// opcode or bit, a control frame over 125 bytes or fragmented, a continuation with nothing to
+/// continue. Do not resend it.
+pub const PROTOCOL_ERROR: u16 = 1002;
 /// A text frame that is not valid UTF-8 (RFC 6455 section 7.4.1). Do not resend it.
 pub const INVALID_PAYLOAD: u16 = 1007;
 /// The connection's outgoing queue overflowed because the client stopped reading. Reconnect and

@@ -264,13 +264,15 @@ async fn read_loop(app: &App, connection: &Arc<Connection>, mut stream: SplitStr
     }
 }
 
-/// The close code a read error calls for: 1009 for a frame over `max_frame_size`, 1007 for a
-/// text frame that is not UTF-8 (RFC 6455 section 7.4.1); `None` when the peer simply went away.
+/// The close code a read error calls for (RFC 6455 section 7.4.1): 1009 for a frame over
+/// `max_frame_size`, 1007 for a text frame that is not UTF-8, 1002 for a frame that breaks the
+/// protocol; `None` when the peer simply went away.
 fn close_code_for(err: axum::Error) -> Option<u16> {
     match err.into_inner().downcast::<tungstenite::Error>() {
         Ok(err) => match *err {
             tungstenite::Error::Capacity(_) => Some(codes::MESSAGE_TOO_BIG),
             tungstenite::Error::Utf8(_) => Some(codes::INVALID_PAYLOAD),
+            tungstenite::Error::Protocol(_) => Some(codes::PROTOCOL_ERROR),
             _ => None,
         },
         Err(other) => {
