@@ -12,6 +12,9 @@ use crate::error::Error;
 use crate::protocol::defaults;
 use crate::seconds::check_seconds;
 
+/// The default of `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+
 /// The shortest API key accepted: shorter keys can be guessed.
 pub const MIN_API_KEY_LENGTH: usize = 16;
 
@@ -136,7 +139,7 @@ impl Default for ServerConfig {
             max_frame_size: 1024 * 1024,
             outbox_limit: 16 * 1024 * 1024,
             stall_timeout: 30.0,
-            max_connections: 50_000,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_address: None,
             header_read_timeout: 10.0,
             body_read_timeout: 30.0,

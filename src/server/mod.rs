@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod body;
 pub mod config;
+pub mod descriptors;
 pub mod dispatch;
 pub mod listener;
 pub mod origin;
@@ -23,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::ServerConfig;
+pub use config::{ServerConfig, DEFAULT_MAX_CONNECTIONS};
 
 use crate::broker::Broker;
 use crate::connections::ConnectionTable;
@@ -80,6 +81,7 @@ impl Server {
 
     /// Binds both listeners.
     pub async fn bind(self) -> Result<BoundServer, Error> {
+        descriptors::raise_for(self.config.max_connections, self.config.max_connections != DEFAULT_MAX_CONNECTIONS);
         let frontend = bind(&self.config.frontend_address).await?;
         let backend = bind(&self.config.backend_address).await?;
         if self.config.allowed_origins.is_empty() {
