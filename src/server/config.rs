@@ -21,6 +21,24 @@ pub const MIN_API_KEY_LENGTH: usize = 16;
 /// The sockjs-client build the SockJS iframe page loads unless `sockjs_client_url` says otherwise.
 pub const DEFAULT_SOCKJS_CLIENT_URL: &str = "https://cdn.jsdelivr.net/npm/sockjs-client@1.6.1/dist/sockjs.min.js";
 
+/// Checks a listener's address for the mistakes a name lookup would report obscurely: it must be
+/// `host:port`, with a host (`":5001"` would be looked up as a name and fail) and a numeric port.
+fn check_address(name: &str, address: &str) -> Result<(), Error> {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(Error::Config(format!("{name} {address:?} is not host:port (\"0.0.0.0:5001\", \"[::1]:5001\")")));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(Error::Config(format!("{name} {address:?} has no valid port (0 to 65535) after its last ':'")));
+    }
+    if host.is_empty() {
+        return Err(Error::Config(format!(
+            "{name} {address:?} has no host: give one, e.g. 0.0.0.0:{port} (every interface) or \
+             127.0.0.1:{port} (this machine only)"
+        )));
+    }
+    Ok(())
+}
+
 /// A switch given as `True` or `False` only. Python's converter would take any value by its
 /// truth, so `sockjs="false"` would turn SockJS on.
 fn strict_bool<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
@@ -170,6 +188,11 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// Checks the configuration, saying what to set when something is wrong.
     pub fn validate(&self) -> Result<(), Error> {
+        for (name, address) in
+            [("frontend_address", &self.frontend_address), ("backend_address", &self.backend_address)]
+        {
+            check_address(name, address)?;
+        }
         match &self.api_key {
             None => {
                 return Err(Error::Config(
@@ -355,6 +378,26 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_without_a_host_or_a_port_is_refused_naming_it() {
+        for (address, says) in [
+            (":5101", "frontend_address \":5101\" has no host: give one, e.g. 0.0.0.0:5101"),
+            ("localhost", "is not host:port"),
+            ("127.0.0.1:http", "has no valid port"),
+            ("127.0.0.1:70000", "has no valid port"),
+        ] {
+            let config = ServerConfig { frontend_address: address.into(), ..with_key() };
+            match config.validate() {
+                Err(Error::Config(text)) => assert!(text.contains(says), "{address}: {text}"),
+                other => panic!("{address} was not refused: {other:?}"),
+            }
+        }
+        for address in ["0.0.0.0:0", "[::1]:5001", "localhost:5001"] {
+            let config = ServerConfig { backend_address: address.into(), ..with_key() };
+            assert!(config.validate().is_ok(), "{address}");
+        }
+    }
     use crate::seconds::MAX_SECONDS;
 
     fn with_key() -> ServerConfig {

@@ -258,3 +258,8 @@ def test_datasync_timeouts_too_long_for_the_clock_are_refused():
     for option in ("subscription_timeout", "resume_timeout"):
         with pytest.raises(ConfigurationError, match=option):
             DataSyncService("datasync", [All], **{option: 1e300})
+
+
+def test_an_address_without_a_host_is_refused_saying_what_to_write():
+    with pytest.raises(ConfigurationError, match='frontend_address ":5101" has no host: give one'):
+        Server([PubSubService()], frontend_address=":5101", api_key=KEY)
