@@ -265,12 +265,23 @@ impl Slot {
     /// Records the connection that uses this slot, so it can be found by identity, with when
     /// its connection token was issued (if it said).
     pub fn register(&mut self, connection: &Arc<Connection>, issued_at: Option<f64>) {
-        let mut state = self.table.lock();
-        state.open.insert(connection.id(), (Arc::clone(connection), issued_at));
-        if let Some(identity) = &connection.identity().id {
-            state.by_identity.entry(identity.clone()).or_default().insert(connection.id());
+        let revoked = {
+            let mut state = self.table.lock();
+            state.open.insert(connection.id(), (Arc::clone(connection), issued_at));
+            if let Some(identity) = &connection.identity().id {
+                state.by_identity.entry(identity.clone()).or_default().insert(connection.id());
+            }
+            self.connection = Some(connection.id());
+            // The handshake checked the token, but a revocation may have come between that check
+            // and this registration: it did not see this connection, so this sees it instead. Both
+            // hold the table's lock, so one of the two always does.
+            connection.identity().id.as_ref().is_some_and(|identity| {
+                state.revoked.get(identity).is_some_and(|&at| issued_at.is_none_or(|issued| issued <= at))
+            })
+        };
+        if revoked {
+            connection.close(codes::REVOKED);
         }
-        self.connection = Some(connection.id());
     }
 }
 
@@ -317,6 +328,32 @@ mod tests {
         assert!(table.admit(address(1, 4)).is_ok(), "a slot came back (and went again)");
         drop((b, c));
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_connection_registered_after_its_identity_was_revoked_is_closed() {
+        use crate::connection::{Identity, QueueBounds};
+        use crate::metrics::Metrics;
+
+        let table = ConnectionTable::new(10, None);
+        let open = |id: u64| {
+            let identity = Identity { id: Some("alice".into()), info: None };
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let metrics = Arc::new(Metrics::default());
+            Connection::new(id, identity, address(1, 1), QueueBounds::default(), &shutdown, metrics)
+        };
+        // Its handshake passed before the logout; it registers after it.
+        let mut slot = table.admit(address(1, 1)).expect("a slot");
+        table.revoke("alice", 1000.0);
+        let (late, _late_outbox) = open(1);
+        slot.register(&late, Some(999.0));
+        assert!(late.is_closing(), "a token issued before the revocation");
+        assert_eq!(late.close_code(), codes::REVOKED);
+        // A token issued after the revocation registers and stays.
+        let mut slot = table.admit(address(1, 2)).expect("a slot");
+        let (fresh, _fresh_outbox) = open(2);
+        slot.register(&fresh, Some(1001.0));
+        assert!(!fresh.is_closing());
     }
 
     #[test]

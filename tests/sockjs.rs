@@ -385,3 +385,36 @@ async fn an_xhr_send_body_sent_too_slowly_is_answered_408_and_frees_the_session(
     assert_eq!(status, 204);
     assert_eq!(messages_of(&stream.next().await), vec![ok_reply("pubsub", &json!(1), &Value::Null)]);
 }
+
+#[tokio::test]
+async fn only_requests_from_an_allowed_origin_with_the_sessions_own_token_may_use_it() {
+    let server = TestServer::start_with(|config| {
+        config.token_secret = Some(SECRET.into());
+        config.allowed_origins = vec!["https://app.test".into()];
+    })
+    .await;
+    let alice = tokens::issue("alice", SECRET.as_bytes(), Duration::from_secs(60), None).expect("a short token");
+    let mallory = tokens::issue("mallory", SECRET.as_bytes(), Duration::from_secs(60), None).expect("a short token");
+    let app = [("origin", "https://app.test")];
+    let url = new_session(&server);
+    assert_eq!(post(&format!("{url}/xhr?token={alice}"), "", &app).await, (200, "o\n".to_owned()));
+    let send = send_body(&[subscribe("alice-only", 1)]);
+    // Someone who learned the session's id (a proxy's log, say) but not alice's token.
+    for token in [String::new(), format!("?token={mallory}"), format!("?token={alice}&token={alice}")] {
+        assert_eq!(post(&format!("{url}/xhr_send{token}"), send.clone(), &app).await.0, 404, "send with {token:?}");
+        assert_eq!(post(&format!("{url}/xhr{token}"), "", &app).await.0, 404, "poll with {token:?}");
+    }
+    // A page of another origin, even with the token.
+    let evil = [("origin", "https://evil.test")];
+    assert_eq!(post(&format!("{url}/xhr_send?token={alice}"), send.clone(), &evil).await.0, 403);
+    assert_eq!(post(&format!("{url}/xhr?token={alice}"), "", &evil).await.0, 403);
+    // Alice's own requests work, and nothing of the refused ones was handled.
+    assert_eq!(post(&format!("{url}/xhr_send?token={alice}"), send, &app).await.0, 204);
+    let (status, body) = post(&format!("{url}/xhr?token={alice}"), "", &app).await;
+    assert_eq!(status, 200);
+    assert_eq!(messages_of(body.trim_end()), vec![ok_reply("pubsub", &json!(1), &Value::Null)]);
+    // An anonymous session refuses a request that brings a token.
+    let anonymous = new_session(&server);
+    assert_eq!(post(&format!("{anonymous}/xhr"), "", &app).await, (200, "o\n".to_owned()));
+    assert_eq!(post(&format!("{anonymous}/xhr?token={mallory}"), "", &app).await.0, 404);
+}

@@ -272,6 +272,8 @@ fn close_code_for(err: axum::Error) -> Option<u16> {
         Ok(err) => match *err {
             tungstenite::Error::Capacity(_) => Some(codes::MESSAGE_TOO_BIG),
             tungstenite::Error::Utf8(_) => Some(codes::INVALID_PAYLOAD),
+            // A peer that closed its socket without a close frame simply went away.
+            tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => None,
             tungstenite::Error::Protocol(_) => Some(codes::PROTOCOL_ERROR),
             _ => None,
         },

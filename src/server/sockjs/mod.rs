@@ -230,6 +230,25 @@ async fn handshake(
     }
 }
 
+/// The checks every later request of a session passes: an allowed origin (403), and the
+/// connection token the session was opened with (404, as for a session that does not exist: the
+/// answer does not tell that the id is in use).
+pub fn may_use(app: &App, session: &session::Session, info: &RequestInfo) -> Result<(), Refused> {
+    if !origin::origin_allowed(&app.config.allowed_origins, info.origin.as_deref()) {
+        log::warn!(
+            "refused a request of SockJS session {} from origin {:?}: not in allowed_origins",
+            session.id,
+            info.origin
+        );
+        return Err(Refused::new(StatusCode::FORBIDDEN, "Origin not allowed"));
+    }
+    if info.token_repeated || !session.carries_its_token(info.token.as_deref()) {
+        log::info!("refused a request of SockJS session {}: not the connection token it was opened with", session.id);
+        return Err(Refused::new(StatusCode::NOT_FOUND, "Not found"));
+    }
+    Ok(())
+}
+
 /// The checks a new session passes, as a WebSocket handshake on `/ws` does: an allowed origin
 /// (403 otherwise), a valid connection token if one is given (401 otherwise), and a place in the
 /// connection table (503 otherwise).

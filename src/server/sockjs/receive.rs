@@ -49,13 +49,16 @@ async fn start(
     let endpoint = &shared.endpoint;
     let (session, admission) = endpoint
         .sessions
-        .get_or_insert(id, || {
+        .get_or_insert(id, info.token.as_deref(), || {
             let (identity, mut admission) = super::admit(app, info, remote)?;
             let (connection, outbox) = adapter::open(app, identity, remote, transport, &mut admission);
             Ok::<_, Refused>((connection, outbox, admission))
         })
         .map_err(Refused::into_response)?;
     let opened = admission.is_some();
+    if !opened {
+        super::may_use(app, &session, info).map_err(Refused::into_response)?;
+    }
     if let Some(admission) = admission {
         session::spawn(Arc::clone(app), Arc::clone(endpoint), Arc::clone(&session), admission);
     }

@@ -22,6 +22,9 @@ pub async fn send(shared: &Shared, info: &RequestInfo, id: &str, transport: Tran
     let Some(session) = endpoint.sessions.get(id) else {
         return http::not_found();
     };
+    if let Err(refused) = super::may_use(app, &session, info) {
+        return refused.into_response();
+    }
     session.ready().await;
     // One request's messages at a time, in order, as a WebSocket reader handles frames. The
     // lock is taken before the body is read, so that a client sending many requests at once

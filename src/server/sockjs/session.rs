@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -47,6 +48,11 @@ pub struct Session {
     /// Serializes the sending requests of one session, so messages are handled in the order the
     /// client sent them even if two `xhr_send` requests overlap.
     inbound: tokio::sync::Mutex<()>,
+    /// The connection token the session was opened with (`None`: anonymous). Every later request
+    /// must carry the same one (sockjs-client repeats the URL's query on each): the session id
+    /// alone, which proxies log with the path, would otherwise let anyone read and send as the
+    /// session's user.
+    token: Option<String>,
 }
 
 impl std::fmt::Debug for Session {
@@ -95,6 +101,7 @@ impl SessionTable {
     pub fn get_or_insert<E>(
         &self,
         id: &str,
+        token: Option<&str>,
         open: impl FnOnce() -> Result<(Arc<Connection>, Outbox, Admission), E>,
     ) -> Result<(Arc<Session>, Option<Admission>), E> {
         let mut sessions = self.lock();
@@ -109,6 +116,7 @@ impl SessionTable {
             receiving: watch::Sender::new(false),
             ready: watch::Sender::new(false),
             inbound: tokio::sync::Mutex::new(()),
+            token: token.map(str::to_owned),
         });
         sessions.insert(id.to_owned(), Arc::clone(&session));
         Ok((session, Some(admission)))
@@ -128,6 +136,16 @@ impl SessionTable {
 }
 
 impl Session {
+    /// Whether a later request carrying `token` (the connection token of its query, if one) may
+    /// use this session: the same token it was opened with, or none for both.
+    pub fn carries_its_token(&self, token: Option<&str>) -> bool {
+        match (&self.token, token) {
+            (None, None) => true,
+            (Some(expected), Some(given)) => bool::from(expected.as_bytes().ct_eq(given.as_bytes())),
+            _ => false,
+        }
+    }
+
     /// Makes this request the session's receiver.
     pub fn attach(self: &Arc<Session>) -> Result<Receiver, Refusal> {
         if adapter::is_closing(&self.connection) {
