@@ -5,6 +5,7 @@ returns: the user's own todos and the team's."""
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
+from django.db import transaction
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
@@ -52,14 +53,22 @@ class TodoViewSet(ListSubscribeModelMixin, viewsets.ModelViewSet):
         serializer.save(owner=self.request.user)
 
     def perform_update(self, serializer):
-        todo = serializer.instance
-        data = serializer.validated_data
-        moves = ("shared" in data and data["shared"] != todo.shared) or (
-            "owner" in data and data["owner"] != todo.owner
-        )
-        if moves and todo.owner != self.request.user:
-            raise PermissionDenied(f"only {todo.owner} may share, unshare or give away this todo")
-        serializer.save()
+        with transaction.atomic():
+            # The row as it is now, locked until the save: the instance get_object() read may be
+            # stale, and saving it would write back what someone changed meanwhile (a todo its
+            # owner just unshared would be shared again by another user's edit of its title).
+            todo = Todo.objects.select_for_update().select_related("owner").get(pk=serializer.instance.pk)
+            user = self.request.user
+            if todo.owner != user and not todo.shared:
+                raise PermissionDenied("this todo is no longer shared")
+            data = serializer.validated_data
+            moves = ("shared" in data and data["shared"] != todo.shared) or (
+                "owner" in data and data["owner"] != todo.owner
+            )
+            if moves and todo.owner != user:
+                raise PermissionDenied(f"only {todo.owner} may share, unshare or give away this todo")
+            serializer.instance = todo
+            serializer.save()
 
     @action(detail=False, methods=["post"], url_path="clear-completed")
     def clear_completed(self, request):
