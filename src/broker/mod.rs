@@ -388,8 +388,10 @@ impl Broker {
             }
             let claimed: i64 = self.query(redis::cmd("SREM").arg(self.key("nodes")).arg(&node)).await?;
             if claimed == 1 {
+                // A node that stopped gracefully deleted its key to be reaped at once; one that
+                // died let it expire.
                 log::warn!(
-                    "broker: node {node} stopped (no heartbeat for {:?}): removing what it held",
+                    "broker: node {node} is gone (it stopped, or its liveness key of {:?} expired): removing what it held",
                     self.0.node_timeout * 3 / 4
                 );
                 self.0.metrics.broker_nodes_reaped.inc();

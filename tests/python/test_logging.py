@@ -29,3 +29,27 @@ def test_log_level_configured_after_import_is_honoured(caplog):
     with running_server([PubSubService()]):
         pass
     assert not [r for r in caplog.records if r.name.startswith("snorky") and r.levelno < logging.WARNING]
+
+
+def test_a_client_gone_without_a_close_frame_is_not_logged_as_a_bad_frame(caplog):
+    import socket
+    import time
+
+    caplog.set_level(logging.DEBUG, logger="snorky")
+    with running_server([PubSubService()]) as server:
+        client = WsClient(server.ws_url)
+        client.call("pubsub", "subscribe", channel="c")
+        # The process dies, say: its socket is closed, no close frame is sent.
+        client.ws.socket.shutdown(socket.SHUT_RDWR)
+        client.ws.socket.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any("closed" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+        bad = WsClient(server.ws_url)
+        bad.ws.socket.sendall(b"\x81\x02{}")  # an unmasked frame: a real protocol error
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any("bad frame" in r.getMessage() for r in caplog.records):
+            time.sleep(0.05)
+    bad_frames = [r.getMessage() for r in caplog.records if "bad frame" in r.getMessage()]
+    assert len(bad_frames) == 1, f"only the unmasked frame is a bad frame: {bad_frames}"
+    assert "closing with 1002" in bad_frames[0]
