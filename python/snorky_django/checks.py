@@ -30,6 +30,8 @@ W006        a subscribable model does not declare what its deltas carry (every f
 W007        ``{% snorky_client_config %}`` needs the request (``PUBLIC_URL`` is not an absolute
             ``ws(s)://`` URL) and no ``DjangoTemplates`` backend has the ``request`` context
             processor
+W008        ``CONNECTION_TOKEN_TTL`` is longer than the server's ``revocation_window``: a token
+            issued before a logout would work again once the revocation is forgotten
 =========== ==================================================================================
 """
 
@@ -232,7 +234,32 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                         id="snorky.W005",
                     )
                 )
+    messages.extend(_check_token_lifetime())
     return messages
+
+
+#: The server's default ``revocation_window`` (``ServerConfig`` in ``src/server/config.rs``).
+DEFAULT_REVOCATION_WINDOW = 3600.0
+
+
+def _check_token_lifetime() -> list[CheckMessage]:
+    """W008: tokens that outlive the server's memory of a revocation."""
+    ttl = snorky_settings.CONNECTION_TOKEN_TTL
+    options = snorky_settings.SERVER_OPTIONS
+    window = options.get("revocation_window", DEFAULT_REVOCATION_WINDOW) if isinstance(options, dict) else None
+    numbers = (int, float)
+    if not isinstance(ttl, numbers) or not isinstance(window, numbers) or isinstance(ttl, bool) or ttl <= window:
+        return []
+    return [
+        Warning(
+            f'SNORKY["CONNECTION_TOKEN_TTL"] ({ttl} s) is longer than the server\'s revocation_window ({window} s): '
+            "a connection token issued before a logout would be accepted again once the server forgets the "
+            "revocation.",
+            hint='Shorten CONNECTION_TOKEN_TTL (pages renew their tokens), or set SNORKY["SERVER_OPTIONS"]'
+            '["revocation_window"] to at least the token lifetime.',
+            id="snorky.W008",
+        )
+    ]
 
 
 @register("snorky", "templates")

@@ -119,7 +119,8 @@ DEFAULTS: dict[str, Any] = {
         "*apikey*",
         "*private_key*",
         "*credential*",
-        "session_key",
+        "*session_key*",
+        "*sessionkey*",
     ],
 }
 

@@ -181,3 +181,12 @@ def test_a_list_view_without_a_dealer_is_a_configuration_error():
     assert "both" in by_view["DealerAndBroadcast"]
     with pytest.raises(SystemCheckError, match=r"snorky\.E011"):
         call_command("check")
+
+
+def test_tokens_living_longer_than_the_servers_memory_of_a_logout_warn():
+    assert ids(CONNECTION_TOKEN_TTL=3600) == set(), "as long as the default revocation_window"
+    assert ids(CONNECTION_TOKEN_TTL=7200) == {"snorky.W008"}
+    assert ids(CONNECTION_TOKEN_TTL=7200, SERVER_OPTIONS={"revocation_window": 7200}) == set()
+    [message] = messages(CONNECTION_TOKEN_TTL=600, SERVER_OPTIONS={"revocation_window": 300})
+    assert message.id == "snorky.W008"
+    assert "revocation_window" in (message.hint or "")

@@ -104,6 +104,8 @@ def test_jsonify_names_its_keys_and_undeclared_models_send_no_secret(settings):
         name = models.CharField(max_length=50)
         user_password = models.CharField(max_length=128)
         Stripe_API_Key = models.CharField(max_length=40)  # patterns ignore case
+        SessionKey = models.CharField(max_length=40)
+        last_session_key = models.CharField(max_length=40)
 
         class Meta:
             app_label = "testapp"
@@ -111,14 +113,20 @@ def test_jsonify_names_its_keys_and_undeclared_models_send_no_secret(settings):
     subscribable(fields=None)(Legacy)
     subscribable(Plain)
     assert serialization.serialize(Legacy(pk=1, secret_answer="blue")) == {"id": 1, "secret_answer": "blue"}
-    plain = Plain(pk=2, name="n", user_password="h", Stripe_API_Key="k")
+    plain = Plain(pk=2, name="n", user_password="h", Stripe_API_Key="k", SessionKey="s", last_session_key="t")
     assert serialization.serialize(plain) == {"id": 2, "name": "n"}
     assert serialization.delta_data(Plain).source == "undeclared"
     assert check_ids(Plain) == {"snorky.W006"}
     assert check_ids(Legacy) == set()
 
     settings.SNORKY = {**settings.SNORKY, "SECRET_FIELDS": ["name"]}  # the list is a setting
-    assert serialization.serialize(plain) == {"id": 2, "user_password": "h", "Stripe_API_Key": "k"}
+    assert serialization.serialize(plain) == {
+        "id": 2,
+        "user_password": "h",
+        "Stripe_API_Key": "k",
+        "SessionKey": "s",
+        "last_session_key": "t",
+    }
 
 
 def test_the_views_serializer_is_adopted_when_the_model_declares_nothing():
