@@ -198,9 +198,10 @@ def test_the_bind_hint_follows_the_error():
 def test_address_flags_that_django_does_not_follow_are_warned_about(processes):
     # The test settings keep the default addresses; the flags move only the Snorky process.
     server = processes()
-    server.wait_for("Quit the server with CONTROL-C.")
+    # The warnings go to stderr, read by its own thread: wait for them, not for stdout's banner.
+    server.wait_for(f'set SNORKY["FRONTEND_ADDRESS"] = "127.0.0.1:{server.frontend_port}" instead')
+    server.wait_for(f'set SNORKY["BACKEND_ADDRESS"] = "127.0.0.1:{server.backend_port}" instead')
     warnings = "".join(server.stderr)
-    assert f'set SNORKY["FRONTEND_ADDRESS"] = "127.0.0.1:{server.frontend_port}" instead' in warnings
     assert "pages are told to connect to ws://<host>:5001/ws" in warnings
     assert "Django posts to http://127.0.0.1:5002/backend" in warnings and "503" in warnings
     assert f'set SNORKY["BACKEND_ADDRESS"] = "127.0.0.1:{server.backend_port}" instead' in warnings
