@@ -164,6 +164,14 @@ describe("deployment: nginx with TLS, gunicorn, manage.py snorky", () => {
     await gets(bob, "Polling back");
     for (const page of [alice, bob]) assert.deepEqual(unexpectedErrors(page), [], `${page.user}'s page reported errors`);
     await Promise.all([alice.context().close(), bob.context().close()]);
+
+    // nginx logs SockJS's requests without their query strings, which hold the token.
+    const log = await eventually(() => {
+      const text = readFileSync(deployment.sockjsLog, "utf8");
+      assert.match(text, /"POST \/sockjs\/[^" ]+\/xhr_send" 204 /);
+      return text;
+    });
+    assert.doesNotMatch(log, /token/);
   });
 
   test("a wrong ALLOWED_ORIGINS: the handshake is refused, and the log names the origin and the setting", async () => {

@@ -203,6 +203,7 @@ export class Deployment {
         ["/etc/ssl/private/example.com.key;", `${this.keyPath};`],
         ["alias /srv/example/static/;", `alias ${this.env.DEPLOY_STATIC_ROOT}/;`],
         ["/var/log/nginx/snorky-ws.log", this.wsLog],
+        ["/var/log/nginx/snorky-sockjs.log", this.sockjsLog],
       ],
       NGINX_SITE,
     );
@@ -212,6 +213,7 @@ export class Deployment {
     const dir = join(this.tmp, "nginx");
     mkdirSync(join(dir, "temp"), { recursive: true });
     this.wsLog = join(dir, "ws.log");
+    this.sockjsLog = join(dir, "sockjs.log");
     if (!existsSync(NGINX)) throw new Error(`${NGINX} is missing: run scripts/setup (Debian package nginx), or set NGINX`);
     const site = join(dir, "snorky.conf");
     writeFileSync(site, this.site());
