@@ -53,7 +53,7 @@ pub fn service_options<T: serde::de::DeserializeOwned + Default>(
 
 /// Options given as Python keyword arguments, as the struct they configure (every field with a
 /// default). A value of the wrong type is a `ConfigurationError` that names its option and
-/// quotes the value: the conversion's own error does not say which option it was, so when the
+/// quotes the value (not a secret's): the conversion's own error does not say which option it was, so when the
 /// whole dict fails, each option is converted alone to find the one that did.
 pub fn options_from_dict<T: serde::de::DeserializeOwned>(options: &Bound<'_, PyDict>, what: &str) -> PyResult<T> {
     let whole = match pythonize::depythonize(options.as_any()) {
@@ -65,7 +65,14 @@ pub fn options_from_dict<T: serde::de::DeserializeOwned>(options: &Bound<'_, PyD
         let alone = PyDict::new(py);
         alone.set_item(&name, &value)?;
         if let Err(err) = pythonize::depythonize::<T>(alone.as_any()) {
-            let shown = value.repr().map_or_else(|_| "?".to_owned(), |repr| repr.to_string_lossy().into_owned());
+            let name_text = name.to_string();
+            // Errors end up in logs: a secret given with the wrong type is not quoted.
+            let secret = ["key", "secret", "token", "password", "broker"].iter().any(|word| name_text.contains(word));
+            let shown = if secret {
+                "...".to_owned()
+            } else {
+                value.repr().map_or_else(|_| "?".to_owned(), |repr| repr.to_string_lossy().into_owned())
+            };
             let shown = if shown.chars().count() > 80 {
                 format!("{}...", shown.chars().take(80).collect::<String>())
             } else {
