@@ -5,6 +5,8 @@ from typing import Any, final
 __version__: str
 DEFAULT_FRONTEND_ADDRESS: str
 DEFAULT_BACKEND_ADDRESS: str
+MIN_API_KEY_LENGTH: int
+DEFAULT_REVOCATION_WINDOW: float
 
 class SnorkyError(Exception): ...
 class ConfigurationError(SnorkyError): ...

@@ -11,12 +11,12 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from snorky import ConfigurationError, Server, ServiceRegistry, _core
 from snorky.server import ServerHandle, serve_until_stopped
-from snorky.services import PubSubBackend, PubSubService
+from snorky.services import PubSubBackend, PubSubService, services_from
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -145,10 +145,6 @@ def sockjs_echo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_service(value: object) -> bool:
-    return hasattr(value, "_core")
-
-
 def load_services(path: str) -> list[Any]:
     """Imports ``module:callable`` and calls it; it returns a service or an iterable of services
     (as a callable in Django's ``SNORKY["SERVICES"]`` does). ``module:name`` may also name a service."""
@@ -159,22 +155,7 @@ def load_services(path: str) -> list[Any]:
         target = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as err:
         raise ConfigurationError(f"--services {path!r}: cannot import it: {err}") from err
-    if _is_service(target):
-        return [target]
-    if not callable(target):
-        raise ConfigurationError(f"--services {path!r} is {target!r}, neither a Snorky service nor a callable")
-    made = target()
-    if _is_service(made) or not isinstance(made, Iterable) or isinstance(made, (str, bytes, dict)):
-        services = [made]
-    else:
-        services = list(made)
-    for service in services:
-        if not _is_service(service):
-            raise ConfigurationError(
-                f"--services {path!r} returned {service!r}, which is not a Snorky service "
-                "(return a service, or a list of them)"
-            )
-    return services
+    return services_from(target, f"--services {path!r}")
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:

@@ -25,7 +25,35 @@ __all__ = [
     "Request",
     "rpc_asynchronous",
     "rpc_command",
+    "services_from",
 ]
+
+
+def _is_service(value: object) -> bool:
+    return hasattr(value, "_core")
+
+
+def services_from(target: object, source: str) -> list[Any]:
+    """The services ``target`` stands for: a service, or a callable returning a service or an
+    iterable of them (what ``snorky serve --services`` and Django's ``SNORKY["SERVICES"]`` accept).
+    ``source`` says where ``target`` came from, for the :class:`ConfigurationError` raised when it
+    is none of these."""
+    if _is_service(target):
+        return [target]
+    if not callable(target):
+        raise ConfigurationError(f"{source} is {target!r}, neither a Snorky service nor a callable")
+    made = target()
+    # A string or a mapping is iterable too, but never a list of services.
+    if _is_service(made) or not isinstance(made, Iterable) or isinstance(made, (str, bytes, dict)):
+        services = [made]
+    else:
+        services = list(made)
+    for service in services:
+        if not _is_service(service):
+            raise ConfigurationError(
+                f"{source} returned {service!r}, which is not a Snorky service (return a service, or a list of them)"
+            )
+    return services
 
 
 def _overrides(instance: object, base: type, method: str) -> bool:

@@ -43,6 +43,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
+from snorky import _core
 from snorky_django.conf import (
     BUILTIN_SERVICES,
     DEFAULTS,
@@ -53,12 +54,10 @@ from snorky_django.conf import (
     valid_backend_url,
 )
 
-__all__ = ["MIN_API_KEY_LENGTH", "check_dealers", "check_settings", "check_templates", "check_views", "routed_views"]
+__all__ = ["check_dealers", "check_settings", "check_templates", "check_views", "routed_views"]
 
-#: The shortest API key the server accepts. This mirrors the server's own rule, which the extension
-#: does not expose: ``MIN_API_KEY_LENGTH`` and ``ServerConfig::validate`` in ``src/server/config.rs``
-#: (characters of the key with surrounding whitespace trimmed).
-MIN_API_KEY_LENGTH = 16
+#: The shortest API key the server accepts (characters, surrounding whitespace trimmed).
+MIN_API_KEY_LENGTH: int = _core.MIN_API_KEY_LENGTH
 
 #: The context processor that puts the request in the templates' context.
 REQUEST_CONTEXT_PROCESSOR = "django.template.context_processors.request"
@@ -238,15 +237,11 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     return messages
 
 
-#: The server's default ``revocation_window`` (``ServerConfig`` in ``src/server/config.rs``).
-DEFAULT_REVOCATION_WINDOW = 3600.0
-
-
 def _check_token_lifetime() -> list[CheckMessage]:
     """W008: tokens that outlive the server's memory of a revocation."""
     ttl = snorky_settings.CONNECTION_TOKEN_TTL
     options = snorky_settings.SERVER_OPTIONS
-    window = options.get("revocation_window", DEFAULT_REVOCATION_WINDOW) if isinstance(options, dict) else None
+    window = options.get("revocation_window", _core.DEFAULT_REVOCATION_WINDOW) if isinstance(options, dict) else None
     numbers = (int, float)
     if not isinstance(ttl, numbers) or not isinstance(window, numbers) or isinstance(ttl, bool) or ttl <= window:
         return []
@@ -269,9 +264,9 @@ def check_templates(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
     from django.template import engines
     from django.template.backends.django import DjangoTemplates
 
+    if snorky_settings.public_url_is_absolute():
+        return []  # the tag needs no request
     public_url = snorky_settings.PUBLIC_URL
-    if isinstance(public_url, str) and public_url.startswith(("ws://", "wss://")):
-        return []  # absolute: the tag needs no request
     try:
         django_engines = [engine for engine in engines.all() if isinstance(engine, DjangoTemplates)]
     except (ImproperlyConfigured, ImportError):

@@ -238,6 +238,12 @@ class SnorkySettings:
         """Whether the project set ``name`` explicitly (to anything but ``None``)."""
         return self.user_settings.get(name) is not None
 
+    def public_url_is_absolute(self) -> bool:
+        """Whether ``PUBLIC_URL`` is a whole ``ws(s)://`` URL: pages are told it as it is, without
+        looking at the request."""
+        url = self.PUBLIC_URL
+        return isinstance(url, str) and url.startswith(("ws://", "wss://"))
+
     def public_url(self, request: HttpRequest | None = None) -> str:
         """The WebSocket URL a browser should connect to.
 

@@ -10,7 +10,7 @@ also runs the outbox relay while it serves, when ``DELIVERY`` is ``"outbox"``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +18,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 import snorky.services
-from snorky import Server, ServerHandle
+from snorky import ConfigurationError, Server, ServerHandle
 from snorky.backend import SnorkyBackend
+from snorky.services import services_from
 from snorky_django.conf import connect_host, snorky_settings, split_address
 from snorky_django.relay import OutboxRelay
 from snorky_django.services import build_messaging, build_pubsub
@@ -50,16 +51,10 @@ def _imported(path: str, setting: str) -> list[Any]:
         target = import_string(path)
     except ImportError as err:
         raise ImproperlyConfigured(f"SNORKY[{setting!r}] entry {path!r} cannot be imported: {err}") from err
-    if hasattr(target, "_core"):
-        return [target]
-    if not callable(target):
-        raise ImproperlyConfigured(f"SNORKY[{setting!r}] entry {path!r} is neither a service nor a callable")
-    made = target()
-    services = list(made) if isinstance(made, Iterable) else [made]
-    for service in services:
-        if not hasattr(service, "_core"):
-            raise ImproperlyConfigured(f"SNORKY[{setting!r}] entry {path!r} made {service!r}, which is not a service")
-    return services
+    try:
+        return services_from(target, f"SNORKY[{setting!r}] entry {path!r}")
+    except ConfigurationError as err:
+        raise ImproperlyConfigured(str(err)) from err
 
 
 def build_services() -> Services:

@@ -57,6 +57,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("DEFAULT_FRONTEND_ADDRESS", crate::protocol::defaults::FRONTEND_ADDRESS)?;
     m.add("DEFAULT_BACKEND_ADDRESS", crate::protocol::defaults::BACKEND_ADDRESS)?;
+    // What the Django checks hold settings against, so that they never drift from the server.
+    m.add("MIN_API_KEY_LENGTH", crate::server::config::MIN_API_KEY_LENGTH)?;
+    m.add("DEFAULT_REVOCATION_WINDOW", crate::server::ServerConfig::default().revocation_window)?;
     m.add_function(wrap_pyfunction!(reset_log_cache, m)?)?;
     m.add_function(wrap_pyfunction!(tokens::connection_token, m)?)?;
     m.add_function(wrap_pyfunction!(server::start_sockjs_echo, m)?)?;

@@ -39,7 +39,7 @@ logger = logging.getLogger("snorky_django")
 def snorky_client_config(context: template.Context, element_id: str = "snorky-config") -> SafeString:
     """The public WebSocket URL and the user's connection token, as a JSON script element."""
     request = context.get("request")
-    if request is None and not _absolute(snorky_settings.PUBLIC_URL):
+    if request is None and not snorky_settings.public_url_is_absolute():
         logger.warning(
             "{%% snorky_client_config %%} has no request in its context: the page is told %s, built "
             "from 'localhost'. Add 'django.template.context_processors.request' to the templates' "
@@ -53,10 +53,6 @@ def snorky_client_config(context: template.Context, element_id: str = "snorky-co
         "tokenUrl": _token_url(),
     }
     return json_script(config, element_id)
-
-
-def _absolute(url: object) -> bool:
-    return isinstance(url, str) and url.startswith(("ws://", "wss://"))
 
 
 def _token_url() -> str | None:

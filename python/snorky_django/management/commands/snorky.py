@@ -215,7 +215,7 @@ def address_warnings(
         if conf.is_set("PUBLIC_URL"):
             # Absolute with a port of its own: a path, or the default port, is a proxy's business.
             public_port = None
-            if isinstance(public_url, str) and public_url.startswith(("ws://", "wss://")):
+            if conf.public_url_is_absolute():
                 with contextlib.suppress(ValueError):  # snorky.E009
                     public_port = urlsplit(public_url).port
             if public_port is not None and public_port != port:
