@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use cluster::{on_broker, on_broker_url, Proxy, Redis};
+use cluster::{node_id, on_broker, on_broker_url, Proxy, Redis};
 use collab::{assert_quiet, connect_as, try_connect_query, without_timestamp};
 use common::{backend_call, error_reply, ok_reply, within, Client, TestServer, WAIT};
 use serde_json::{json, Value};
@@ -266,12 +266,6 @@ async fn max_participants_bounds_the_whole_cluster() {
 }
 
 /// The id of the node named `name` (as it registered itself in Redis).
-fn node_id(redis: &Redis, name: &str) -> String {
-    let nodes = redis.cli(&["SMEMBERS", "{snorky}:nodes"]);
-    let prefix = format!("{name}-");
-    nodes.lines().find(|id| id.starts_with(&prefix)).unwrap_or_else(|| panic!("node {name} in {nodes:?}")).to_owned()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Revocation
 

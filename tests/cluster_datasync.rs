@@ -11,7 +11,7 @@ mod proxy;
 
 use std::time::Duration;
 
-use cluster::{on_broker, Redis};
+use cluster::{node_id, on_broker, Redis};
 use common::{error_reply, ok_reply, test_config, within, Client, TestServer, KEY, WAIT};
 use proxy::CutProxy;
 use serde_json::{json, Value};
@@ -334,6 +334,84 @@ async fn an_acquisition_redis_answers_too_late_does_not_keep_the_subscription_he
     }
     publish(&one, inserts([7])).await;
     read_until(&mut second, Some(&token), &mut applied, 1).await;
+}
+
+/// The Redis record of subscription `token`.
+fn record_key(token: &str) -> String {
+    format!("{{snorky}}:datasync:datasync:sub:{token}")
+}
+
+/// A subscription a client of node `one` held (with offsets, delta 1 received) and left:
+/// returns the client's view, the token and the lease it held, once Redis says it waits again.
+async fn held_and_left(redis: &Redis, one: &TestServer) -> (Applied, String, String) {
+    let mut applied = Applied::default();
+    let token = authorize_all(one).await;
+    let mut first = one.connect().await;
+    acquired(&mut first, &token, true, &mut applied).await;
+    publish(one, inserts([1])).await;
+    read_until(&mut first, Some(&token), &mut applied, 1).await;
+    let lease = redis.cli(&["HGET", &record_key(&token), "lease"]);
+    drop(first);
+    within(WAIT, "the release", async {
+        while redis.cli(&["HGET", &record_key(&token), "state"]) != "w" {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    (applied, token, lease)
+}
+
+/// Acquires `token` again on a new connection to `node`, after the last delta applied.
+async fn resumed(node: &TestServer, token: &str, applied: &mut Applied) -> Client {
+    let mut client = node.connect().await;
+    let after = applied.last.clone();
+    let reply = acquire(&mut client, token, true, after.as_deref(), applied).await;
+    assert_eq!(reply["message"]["type"], "response", "{reply}");
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_redis_gives_this_node_but_no_connection_here_holds_resumes_at_once() {
+    // Redis says node one holds the subscription, yet none of its connections does: its
+    // release was lost, or undone by a late write. A client that gives its offset takes it at
+    // once rather than waiting for a release that will not come, and misses nothing.
+    let redis = Redis::start();
+    let one = node(&redis, "one").await;
+    let (mut applied, token, _) = held_and_left(&redis, &one).await;
+    redis.cli(&["HSET", &record_key(&token), "state", "h", "holder", &node_id(&redis, "one")]);
+    publish(&one, inserts([2])).await;
+    let mut second = resumed(&one, &token, &mut applied).await;
+    read_until(&mut second, Some(&token), &mut applied, 2).await;
+    assert_eq!(applied.ids, [1, 2]);
+    barrier(&mut second).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reassertion_older_than_a_release_does_not_take_the_subscription_back() {
+    // After an outage a node tells Redis which subscriptions it still holds, from a list made
+    // before it sent the script. One released in between must stay released: were it held again
+    // by the node, no connection of which holds it, its client could not resume it.
+    let redis = Redis::start();
+    let one = node(&redis, "one").await;
+    let (mut applied, token, lease) = held_and_left(&redis, &one).await;
+    // The node's reassertion script, naming the lease it held, run late.
+    let script =
+        concat!(include_str!("../src/datasync/lua/prelude.lua"), include_str!("../src/datasync/lua/reassert.lua"));
+    let node_one = node_id(&redis, "one");
+    let lost = redis.cli(&[
+        "EVAL",
+        script,
+        "2",
+        "{snorky}:datasync:datasync:waiting",
+        &format!("{{snorky}}:datasync:datasync:held:{node_one}"),
+        &node_one,
+        "{snorky}:datasync:datasync:sub:",
+        &token,
+        &lease,
+    ]);
+    assert_eq!(lost, token, "the node learns it no longer holds it");
+    assert_eq!(redis.cli(&["HGET", &record_key(&token), "state"]), "w", "still waiting");
+    resumed(&one, &token, &mut applied).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

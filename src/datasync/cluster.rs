@@ -40,13 +40,16 @@
 //! from there to the stream's head (reading older ones from Redis), and the subscription joins
 //! the node's [`Subscriptions`] exactly as on a single server: it catches up from the mirror,
 //! then receives deltas live. A node subscribes to the channel with its first local
-//! subscription and unsubscribes once it holds none.
+//! subscription and unsubscribes once it holds none. A record that says this node holds it
+//! while no open connection here does (its release is on its way, or was lost) is taken at once
+//! by a client that gives its offset: that client needs nothing the release would carry.
 //!
 //! **Releasing.** When a connection closes, its subscriptions are marked as releasing, and once
 //! its writer is done they wait again in Redis, after the last delta written, for the resume
 //! timeout. Each acquisition has a *lease* (a number in the record): a release or cancellation
 //! naming an older lease changes nothing, so a late write from a previous holder never undoes a
-//! newer acquisition.
+//! newer acquisition. A release moves the lease on as well, so that nothing naming the released
+//! one (a reassertion listed before it, a retried release) can take it back for this node.
 //!
 //! **Failures.** Anything that must go through Redis and cannot (authorize, publish, acquire)
 //! is answered "Service unavailable" (HTTP 503 to the backend). A release or cancellation that
@@ -487,13 +490,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// Whether another acquisition of `token` is under way on this node: its script is on its
+    /// way to Redis, or it took the subscription and is adopting it.
+    pub(super) fn acquiring_here(&self, token: &str) -> bool {
+        crate::sync::lock(&self.taking).contains_key(token)
+            || crate::sync::lock(&self.adopting).iter().any(|(adopted, _)| adopted == token)
+    }
+
     /// Asks Redis for subscription `token` on behalf of a connection with `identity`, resuming
-    /// after `after` when the client gave it.
+    /// after `after` when the client gave it. `reclaim`: Redis says this node holds it, but no
+    /// open connection here does (see [`DataSyncHub::acquire_shared`]).
     pub(super) async fn take(
         &self,
         token: &str,
         identity: Option<&str>,
         after: Option<Offset>,
+        reclaim: bool,
     ) -> Result<Take, BrokerError> {
         let (epoch, seq) = after.map_or((String::new(), 0), |offset| (offset.epoch.to_string(), offset.seq));
         *crate::sync::lock(&self.taking).entry(token.to_owned()).or_insert(0) += 1;
@@ -513,7 +525,8 @@ impl Cluster {
                     .arg(seq)
                     .arg(&self.keys.liveness)
                     .arg(&self.keys.held)
-                    .arg(token),
+                    .arg(token)
+                    .arg(if reclaim { "1" } else { "0" }),
             )
             .await?;
         Ok(match reply.as_slice() {
@@ -965,7 +978,13 @@ async fn reassert(hub: &DataSyncHub, cluster: &Cluster) {
     match cluster.broker.script::<Vec<String>>(&invocation).await {
         Ok(lost) if lost.is_empty() => {}
         Ok(lost) => {
-            let closed = hub.state().lose(&lost, "Redis lost the subscription, or another node took it");
+            let lost: HashSet<String> = lost.into_iter().collect();
+            let leases: Vec<(String, u64)> = held
+                .into_iter()
+                .filter(|(token, _, _)| lost.contains(token))
+                .map(|(token, lease, _)| (token, lease))
+                .collect();
+            let closed = hub.state().lose(&leases, "Redis lost the subscription, or another node took it");
             log::warn!("datasync {:?}: {closed} connections must resync after the broker outage", hub.frontend_name());
         }
         Err(err) => {
@@ -1050,26 +1069,38 @@ impl DataSyncHub {
         // the time the holder's node has to put the subscription back once the broker returns.
         let mut held_since: Option<Instant> = None;
         let mut poll = HOLDER_POLL;
+        let mut reclaim = false;
         let granted = loop {
-            let take = match cluster.take(token, connection.identity().id.as_deref(), after).await {
+            let reclaiming = std::mem::take(&mut reclaim);
+            let take = match cluster.take(token, connection.identity().id.as_deref(), after, reclaiming).await {
                 Ok(take) => take,
                 Err(err) => {
                     cluster.postpone(std::iter::once(Pending::Unanswered(token.to_owned())));
                     return Err(unavailable(service, "an acquisition", &err));
                 }
             };
-            let wait = match take {
+            let (wait, here) = match take {
                 Take::Taken(granted) => break granted,
                 Take::None => return Err(no_such()),
                 Take::Gone => return Err(gone(offsets)),
                 Take::Held { holder, releasing } => {
-                    if releasing {
+                    let here = cluster.is_me(&holder);
+                    let wait = if releasing {
                         PREVIOUS_HOLDER_WAIT
-                    } else if cluster.is_me(&holder) {
+                    } else if here {
                         match self.state().holder_of(token) {
                             Some(local) if local.id() == connection.id() => return Err(no_such()),
                             Some(local) if !local.is_closing() && after.is_none() => return Err(no_such()),
                             Some(local) if !local.is_closing() => OPEN_HOLDER_GRACE,
+                            // No open connection here holds it: its release is on its way (a
+                            // closing connection's, or one retried once Redis answers) or was
+                            // lost. A client that gives its offset needs nothing that release
+                            // carries: it takes the subscription at once, as from a releasing
+                            // holder (the release, naming an older lease, then changes nothing).
+                            _ if after.is_some() && !reclaiming && !cluster.acquiring_here(token) => {
+                                reclaim = true;
+                                continue;
+                            }
                             // Closing, or being handed over here: its release is on its way.
                             _ => PREVIOUS_HOLDER_WAIT,
                         }
@@ -1081,10 +1112,15 @@ impl DataSyncHub {
                         // A connection that just closed there is marked as releasing a moment
                         // after its client could have reconnected here.
                         RELEASE_NOTICE
-                    }
+                    };
+                    (wait, here)
                 }
             };
             if held_since.get_or_insert_with(Instant::now).elapsed() >= wait {
+                log::info!(
+                    "datasync {service:?}: an acquisition gave up after {wait:?}: the subscription is still held {}",
+                    if here { "by this node" } else { "by another node" },
+                );
                 return Err(no_such());
             }
             tokio::time::sleep(poll).await;

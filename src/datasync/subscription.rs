@@ -471,11 +471,13 @@ impl Subscriptions {
     /// With a broker: `connection` takes a subscription that Redis says this node now holds
     /// (authorized anywhere, acquired here). It starts after `adopted.after`, which the stream
     /// must retain, as [`acquire`](Self::acquire) does. A subscription of the same token that
-    /// this node still has (its previous connection here is closing) is replaced.
+    /// this node still has (its previous connection here is closing) is replaced, unless Redis
+    /// granted it later (a newer lease).
     ///
     /// # Errors
     ///
-    /// [`SubscriptionError::NoSuchSubscription`] when the connection is closing,
+    /// [`SubscriptionError::NoSuchSubscription`] when the connection is closing or a newer
+    /// acquisition of the token is here,
     /// [`SubscriptionError::TooMany`] when it holds `max_per_connection`,
     /// [`SubscriptionError::NotRetained`] when the stream no longer has what followed `after`;
     /// the caller gives the subscription back to Redis then.
@@ -495,6 +497,11 @@ impl Subscriptions {
             return Err(SubscriptionError::NotRetained);
         }
         if let Some(previous) = self.by_token.get(&adopted.token).copied() {
+            // Two acquisitions of one token here can finish in either order: the one Redis
+            // granted last (the newer lease) keeps it.
+            if self.live.get(&previous).is_some_and(|subscription| subscription.lease > adopted.lease) {
+                return Err(SubscriptionError::NoSuchSubscription);
+            }
             self.drop_subscription(previous, "it was acquired again");
         }
         let id = self.next_id;
@@ -615,13 +622,17 @@ impl Subscriptions {
             .collect()
     }
 
-    /// Drops the subscriptions of `tokens` and closes their connections with 1008: deltas they
-    /// should have received are lost (the shared stream lost them, or another node took them
-    /// over), and the clients must resync. Returns how many were held.
-    pub fn lose(&mut self, tokens: &[String], why: &str) -> usize {
+    /// Drops the subscriptions `leases` (token and lease) and closes their connections with
+    /// 1008: deltas they should have received are lost (the shared stream lost them, or another
+    /// node took them over), and the clients must resync. A token acquired here again since (a
+    /// newer lease) is left alone. Returns how many were held.
+    pub fn lose(&mut self, leases: &[(String, u64)], why: &str) -> usize {
         let mut lost = 0;
-        for token in tokens {
+        for (token, lease) in leases {
             let Some(id) = self.by_token.get(token).copied() else { continue };
+            if self.live.get(&id).is_some_and(|subscription| subscription.lease != *lease) {
+                continue;
+            }
             if let Some(Subscription { holder: Holder::Acquired { connection, .. }, .. }) = self.live.get(&id) {
                 log::warn!(
                     "datasync {:?}: {why}: closing connection {} with 1008",
@@ -1003,6 +1014,35 @@ mod tests {
         connection.close(codes::NORMAL);
         s.disconnected(connection, now);
         drop(outbox);
+    }
+
+    /// Adopts `token` for `connection` as granted by Redis under `lease` (a node on a broker).
+    fn adopt(
+        s: &mut Subscriptions,
+        token: &str,
+        lease: u64,
+        connection: &Arc<Connection>,
+    ) -> Result<(), SubscriptionError> {
+        let items = s.router().authorizer().prepare(&json!([{"dealer": "all", "query": null}])).expect("valid items");
+        let adopted = Adopted { token: token.into(), items, after: 0, offsets: true, lease };
+        s.adopt(adopted, connection, Instant::now()).map(|_| ())
+    }
+
+    #[test]
+    fn the_newer_lease_keeps_a_token_adopted_twice_and_only_its_loss_closes_it() {
+        let mut s = subscriptions(limits());
+        let (older, _older_out) = connection(1);
+        let (newer, _newer_out) = connection(2);
+        // Two acquisitions of one token here, finishing in the other order than Redis granted.
+        adopt(&mut s, "t", 3, &newer).expect("adopted");
+        assert_eq!(adopt(&mut s, "t", 2, &older), Err(SubscriptionError::NoSuchSubscription));
+        assert_eq!(s.holder_of("t").map(|holder| holder.id()), Some(2));
+        // A loss reported for the older lease (a reassertion listed before) leaves it alone.
+        assert_eq!(s.lose(&[("t".into(), 2)], "lost"), 0);
+        assert!(!newer.is_closing());
+        assert_eq!(s.lose(&[("t".into(), 3)], "lost"), 1);
+        assert!(newer.is_closing());
+        assert!(s.holder_of("t").is_none());
     }
 
     #[test]

@@ -174,6 +174,13 @@ impl Drop for Redis {
     }
 }
 
+/// The full name in Redis of the node started as `name` (names get a random suffix).
+pub fn node_id(redis: &Redis, name: &str) -> String {
+    let nodes = redis.cli(&["SMEMBERS", "{snorky}:nodes"]);
+    let prefix = format!("{name}-");
+    nodes.lines().find(|id| id.starts_with(&prefix)).unwrap_or_else(|| panic!("node {name} in {nodes:?}")).to_owned()
+}
+
 /// `config` joined to the broker at `redis`, with a short node timeout so that crashes are
 /// noticed within the test.
 pub fn on_broker(config: ServerConfig, redis: &Redis, node_name: &str) -> ServerConfig {

@@ -3,7 +3,9 @@
 -- or 'r' (its holder's connection closed and is finishing its writes).
 -- KEYS: meta, stream, waiting, the record, this node's held set
 -- ARGV: node, identity ('=' and the identity, or ''), epoch of the client's offset ('' when it
---       gave none), position of the client's offset, liveness key prefix, held set prefix, token
+--       gave none), position of the client's offset, liveness key prefix, held set prefix, token,
+--       reclaim ('1': this node holds the record but no open connection here holds it, so a
+--       client that gives its offset takes it as from a releasing holder)
 -- Replies: {'none'}: no subscription this client may take; {'gone'}: it cannot resume from
 -- its position (it is dropped); {'held', holder, state}: another holder has it; {'ok', items,
 -- epoch, after, head, lease}: taken, to resume after `after`.
@@ -23,7 +25,7 @@ if state ~= 'w' then
   if redis.call('EXISTS', ARGV[5] .. holder) == 0 then
     -- Its node died before reaping: where its connection stood is unknown.
     exact = false
-  elseif not (state == 'r' and given) then
+  elseif not (given and (state == 'r' or (ARGV[8] == '1' and holder == ARGV[1]))) then
     return { 'held', holder, state }
   end
 end

@@ -1,6 +1,7 @@
 -- After an outage: this node still holds these subscriptions. Those that Redis lost or that
--- another node took meanwhile are returned (their clients must resync); those put back to
--- waiting (this node was reaped while it was cut off) are held again.
+-- another node took meanwhile are returned (their clients must resync), as are those released
+-- since the list was made (their lease moved on: the node no longer holds them); those put back
+-- to waiting by a reap (this node was taken for dead while it was cut off) are held again.
 -- KEYS: waiting, this node's held set
 -- ARGV: node, record prefix, then token and lease pairs
 local lost = {}

@@ -1,5 +1,7 @@
 -- Subscriptions this node held wait again, for the resume timeout, after the last delta their
--- connection wrote; those acquired again since (another lease) are left alone.
+-- connection wrote; those acquired again since (another lease) are left alone. The lease moves
+-- on, so that a script still naming the released one (a reassertion whose snapshot predates the
+-- release, a retried release) can no longer take it back for this node.
 -- KEYS: waiting, this node's held set
 -- ARGV: node, timeout ms, max waiting, record prefix, max waiting per identity, then token, lease
 --       and position triples
@@ -10,6 +12,7 @@ for i = 6, #ARGV, 3 do
   local r = redis.call('HMGET', record, 'holder', 'lease', 'state', 'identity')
   if r[1] == ARGV[1] and r[2] == ARGV[i + 1] and r[3] ~= 'w' then
     redis.call('HSET', record, 'state', 'w', 'holder', '', 'after', ARGV[i + 2])
+    redis.call('HINCRBY', record, 'lease', 1)
     redis.call('PEXPIRE', record, ARGV[2])
     redis.call('SREM', KEYS[2], token)
     wait_for(KEYS[1], token, now + tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], now, r[4] or '', tonumber(ARGV[5]))
