@@ -77,6 +77,32 @@ async fn the_cap_per_address_refuses_one_address_and_not_another() {
 }
 
 #[tokio::test]
+async fn past_max_http_connections_a_listener_waits_for_one_to_close_and_websockets_do_not_count() {
+    let server = TestServer::start_with(|config| config.max_http_connections = Some(2)).await;
+    // A WebSocket leaves the count once upgraded: three fit under a cap of two.
+    let mut clients = Vec::new();
+    for n in 0..3 {
+        let mut client = server.connect().await;
+        client.subscribe(json!(n)).await;
+        clients.push(client);
+    }
+    // Two connections that send nothing hold the frontend's two places...
+    let mut idle =
+        vec![tcp_from([127, 0, 0, 1], server.frontend).await, tcp_from([127, 0, 0, 1], server.frontend).await];
+    let mut third = tcp_from([127, 0, 0, 1], server.frontend).await;
+    third.write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("a request sent");
+    let mut answer = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut answer)).await;
+    assert!(early.is_err(), "a third connection is not served while two are open");
+    // ...the backend listener has places of its own...
+    common::backend_publish(&server, &json!("elsewhere"), &json!(1)).await;
+    // ...and the third is served once one of them closes.
+    drop(idle.pop());
+    let read = within(WAIT, "the third connection to be served", third.read(&mut answer)).await.expect("an answer");
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer[..read]));
+}
+
+#[tokio::test]
 async fn half_sent_request_heads_are_cut_off_on_both_listeners() {
     let server = TestServer::start_with(|config| config.header_read_timeout = 0.5).await;
     let mut streams = Vec::new();

@@ -283,8 +283,13 @@ export class Snorky<S extends ServiceMap = ServiceMap> {
     try {
       socket = new this.socketClass(withToken(this.address, token));
     } catch (error) {
-      this.log("could not create the socket", error);
-      this.handleClose(CloseCode.abnormal, String(error));
+      // A socket class refuses its address at once (a network failure never does): the URL or
+      // the class is wrong, and trying again would fail the same way.
+      console.error(
+        `Snorky: cannot open a connection to "${this.address}" (${String(error)}): WebSocket takes ws:// or ` +
+          "wss:// addresses, SockJS http(s):// or relative ones; not reconnecting",
+      );
+      this.handleClose(CloseCode.abnormal, String(error), false);
       return;
     }
     this.socket = socket;
@@ -337,7 +342,8 @@ export class Snorky<S extends ServiceMap = ServiceMap> {
     });
   }
 
-  private handleClose(code: number, reason: string): void {
+  /** The connection closed or could not open; `retry: false` when trying again cannot help. */
+  private handleClose(code: number, reason: string, retry = true): void {
     const wasOpen = this.socketOpen;
     this.socketOpen = false;
     this.generation++;
@@ -362,7 +368,7 @@ export class Snorky<S extends ServiceMap = ServiceMap> {
     // A listener may have called close().
     if (this.currentState === State.Closed) return;
     const s = this.settings;
-    if (s.reconnect && shouldReconnect(code, this.sockjs) && this.attempt < s.maxReconnectAttempts) {
+    if (retry && s.reconnect && shouldReconnect(code, this.sockjs) && this.attempt < s.maxReconnectAttempts) {
       const delay = backoff(this.attempt++, s.minReconnectDelay, s.maxReconnectDelay);
       this.log(`reconnecting in ${delay} ms (attempt ${this.attempt})`);
       this.setState(State.Connecting);

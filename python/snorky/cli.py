@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
@@ -79,8 +80,45 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     serve.add_argument(
         "--node-name", default=_env("SNORKY_NODE_NAME"), help="this node's name in logs (env SNORKY_NODE_NAME)"
     )
+    _env_option(
+        serve,
+        "--node-timeout",
+        "SNORKY_NODE_TIMEOUT",
+        "how long a silent node counts as alive; default 15",
+        type=float,
+        metavar="SECONDS",
+    )
+    _env_option(
+        serve,
+        "--broker-prefix",
+        "SNORKY_BROKER_PREFIX",
+        "prefix of every Redis key and channel, so several applications can share a Redis; default snorky",
+    )
+    _env_option(
+        serve,
+        "--broker-ca-file",
+        "SNORKY_BROKER_CA_FILE",
+        "certificate authority to trust for a rediss:// broker",
+        metavar="PEM",
+    )
+    _env_option(
+        serve,
+        "--token-secret",
+        "SNORKY_TOKEN_SECRET",
+        "HS256 secret of connection tokens, at least 16 characters (prefer the environment variable); "
+        "default: none, every connection is anonymous",
+    )
     serve.add_argument("--max-frame-size", type=int, default=None, help="largest client frame in bytes (1 MiB)")
     serve.add_argument("--ping-interval", type=float, default=None, help="seconds between pings (30)")
+    serve.add_argument(
+        "--option",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other Server option, e.g. max_connections=20000 or sockjs=false; VALUE is read as JSON "
+        "when it is JSON (numbers, true/false, lists), as text otherwise; repeatable",
+    )
     _log_level_option(serve)
     echo = commands.add_parser(
         "sockjs-echo",
@@ -91,6 +129,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     echo.add_argument("--address", default="127.0.0.1:8081", help="host:port to listen on (default %(default)s)")
     _log_level_option(echo)
     return parser
+
+
+def _env_option(parser: argparse.ArgumentParser, flag: str, variable: str, help: str, **kwargs: Any) -> None:
+    """An option whose default comes from the environment variable ``variable`` (converted by
+    ``type``, as argparse converts a string default)."""
+    parser.add_argument(flag, default=_env(variable), help=f"{help} (env {variable})", **kwargs)
 
 
 def _log_level_option(parser: argparse.ArgumentParser) -> None:
@@ -107,15 +151,18 @@ def serve(args: argparse.Namespace) -> int:
     origins = args.allowed_origins
     if origins is None:
         origins = [o.strip() for o in (_env("SNORKY_ALLOWED_ORIGINS") or "").split(",") if o.strip()]
-    options: dict[str, object] = {}
-    if args.max_frame_size is not None:
-        options["max_frame_size"] = args.max_frame_size
-    if args.ping_interval is not None:
-        options["ping_interval"] = args.ping_interval
-    if args.broker:
-        options["broker"] = args.broker
-    if args.node_name:
-        options["node_name"] = args.node_name
+    options = parse_options(args.options)
+    flagged = {
+        "max_frame_size": args.max_frame_size,
+        "ping_interval": args.ping_interval,
+        "broker": args.broker or None,
+        "node_name": args.node_name or None,
+        "node_timeout": args.node_timeout,
+        "broker_prefix": args.broker_prefix or None,
+        "broker_ca_file": args.broker_ca_file or None,
+        "token_secret": args.token_secret or None,
+    }
+    options.update({name: value for name, value in flagged.items() if value is not None})
     frontend, backend = ServiceRegistry(), ServiceRegistry()
     if not args.no_pubsub:
         pubsub = PubSubService(args.pubsub_name)
@@ -143,6 +190,46 @@ def sockjs_echo(args: argparse.Namespace) -> int:
     handle = ServerHandle(_core.start_sockjs_echo(args.address))
     serve_until_stopped(handle)
     return 0
+
+
+#: Server options that have a flag of their own, which ``--option`` does not take.
+FLAGS = {
+    "frontend_address": "--frontend-address",
+    "backend_address": "--backend-address",
+    "api_key": "--api-key",
+    "allowed_origins": "--allowed-origin",
+    "broker": "--broker",
+    "node_name": "--node-name",
+    "node_timeout": "--node-timeout",
+    "broker_prefix": "--broker-prefix",
+    "broker_ca_file": "--broker-ca-file",
+    "token_secret": "--token-secret",
+    "max_frame_size": "--max-frame-size",
+    "ping_interval": "--ping-interval",
+}
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, object]:
+    """``--option NAME=VALUE`` pairs as ``Server`` keyword arguments: a value that is JSON is
+    decoded (``20000``, ``false``, ``["a", "b"]``), any other is a string. Unknown names are left
+    for ``Server``, which names them; an error never repeats a value, which may be a secret."""
+    options: dict[str, object] = {}
+    for pair in pairs:
+        name, equals, text = pair.partition("=")
+        name = name.strip()
+        if not equals:
+            raise ConfigurationError("--option takes NAME=VALUE, e.g. max_connections=20000: one has no '='")
+        if not name.isidentifier():
+            raise ConfigurationError(f"--option {name!r}: not an option name (see the Server options)")
+        if name in FLAGS:
+            raise ConfigurationError(f"--option {name}: set it with {FLAGS[name]}")
+        if name in options:
+            raise ConfigurationError(f"--option {name} is given twice")
+        try:
+            options[name] = json.loads(text)
+        except ValueError:
+            options[name] = text
+    return options
 
 
 def load_services(path: str) -> list[Any]:

@@ -87,6 +87,11 @@ pub struct ServerConfig {
     /// The most WebSocket connections from one client address (`None`: no cap). Behind a
     /// reverse proxy every client has the proxy's address, so this is off by default.
     pub max_connections_per_address: Option<usize>,
+    /// The most HTTP connections each listener holds open at once, not counting those upgraded
+    /// to WebSocket (`None`: twice `max_connections`, plus 100: a SockJS session holds one while
+    /// it receives and one while it sends, and health checks and handshakes need a few). Past it
+    /// a listener accepts no more until one closes.
+    pub max_http_connections: Option<usize>,
     /// Seconds a client may take to send a request's head (both listeners); slower ones are
     /// disconnected.
     pub header_read_timeout: f64,
@@ -159,6 +164,7 @@ impl Default for ServerConfig {
             stall_timeout: 30.0,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_address: None,
+            max_http_connections: None,
             header_read_timeout: 10.0,
             body_read_timeout: 30.0,
             revocation_window: 3600.0,
@@ -249,6 +255,9 @@ impl ServerConfig {
         }
         if self.max_connections_per_address == Some(0) {
             return Err(Error::Config("max_connections_per_address must be at least 1 (or None for no cap)".into()));
+        }
+        if self.max_http_connections == Some(0) {
+            return Err(Error::Config("max_http_connections must be at least 1 (or None for the default)".into()));
         }
         for origin in &self.allowed_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -357,6 +366,18 @@ impl ServerConfig {
     /// `shutdown_timeout` as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown_timeout)
+    }
+
+    /// How the listener called `name` serves its connections.
+    pub(crate) fn serving(&self, name: &'static str) -> super::listener::Serving {
+        super::listener::Serving {
+            name,
+            header_timeout: self.header_timeout(),
+            max_connections: self
+                .max_http_connections
+                .unwrap_or_else(|| self.max_connections.saturating_mul(2).saturating_add(100)),
+            grace: self.shutdown_grace(),
+        }
     }
 
     /// `sockjs_heartbeat_interval` as a duration.

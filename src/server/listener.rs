@@ -1,11 +1,13 @@
 //! The accept loop both listeners share: HTTP/1.1 with upgrades (WebSocket), a deadline for the
-//! request head, `TCP_NODELAY`, the peer's address for handlers, and graceful shutdown.
+//! request head, a cap on open HTTP connections, `TCP_NODELAY`, the peer's address for handlers,
+//! and graceful shutdown.
 //!
 //! Written on hyper's own connection builder rather than `axum::serve` because the latter offers
 //! no timeout for reading a request head: without one, a client that sends half a request holds
 //! its socket (and a task) forever.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
@@ -23,17 +26,31 @@ use tower::Service;
 /// file descriptors, say), so that it does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// How a listener serves its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
+    /// The listener's name in logs: `"frontend"`, `"backend"`.
+    pub name: &'static str,
+    /// How long a client may take to send a request's head.
+    pub header_timeout: Duration,
+    /// The most HTTP connections open at once (an upgraded one leaves the count: WebSockets
+    /// have their own cap). Past it the loop stops accepting until one closes, so that idle or
+    /// slow requests cannot take every file descriptor of the process, which its WebSockets and
+    /// its own connections (Redis, the web application) need too.
+    pub max_connections: usize,
+    /// How long shutdown lets requests in flight finish.
+    pub grace: Duration,
+}
+
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets requests in flight
-/// finish, waiting at most `grace`.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    header_timeout: Duration,
-    shutdown: CancellationToken,
-    grace: Duration,
-) {
+/// finish, waiting at most `serving.grace`.
+pub async fn serve(listener: TcpListener, router: Router, serving: Serving, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
+    // A semaphore holds at most MAX_PERMITS (more than a process can have sockets).
+    let slots = Arc::new(Semaphore::new(serving.max_connections.min(Semaphore::MAX_PERMITS)));
+    let mut saturated = false;
     loop {
+        let Some(slot) = free_slot(&slots, &mut saturated, &serving, &shutdown).await else { break };
         let (stream, remote) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -45,13 +62,47 @@ pub async fn serve(
                 }
             },
         };
-        connections.spawn(serve_connection(stream, remote, router.clone(), header_timeout, shutdown.clone()));
+        let connection = serve_connection(stream, remote, router.clone(), serving.header_timeout, shutdown.clone());
+        connections.spawn(counted(connection, slot));
     }
     drop(listener);
     connections.close();
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+    if tokio::time::timeout(serving.grace, connections.wait()).await.is_err() {
         log::warn!("shutdown: {} HTTP connections did not finish in time", connections.len());
     }
+}
+
+/// A place for the next connection, waiting for one to close when every place is taken (said
+/// once per such wait); `None` on shutdown.
+async fn free_slot(
+    slots: &Arc<Semaphore>,
+    saturated: &mut bool,
+    serving: &Serving,
+    shutdown: &CancellationToken,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = Arc::clone(slots).try_acquire_owned() {
+        *saturated = false;
+        return Some(slot);
+    }
+    if !*saturated {
+        *saturated = true;
+        log::warn!(
+            "{} listener: {} HTTP connections are open (max_http_connections): new ones wait until one closes",
+            serving.name,
+            serving.max_connections
+        );
+    }
+    tokio::select! {
+        () = shutdown.cancelled() => None,
+        slot = Arc::clone(slots).acquire_owned() => slot.ok(),
+    }
+}
+
+/// Holds `slot` while `connection` is served: until the connection closes, or is upgraded and
+/// handed over.
+async fn counted(connection: impl std::future::Future<Output = ()>, slot: OwnedSemaphorePermit) {
+    connection.await;
+    drop(slot);
 }
 
 async fn serve_connection(

@@ -176,11 +176,11 @@ impl BoundServer {
             .route("/metrics", get(metrics_text))
             .with_state(Arc::clone(&app));
 
-        let header_timeout = app.config.header_timeout();
-        let grace = app.config.shutdown_grace();
+        let frontend = app.config.serving("frontend");
+        let backend = app.config.serving("backend");
         tokio::join!(
-            listener::serve(self.frontend, frontend_routes, header_timeout, token.clone(), grace),
-            listener::serve(self.backend, backend_routes, header_timeout, token.clone(), grace),
+            listener::serve(self.frontend, frontend_routes, frontend, token.clone()),
+            listener::serve(self.backend, backend_routes, backend, token.clone()),
         );
 
         app.connections.close();

@@ -9,13 +9,15 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsclient import TIMEOUT, WsClient
 
+from snorky import connection_token
 from snorky.backend import SnorkyBackend
 
 
@@ -191,6 +193,71 @@ def test_a_callable_returning_no_service_is_a_configuration_error_without_traceb
     _, err = process.communicate(timeout=30)
     assert process.returncode == 2
     assert "returned None, which is not a Snorky service" in err and "Traceback" not in err
+
+
+def test_other_server_options_are_given_with_option():
+    front, back = free_port(), free_port()
+    process = snorky(
+        "serve", "--frontend-address", f"127.0.0.1:{front}", "--backend-address", f"127.0.0.1:{back}",
+        "--api-key", "cli-test-key-0123456789", "--option", "max_connections=1", "--option", "sockjs=false",
+    )  # fmt: skip
+    try:
+        wait_healthy(back, process)
+        first = WsClient(f"ws://127.0.0.1:{front}/ws")
+        with pytest.raises(InvalidStatus) as refused:
+            WsClient(f"ws://127.0.0.1:{front}/ws")
+        assert refused.value.response.status_code == 503, "max_connections=1 holds"
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{front}/sockjs/info", timeout=TIMEOUT)
+        missing.value.close()
+        assert missing.value.code == 404, "sockjs=false holds"
+        first.close()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+
+
+def test_the_token_secret_from_the_environment_checks_connection_tokens():
+    front, back = free_port(), free_port()
+    secret = "cli-token-secret-0123456789"
+    process = snorky(
+        "serve", "--frontend-address", f"127.0.0.1:{front}", "--backend-address", f"127.0.0.1:{back}",
+        "--api-key", "cli-test-key-0123456789", env={"SNORKY_TOKEN_SECRET": secret},
+    )  # fmt: skip
+    try:
+        wait_healthy(back, process)
+        WsClient(f"ws://127.0.0.1:{front}/ws?token={connection_token('alice', secret)}").close()
+        forged = connection_token("alice", "another-secret-0123456789")
+        with pytest.raises(InvalidStatus):
+            WsClient(f"ws://127.0.0.1:{front}/ws?token={forged}")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert secret not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--option", "api_key=correct-horse-battery-staple"], {}, "--option api_key: set it with --api-key"),
+        (["--option", "token_secret=correct-horse-battery-staple"], {}, "set it with --token-secret"),
+        (["--option", "max_connections"], {}, "one has no '='"),
+        (["--option", "max connections=3"], {}, "not an option name"),
+        (["--option", "max_connections=3", "--option", "max_connections=4"], {}, "given twice"),
+        (["--option", "no_such_option=1"], {}, "no_such_option"),
+        (["--option", "max_connections=-1"], {}, "max_connections"),
+        ([], {"SNORKY_NODE_TIMEOUT": "soon"}, "--node-timeout"),
+    ],
+)
+def test_bad_options_fail_at_start_up_naming_them(args: list[str], env: dict[str, str], message: str):
+    process = snorky(
+        "serve", "--frontend-address", "127.0.0.1:0", "--backend-address", "127.0.0.1:0",
+        "--api-key", "cli-test-key-0123456789", *args, env=env,
+    )  # fmt: skip
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 2, err
+    assert message in err
+    assert "correct-horse" not in err and "Traceback" not in err
 
 
 def console_script(directory: Path) -> list[str]:

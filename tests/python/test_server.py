@@ -65,6 +65,12 @@ def test_a_wrong_api_key_type_is_named_but_not_quoted():
     assert "a-secret" not in str(refused.value)
 
 
+@pytest.mark.parametrize("option", ["max_connections", "max_connections_per_address", "max_http_connections"])
+def test_a_connection_cap_of_zero_is_refused_naming_it(option):
+    with pytest.raises(ConfigurationError, match=f"^{option} must be at least 1"):
+        make_server(api_key=KEY, **{option: 0})
+
+
 def test_a_huge_duration_is_quoted_short():
     with pytest.raises(ConfigurationError, match=r"ping_interval must be .* not 1e300$"):
         make_server(api_key=KEY, ping_interval=1e300)

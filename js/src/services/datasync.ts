@@ -75,9 +75,15 @@ export class DataSync extends RPCService {
    * subscription's deltas (only with offsets: deltas of 0.1's protocol do not
    * say which subscription they belong to). Resolves with the server's data:
    * `{offset}` when opted in, `null` otherwise. Rejects with
-   * `"No such subscription"`, `"Offset not retained"`, `"token must be string"`.
+   * `"No such subscription"`, `"Offset not retained"`, `"token must be string"`,
+   * and with a `TypeError` when `params` is not an object (`{token}`).
    */
   acquireSubscription(params: AcquireParams, target?: DeltaTarget): Promise<AcquireResult | null> {
+    if (typeof params !== "object" || params === null) {
+      return Promise.reject(
+        new TypeError('acquireSubscription takes {token: "..."}, the subscription token the web application handed out'),
+      );
+    }
     const sent: AcquireParams = this.offsets && !("offsets" in params) ? { ...params, offsets: true } : params;
     const token = params.token;
     const previous = this.held.get(token);

@@ -264,6 +264,24 @@ describe("connection", () => {
     assert.equal(client.state, State.Disconnected);
   });
 
+  it("an address the socket class refuses stops the client at once, saying why, instead of retrying", async (t) => {
+    const errors: unknown[][] = [];
+    const original = console.error;
+    console.error = (...args: unknown[]) => errors.push(args);
+    t.after(() => {
+      console.error = original;
+    });
+    // ws refuses an ftp address, as a browser's WebSocket refuses a bad URL and SockJS a ws:// one.
+    const client = new Snorky(WebSocket, "ftp://127.0.0.1:9/ws?x", { pubsub: Snorky.PubSub }, FAST);
+    t.after(() => client.close());
+    await rejectsWith(client.services.pubsub.subscribe({ channel: "c" }), ErrorCode.notConnected);
+    assert.equal(client.state, State.Disconnected);
+    assert.equal(errors.length, 1);
+    assert.match(String(errors[0]?.[0]), /cannot open a connection to "ftp:\/\/127\.0\.0\.1:9\/ws\?x".*not reconnecting/);
+    await sleep(60);
+    assert.equal(errors.length, 1, "no second attempt");
+  });
+
   it("does not reconnect after a terminal close code", async (t) => {
     const { server, client } = await connected(t);
     server.current.close(1002, "protocol error");

@@ -165,4 +165,16 @@ describe("DataSync offsets", () => {
     assert.equal(s.datasync.offsetOf("good"), null);
     assert.deepEqual(s.datasync.subscriptions, []);
   });
+
+  it("a token passed bare instead of {token} is refused with a message saying what to pass", async (t) => {
+    const { server, s } = await connected(t);
+    const bare = s.datasync.acquireSubscription("a" as unknown as { token: string });
+    await assert.rejects(bare, (error: unknown) => {
+      assert.ok(error instanceof TypeError);
+      assert.match(error.message, /acquireSubscription takes \{token: "\.\.\."\}/);
+      return true;
+    });
+    assert.deepEqual(server.calls("datasync", "acquireSubscription"), [], "nothing sent");
+    assert.deepEqual(s.datasync.subscriptions, []);
+  });
 });

@@ -102,7 +102,7 @@ impl EchoServer {
         });
         let router = EchoServer::router(&app);
         let grace = app.config.shutdown_grace();
-        listener::serve(self.listener, router, app.config.header_timeout(), token, grace).await;
+        listener::serve(self.listener, router, app.config.serving("sockjs-echo"), token).await;
         app.connections.close();
         let _ = tokio::time::timeout(grace, app.connections.wait()).await;
         Ok(())

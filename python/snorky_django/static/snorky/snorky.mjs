@@ -588,9 +588,15 @@ var DataSync = class extends RPCService {
    * subscription's deltas (only with offsets: deltas of 0.1's protocol do not
    * say which subscription they belong to). Resolves with the server's data:
    * `{offset}` when opted in, `null` otherwise. Rejects with
-   * `"No such subscription"`, `"Offset not retained"`, `"token must be string"`.
+   * `"No such subscription"`, `"Offset not retained"`, `"token must be string"`,
+   * and with a `TypeError` when `params` is not an object (`{token}`).
    */
   acquireSubscription(params, target) {
+    if (typeof params !== "object" || params === null) {
+      return Promise.reject(
+        new TypeError('acquireSubscription takes {token: "..."}, the subscription token the web application handed out')
+      );
+    }
     const sent = this.offsets && !("offsets" in params) ? { ...params, offsets: true } : params;
     const token = params.token;
     const previous = this.held.get(token);
@@ -978,8 +984,10 @@ var Snorky = class {
     try {
       socket = new this.socketClass(withToken(this.address, token));
     } catch (error) {
-      this.log("could not create the socket", error);
-      this.handleClose(CloseCode.abnormal, String(error));
+      console.error(
+        `Snorky: cannot open a connection to "${this.address}" (${String(error)}): WebSocket takes ws:// or wss:// addresses, SockJS http(s):// or relative ones; not reconnecting`
+      );
+      this.handleClose(CloseCode.abnormal, String(error), false);
       return;
     }
     this.socket = socket;
@@ -1024,7 +1032,8 @@ var Snorky = class {
       if (generation === this.generation && this.socketOpen) this.restored.dispatch();
     });
   }
-  handleClose(code, reason) {
+  /** The connection closed or could not open; `retry: false` when trying again cannot help. */
+  handleClose(code, reason, retry = true) {
     const wasOpen = this.socketOpen;
     this.socketOpen = false;
     this.generation++;
@@ -1046,7 +1055,7 @@ var Snorky = class {
     if (wasOpen) this.disconnected.dispatch({ code, reason });
     if (this.currentState === "closed" /* Closed */) return;
     const s = this.settings;
-    if (s.reconnect && shouldReconnect(code, this.sockjs) && this.attempt < s.maxReconnectAttempts) {
+    if (retry && s.reconnect && shouldReconnect(code, this.sockjs) && this.attempt < s.maxReconnectAttempts) {
       const delay = backoff(this.attempt++, s.minReconnectDelay, s.maxReconnectDelay);
       this.log(`reconnecting in ${delay} ms (attempt ${this.attempt})`);
       this.setState("connecting" /* Connecting */);

@@ -131,6 +131,7 @@ export declare class Snorky<S extends ServiceMap = ServiceMap> {
     private openSocket;
     private createSocket;
     private handleOpen;
+    /** The connection closed or could not open; `retry: false` when trying again cannot help. */
     private handleClose;
     private send;
     private enqueue;

@@ -49,7 +49,8 @@ export declare class DataSync extends RPCService {
      * subscription's deltas (only with offsets: deltas of 0.1's protocol do not
      * say which subscription they belong to). Resolves with the server's data:
      * `{offset}` when opted in, `null` otherwise. Rejects with
-     * `"No such subscription"`, `"Offset not retained"`, `"token must be string"`.
+     * `"No such subscription"`, `"Offset not retained"`, `"token must be string"`,
+     * and with a `TypeError` when `params` is not an object (`{token}`).
      */
     acquireSubscription(params: AcquireParams, target?: DeltaTarget): Promise<AcquireResult | null>;
     /** Ends a subscription. Rejects with `"No such subscription"`. */
