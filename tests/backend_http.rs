@@ -5,7 +5,7 @@ mod common;
 
 use common::{
     assert_json_content_type, backend_call, backend_publish, delivery, http_get, http_request, metric, metric_in,
-    metrics_text, ok_reply, post_backend, TestServer, KEY,
+    metrics_text, ok_reply, post_backend, post_backend_keys, TestServer, KEY,
 };
 use serde_json::{json, Value};
 
@@ -25,6 +25,13 @@ async fn a_missing_or_wrong_key_is_401_and_nothing_is_processed() {
         assert_eq!(answer.status, 401, "key {key:?}: {}", answer.text());
         assert_json_content_type(&answer, "a 401");
         assert!(answer.json()["error"].is_string(), "a 401 says why: {}", answer.text());
+    }
+    // A request with two keys is refused, whichever comes first (a proxy that adds the key
+    // must not be overridden by one the client sent).
+    for keys in [[KEY, "wrong"], ["wrong", KEY], [KEY, KEY]] {
+        let answer = post_backend_keys(&server, &keys, publish_body("guarded", &json!("two keys"))).await;
+        assert_eq!(answer.status, 401, "keys {keys:?}: {}", answer.text());
+        assert_eq!(answer.json()["error"], "More than one X-Backend-Key");
     }
     // The key is checked before the body is looked at: a malformed body with a bad key is a 401.
     let answer = post_backend(&server, Some("wrong"), "{ not json").await;

@@ -149,8 +149,8 @@ async fn malformed_tokens_fail_with_401() {
     assert_refused(&server, &not_object, "malformed").await;
     // A token given twice cannot be trusted.
     let valid = token("alice");
-    let (status, _) = refusal(try_connect_query(&server, &format!("?token={valid}&token={valid}")).await);
-    assert_eq!(status, 401);
+    let (status, text) = refusal(try_connect_query(&server, &format!("?token={valid}&token={valid}")).await);
+    assert_eq!((status, text.as_str()), (401, "Invalid connection token: more than one token"));
 }
 
 #[tokio::test]

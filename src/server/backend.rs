@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -23,7 +23,13 @@ use super::App;
 /// then the call. Every request gets an answer.
 pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     app.metrics.backend_requests.inc();
-    if !key_matches(&app, &headers) {
+    let mut keys = headers.get_all(KEY_HEADER).iter();
+    let (given, None) = (keys.next(), keys.next()) else {
+        // Which one counts would depend on where each came from (a proxy adding the key, a
+        // client sending its own): none does.
+        return error(StatusCode::UNAUTHORIZED, "More than one X-Backend-Key");
+    };
+    if !key_matches(&app, given) {
         return error(StatusCode::UNAUTHORIZED, "Missing or wrong X-Backend-Key");
     }
     // A body announced over the limit is refused from the head alone, before a byte of it is
@@ -62,11 +68,8 @@ pub async fn handle(State(app): State<Arc<App>>, headers: HeaderMap, body: Body)
 
 /// Compares the key in constant time (for keys of equal length; the length itself is not secret
 /// enough to matter and `ct_eq` on slices of different lengths answers at once).
-fn key_matches(app: &App, headers: &HeaderMap) -> bool {
-    let Some(expected) = app.config.api_key.as_deref() else {
-        return false;
-    };
-    let Some(given) = headers.get(KEY_HEADER) else {
+fn key_matches(app: &App, given: Option<&HeaderValue>) -> bool {
+    let (Some(expected), Some(given)) = (app.config.api_key.as_deref(), given) else {
         return false;
     };
     bool::from(given.as_bytes().ct_eq(expected.as_bytes()))

@@ -17,9 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -59,19 +58,12 @@ struct SharedSink {
     flush_needed: Notify,
 }
 
-/// The query string of `GET /ws`; parameters other than `token` are ignored.
-#[derive(Debug, serde::Deserialize)]
-pub struct WsQuery {
-    /// The connection token (docs/protocol.md "Identity"), if the client has one.
-    token: Option<String>,
-}
-
 /// `GET /ws`: checks the origin and the connection token, then upgrades.
 pub async fn upgrade(
     State(app): State<Arc<App>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    query: Result<Query<WsQuery>, QueryRejection>,
+    RawQuery(query): RawQuery,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let origin = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok());
@@ -83,7 +75,7 @@ pub async fn upgrade(
         );
         return (StatusCode::FORBIDDEN, "Origin not allowed").into_response();
     }
-    let (identity, issued_at) = match query_identity(&app, query) {
+    let (identity, issued_at) = match query_identity(&app, query.as_deref()) {
         Ok(identity) => identity,
         Err(text) => {
             log::info!("refused a WebSocket from {remote}: {text}");
@@ -122,14 +114,21 @@ pub(crate) fn with_limits(upgrade: WebSocketUpgrade, config: &ServerConfig) -> W
 /// says; revocations refuse the tokens issued before them).
 pub(crate) type Proven = (Identity, Option<f64>);
 
-/// What the query string of a handshake proves, or the text of the HTTP 401 answer.
-pub(crate) fn query_identity(app: &App, query: Result<Query<WsQuery>, QueryRejection>) -> Result<Proven, String> {
-    match query {
-        Ok(Query(query)) => handshake_identity(app, query.token.as_deref()),
-        // A query string that does not parse (a repeated `token`, bad percent-encoding) cannot
-        // be trusted to carry no token.
-        Err(rejection) => Err(format!("Invalid connection token: {}", rejection.body_text())),
+/// The 401 text of a handshake whose query string repeats `token` (on `/ws` and SockJS alike):
+/// which one to trust would depend on the parser, so none is.
+pub(crate) const MORE_THAN_ONE_TOKEN: &str = "Invalid connection token: more than one token";
+
+/// What the query string of a handshake proves (its `token` parameter, the connection token of
+/// docs/protocol.md "Identity"; others are ignored), or the text of the HTTP 401 answer.
+pub(crate) fn query_identity(app: &App, query: Option<&str>) -> Result<Proven, String> {
+    let mut tokens = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(name, _)| name == "token")
+        .map(|(_, value)| value);
+    let token = tokens.next();
+    if tokens.next().is_some() {
+        return Err(MORE_THAN_ONE_TOKEN.to_owned());
     }
+    handshake_identity(app, token.as_deref())
 }
 
 /// The identity a handshake proves (see the protocol document, "Identity"): anonymous without

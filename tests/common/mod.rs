@@ -499,9 +499,14 @@ async fn answer(response: reqwest::Response) -> HttpAnswer {
 
 /// `POST /backend` with `body`, sending `key` as `X-Backend-Key` when given.
 pub async fn post_backend(server: &TestServer, key: Option<&str>, body: impl Into<Vec<u8>>) -> HttpAnswer {
+    post_backend_keys(server, key.as_slice(), body).await
+}
+
+/// `POST /backend` with `body` and an `X-Backend-Key` header for each of `keys`.
+pub async fn post_backend_keys(server: &TestServer, keys: &[&str], body: impl Into<Vec<u8>>) -> HttpAnswer {
     let mut request = http().post(server.backend_url()).header("content-type", "application/json").body(body.into());
-    if let Some(key) = key {
-        request = request.header("x-backend-key", key);
+    for key in keys {
+        request = request.header("x-backend-key", *key);
     }
     answer(within(WAIT, "the backend to answer", request.send()).await.expect("the backend answers")).await
 }

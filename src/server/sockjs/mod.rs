@@ -258,7 +258,7 @@ pub fn admit(app: &App, info: &RequestInfo, remote: SocketAddr) -> Result<(Prove
         return Err(Refused::new(StatusCode::FORBIDDEN, "Origin not allowed"));
     }
     let identity = if info.token_repeated {
-        Err("Invalid connection token: more than one token".to_owned())
+        Err(ws::MORE_THAN_ONE_TOKEN.to_owned())
     } else {
         ws::handshake_identity(app, info.token.as_deref())
     };
