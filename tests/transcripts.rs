@@ -550,10 +550,14 @@ impl Replay {
         let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|err| err.to_string())?;
         let client = reqwest::Client::builder().no_proxy().timeout(WAIT).build().map_err(|err| err.to_string())?;
         let mut builder = client.request(method, format!("http://{address}{path}"));
-        match request.get("key") {
-            None => builder = builder.header("x-backend-key", KEY),
-            Some(Value::Null) => {}
-            Some(key) => builder = builder.header("x-backend-key", key.as_str().unwrap_or_default()),
+        let keys = match request.get("key") {
+            None => vec![KEY],
+            Some(Value::Null) => Vec::new(),
+            Some(Value::Array(keys)) => keys.iter().map(|key| key.as_str().unwrap_or_default()).collect(),
+            Some(key) => vec![key.as_str().unwrap_or_default()],
+        };
+        for key in keys {
+            builder = builder.header("x-backend-key", if key == "$key" { KEY } else { key });
         }
         let body = match (request.get("body"), request.get("text").and_then(Value::as_str)) {
             (Some(body), _) => Some(resolve(body, &self.captures)?.to_string()),

@@ -311,10 +311,10 @@ class Replay:
             if request.get("listener") == "frontend"
             else self.server.handle.backend_port
         )
-        headers = {}
+        headers: list[tuple[str, str]] = []
         key = request.get("key", self.server.api_key)
-        if key is not None:
-            headers["X-Backend-Key"] = key
+        for each in key if isinstance(key, list) else [] if key is None else [key]:
+            headers.append(("X-Backend-Key", self.server.api_key if each == "$key" else each))
         body: str | None = None
         if "body" in request:
             body = json.dumps(resolve(request["body"], self.captures))
@@ -322,13 +322,20 @@ class Replay:
             body = request["text"]
         if body is not None:
             body = pad(body, request)
-            headers["Content-Type"] = "application/json"
+            headers.append(("Content-Type", "application/json"))
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT)
         try:
             # The server may answer (413 from the announced length) and close before reading the
             # whole body; its answer is then waiting in the socket.
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                connection.request(request.get("method", "POST"), request.get("path", "/backend"), body, headers)
+                # Header by header: a header may be repeated.
+                connection.putrequest(request.get("method", "POST"), request.get("path", "/backend"))
+                payload = None if body is None else body.encode()
+                for name, value in headers:
+                    connection.putheader(name, value)
+                if payload is not None:
+                    connection.putheader("Content-Length", str(len(payload)))
+                connection.endheaders(payload)
             response = connection.getresponse()
             status, answer = response.status, response.read().decode()
         finally:
