@@ -125,6 +125,7 @@ impl Rejoin for Reload {
 impl Revocations {
     /// Listens for revocations and learns those of the window.
     pub(crate) async fn start(table: &Arc<ConnectionTable>, broker: &Broker) -> Result<Arc<Revocations>, Error> {
+        broker.register_scripts(&[&REVOKE]);
         let shared = Arc::new(Revocations {
             broker: broker.clone(),
             table: Arc::downgrade(table),

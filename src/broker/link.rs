@@ -102,12 +102,27 @@ impl Link {
         }
     }
 
-    /// Replaces a single server's lost connection with a new one (a cluster reconnects by
-    /// itself: nothing to do). The caller subscribes again.
-    pub async fn reconnect(&self) -> RedisResult<()> {
+    /// Replaces a single server's lost connection with a new one, which loads `scripts` before
+    /// it serves anything else (Redis may have restarted without them). A cluster reconnects by
+    /// itself: nothing to do. The caller subscribes again.
+    pub async fn reconnect(&self, scripts: &[&redis::Script]) -> RedisResult<()> {
         if let Link::Single(single) = self {
-            let fresh = Single::open(&single.client, &single.on_push).await?;
+            let mut fresh = Single::open(&single.client, &single.on_push).await?;
+            for script in scripts {
+                script.load_async(&mut fresh).await?;
+            }
             *single.connection.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        }
+        Ok(())
+    }
+
+    /// Loads `scripts` into Redis (every primary of a cluster).
+    pub async fn load(&self, scripts: &[&redis::Script]) -> RedisResult<()> {
+        for script in scripts {
+            match self {
+                Link::Single(single) => script.load_async(&mut single.current()).await?,
+                Link::Cluster(connection) => script.load_async(&mut connection.clone()).await?,
+            };
         }
         Ok(())
     }

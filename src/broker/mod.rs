@@ -131,6 +131,8 @@ struct Shared {
     requests: mpsc::UnboundedSender<Request>,
     reapers: Mutex<Vec<Arc<dyn Reaper>>>,
     rejoins: Mutex<Vec<Arc<dyn Rejoin>>>,
+    /// The Lua scripts the services run (see [`Broker::register_scripts`]).
+    scripts: Mutex<Vec<&'static redis::Script>>,
     /// How many times [`Broker::rejoin`] ran, so that the liveness loop can tell a rejoin
     /// after an outage (already under way) from finding this node reaped while connected.
     rejoined: AtomicU64,
@@ -207,6 +209,7 @@ impl Broker {
             requests,
             reapers: Mutex::default(),
             rejoins: Mutex::default(),
+            scripts: Mutex::default(),
             rejoined: AtomicU64::new(0),
             metrics,
         });
@@ -343,6 +346,32 @@ impl Broker {
             Ok(Ok(Err(err))) => Err(err),
             Ok(Err(_)) | Err(_) => Err(BrokerError::Unreachable("no answer in time".into())),
         }
+    }
+
+    /// Registers Lua scripts a service runs, for [`load_scripts`](Self::load_scripts) and every
+    /// later connection to load before it serves a command.
+    ///
+    /// Why: the first use of a script Redis does not have is answered NOSCRIPT, and the client
+    /// library then loads the script and runs it again, two round trips later. Commands this
+    /// node sent meanwhile run first, so a script could run after one it preceded (a
+    /// reassertion of the subscriptions held, listed before a release, after that release).
+    pub fn register_scripts(&self, scripts: &[&'static redis::Script]) {
+        let mut registered = crate::sync::lock(&self.0.scripts);
+        for script in scripts {
+            if !registered.iter().any(|known| known.get_hash() == script.get_hash()) {
+                registered.push(script);
+            }
+        }
+    }
+
+    /// Loads the registered scripts into Redis (at start, once the services registered theirs).
+    ///
+    /// # Errors
+    ///
+    /// [`BrokerError::Unreachable`] when Redis fails or does not answer in time.
+    pub async fn load_scripts(&self) -> Result<(), BrokerError> {
+        let scripts = crate::sync::lock(&self.0.scripts).clone();
+        self.bounded(self.0.link.load(&scripts)).await
     }
 
     /// Registers what to run when a node dies.
@@ -543,7 +572,8 @@ async fn reconnect(broker: &Broker, channels: &std::collections::HashSet<String>
             () = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(RECONNECT_MAX);
-        if broker.bounded(broker.0.link.reconnect()).await.is_err() {
+        let scripts = crate::sync::lock(&broker.0.scripts).clone();
+        if broker.bounded(broker.0.link.reconnect(&scripts)).await.is_err() {
             continue;
         }
         let mut resubscribed = true;

@@ -48,8 +48,12 @@
 //! its writer is done they wait again in Redis, after the last delta written, for the resume
 //! timeout. Each acquisition has a *lease* (a number in the record): a release or cancellation
 //! naming an older lease changes nothing, so a late write from a previous holder never undoes a
-//! newer acquisition. A release moves the lease on as well, so that nothing naming the released
-//! one (a reassertion listed before it, a retried release) can take it back for this node.
+//! newer acquisition. A release moves the lease on as well (also for a subscription the others
+//! put back to waiting when they took this node for dead), so that nothing naming the released
+//! lease (a reassertion listed before it, a retried release) can take it back for this node.
+//! Every script is loaded into Redis when the node starts and into each new connection (see
+//! [`Broker::register_scripts`]): a script Redis lacks would run late, after commands sent
+//! after it.
 //!
 //! **Failures.** Anything that must go through Redis and cannot (authorize, publish, acquire)
 //! is answered "Service unavailable" (HTTP 503 to the backend). A release or cancellation that
@@ -318,6 +322,9 @@ fn identity_field(identity: Option<&str>) -> String {
 impl Cluster {
     /// Connects the hub to `broker`: starts its follower and registers its reaper.
     pub(super) fn attach(hub: &Arc<DataSyncHub>, broker: &Broker) -> Arc<Cluster> {
+        broker.register_scripts(&[
+            &AUTHORIZE, &ACQUIRE, &RELEASING, &RELEASE, &DELETE, &REAP, &REASSERT, &PUBLISH, &FETCH, &TRIM,
+        ]);
         let (events, receiver) = mpsc::channel(FOLLOW_QUEUE);
         let cluster = Arc::new(Cluster {
             keys: Keys::new(broker, hub.frontend_name()),
@@ -490,16 +497,11 @@ impl Cluster {
         Ok(())
     }
 
-    /// Whether another acquisition of `token` is under way on this node: its script is on its
-    /// way to Redis, or it took the subscription and is adopting it.
-    pub(super) fn acquiring_here(&self, token: &str) -> bool {
-        crate::sync::lock(&self.taking).contains_key(token)
-            || crate::sync::lock(&self.adopting).iter().any(|(adopted, _)| adopted == token)
-    }
-
     /// Asks Redis for subscription `token` on behalf of a connection with `identity`, resuming
     /// after `after` when the client gave it. `reclaim`: Redis says this node holds it, but no
-    /// open connection here does (see [`DataSyncHub::acquire_shared`]).
+    /// open connection here does (see [`DataSyncHub::acquire_shared`]); ignored while another
+    /// acquisition of the token is under way here (its script on its way, or adopting), which
+    /// this one must not take it from.
     pub(super) async fn take(
         &self,
         token: &str,
@@ -508,7 +510,15 @@ impl Cluster {
         reclaim: bool,
     ) -> Result<Take, BrokerError> {
         let (epoch, seq) = after.map_or((String::new(), 0), |offset| (offset.epoch.to_string(), offset.seq));
-        *crate::sync::lock(&self.taking).entry(token.to_owned()).or_insert(0) += 1;
+        let reclaim = {
+            // Checked and counted under one hold of the lock: of two acquisitions of one token
+            // here, at most one reclaims.
+            let mut taking = crate::sync::lock(&self.taking);
+            let under_way = taking.contains_key(token)
+                || crate::sync::lock(&self.adopting).iter().any(|(adopted, _)| adopted == token);
+            *taking.entry(token.to_owned()).or_insert(0) += 1;
+            reclaim && !under_way
+        };
         let _taking = Taking { cluster: self, token };
         let reply: Vec<String> = self
             .broker
@@ -1097,7 +1107,7 @@ impl DataSyncHub {
                             // lost. A client that gives its offset needs nothing that release
                             // carries: it takes the subscription at once, as from a releasing
                             // holder (the release, naming an older lease, then changes nothing).
-                            _ if after.is_some() && !reclaiming && !cluster.acquiring_here(token) => {
+                            _ if after.is_some() && !reclaiming => {
                                 reclaim = true;
                                 continue;
                             }

@@ -502,6 +502,22 @@ impl Subscriptions {
             if self.live.get(&previous).is_some_and(|subscription| subscription.lease > adopted.lease) {
                 return Err(SubscriptionError::NoSuchSubscription);
             }
+            // An open connection still holding it (its client acquired the token twice at once)
+            // is told, with 1008, that its deltas stop, rather than left waiting for them.
+            if let Some(Subscription { holder: Holder::Acquired { connection: holder, .. }, .. }) =
+                self.live.get(&previous)
+            {
+                if holder.id() != connection.id() && !holder.is_closing() {
+                    log::warn!(
+                        "datasync {:?}: a subscription connection {} held was acquired again by connection {}: closing \
+                         the first with 1008",
+                        self.frontend_name,
+                        holder.id(),
+                        connection.id()
+                    );
+                    holder.close(codes::POLICY_VIOLATION);
+                }
+            }
             self.drop_subscription(previous, "it was acquired again");
         }
         let id = self.next_id;
@@ -1029,7 +1045,7 @@ mod tests {
     }
 
     #[test]
-    fn the_newer_lease_keeps_a_token_adopted_twice_and_only_its_loss_closes_it() {
+    fn the_newer_lease_keeps_a_token_adopted_twice_and_only_its_loss_closes_it_or_a_newer_adoption() {
         let mut s = subscriptions(limits());
         let (older, _older_out) = connection(1);
         let (newer, _newer_out) = connection(2);
@@ -1040,8 +1056,13 @@ mod tests {
         // A loss reported for the older lease (a reassertion listed before) leaves it alone.
         assert_eq!(s.lose(&[("t".into(), 2)], "lost"), 0);
         assert!(!newer.is_closing());
-        assert_eq!(s.lose(&[("t".into(), 3)], "lost"), 1);
+        // A newer adoption by another connection takes it, and the open holder is told (1008).
+        let (newest, _newest_out) = connection(3);
+        adopt(&mut s, "t", 4, &newest).expect("adopted");
         assert!(newer.is_closing());
+        assert_eq!(s.holder_of("t").map(|holder| holder.id()), Some(3));
+        assert_eq!(s.lose(&[("t".into(), 4)], "lost"), 1);
+        assert!(newest.is_closing());
         assert!(s.holder_of("t").is_none());
     }
 

@@ -116,6 +116,12 @@ impl Server {
         for service in self.frontend.services().chain(self.backend.services()) {
             service.attach(&attachment).await?;
         }
+        if let Some(broker) = &broker {
+            if let Err(err) = broker.load_scripts().await {
+                // Each script is then loaded on its first use, as the client library does.
+                log::warn!("broker: loading the scripts: {err}");
+            }
+        }
         Ok(App {
             config: self.config,
             frontend: self.frontend,

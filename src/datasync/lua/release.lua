@@ -1,7 +1,9 @@
 -- Subscriptions this node held wait again, for the resume timeout, after the last delta their
 -- connection wrote; those acquired again since (another lease) are left alone. The lease moves
 -- on, so that a script still naming the released one (a reassertion whose snapshot predates the
--- release, a retried release) can no longer take it back for this node.
+-- release, a retried release) can no longer take it back for this node. One reaped meanwhile (this
+-- node was taken for dead; it waits without a holder, under the same lease) is released too: its
+-- lease moves on for the same reason, and it resumes exactly after what was written.
 -- KEYS: waiting, this node's held set
 -- ARGV: node, timeout ms, max waiting, record prefix, max waiting per identity, then token, lease
 --       and position triples
@@ -10,8 +12,10 @@ for i = 6, #ARGV, 3 do
   local token = ARGV[i]
   local record = ARGV[4] .. token
   local r = redis.call('HMGET', record, 'holder', 'lease', 'state', 'identity')
-  if r[1] == ARGV[1] and r[2] == ARGV[i + 1] and r[3] ~= 'w' then
-    redis.call('HSET', record, 'state', 'w', 'holder', '', 'after', ARGV[i + 2])
+  local held_here = r[1] == ARGV[1] and r[3] ~= 'w'
+  local reaped = r[1] == '' and r[3] == 'w'
+  if r[2] == ARGV[i + 1] and (held_here or reaped) then
+    redis.call('HSET', record, 'state', 'w', 'holder', '', 'after', ARGV[i + 2], 'exact', 1)
     redis.call('HINCRBY', record, 'lease', 1)
     redis.call('PEXPIRE', record, ARGV[2])
     redis.call('SREM', KEYS[2], token)

@@ -117,6 +117,8 @@ struct Item {
 impl ChatCluster {
     /// Chat's state for a node of `broker`, with its reaper and healer registered.
     pub fn start(name: &str, limits: ChatLimits, broker: &Broker) -> Arc<ChatCluster> {
+        broker.register_scripts(&[&JOIN, &LEAVE]);
+        cluster::register_scripts(broker);
         let chat = Arc::new_cyclic(|this| ChatCluster {
             name: name.to_owned(),
             limits,

@@ -229,6 +229,12 @@ pub trait NodeRecords: Send + Sync + 'static {
     fn heal_scheduled(&self) -> &AtomicBool;
 }
 
+/// Registers the scripts the collaboration services share with `broker` (see
+/// [`Broker::register_scripts`]).
+pub fn register_scripts(broker: &Broker) {
+    broker.register_scripts(&[&FORGET_HOLDER, &READ_ROOM]);
+}
+
 /// Takes a dead node out of the holders once it holds nothing. KEYS: the holders, its records,
 /// its liveness key. ARGV: the node.
 static FORGET_HOLDER: LazyLock<redis::Script> = LazyLock::new(|| {

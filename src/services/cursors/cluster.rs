@@ -185,6 +185,8 @@ impl State {
 impl CursorsCluster {
     /// Cursors' state for a node of `broker`, with its reaper and healer registered.
     pub fn start(name: &str, limits: CursorsLimits, broker: &Broker) -> Arc<CursorsCluster> {
+        broker.register_scripts(&[&NEXT_HANDLE, &PUT, &DROP]);
+        cluster::register_scripts(broker);
         let cursors = Arc::new_cyclic(|this| CursorsCluster {
             name: name.to_owned(),
             limits,

@@ -161,6 +161,8 @@ impl Listener for Inbox {
 impl MessagingCluster {
     /// Joins the cluster: listens on this node's channel and registers the reaper and healer.
     pub async fn start(name: &str, limits: MessagingLimits, broker: &Broker) -> Result<Arc<MessagingCluster>, Error> {
+        broker.register_scripts(&[&REGISTER, &FREE]);
+        crate::services::cluster::register_scripts(broker);
         let cluster = Arc::new(MessagingCluster {
             name: name.to_owned(),
             limits,
