@@ -109,7 +109,17 @@ impl Link {
         if let Link::Single(single) = self {
             let mut fresh = Single::open(&single.client, &single.on_push).await?;
             for script in scripts {
-                script.load_async(&mut fresh).await?;
+                match script.load_async(&mut fresh).await {
+                    Ok(_) => {}
+                    Err(err) if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() => {
+                        return Err(err)
+                    }
+                    Err(err) => {
+                        // Redis refuses SCRIPT LOAD (an ACL): each script then loads on first use.
+                        log::warn!("broker: loading the scripts: {err}");
+                        break;
+                    }
+                }
             }
             *single.connection.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
         }
