@@ -137,12 +137,25 @@ def _env_option(parser: argparse.ArgumentParser, flag: str, variable: str, help:
     parser.add_argument(flag, default=_env(variable), help=f"{help} (env {variable})", **kwargs)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> str:
+    """A log level in any case; argparse applies this to the environment's value too (a string
+    default), which ``choices`` alone would not check."""
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
 def _log_level_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
+        type=_log_level,
         default=_env("SNORKY_LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level (env SNORKY_LOG_LEVEL; default %(default)s)",
+        metavar="{" + ",".join(LOG_LEVELS) + "}",
+        help="log level, in any case (env SNORKY_LOG_LEVEL; default %(default)s)",
     )
 
 

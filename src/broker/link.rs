@@ -70,11 +70,12 @@ impl Link {
     pub async fn connect(url: &BrokerUrl, ca: Option<Vec<u8>>, on_push: OnPush) -> Result<Link, Error> {
         let unreachable =
             |err: redis::RedisError| Error::Config(format!("cannot reach the broker at {}: {err}", url.redacted()));
+        let invalid =
+            |err: redis::RedisError| Error::Config(format!("the broker URL {} is not valid: {err}", url.redacted()));
         let certs = || TlsCertificates { client_tls: None, root_cert: ca.clone() };
         match url {
             BrokerUrl::Single { url: address } => {
-                let mut info =
-                    redis::IntoConnectionInfo::into_connection_info(address.as_str()).map_err(unreachable)?;
+                let mut info = redis::IntoConnectionInfo::into_connection_info(address.as_str()).map_err(invalid)?;
                 let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
                 info = info.set_redis_settings(settings);
                 let client = if ca.is_some() {

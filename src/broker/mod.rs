@@ -420,8 +420,9 @@ impl Broker {
                 // A node that stopped gracefully deleted its key to be reaped at once; one that
                 // died let it expire.
                 log::warn!(
-                    "broker: node {node} is gone (it stopped, or its liveness key of {:?} expired): removing what it held",
-                    self.0.node_timeout * 3 / 4
+                    "broker: node {node} is gone (it stopped, or was silent for the node timeout of {:?}): removing what \
+                     it held",
+                    self.0.node_timeout
                 );
                 self.0.metrics.broker_nodes_reaped.inc();
                 let reapers: Vec<Arc<dyn Reaper>> = crate::sync::lock(&self.0.reapers).clone();

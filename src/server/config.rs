@@ -203,7 +203,7 @@ impl ServerConfig {
             None => {
                 return Err(Error::Config(
                     "no API key: set api_key (the shared secret the web application sends as X-Backend-Key; \
-                     SNORKY_API_KEY for `python -m snorky serve`)"
+                     SNORKY_API_KEY or --api-key for `snorky serve`)"
                         .into(),
                 ))
             }
@@ -313,6 +313,29 @@ impl ServerConfig {
     /// The bounds of every connection's outgoing queue.
     pub fn queue_bounds(&self) -> QueueBounds {
         QueueBounds { limit: self.queue_limit(), stall_timeout: Duration::from_secs_f64(self.stall_timeout) }
+    }
+
+    /// The broker options set to something else than their default while there is no broker
+    /// (they then do nothing: worth a warning, since a forgotten `broker` leaves a node alone).
+    pub fn broker_options_without_broker(&self) -> Vec<&'static str> {
+        if self.broker.is_some() {
+            return Vec::new();
+        }
+        let defaults = ServerConfig::default();
+        let mut set = Vec::new();
+        if self.node_name.is_some() {
+            set.push("node_name");
+        }
+        if (self.node_timeout - defaults.node_timeout).abs() > f64::EPSILON {
+            set.push("node_timeout");
+        }
+        if self.broker_prefix != defaults.broker_prefix {
+            set.push("broker_prefix");
+        }
+        if self.broker_ca_file.is_some() {
+            set.push("broker_ca_file");
+        }
+        set
     }
 
     /// The broker's configuration, when one is set (the CA file is read here).

@@ -84,6 +84,14 @@ impl Server {
         descriptors::raise_for(self.config.max_connections, self.config.max_connections != DEFAULT_MAX_CONNECTIONS);
         let frontend = bind(&self.config.frontend_address).await?;
         let backend = bind(&self.config.backend_address).await?;
+        let unused = self.config.broker_options_without_broker();
+        if !unused.is_empty() {
+            log::warn!(
+                "{} set without a broker: this node runs alone; set broker (Django: SNORKY[\"BROKER\"]; snorky \
+                 serve: --broker or SNORKY_BROKER) for several nodes to share a Redis",
+                unused.join(", ")
+            );
+        }
         if self.config.allowed_origins.is_empty() {
             log::warn!(
                 "allowed_origins is empty: browsers will be refused (non-browser clients still connect); \

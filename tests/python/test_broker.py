@@ -55,6 +55,12 @@ def test_a_malformed_broker_url_is_a_configuration_error():
         running_server([PubSubService()], broker="localhost:6379"),
     ):
         pass
+    # A URL Redis's client cannot read is said to be invalid, not unreachable.
+    with (
+        pytest.raises(ConfigurationError, match=r"the broker URL redis://127\.0\.0\.1:notaport/0 is not valid"),
+        running_server([PubSubService()], broker="redis://127.0.0.1:notaport/0"),
+    ):
+        pass
 
 
 def test_the_command_line_joins_the_broker(redis):

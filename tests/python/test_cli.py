@@ -200,6 +200,7 @@ def test_other_server_options_are_given_with_option():
     process = snorky(
         "serve", "--frontend-address", f"127.0.0.1:{front}", "--backend-address", f"127.0.0.1:{back}",
         "--api-key", "cli-test-key-0123456789", "--option", "max_connections=1", "--option", "sockjs=false",
+        "--node-timeout", "4", "--broker-prefix", "other", env={"SNORKY_LOG_LEVEL": "warning"},
     )  # fmt: skip
     try:
         wait_healthy(back, process)
@@ -214,7 +215,10 @@ def test_other_server_options_are_given_with_option():
         first.close()
     finally:
         process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
+        _, err = process.communicate(timeout=30)
+    # The level came from the environment, in lower case; broker options without a broker are
+    # pointed out.
+    assert "node_timeout, broker_prefix set without a broker: this node runs alone" in err
 
 
 def test_the_token_secret_from_the_environment_checks_connection_tokens():
@@ -247,6 +251,7 @@ def test_the_token_secret_from_the_environment_checks_connection_tokens():
         (["--option", "no_such_option=1"], {}, "no_such_option"),
         (["--option", "max_connections=-1"], {}, "max_connections"),
         ([], {"SNORKY_NODE_TIMEOUT": "soon"}, "--node-timeout"),
+        ([], {"SNORKY_LOG_LEVEL": "verbose"}, "'verbose' is not one of DEBUG, INFO, WARNING, ERROR"),
     ],
 )
 def test_bad_options_fail_at_start_up_naming_them(args: list[str], env: dict[str, str], message: str):
