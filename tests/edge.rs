@@ -103,6 +103,45 @@ async fn past_max_http_connections_a_listener_waits_for_one_to_close_and_websock
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_its_answers_loses_its_connection_and_its_place() {
+    let server = TestServer::start_with(|config| {
+        config.max_http_connections = Some(2);
+        config.stall_timeout = 0.5;
+        config.close_timeout = 0.5;
+    })
+    .await;
+    // Two connections send pipelined requests whose answers they never read, through a tiny
+    // receive buffer: the server's writes block while they hold both places.
+    let mut floods = Vec::new();
+    for _ in 0..2 {
+        let socket = TcpSocket::new_v4().expect("a socket");
+        socket.set_recv_buffer_size(1024).expect("a small receive buffer");
+        let stream = within(WAIT, "a TCP connection", socket.connect(server.frontend)).await.expect("connects");
+        let (reader, mut writer) = stream.into_split();
+        let flood = tokio::spawn(async move {
+            let requests = b"GET /sockjs/iframe.html HTTP/1.1\r\nHost: test\r\n\r\n".repeat(1000);
+            for _ in 0..40 {
+                if writer.write_all(&requests).await.is_err() {
+                    break;
+                }
+            }
+            writer
+        });
+        floods.push((flood, reader));
+    }
+    // Once its writes have been blocked for stall_timeout + close_timeout, it is cut off and the
+    // next client is served.
+    let mut next = tcp_from([127, 0, 0, 1], server.frontend).await;
+    next.write_all(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("a request sent");
+    let mut answer = [0u8; 64];
+    let read = within(WAIT, "the next client to be served", next.read(&mut answer)).await.expect("an answer");
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer[..read]));
+    for (flood, _reader) in floods {
+        flood.abort();
+    }
+}
+
+#[tokio::test]
 async fn half_sent_request_heads_are_cut_off_on_both_listeners() {
     let server = TestServer::start_with(|config| config.header_read_timeout = 0.5).await;
     let mut streams = Vec::new();

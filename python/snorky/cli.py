@@ -255,7 +255,14 @@ def load_services(path: str) -> list[Any]:
         target = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as err:
         raise ConfigurationError(f"--services {path!r}: cannot import it: {err}") from err
-    return services_from(target, f"--services {path!r}")
+    except Exception as err:  # the module's own code failed while it was imported
+        raise ConfigurationError(f"--services {path!r}: importing it raised {type(err).__name__}: {err}") from err
+    try:
+        return services_from(target, f"--services {path!r}")
+    except ConfigurationError:
+        raise
+    except Exception as err:  # the callable failed
+        raise ConfigurationError(f"--services {path!r}: calling it raised {type(err).__name__}: {err}") from err
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:

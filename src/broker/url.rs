@@ -31,8 +31,9 @@ impl BrokerUrl {
     pub fn parse(url: &str) -> Result<BrokerUrl, Error> {
         let bad = |why: &str| {
             Error::Config(format!(
-                "broker {url:?}: {why} (expected redis://host:port[/db], rediss://..., or \
-                 redis+cluster://host:port,host:port,... for a Redis Cluster)"
+                "broker {:?}: {why} (expected redis://host:port[/db], rediss://..., or \
+                 redis+cluster://host:port,host:port,... for a Redis Cluster)",
+                without_credentials(url)
             ))
         };
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
@@ -70,16 +71,22 @@ impl BrokerUrl {
     /// The URL without its password, for logs.
     #[must_use]
     pub fn redacted(&self) -> String {
-        let hide = |url: &str| match (url.split_once("://"), url.rfind('@')) {
-            (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &url[at..]),
-            _ => url.to_owned(),
-        };
         match self {
-            BrokerUrl::Single { url } => hide(url),
+            BrokerUrl::Single { url } => without_credentials(url),
             BrokerUrl::Cluster { nodes } => {
-                format!("cluster {}", nodes.iter().map(|n| hide(n)).collect::<Vec<_>>().join(","))
+                format!("cluster {}", nodes.iter().map(|n| without_credentials(n)).collect::<Vec<_>>().join(","))
             }
         }
+    }
+}
+
+/// `url` with whatever comes before its last `@` (a user and password) replaced by `***`; a URL
+/// without `://` (not one we can read) is hidden whole if it has an `@`.
+fn without_credentials(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &url[at..]),
+        (None, Some(at)) => format!("***{}", &url[at..]),
+        _ => url.to_owned(),
     }
 }
 
@@ -100,6 +107,15 @@ mod tests {
         for bad in ["localhost:6379", "http://x", "redis://", "redis+cluster://a:1/0", "redis+cluster://,"] {
             let err = BrokerUrl::parse(bad).expect_err(bad).to_string();
             assert!(err.contains("expected redis://"), "{err}");
+        }
+    }
+
+    #[test]
+    fn passwords_stay_out_of_errors() {
+        for url in ["redis+cluster://:pw-secret@a:1/0", "memcached://:pw-secret@a:1", ":pw-secret@a:1"] {
+            let err = BrokerUrl::parse(url).expect_err("refused").to_string();
+            assert!(!err.contains("pw-secret"), "{err}");
+            assert!(err.contains("***@a:1"), "{err}");
         }
     }
 

@@ -65,9 +65,15 @@ pub fn options_from_dict<T: serde::de::DeserializeOwned>(options: &Bound<'_, PyD
         let alone = PyDict::new(py);
         alone.set_item(&name, &value)?;
         if let Err(err) = pythonize::depythonize::<T>(alone.as_any()) {
-            let name_text = name.to_string();
-            // Errors end up in logs: a secret given with the wrong type is not quoted.
-            let secret = ["key", "secret", "token", "password", "broker"].iter().any(|word| name_text.contains(word));
+            let name_text = name.to_string().to_lowercase();
+            // Errors end up in logs: a secret given with the wrong type is not quoted, nor is the
+            // value of an unknown name (a misspelt secret, `API_KEY`, `redis_url`).
+            let secret =
+                ["key", "secret", "token", "password", "broker", "url"].iter().any(|word| name_text.contains(word));
+            let unknown = err.to_string().starts_with("unknown field");
+            if unknown {
+                return Err(ConfigurationError::new_err(format!("invalid {what} option {name}: {err}")));
+            }
             let shown = if secret {
                 "...".to_owned()
             } else {

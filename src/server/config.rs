@@ -256,8 +256,12 @@ impl ServerConfig {
         if self.max_connections_per_address == Some(0) {
             return Err(Error::Config("max_connections_per_address must be at least 1 (or None for no cap)".into()));
         }
-        if self.max_http_connections == Some(0) {
-            return Err(Error::Config("max_http_connections must be at least 1 (or None for the default)".into()));
+        if self.max_http_connections.is_some_and(|cap| cap < 2) {
+            return Err(Error::Config(
+                "max_http_connections must be at least 2: a SockJS session needs two connections at once (or None \
+                 for the default)"
+                    .into(),
+            ));
         }
         for origin in &self.allowed_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -396,6 +400,8 @@ impl ServerConfig {
         super::listener::Serving {
             name,
             header_timeout: self.header_timeout(),
+            // Longer than a WebSocket's own stall rule and close handshake, which act first.
+            write_stall: Duration::from_secs_f64(self.stall_timeout + self.close_timeout),
             max_connections: self
                 .max_http_connections
                 .unwrap_or_else(|| self.max_connections.saturating_mul(2).saturating_add(100)),

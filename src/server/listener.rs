@@ -1,13 +1,17 @@
 //! The accept loop both listeners share: HTTP/1.1 with upgrades (WebSocket), a deadline for the
-//! request head, a cap on open HTTP connections, `TCP_NODELAY`, the peer's address for handlers,
-//! and graceful shutdown.
+//! request head, a deadline for a stalled write, a cap on open HTTP connections, `TCP_NODELAY`,
+//! the peer's address for handlers, and graceful shutdown.
 //!
 //! Written on hyper's own connection builder rather than `axum::serve` because the latter offers
 //! no timeout for reading a request head: without one, a client that sends half a request holds
 //! its socket (and a task) forever.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,6 +20,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -33,6 +38,9 @@ pub struct Serving {
     pub name: &'static str,
     /// How long a client may take to send a request's head.
     pub header_timeout: Duration,
+    /// How long a write to the client may stay blocked (it takes nothing: it stopped reading)
+    /// before the connection is dropped.
+    pub write_stall: Duration,
     /// The most HTTP connections open at once (an upgraded one leaves the count: WebSockets
     /// have their own cap). Past it the loop stops accepting until one closes, so that idle or
     /// slow requests cannot take every file descriptor of the process, which its WebSockets and
@@ -62,6 +70,7 @@ pub async fn serve(listener: TcpListener, router: Router, serving: Serving, shut
                 }
             },
         };
+        let stream = WriteDeadline::new(stream, serving.write_stall);
         let connection = serve_connection(stream, remote, router.clone(), serving.header_timeout, shutdown.clone());
         connections.spawn(counted(connection, slot));
     }
@@ -106,7 +115,7 @@ async fn counted(connection: impl std::future::Future<Output = ()>, slot: OwnedS
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: WriteDeadline<TcpStream>,
     remote: SocketAddr,
     router: Router,
     header_timeout: Duration,
@@ -114,7 +123,7 @@ async fn serve_connection(
 ) {
     // Small frames (replies, deliveries) must leave at once: Nagle's algorithm would hold them
     // back waiting for the peer's ACK and add tens of milliseconds to p99 latency.
-    if let Err(err) = stream.set_nodelay(true) {
+    if let Err(err) = stream.inner.set_nodelay(true) {
         log::debug!("could not set TCP_NODELAY: {err}");
     }
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -137,5 +146,77 @@ async fn serve_connection(
     };
     if let Err(err) = finished {
         log::debug!("HTTP connection from {remote} ended: {err}");
+    }
+}
+
+/// A socket whose writes may not stay blocked longer than `limit`: a client that takes nothing
+/// for that long (it stopped reading, or reads a byte now and then) is cut off. Without it, such
+/// a client holds its connection, and its place under `max_http_connections`, for as long as it
+/// likes: hyper's own deadline covers only reading a request head. Any progress starts the clock
+/// again. It stays under an upgraded WebSocket too, where the connection's stall rule closes
+/// first (the limit is longer).
+pub struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    /// Running while a write or flush waits for the client.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        WriteDeadline { inner, limit, stalled: None }
+    }
+
+    /// After the socket answered `outcome`: progress resets the clock; waiting starts it, and
+    /// fails the write once it ran out.
+    fn watch<T>(&mut self, outcome: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if outcome.is_ready() {
+            self.stalled = None;
+            return outcome;
+        }
+        let limit = self.limit;
+        let clock = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match clock.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took nothing for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(outcome, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let outcome = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(outcome, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let outcome = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(outcome, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -59,16 +59,32 @@ def test_an_option_of_the_wrong_type_is_named_with_its_value(option, value, name
     assert len(str(refused.value)) < 300, "a long value is cut short"
 
 
+@pytest.mark.parametrize("name", ["API_KEY", "redis_url", "Token_Secret", "sockjs_client_url"])
+def test_the_value_of_an_unknown_or_secret_looking_option_is_not_quoted(name):
+    with pytest.raises(ConfigurationError) as refused:
+        make_server(api_key=KEY, **{name: ["hunter2-hunter2"]})
+    assert name in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+
+
 def test_a_wrong_api_key_type_is_named_but_not_quoted():
     with pytest.raises(ConfigurationError, match=r"invalid server option api_key=\.\.\.: ") as refused:
         make_server(api_key=b"a-secret-of-the-wrong-type")
     assert "a-secret" not in str(refused.value)
 
 
-@pytest.mark.parametrize("option", ["max_connections", "max_connections_per_address", "max_http_connections"])
-def test_a_connection_cap_of_zero_is_refused_naming_it(option):
-    with pytest.raises(ConfigurationError, match=f"^{option} must be at least 1"):
-        make_server(api_key=KEY, **{option: 0})
+@pytest.mark.parametrize(
+    ("option", "value", "least"),
+    [
+        ("max_connections", 0, 1),
+        ("max_connections_per_address", 0, 1),
+        ("max_http_connections", 0, 2),
+        ("max_http_connections", 1, 2),
+    ],
+)
+def test_a_connection_cap_too_small_is_refused_naming_it(option, value, least):
+    with pytest.raises(ConfigurationError, match=f"^{option} must be at least {least}"):
+        make_server(api_key=KEY, **{option: value})
 
 
 def test_a_huge_duration_is_quoted_short():
