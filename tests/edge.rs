@@ -103,6 +103,22 @@ async fn past_max_http_connections_a_listener_waits_for_one_to_close_and_websock
 }
 
 #[tokio::test]
+async fn past_max_http_connections_per_address_one_address_is_closed_at_once_and_another_served() {
+    let server = TestServer::start_with(|config| config.max_http_connections_per_address = Some(2)).await;
+    let _held = [tcp_from([127, 0, 0, 2], server.frontend).await, tcp_from([127, 0, 0, 2], server.frontend).await];
+    let health = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n";
+    let mut third = tcp_from([127, 0, 0, 2], server.frontend).await;
+    let _ = third.write_all(health).await;
+    let mut answer = [0u8; 64];
+    let read = within(WAIT, "the third connection from 127.0.0.2 to be closed", third.read(&mut answer)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "closed without an answer: {read:?}");
+    let mut other = tcp_from([127, 0, 0, 3], server.frontend).await;
+    other.write_all(health).await.expect("a request sent");
+    let read = within(WAIT, "another address to be served", other.read(&mut answer)).await.expect("an answer");
+    assert!(answer[..read].starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer[..read]));
+}
+
+#[tokio::test]
 async fn a_client_that_stops_reading_its_answers_loses_its_connection_and_its_place() {
     let server = TestServer::start_with(|config| {
         config.max_http_connections = Some(2);

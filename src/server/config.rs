@@ -92,6 +92,9 @@ pub struct ServerConfig {
     /// it receives and one while it sends, and health checks and handshakes need a few). Past it
     /// a listener accepts no more until one closes.
     pub max_http_connections: Option<usize>,
+    /// The most of those from one client address (`None`: no cap); past it a new connection is
+    /// closed at once. Behind a reverse proxy every client has the proxy's address.
+    pub max_http_connections_per_address: Option<usize>,
     /// Seconds a client may take to send a request's head (both listeners); slower ones are
     /// disconnected.
     pub header_read_timeout: f64,
@@ -165,6 +168,7 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_address: None,
             max_http_connections: None,
+            max_http_connections_per_address: None,
             header_read_timeout: 10.0,
             body_read_timeout: 30.0,
             revocation_window: 3600.0,
@@ -255,6 +259,13 @@ impl ServerConfig {
         }
         if self.max_connections_per_address == Some(0) {
             return Err(Error::Config("max_connections_per_address must be at least 1 (or None for no cap)".into()));
+        }
+        if self.max_http_connections_per_address.is_some_and(|cap| cap < 2) {
+            return Err(Error::Config(
+                "max_http_connections_per_address must be at least 2: a SockJS session needs two connections at \
+                 once (or None for no cap)"
+                    .into(),
+            ));
         }
         if self.max_http_connections.is_some_and(|cap| cap < 2) {
             return Err(Error::Config(
@@ -405,6 +416,7 @@ impl ServerConfig {
             max_connections: self
                 .max_http_connections
                 .unwrap_or_else(|| self.max_connections.saturating_mul(2).saturating_add(100)),
+            max_per_address: self.max_http_connections_per_address,
             grace: self.shutdown_grace(),
         }
     }

@@ -6,9 +6,10 @@
 //! no timeout for reading a request head: without one, a client that sends half a request holds
 //! its socket (and a task) forever.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -46,6 +47,9 @@ pub struct Serving {
     /// slow requests cannot take every file descriptor of the process, which its WebSockets and
     /// its own connections (Redis, the web application) need too.
     pub max_connections: usize,
+    /// The most of those from one client address (`None`: no cap); past it a new one is closed
+    /// at once.
+    pub max_per_address: Option<usize>,
     /// How long shutdown lets requests in flight finish.
     pub grace: Duration,
 }
@@ -57,6 +61,7 @@ pub async fn serve(listener: TcpListener, router: Router, serving: Serving, shut
     // A semaphore holds at most MAX_PERMITS (more than a process can have sockets).
     let slots = Arc::new(Semaphore::new(serving.max_connections.min(Semaphore::MAX_PERMITS)));
     let mut saturated = false;
+    let per_address = PerAddress::default();
     loop {
         let Some(slot) = free_slot(&slots, &mut saturated, &serving, &shutdown).await else { break };
         let (stream, remote) = tokio::select! {
@@ -70,9 +75,17 @@ pub async fn serve(listener: TcpListener, router: Router, serving: Serving, shut
                 }
             },
         };
+        let address_slot = per_address.admit(remote.ip(), serving.max_per_address);
+        let Ok(address_slot) = address_slot else {
+            log::debug!(
+                "{} listener: closed a connection from {remote}: max_http_connections_per_address",
+                serving.name
+            );
+            continue;
+        };
         let stream = WriteDeadline::new(stream, serving.write_stall);
         let connection = serve_connection(stream, remote, router.clone(), serving.header_timeout, shutdown.clone());
-        connections.spawn(counted(connection, slot));
+        connections.spawn(counted(connection, (slot, address_slot)));
     }
     drop(listener);
     connections.close();
@@ -107,11 +120,48 @@ async fn free_slot(
     }
 }
 
-/// Holds `slot` while `connection` is served: until the connection closes, or is upgraded and
+/// Holds `slots` while `connection` is served: until the connection closes, or is upgraded and
 /// handed over.
-async fn counted(connection: impl std::future::Future<Output = ()>, slot: OwnedSemaphorePermit) {
+async fn counted<Slots>(connection: impl Future<Output = ()>, slots: Slots) {
     connection.await;
-    drop(slot);
+    drop(slots);
+}
+
+/// The open HTTP connections of each client address.
+#[derive(Default)]
+struct PerAddress(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+
+impl PerAddress {
+    /// A place for one more connection from `address` (none is counted without a cap), or
+    /// `Err` when it has `cap` already.
+    fn admit(&self, address: IpAddr, cap: Option<usize>) -> Result<Option<AddressSlot>, ()> {
+        let Some(cap) = cap else { return Ok(None) };
+        let mut counts = crate::sync::lock(&self.0);
+        let count = counts.entry(address).or_insert(0);
+        if *count >= cap {
+            return Err(());
+        }
+        *count += 1;
+        Ok(Some(AddressSlot { counts: Arc::clone(&self.0), address }))
+    }
+}
+
+/// One connection's place among its address's; given back when dropped.
+struct AddressSlot {
+    counts: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = crate::sync::lock(&self.counts);
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
 }
 
 async fn serve_connection(

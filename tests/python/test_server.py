@@ -80,6 +80,7 @@ def test_a_wrong_api_key_type_is_named_but_not_quoted():
         ("max_connections_per_address", 0, 1),
         ("max_http_connections", 0, 2),
         ("max_http_connections", 1, 2),
+        ("max_http_connections_per_address", 1, 2),
     ],
 )
 def test_a_connection_cap_too_small_is_refused_naming_it(option, value, least):
