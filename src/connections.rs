@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::address_counts::AddressCounts;
 use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionId};
 use crate::error::Error;
@@ -65,7 +66,7 @@ pub struct ConnectionTable {
 struct TableState {
     /// Admitted connections (a slot is taken at the handshake, before the connection exists).
     admitted: usize,
-    per_address: HashMap<IpAddr, usize>,
+    per_address: AddressCounts,
     /// Each open connection, with when its connection token was issued (if it said).
     open: HashMap<ConnectionId, (Arc<Connection>, Option<f64>)>,
     by_identity: HashMap<String, HashSet<ConnectionId>>,
@@ -227,12 +228,10 @@ impl ConnectionTable {
         if state.admitted >= self.max {
             return Err(Refusal::Full);
         }
-        let from_address = state.per_address.get(&address).copied().unwrap_or(0);
-        if self.max_per_address.is_some_and(|max| from_address >= max) {
+        if !state.per_address.add(address, self.max_per_address) {
             return Err(Refusal::AddressFull);
         }
         state.admitted += 1;
-        state.per_address.insert(address, from_address + 1);
         Ok(Slot { table: Arc::clone(self), address, connection: None })
     }
 
@@ -289,12 +288,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut state = self.table.lock();
         state.admitted -= 1;
-        if let Some(count) = state.per_address.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                state.per_address.remove(&self.address);
-            }
-        }
+        state.per_address.remove(self.address);
         let Some(id) = self.connection else { return };
         let Some((connection, _)) = state.open.remove(&id) else { return };
         if let Some(identity) = &connection.identity().id {

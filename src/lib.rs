@@ -29,6 +29,7 @@
 // No unsafe code in the core (the workspace lint only denies it, for the benchmark's sake).
 #![forbid(unsafe_code)]
 
+pub mod address_counts;
 pub mod backend_client;
 pub mod broker;
 pub mod connection;

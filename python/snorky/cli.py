@@ -33,21 +33,21 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="run a PubSub server with its backend",
         description="Run a Snorky server: PubSub for browsers on the frontend, PubSub publishing on the backend.",
     )
-    serve.add_argument(
+    _env_option(
+        serve,
         "--frontend-address",
-        default=_env("SNORKY_FRONTEND_ADDRESS", _core.DEFAULT_FRONTEND_ADDRESS),
-        help="host:port browsers connect to (env SNORKY_FRONTEND_ADDRESS; default %(default)s)",
+        "SNORKY_FRONTEND_ADDRESS",
+        "host:port browsers connect to; default %(default)s",
+        fallback=_core.DEFAULT_FRONTEND_ADDRESS,
     )
-    serve.add_argument(
+    _env_option(
+        serve,
         "--backend-address",
-        default=_env("SNORKY_BACKEND_ADDRESS", _core.DEFAULT_BACKEND_ADDRESS),
-        help="host:port of the web application's backend endpoint (env SNORKY_BACKEND_ADDRESS; default %(default)s)",
+        "SNORKY_BACKEND_ADDRESS",
+        "host:port of the web application's backend endpoint; default %(default)s",
+        fallback=_core.DEFAULT_BACKEND_ADDRESS,
     )
-    serve.add_argument(
-        "--api-key",
-        default=_env("SNORKY_API_KEY"),
-        help="shared secret for the backend, sent as X-Backend-Key (env SNORKY_API_KEY; required)",
-    )
+    _env_option(serve, "--api-key", "SNORKY_API_KEY", "shared secret for the backend, sent as X-Backend-Key; required")
     serve.add_argument(
         "--allowed-origin",
         dest="allowed_origins",
@@ -70,16 +70,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "myapp.snorky_services:build); each goes to the frontend or backend registry by its `side`; repeatable",
     )
     serve.add_argument("--no-pubsub", action="store_true", help="do not serve the default PubSub services")
-    serve.add_argument(
+    _env_option(
+        serve,
         "--broker",
-        default=_env("SNORKY_BROKER"),
+        "SNORKY_BROKER",
+        "the Redis several nodes share: redis://host:port/db, rediss://..., or "
+        "redis+cluster://host:port,host:port; default: none, one process",
         metavar="URL",
-        help="the Redis several nodes share: redis://host:port/db, rediss://..., or "
-        "redis+cluster://host:port,host:port (env SNORKY_BROKER; default: none, one process)",
     )
-    serve.add_argument(
-        "--node-name", default=_env("SNORKY_NODE_NAME"), help="this node's name in logs (env SNORKY_NODE_NAME)"
-    )
+    _env_option(serve, "--node-name", "SNORKY_NODE_NAME", "this node's name in logs")
     _env_option(
         serve,
         "--node-timeout",
@@ -131,10 +130,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _env_option(parser: argparse.ArgumentParser, flag: str, variable: str, help: str, **kwargs: Any) -> None:
-    """An option whose default comes from the environment variable ``variable`` (converted by
-    ``type``, as argparse converts a string default)."""
-    parser.add_argument(flag, default=_env(variable), help=f"{help} (env {variable})", **kwargs)
+def _env_option(
+    parser: argparse.ArgumentParser, flag: str, variable: str, help: str, fallback: str | None = None, **kwargs: Any
+) -> None:
+    """An option whose default comes from the environment variable ``variable``, else
+    ``fallback`` (converted by ``type``, as argparse converts a string default)."""
+    parser.add_argument(flag, default=_env(variable, fallback), help=f"{help} (env {variable})", **kwargs)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -165,17 +166,12 @@ def serve(args: argparse.Namespace) -> int:
     if origins is None:
         origins = [o.strip() for o in (_env("SNORKY_ALLOWED_ORIGINS") or "").split(",") if o.strip()]
     options = parse_options(args.options)
-    flagged = {
-        "max_frame_size": args.max_frame_size,
-        "ping_interval": args.ping_interval,
-        "broker": args.broker or None,
-        "node_name": args.node_name or None,
-        "node_timeout": args.node_timeout,
-        "broker_prefix": args.broker_prefix or None,
-        "broker_ca_file": args.broker_ca_file or None,
-        "token_secret": args.token_secret or None,
-    }
-    options.update({name: value for name, value in flagged.items() if value is not None})
+    # The other flags, each named as its option; one not given (or empty in the environment)
+    # leaves the server's default.
+    for name in FLAGS.keys() - PASSED_ALWAYS:
+        value = getattr(args, name)
+        if value is not None and value != "":
+            options[name] = value
     frontend, backend = ServiceRegistry(), ServiceRegistry()
     if not args.no_pubsub:
         pubsub = PubSubService(args.pubsub_name)
@@ -205,7 +201,8 @@ def sockjs_echo(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Server options that have a flag of their own, which ``--option`` does not take.
+#: Server options that have a flag of their own (its destination is the option's name), which
+#: ``--option`` does not take.
 FLAGS = {
     "frontend_address": "--frontend-address",
     "backend_address": "--backend-address",
@@ -220,6 +217,9 @@ FLAGS = {
     "max_frame_size": "--max-frame-size",
     "ping_interval": "--ping-interval",
 }
+
+#: Of those, the ones ``serve`` always passes to ``Server``.
+PASSED_ALWAYS = {"frontend_address", "backend_address", "api_key", "allowed_origins"}
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, object]:

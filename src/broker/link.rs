@@ -109,19 +109,7 @@ impl Link {
     pub async fn reconnect(&self, scripts: &[&redis::Script]) -> RedisResult<()> {
         if let Link::Single(single) = self {
             let mut fresh = Single::open(&single.client, &single.on_push).await?;
-            for script in scripts {
-                match script.load_async(&mut fresh).await {
-                    Ok(_) => {}
-                    Err(err) if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() => {
-                        return Err(err)
-                    }
-                    Err(err) => {
-                        // Redis refuses SCRIPT LOAD (an ACL): each script then loads on first use.
-                        log::warn!("broker: loading the scripts: {err}");
-                        break;
-                    }
-                }
-            }
+            load_into(&mut fresh, scripts).await?;
             *single.connection.write().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
         }
         Ok(())
@@ -129,13 +117,10 @@ impl Link {
 
     /// Loads `scripts` into Redis (every primary of a cluster).
     pub async fn load(&self, scripts: &[&redis::Script]) -> RedisResult<()> {
-        for script in scripts {
-            match self {
-                Link::Single(single) => script.load_async(&mut single.current()).await?,
-                Link::Cluster(connection) => script.load_async(&mut connection.clone()).await?,
-            };
+        match self {
+            Link::Single(single) => load_into(&mut single.current(), scripts).await,
+            Link::Cluster(connection) => load_into(&mut connection.clone(), scripts).await,
         }
-        Ok(())
     }
 
     /// Whether the client library resubscribes by itself after a reconnection.
@@ -195,4 +180,20 @@ impl Link {
             Link::Cluster(connection) => connection.clone().sunsubscribe(channel).await,
         }
     }
+}
+
+/// Loads `scripts` through `connection`. Fails when Redis cannot be reached; a Redis that refuses
+/// `SCRIPT LOAD` (an ACL) is only logged: each script then loads on its first use.
+async fn load_into(connection: &mut impl redis::aio::ConnectionLike, scripts: &[&redis::Script]) -> RedisResult<()> {
+    for script in scripts {
+        match script.load_async(connection).await {
+            Ok(_) => {}
+            Err(err) if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() => return Err(err),
+            Err(err) => {
+                log::warn!("broker: loading the scripts: {err}");
+                break;
+            }
+        }
+    }
+    Ok(())
 }

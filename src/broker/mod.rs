@@ -370,8 +370,11 @@ impl Broker {
     ///
     /// [`BrokerError::Unreachable`] when Redis fails or does not answer in time.
     pub async fn load_scripts(&self) -> Result<(), BrokerError> {
-        let scripts = crate::sync::lock(&self.0.scripts).clone();
-        self.bounded(self.0.link.load(&scripts)).await
+        self.bounded(self.0.link.load(&self.scripts())).await
+    }
+
+    fn scripts(&self) -> Vec<&'static redis::Script> {
+        crate::sync::lock(&self.0.scripts).clone()
     }
 
     /// Registers what to run when a node dies.
@@ -573,8 +576,7 @@ async fn reconnect(broker: &Broker, channels: &std::collections::HashSet<String>
             () = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(RECONNECT_MAX);
-        let scripts = crate::sync::lock(&broker.0.scripts).clone();
-        if broker.bounded(broker.0.link.reconnect(&scripts)).await.is_err() {
+        if broker.bounded(broker.0.link.reconnect(&broker.scripts())).await.is_err() {
             continue;
         }
         let mut resubscribed = true;

@@ -53,8 +53,9 @@ pub fn service_options<T: serde::de::DeserializeOwned + Default>(
 
 /// Options given as Python keyword arguments, as the struct they configure (every field with a
 /// default). A value of the wrong type is a `ConfigurationError` that names its option and
-/// quotes the value (not a secret's): the conversion's own error does not say which option it was, so when the
-/// whole dict fails, each option is converted alone to find the one that did.
+/// quotes the value (not a secret's, nor an unknown name's): the conversion's own error does not
+/// say which option it was, so when the whole dict fails, each option is converted alone to find
+/// the one that did.
 pub fn options_from_dict<T: serde::de::DeserializeOwned>(options: &Bound<'_, PyDict>, what: &str) -> PyResult<T> {
     let whole = match pythonize::depythonize(options.as_any()) {
         Ok(parsed) => return Ok(parsed),
@@ -65,15 +66,14 @@ pub fn options_from_dict<T: serde::de::DeserializeOwned>(options: &Bound<'_, PyD
         let alone = PyDict::new(py);
         alone.set_item(&name, &value)?;
         if let Err(err) = pythonize::depythonize::<T>(alone.as_any()) {
-            let name_text = name.to_string().to_lowercase();
-            // Errors end up in logs: a secret given with the wrong type is not quoted, nor is the
-            // value of an unknown name (a misspelt secret, `API_KEY`, `redis_url`).
-            let secret =
-                ["key", "secret", "token", "password", "broker", "url"].iter().any(|word| name_text.contains(word));
-            let unknown = err.to_string().starts_with("unknown field");
-            if unknown {
+            // Errors end up in logs: the value of an unknown name (a misspelt secret, `API_KEY`,
+            // `redis_url`) is not quoted, nor is a secret given with the wrong type.
+            if err.to_string().starts_with("unknown field") {
                 return Err(ConfigurationError::new_err(format!("invalid {what} option {name}: {err}")));
             }
+            let name_text = name.to_string().to_lowercase();
+            let secret =
+                ["key", "secret", "token", "password", "broker", "url"].iter().any(|word| name_text.contains(word));
             let shown = if secret {
                 "...".to_owned()
             } else {

@@ -260,19 +260,15 @@ impl ServerConfig {
         if self.max_connections_per_address == Some(0) {
             return Err(Error::Config("max_connections_per_address must be at least 1 (or None for no cap)".into()));
         }
-        if self.max_http_connections_per_address.is_some_and(|cap| cap < 2) {
-            return Err(Error::Config(
-                "max_http_connections_per_address must be at least 2: a SockJS session needs two connections at \
-                 once (or None for no cap)"
-                    .into(),
-            ));
-        }
-        if self.max_http_connections.is_some_and(|cap| cap < 2) {
-            return Err(Error::Config(
-                "max_http_connections must be at least 2: a SockJS session needs two connections at once (or None \
-                 for the default)"
-                    .into(),
-            ));
+        for (name, cap, unset) in [
+            ("max_http_connections_per_address", self.max_http_connections_per_address, "no cap"),
+            ("max_http_connections", self.max_http_connections, "the default"),
+        ] {
+            if cap.is_some_and(|cap| cap < 2) {
+                return Err(Error::Config(format!(
+                    "{name} must be at least 2: a SockJS session needs two connections at once (or None for {unset})"
+                )));
+            }
         }
         for origin in &self.allowed_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {

@@ -6,7 +6,6 @@
 //! no timeout for reading a request head: without one, a client that sends half a request holds
 //! its socket (and a task) forever.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -27,6 +26,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::Service;
+
+use crate::address_counts::AddressCounts;
 
 /// How long the loop pauses after an accept error that is not about one connection (out of
 /// file descriptors, say), so that it does not spin.
@@ -61,7 +62,7 @@ pub async fn serve(listener: TcpListener, router: Router, serving: Serving, shut
     // A semaphore holds at most MAX_PERMITS (more than a process can have sockets).
     let slots = Arc::new(Semaphore::new(serving.max_connections.min(Semaphore::MAX_PERMITS)));
     let mut saturated = false;
-    let per_address = PerAddress::default();
+    let per_address = PerAddress::new(serving.max_per_address);
     loop {
         let Some(slot) = free_slot(&slots, &mut saturated, &serving, &shutdown).await else { break };
         let (stream, remote) = tokio::select! {
@@ -75,8 +76,7 @@ pub async fn serve(listener: TcpListener, router: Router, serving: Serving, shut
                 }
             },
         };
-        let address_slot = per_address.admit(remote.ip(), serving.max_per_address);
-        let Ok(address_slot) = address_slot else {
+        let Some(address_slot) = per_address.admit(remote.ip()) else {
             log::debug!(
                 "{} listener: closed a connection from {remote}: max_http_connections_per_address",
                 serving.name
@@ -127,39 +127,35 @@ async fn counted<Slots>(connection: impl Future<Output = ()>, slots: Slots) {
     drop(slots);
 }
 
-/// The open HTTP connections of each client address.
-#[derive(Default)]
-struct PerAddress(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+/// The open HTTP connections of each client address, under a cap (none are counted without
+/// one).
+struct PerAddress {
+    cap: Option<usize>,
+    counts: Arc<std::sync::Mutex<AddressCounts>>,
+}
 
 impl PerAddress {
-    /// A place for one more connection from `address` (none is counted without a cap), or
-    /// `Err` when it has `cap` already.
-    fn admit(&self, address: IpAddr, cap: Option<usize>) -> Result<Option<AddressSlot>, ()> {
-        let Some(cap) = cap else { return Ok(None) };
-        let mut counts = crate::sync::lock(&self.0);
-        let count = counts.entry(address).or_insert(0);
-        if *count >= cap {
-            return Err(());
+    fn new(cap: Option<usize>) -> Self {
+        PerAddress { cap, counts: Arc::default() }
+    }
+
+    /// A place for one more connection from `address`; `None` when it holds `cap` already.
+    fn admit(&self, address: IpAddr) -> Option<AddressSlot> {
+        if self.cap.is_none() {
+            return Some(AddressSlot(None));
         }
-        *count += 1;
-        Ok(Some(AddressSlot { counts: Arc::clone(&self.0), address }))
+        let added = crate::sync::lock(&self.counts).add(address, self.cap);
+        added.then(|| AddressSlot(Some((Arc::clone(&self.counts), address))))
     }
 }
 
-/// One connection's place among its address's; given back when dropped.
-struct AddressSlot {
-    counts: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
-    address: IpAddr,
-}
+/// One connection's place among its address's (if counted); given back when dropped.
+struct AddressSlot(Option<(Arc<std::sync::Mutex<AddressCounts>>, IpAddr)>);
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut counts = crate::sync::lock(&self.counts);
-        if let Some(count) = counts.get_mut(&self.address) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.address);
-            }
+        if let Some((counts, address)) = &self.0 {
+            crate::sync::lock(counts).remove(*address);
         }
     }
 }
@@ -208,25 +204,30 @@ async fn serve_connection(
 pub struct WriteDeadline<S> {
     inner: S,
     limit: Duration,
-    /// Running while a write or flush waits for the client.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The deadline, one timer per connection, set again at each stall.
+    clock: Pin<Box<tokio::time::Sleep>>,
+    /// Whether a write or flush waits for the client (the clock runs).
+    stalled: bool,
 }
 
 impl<S> WriteDeadline<S> {
     fn new(inner: S, limit: Duration) -> Self {
-        WriteDeadline { inner, limit, stalled: None }
+        WriteDeadline { inner, limit, clock: Box::pin(tokio::time::sleep(limit)), stalled: false }
     }
 
-    /// After the socket answered `outcome`: progress resets the clock; waiting starts it, and
+    /// After the socket answered `outcome`: progress stops the clock; waiting starts it, and
     /// fails the write once it ran out.
     fn watch<T>(&mut self, outcome: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         if outcome.is_ready() {
-            self.stalled = None;
+            self.stalled = false;
             return outcome;
         }
         let limit = self.limit;
-        let clock = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match clock.as_mut().poll(cx) {
+        if !self.stalled {
+            self.stalled = true;
+            self.clock.as_mut().reset(tokio::time::Instant::now() + limit);
+        }
+        match self.clock.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("the client took nothing for {limit:?}"),
