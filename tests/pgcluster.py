@@ -75,11 +75,13 @@ class PostgresCluster:
             shutil.rmtree(self.base, ignore_errors=True)
             raise
 
-    def start(self) -> None:
-        """Starts the server and waits until it accepts connections."""
+    def start(self, wal_level: str = "logical") -> None:
+        """Starts the server and waits until it accepts connections (with ``wal_level = logical``
+        unless told otherwise: logical delivery reads the WAL)."""
         options = (
             f"-p {self.port} -k {self.base} -c listen_addresses={self.host} -c fsync=off "
-            f"-c synchronous_commit=off -c full_page_writes=off -c max_connections={self.max_connections}"
+            f"-c synchronous_commit=off -c full_page_writes=off -c max_connections={self.max_connections} "
+            f"-c wal_level={wal_level} -c wal_writer_delay=10ms"
         )
         try:
             _run(

@@ -47,7 +47,7 @@ from django.db.models.signals import post_delete, post_save, pre_delete, pre_sav
 from django.utils.functional import cached_property
 
 from snorky_django import old_rows
-from snorky_django.delivery import enqueue
+from snorky_django.delivery import captures_changes, enqueue
 from snorky_django.old_data import Replaced
 from snorky_django.serialization import forget_delta_data, jsonable, serialize, serialize_update, unstored_fields
 
@@ -254,7 +254,9 @@ def _make_saves_atomic(cls: type[models.Model]) -> None:
 
     @functools.wraps(save_base)
     def atomic_save_base(self: models.Model, *args: Any, **kwargs: Any) -> Any:
-        if len(args) > 3:  # `using` given positionally: leave the call as it is
+        if len(args) > 3 or not captures_changes():
+            # `using` given positionally: leave the call as it is. Logical delivery reads the
+            # change from the database: the save needs no transaction of its own.
             return save_base(self, *args, **kwargs)
         using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
         kwargs["using"] = using
@@ -331,6 +333,8 @@ def _read_old_data(instance: models.Model, using: str) -> None:
 
 
 def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool, using: str, **kwargs: Any) -> None:
+    if not captures_changes():
+        return
     state = instance.__dict__
     state.pop(_CHECK, None)
     state.pop(_BEFORE, None)
@@ -358,6 +362,8 @@ def _pre_save(sender: type[models.Model], instance: models.Model, raw: bool, usi
 def _post_save(
     sender: type[models.Model], instance: models.Model, created: bool, raw: bool, using: str, **kw: Any
 ) -> None:
+    if not captures_changes():
+        return
     state = instance.__dict__
     replaced: Replaced | None = state.pop(_REPLACED, None)
     before = state.pop(_BEFORE, None)
@@ -375,6 +381,8 @@ def _post_save(
 
 
 def _pre_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
+    if not captures_changes():
+        return
     data = None
     if kwargs.get("origin") is instance:
         # `instance.delete()`: the caller's copy may be stale, the database's is what clients saw.
@@ -386,6 +394,8 @@ def _pre_delete(sender: type[models.Model], instance: models.Model, using: str, 
 
 
 def _post_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
+    if not captures_changes():
+        return
     data = instance.__dict__.pop(_DELETED_DATA, None)
     if data is None:
         data = serialize(instance)
@@ -446,7 +456,7 @@ class SubscribableQuerySet(models.QuerySet[Any]):
     """
 
     def _subscribable(self) -> bool:
-        return options_for(self.model) is not None and not _bulk_in_progress.get()
+        return options_for(self.model) is not None and not _bulk_in_progress.get() and captures_changes()
 
     def update(self, **kwargs: Any) -> int:
         """Updates the rows and publishes an ``update`` delta for each row that changed."""

@@ -7,7 +7,7 @@ E001        no ``API_KEY``
 E002        ``BACKEND_URL`` is not an ``http(s)://host:port/path`` URL
 E003        a dealer names a model that is not ``@subscribable``
 E004        ``FRONTEND_ADDRESS`` or ``BACKEND_ADDRESS`` is not ``host:port``
-E005        ``DELIVERY`` is neither ``"direct"`` nor ``"outbox"``, ``DIRECT_SEND`` neither
+E005        ``DELIVERY`` is not ``"direct"``, ``"outbox"`` or ``"logical"``, ``DIRECT_SEND`` neither
             ``"background"`` nor ``"inline"``, ``DIRECT_QUEUE_SIZE`` not a positive integer, or
             ``DIRECT_LINGER`` not a number of seconds between 0 and 1
 E006        a ``SERVICES`` entry is neither a built-in service nor a dotted path
@@ -20,6 +20,8 @@ E012        ``@subscribable(fields=...)`` names a field the model does not have,
             ``serializer`` path cannot be imported
 E013        ``PUBSUB_PUBLISH_CHANNELS``, ``PUBSUB_PUBLISH_POLICY`` or ``MESSAGING_NAMES`` is unusable
 E014        ``API_KEY`` is shorter than 16 characters (the server refuses it)
+E015        ``DELIVERY = "logical"`` with subscribable models on a database that is not PostgreSQL,
+            or a ``LOGICAL_POLL_INTERVAL`` that is not a positive number of seconds
 W001        an unknown key in ``SNORKY`` (a typo?)
 W002        a subscribable model's default manager is not a ``SubscribableManager``
 W003        browsers from any origin may connect (``ALLOWED_ORIGINS`` is ``"*"``) outside DEBUG
@@ -124,8 +126,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         messages.append(
             Error(
                 f'SNORKY["DELIVERY"] = {snorky_settings.DELIVERY!r} is not a delivery mode.',
-                hint='Use "direct" (publish on commit) or "outbox" '
-                "(through the outbox table, relayed by manage.py snorky).",
+                hint='Use "direct" (publish on commit), "outbox" (through the outbox table, relayed by '
+                'manage.py snorky) or "logical" (read from PostgreSQL\'s logical decoding by manage.py snorky).',
                 id="snorky.E005",
             )
         )
@@ -233,7 +235,41 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                         id="snorky.W005",
                     )
                 )
+    if snorky_settings.DELIVERY == "logical":
+        messages.extend(_check_logical())
     messages.extend(_check_token_lifetime())
+    return messages
+
+
+def _check_logical() -> list[CheckMessage]:
+    """E015: logical delivery where it cannot work."""
+    from django.db import connections, router
+
+    from snorky_django.changes import registered
+
+    messages: list[CheckMessage] = []
+    interval = snorky_settings.LOGICAL_POLL_INTERVAL
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 60:
+        messages.append(
+            Error(
+                f'SNORKY["LOGICAL_POLL_INTERVAL"] = {interval!r} is not a number of seconds.',
+                hint="Give a number above 0 and at most 60 (the default is 0.005).",
+                id="snorky.E015",
+            )
+        )
+    for alias in connections:
+        if connections[alias].vendor == "postgresql":
+            continue
+        models = [o.model.__name__ for o in registered() if router.allow_migrate_model(alias, o.model)]
+        if models:
+            messages.append(
+                Error(
+                    f'SNORKY["DELIVERY"] = "logical" reads PostgreSQL\'s logical decoding, but database {alias!r} '
+                    f"({connections[alias].vendor}) holds subscribable models ({', '.join(models)}).",
+                    hint='Use "outbox" or "direct" with this database.',
+                    id="snorky.E015",
+                )
+            )
     return messages
 
 

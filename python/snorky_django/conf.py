@@ -80,6 +80,8 @@ DEFAULTS: dict[str, Any] = {
     "AUTODISCOVER": True,
     # "direct": publish deltas on commit (an unreachable server is logged and counted).
     # "outbox": write them to the outbox table in the transaction; `manage.py snorky` relays them.
+    # "logical" (PostgreSQL): the saving thread does nothing; `manage.py snorky` reads the committed
+    # rows from a logical replication slot and renders them (snorky_django.logical).
     "DELIVERY": "direct",
     # Direct delivery: "background" (a sender thread per process posts after the commit; the
     # committing thread does not wait) or "inline" (the committing thread posts and waits).
@@ -100,6 +102,11 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_BATCH_SIZE": 500,
     "OUTBOX_POLL_INTERVAL": 0.2,
     "OUTBOX_MAX_RETRY_DELAY": 5.0,
+    # Logical delivery: the replication slot (the database alias is added for databases other
+    # than "default") and the publication it reads, and seconds between looks at the WAL.
+    "LOGICAL_SLOT": "snorky",
+    "LOGICAL_PUBLICATION": "snorky",
+    "LOGICAL_POLL_INTERVAL": 0.005,
     # Extra keyword arguments for snorky.Server (max_frame_size, ping_interval, the SockJS ones:
     # sockjs=False to serve no SockJS, sockjs_prefix, sockjs_cookie_needed, ...).
     "SERVER_OPTIONS": {},
@@ -128,7 +135,7 @@ DEFAULTS: dict[str, Any] = {
 BUILTIN_SERVICES = ("pubsub", "datasync", "chat", "cursors", "messaging")
 
 #: Accepted values of ``DELIVERY``.
-DELIVERY_MODES = ("direct", "outbox")
+DELIVERY_MODES = ("direct", "outbox", "logical")
 
 #: Accepted values of ``DIRECT_SEND``.
 DIRECT_SEND_MODES = ("background", "inline")
@@ -202,6 +209,9 @@ class SnorkySettings:
     OUTBOX_BATCH_SIZE: int
     OUTBOX_POLL_INTERVAL: float
     OUTBOX_MAX_RETRY_DELAY: float
+    LOGICAL_SLOT: str
+    LOGICAL_PUBLICATION: str
+    LOGICAL_POLL_INTERVAL: float
     SERVER_OPTIONS: dict[str, Any]
     BROKER: str | None
     NODE_NAME: str | None

@@ -16,6 +16,12 @@ happens next depends on ``SNORKY["DELIVERY"]``:
     :data:`stats`, and :data:`delivery_failed` is sent; the request that made the change is never
     broken. :func:`flush` waits until what was queued has been sent.
 
+``"logical"``
+    Saves, deletes and bulk operations make no delta here: ``manage.py snorky`` reads the committed
+    rows from PostgreSQL's logical decoding (:mod:`snorky_django.logical`). The deltas that only
+    Python knows of (many-to-many changes, :func:`snorky_django.publish_deltas`) are written into
+    that stream in the transaction.
+
 ``"outbox"``
     Deltas are written to the :class:`~snorky_django.models.OutboxEntry` table *in the
     transaction*, so they commit or roll back with the change itself. ``manage.py snorky`` relays
@@ -52,6 +58,7 @@ __all__ = [
     "DELTA_REFUSALS",
     "DeliveryQueueFullError",
     "DeliveryStats",
+    "captures_changes",
     "delivery_failed",
     "enqueue",
     "flush",
@@ -512,13 +519,25 @@ def _current_batch(using: str, hooks: list[Any]) -> _Batch:
     return batch
 
 
+def captures_changes() -> bool:
+    """Whether saves, deletes and bulk operations make their deltas in the process that runs them:
+    not under logical delivery, where the relay reads the committed rows from the database."""
+    return snorky_settings.DELIVERY != "logical"
+
+
 def enqueue(deltas: Iterable[dict[str, Any]], using: str = DEFAULT_DB_ALIAS) -> None:
     """Publishes ``deltas`` once the current transaction on ``using`` commits (see the module docs)."""
     deltas = list(deltas)
     if not deltas:
         return
-    if snorky_settings.DELIVERY == "outbox":
+    mode = snorky_settings.DELIVERY
+    if mode == "outbox":
         outbox_writes.write(deltas, using)
+        return
+    if mode == "logical":
+        from snorky_django.logical import emit
+
+        emit(deltas, using)
         return
     connection = connections[using]
     if not connection.in_atomic_block:

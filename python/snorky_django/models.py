@@ -1,4 +1,4 @@
-"""The outbox table of ``DELIVERY = "outbox"``."""
+"""The outbox table of ``DELIVERY = "outbox"``, and the batch record of ``DELIVERY = "logical"``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from django.db import models
 from django.utils import timezone
 
-__all__ = ["OutboxEntry"]
+__all__ = ["LogicalClaim", "OutboxEntry"]
 
 
 class OutboxEntry(models.Model):
@@ -39,3 +39,24 @@ class OutboxEntry(models.Model):
     def __str__(self) -> str:
         delta = self.delta if isinstance(self.delta, dict) else {}
         return f"{delta.get('type')} {delta.get('model')} #{self.pk}"
+
+
+class LogicalClaim(models.Model):
+    """The batch the logical relay of a replication slot sends last, recorded before it is sent.
+
+    A relay that died after sending it (before the slot moved past it) finds this record and sends
+    the same stretch of the slot's stream again under the same key, which the server drops as a
+    repeat (see :mod:`snorky_django.logical`). One row per slot.
+    """
+
+    slot: models.CharField[str, str] = models.CharField(max_length=63, primary_key=True)
+    first: models.CharField[str, str] = models.CharField(max_length=64)
+    """The position of the batch's first delta in the stream."""
+    last: models.CharField[str, str] = models.CharField(max_length=64)
+    key: models.CharField[str, str] = models.CharField(max_length=200)
+
+    class Meta:
+        verbose_name = "logical delivery claim"
+
+    def __str__(self) -> str:
+        return f"{self.slot}: {self.first}-{self.last}"

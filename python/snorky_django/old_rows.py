@@ -33,6 +33,8 @@ from typing import Any
 from django.db import connections, models
 from django.db.models.sql.where import AND, ExtraWhere
 
+from snorky_django.delivery import captures_changes
+
 __all__ = [
     "Check",
     "check_for",
@@ -185,6 +187,8 @@ def remember_loaded_rows(model: type[models.Model]) -> None:
 
     def from_db(cls: type[models.Model], db: str | None, field_names: Any, values: Any) -> models.Model:
         instance: models.Model = loader(cls, db, field_names, values)
+        if not captures_changes():
+            return instance  # logical delivery: saves never check the row they replace
         # Every field loaded: ``values`` are in concrete_fields order (what from_db itself assumes).
         if len(values) == len(cls._meta.concrete_fields):
             instance.__dict__[_ROW] = values

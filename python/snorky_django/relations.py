@@ -162,6 +162,10 @@ def _related_pks(through: type[models.Model], instance: models.Model, reverse: b
 
 def _parent_pre_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
     from snorky_django.changes import _locked
+    from snorky_django.delivery import captures_changes
+
+    if not captures_changes():
+        return  # logical delivery reads the updated rows from the database
     from snorky_django.serialization import serialize
 
     before: dict[tuple[type[models.Model], Any], dict[str, Any]] = {}

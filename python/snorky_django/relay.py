@@ -99,6 +99,9 @@ class OutboxRelay:
     docs) besides polling.
     """
 
+    #: The session advisory lock the active relay of a PostgreSQL database holds.
+    lock_key = ADVISORY_LOCK
+
     def __init__(
         self,
         backend: SnorkyBackend | None = None,
@@ -219,7 +222,7 @@ class OutboxRelay:
         if self._lock_holder.get(using) is connection.connection:
             return True
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK])
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [self.lock_key])
             row = cursor.fetchone()
         if not (row and row[0]):
             return False
@@ -236,7 +239,7 @@ class OutboxRelay:
         del self._lock_holder[using]
         try:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK])
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [self.lock_key])
         except DatabaseError:  # the connection is gone, and the lock with it
             pass
 
@@ -290,6 +293,10 @@ class OutboxRelay:
         self.relayed += len(accepted)
         return len(accepted)
 
+    def _busy_after_pass(self, using: str) -> bool:
+        """Relays one pass of ``using``; whether more may be waiting (the next pass starts at once)."""
+        return self.relay_once(using) >= self.batch_size
+
     def drain(self, timeout: float = 10.0) -> int:
         """Relays until every database's outbox is empty (or ``timeout``); returns the count."""
         deadline = time.monotonic() + timeout
@@ -330,6 +337,11 @@ class OutboxRelay:
     def running(self) -> bool:
         """Whether the relay thread is alive."""
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def active(self) -> frozenset[str]:
+        """The PostgreSQL databases this relay is the active one of (it holds their lock)."""
+        return frozenset(self._lock_holder)
 
     @property
     def listening(self) -> frozenset[str]:
@@ -389,7 +401,7 @@ class OutboxRelay:
                 try:
                     busy = False
                     for using in self._databases():
-                        busy = self.relay_once(using) >= self.batch_size or busy
+                        busy = self._busy_after_pass(using) or busy
                 except (SnorkyError, DatabaseError) as err:
                     if failing_since is None:
                         failing_since = time.monotonic()

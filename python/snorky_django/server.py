@@ -174,7 +174,8 @@ def build_server(
 ) -> DjangoServer:
     """The server ``SNORKY`` describes; addresses may be overridden.
 
-    ``relay`` runs the outbox relay while serving (default: when ``DELIVERY`` is ``"outbox"``);
+    ``relay`` runs the relay while serving (default: when ``DELIVERY`` is ``"outbox"``, the
+    outbox relay, or ``"logical"``, the logical relay, whose databases are set up here first);
     ``server_class`` replaces :class:`DjangoServer` (a subclass of it).
     Extra ``options`` go to :class:`snorky.Server` after ``SERVER_OPTIONS``. Raises
     ``ImproperlyConfigured`` (or :class:`snorky.ConfigurationError` from the server's own checks).
@@ -185,13 +186,28 @@ def build_server(
     cluster = {key: value for key, value in (("broker", conf.BROKER), ("node_name", conf.NODE_NAME)) if value}
     services = build_services()
     if relay is None:
-        relay = conf.DELIVERY == "outbox"
+        relay = conf.DELIVERY in ("outbox", "logical")
+    relay_for_mode: OutboxRelay | None = None
+    if relay:
+        relay_for_mode = new_relay()
     return (server_class or DjangoServer)(
         services,
         frontend_address=frontend_address or conf.FRONTEND_ADDRESS,
         backend_address=backend_address or conf.BACKEND_ADDRESS,
         api_key=conf.API_KEY,
         allowed_origins=conf.ALLOWED_ORIGINS,
-        relay=OutboxRelay() if relay else None,
+        relay=relay_for_mode,
         **{"token_secret": conf.TOKEN_SECRET, **cluster, **conf.SERVER_OPTIONS, **options},
     )
+
+
+def new_relay(backend: SnorkyBackend | None = None) -> OutboxRelay:
+    """The relay of ``DELIVERY``: a :class:`~snorky_django.logical.LogicalRelay` (its databases set
+    up now, so that a misconfiguration fails here) or an :class:`OutboxRelay`."""
+    if snorky_settings.DELIVERY == "logical":
+        from snorky_django.logical import LogicalRelay
+
+        logical = LogicalRelay(backend)
+        logical.prepare()
+        return logical
+    return OutboxRelay(backend)

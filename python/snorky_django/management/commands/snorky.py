@@ -21,8 +21,7 @@ import snorky
 from snorky import ServerHandle, SnorkyError
 from snorky.backend import SnorkyBackend
 from snorky_django.conf import connect_host, snorky_settings, split_address, valid_backend_url
-from snorky_django.relay import OutboxRelay
-from snorky_django.server import DjangoServer, build_server
+from snorky_django.server import DjangoServer, build_server, new_relay
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
@@ -93,7 +92,10 @@ class Command(BaseCommand):
                 **{key: options[key] for key in ("broker", "node_name") if options[key]},
             )
         except ImproperlyConfigured as err:
-            raise CommandError(f"{err}. Fix settings.SNORKY (manage.py check explains each problem).") from err
+            text = str(err)
+            if not text.endswith("."):
+                text += ". Fix settings.SNORKY (manage.py check explains each problem)."
+            raise CommandError(text) from err
         except snorky.ConfigurationError as err:
             raise CommandError(f"Snorky configuration error: {err}. Fix settings.SNORKY.") from err
         server.on_started = lambda handle: self._banner(server, handle)
@@ -108,7 +110,7 @@ class Command(BaseCommand):
         conf = snorky_settings
         if not conf.API_KEY:
             raise CommandError('SNORKY["API_KEY"] is not set. Fix settings.SNORKY.')
-        if conf.DELIVERY != "outbox":
+        if conf.DELIVERY == "direct":
             # A warning, not a refusal: draining what an earlier outbox delivery left in the table
             # (after switching to "direct") is a legitimate use of a relay-only process.
             self._warn(
@@ -122,13 +124,17 @@ class Command(BaseCommand):
         if backend_address is not None:
             host, port = split_address(backend_address)
             url = f"http://{connect_host(host)}:{port}/backend"
-        relay = OutboxRelay(SnorkyBackend(url, conf.API_KEY, timeout=float(conf.BACKEND_TIMEOUT)))
+        try:
+            relay = new_relay(SnorkyBackend(url, conf.API_KEY, timeout=float(conf.BACKEND_TIMEOUT)))
+        except ImproperlyConfigured as err:
+            raise CommandError(str(err)) from err
         stop = threading.Event()
         previous = {
             sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         relay.start()
-        self.stdout.write(f"Relaying the outbox to {url}. Quit with CONTROL-C.")
+        source = "the replication slot" if conf.DELIVERY == "logical" else "the outbox"
+        self.stdout.write(f"Relaying {source} to {url}. Quit with CONTROL-C.")
         self.stdout.flush()
         try:
             while not stop.wait(0.2) and relay.running:
@@ -163,7 +169,7 @@ class Command(BaseCommand):
         backend_host, _ = split_address(server.backend_address)
         services = server.services
         delivery = conf.DELIVERY
-        if delivery == "outbox":
+        if delivery in ("outbox", "logical"):
             delivery += ", relayed by this process" if server.relay is not None else ", relayed elsewhere (--no-relay)"
         origins = conf.ALLOWED_ORIGINS
         lines = [

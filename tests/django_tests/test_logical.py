@@ -1,0 +1,412 @@
+"""DELIVERY = "logical": the saving thread does nothing; the relay reads committed rows from a
+PostgreSQL logical replication slot, renders them, and publishes them in commit order, once."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from pgcluster import PostgresCluster
+
+from django_tests.conftest import TIMEOUT, client_for, subscribe, wait_until
+from django_tests.test_command import SnorkyProcess
+from django_tests.testapp.models import Label, Note, Task, Team
+from snorky_django import logical, pgoutput, publish_deltas
+from snorky_django.logical import LogicalRelay, Position
+from snorky_django.models import LogicalClaim
+from snorky_django.testing import LiveSnorkyServer, live_snorky_server
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+postgres_only = pytest.mark.skipif("connection.vendor != 'postgresql'", reason="logical decoding is PostgreSQL's")
+
+
+def drop_slot() -> None:
+    """Drops the test's replication slot (a database with a slot cannot be dropped at the end)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+            [logical.slot_name("default")],
+        )
+
+
+@pytest.fixture
+def live() -> Iterator[LiveSnorkyServer]:
+    """A live server whose own relay reads the slot (set up before the test changes anything)."""
+    try:
+        with live_snorky_server(DELIVERY="logical") as server:
+            yield server
+    finally:
+        drop_slot()
+
+
+@pytest.fixture
+def slot(settings: Any) -> Iterator[None]:
+    """Logical delivery set up, with no relay running: the test runs its own."""
+    settings.SNORKY = {**settings.SNORKY, "DELIVERY": "logical"}
+    logical.prepare("default")
+    try:
+        yield
+    finally:
+        drop_slot()
+
+
+def watcher(live: LiveSnorkyServer, user: Any, ws_factory: Any) -> Any:
+    _, token = subscribe(client_for(user), "/api/tasks/")
+    ws = ws_factory(live.ws_url, user=user)
+    ws.acquire(token)
+    return ws
+
+
+def title(delta: dict[str, Any]) -> tuple[str, str]:
+    return delta["type"], (delta.get("data") or delta["newData"])["title"]
+
+
+@postgres_only
+def test_a_save_runs_the_queries_of_a_plain_model_and_nothing_else(slot, alice):
+    with CaptureQueriesContext(connection) as plain, transaction.atomic():
+        team = Team.objects.create(slug="t", name="T")
+        team.name = "T2"
+        team.save()
+        team.delete()
+    with CaptureQueriesContext(connection) as subscribable, transaction.atomic():
+        task = Task.objects.create(title="a", owner=alice)
+        task.title = "b"
+        task.save()
+        Task.objects.filter(pk=task.pk).update(done=True)
+    assert statements(subscribable) == ["INSERT", "UPDATE", "UPDATE"]
+    assert statements(plain)[:2] == ["INSERT", "UPDATE"]
+
+
+def statements(captured: CaptureQueriesContext) -> list[str]:
+    """The kinds of the statements run, but those of the transaction itself."""
+    kinds = [query["sql"].split()[0] for query in captured.captured_queries]
+    return [kind for kind in kinds if kind not in ("BEGIN", "COMMIT")]
+
+
+@postgres_only
+def test_every_committed_change_reaches_the_browser_in_commit_order(live, ws_factory, alice):
+    ws = watcher(live, alice, ws_factory)
+    task = Task.objects.create(title="created", owner=alice)
+    with transaction.atomic():
+        task.title = "saved"
+        task.save()
+        Task.objects.filter(pk=task.pk).update(title="queryset update")
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Task.objects.create(title="rolled back", owner=alice)
+        raise RuntimeError
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE testapp_task SET title = %s WHERE id = %s", ["raw SQL", task.pk])
+    Task.objects.bulk_create([Task(title=f"bulk {i}", owner=alice) for i in range(2)])
+    task.delete()
+    assert [title(d) for d in ws.deltas(7)] == [
+        ("insert", "created"),
+        ("update", "saved"),
+        ("update", "queryset update"),
+        ("update", "raw SQL"),
+        ("insert", "bulk 0"),
+        ("insert", "bulk 1"),
+        ("delete", "raw SQL"),
+    ]
+    ws.assert_silent()
+
+
+@postgres_only
+def test_an_update_carries_the_old_row_and_a_no_op_update_publishes_nothing(live, ws_factory, alice, bob):
+    ws = watcher(live, alice, ws_factory)
+    task = Task.objects.create(title="mine", owner=alice, priority=1)
+    assert ws.delta()["type"] == "insert"
+    Task.objects.filter(pk=task.pk).update(priority=1)  # a row written again, unchanged
+    Task.objects.filter(pk=task.pk).update(priority=2)
+    delta = ws.delta()
+    assert (delta["oldData"]["priority"], delta["newData"]["priority"]) == (1, 2)
+    # Given to bob: alice's subscription sees it leave (the dealer needs the old row for that).
+    Task.objects.filter(pk=task.pk).update(owner=bob)
+    assert ws.delta()["type"] == "delete"
+    ws.assert_silent()
+
+
+@postgres_only
+def test_values_come_back_as_django_reads_them(live, ws_factory, alice):
+    import datetime
+    import decimal
+
+    ws = watcher(live, alice, ws_factory)
+    Task.objects.create(
+        title="typed",
+        owner=alice,
+        estimate=decimal.Decimal("12.50"),
+        due=datetime.date(2026, 12, 31),
+        created=datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.UTC),
+    )
+    data = ws.delta()["data"]
+    assert (data["estimate"], data["due"], data["created"]) == ("12.50", "2026-12-31", "2026-01-02T03:04:05.678000Z")
+    assert data["owner"] == alice.pk and data["labels"] == []
+
+
+@postgres_only
+def test_many_to_many_changes_and_published_deltas_keep_their_place(live, ws_factory, alice):
+    ws = watcher(live, alice, ws_factory)
+    label = Label.objects.create(name="urgent")
+    with transaction.atomic():
+        task = Task.objects.create(title="first", owner=alice)
+        task.labels.add(label)
+        publish_deltas([{"type": "insert", "model": "Task", "data": {"id": 0, "title": "by hand", "owner": alice.pk}}])
+        Task.objects.create(title="last", owner=alice)
+    deltas = ws.deltas(4)
+    assert [title(d) for d in deltas] == [
+        ("insert", "first"),
+        ("update", "first"),
+        ("insert", "by hand"),
+        ("insert", "last"),
+    ]
+    assert (deltas[1]["oldData"]["labels"], deltas[1]["newData"]["labels"]) == ([], [str(label.pk)])
+
+
+@postgres_only
+def test_an_unchanged_large_value_is_taken_from_the_old_row(live, ws_factory, alice):
+    # PostgreSQL leaves a TOASTed value the update did not change out of the new row.
+    from snorky_django.serialization import serialize
+
+    task = Task.objects.create(title="t", owner=alice)
+    token = live.backend().authorize_subscription([{"dealer": "Note", "query": None}])
+    ws = ws_factory(live.ws_url)
+    ws.acquire(token)
+    text = secrets.token_hex(20_000)  # incompressible: stored out of line
+    note = Note.objects.create(task=task, text=text)
+    assert ws.delta()["data"]["text"] == text
+    Note.objects.filter(pk=note.pk).update(written=note.written.replace(year=2020))
+    delta = ws.delta()
+    assert delta["newData"]["text"] == delta["oldData"]["text"] == text
+    assert delta["newData"] == serialize(Note.objects.get(pk=note.pk))
+
+
+@postgres_only
+def test_a_transaction_larger_than_a_batch_is_sent_in_several_in_order(slot, live_plain, ws_factory, alice):
+    ws = watcher(live_plain, alice, ws_factory)
+    with transaction.atomic():
+        Task.objects.bulk_create([Task(title=f"t{i}", owner=alice) for i in range(10)])
+    relay = LogicalRelay(live_plain.backend(), batch_size=3)
+    assert relay.drain() == 10
+    assert [d["data"]["title"] for d in ws.deltas(10)] == [f"t{i}" for i in range(10)]
+    assert relay.drain() == 0
+    ws.assert_silent()
+
+
+@pytest.fixture
+def live_plain() -> Iterator[LiveSnorkyServer]:
+    """A live server running no relay."""
+    with live_snorky_server(relay=False) as server:
+        yield server
+
+
+@postgres_only
+def test_a_batch_cut_off_by_a_failure_is_sent_again_under_its_key_and_delivered_once(
+    slot, live_plain, ws_factory, alice, monkeypatch
+):
+    ws = watcher(live_plain, alice, ws_factory)
+    with transaction.atomic():
+        Task.objects.bulk_create([Task(title=f"t{i}", owner=alice) for i in range(5)])
+    sent: list[str] = []
+    real = logical.send_deltas
+
+    def send_then_fail(deltas: Any, backend: Any, *, key: str) -> Any:
+        refused = real(deltas, backend, key=key)
+        sent.append(key)
+        if len(sent) == 2:
+            raise RuntimeError("the relay dies after the server's answer")
+        return refused
+
+    monkeypatch.setattr(logical, "send_deltas", send_then_fail)
+    with pytest.raises(RuntimeError):
+        LogicalRelay(live_plain.backend(), batch_size=2).drain()
+    assert [d["data"]["title"] for d in ws.deltas(4)] == ["t0", "t1", "t2", "t3"]
+    claim = LogicalClaim.objects.get()
+    assert (claim.key, Position.parse(claim.first) < Position.parse(claim.last)) == (sent[1], True)
+
+    monkeypatch.setattr(logical, "send_deltas", real)
+    relay = LogicalRelay(live_plain.backend(), batch_size=2)
+    assert relay.drain() == 3  # t2, t3 again (dropped by the server as a repeat), then t4
+    assert ws.delta()["data"]["title"] == "t4"
+    ws.assert_silent()
+
+
+@postgres_only
+def test_a_relay_killed_after_the_servers_answer_delivers_nothing_twice(slot, live_plain, ws_factory, alice):
+    ws = watcher(live_plain, alice, ws_factory)
+    with transaction.atomic():
+        for i in range(3):
+            Task.objects.create(title=f"once {i}", owner=alice)
+    backend = f"--backend-address=127.0.0.1:{live_plain.handle.backend_port}"
+    crashing = SnorkyProcess(
+        "--relay-only", backend, SNORKY_TEST_DELIVERY="logical", SNORKY_TEST_RELAY_CRASH="after-publish"
+    )
+    try:
+        assert crashing.finish(timeout=30) == 70, crashing.output
+    finally:
+        crashing.kill()
+    assert [d["data"]["title"] for d in ws.deltas(3)] == [f"once {i}" for i in range(3)]
+    assert LogicalClaim.objects.count() == 1
+
+    relay = SnorkyProcess("--relay-only", backend, SNORKY_TEST_DELIVERY="logical")
+    try:
+        relay.wait_for("Relaying the replication slot")
+        Task.objects.create(title="after", owner=alice)
+        assert ws.delta()["data"]["title"] == "after"  # and not the three again before it
+        ws.assert_silent()
+    finally:
+        relay.kill()
+
+
+@postgres_only
+def test_the_relay_wakes_within_its_poll_interval(live, ws_factory, alice):
+    ws = watcher(live, alice, ws_factory)
+    for i in range(5):
+        Task.objects.create(title=f"quick {i}", owner=alice)
+        assert ws.delta(timeout=TIMEOUT)["data"]["title"] == f"quick {i}"
+
+
+@postgres_only
+def test_a_dropped_slot_is_created_again_and_said_so(live, ws_factory, alice, caplog):
+    ws = watcher(live, alice, ws_factory)
+    relay = live.relay
+    assert relay is not None
+    relay.stop()
+    drop_slot()
+    Task.objects.create(title="lost", owner=alice)
+    relay.start()
+    wait_until(lambda: "is gone" in caplog.text, message="the error about the slot")
+    Task.objects.create(title="after", owner=alice)
+    assert ws.delta()["data"]["title"] == "after"
+
+
+@pytest.mark.skipif("connection.vendor == 'postgresql'", reason="starts a server of its own: run once, on SQLite")
+def test_a_database_without_logical_wal_is_refused_with_what_to_set():
+    cluster = PostgresCluster()
+    try:
+        cluster.start(wal_level="replica")
+        dsn = f"host={cluster.host} port={cluster.port} user=postgres dbname=postgres"
+        refusal = re.escape("needs wal_level = logical on database 'x' (it is replica)")
+        with (
+            psycopg.connect(dsn, autocommit=True) as raw,
+            raw.cursor() as cursor,
+            pytest.raises(ImproperlyConfigured, match=refusal),
+        ):
+            logical._check_server(cursor, "x")
+    finally:
+        cluster.destroy()
+
+
+@pytest.mark.skipif("connection.vendor == 'postgresql'", reason="the check is about other databases")
+def test_logical_delivery_on_sqlite_is_a_system_check_error(settings):
+    settings.SNORKY = {**settings.SNORKY, "DELIVERY": "logical"}
+    with pytest.raises(SystemCheckError, match=r"snorky.E015.*database 'default' \(sqlite\)"):
+        call_command("check")
+
+
+def test_a_malformed_pgoutput_message_is_a_decode_error():
+    for data in (b"", b"Z", b"I\x00\x00\x00\x01N\x00\x01t\x00\x00\x00\x09ab", b"R\x00\x00\x00\x01public"):
+        with pytest.raises(pgoutput.DecodeError):
+            pgoutput.parse(data)
+
+
+def test_positions_order_as_the_stream_and_read_back():
+    positions = [Position(0x1508088, 0, 0), Position(0x1508088, 0, 1), Position(0x1508088, 1, 0)]
+    positions.append(Position(0x15080C0, 0, 0))
+    assert sorted(reversed(positions)) == positions
+    assert [Position.parse(str(p)) for p in positions] == positions
+
+
+def test_relay_only_says_which_stream_it_relays(settings):
+    # (Nothing to set up on SQLite: the command refuses at start, saying why.)
+    if connection.vendor == "postgresql":
+        pytest.skip("covered by the crash test")
+    process = SnorkyProcess("--relay-only", SNORKY_TEST_DELIVERY="logical")
+    try:
+        assert process.finish(timeout=30) != 0
+        assert "needs PostgreSQL" in process.output or "snorky.E015" in process.output
+    finally:
+        process.kill()
+
+
+@postgres_only
+def test_a_deleted_row_its_serializer_cannot_render_still_leaves(live, alice, ws_factory, monkeypatch):
+    # The note's data follows its task, which the same transaction deletes (the cascade): the
+    # relay cannot render the note any more, and sends its columns instead of nothing.
+    monkeypatch.setattr(Note, "jsonify", lambda note: {"id": note.pk, "task": note.task_id, "title": note.task.title})
+    task = Task.objects.create(title="parent", owner=alice)
+    token = live.backend().authorize_subscription([{"dealer": "Note", "query": None}])
+    ws = ws_factory(live.ws_url)
+    ws.acquire(token)
+    note = Note.objects.create(task=task, text="child")
+    task_pk = task.pk
+    assert ws.delta()["data"] == {"id": note.pk, "task": task_pk, "title": "parent"}
+    task.delete()
+    delta = ws.delta()
+    assert delta["type"] == "delete"
+    assert (delta["data"]["id"], delta["data"]["task"], delta["data"]["text"]) == (note.pk, task_pk, "child")
+
+
+@postgres_only
+def test_one_relay_reads_the_slot_and_another_takes_over_when_it_stops(slot, live_plain, ws_factory, alice):
+    ws = watcher(live_plain, alice, ws_factory)
+    first = LogicalRelay(live_plain.backend(), poll_interval=0.01)
+    second = LogicalRelay(live_plain.backend(), poll_interval=0.01)
+    first.start()
+    wait_until(lambda: first.active == {"default"}, message="the first relay holding the slot")
+    second.start()
+    try:
+        for i in range(3):
+            Task.objects.create(title=f"first {i}", owner=alice)
+        assert [d["data"]["title"] for d in ws.deltas(3)] == [f"first {i}" for i in range(3)]
+        # (The server pushes before it answers the relay: its count follows a moment later.)
+        wait_until(lambda: first.relayed == 3, message="the first relay's count")
+        assert second.relayed == 0
+        assert first.stop()
+        Task.objects.create(title="second", owner=alice)
+        assert ws.delta()["data"]["title"] == "second"
+        wait_until(lambda: second.relayed == 1, message="the second relay's count")
+        ws.assert_silent()
+    finally:
+        first.stop()
+        second.stop()
+
+
+@postgres_only
+def test_the_slot_moves_past_the_transactions_of_other_tables(slot, live_plain):
+    # pgoutput leaves them out of the stream; a slot that never moved past them would keep their
+    # WAL for as long as no subscribable row changes.
+    def confirmed() -> str:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT confirmed_flush_lsn - %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                [before, logical.slot_name("default")],
+            )
+            return cursor.fetchone()[0]
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_insert_lsn()::text")
+        before = cursor.fetchone()[0]
+    for i in range(20):
+        Team.objects.create(slug=f"team-{i}", name="not subscribable")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_insert_lsn()::text")
+        written = cursor.fetchone()[0]
+
+    def flushed() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", [written])
+            return bool(cursor.fetchone()[0])
+
+    wait_until(flushed, message="the WAL flushed")  # (relay_once, unlike drain, does not flush it)
+    assert LogicalRelay(live_plain.backend()).relay_once("default") == 0
+    assert confirmed() > 0
