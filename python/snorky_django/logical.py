@@ -278,11 +278,12 @@ class _Table:
 class _Deltas:
     """Turns the decoded stream of one pass into deltas (see :meth:`of`)."""
 
-    def __init__(self, target: _Target, using: str) -> None:
+    def __init__(self, target: _Target, using: str, warned: set[str]) -> None:
         self.target = target
         self.using = using
         self.tables: dict[int, _Table | None] = {}
-        self.old_rows_missing: set[str] = set()
+        self.old_rows_missing = warned
+        """The models whose missing old rows were logged (once per relay)."""
 
     def relation(self, relation: pgoutput.Relation) -> None:
         model = self.target.models.get(relation.name)
@@ -334,6 +335,17 @@ class _Deltas:
             return []
         return deltas
 
+    def _warn_old_rows_missing(self, table: _Table) -> None:
+        name = table.model.__name__
+        if name not in self.old_rows_missing:
+            self.old_rows_missing.add(name)
+            logger.warning(
+                "Snorky: updates and deletes of %s carry only the key of the old row (its table's REPLICA "
+                "IDENTITY is not FULL): an update's oldData is its newData, a delete's data has only the key. "
+                "Restart manage.py snorky to set it (it does at start).",
+                name,
+            )
+
     def _rendered(self, table: _Table, change: pgoutput.Change) -> list[dict[str, Any]]:
         from snorky_django.changes import options_for
         from snorky_django.serialization import serialize
@@ -344,22 +356,19 @@ class _Deltas:
         if change.kind == "insert" and change.new is not None:
             return [{"type": "insert", "model": name, "data": serialize(table.instance(change.new))}]
         if change.kind == "delete" and change.old is not None:
+            if not change.old_is_whole:
+                self._warn_old_rows_missing(table)
             return [{"type": "delete", "model": name, "data": serialize(table.instance(change.old))}]
         if change.kind != "update" or change.new is None:
             return []
-        new_data = serialize(table.instance(change.new, change.old))
-        if change.old is None or len(change.old) != len(change.new):
-            if table.model.__name__ not in self.old_rows_missing:
-                self.old_rows_missing.add(table.model.__name__)
-                logger.warning(
-                    "Snorky: updates of %s carry no old row (REPLICA IDENTITY is not FULL): oldData is the new row",
-                    table.model.__name__,
-                )
+        new_data = serialize(table.instance(change.new, change.old if change.old_is_whole else None))
+        if change.old is None or not change.old_is_whole:
+            self._warn_old_rows_missing(table)
             old_data = new_data
         else:
             old_data = serialize(table.instance(change.old))
-        if new_data == old_data and change.old is not None and len(change.old) == len(change.new):
-            return []
+            if new_data == old_data:
+                return []
         return [{"type": "update", "model": name, "newData": new_data, "oldData": old_data}]
 
 
@@ -397,6 +406,7 @@ class LogicalRelay(OutboxRelay):
         self._targets: dict[str, _Target] = {}
         self._flushed: dict[str, int] = {}
         self._standby_until: dict[str, float] = {}
+        self.old_rows_missing: set[str] = set()
 
     def _databases(self) -> list[str]:
         if self.databases is not None:
@@ -453,8 +463,11 @@ class LogicalRelay(OutboxRelay):
             )
             flushed_text, confirmed_text = cursor.fetchone()
         if confirmed_text is None:
-            logger.error("Snorky: replication slot %r is gone; creating it again (changes since are lost)", target.slot)
             self._targets[using] = prepare(using)
+            logger.error(
+                "Snorky: replication slot %r was gone: created it again (changes committed meanwhile are lost)",
+                target.slot,
+            )
             return 0, True
         flushed = _lsn(flushed_text)
         if self._flushed.get(using) == flushed:
@@ -507,7 +520,7 @@ class _Pass:
 
     def _stream(self, limit: int) -> Iterator[pgoutput.Message | _Rendered]:
         raw = connections[self.using].connection
-        decoder = _Deltas(self.target, self.using)
+        decoder = _Deltas(self.target, self.using, self.relay.old_rows_missing)
         name = f"snorky_logical_{secrets.token_hex(6)}"
         with raw.cursor(name=name, withhold=True) as cursor:
             cursor.execute(

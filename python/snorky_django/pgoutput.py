@@ -83,6 +83,9 @@ class Change:
     """The row before (update and delete; whole with ``REPLICA IDENTITY FULL``, else its key)."""
     new: tuple[Value, ...] | None
     """The row after (insert and update)."""
+    old_is_whole: bool = False
+    """Whether ``old`` is the whole row (``REPLICA IDENTITY FULL``), not only its key columns (the
+    others then read as NULL)."""
 
 
 @dataclass(frozen=True)
@@ -191,17 +194,19 @@ def parse(data: bytes) -> Message:
         oid = reader.uint32()
         marker = reader.take(1)
         old = None
+        whole = marker == b"O"
         if marker in (b"K", b"O"):
             old = reader.tuple_data()
             marker = reader.take(1)
         if marker != b"N":
             raise DecodeError("update without a new tuple")
-        return Change("update", oid, old, reader.tuple_data())
+        return Change("update", oid, old, reader.tuple_data(), whole)
     if kind == b"D":
         oid = reader.uint32()
-        if reader.take(1) not in (b"K", b"O"):
+        marker = reader.take(1)
+        if marker not in (b"K", b"O"):
             raise DecodeError("delete without an old tuple")
-        return Change("delete", oid, reader.tuple_data(), None)
+        return Change("delete", oid, reader.tuple_data(), None, marker == b"O")
     if kind == b"T":
         count = reader.int32()
         reader.byte()  # options (CASCADE, RESTART IDENTITY)

@@ -284,7 +284,7 @@ def test_a_dropped_slot_is_created_again_and_said_so(live, ws_factory, alice, ca
     drop_slot()
     Task.objects.create(title="lost", owner=alice)
     relay.start()
-    wait_until(lambda: "is gone" in caplog.text, message="the error about the slot")
+    wait_until(lambda: "was gone: created it again" in caplog.text, message="the error about the slot")
     Task.objects.create(title="after", owner=alice)
     assert ws.delta()["data"]["title"] == "after"
 
@@ -410,3 +410,28 @@ def test_the_slot_moves_past_the_transactions_of_other_tables(slot, live_plain):
     wait_until(flushed, message="the WAL flushed")  # (relay_once, unlike drain, does not flush it)
     assert LogicalRelay(live_plain.backend()).relay_once("default") == 0
     assert confirmed() > 0
+
+
+@postgres_only
+def test_a_table_whose_old_rows_are_not_logged_whole_is_said_so(slot, live_plain, ws_factory, alice, caplog):
+    ws = watcher(live_plain, alice, ws_factory)
+    task = Task.objects.create(title="before", owner=alice)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE testapp_task REPLICA IDENTITY DEFAULT")  # by hand, after the set-up
+    Task.objects.filter(pk=task.pk).update(title="after")
+    relay = LogicalRelay(live_plain.backend())
+    assert relay.drain() == 2
+    _, update = ws.deltas(2)
+    assert update["newData"]["title"] == update["oldData"]["title"] == "after"  # not a wrong old row
+    assert "carry only the key of the old row" in caplog.text
+    logical.prepare("default")  # what a restart of the relay does: whole old rows again
+    Task.objects.filter(pk=task.pk).update(title="again")
+    assert relay.drain() == 1
+    assert (ws.delta()["oldData"]["title"], caplog.text.count("carry only the key")) == ("after", 1)
+
+
+@pytest.mark.parametrize("interval", ["fast", 0, -1, True, 61])
+def test_an_unusable_poll_interval_is_a_system_check_error(settings, interval):
+    settings.SNORKY = {**settings.SNORKY, "DELIVERY": "logical", "LOGICAL_POLL_INTERVAL": interval}
+    with pytest.raises(SystemCheckError, match=r"snorky.E015.*LOGICAL_POLL_INTERVAL"):
+        call_command("check")
