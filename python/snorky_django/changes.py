@@ -40,10 +40,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from django.apps import apps
+from django.core.signals import setting_changed
 from django.db import connections, models, router, transaction
 from django.db.models import Q
 from django.db.models.options import Options
 from django.db.models.signals import post_delete, post_save, pre_delete, pre_save
+from django.dispatch import receiver
 from django.utils.functional import cached_property
 
 from snorky_django import old_rows
@@ -187,8 +189,41 @@ def connect_signals(sender: type[models.Model]) -> None:
     uid = f"snorky_django:{sender._meta.label}"
     pre_save.connect(_pre_save, sender=sender, weak=False, dispatch_uid=uid)
     post_save.connect(_post_save, sender=sender, weak=False, dispatch_uid=uid)
-    pre_delete.connect(_pre_delete, sender=sender, weak=False, dispatch_uid=uid)
-    post_delete.connect(_post_delete, sender=sender, weak=False, dispatch_uid=uid)
+    _connect_deletes(sender, captures_changes())
+
+
+def _connect_deletes(sender: type[models.Model], connect: bool) -> None:
+    """Connects (or disconnects) the delete receivers of ``sender``. Not connected under logical
+    delivery: a model with delete receivers loses Django's fast delete (a queryset or cascade
+    delete then reads every row first), and there they would do nothing."""
+    uid = f"snorky_django:{sender._meta.label}"
+    if connect:
+        pre_delete.connect(_pre_delete, sender=sender, weak=False, dispatch_uid=uid)
+        post_delete.connect(_post_delete, sender=sender, weak=False, dispatch_uid=uid)
+    else:
+        pre_delete.disconnect(sender=sender, dispatch_uid=uid)
+        post_delete.disconnect(sender=sender, dispatch_uid=uid)
+
+
+def sync_delete_receivers() -> None:
+    """Connects or disconnects every delete receiver for the delivery mode now set (at start, and
+    when the ``SNORKY`` setting changes)."""
+    from snorky_django.relations import sync_parent_receivers
+
+    connect = captures_changes()
+    for model in [options.model for options in registered()]:
+        _connect_deletes(model, connect)
+    if apps.ready:
+        for model in apps.get_models():
+            if model._meta.proxy and options_for(model) is not None:
+                _connect_deletes(model, connect)
+    sync_parent_receivers(connect)
+
+
+@receiver(setting_changed)
+def _delivery_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "SNORKY":
+        sync_delete_receivers()
 
 
 def connect_proxies() -> None:

@@ -535,7 +535,7 @@ def enqueue(deltas: Iterable[dict[str, Any]], using: str = DEFAULT_DB_ALIAS) -> 
         outbox_writes.write(deltas, using)
         return
     if mode == "logical":
-        from snorky_django.logical import emit
+        from snorky_django.logical_messages import emit
 
         emit(deltas, using)
         return

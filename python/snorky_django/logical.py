@@ -8,10 +8,10 @@ into the model instance it stands for, renders it as the model's deltas always a
 the deltas in commit order. What a connection changes by other means reaches the browsers too:
 ``QuerySet.update()`` on any manager, raw SQL, ``loaddata``, cascades the database runs itself.
 
-Set up once per database by :func:`prepare` (the relay calls it at start, so ``manage.py snorky``
-fails there with a message saying what to set): ``wal_level = logical`` (PostgreSQL 14 or later,
-psycopg 3), ``REPLICA IDENTITY FULL`` on each subscribable table (updates and deletes then carry
-the whole old row, the delta's ``oldData``), a publication of those tables, and the slot.
+Set up once per database by :func:`snorky_django.logical_setup.prepare` (the relay calls it at
+start, so ``manage.py snorky`` fails there with a message saying what to set). Rows become deltas
+in :mod:`snorky_django.logical_rows`; the deltas only Python knows of join the stream through
+:mod:`snorky_django.logical_messages`.
 
 Exactly once: a pass peeks at the slot, and only after the server accepted a batch does it
 advance the slot past the transactions the batch completed. Each delta has a *position* (its
@@ -28,16 +28,20 @@ the commit. Many-to-many changes and :func:`snorky_django.publish_deltas` still 
 in the saving thread, and write them into the stream with ``pg_logical_emit_message``, so they
 keep their place among the row changes.
 
-When to look: the relay reads ``pg_current_wal_flush_lsn()`` every ``LOGICAL_POLL_INTERVAL``
-seconds (a trivial query) and peeks only when the flushed position moved. Decoding reads flushed
-WAL only: with ``synchronous_commit = off`` a change becomes visible when PostgreSQL flushes it
+When to look: the relay reads ``pg_current_wal_flush_lsn()`` (a trivial query) every
+``LOGICAL_POLL_INTERVAL`` seconds while passes find deltas, less often (up to ten times that) while
+they find none, and peeks only when the flushed position moved. Decoding reads flushed WAL only:
+with ``synchronous_commit = off`` a change becomes visible when PostgreSQL flushes it
 (``wal_writer_delay``, 200 ms by default).
+
+A slot that can no longer be read (invalidated by ``max_slot_wal_keep_size``, or its publication
+dropped) is dropped and created again, with an error saying that the changes committed in between
+are lost; anything else that fails a pass leaves the slot where it was, to be read again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -47,21 +51,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.exceptions import ImproperlyConfigured
-from django.db import DatabaseError, connections, models, router, transaction
+from django.db import connections, transaction
 
 from snorky.backend import SnorkyBackend
 from snorky_django import pgoutput
 from snorky_django.conf import snorky_settings
 from snorky_django.delivery import describe, get_backend, send_deltas
+from snorky_django.logical_messages import MESSAGE_PREFIX
+from snorky_django.logical_rows import DeltaMaker
+from snorky_django.logical_setup import Target, prepare, recreate_slot, relayed_databases
 from snorky_django.relay import OutboxRelay
 
-__all__ = ["LOCK", "MESSAGE_PREFIX", "LogicalRelay", "Position", "emit", "prepare"]
+__all__ = ["LOCK", "LogicalRelay", "Position"]
 
 logger = logging.getLogger("snorky_django.logical")
-
-#: The prefix of the logical messages carrying deltas made in the saving thread.
-MESSAGE_PREFIX = "snorky"
 
 #: The session advisory lock the active logical relay of a database holds (a slot serves one
 #: reader at a time; the others wait their turn rather than fail).
@@ -74,16 +77,14 @@ _CRASH_AFTER_PUBLISH = os.environ.get("SNORKY_TEST_RELAY_CRASH") == "after-publi
 # Seconds a relay that found the slot's lock taken waits before trying again.
 _STANDBY_CHECK = 0.5
 
+# How much longer than LOGICAL_POLL_INTERVAL the wait between passes grows while none finds deltas.
+_IDLE_SLOWDOWN = 10
+
 # Rows fetched from the peek at a time: the decoded stream is never held whole in memory.
 _FETCH = 500
 
-
-def emit(deltas: list[dict[str, Any]], using: str) -> None:
-    """Writes ``deltas`` into the stream the relay reads, in the current transaction (they commit,
-    or vanish, with it)."""
-    text = json.dumps(deltas, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    with connections[using].cursor() as cursor:
-        cursor.execute("SELECT pg_logical_emit_message(true, %s, %s)", [MESSAGE_PREFIX, text])
+# The SQLSTATE of a peek whose publication is gone (undefined_object).
+_UNDEFINED_OBJECT = "42704"
 
 
 @dataclass(frozen=True, order=True)
@@ -113,266 +114,6 @@ def _lsn_text(value: int) -> str:
 
 
 @dataclass
-class _Target:
-    """What the relay reads from one database."""
-
-    slot: str
-    publication: str
-    models: dict[str, type[models.Model]]
-    """The subscribable models by table name."""
-
-
-def slot_name(using: str) -> str:
-    """The replication slot of database ``using`` (``LOGICAL_SLOT``, with the alias unless it is
-    ``default``: slots are named per PostgreSQL server)."""
-    base = str(snorky_settings.LOGICAL_SLOT)
-    if using == "default":
-        return base
-    suffix = "".join(c if c.isalnum() else "_" for c in using.lower())
-    return f"{base}_{suffix}"[:63]
-
-
-def _subscribable_models(using: str) -> list[type[models.Model]]:
-    from snorky_django.changes import registered
-
-    return [options.model for options in registered() if router.allow_migrate_model(using, options.model)]
-
-
-def prepare(using: str) -> _Target:
-    """Checks and sets up logical decoding of the subscribable tables of database ``using`` (see
-    the module docs); raises ``ImproperlyConfigured`` saying what to change."""
-    connection = connections[using]
-    slot, publication = slot_name(using), str(snorky_settings.LOGICAL_PUBLICATION)
-    if connection.vendor != "postgresql":
-        raise ImproperlyConfigured(
-            f'SNORKY["DELIVERY"] = "logical" needs PostgreSQL; database {using!r} is {connection.vendor} '
-            '(use "outbox" or "direct" there).'
-        )
-    from django.db.backends.postgresql.psycopg_any import is_psycopg3
-
-    if not is_psycopg3:
-        raise ImproperlyConfigured('SNORKY["DELIVERY"] = "logical" needs psycopg 3 (pip install "psycopg[binary]").')
-    found = _subscribable_models(using)
-    inherited = [model.__name__ for model in found if model._meta.parents]
-    if inherited:
-        raise ImproperlyConfigured(
-            f'SNORKY["DELIVERY"] = "logical" cannot rebuild rows of models that inherit a table: '
-            f'{", ".join(inherited)} (use "outbox" or "direct").'
-        )
-    target = _Target(slot, publication, {model._meta.db_table: model for model in found})
-    if not found:
-        return target
-    try:
-        with connection.cursor() as cursor:
-            _check_server(cursor, using)
-            _set_up(cursor, connection, target)
-    except DatabaseError as err:
-        raise ImproperlyConfigured(
-            f"Cannot set up logical delivery on database {using!r}: {err}. The database user needs the "
-            "REPLICATION attribute (or your provider's replication role) and must own the subscribable tables."
-        ) from err
-    return target
-
-
-def _check_server(cursor: Any, using: str) -> None:
-    cursor.execute("SELECT current_setting('wal_level'), current_setting('server_version_num')::int")
-    level, version = cursor.fetchone()
-    if version < 140000:
-        raise ImproperlyConfigured(
-            f'SNORKY["DELIVERY"] = "logical" needs PostgreSQL 14 or later; database {using!r} runs {version}.'
-        )
-    if level != "logical":
-        raise ImproperlyConfigured(
-            f'SNORKY["DELIVERY"] = "logical" needs wal_level = logical on database {using!r} (it is {level}): '
-            "run ALTER SYSTEM SET wal_level = logical and restart PostgreSQL (or set it in postgresql.conf, "
-            "or your provider's parameter group)."
-        )
-
-
-def _set_up(cursor: Any, connection: Any, target: _Target) -> None:
-    quote = connection.ops.quote_name
-    tables = sorted(target.models)
-    cursor.execute(
-        "SELECT relname FROM pg_class WHERE oid = ANY(%s::text[]::regclass[]) AND relreplident <> 'f'",
-        [[quote(table) for table in tables]],
-    )
-    for (table,) in cursor.fetchall():
-        cursor.execute(f"ALTER TABLE {quote(table)} REPLICA IDENTITY FULL")
-        logger.info("Snorky: table %s now logs whole old rows (REPLICA IDENTITY FULL)", table)
-    cursor.execute("SELECT tablename FROM pg_publication_tables WHERE pubname = %s", [target.publication])
-    published = sorted(name for (name,) in cursor.fetchall())
-    cursor.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [target.publication])
-    listed = ", ".join(quote(table) for table in tables)
-    if cursor.fetchone() is None:
-        cursor.execute(f"CREATE PUBLICATION {quote(target.publication)} FOR TABLE {listed}")
-    elif published != tables:
-        cursor.execute(f"ALTER PUBLICATION {quote(target.publication)} SET TABLE {listed}")
-    cursor.execute(
-        "SELECT plugin, database = current_database() FROM pg_replication_slots WHERE slot_name = %s",
-        [target.slot],
-    )
-    row = cursor.fetchone()
-    if row is None:
-        cursor.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [target.slot])
-        logger.warning(
-            "Snorky: created replication slot %r: changes committed from now on are delivered. Drop it "
-            "(SELECT pg_drop_replication_slot(%r)) if you stop using logical delivery: PostgreSQL keeps "
-            "the WAL a slot has not read.",
-            target.slot,
-            target.slot,
-        )
-    elif row[0] != "pgoutput" or not row[1]:
-        raise ImproperlyConfigured(
-            f"Replication slot {target.slot!r} exists for another database or plugin: set "
-            'SNORKY["LOGICAL_SLOT"] to a name of its own.'
-        )
-
-
-class _Table:
-    """Turns the column values pgoutput sends for one table into instances of its model."""
-
-    def __init__(self, model: type[models.Model], relation: pgoutput.Relation, using: str) -> None:
-        from psycopg.adapt import Transformer
-        from psycopg.pq import Format
-
-        connection = connections[using]
-        by_column = {field.column: field for field in model._meta.concrete_fields}
-        transformer = Transformer(connection.connection)
-        self.model = model
-        self.using = using
-        self.attnames = [field.attname for field in model._meta.concrete_fields]
-        # Per column of the relation: its field (None: a column the model does not know), how to
-        # load its text, and the converters Django applies to what the database returns.
-        self.columns: list[tuple[Any, Any, list[Any], Any]] = []
-        for column in relation.columns:
-            field = by_column.get(column.name)
-            if field is None:
-                self.columns.append((None, None, [], None))
-                continue
-            expression = field.get_col(model._meta.db_table)
-            converters = connection.ops.get_db_converters(expression) + expression.get_db_converters(connection)
-            loader = transformer.get_loader(column.type_oid, Format.TEXT)
-            self.columns.append((field, loader, converters, expression))
-
-    def instance(self, values: tuple[pgoutput.Value, ...], before: tuple[pgoutput.Value, ...] | None = None) -> Any:
-        """The model instance of a row (an unchanged TOASTed value is taken from ``before``, or
-        left deferred: Django reads it when asked)."""
-        connection = connections[self.using]
-        loaded: dict[str, Any] = {}
-        for index, (field, loader, converters, expression) in enumerate(self.columns):
-            if field is None or index >= len(values):
-                continue
-            raw = values[index]
-            if raw is pgoutput.UNCHANGED and before is not None and index < len(before):
-                raw = before[index]
-            if raw is pgoutput.UNCHANGED:
-                continue
-            value = None if raw is None else loader.load(raw)
-            for converter in converters:
-                value = converter(value, expression, connection)
-            loaded[field.attname] = value
-        row = [loaded.get(name, models.DEFERRED) for name in self.attnames]
-        return self.model.from_db(self.using, self.attnames, row)
-
-
-class _Deltas:
-    """Turns the decoded stream of one pass into deltas (see :meth:`of`)."""
-
-    def __init__(self, target: _Target, using: str, warned: set[str]) -> None:
-        self.target = target
-        self.using = using
-        self.tables: dict[int, _Table | None] = {}
-        self.old_rows_missing = warned
-        """The models whose missing old rows were logged (once per relay)."""
-
-    def relation(self, relation: pgoutput.Relation) -> None:
-        model = self.target.models.get(relation.name)
-        self.tables[relation.oid] = _Table(model, relation, self.using) if model is not None else None
-
-    def of(self, message: pgoutput.Change | pgoutput.Emitted) -> list[Any]:
-        """The deltas of one change or emitted message (none for other tables, or when rendering
-        failed: that is logged, and the stream goes on)."""
-        if isinstance(message, pgoutput.Emitted):
-            return self._emitted(message)
-        table = self.tables.get(message.relation_oid)
-        if table is None:
-            return []
-        try:
-            return self._rendered(table, message)
-        except Exception:
-            if message.kind == "delete" and message.old is not None:
-                # A serializer following a relation the same transaction deleted (a cascade) cannot
-                # render the row any more. Browsers must still see it go: its own columns say which
-                # row it was and, for the dealers, whose.
-                logger.warning(
-                    "Snorky: cannot render a deleted %s; its delta carries the row's columns",
-                    table.model.__name__,
-                    exc_info=True,
-                )
-                return [self._plain_delete(table, message.old)]
-            logger.exception("Snorky: cannot render a %s of %s; no delta for it", message.kind, table.model.__name__)
-            return []
-
-    @staticmethod
-    def _plain_delete(table: _Table, old: tuple[pgoutput.Value, ...]) -> dict[str, Any]:
-        from snorky_django.changes import options_for
-        from snorky_django.serialization import field_values, jsonable, without_secrets
-
-        options = options_for(table.model)
-        assert options is not None
-        data = without_secrets(jsonable(field_values(table.instance(old))), frozenset())
-        return {"type": "delete", "model": options.name, "data": data}
-
-    def _emitted(self, message: pgoutput.Emitted) -> list[Any]:
-        if message.prefix != MESSAGE_PREFIX:
-            return []
-        try:
-            deltas = json.loads(message.content)
-        except ValueError:
-            deltas = None
-        if not isinstance(deltas, list):
-            logger.error("Snorky: a logical message with prefix %r is not a list of deltas; ignored", MESSAGE_PREFIX)
-            return []
-        return deltas
-
-    def _warn_old_rows_missing(self, table: _Table) -> None:
-        name = table.model.__name__
-        if name not in self.old_rows_missing:
-            self.old_rows_missing.add(name)
-            logger.warning(
-                "Snorky: updates and deletes of %s carry only the key of the old row (its table's REPLICA "
-                "IDENTITY is not FULL): an update's oldData is its newData, a delete's data has only the key. "
-                "Restart manage.py snorky to set it (it does at start).",
-                name,
-            )
-
-    def _rendered(self, table: _Table, change: pgoutput.Change) -> list[dict[str, Any]]:
-        from snorky_django.changes import options_for
-        from snorky_django.serialization import serialize
-
-        options = options_for(table.model)
-        assert options is not None
-        name = options.name
-        if change.kind == "insert" and change.new is not None:
-            return [{"type": "insert", "model": name, "data": serialize(table.instance(change.new))}]
-        if change.kind == "delete" and change.old is not None:
-            if not change.old_is_whole:
-                self._warn_old_rows_missing(table)
-            return [{"type": "delete", "model": name, "data": serialize(table.instance(change.old))}]
-        if change.kind != "update" or change.new is None:
-            return []
-        new_data = serialize(table.instance(change.new, change.old if change.old_is_whole else None))
-        if change.old is None or not change.old_is_whole:
-            self._warn_old_rows_missing(table)
-            old_data = new_data
-        else:
-            old_data = serialize(table.instance(change.old))
-            if new_data == old_data:
-                return []
-        return [{"type": "update", "model": name, "newData": new_data, "oldData": old_data}]
-
-
-@dataclass
 class _Claim:
     first: Position
     last: Position
@@ -384,37 +125,24 @@ class LogicalRelay(OutboxRelay):
     background thread (``start()``/``stop()``) or pass by pass (``relay_once``, ``drain``)."""
 
     lock_key = LOCK
+    name = "logical relay"
 
-    def __init__(
-        self,
-        backend: SnorkyBackend | None = None,
-        *,
-        databases: list[str] | None = None,
-        batch_size: int | None = None,
-        poll_interval: float | None = None,
-        max_retry_delay: float | None = None,
-    ) -> None:
-        interval = poll_interval if poll_interval is not None else float(snorky_settings.LOGICAL_POLL_INTERVAL)
-        super().__init__(
-            backend,
-            databases=databases,
-            batch_size=batch_size,
-            poll_interval=interval,
-            max_retry_delay=max_retry_delay,
-            listen=False,
-        )
-        self._targets: dict[str, _Target] = {}
+    def __init__(self, backend: SnorkyBackend | None = None, **options: Any) -> None:
+        options.setdefault("poll_interval", float(snorky_settings.LOGICAL_POLL_INTERVAL))
+        super().__init__(backend, listen=False, **options)
+        self._targets: dict[str, Target] = {}
         self._flushed: dict[str, int] = {}
         self._standby_until: dict[str, float] = {}
+        self._quiet_passes = 0
         self.old_rows_missing: set[str] = set()
+        """The models whose missing old rows were logged (once per relay)."""
 
     def _databases(self) -> list[str]:
-        if self.databases is not None:
-            return self.databases
-        return [alias for alias in connections if _subscribable_models(alias)]
+        return self.databases if self.databases is not None else relayed_databases()
 
     def prepare(self) -> None:
-        """Sets up every database (see :func:`prepare`); raises ``ImproperlyConfigured``."""
+        """Sets up every database (see :mod:`snorky_django.logical_setup`); raises
+        ``ImproperlyConfigured`` saying what to set."""
         for using in self._databases():
             self._targets[using] = prepare(using)
 
@@ -439,7 +167,14 @@ class LogicalRelay(OutboxRelay):
                 self._release(using)
 
     def _busy_after_pass(self, using: str) -> bool:
-        return not self._relay_slot(using, self.backend or get_backend())[1]
+        sent, complete = self._relay_slot(using, self.backend or get_backend())
+        self._quiet_passes = 0 if sent else self._quiet_passes + 1
+        return not complete
+
+    def _idle_wait(self) -> float:
+        """Doubles, up to ten times the poll interval, with each pass in a row that found nothing."""
+        slowdown: int = min(2 ** min(self._quiet_passes, 8), _IDLE_SLOWDOWN)
+        return self.poll_interval * slowdown
 
     def _relay_slot(self, using: str, backend: SnorkyBackend) -> tuple[int, bool]:
         """One pass: the deltas the server accepted, and whether the pass read all there was."""
@@ -454,25 +189,27 @@ class LogicalRelay(OutboxRelay):
             target = self._targets[using] = prepare(using)
         if not target.models:
             return 0, True
-        connection = connections[using]
-        with connection.cursor() as cursor:
+        with connections[using].cursor() as cursor:
             cursor.execute(
-                "SELECT pg_current_wal_flush_lsn()::text, (SELECT confirmed_flush_lsn::text FROM "
-                "pg_replication_slots WHERE slot_name = %s)",
+                "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text, wal_status "
+                "FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots ON slot_name = %s",
                 [target.slot],
             )
-            flushed_text, confirmed_text = cursor.fetchone()
-        if confirmed_text is None:
-            self._targets[using] = prepare(using)
-            logger.error(
-                "Snorky: replication slot %r was gone: created it again (changes committed meanwhile are lost)",
-                target.slot,
-            )
+            flushed_text, confirmed_text, wal_status = cursor.fetchone()
+        if confirmed_text is None or wal_status == "lost":
+            why = "was gone" if confirmed_text is None else "was invalidated (its WAL was removed)"
+            self._targets[using] = recreate_slot(using, why)
             return 0, True
         flushed = _lsn(flushed_text)
         if self._flushed.get(using) == flushed:
             return 0, True  # nothing was flushed since a pass read everything
-        sent, complete = _Pass(self, target, using, backend, _lsn(confirmed_text), flushed).run()
+        try:
+            sent, complete = _Pass(self, target, using, backend, _lsn(confirmed_text), flushed).run()
+        except Exception as err:
+            if getattr(err, "sqlstate", None) != _UNDEFINED_OBJECT:
+                raise
+            self._targets[using] = recreate_slot(using, f"cannot be decoded any more ({err})")
+            return 0, True
         if complete:
             self._flushed[using] = flushed
         return sent, complete
@@ -485,7 +222,7 @@ class _Pass:
     """One read of a slot: from its confirmed position to what is flushed, batch by batch."""
 
     def __init__(
-        self, relay: LogicalRelay, target: _Target, using: str, backend: SnorkyBackend, confirmed: int, flushed: int
+        self, relay: LogicalRelay, target: Target, using: str, backend: SnorkyBackend, confirmed: int, flushed: int
     ) -> None:
         self.relay = relay
         self.target = target
@@ -497,19 +234,21 @@ class _Pass:
         self.recovered: list[Any] = []
         self.batch: list[tuple[Position, Any]] = []
         self.last_commit_end: int | None = None
+        self.commit_lsn = self.change = 0
+        self.maker = DeltaMaker(target, using, relay.old_rows_missing)
         self.sent = 0
 
     def run(self) -> tuple[int, bool]:
         """Returns the deltas the server accepted, and whether the peek reached its end (the slot
         had no more than a pass reads)."""
         limit = max(self.relay.batch_size * 4, 1000)
-        messages = 0
+        rows = 0
         for message in self._stream(limit):
-            messages += 1
+            rows += 1  # every row counts towards the peek's limit, relations included
             self._take(message)
         self._send_recovered()
         self._flush()
-        complete = messages < limit
+        complete = rows < limit
         if complete:
             # The peek read every transaction that committed before ``flushed`` (read before it):
             # the slot moves past them all, those of other tables too (pgoutput leaves out
@@ -518,9 +257,8 @@ class _Pass:
         self._advance()
         return self.sent, complete
 
-    def _stream(self, limit: int) -> Iterator[pgoutput.Message | _Rendered]:
+    def _stream(self, limit: int) -> Iterator[pgoutput.Message]:
         raw = connections[self.using].connection
-        decoder = _Deltas(self.target, self.using, self.relay.old_rows_missing)
         name = f"snorky_logical_{secrets.token_hex(6)}"
         with raw.cursor(name=name, withhold=True) as cursor:
             cursor.execute(
@@ -530,22 +268,20 @@ class _Pass:
             )
             while rows := cursor.fetchmany(_FETCH):
                 for (data,) in rows:
-                    message = pgoutput.parse(data)
-                    if isinstance(message, pgoutput.Relation):
-                        decoder.relation(message)
-                        continue
-                    if isinstance(message, (pgoutput.Change, pgoutput.Emitted)):
-                        yield _Rendered(message, decoder.of(message))
-                        continue
-                    yield message
+                    yield pgoutput.parse(data)
 
-    def _take(self, message: Any) -> None:
+    def _take(self, message: pgoutput.Message) -> None:
         if isinstance(message, pgoutput.Begin):
             self.commit_lsn, self.change = message.final_lsn, 0
-        elif isinstance(message, _Rendered):
-            for part, delta in enumerate(message.deltas):
-                self._add(Position(self.commit_lsn, self.change, part), delta)
+        elif isinstance(message, pgoutput.Relation):
+            self.maker.relation(message)
+        elif isinstance(message, (pgoutput.Change, pgoutput.Emitted)):
+            first = Position(self.commit_lsn, self.change, 0)
             self.change += 1
+            if self.claim is not None and first < self.claim.first and isinstance(message, pgoutput.Change):
+                return  # sent by an earlier batch: not even rendered again
+            for part, delta in enumerate(self.maker.of(message)):
+                self._add(Position(first.commit_lsn, first.change, part), delta)
         elif isinstance(message, pgoutput.Commit):
             self.last_commit_end = message.end_lsn
         elif isinstance(message, pgoutput.Truncate):
@@ -605,14 +341,30 @@ class _Pass:
         self.confirmed = end
 
     def _read_claim(self) -> _Claim | None:
+        """The batch recorded last, if it may not have been sent (its transactions are not all
+        behind the slot), and if it belongs to this server's stream."""
         from snorky_django.models import LogicalClaim
 
         found = LogicalClaim.objects.using(self.using).filter(slot=self.target.slot).first()
         if found is None:
             return None
-        return _Claim(Position.parse(found.first), Position.parse(found.last), found.key)
+        claim = _Claim(Position.parse(found.first), Position.parse(found.last), found.key)
+        if claim.last.commit_lsn < self.confirmed:
+            return None  # sent, and the slot moved past it
+        if claim.first.commit_lsn > self.flushed:
+            # Ahead of all this server ever wrote: copied with the data from another server (a
+            # restore, an upgrade by replication). Honouring it would skip the whole stream.
+            logger.warning(
+                "Snorky: ignoring the logical delivery claim of slot %r: its position is ahead of this "
+                "server's WAL (a copy from another server?)",
+                self.target.slot,
+            )
+            return None
+        return claim
 
     def _write_claim(self, first: Position, last: Position, key: str) -> None:
+        """Records the batch before it is sent (durably: the relay's session commits with
+        ``synchronous_commit`` on, see :meth:`OutboxRelay._hold_lock`)."""
         from snorky_django.models import LogicalClaim
 
         table = connections[self.using].ops.quote_name(LogicalClaim._meta.db_table)
@@ -623,11 +375,3 @@ class _Pass:
                 "key = EXCLUDED.key",
                 [self.target.slot, str(first), str(last), key],
             )
-
-
-@dataclass(frozen=True)
-class _Rendered:
-    """A change (or emitted message) of the stream, with the deltas it became."""
-
-    message: Any
-    deltas: list[Any]

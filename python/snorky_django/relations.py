@@ -28,7 +28,7 @@ from typing import Any
 from django.db import models
 from django.db.models.signals import m2m_changed, post_delete, pre_delete
 
-from snorky_django.delivery import enqueue
+from snorky_django.delivery import captures_changes, enqueue
 
 __all__ = ["connect_relations"]
 
@@ -60,9 +60,25 @@ def connect_relations(model: type[models.Model]) -> None:
             entries = _direct_updates.setdefault(parent, [])
             if (model, field) not in entries:
                 entries.append((model, field))
-            uid = f"snorky_django:on_delete:{parent._meta.label}"
-            pre_delete.connect(_parent_pre_delete, sender=parent, weak=False, dispatch_uid=uid)
-            post_delete.connect(_parent_post_delete, sender=parent, weak=False, dispatch_uid=uid)
+            _connect_parent(parent, captures_changes())
+
+
+def _connect_parent(parent: type[models.Model], connect: bool) -> None:
+    """Connects (or disconnects, under logical delivery, where the database says what changed) the
+    receivers around the deletion of ``parent``'s rows."""
+    uid = f"snorky_django:on_delete:{parent._meta.label}"
+    if connect:
+        pre_delete.connect(_parent_pre_delete, sender=parent, weak=False, dispatch_uid=uid)
+        post_delete.connect(_parent_post_delete, sender=parent, weak=False, dispatch_uid=uid)
+    else:
+        pre_delete.disconnect(sender=parent, dispatch_uid=uid)
+        post_delete.disconnect(sender=parent, dispatch_uid=uid)
+
+
+def sync_parent_receivers(connect: bool) -> None:
+    """Connects or disconnects the receivers of every parent whose deletion updates rows directly."""
+    for parent in _direct_updates:
+        _connect_parent(parent, connect)
 
 
 def _connect_through(field: Any) -> None:
@@ -162,10 +178,6 @@ def _related_pks(through: type[models.Model], instance: models.Model, reverse: b
 
 def _parent_pre_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
     from snorky_django.changes import _locked
-    from snorky_django.delivery import captures_changes
-
-    if not captures_changes():
-        return  # logical delivery reads the updated rows from the database
     from snorky_django.serialization import serialize
 
     before: dict[tuple[type[models.Model], Any], dict[str, Any]] = {}

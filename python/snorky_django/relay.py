@@ -101,6 +101,8 @@ class OutboxRelay:
 
     #: The session advisory lock the active relay of a PostgreSQL database holds.
     lock_key = ADVISORY_LOCK
+    #: What the logs call it.
+    name = "outbox relay"
 
     def __init__(
         self,
@@ -227,6 +229,11 @@ class OutboxRelay:
         if not (row and row[0]):
             return False
         self._lock_holder[using] = connection.connection
+        # What this session commits (a batch's record, its deletion) must survive a crash of the
+        # database before the batch is sent: with the server's synchronous_commit off, a claim
+        # lost that way would send the batch again under a new key.
+        with connection.cursor() as cursor:
+            cursor.execute("SET synchronous_commit = on")
         self._unsent[using] = True
         return True
 
@@ -296,6 +303,10 @@ class OutboxRelay:
     def _busy_after_pass(self, using: str) -> bool:
         """Relays one pass of ``using``; whether more may be waiting (the next pass starts at once)."""
         return self.relay_once(using) >= self.batch_size
+
+    def _idle_wait(self) -> float:
+        """Seconds to wait after a pass that left nothing behind (a notification ends it early)."""
+        return self.poll_interval
 
     def drain(self, timeout: float = 10.0) -> int:
         """Relays until every database's outbox is empty (or ``timeout``); returns the count."""
@@ -405,25 +416,25 @@ class OutboxRelay:
                 except (SnorkyError, DatabaseError) as err:
                     if failing_since is None:
                         failing_since = time.monotonic()
-                        logger.warning("Snorky outbox relay: %s; retrying", err)
+                        logger.warning("Snorky %s: %s; retrying", self.name, err)
                     else:
-                        logger.debug("Snorky outbox relay still failing: %s", err)
+                        logger.debug("Snorky %s still failing: %s", self.name, err)
                     close_old_connections()
                     delay = min(max(delay * 2, self.poll_interval), self.max_retry_delay)
                     self._stop.wait(delay)
                     continue
                 except Exception:
-                    logger.exception("Snorky outbox relay: unexpected error; retrying")
+                    logger.exception("Snorky %s: unexpected error; retrying", self.name)
                     self._stop.wait(self.max_retry_delay)
                     continue
                 if failing_since is not None:
                     logger.warning(
-                        "Snorky outbox relay: delivering again after %.1f s", time.monotonic() - failing_since
+                        "Snorky %s: delivering again after %.1f s", self.name, time.monotonic() - failing_since
                     )
                     failing_since = None
                 delay = self.poll_interval
                 if not busy:
-                    self._wake.wait(self.poll_interval)
+                    self._wake.wait(self._idle_wait())
         finally:
             # Closing the connections also gives back the advisory locks held on them.
             for connection in connections.all(initialized_only=True):

@@ -3,6 +3,7 @@ PostgreSQL logical replication slot, renders them, and publishes them in commit 
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from pgcluster import PostgresCluster
 from django_tests.conftest import TIMEOUT, client_for, subscribe, wait_until
 from django_tests.test_command import SnorkyProcess
 from django_tests.testapp.models import Label, Note, Task, Team
-from snorky_django import logical, pgoutput, publish_deltas
+from snorky_django import logical, logical_setup, pgoutput, publish_deltas
 from snorky_django.logical import LogicalRelay, Position
 from snorky_django.models import LogicalClaim
 from snorky_django.testing import LiveSnorkyServer, live_snorky_server
@@ -35,7 +36,7 @@ def drop_slot() -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-            [logical.slot_name("default")],
+            [logical_setup.slot_name("default")],
         )
 
 
@@ -53,7 +54,7 @@ def live() -> Iterator[LiveSnorkyServer]:
 def slot(settings: Any) -> Iterator[None]:
     """Logical delivery set up, with no relay running: the test runs its own."""
     settings.SNORKY = {**settings.SNORKY, "DELIVERY": "logical"}
-    logical.prepare("default")
+    logical_setup.prepare("default")
     try:
         yield
     finally:
@@ -301,7 +302,7 @@ def test_a_database_without_logical_wal_is_refused_with_what_to_set():
             raw.cursor() as cursor,
             pytest.raises(ImproperlyConfigured, match=refusal),
         ):
-            logical._check_server(cursor, "x")
+            logical_setup._check_server(cursor, "x")
     finally:
         cluster.destroy()
 
@@ -389,7 +390,7 @@ def test_the_slot_moves_past_the_transactions_of_other_tables(slot, live_plain):
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT confirmed_flush_lsn - %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
-                [before, logical.slot_name("default")],
+                [before, logical_setup.slot_name("default")],
             )
             return cursor.fetchone()[0]
 
@@ -424,7 +425,7 @@ def test_a_table_whose_old_rows_are_not_logged_whole_is_said_so(slot, live_plain
     _, update = ws.deltas(2)
     assert update["newData"]["title"] == update["oldData"]["title"] == "after"  # not a wrong old row
     assert "carry only the key of the old row" in caplog.text
-    logical.prepare("default")  # what a restart of the relay does: whole old rows again
+    logical_setup.prepare("default")  # what a restart of the relay does: whole old rows again
     Task.objects.filter(pk=task.pk).update(title="again")
     assert relay.drain() == 1
     assert (ws.delta()["oldData"]["title"], caplog.text.count("carry only the key")) == ("after", 1)
@@ -435,3 +436,25 @@ def test_an_unusable_poll_interval_is_a_system_check_error(settings, interval):
     settings.SNORKY = {**settings.SNORKY, "DELIVERY": "logical", "LOGICAL_POLL_INTERVAL": interval}
     with pytest.raises(SystemCheckError, match=r"snorky.E015.*LOGICAL_POLL_INTERVAL"):
         call_command("check")
+
+
+@postgres_only
+def test_deletes_stay_fast_deletes(slot, alice):
+    task = Task.objects.create(title="t", owner=alice)
+    Note.objects.bulk_create([Note(task=task, text=str(i)) for i in range(3)])
+    with CaptureQueriesContext(connection) as deleting:
+        assert Note.objects.filter(task=task).delete()[0] == 3
+    assert statements(deleting) == ["DELETE"]  # no SELECT of the rows first: no delete receivers
+
+
+@postgres_only
+def test_a_message_not_written_by_the_application_is_dropped(live, ws_factory, alice, caplog):
+    # Any database login may call pg_logical_emit_message: only signed messages are delivered.
+    ws = watcher(live, alice, ws_factory)
+    forged = [{"type": "insert", "model": "Task", "data": {"id": 0, "title": "forged", "owner": alice.pk}}]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_logical_emit_message(true, 'snorky', %s)", [json.dumps(forged)])
+    Task.objects.create(title="real", owner=alice)
+    assert ws.delta()["data"]["title"] == "real"
+    ws.assert_silent()
+    assert "signature does not match" in caplog.text
