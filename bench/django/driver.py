@@ -15,8 +15,9 @@ Each command is one step of the scenario, run as its own process with the site's
 - ``micro`` (snorky): the time of one ``save()`` and of a 100-row ``bulk_create`` in a
   transaction, with and without ``@subscribable`` (and with it on ``benchlight.LightTodo``, whose
   deltas come from a plain ``jsonify()`` instead of the demo's DRF serializer); in direct mode
-  with the server running, in outbox mode before it starts, so the relay's work does not share
-  the machine with the saves.
+  with the server running, in outbox and logical modes before it starts, so the relay's work does
+  not share the machine with the saves (in logical mode with the database set up first, as
+  ``manage.py snorky`` sets it up: ``REPLICA IDENTITY FULL``, the publication and the slot).
 
 Every write's title is ``s<seq>`` (a number unique in the run) so the load generator can tell which
 write a delta comes from; commit times are ``CLOCK_MONOTONIC`` microseconds, the load generator's
@@ -231,6 +232,16 @@ def micro(args: argparse.Namespace) -> None:
     from django.db import connection, transaction
 
     owner = get_user_model().objects.order_by("id").first()
+    logical_slot = None
+    if args.site == "snorky":
+        from snorky_django.conf import snorky_settings
+
+        if snorky_settings.DELIVERY == "logical":
+            from snorky_django.logical_setup import prepare
+
+            # The saves are timed as in production: the tables log whole old rows, the slot keeps
+            # the WAL.
+            logical_slot = prepare("default").slot
     # Each variant: the model saved, and what to do before each of its blocks. On the Snorky site,
     # PlainTodo against the demo's @subscribable Todo; on the reference ones, PlainTodo without and
     # with the receivers that send on commit (group_send, send_event; bulk_create sends no signal
@@ -289,7 +300,6 @@ def micro(args: argparse.Namespace) -> None:
         result[f"{key} us"] = statistics.median(samples) / 1000
         result[f"{key} cpu us"] = statistics.median(cpu[key]) / 1000
     if args.site == "snorky":
-        from snorky_django.conf import snorky_settings
         from snorky_django.delivery import get_backend
 
         result["delivery"] = snorky_settings.DELIVERY
@@ -309,6 +319,14 @@ def micro(args: argparse.Namespace) -> None:
         # and its relay start) nothing of this reaches them: raw SQL, which publishes nothing.
         for table in ["benchtodos_plaintodo", *tables]:
             cursor.execute(f"DELETE FROM {table}")
+    if logical_slot is not None:
+        # The relay would read all of the above from the slot when the server starts: flush the WAL
+        # (decoding sees flushed WAL only), then move the slot past it.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = on")
+            cursor.execute("SELECT pg_logical_emit_message(true, 'snorky-flush', '')")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_flush_lsn())", [logical_slot])
     emit(result, args.out)
 
 

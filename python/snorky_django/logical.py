@@ -77,8 +77,13 @@ _CRASH_AFTER_PUBLISH = os.environ.get("SNORKY_TEST_RELAY_CRASH") == "after-publi
 # Seconds a relay that found the slot's lock taken waits before trying again.
 _STANDBY_CHECK = 0.5
 
-# How much longer than LOGICAL_POLL_INTERVAL the wait between passes grows while none finds deltas.
+# After this many seconds in which no pass found a delta, the relay looks ten times less often (a
+# database with nothing to deliver costs a query per LOGICAL_POLL_INTERVAL otherwise).
+_IDLE_AFTER = 1.0
 _IDLE_SLOWDOWN = 10
+
+# Changes rendered together at most (their related rows read in one query per relation).
+_RENDER_TOGETHER = 200
 
 # Rows fetched from the peek at a time: the decoded stream is never held whole in memory.
 _FETCH = 500
@@ -133,7 +138,12 @@ class LogicalRelay(OutboxRelay):
         self._targets: dict[str, Target] = {}
         self._flushed: dict[str, int] = {}
         self._standby_until: dict[str, float] = {}
-        self._quiet_passes = 0
+        self._last_found = time.monotonic()
+        # Per database: the batch recorded last and maybe not sent (read from the database when
+        # the lock is taken, or after a pass failed; kept here otherwise), and the readers of the
+        # tables as pgoutput last described them.
+        self._claims: dict[str, _Claim | None] = {}
+        self._readers: dict[str, dict[Any, Any]] = {}
         self.old_rows_missing: set[str] = set()
         """The models whose missing old rows were logged (once per relay)."""
 
@@ -168,18 +178,21 @@ class LogicalRelay(OutboxRelay):
 
     def _busy_after_pass(self, using: str) -> bool:
         sent, complete = self._relay_slot(using, self.backend or get_backend())
-        self._quiet_passes = 0 if sent else self._quiet_passes + 1
+        if sent:
+            self._last_found = time.monotonic()
         return not complete
 
     def _idle_wait(self) -> float:
-        """Doubles, up to ten times the poll interval, with each pass in a row that found nothing."""
-        slowdown: int = min(2 ** min(self._quiet_passes, 8), _IDLE_SLOWDOWN)
-        return self.poll_interval * slowdown
+        """The poll interval; ten times it once no pass has found a delta for a second."""
+        idle = time.monotonic() - self._last_found > _IDLE_AFTER
+        return self.poll_interval * (_IDLE_SLOWDOWN if idle else 1)
 
     def _relay_slot(self, using: str, backend: SnorkyBackend) -> tuple[int, bool]:
         """One pass: the deltas the server accepted, and whether the pass read all there was."""
         if time.monotonic() < self._standby_until.get(using, 0.0):
             return 0, True
+        if using not in self._lock_holder:
+            self._claims.pop(using, None)  # a new holder reads the record of the batch in flight
         if not self._hold_lock(using):
             # Another relay reads this slot: look again in a while, not at every poll.
             self._standby_until[using] = time.monotonic() + _STANDBY_CHECK
@@ -206,6 +219,7 @@ class LogicalRelay(OutboxRelay):
         try:
             sent, complete = _Pass(self, target, using, backend, _lsn(confirmed_text), flushed).run()
         except Exception as err:
+            self._claims.pop(using, None)  # whether the last batch went out is not known
             if getattr(err, "sqlstate", None) != _UNDEFINED_OBJECT:
                 raise
             self._targets[using] = recreate_slot(using, f"cannot be decoded any more ({err})")
@@ -230,12 +244,14 @@ class _Pass:
         self.backend = backend
         self.confirmed = confirmed
         self.flushed = flushed
-        self.claim = self._read_claim()
+        self.claim = self._claim()
         self.recovered: list[Any] = []
         self.batch: list[tuple[Position, Any]] = []
         self.last_commit_end: int | None = None
         self.commit_lsn = self.change = 0
-        self.maker = DeltaMaker(target, using, relay.old_rows_missing)
+        self.maker = DeltaMaker(target, using, relay.old_rows_missing, relay._readers.setdefault(using, {}))
+        # Changes waiting to be rendered together (their related rows read once for all of them).
+        self.pending: list[tuple[Position, pgoutput.Change | pgoutput.Emitted]] = []
         self.sent = 0
 
     def run(self) -> tuple[int, bool]:
@@ -246,6 +262,7 @@ class _Pass:
         for message in self._stream(limit):
             rows += 1  # every row counts towards the peek's limit, relations included
             self._take(message)
+        self._render()
         self._send_recovered()
         self._flush()
         complete = rows < limit
@@ -280,12 +297,26 @@ class _Pass:
             self.change += 1
             if self.claim is not None and first < self.claim.first and isinstance(message, pgoutput.Change):
                 return  # sent by an earlier batch: not even rendered again
-            for part, delta in enumerate(self.maker.of(message)):
-                self._add(Position(first.commit_lsn, first.change, part), delta)
+            if isinstance(message, pgoutput.Change) and not self.maker.concerns(message):
+                return
+            self.pending.append((first, message))
+            if len(self.pending) >= min(self.relay.batch_size, _RENDER_TOGETHER):
+                self._render()
         elif isinstance(message, pgoutput.Commit):
+            self._render()
             self.last_commit_end = message.end_lsn
         elif isinstance(message, pgoutput.Truncate):
             logger.warning("Snorky: a table of a subscribable model was truncated; no delta says so")
+
+    def _render(self) -> None:
+        """Renders the waiting changes (together: see :meth:`DeltaMaker.of_many`) and adds their
+        deltas in stream order."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        for (first, _), deltas in zip(pending, self.maker.of_many([m for _, m in pending]), strict=True):
+            for part, delta in enumerate(deltas):
+                self._add(Position(first.commit_lsn, first.change, part), delta)
 
     def _add(self, position: Position, delta: Any) -> None:
         claim = self.claim
@@ -306,6 +337,7 @@ class _Pass:
         if claim is None:
             return
         self.claim = None
+        self.relay._claims[self.using] = None  # settled: whatever follows is recorded anew
         if self.recovered:
             self._publish(self.recovered, claim.key)
             self.recovered = []
@@ -319,7 +351,6 @@ class _Pass:
         deltas = [delta for _, delta in self.batch]
         self.batch = []
         self._publish(deltas, key)
-        self._advance()
 
     def _publish(self, deltas: list[Any], key: str) -> None:
         refused = send_deltas(deltas, self.backend, key=key)
@@ -340,15 +371,24 @@ class _Pass:
             cursor.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", [self.target.slot, _lsn_text(end)])
         self.confirmed = end
 
-    def _read_claim(self) -> _Claim | None:
+    def _claim(self) -> _Claim | None:
         """The batch recorded last, if it may not have been sent (its transactions are not all
-        behind the slot), and if it belongs to this server's stream."""
+        behind the slot), and if it belongs to this server's stream. Read from the database once
+        per holder of the lock (and after a failed pass); this relay knows its own otherwise."""
         from snorky_django.models import LogicalClaim
 
+        known = self.relay._claims
+        if self.using in known:
+            return known[self.using]
         found = LogicalClaim.objects.using(self.using).filter(slot=self.target.slot).first()
-        if found is None:
-            return None
-        claim = _Claim(Position.parse(found.first), Position.parse(found.last), found.key)
+        claim = None
+        if found is not None:
+            claim = self._usable(Position.parse(found.first), Position.parse(found.last), found.key)
+        known[self.using] = claim
+        return claim
+
+    def _usable(self, first: Position, last: Position, key: str) -> _Claim | None:
+        claim = _Claim(first, last, key)
         if claim.last.commit_lsn < self.confirmed:
             return None  # sent, and the slot moved past it
         if claim.first.commit_lsn > self.flushed:
@@ -375,3 +415,5 @@ class _Pass:
                 "key = EXCLUDED.key",
                 [self.target.slot, str(first), str(last), key],
             )
+        # Sent next; should the pass fail before it is, the next one reads this record again.
+        self.relay._claims[self.using] = None

@@ -20,6 +20,9 @@ from snorky_django.logical_setup import Target
 
 __all__ = ["DeltaMaker", "RowReader"]
 
+# Readers kept between passes at most (one per table and connection: a bound, not a working limit).
+_KNOWN_READERS = 1000
+
 logger = logging.getLogger("snorky_django.logical")
 
 #: Errors that say the database, not the row, is the problem: the pass stops and is tried again,
@@ -48,6 +51,13 @@ class RowReader:
         self.attnames = [field.attname for field in model._meta.concrete_fields]
         # Per column of the relation: its field (None: a column the model does not know), how to
         # load its text, and the converters Django applies to what the database returns.
+        self.related = [
+            field.name
+            for field in (*model._meta.concrete_fields, *model._meta.many_to_many)
+            if field.is_relation and (field.many_to_many or field.many_to_one or field.one_to_one)
+        ]
+        """The relations a serializer may follow, read ahead for several rows at once."""
+        self._remembered: dict[int, tuple[Any, Any]] = {}
         self.columns: list[tuple[Any, Any, list[Any], Any]] = []
         for column in relation.columns:
             field = by_column.get(column.name)
@@ -89,10 +99,21 @@ class RowReader:
             loaded[field.attname] = value
         return loaded
 
+    def remember(self, row: tuple[pgoutput.Value, ...], instance: Any) -> None:
+        """Keeps ``instance`` (its related rows read ahead) as the instance of ``row``, once."""
+        self._remembered[id(row)] = (row, instance)
+
+    def forget(self) -> None:
+        """Drops the instances remembered and not asked for."""
+        self._remembered.clear()
+
     def instance(self, row: tuple[pgoutput.Value, ...], before: tuple[pgoutput.Value, ...] | None = None) -> Any:
         """The model instance of a row. A column it lacks (a generated one, which pgoutput does
         not send; an unchanged TOASTed value with no whole old row) is deferred: Django reads the
         database's current value if the serializer asks."""
+        remembered = self._remembered.pop(id(row), None)
+        if remembered is not None and remembered[0] is row:
+            return remembered[1]
         loaded = self.values(row, before)
         return self.model.from_db(self.using, self.attnames, [loaded.get(n, models.DEFERRED) for n in self.attnames])
 
@@ -111,21 +132,66 @@ class RowReader:
 class DeltaMaker:
     """The deltas of the changes and messages of one pass over the stream."""
 
-    def __init__(self, target: Target, using: str, warned: set[str]) -> None:
+    def __init__(self, target: Target, using: str, warned: set[str], known: dict[Any, RowReader | None]) -> None:
         self.target = target
         self.using = using
         self.readers: dict[int, RowReader | None] = {}
+        self.known = known
+        """The readers made in earlier passes, by relation and connection (pgoutput describes each
+        table again in every pass; building its loaders and converters again is not needed)."""
         self.old_rows_missing = warned
         """The models whose missing old rows were logged (once per relay)."""
 
     def relation(self, relation: pgoutput.Relation) -> None:
-        model = self.target.models.get((relation.namespace, relation.name))
-        reader = RowReader(model, relation, self.using, self.target) if model is not None else None
-        self.readers[relation.oid] = reader
+        key = (relation, id(connections[self.using].connection))
+        if key not in self.known:
+            if len(self.known) > _KNOWN_READERS:
+                self.known.clear()
+            model = self.target.models.get((relation.namespace, relation.name))
+            self.known[key] = RowReader(model, relation, self.using, self.target) if model is not None else None
+        self.readers[relation.oid] = self.known[key]
 
     def concerns(self, change: pgoutput.Change) -> bool:
         """Whether the change is to a subscribable table."""
         return self.readers.get(change.relation_oid) is not None
+
+    def of_many(self, messages: list[pgoutput.Change | pgoutput.Emitted]) -> list[list[Any]]:
+        """The deltas of each message, as :meth:`of` makes them, with the rows each serializer
+        follows (foreign keys, many-to-many lists) read once for all of them: a delta rendered on
+        its own would read its row's related rows in queries of their own, one after another on
+        the relay's one thread."""
+        try:
+            try:
+                self._prefetch(messages)
+            except _TRANSIENT:
+                raise
+            except Exception:
+                logger.debug("Snorky: reading related rows ahead failed; each row reads its own", exc_info=True)
+            return [self.of(message) for message in messages]
+        finally:
+            for reader in self.readers.values():
+                if reader is not None:
+                    reader.forget()
+
+    def _prefetch(self, messages: list[pgoutput.Change | pgoutput.Emitted]) -> None:
+        from django.db.models import prefetch_related_objects
+
+        by_reader: dict[RowReader, list[Any]] = {}
+        for message in messages:
+            if isinstance(message, pgoutput.Emitted):
+                continue
+            reader = self.readers.get(message.relation_oid)
+            if reader is None or not reader.related:
+                continue
+            instances = by_reader.setdefault(reader, [])
+            for row, before in ((message.new, message.old), (message.old, None)):
+                if row is not None and (row is message.new or message.old_is_whole):
+                    instance = reader.instance(row, before if message.old_is_whole else None)
+                    instances.append(instance)
+                    reader.remember(row, instance)
+        for reader, instances in by_reader.items():
+            if len(instances) > 1:
+                prefetch_related_objects(instances, *reader.related)
 
     def of(self, message: pgoutput.Change | pgoutput.Emitted) -> list[Any]:
         """The deltas of one change or emitted message. None for a table that is not subscribable;

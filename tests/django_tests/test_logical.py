@@ -458,3 +458,16 @@ def test_a_message_not_written_by_the_application_is_dropped(live, ws_factory, a
     assert ws.delta()["data"]["title"] == "real"
     ws.assert_silent()
     assert "signature does not match" in caplog.text
+
+
+@postgres_only
+def test_rows_rendered_together_read_their_related_rows_once(slot, live_plain, ws_factory, alice):
+    # The serializer lists each task's labels: rendered one by one, each row would read them in a
+    # query of its own, one after another on the relay's one thread.
+    ws = watcher(live_plain, alice, ws_factory)
+    Task.objects.bulk_create([Task(title=f"t{i}", owner=alice) for i in range(20)])
+    with CaptureQueriesContext(connection) as relaying:
+        assert LogicalRelay(live_plain.backend()).drain() == 20
+    assert [d["data"]["title"] for d in ws.deltas(20)] == [f"t{i}" for i in range(20)]
+    label_reads = [query for query in relaying.captured_queries if "testapp_task_labels" in query["sql"]]
+    assert len(label_reads) == 1

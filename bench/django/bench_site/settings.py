@@ -3,9 +3,9 @@ PostgreSQL, DRF, snorky_django, and the bench's baseline model (``benchtodos.Pla
 
 The load generator sets the environment: ``BENCH_DB_PORT`` / ``BENCH_DB_NAME`` (the PostgreSQL
 cluster it created), ``SNORKY_BENCH_KEY``, ``BENCH_SNORKY_FRONTEND`` / ``BENCH_SNORKY_BACKEND``
-(the addresses of ``manage.py snorky``) and ``BENCH_DELIVERY`` (``direct`` or ``outbox``).
-``BENCH_DIRECT_SEND`` (``background``, the default, or ``inline``), set by whoever runs the bench,
-chooses how direct delivery sends.
+(the addresses of ``manage.py snorky``) and ``BENCH_DELIVERY`` (``direct``, ``outbox`` or
+``logical``). ``BENCH_DIRECT_SEND`` (``background``, the default, or ``inline``), set by whoever
+runs the bench, chooses how direct delivery sends.
 """
 
 import os

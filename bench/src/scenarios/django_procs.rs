@@ -162,9 +162,9 @@ pub struct Postgres {
 
 impl Postgres {
     /// `initdb` in a temporary directory, then `postgres` on a free loopback port with
-    /// durability off (`fsync`, `synchronous_commit`, `full_page_writes`), so the database's
-    /// own cost in the timings is the smallest it can be, accepting `max_connections`; then the
-    /// `databases` are created.
+    /// `wal_level = logical` (for logical delivery) and durability off (`fsync`,
+    /// `full_page_writes`), so the database's own cost in the timings is the smallest it can be,
+    /// accepting `max_connections`; then the `databases` are created.
     pub async fn start(databases: &[&str], max_connections: usize) -> Result<Postgres, String> {
         let bin = postgres_bin().ok_or("PostgreSQL is not installed (apt-get install postgresql)")?;
         let dir = std::env::temp_dir().join(format!("snorky-bench-pg-{}-{}", std::process::id(), monotonic_us()));
@@ -191,10 +191,15 @@ impl Postgres {
             // SIGQUIT: an immediate shutdown if the load generator dies.
             let mut postgres = command(&bin.join("postgres"), user, libc::SIGQUIT);
             postgres.arg("-D").arg(&data).args(["-p", &port.to_string()]).arg("-k").arg(&dir);
+            // Logical decoding sees a commit only once its WAL is flushed, so with
+            // `synchronous_commit=off` logical delivery would wait for the WAL writer
+            // (`wal_writer_delay`). Every mode and reference runs with it on, side by side under
+            // the same commit: with `fsync=off` a flush is a write() to the OS cache.
             for setting in [
                 "listen_addresses=127.0.0.1".to_owned(),
+                "wal_level=logical".to_owned(),
                 "fsync=off".to_owned(),
-                "synchronous_commit=off".to_owned(),
+                "synchronous_commit=on".to_owned(),
                 "full_page_writes=off".to_owned(),
                 format!("max_connections={max_connections}"),
             ] {
