@@ -253,7 +253,7 @@ def _check_logical() -> list[CheckMessage]:
         messages.append(
             Error(
                 f'SNORKY["LOGICAL_POLL_INTERVAL"] = {interval!r} is not a number of seconds.',
-                hint="Give a number above 0 and at most 60 (the default is 0.005).",
+                hint="Give a number above 0 and at most 60 (the default is 0.002).",
                 id="snorky.E015",
             )
         )

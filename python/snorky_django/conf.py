@@ -106,7 +106,7 @@ DEFAULTS: dict[str, Any] = {
     # than "default") and the publication it reads, and seconds between looks at the WAL.
     "LOGICAL_SLOT": "snorky",
     "LOGICAL_PUBLICATION": "snorky",
-    "LOGICAL_POLL_INTERVAL": 0.005,
+    "LOGICAL_POLL_INTERVAL": 0.002,
     # Extra keyword arguments for snorky.Server (max_frame_size, ping_interval, the SockJS ones:
     # sockjs=False to serve no SockJS, sockjs_prefix, sockjs_cookie_needed, ...).
     "SERVER_OPTIONS": {},

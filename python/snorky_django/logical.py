@@ -51,7 +51,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 
 from snorky.backend import SnorkyBackend
 from snorky_django import pgoutput
@@ -84,9 +84,6 @@ _IDLE_SLOWDOWN = 10
 
 # Changes rendered together at most (their related rows read in one query per relation).
 _RENDER_TOGETHER = 200
-
-# Rows fetched from the peek at a time: the decoded stream is never held whole in memory.
-_FETCH = 500
 
 # The SQLSTATE of a peek whose publication is gone (undefined_object).
 _UNDEFINED_OBJECT = "42704"
@@ -144,6 +141,7 @@ class LogicalRelay(OutboxRelay):
         # tables as pgoutput last described them.
         self._claims: dict[str, _Claim | None] = {}
         self._readers: dict[str, dict[Any, Any]] = {}
+        self._peek_connections: dict[str, Any] = {}
         self.old_rows_missing: set[str] = set()
         """The models whose missing old rows were logged (once per relay)."""
 
@@ -175,6 +173,7 @@ class LogicalRelay(OutboxRelay):
         finally:
             if threading.current_thread() is not self._thread:
                 self._release(using)
+                self._close_own_connections()
 
     def _busy_after_pass(self, using: str) -> bool:
         sent, complete = self._relay_slot(using, self.backend or get_backend())
@@ -220,13 +219,38 @@ class LogicalRelay(OutboxRelay):
             sent, complete = _Pass(self, target, using, backend, _lsn(confirmed_text), flushed).run()
         except Exception as err:
             self._claims.pop(using, None)  # whether the last batch went out is not known
+            self._drop_peek_connection(using)  # it may be cut, or in the middle of a stream
             if getattr(err, "sqlstate", None) != _UNDEFINED_OBJECT:
+                if type(err).__module__.startswith("psycopg") and not isinstance(err, DatabaseError):
+                    raise DatabaseError(str(err)) from err  # the peek connection's: retried as Django's are
                 raise
             self._targets[using] = recreate_slot(using, f"cannot be decoded any more ({err})")
             return 0, True
         if complete:
             self._flushed[using] = flushed
         return sent, complete
+
+    def _peek_connection(self, using: str) -> Any:
+        """This relay's own connection to ``using`` for reading the slot (opened when first needed)."""
+        import psycopg  # (logical delivery needs psycopg 3: prepare() says so)
+
+        peek = self._peek_connections.get(using)
+        if peek is None or peek.closed:
+            connection = connections[using]
+            peek = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+            # The slot's values are printed in this session's formats: those of Django's sessions.
+            peek.execute("SELECT set_config('TimeZone', %s, false)", [connection.timezone_name])
+            self._peek_connections[using] = peek
+        return peek
+
+    def _drop_peek_connection(self, using: str) -> None:
+        peek = self._peek_connections.pop(using, None)
+        if peek is not None:
+            peek.close()
+
+    def _close_own_connections(self) -> None:
+        for using in list(self._peek_connections):
+            self._drop_peek_connection(using)
 
     def __repr__(self) -> str:
         return f"<LogicalRelay running={self.running} relayed={self.relayed}>"
@@ -275,17 +299,17 @@ class _Pass:
         return self.sent, complete
 
     def _stream(self, limit: int) -> Iterator[pgoutput.Message]:
-        raw = connections[self.using].connection
-        name = f"snorky_logical_{secrets.token_hex(6)}"
-        with raw.cursor(name=name, withhold=True) as cursor:
-            cursor.execute(
+        """The slot's messages, streamed row by row (one round trip; the stream is never held
+        whole in memory) on a connection of their own: the pass writes its claims and the
+        serializers read their rows on Django's, meanwhile."""
+        with self.relay._peek_connection(self.using).cursor() as cursor:
+            rows = cursor.stream(
                 "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', "
                 "'publication_names', %s, 'messages', 'true')",
                 [self.target.slot, limit, self.target.publication],
             )
-            while rows := cursor.fetchmany(_FETCH):
-                for (data,) in rows:
-                    yield pgoutput.parse(data)
+            for (data,) in rows:
+                yield pgoutput.parse(data)
 
     def _take(self, message: pgoutput.Message) -> None:
         if isinstance(message, pgoutput.Begin):

@@ -440,6 +440,10 @@ class OutboxRelay:
             for connection in connections.all(initialized_only=True):
                 connection.close()
             self._lock_holder.clear()
+            self._close_own_connections()
+
+    def _close_own_connections(self) -> None:
+        """Closes the connections this relay opened itself, besides Django's (on stopping)."""
 
     def __repr__(self) -> str:
         return f"<OutboxRelay running={self.running} relayed={self.relayed}>"
