@@ -190,7 +190,7 @@ class LogicalRelay(OutboxRelay):
         """One pass: the deltas the server accepted, and whether the pass read all there was."""
         if time.monotonic() < self._standby_until.get(using, 0.0):
             return 0, True
-        if using not in self._lock_holder:
+        if self._lock_holder.get(using) is not connections[using].connection:
             self._claims.pop(using, None)  # a new holder reads the record of the batch in flight
         if not self._hold_lock(using):
             # Another relay reads this slot: look again in a while, not at every poll.
@@ -281,15 +281,18 @@ class _Pass:
     def run(self) -> tuple[int, bool]:
         """Returns the deltas the server accepted, and whether the peek reached its end (the slot
         had no more than a pass reads)."""
-        limit = max(self.relay.batch_size * 4, 1000)
+        # With a recorded batch to send again, the read has no limit: stopping inside the batch and
+        # sending part of it under its key would make the server drop the rest as a repeat. (The
+        # stream is read row by row; what is held is one batch.)
+        limit = None if self.claim is not None else max(self.relay.batch_size * 4, 1000)
         rows = 0
         for message in self._stream(limit):
             rows += 1  # every row counts towards the peek's limit, relations included
             self._take(message)
         self._render()
+        complete = limit is None or rows < limit
         self._send_recovered()
         self._flush()
-        complete = rows < limit
         if complete:
             # The peek read every transaction that committed before ``flushed`` (read before it):
             # the slot moves past them all, those of other tables too (pgoutput leaves out
@@ -298,7 +301,7 @@ class _Pass:
         self._advance()
         return self.sent, complete
 
-    def _stream(self, limit: int) -> Iterator[pgoutput.Message]:
+    def _stream(self, limit: int | None) -> Iterator[pgoutput.Message]:
         """The slot's messages, streamed row by row (one round trip; the stream is never held
         whole in memory) on a connection of their own: the pass writes its claims and the
         serializers read their rows on Django's, meanwhile."""
