@@ -13,14 +13,16 @@ start, so ``manage.py snorky`` fails there with a message saying what to set). R
 in :mod:`snorky_django.logical_rows`; the deltas only Python knows of join the stream through
 :mod:`snorky_django.logical_messages`.
 
-Exactly once: a pass peeks at the slot, and only after the server accepted a batch does it
-advance the slot past the transactions the batch completed. Each delta has a *position* (its
-transaction's commit LSN, the change's place in the transaction, its place among the deltas of
-that change), so the stream the slot gives is the same every time it is read. Before sending a
-batch the relay records its first and last positions and its idempotency key (table
-:class:`~snorky_django.models.LogicalClaim`, committed first); a relay that died after sending
-finds the record, sends the same positions again under the same key (the server drops a repeat),
-and skips what earlier batches sent. A transaction larger than a batch is sent in several.
+Exactly once: a pass peeks at the slot, and only after the server accepted all it read does it
+advance the slot, to the end of the last commit it read (never to the flushed position, which may
+cut a commit record: a transaction whose commit starts before the slot is skipped for good). Each
+delta has a *position* (its transaction's commit LSN, the change's place in the transaction, its
+place among the deltas of that change), so the stream the slot gives is the same every time it is
+read. Before sending a batch the relay records its first and last positions and its idempotency
+key (table :class:`~snorky_django.models.LogicalClaim`, committed first); a relay that died after
+sending finds the record (read whenever the lock is taken, and after a failed pass), sends the
+same positions again under the same key (the server drops a repeat), and skips what earlier
+batches sent. A transaction larger than a batch is sent in several.
 
 What is read from the database after the commit: a serializer that follows relations (a foreign
 key's object, a many-to-many list) reads them when the relay renders the row, not as they were at
@@ -73,6 +75,10 @@ LOCK = int.from_bytes(hashlib.blake2b(b"snorky_django logical relay", digest_siz
 # Only for the tests of exactly-once delivery: the relay dies between the server's answer and the
 # slot's advance, as a crash there would (never set it elsewhere).
 _CRASH_AFTER_PUBLISH = os.environ.get("SNORKY_TEST_RELAY_CRASH") == "after-publish"
+
+# Bytes of WAL the slot may lag behind the flushed position, with no transaction of ours to move
+# past, before a marker transaction is written (see _Pass.run).
+_MARKER_LAG = 4 * 1024 * 1024
 
 # Seconds a relay that found the slot's lock taken waits before trying again.
 _STANDBY_CHECK = 0.5
@@ -156,24 +162,37 @@ class LogicalRelay(OutboxRelay):
 
     def drain(self, timeout: float = 10.0) -> int:
         """Relays until everything committed before the call is delivered (or ``timeout``)."""
-        for using in self._databases():
-            # Decoding reads flushed WAL only: a commit that wrote WAL, with synchronous_commit on,
-            # flushes all of it, asynchronous commits before it included. (The message it writes
-            # has a prefix of its own, which the relay skips.)
-            with transaction.atomic(using=using), connections[using].cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit = on")
-                cursor.execute("SELECT pg_logical_emit_message(true, %s, '')", [f"{MESSAGE_PREFIX}-flush"])
-        return super().drain(timeout)
+        self._refuse_beside_thread()
+        deadline = time.monotonic() + timeout
+        total = 0
+        try:
+            for using in self._databases():
+                _write_marker(using)  # flushes the WAL: everything committed before is readable
+                while time.monotonic() < deadline:
+                    sent, complete = self._relay_slot(using, self.backend or get_backend())
+                    total += sent
+                    if complete:
+                        break
+        finally:
+            for using in self._databases():
+                self._release(using)
+            self._close_own_connections()
+        return total
 
     def relay_once(self, using: str) -> int:
         """Relays what committed on ``using`` since the last pass, in batches; returns how many
-        deltas the server accepted (0 when another relay is the active one)."""
+        deltas the server accepted (0 when another relay is the active one). Not while the relay
+        runs its own thread (``start()``)."""
+        self._refuse_beside_thread()
         try:
             return self._relay_slot(using, self.backend or get_backend())[0]
         finally:
-            if threading.current_thread() is not self._thread:
-                self._release(using)
-                self._close_own_connections()
+            self._release(using)
+            self._close_own_connections()
+
+    def _refuse_beside_thread(self) -> None:
+        if self.running and threading.current_thread() is not self._thread:
+            raise RuntimeError("the relay is running on its own thread: stop() it before relaying from another")
 
     def _busy_after_pass(self, using: str) -> bool:
         sent, complete = self._relay_slot(using, self.backend or get_backend())
@@ -190,12 +209,15 @@ class LogicalRelay(OutboxRelay):
         """One pass: the deltas the server accepted, and whether the pass read all there was."""
         if time.monotonic() < self._standby_until.get(using, 0.0):
             return 0, True
-        if self._lock_holder.get(using) is not connections[using].connection:
-            self._claims.pop(using, None)  # a new holder reads the record of the batch in flight
         if not self._hold_lock(using):
             # Another relay reads this slot: look again in a while, not at every poll.
             self._standby_until[using] = time.monotonic() + _STANDBY_CHECK
+            self._drop_peek_connection(using)
             return 0, True
+        if self._unsent.pop(using, False):
+            # The lock was just taken (again): another relay may have worked meanwhile, so the
+            # record of the batch in flight is read from the database, not from memory.
+            self._claims.pop(using, None)
         target = self._targets.get(using)
         if target is None:
             target = self._targets[using] = prepare(using)
@@ -251,9 +273,19 @@ class LogicalRelay(OutboxRelay):
     def _close_own_connections(self) -> None:
         for using in list(self._peek_connections):
             self._drop_peek_connection(using)
+        self._claims.clear()  # whoever relays next reads the records again
 
     def __repr__(self) -> str:
         return f"<LogicalRelay running={self.running} relayed={self.relayed}>"
+
+
+def _write_marker(using: str) -> None:
+    """Commits a transaction holding only a logical message the relay skips (its prefix is not
+    :data:`MESSAGE_PREFIX`), with synchronous_commit on: a commit in the stream after everything
+    committed before, and a flush of the WAL up to it."""
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit = on")
+        cursor.execute("SELECT pg_logical_emit_message(true, %s, '')", [f"{MESSAGE_PREFIX}-marker"])
 
 
 class _Pass:
@@ -293,11 +325,13 @@ class _Pass:
         complete = limit is None or rows < limit
         self._send_recovered()
         self._flush()
-        if complete:
-            # The peek read every transaction that committed before ``flushed`` (read before it):
-            # the slot moves past them all, those of other tables too (pgoutput leaves out
-            # transactions with nothing published, and without this the slot would keep their WAL).
-            self.last_commit_end = max(self.last_commit_end or 0, self.flushed)
+        if complete and self.last_commit_end is None and self.flushed - self.confirmed > _MARKER_LAG:
+            # Only the end of a commit the stream returned is a safe place for the slot (the
+            # flushed position may cut a commit record, and a transaction whose commit starts
+            # before the slot is skipped for good). pgoutput leaves out the transactions of other
+            # tables, so when WAL piles up with none of ours, a marker transaction gives the slot
+            # such a place: the next pass reads it and moves past everything before it.
+            _write_marker(self.using)
         self._advance()
         return self.sent, complete
 

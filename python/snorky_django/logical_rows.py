@@ -163,9 +163,9 @@ class DeltaMaker:
         try:
             try:
                 self._prefetch(messages)
-            except _TRANSIENT:
-                raise
             except Exception:
+                # Only a help (a relation the serializer never follows may be unreadable): each row
+                # then reads its own, and a database that is really gone fails those reads.
                 logger.debug("Snorky: reading related rows ahead failed; each row reads its own", exc_info=True)
             return [self.of(message) for message in messages]
         finally:

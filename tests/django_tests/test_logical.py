@@ -383,9 +383,10 @@ def test_one_relay_reads_the_slot_and_another_takes_over_when_it_stops(slot, liv
 
 
 @postgres_only
-def test_the_slot_moves_past_the_transactions_of_other_tables(slot, live_plain):
+def test_the_slot_moves_past_the_transactions_of_other_tables(slot, live_plain, monkeypatch):
     # pgoutput leaves them out of the stream; a slot that never moved past them would keep their
-    # WAL for as long as no subscribable row changes.
+    # WAL for as long as no subscribable row changes. (It moves only to the end of a commit the
+    # stream returned: the flushed position may cut a commit record in two.)
     def confirmed() -> str:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -409,7 +410,11 @@ def test_the_slot_moves_past_the_transactions_of_other_tables(slot, live_plain):
             return bool(cursor.fetchone()[0])
 
     wait_until(flushed, message="the WAL flushed")  # (relay_once, unlike drain, does not flush it)
-    assert LogicalRelay(live_plain.backend()).relay_once("default") == 0
+    monkeypatch.setattr(logical, "_MARKER_LAG", 0)  # (4 MB of WAL otherwise)
+    relay = LogicalRelay(live_plain.backend())
+    assert relay.relay_once("default") == 0  # nothing of ours to move past: it writes a marker
+    assert confirmed() <= 0
+    assert relay.relay_once("default") == 0  # and moves past it, and all before it
     assert confirmed() > 0
 
 
@@ -471,3 +476,47 @@ def test_rows_rendered_together_read_their_related_rows_once(slot, live_plain, w
     assert [d["data"]["title"] for d in ws.deltas(20)] == [f"t{i}" for i in range(20)]
     label_reads = [query for query in relaying.captured_queries if "testapp_task_labels" in query["sql"]]
     assert len(label_reads) == 1
+
+
+@postgres_only
+def test_a_relay_that_worked_before_reads_the_record_another_left(slot, live_plain, ws_factory, alice, monkeypatch):
+    ws = watcher(live_plain, alice, ws_factory)
+    first = LogicalRelay(live_plain.backend(), batch_size=2, poll_interval=0.01)
+    Task.objects.create(title="before", owner=alice)
+    first.start()
+    wait_until(lambda: first.relayed == 1, message="the first relay's pass")
+    assert first.stop()  # it knew no batch was in flight... while it held the lock
+    with transaction.atomic():
+        Task.objects.bulk_create([Task(title=f"t{i}", owner=alice) for i in range(5)])
+    real = logical.send_deltas
+    sent: list[str] = []
+
+    def send_then_fail(deltas: Any, backend: Any, *, key: str) -> Any:
+        refused = real(deltas, backend, key=key)
+        sent.append(key)
+        if len(sent) == 2:
+            raise RuntimeError("the other relay dies after the server's answer")
+        return refused
+
+    monkeypatch.setattr(logical, "send_deltas", send_then_fail)
+    with pytest.raises(RuntimeError):
+        LogicalRelay(live_plain.backend(), batch_size=2).drain()
+    monkeypatch.setattr(logical, "send_deltas", real)
+    first.start()
+    try:
+        titles = [d["data"]["title"] for d in ws.deltas(6)]
+        assert titles == ["before", "t0", "t1", "t2", "t3", "t4"]  # t2, t3 sent again, dropped
+        ws.assert_silent()
+    finally:
+        first.stop()
+
+
+@postgres_only
+def test_relaying_from_another_thread_while_the_relay_runs_is_refused(slot, live_plain):
+    relay = LogicalRelay(live_plain.backend())
+    relay.start()
+    try:
+        with pytest.raises(RuntimeError, match="stop"):
+            relay.relay_once("default")
+    finally:
+        relay.stop()
