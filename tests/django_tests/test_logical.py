@@ -210,15 +210,11 @@ def live_plain() -> Iterator[LiveSnorkyServer]:
         yield server
 
 
-@postgres_only
-def test_a_batch_cut_off_by_a_failure_is_sent_again_under_its_key_and_delivered_once(
-    slot, live_plain, ws_factory, alice, monkeypatch
-):
-    ws = watcher(live_plain, alice, ws_factory)
-    with transaction.atomic():
-        Task.objects.bulk_create([Task(title=f"t{i}", owner=alice) for i in range(5)])
-    sent: list[str] = []
+def die_after_second_answer(live: LiveSnorkyServer, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Relays in batches of 2 until the server has answered the second one, then dies (before the
+    slot moves); returns the keys it sent."""
     real = logical.send_deltas
+    sent: list[str] = []
 
     def send_then_fail(deltas: Any, backend: Any, *, key: str) -> Any:
         refused = real(deltas, backend, key=key)
@@ -229,12 +225,23 @@ def test_a_batch_cut_off_by_a_failure_is_sent_again_under_its_key_and_delivered_
 
     monkeypatch.setattr(logical, "send_deltas", send_then_fail)
     with pytest.raises(RuntimeError):
-        LogicalRelay(live_plain.backend(), batch_size=2).drain()
+        LogicalRelay(live.backend(), batch_size=2).drain()
+    monkeypatch.setattr(logical, "send_deltas", real)
+    return sent
+
+
+@postgres_only
+def test_a_batch_cut_off_by_a_failure_is_sent_again_under_its_key_and_delivered_once(
+    slot, live_plain, ws_factory, alice, monkeypatch
+):
+    ws = watcher(live_plain, alice, ws_factory)
+    with transaction.atomic():
+        Task.objects.bulk_create([Task(title=f"t{i}", owner=alice) for i in range(5)])
+    sent = die_after_second_answer(live_plain, monkeypatch)
     assert [d["data"]["title"] for d in ws.deltas(4)] == ["t0", "t1", "t2", "t3"]
     claim = LogicalClaim.objects.get()
     assert (claim.key, Position.parse(claim.first) < Position.parse(claim.last)) == (sent[1], True)
 
-    monkeypatch.setattr(logical, "send_deltas", real)
     relay = LogicalRelay(live_plain.backend(), batch_size=2)
     assert relay.drain() == 3  # t2, t3 again (dropped by the server as a repeat), then t4
     assert ws.delta()["data"]["title"] == "t4"
@@ -488,20 +495,7 @@ def test_a_relay_that_worked_before_reads_the_record_another_left(slot, live_pla
     assert first.stop()  # it knew no batch was in flight... while it held the lock
     with transaction.atomic():
         Task.objects.bulk_create([Task(title=f"t{i}", owner=alice) for i in range(5)])
-    real = logical.send_deltas
-    sent: list[str] = []
-
-    def send_then_fail(deltas: Any, backend: Any, *, key: str) -> Any:
-        refused = real(deltas, backend, key=key)
-        sent.append(key)
-        if len(sent) == 2:
-            raise RuntimeError("the other relay dies after the server's answer")
-        return refused
-
-    monkeypatch.setattr(logical, "send_deltas", send_then_fail)
-    with pytest.raises(RuntimeError):
-        LogicalRelay(live_plain.backend(), batch_size=2).drain()
-    monkeypatch.setattr(logical, "send_deltas", real)
+    die_after_second_answer(live_plain, monkeypatch)  # another relay
     first.start()
     try:
         titles = [d["data"]["title"] for d in ws.deltas(6)]
