@@ -160,6 +160,35 @@ class LogicalRelay(OutboxRelay):
         for using in self._databases():
             self._targets[using] = prepare(using)
 
+    def start(self) -> None:
+        """Relays on a daemon thread until :meth:`stop`, after sending what an earlier outbox
+        delivery left in the outbox table (this relay does not read it)."""
+        if not self.running:
+            self._send_outbox_left()
+        super().start()
+
+    def _send_outbox_left(self) -> None:
+        from snorky_django.models import OutboxEntry
+
+        for using in self._databases():
+            try:
+                waiting = OutboxEntry.objects.using(using).filter(error="").exists()
+            except DatabaseError:  # the table is not there (not migrated): nothing left in it
+                continue
+            if not waiting:
+                continue
+            try:
+                sent = OutboxRelay(self.backend, databases=[using]).drain(timeout=60.0)
+            except Exception as err:
+                logger.warning(
+                    "Snorky: deltas an earlier outbox delivery left in %r could not be sent (%s); they stay "
+                    'there: run manage.py snorky --relay-only with DELIVERY = "outbox" to send them',
+                    using,
+                    err,
+                )
+                continue
+            logger.warning("Snorky: sent %d delta(s) an earlier outbox delivery left in %r", sent, using)
+
     def drain(self, timeout: float = 10.0) -> int:
         """Relays until everything committed before the call is delivered (or ``timeout``)."""
         self._refuse_beside_thread()

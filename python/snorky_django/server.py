@@ -10,7 +10,6 @@ also runs the outbox relay while it serves, when ``DELIVERY`` is ``"outbox"``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,9 +26,6 @@ from snorky_django.relay import OutboxRelay
 from snorky_django.services import build_messaging, build_pubsub
 
 __all__ = ["DjangoServer", "Services", "build_server", "build_services"]
-
-
-logger = logging.getLogger("snorky_django")
 
 
 @dataclass
@@ -210,31 +206,8 @@ def new_relay(backend: SnorkyBackend | None = None) -> OutboxRelay:
     up now, so that a misconfiguration fails here) or an :class:`OutboxRelay`."""
     if snorky_settings.DELIVERY == "logical":
         from snorky_django.logical import LogicalRelay
-        from snorky_django.logical_setup import relayed_databases
 
         logical = LogicalRelay(backend)
         logical.prepare()
-        _warn_of_outbox_rows_left(logical.databases or relayed_databases())
         return logical
     return OutboxRelay(backend)
-
-
-def _warn_of_outbox_rows_left(databases: list[str]) -> None:
-    """Logical delivery does not read the outbox table: says so when an earlier outbox delivery
-    left deltas there, and how to send them."""
-    from django.db import DatabaseError
-
-    from snorky_django.models import OutboxEntry
-
-    for using in databases:
-        try:
-            waiting = OutboxEntry.objects.using(using).filter(error="").count()
-        except DatabaseError:  # the table is not there (not migrated): nothing left in it
-            continue
-        if waiting:
-            logger.warning(
-                "Snorky: %d delta(s) wait in the outbox of %r from an earlier outbox delivery; logical delivery "
-                'does not read it. Send them with SNORKY["DELIVERY"] = "outbox" manage.py snorky --relay-only.',
-                waiting,
-                using,
-            )

@@ -514,3 +514,41 @@ def test_relaying_from_another_thread_while_the_relay_runs_is_refused(slot, live
             relay.relay_once("default")
     finally:
         relay.stop()
+
+
+@postgres_only
+def test_deltas_an_earlier_outbox_delivery_left_are_sent_first(slot, live_plain, ws_factory, alice):
+    from snorky_django.models import OutboxEntry
+
+    ws = watcher(live_plain, alice, ws_factory)
+    # As an outbox delivery before the switch left it (the slot did not exist then).
+    data = {"id": 0, "title": "from the outbox", "owner": alice.pk}
+    OutboxEntry.objects.create(delta={"type": "insert", "model": "Task", "data": data})
+    relay = LogicalRelay(live_plain.backend(), poll_interval=0.01)
+    relay.start()
+    try:
+        assert ws.delta()["data"]["title"] == "from the outbox"
+        assert not OutboxEntry.objects.exists()
+        Task.objects.create(title="through the slot", owner=alice)
+        assert ws.delta()["data"]["title"] == "through the slot"
+        ws.assert_silent()
+    finally:
+        relay.stop()
+
+
+@postgres_only
+def test_outbox_deltas_that_cannot_be_sent_at_start_stay_and_the_log_says_how(slot, caplog):
+    from pgcluster import free_port
+
+    from snorky.backend import SnorkyBackend
+    from snorky_django.models import OutboxEntry
+
+    OutboxEntry.objects.create(delta={"type": "insert", "model": "Task", "data": {"id": 0, "title": "kept"}})
+    nowhere = SnorkyBackend(f"http://127.0.0.1:{free_port()}/backend", "x" * 32, timeout=1.0)
+    relay = LogicalRelay(nowhere, max_retry_delay=0.1)
+    relay.start()
+    try:
+        assert "could not be sent" in caplog.text and "--relay-only" in caplog.text
+        assert OutboxEntry.objects.count() == 1
+    finally:
+        relay.stop()
