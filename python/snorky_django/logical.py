@@ -141,6 +141,7 @@ class LogicalRelay(OutboxRelay):
         self._targets: dict[str, Target] = {}
         self._flushed: dict[str, int] = {}
         self._standby_until: dict[str, float] = {}
+        self._waiting: set[str] = set()
         self._last_found = time.monotonic()
         # Per database: the batch recorded last and maybe not sent (read from the database when
         # the lock is taken, or after a pass failed; kept here otherwise), and the readers of the
@@ -242,7 +243,13 @@ class LogicalRelay(OutboxRelay):
             # Another relay reads this slot: look again in a while, not at every poll.
             self._standby_until[using] = time.monotonic() + _STANDBY_CHECK
             self._drop_peek_connection(using)
+            if using not in self._waiting:
+                self._waiting.add(using)
+                logger.info("Snorky: another relay reads the slot of %r; this one waits to take over", using)
             return 0, True
+        if using in self._waiting:
+            self._waiting.discard(using)
+            logger.info("Snorky: this relay now reads the slot of %r", using)
         if self._unsent.pop(using, False):
             # The lock was just taken (again): another relay may have worked meanwhile, so the
             # record of the batch in flight is read from the database, not from memory.
@@ -396,7 +403,8 @@ class _Pass:
             self._render()
             self.last_commit_end = message.end_lsn
         elif isinstance(message, pgoutput.Truncate):
-            logger.warning("Snorky: a table of a subscribable model was truncated; no delta says so")
+            names = ", ".join(self.maker.model_names(message.relation_oids)) or "a subscribable table"
+            logger.warning("Snorky: %s truncated (TRUNCATE); no delta says so: clients keep their rows", names)
 
     def _render(self) -> None:
         """Renders the waiting changes (together: see :meth:`DeltaMaker.of_many`) and adds their

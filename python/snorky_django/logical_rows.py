@@ -151,6 +151,11 @@ class DeltaMaker:
             self.known[key] = RowReader(model, relation, self.using, self.target) if model is not None else None
         self.readers[relation.oid] = self.known[key]
 
+    def model_names(self, relation_oids: tuple[int, ...]) -> list[str]:
+        """The names of the subscribable models of these tables."""
+        readers = (self.readers.get(oid) for oid in relation_oids)
+        return [reader.model.__name__ for reader in readers if reader is not None]
+
     def concerns(self, change: pgoutput.Change) -> bool:
         """Whether the change is to a subscribable table."""
         return self.readers.get(change.relation_oid) is not None

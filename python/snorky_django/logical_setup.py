@@ -10,6 +10,7 @@ what to set, so ``manage.py snorky`` fails at start rather than delivering nothi
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +19,27 @@ from django.db import DatabaseError, connections, models, router
 
 from snorky_django.conf import snorky_settings
 
-__all__ = ["Target", "prepare", "recreate_slot", "relayed_databases", "slot_name", "subscribable_models"]
+__all__ = [
+    "NAME_PATTERN",
+    "Target",
+    "leftover_slots",
+    "prepare",
+    "recreate_slot",
+    "relayed_databases",
+    "slot_name",
+    "subscribable_models",
+]
 
 logger = logging.getLogger("snorky_django.logical")
 
 _MODE = 'SNORKY["DELIVERY"] = "logical"'
+
+# The SQLSTATE of a refusal for lack of a privilege.
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+#: What PostgreSQL accepts as a replication slot's name (the publication's is held to it too: it is
+#: written into SQL).
+NAME_PATTERN = re.compile(r"[a-z0-9_]{1,63}")
 
 
 @dataclass
@@ -99,10 +116,13 @@ def prepare(using: str) -> Target:
                 return target
             _set_up(cursor, connection, target, found)
     except DatabaseError as err:
-        raise ImproperlyConfigured(
-            f"Cannot set up logical delivery on database {using!r}: {err}. The database user needs the "
-            "REPLICATION attribute (or your provider's replication role) and must own the subscribable tables."
-        ) from err
+        why = str(err).strip().rstrip(".")
+        if getattr(err.__cause__, "sqlstate", None) == _INSUFFICIENT_PRIVILEGE:
+            why += (
+                ". The database user needs the REPLICATION attribute (or your provider's replication role) "
+                "and must own the subscribable tables"
+            )
+        raise ImproperlyConfigured(f"Cannot set up logical delivery on database {using!r}: {why}.") from err
     return target
 
 
@@ -205,3 +225,35 @@ def recreate_slot(using: str, why: str) -> Target:
     target = prepare(using)
     logger.error("Snorky: replication slot %r %s: created it again (changes committed meanwhile are lost)", slot, why)
     return target
+
+
+def leftover_slots() -> list[str]:
+    """Warnings for the replication slots logical delivery left, when it is not the mode now: a slot
+    nobody reads keeps all the WAL written since, and logical delivery, set again, would deliver
+    everything committed meanwhile a second time."""
+    if snorky_settings.DELIVERY == "logical":
+        return []
+    warnings = []
+    for using in relayed_databases():
+        connection = connections[using]
+        if connection.vendor != "postgresql":
+            continue
+        slot = slot_name(using)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_size_pretty(pg_current_wal_lsn() - restart_lsn) FROM pg_replication_slots "
+                    "WHERE slot_name = %s AND database = current_database()",
+                    [slot],
+                )
+                row = cursor.fetchone()
+        except DatabaseError:
+            continue
+        if row is not None:
+            warnings.append(
+                f"the replication slot {slot!r} that logical delivery created on database {using!r} is still there, "
+                f"keeping {row[0]} of WAL (and more as you write). Drop it when no logical relay runs any more: "
+                f"SELECT pg_drop_replication_slot('{slot}'). (Setting DELIVERY back to \"logical\" with it in "
+                "place would deliver again everything committed since.)"
+            )
+    return warnings

@@ -552,3 +552,43 @@ def test_outbox_deltas_that_cannot_be_sent_at_start_stay_and_the_log_says_how(sl
         assert OutboxEntry.objects.count() == 1
     finally:
         relay.stop()
+
+
+@pytest.mark.parametrize("key", ["LOGICAL_SLOT", "LOGICAL_PUBLICATION"])
+@pytest.mark.parametrize("name", ['bad"name', "My-Slot", "", "x" * 64, 7])
+def test_an_unusable_slot_or_publication_name_is_a_system_check_error(settings, key, name):
+    settings.SNORKY = {**settings.SNORKY, "DELIVERY": "logical", key: name}
+    with pytest.raises(SystemCheckError, match=rf"snorky.E015.*{key}.*not a usable name"):
+        call_command("check")
+
+
+@postgres_only
+def test_a_slot_left_behind_is_pointed_out_in_the_other_modes(slot, settings):
+    settings.SNORKY = {**settings.SNORKY, "DELIVERY": "direct"}
+    (warning,) = logical_setup.leftover_slots()
+    assert "'snorky'" in warning and "pg_drop_replication_slot('snorky')" in warning
+    assert "of WAL" in warning and "deliver again everything committed since" in warning
+    settings.SNORKY = {**settings.SNORKY, "DELIVERY": "logical"}
+    assert logical_setup.leftover_slots() == []
+
+
+@postgres_only
+def test_a_setup_refusal_says_why_and_names_the_privilege_only_when_it_is_one(settings):
+    settings.SNORKY = {**settings.SNORKY, "DELIVERY": "logical", "LOGICAL_PUBLICATION": "p"}
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE ROLE snorky_weak LOGIN")
+        cursor.execute("GRANT ALL ON SCHEMA public TO snorky_weak")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET ROLE snorky_weak")
+            try:
+                with pytest.raises(ImproperlyConfigured, match=r"REPLICATION attribute") as refused:
+                    logical_setup.prepare("default")
+            finally:
+                cursor.execute("RESET ROLE")
+        assert ".." not in str(refused.value)
+    finally:
+        drop_slot()
+        with connection.cursor() as cursor:
+            cursor.execute("DROP OWNED BY snorky_weak")
+            cursor.execute("DROP ROLE snorky_weak")

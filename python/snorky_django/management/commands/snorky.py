@@ -21,6 +21,7 @@ import snorky
 from snorky import ServerHandle, SnorkyError
 from snorky.backend import SnorkyBackend
 from snorky_django.conf import connect_host, snorky_settings, split_address, valid_backend_url
+from snorky_django.logical_setup import leftover_slots
 from snorky_django.server import DjangoServer, build_server, new_relay
 
 _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -29,8 +30,9 @@ _LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEB
 class Command(BaseCommand):
     help = (
         "Runs the Snorky server: WebSocket for browsers (FRONTEND_ADDRESS) and the backend Django posts "
-        "to (BACKEND_ADDRESS), with the services and dealers of settings.SNORKY, and the outbox relay "
-        'when SNORKY["DELIVERY"] is "outbox". Stops gracefully on CONTROL-C or SIGTERM.'
+        "to (BACKEND_ADDRESS), with the services and dealers of settings.SNORKY, and the relay of the "
+        'outbox (SNORKY["DELIVERY"] = "outbox") or of the replication slot ("logical"). Stops gracefully '
+        "on CONTROL-C or SIGTERM."
     )
 
     server_class = DjangoServer
@@ -59,12 +61,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-relay",
             action="store_true",
-            help="do not relay the outbox from this process (another process does)",
+            help="do not relay the outbox or the replication slot from this process (another process does)",
         )
         parser.add_argument(
             "--relay-only",
             action="store_true",
-            help="run only the outbox relay, posting to the server at BACKEND_URL (or --backend-address)",
+            help="run only the relay (the outbox's, or the replication slot's with DELIVERY \"logical\"), "
+            "posting to the server at BACKEND_URL (or --backend-address)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -79,10 +82,12 @@ class Command(BaseCommand):
             if options["no_relay"]:
                 raise CommandError("--relay-only and --no-relay exclude each other")
             self._warn(address_warnings(None, options["backend_address"], relay_only=True))
+            self._warn(leftover_slots())
             self._relay_only(options["backend_address"])
             return
         broker = options["broker"] or snorky_settings.BROKER
         self._warn(address_warnings(options["frontend_address"], options["backend_address"], broker=broker))
+        self._warn(leftover_slots())
         try:
             server = build_server(
                 frontend_address=options["frontend_address"],
