@@ -196,10 +196,17 @@ def _connect_deletes(sender: type[models.Model], connect: bool) -> None:
     """Connects (or disconnects) the delete receivers of ``sender``. Not connected under logical
     delivery: a model with delete receivers loses Django's fast delete (a queryset or cascade
     delete then reads every row first), and there they would do nothing."""
-    uid = f"snorky_django:{sender._meta.label}"
+    toggle_delete_receivers(sender, f"snorky_django:{sender._meta.label}", _pre_delete, _post_delete, connect)
+
+
+def toggle_delete_receivers(
+    sender: type[models.Model], uid: str, before: Callable[..., None], after: Callable[..., None], connect: bool
+) -> None:
+    """Connects ``before``/``after`` to ``sender``'s ``pre_delete``/``post_delete`` under ``uid``, or
+    disconnects them."""
     if connect:
-        pre_delete.connect(_pre_delete, sender=sender, weak=False, dispatch_uid=uid)
-        post_delete.connect(_post_delete, sender=sender, weak=False, dispatch_uid=uid)
+        pre_delete.connect(before, sender=sender, weak=False, dispatch_uid=uid)
+        post_delete.connect(after, sender=sender, weak=False, dispatch_uid=uid)
     else:
         pre_delete.disconnect(sender=sender, dispatch_uid=uid)
         post_delete.disconnect(sender=sender, dispatch_uid=uid)
@@ -416,8 +423,6 @@ def _post_save(
 
 
 def _pre_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
-    if not captures_changes():
-        return
     data = None
     if kwargs.get("origin") is instance:
         # `instance.delete()`: the caller's copy may be stale, the database's is what clients saw.
@@ -429,8 +434,6 @@ def _pre_delete(sender: type[models.Model], instance: models.Model, using: str, 
 
 
 def _post_delete(sender: type[models.Model], instance: models.Model, using: str, **kwargs: Any) -> None:
-    if not captures_changes():
-        return
     data = instance.__dict__.pop(_DELETED_DATA, None)
     if data is None:
         data = serialize(instance)

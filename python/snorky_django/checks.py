@@ -244,10 +244,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 
 def _check_logical() -> list[CheckMessage]:
     """E015: logical delivery where it cannot work."""
-    from django.db import connections, router
+    from django.db import connections
 
-    from snorky_django.changes import registered
-    from snorky_django.logical_setup import NAME_PATTERN
+    from snorky_django.logical_setup import NAME_PATTERN, subscribable_models
 
     messages: list[CheckMessage] = []
     interval = snorky_settings.LOGICAL_POLL_INTERVAL
@@ -273,7 +272,7 @@ def _check_logical() -> list[CheckMessage]:
     for alias in connections:
         if connections[alias].vendor == "postgresql":
             continue
-        models = [o.model.__name__ for o in registered() if router.allow_migrate_model(alias, o.model)]
+        models = [model.__name__ for model in subscribable_models(alias)]
         if models:
             messages.append(
                 Error(

@@ -140,8 +140,8 @@ class LogicalRelay(OutboxRelay):
         super().__init__(backend, listen=False, **options)
         self._targets: dict[str, Target] = {}
         self._flushed: dict[str, int] = {}
+        # Per database where another relay holds the lock: when to try to take it again.
         self._standby_until: dict[str, float] = {}
-        self._waiting: set[str] = set()
         self._last_found = time.monotonic()
         # Per database: the batch recorded last and maybe not sent (read from the database when
         # the lock is taken, or after a pass failed; kept here otherwise), and the readers of the
@@ -241,14 +241,12 @@ class LogicalRelay(OutboxRelay):
             return 0, True
         if not self._hold_lock(using):
             # Another relay reads this slot: look again in a while, not at every poll.
+            if using not in self._standby_until:
+                logger.info("Snorky: another relay reads the slot of %r; this one waits to take over", using)
             self._standby_until[using] = time.monotonic() + _STANDBY_CHECK
             self._drop_peek_connection(using)
-            if using not in self._waiting:
-                self._waiting.add(using)
-                logger.info("Snorky: another relay reads the slot of %r; this one waits to take over", using)
             return 0, True
-        if using in self._waiting:
-            self._waiting.discard(using)
+        if self._standby_until.pop(using, None) is not None:
             logger.info("Snorky: this relay now reads the slot of %r", using)
         if self._unsent.pop(using, False):
             # The lock was just taken (again): another relay may have worked meanwhile, so the
@@ -279,7 +277,9 @@ class LogicalRelay(OutboxRelay):
             self._claims.pop(using, None)  # whether the last batch went out is not known
             self._drop_peek_connection(using)  # it may be cut, or in the middle of a stream
             if getattr(err, "sqlstate", None) != _UNDEFINED_OBJECT:
-                if type(err).__module__.startswith("psycopg") and not isinstance(err, DatabaseError):
+                import psycopg
+
+                if isinstance(err, psycopg.Error):
                     raise DatabaseError(str(err)) from err  # the peek connection's: retried as Django's are
                 raise
             self._targets[using] = recreate_slot(using, f"cannot be decoded any more ({err})")

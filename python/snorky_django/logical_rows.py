@@ -20,6 +20,9 @@ from snorky_django.logical_setup import Target
 
 __all__ = ["DeltaMaker", "RowReader"]
 
+#: The instances a change stands for: the row after it and the row before it (either may be None).
+_Rows = tuple[Any, Any]
+
 # Readers kept between passes at most (one per table and connection: a bound, not a working limit).
 _KNOWN_READERS = 1000
 
@@ -57,7 +60,6 @@ class RowReader:
             if field.is_relation and (field.many_to_many or field.many_to_one or field.one_to_one)
         ]
         """The relations a serializer may follow, read ahead for several rows at once."""
-        self._remembered: dict[int, tuple[Any, Any]] = {}
         self.columns: list[tuple[Any, Any, list[Any], Any]] = []
         for column in relation.columns:
             field = by_column.get(column.name)
@@ -99,21 +101,10 @@ class RowReader:
             loaded[field.attname] = value
         return loaded
 
-    def remember(self, row: tuple[pgoutput.Value, ...], instance: Any) -> None:
-        """Keeps ``instance`` (its related rows read ahead) as the instance of ``row``, once."""
-        self._remembered[id(row)] = (row, instance)
-
-    def forget(self) -> None:
-        """Drops the instances remembered and not asked for."""
-        self._remembered.clear()
-
     def instance(self, row: tuple[pgoutput.Value, ...], before: tuple[pgoutput.Value, ...] | None = None) -> Any:
         """The model instance of a row. A column it lacks (a generated one, which pgoutput does
         not send; an unchanged TOASTed value with no whole old row) is deferred: Django reads the
         database's current value if the serializer asks."""
-        remembered = self._remembered.pop(id(row), None)
-        if remembered is not None and remembered[0] is row:
-            return remembered[1]
         loaded = self.values(row, before)
         return self.model.from_db(self.using, self.attnames, [loaded.get(n, models.DEFERRED) for n in self.attnames])
 
@@ -165,43 +156,45 @@ class DeltaMaker:
         follows (foreign keys, many-to-many lists) read once for all of them: a delta rendered on
         its own would read its row's related rows in queries of their own, one after another on
         the relay's one thread."""
+        built = [self._built(message) for message in messages]
         try:
-            try:
-                self._prefetch(messages)
-            except Exception:
-                # Only a help (a relation the serializer never follows may be unreadable): each row
-                # then reads its own, and a database that is really gone fails those reads.
-                logger.debug("Snorky: reading related rows ahead failed; each row reads its own", exc_info=True)
-            return [self.of(message) for message in messages]
-        finally:
-            for reader in self.readers.values():
-                if reader is not None:
-                    reader.forget()
+            self._prefetch(messages, built)
+        except Exception:
+            # Only a help (a relation the serializer never follows may be unreadable): each row
+            # then reads its own, and a database that is really gone fails those reads.
+            logger.debug("Snorky: reading related rows ahead failed; each row reads its own", exc_info=True)
+        return [self.of(message, rows) for message, rows in zip(messages, built, strict=True)]
 
-    def _prefetch(self, messages: list[pgoutput.Change | pgoutput.Emitted]) -> None:
+    def _built(self, message: pgoutput.Change | pgoutput.Emitted) -> _Rows | None:
+        """The instances of a change, made ahead (``None`` for a message, another table, or a row
+        that cannot be made: :meth:`of` then makes it, and handles its error)."""
+        reader = None if isinstance(message, pgoutput.Emitted) else self.readers.get(message.relation_oid)
+        if reader is None or isinstance(message, pgoutput.Emitted):
+            return None
+        try:
+            return self._instances(reader, message)
+        except Exception:
+            return None
+
+    def _prefetch(self, messages: list[pgoutput.Change | pgoutput.Emitted], built: list[_Rows | None]) -> None:
         from django.db.models import prefetch_related_objects
 
         by_reader: dict[RowReader, list[Any]] = {}
-        for message in messages:
-            if isinstance(message, pgoutput.Emitted):
+        for message, rows in zip(messages, built, strict=True):
+            if rows is None or isinstance(message, pgoutput.Emitted):
                 continue
-            reader = self.readers.get(message.relation_oid)
-            if reader is None or not reader.related:
-                continue
-            instances = by_reader.setdefault(reader, [])
-            for row, before in ((message.new, message.old), (message.old, None)):
-                if row is not None and (row is message.new or message.old_is_whole):
-                    instance = reader.instance(row, before if message.old_is_whole else None)
-                    instances.append(instance)
-                    reader.remember(row, instance)
+            reader = self.readers[message.relation_oid]
+            if reader is not None and reader.related:
+                by_reader.setdefault(reader, []).extend(row for row in rows if row is not None)
         for reader, instances in by_reader.items():
             if len(instances) > 1:
                 prefetch_related_objects(instances, *reader.related)
 
-    def of(self, message: pgoutput.Change | pgoutput.Emitted) -> list[Any]:
-        """The deltas of one change or emitted message. None for a table that is not subscribable;
-        a row whose rendering fails is logged and given up (a delete still leaves, with its
-        columns), unless the database is at fault: that error stops the pass, to be tried again."""
+    def of(self, message: pgoutput.Change | pgoutput.Emitted, rows: _Rows | None = None) -> list[Any]:
+        """The deltas of one change (its instances ``rows``, when made ahead) or emitted message.
+        None for a table that is not subscribable; a row whose rendering fails is logged and given
+        up (a delete still leaves, with its columns), unless the database is at fault: that error
+        stops the pass, to be tried again."""
         if isinstance(message, pgoutput.Emitted):
             if message.prefix != logical_messages.MESSAGE_PREFIX:
                 return []
@@ -210,7 +203,7 @@ class DeltaMaker:
         if reader is None:
             return []
         try:
-            return self._rendered(reader, message)
+            return self._rendered(reader, message, rows or self._instances(reader, message))
         except _TRANSIENT:
             raise
         except Exception:
@@ -238,24 +231,35 @@ class DeltaMaker:
                 name,
             )
 
-    def _rendered(self, reader: RowReader, change: pgoutput.Change) -> list[dict[str, Any]]:
+    @staticmethod
+    def _instances(reader: RowReader, change: pgoutput.Change) -> _Rows:
+        """The instances of the row after the change and before it (each ``None`` when the change
+        has no such row; the row before an update only when it was logged whole)."""
+        whole_old = change.old if change.old_is_whole else None
+        new = None if change.new is None else reader.instance(change.new, whole_old)
+        old_row = change.old if change.kind == "delete" else whole_old
+        old = None if old_row is None else reader.instance(old_row)
+        return new, old
+
+    def _rendered(self, reader: RowReader, change: pgoutput.Change, rows: _Rows) -> list[dict[str, Any]]:
         from snorky_django.serialization import serialize
 
         name = _name(reader)
-        if change.kind == "insert" and change.new is not None:
-            return [{"type": "insert", "model": name, "data": serialize(reader.instance(change.new))}]
-        if change.kind == "delete" and change.old is not None:
+        new, old = rows
+        if change.kind == "insert" and new is not None:
+            return [{"type": "insert", "model": name, "data": serialize(new)}]
+        if change.kind == "delete" and old is not None:
             if not change.old_is_whole:
                 self._warn_old_rows_missing(reader)
-            return [{"type": "delete", "model": name, "data": serialize(reader.instance(change.old))}]
-        if change.kind != "update" or change.new is None:
+            return [{"type": "delete", "model": name, "data": serialize(old)}]
+        if change.kind != "update" or new is None:
             return []
-        new_data = serialize(reader.instance(change.new, change.old if change.old_is_whole else None))
-        if change.old is None or not change.old_is_whole:
+        new_data = serialize(new)
+        if old is None:
             self._warn_old_rows_missing(reader)
             old_data = new_data
         else:
-            old_data = serialize(reader.instance(change.old))
+            old_data = serialize(old)
             if new_data == old_data:
                 return []
         return [{"type": "update", "model": name, "newData": new_data, "oldData": old_data}]

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import models
-from django.db.models.signals import m2m_changed, post_delete, pre_delete
+from django.db.models.signals import m2m_changed
 
 from snorky_django.delivery import captures_changes, enqueue
 
@@ -66,13 +66,10 @@ def connect_relations(model: type[models.Model]) -> None:
 def _connect_parent(parent: type[models.Model], connect: bool) -> None:
     """Connects (or disconnects, under logical delivery, where the database says what changed) the
     receivers around the deletion of ``parent``'s rows."""
+    from snorky_django.changes import toggle_delete_receivers
+
     uid = f"snorky_django:on_delete:{parent._meta.label}"
-    if connect:
-        pre_delete.connect(_parent_pre_delete, sender=parent, weak=False, dispatch_uid=uid)
-        post_delete.connect(_parent_post_delete, sender=parent, weak=False, dispatch_uid=uid)
-    else:
-        pre_delete.disconnect(sender=parent, dispatch_uid=uid)
-        post_delete.disconnect(sender=parent, dispatch_uid=uid)
+    toggle_delete_receivers(parent, uid, _parent_pre_delete, _parent_post_delete, connect)
 
 
 def sync_parent_receivers(connect: bool) -> None:

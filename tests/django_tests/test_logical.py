@@ -276,7 +276,7 @@ def test_a_relay_killed_after_the_servers_answer_delivers_nothing_twice(slot, li
 
 
 @postgres_only
-def test_the_relay_wakes_within_its_poll_interval(live, ws_factory, alice):
+def test_single_writes_one_after_another_each_arrive_before_the_next(live, ws_factory, alice):
     ws = watcher(live, alice, ws_factory)
     for i in range(5):
         Task.objects.create(title=f"quick {i}", owner=alice)
