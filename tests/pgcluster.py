@@ -85,14 +85,15 @@ class PostgresCluster:
             shutil.rmtree(self.base, ignore_errors=True)
             raise
 
-    def start(self, wal_level: str = "logical") -> None:
+    def start(self, wal_level: str = "logical", **settings: str) -> None:
         """Starts the server and waits until it accepts connections (with ``wal_level = logical``
-        unless told otherwise: logical delivery reads the WAL)."""
+        unless told otherwise: logical delivery reads the WAL; other ``settings`` as given)."""
         options = (
             f"-p {self.port} -k {self.base} -c listen_addresses={self.host} -c fsync=off "
             f"-c synchronous_commit=off -c full_page_writes=off -c max_connections={self.max_connections} "
             f"-c wal_level={wal_level} -c wal_writer_delay=10ms"
         )
+        options += "".join(f" -c {name}={value}" for name, value in settings.items())
         try:
             _run(
                 [

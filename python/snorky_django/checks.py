@@ -21,8 +21,7 @@ E012        ``@subscribable(fields=...)`` names a field the model does not have,
 E013        ``PUBSUB_PUBLISH_CHANNELS``, ``PUBSUB_PUBLISH_POLICY`` or ``MESSAGING_NAMES`` is unusable
 E014        ``API_KEY`` is shorter than 16 characters (the server refuses it)
 E015        ``DELIVERY = "logical"`` with subscribable models on a database that is not PostgreSQL,
-            a ``LOGICAL_POLL_INTERVAL`` that is not a number of seconds above 0 and at most 60, or a
-            ``LOGICAL_SLOT`` or ``LOGICAL_PUBLICATION`` that is not 1 to 63 of ``[a-z0-9_]``
+            or a ``LOGICAL_SLOT`` or ``LOGICAL_PUBLICATION`` that is not 1 to 63 of ``[a-z0-9_]``
 W001        an unknown key in ``SNORKY`` (a typo?)
 W002        a subscribable model's default manager is not a ``SubscribableManager``
 W003        browsers from any origin may connect (``ALLOWED_ORIGINS`` is ``"*"``) outside DEBUG
@@ -249,16 +248,6 @@ def _check_logical() -> list[CheckMessage]:
     from snorky_django.logical_setup import NAME_PATTERN, subscribable_models
 
     messages: list[CheckMessage] = []
-    interval = snorky_settings.LOGICAL_POLL_INTERVAL
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 60:
-        messages.append(
-            Error(
-                f'SNORKY["LOGICAL_POLL_INTERVAL"] = {interval!r}: it must be a number of seconds above 0 and at '
-                "most 60.",
-                hint="The default is 0.002.",
-                id="snorky.E015",
-            )
-        )
     for key in ("LOGICAL_SLOT", "LOGICAL_PUBLICATION"):
         name = getattr(snorky_settings, key)
         if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):

@@ -103,10 +103,9 @@ DEFAULTS: dict[str, Any] = {
     "OUTBOX_POLL_INTERVAL": 0.2,
     "OUTBOX_MAX_RETRY_DELAY": 5.0,
     # Logical delivery: the replication slot (the database alias is added for databases other
-    # than "default") and the publication it reads, and seconds between looks at the WAL.
+    # than "default") and the publication it reads.
     "LOGICAL_SLOT": "snorky",
     "LOGICAL_PUBLICATION": "snorky",
-    "LOGICAL_POLL_INTERVAL": 0.002,
     # Extra keyword arguments for snorky.Server (max_frame_size, ping_interval, the SockJS ones:
     # sockjs=False to serve no SockJS, sockjs_prefix, sockjs_cookie_needed, ...).
     "SERVER_OPTIONS": {},
@@ -211,7 +210,6 @@ class SnorkySettings:
     OUTBOX_MAX_RETRY_DELAY: float
     LOGICAL_SLOT: str
     LOGICAL_PUBLICATION: str
-    LOGICAL_POLL_INTERVAL: float
     SERVER_OPTIONS: dict[str, Any]
     BROKER: str | None
     NODE_NAME: str | None

@@ -1,28 +1,31 @@
 """Logical delivery (``DELIVERY = "logical"``): deltas read from PostgreSQL's own record of commits.
 
 Saving a row costs nothing more than it would without ``@subscribable``: the saving thread renders
-nothing, writes no outbox row and sends nothing. The relay (run by ``manage.py snorky``) reads the
-committed changes of the subscribable tables from a logical replication slot (PostgreSQL's
-built-in ``pgoutput`` plugin, through ``pg_logical_slot_peek_binary_changes``), turns each row
-into the model instance it stands for, renders it as the model's deltas always are, and publishes
-the deltas in commit order. What a connection changes by other means reaches the browsers too:
-``QuerySet.update()`` on any manager, raw SQL, ``loaddata``, cascades the database runs itself.
+nothing, writes no outbox row and sends nothing. The relay (run by ``manage.py snorky``) streams
+the committed changes of the subscribable tables from a logical replication slot (PostgreSQL's
+built-in ``pgoutput`` plugin, over the streaming replication protocol: see
+:mod:`snorky_django.logical_stream`), turns each row into the model instance it stands for,
+renders it as the model's deltas always are, and publishes the deltas in commit order. What a
+connection changes by other means reaches the browsers too: ``QuerySet.update()`` on any manager,
+raw SQL, ``loaddata``, cascades the database runs itself.
 
 Set up once per database by :func:`snorky_django.logical_setup.prepare` (the relay calls it at
 start, so ``manage.py snorky`` fails there with a message saying what to set). Rows become deltas
 in :mod:`snorky_django.logical_rows`; the deltas only Python knows of join the stream through
 :mod:`snorky_django.logical_messages`.
 
-Exactly once: a pass peeks at the slot, and only after the server accepted all it read does it
-advance the slot, to the end of the last commit it read (never to the flushed position, which may
-cut a commit record: a transaction whose commit starts before the slot is skipped for good). Each
-delta has a *position* (its transaction's commit LSN, the change's place in the transaction, its
-place among the deltas of that change), so the stream the slot gives is the same every time it is
-read. Before sending a batch the relay records its first and last positions and its idempotency
-key (table :class:`~snorky_django.models.LogicalClaim`, committed first); a relay that died after
-sending finds the record (read whenever the lock is taken, and after a failed pass), sends the
-same positions again under the same key (the server drops a repeat), and skips what earlier
-batches sent. A transaction larger than a batch is sent in several.
+Exactly once: the server sends each transaction once it reads its commit, and the relay tells it
+to move the slot only past what the server (Snorky's) accepted: to the end of the last commit
+read, or, between transactions, to where the server said it had read (never to the flushed
+position, which may cut a commit record: a transaction whose commit starts before the slot is
+skipped for good). A new stream starts again from the slot's confirmed position. Each delta has a
+*position* (its transaction's commit LSN, the change's place in the transaction, its place among
+the deltas of that change), so the stream is the same every time it is read. Before sending a
+batch the relay records its first and last positions and its idempotency key (table
+:class:`~snorky_django.models.LogicalClaim`, committed first); a relay that died after sending
+finds the record (read whenever the lock is taken, and after a failed stream), sends the same
+positions again under the same key (the server drops a repeat), and skips what earlier batches
+sent. A transaction larger than a batch is sent in several.
 
 What is read from the database after the commit: a serializer that follows relations (a foreign
 key's object, a many-to-many list) reads them when the relay renders the row, not as they were at
@@ -30,15 +33,13 @@ the commit. Many-to-many changes and :func:`snorky_django.publish_deltas` still 
 in the saving thread, and write them into the stream with ``pg_logical_emit_message``, so they
 keep their place among the row changes.
 
-When to look: the relay reads ``pg_current_wal_flush_lsn()`` (a trivial query) every
-``LOGICAL_POLL_INTERVAL`` seconds while passes find deltas, less often (up to ten times that) while
-they find none, and peeks only when the flushed position moved. Decoding reads flushed WAL only:
-with ``synchronous_commit = off`` a change becomes visible when PostgreSQL flushes it
-(``wal_writer_delay``, 200 ms by default).
+When: the relay waits on the replication connection and reads as soon as the server sends.
+Decoding reads flushed WAL only: with ``synchronous_commit = off`` a change becomes visible when
+PostgreSQL flushes it (``wal_writer_delay``, 200 ms by default).
 
 A slot that can no longer be read (invalidated by ``max_slot_wal_keep_size``, or its publication
 dropped) is dropped and created again, with an error saying that the changes committed in between
-are lost; anything else that fails a pass leaves the slot where it was, to be read again.
+are lost; anything else that fails a stream leaves the slot where it was, to be read again.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,11 +57,11 @@ from django.db import DatabaseError, connections, transaction
 
 from snorky.backend import SnorkyBackend
 from snorky_django import pgoutput
-from snorky_django.conf import snorky_settings
 from snorky_django.delivery import describe, get_backend, send_deltas
 from snorky_django.logical_messages import MESSAGE_PREFIX
 from snorky_django.logical_rows import DeltaMaker
 from snorky_django.logical_setup import Target, prepare, recreate_slot, relayed_databases
+from snorky_django.logical_stream import Keepalive, ReplicationStream, wait_readable
 from snorky_django.relay import OutboxRelay
 
 __all__ = ["LOCK", "LogicalRelay", "Position"]
@@ -76,22 +76,17 @@ LOCK = int.from_bytes(hashlib.blake2b(b"snorky_django logical relay", digest_siz
 # slot's advance, as a crash there would (never set it elsewhere).
 _CRASH_AFTER_PUBLISH = os.environ.get("SNORKY_TEST_RELAY_CRASH") == "after-publish"
 
-# Bytes of WAL the slot may lag behind the flushed position, with no transaction of ours to move
-# past, before a marker transaction is written (see _Pass.run).
-_MARKER_LAG = 4 * 1024 * 1024
+# Seconds the relay thread waits on its streams before it looks at its other duties (a stop, a
+# lock another relay gave up); data on a stream ends the wait at once.
+_WAIT = 0.1
 
 # Seconds a relay that found the slot's lock taken waits before trying again.
 _STANDBY_CHECK = 0.5
 
-# After this many seconds in which no pass found a delta, the relay looks ten times less often (a
-# database with nothing to deliver costs a query per LOGICAL_POLL_INTERVAL otherwise).
-_IDLE_AFTER = 1.0
-_IDLE_SLOWDOWN = 10
-
 # Changes rendered together at most (their related rows read in one query per relation).
 _RENDER_TOGETHER = 200
 
-# The SQLSTATE of a peek whose publication is gone (undefined_object).
+# The SQLSTATE of a stream whose publication is gone (undefined_object).
 _UNDEFINED_OBJECT = "42704"
 
 
@@ -117,10 +112,6 @@ def _lsn(text: str) -> int:
     return (int(high, 16) << 32) | int(low, 16)
 
 
-def _lsn_text(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
 @dataclass
 class _Claim:
     first: Position
@@ -130,25 +121,23 @@ class _Claim:
 
 class LogicalRelay(OutboxRelay):
     """Relays the logical replication slot of each PostgreSQL database (see the module docs), on a
-    background thread (``start()``/``stop()``) or pass by pass (``relay_once``, ``drain``)."""
+    background thread (``start()``/``stop()``) or on demand (``relay_once``, ``drain``)."""
 
     lock_key = LOCK
     name = "logical relay"
 
     def __init__(self, backend: SnorkyBackend | None = None, **options: Any) -> None:
-        options.setdefault("poll_interval", float(snorky_settings.LOGICAL_POLL_INTERVAL))
+        options.setdefault("poll_interval", _WAIT)
         super().__init__(backend, listen=False, **options)
         self._targets: dict[str, Target] = {}
-        self._flushed: dict[str, int] = {}
         # Per database where another relay holds the lock: when to try to take it again.
         self._standby_until: dict[str, float] = {}
-        self._last_found = time.monotonic()
         # Per database: the batch recorded last and maybe not sent (read from the database when
-        # the lock is taken, or after a pass failed; kept here otherwise), and the readers of the
-        # tables as pgoutput last described them.
+        # the lock is taken, or after a stream failed; kept here otherwise), the readers of the
+        # tables as pgoutput last described them, and the open stream's reader.
         self._claims: dict[str, _Claim | None] = {}
         self._readers: dict[str, dict[Any, Any]] = {}
-        self._peek_connections: dict[str, Any] = {}
+        self._slot_readers: dict[str, _SlotReader] = {}
         self.old_rows_missing: set[str] = set()
         """The models whose missing old rows were logged (once per relay)."""
 
@@ -192,51 +181,55 @@ class LogicalRelay(OutboxRelay):
 
     def drain(self, timeout: float = 10.0) -> int:
         """Relays until everything committed before the call is delivered (or ``timeout``)."""
-        self._refuse_beside_thread()
+        return self._relay_on_demand(self._databases(), timeout, marker=True)
+
+    def relay_once(self, using: str, timeout: float = 10.0) -> int:
+        """Relays what ``using`` had flushed when called (or what ``timeout`` seconds allow);
+        returns how many deltas the server accepted (0 when another relay is the active one).
+        Not while the relay runs its own thread (``start()``)."""
+        return self._relay_on_demand([using], timeout, marker=False)
+
+    def _relay_on_demand(self, databases: list[str], timeout: float, marker: bool) -> int:
+        """Reads each database's slot up to its flushed position (after a marker transaction
+        flushed everything committed before, with ``marker``), on a stream opened and closed here."""
+        if self.running and threading.current_thread() is not self._thread:
+            raise RuntimeError("the relay is running on its own thread: stop() it before relaying from another")
         deadline = time.monotonic() + timeout
         total = 0
         try:
-            for using in self._databases():
-                _write_marker(using)  # flushes the WAL: everything committed before is readable
+            for using in databases:
+                if marker:
+                    _write_marker(using)
+                with connections[using].cursor() as cursor:
+                    cursor.execute("SELECT pg_current_wal_flush_lsn()::text")
+                    until = _lsn(cursor.fetchone()[0])
                 while time.monotonic() < deadline:
-                    sent, complete = self._relay_slot(using, self.backend or get_backend())
+                    sent, complete = self._relay_slot(using, self.backend or get_backend(), until, deadline)
                     total += sent
                     if complete:
                         break
         finally:
-            for using in self._databases():
+            for using in databases:
                 self._release(using)
             self._close_own_connections()
         return total
 
-    def relay_once(self, using: str) -> int:
-        """Relays what committed on ``using`` since the last pass, in batches; returns how many
-        deltas the server accepted (0 when another relay is the active one). Not while the relay
-        runs its own thread (``start()``)."""
-        self._refuse_beside_thread()
-        try:
-            return self._relay_slot(using, self.backend or get_backend())[0]
-        finally:
-            self._release(using)
-            self._close_own_connections()
-
-    def _refuse_beside_thread(self) -> None:
-        if self.running and threading.current_thread() is not self._thread:
-            raise RuntimeError("the relay is running on its own thread: stop() it before relaying from another")
-
     def _busy_after_pass(self, using: str) -> bool:
-        sent, complete = self._relay_slot(using, self.backend or get_backend())
-        if sent:
-            self._last_found = time.monotonic()
-        return not complete
+        return not self._relay_slot(using, self.backend or get_backend())[1]
 
-    def _idle_wait(self) -> float:
-        """The poll interval; ten times it once no pass has found a delta for a second."""
-        idle = time.monotonic() - self._last_found > _IDLE_AFTER
-        return self.poll_interval * (_IDLE_SLOWDOWN if idle else 1)
+    def _wait_idle(self) -> None:
+        """Waits for data on the open streams (for a while: see ``_WAIT``)."""
+        streams = [reader.stream for reader in self._slot_readers.values()]
+        if streams:
+            wait_readable(streams, self.poll_interval)
+        else:
+            self._wake.wait(self.poll_interval)
 
-    def _relay_slot(self, using: str, backend: SnorkyBackend) -> tuple[int, bool]:
-        """One pass: the deltas the server accepted, and whether the pass read all there was."""
+    def _relay_slot(
+        self, using: str, backend: SnorkyBackend, until: int | None = None, deadline: float = 0.0
+    ) -> tuple[int, bool]:
+        """Reads what the slot's stream has (waiting until it has given ``until``, or ``deadline``):
+        the deltas the server accepted, and whether the stream had no more."""
         if time.monotonic() < self._standby_until.get(using, 0.0):
             return 0, True
         if not self._hold_lock(using):
@@ -244,7 +237,7 @@ class LogicalRelay(OutboxRelay):
             if using not in self._standby_until:
                 logger.info("Snorky: another relay reads the slot of %r; this one waits to take over", using)
             self._standby_until[using] = time.monotonic() + _STANDBY_CHECK
-            self._drop_peek_connection(using)
+            self._drop_stream(using)
             return 0, True
         if self._standby_until.pop(using, None) is not None:
             logger.info("Snorky: this relay now reads the slot of %r", using)
@@ -252,12 +245,35 @@ class LogicalRelay(OutboxRelay):
             # The lock was just taken (again): another relay may have worked meanwhile, so the
             # record of the batch in flight is read from the database, not from memory.
             self._claims.pop(using, None)
+            self._drop_stream(using)
         target = self._targets.get(using)
         if target is None:
             target = self._targets[using] = prepare(using)
         if not target.models:
             return 0, True
-        with connections[using].cursor() as cursor:
+        try:
+            reader = self._slot_readers.get(using)
+            if reader is None:
+                reader = self._open_stream(using, target)
+                if reader is None:
+                    return 0, True
+            return reader.pump(backend, until, deadline)
+        except Exception as err:
+            self._claims.pop(using, None)  # whether the last batch went out is not known
+            self._drop_stream(using)  # it may be cut, or in the middle of a transaction
+            if getattr(err, "sqlstate", None) != _UNDEFINED_OBJECT:
+                import psycopg
+
+                if isinstance(err, psycopg.Error):
+                    raise DatabaseError(str(err)) from err  # the stream's connection: retried as Django's are
+                raise
+            self._targets[using] = recreate_slot(using, f"cannot be decoded any more ({err})")
+            return 0, True
+
+    def _open_stream(self, using: str, target: Target) -> _SlotReader | None:
+        """Starts streaming the slot of ``using``, or creates it again (``None``) if it is gone."""
+        connection = connections[using]
+        with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text, wal_status "
                 "FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots ON slot_name = %s",
@@ -267,48 +283,26 @@ class LogicalRelay(OutboxRelay):
         if confirmed_text is None or wal_status == "lost":
             why = "was gone" if confirmed_text is None else "was invalidated (its WAL was removed)"
             self._targets[using] = recreate_slot(using, why)
-            return 0, True
-        flushed = _lsn(flushed_text)
-        if self._flushed.get(using) == flushed:
-            return 0, True  # nothing was flushed since a pass read everything
-        try:
-            sent, complete = _Pass(self, target, using, backend, _lsn(confirmed_text), flushed).run()
-        except Exception as err:
-            self._claims.pop(using, None)  # whether the last batch went out is not known
-            self._drop_peek_connection(using)  # it may be cut, or in the middle of a stream
-            if getattr(err, "sqlstate", None) != _UNDEFINED_OBJECT:
-                import psycopg
+            return None
+        stream = ReplicationStream.open(
+            connection.get_connection_params(),
+            timezone=connection.timezone_name,
+            slot=target.slot,
+            publication=target.publication,
+        )
+        reader = _SlotReader(self, target, using, stream, _lsn(confirmed_text), _lsn(flushed_text))
+        self._slot_readers[using] = reader
+        return reader
 
-                if isinstance(err, psycopg.Error):
-                    raise DatabaseError(str(err)) from err  # the peek connection's: retried as Django's are
-                raise
-            self._targets[using] = recreate_slot(using, f"cannot be decoded any more ({err})")
-            return 0, True
-        if complete:
-            self._flushed[using] = flushed
-        return sent, complete
-
-    def _peek_connection(self, using: str) -> Any:
-        """This relay's own connection to ``using`` for reading the slot (opened when first needed)."""
-        import psycopg  # (logical delivery needs psycopg 3: prepare() says so)
-
-        peek = self._peek_connections.get(using)
-        if peek is None or peek.closed:
-            connection = connections[using]
-            peek = psycopg.connect(**connection.get_connection_params(), autocommit=True)
-            # The slot's values are printed in this session's formats: those of Django's sessions.
-            peek.execute("SELECT set_config('TimeZone', %s, false)", [connection.timezone_name])
-            self._peek_connections[using] = peek
-        return peek
-
-    def _drop_peek_connection(self, using: str) -> None:
-        peek = self._peek_connections.pop(using, None)
-        if peek is not None:
-            peek.close()
+    def _drop_stream(self, using: str) -> None:
+        reader = self._slot_readers.pop(using, None)
+        if reader is not None:
+            reader.stream.close(graceful=False)
 
     def _close_own_connections(self) -> None:
-        for using in list(self._peek_connections):
-            self._drop_peek_connection(using)
+        for using in list(self._slot_readers):
+            reader = self._slot_readers.pop(using)
+            reader.stream.close()  # after a last status update: the slot is where this relay left it
         self._claims.clear()  # whoever relays next reads the records again
 
     def __repr__(self) -> str:
@@ -317,72 +311,64 @@ class LogicalRelay(OutboxRelay):
 
 def _write_marker(using: str) -> None:
     """Commits a transaction holding only a logical message the relay skips (its prefix is not
-    :data:`MESSAGE_PREFIX`), with synchronous_commit on: a commit in the stream after everything
-    committed before, and a flush of the WAL up to it."""
+    :data:`MESSAGE_PREFIX`), with synchronous_commit on: a flush of the WAL up to everything
+    committed before."""
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute("SET LOCAL synchronous_commit = on")
         cursor.execute("SELECT pg_logical_emit_message(true, %s, '')", [f"{MESSAGE_PREFIX}-marker"])
 
 
-class _Pass:
-    """One read of a slot: from its confirmed position to what is flushed, batch by batch."""
+class _SlotReader:
+    """What a relay has read of a slot through one stream: the transaction it is in, the batch it
+    fills, the recorded batch it may have to send again. It lives as long as the stream."""
 
     def __init__(
-        self, relay: LogicalRelay, target: Target, using: str, backend: SnorkyBackend, confirmed: int, flushed: int
+        self,
+        relay: LogicalRelay,
+        target: Target,
+        using: str,
+        stream: ReplicationStream,
+        confirmed: int,
+        flushed: int,
     ) -> None:
         self.relay = relay
         self.target = target
         self.using = using
-        self.backend = backend
+        self.stream = stream
         self.confirmed = confirmed
         self.flushed = flushed
+        self.backend: SnorkyBackend | None = None
         self.claim = self._claim()
         self.recovered: list[Any] = []
         self.batch: list[tuple[Position, Any]] = []
-        self.last_commit_end: int | None = None
         self.commit_lsn = self.change = 0
         self.maker = DeltaMaker(target, using, relay.old_rows_missing, relay._readers.setdefault(using, {}))
         # Changes waiting to be rendered together (their related rows read once for all of them).
         self.pending: list[tuple[Position, pgoutput.Change | pgoutput.Emitted]] = []
         self.sent = 0
 
-    def run(self) -> tuple[int, bool]:
-        """Returns the deltas the server accepted, and whether the peek reached its end (the slot
-        had no more than a pass reads)."""
-        # With a recorded batch to send again, the read has no limit: stopping inside the batch and
-        # sending part of it under its key would make the server drop the rest as a repeat. (The
-        # stream is read row by row; what is held is one batch.)
-        limit = None if self.claim is not None else max(self.relay.batch_size * 4, 1000)
-        rows = 0
-        for message in self._stream(limit):
-            rows += 1  # every row counts towards the peek's limit, relations included
-            self._take(message)
+    def pump(self, backend: SnorkyBackend, until: int | None, deadline: float) -> tuple[int, bool]:
+        """Reads what the stream has now (waiting, with ``until``, until it has given that
+        position), sends it, and moves the slot past what was delivered. Returns the deltas the
+        server accepted, and whether the stream had nothing more (or reached ``until``)."""
+        self.backend, self.sent = backend, 0
+        limit = max(self.relay.batch_size * 4, 1000)  # then the relay looks at its other duties
+        read = 0
+        while read < limit:
+            behind = until is not None and self.stream.received < until
+            message = self.stream.read(max(deadline - time.monotonic(), 0.0) if behind else 0.0)
+            if message is None:
+                break
+            read += 1
+            if not isinstance(message, Keepalive):
+                self._take(message)
         self._render()
-        complete = limit is None or rows < limit
-        self._send_recovered()
+        if self.claim is not None and self.stream.received > self.claim.last.commit_lsn:
+            self._send_recovered()  # the stream is past the recorded batch: all of it is read
         self._flush()
-        if complete and self.last_commit_end is None and self.flushed - self.confirmed > _MARKER_LAG:
-            # Only the end of a commit the stream returned is a safe place for the slot (the
-            # flushed position may cut a commit record, and a transaction whose commit starts
-            # before the slot is skipped for good). pgoutput leaves out the transactions of other
-            # tables, so when WAL piles up with none of ours, a marker transaction gives the slot
-            # such a place: the next pass reads it and moves past everything before it.
-            _write_marker(self.using)
         self._advance()
+        complete = read < limit and (until is None or self.stream.received >= until)
         return self.sent, complete
-
-    def _stream(self, limit: int | None) -> Iterator[pgoutput.Message]:
-        """The slot's messages, streamed row by row (one round trip; the stream is never held
-        whole in memory) on a connection of their own: the pass writes its claims and the
-        serializers read their rows on Django's, meanwhile."""
-        with self.relay._peek_connection(self.using).cursor() as cursor:
-            rows = cursor.stream(
-                "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, 'proto_version', '1', "
-                "'publication_names', %s, 'messages', 'true')",
-                [self.target.slot, limit, self.target.publication],
-            )
-            for (data,) in rows:
-                yield pgoutput.parse(data)
 
     def _take(self, message: pgoutput.Message) -> None:
         if isinstance(message, pgoutput.Begin):
@@ -401,7 +387,6 @@ class _Pass:
                 self._render()
         elif isinstance(message, pgoutput.Commit):
             self._render()
-            self.last_commit_end = message.end_lsn
         elif isinstance(message, pgoutput.Truncate):
             names = ", ".join(self.maker.model_names(message.relation_oids)) or "a subscribable table"
             logger.warning("Snorky: %s truncated (TRUNCATE); no delta says so: clients keep their rows", names)
@@ -461,18 +446,16 @@ class _Pass:
         self.relay.relayed += accepted
 
     def _advance(self) -> None:
-        """Moves the slot past every transaction whose deltas the server has accepted."""
-        end = self.last_commit_end
-        if end is None or end <= self.confirmed or self.batch or self.recovered:
+        """Lets the slot move past everything delivered: to the end of the last commit read, or to
+        where the server said it had read, when nothing read waits to be sent."""
+        if self.batch or self.recovered or self.pending or self.claim is not None:
             return
-        with connections[self.using].cursor() as cursor:
-            cursor.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", [self.target.slot, _lsn_text(end)])
-        self.confirmed = end
+        self.stream.confirm(self.stream.received)
 
     def _claim(self) -> _Claim | None:
         """The batch recorded last, if it may not have been sent (its transactions are not all
         behind the slot), and if it belongs to this server's stream. Read from the database once
-        per holder of the lock (and after a failed pass); this relay knows its own otherwise."""
+        per holder of the lock (and after a failed stream); this relay knows its own otherwise."""
         from snorky_django.models import LogicalClaim
 
         known = self.relay._claims
@@ -513,5 +496,5 @@ class _Pass:
                 "key = EXCLUDED.key",
                 [self.target.slot, str(first), str(last), key],
             )
-        # Sent next; should the pass fail before it is, the next one reads this record again.
+        # Sent next; should the stream fail before it is, the next one reads this record again.
         self.relay._claims[self.using] = None

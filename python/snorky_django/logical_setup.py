@@ -1,16 +1,18 @@
 """Setting up a database for logical delivery (``DELIVERY = "logical"``), and finding which to read.
 
-:func:`prepare` checks the server (PostgreSQL 14+, ``wal_level = logical``, psycopg 3), sets
-``REPLICA IDENTITY FULL`` on each subscribable table (updates and deletes then log the whole old
-row: the delta's ``oldData``), keeps the publication listing exactly those tables, and creates the
-replication slot if it does not exist. Anything missing raises ``ImproperlyConfigured`` saying
-what to set, so ``manage.py snorky`` fails at start rather than delivering nothing.
+:func:`prepare` checks the server (PostgreSQL 14+, ``wal_level = logical``, ``max_wal_senders``
+above 0, psycopg 3), sets ``REPLICA IDENTITY FULL`` on each subscribable table (updates and
+deletes then log the whole old row: the delta's ``oldData``), keeps the publication listing
+exactly those tables, and creates the replication slot if it does not exist. Anything missing
+raises ``ImproperlyConfigured`` saying what to set, so ``manage.py snorky`` fails at start rather
+than delivering nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,10 @@ _MODE = 'SNORKY["DELIVERY"] = "logical"'
 
 # The SQLSTATE of a refusal for lack of a privilege.
 _INSUFFICIENT_PRIVILEGE = "42501"
+
+# The SQLSTATE of a slot a session is reading (object_in_use), and how long a drop waits for it.
+_OBJECT_IN_USE = "55006"
+_SLOT_BUSY_WAIT = 5.0
 
 #: What PostgreSQL accepts as a replication slot's name (the publication's is held to it too: it is
 #: written into SQL).
@@ -129,9 +135,10 @@ def prepare(using: str) -> Target:
 def _check_server(cursor: Any, using: str) -> bool:
     """Raises what the server lacks; ``False`` for a hot standby."""
     cursor.execute(
-        "SELECT current_setting('wal_level'), current_setting('server_version_num')::int, pg_is_in_recovery()"
+        "SELECT current_setting('wal_level'), current_setting('server_version_num')::int, pg_is_in_recovery(), "
+        "current_setting('max_wal_senders')::int"
     )
-    level, version, standby = cursor.fetchone()
+    level, version, standby, senders = cursor.fetchone()
     if version < 140000:
         raise ImproperlyConfigured(f"{_MODE} needs PostgreSQL 14 or later; database {using!r} runs {version}.")
     if standby:
@@ -142,6 +149,12 @@ def _check_server(cursor: Any, using: str) -> bool:
             f"{_MODE} needs wal_level = logical on database {using!r} (it is {level}): run ALTER SYSTEM SET "
             "wal_level = logical and restart PostgreSQL (or set it in postgresql.conf, or your provider's "
             "parameter group)."
+        )
+    if senders < 1:
+        raise ImproperlyConfigured(
+            f"{_MODE} reads the slot over a replication connection, and database {using!r} allows none "
+            "(max_wal_senders = 0): set max_wal_senders to at least 1 more than your replicas use, and restart "
+            "PostgreSQL."
         )
     return True
 
@@ -218,10 +231,19 @@ def recreate_slot(using: str, why: str) -> Target:
     """Drops the slot of ``using`` (it can no longer be read: ``why``) and sets up again, from now.
     What committed in between is lost for live clients, and the error says so."""
     slot = slot_name(using)
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", [slot]
-        )
+    deadline = time.monotonic() + _SLOT_BUSY_WAIT
+    while True:
+        try:
+            with connections[using].cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s", [slot]
+                )
+            break
+        except DatabaseError as err:
+            # The relay's own stream, just closed, may hold the slot a moment longer.
+            if getattr(err.__cause__, "sqlstate", None) != _OBJECT_IN_USE or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
     target = prepare(using)
     logger.error("Snorky: replication slot %r %s: created it again (changes committed meanwhile are lost)", slot, why)
     return target

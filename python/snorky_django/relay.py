@@ -304,9 +304,10 @@ class OutboxRelay:
         """Relays one pass of ``using``; whether more may be waiting (the next pass starts at once)."""
         return self.relay_once(using) >= self.batch_size
 
-    def _idle_wait(self) -> float:
-        """Seconds to wait after a pass that left nothing behind (a notification ends it early)."""
-        return self.poll_interval
+    def _wait_idle(self) -> None:
+        """Waits after a pass that left nothing behind: the poll interval, which a notification
+        ends early."""
+        self._wake.wait(self.poll_interval)
 
     def drain(self, timeout: float = 10.0) -> int:
         """Relays until every database's outbox is empty (or ``timeout``); returns the count."""
@@ -434,7 +435,7 @@ class OutboxRelay:
                     failing_since = None
                 delay = self.poll_interval
                 if not busy:
-                    self._wake.wait(self._idle_wait())
+                    self._wait_idle()
         finally:
             # Closing the connections also gives back the advisory locks held on them.
             for connection in connections.all(initialized_only=True):
