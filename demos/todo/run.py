@@ -1,8 +1,8 @@
 """The todo demo: Django + DRF + Snorky. Run with ``scripts/demo`` (or ``python demos/todo/run.py``).
 
-Migrates the SQLite database, starts ``manage.py snorky`` and ``manage.py runserver`` as child
-processes, creates the demo users, prints the URL and the credentials, and opens a browser. Ctrl-C
-(or SIGTERM) stops both servers.
+Migrates the database (SQLite, or PostgreSQL with ``--database-url``), starts ``manage.py snorky``
+and ``manage.py runserver`` as child processes, creates the demo users, prints the URL and the
+credentials, and opens a browser. Ctrl-C (or SIGTERM) stops both servers.
 """
 
 from __future__ import annotations
@@ -27,10 +27,22 @@ def main() -> int:
     parser.add_argument("--ws-port", type=int, default=5001, help="Snorky's WebSocket port (default %(default)s)")
     parser.add_argument("--backend-port", type=int, default=5002, help="Snorky's backend port (default %(default)s)")
     parser.add_argument("--db", type=Path, default=HERE / "db.sqlite3", help="the SQLite file (default %(default)s)")
+    parser.add_argument(
+        "--database-url",
+        help="a PostgreSQL database instead of SQLite: postgresql://user:password@host:port/name",
+    )
+    parser.add_argument(
+        "--delivery",
+        choices=["direct", "outbox", "logical"],
+        default="direct",
+        help="how changes reach Snorky (default %(default)s; logical needs --database-url)",
+    )
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser")
     parser.add_argument("--no-samples", action="store_true", help="start with no todos (a new database only)")
     args = parser.parse_args()
 
+    if args.delivery == "logical" and not args.database_url:
+        parser.exit(2, "run.py: --delivery logical reads PostgreSQL's WAL: give --database-url postgresql://...\n")
     for name, port in (("--port", args.port), ("--ws-port", args.ws_port), ("--backend-port", args.backend_port)):
         if not devserver.port_is_free(port):
             parser.exit(2, f"run.py: port {port} is in use: stop what uses it, or choose another with {name}\n")
@@ -40,6 +52,8 @@ def main() -> int:
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "DEMO_DATABASE": str(args.db.resolve()),
+        "DEMO_DATABASE_URL": args.database_url or "",
+        "SNORKY_DELIVERY": args.delivery,
         "SNORKY_API_KEY": secrets.token_urlsafe(24),  # shared by the two children only
         "SNORKY_FRONTEND_ADDRESS": f"127.0.0.1:{args.ws_port}",
         "SNORKY_BACKEND_ADDRESS": f"127.0.0.1:{args.backend_port}",

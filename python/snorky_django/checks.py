@@ -34,6 +34,11 @@ W007        ``{% snorky_client_config %}`` needs the request (``PUBLIC_URL`` is 
             processor
 W008        ``CONNECTION_TOKEN_TTL`` is longer than the server's ``revocation_window``: a token
             issued before a logout would work again once the revocation is forgotten
+W009        (``check --database``, and ``migrate``) logical delivery on a PostgreSQL server that
+            cannot serve it: ``wal_level``, ``max_wal_senders``, its version
+W010        (the same) the database user has neither ``REPLICATION`` nor superuser
+W011        (the same) the replication slot does not exist yet: what commits before the relay
+            first starts is not delivered
 =========== ==================================================================================
 """
 
@@ -43,7 +48,7 @@ from collections import Counter
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from snorky import _core
 from snorky_django.conf import (
@@ -56,7 +61,14 @@ from snorky_django.conf import (
     valid_backend_url,
 )
 
-__all__ = ["check_dealers", "check_settings", "check_templates", "check_views", "routed_views"]
+__all__ = [
+    "check_dealers",
+    "check_logical_databases",
+    "check_settings",
+    "check_templates",
+    "check_views",
+    "routed_views",
+]
 
 #: The shortest API key the server accepts (characters, surrounding whitespace trimmed).
 MIN_API_KEY_LENGTH: int = _core.MIN_API_KEY_LENGTH
@@ -271,6 +283,72 @@ def _check_logical() -> list[CheckMessage]:
                     id="snorky.E015",
                 )
             )
+    return messages
+
+
+@register("snorky", Tags.database)
+def check_logical_databases(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W009-W011: what the databases logical delivery reads lack, when the checks may query them
+    (``manage.py check --database``, and ``migrate``). Warnings, so that ``migrate`` still runs:
+    ``manage.py snorky`` refuses to start where they would matter."""
+    from django.db import DatabaseError, connections
+
+    from snorky_django.logical_setup import relayed_databases
+
+    databases = kwargs.get("databases") or []
+    if snorky_settings.DELIVERY != "logical" or not databases:
+        return []
+    messages: list[CheckMessage] = []
+    for alias in relayed_databases():
+        if alias not in databases or connections[alias].vendor != "postgresql":
+            continue
+        try:
+            messages.extend(_check_logical_database(alias))
+        except DatabaseError as err:
+            messages.append(
+                Warning(f"Cannot check database {alias!r} for logical delivery: {err}".strip(), id="snorky.W009")
+            )
+    return messages
+
+
+def _check_logical_database(alias: str) -> list[CheckMessage]:
+    from django.core.exceptions import ImproperlyConfigured
+    from django.db import connections
+
+    from snorky_django.logical_setup import check_server, slot_name
+
+    slot = slot_name(alias)
+    with connections[alias].cursor() as cursor:
+        try:
+            if not check_server(cursor, alias):
+                return []  # a hot standby: its primary has the slot
+        except ImproperlyConfigured as err:
+            return [Warning(str(err), hint="manage.py snorky refuses to start until then.", id="snorky.W009")]
+        cursor.execute("SELECT rolsuper OR rolreplication, current_user FROM pg_roles WHERE rolname = current_user")
+        allowed, user = cursor.fetchone()
+        cursor.execute(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND database = current_database()", [slot]
+        )
+        slot_exists = cursor.fetchone() is not None
+    messages: list[CheckMessage] = []
+    if not allowed:
+        messages.append(
+            Warning(
+                f"Database user {user!r} of {alias!r} has neither the REPLICATION attribute nor superuser: logical "
+                "delivery's relay will be refused, unless your provider grants replication through a role.",
+                hint=f"ALTER ROLE {user} REPLICATION (as a superuser), or your provider's replication role.",
+                id="snorky.W010",
+            )
+        )
+    if not slot_exists:
+        messages.append(
+            Warning(
+                f"Replication slot {slot!r} does not exist on database {alias!r} yet: changes committed before "
+                "the relay creates it are not delivered.",
+                hint="Start manage.py snorky (or --relay-only) once before web processes write in logical mode.",
+                id="snorky.W011",
+            )
+        )
     return messages
 
 

@@ -24,6 +24,7 @@ from snorky_django.conf import snorky_settings
 __all__ = [
     "NAME_PATTERN",
     "Target",
+    "check_server",
     "leftover_slots",
     "prepare",
     "recreate_slot",
@@ -118,7 +119,7 @@ def prepare(using: str) -> Target:
         return target
     try:
         with connection.cursor() as cursor:
-            if not _check_server(cursor, using):
+            if not check_server(cursor, using):
                 return target
             _set_up(cursor, connection, target, found)
     except DatabaseError as err:
@@ -132,8 +133,9 @@ def prepare(using: str) -> Target:
     return target
 
 
-def _check_server(cursor: Any, using: str) -> bool:
-    """Raises what the server lacks; ``False`` for a hot standby."""
+def check_server(cursor: Any, using: str) -> bool:
+    """Raises ``ImproperlyConfigured`` saying what the server of ``cursor`` lacks for logical
+    delivery; ``False`` for a hot standby."""
     cursor.execute(
         "SELECT current_setting('wal_level'), current_setting('server_version_num')::int, pg_is_in_recovery(), "
         "current_setting('max_wal_senders')::int"

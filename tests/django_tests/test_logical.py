@@ -365,7 +365,7 @@ def test_a_database_that_cannot_stream_its_changes_is_refused_with_what_to_set(s
             raw.cursor() as cursor,
             pytest.raises(ImproperlyConfigured, match=refusal),
         ):
-            logical_setup._check_server(cursor, "x")
+            logical_setup.check_server(cursor, "x")
     finally:
         cluster.destroy()
 
@@ -638,3 +638,42 @@ def test_a_setup_refusal_says_why_and_names_the_privilege_only_when_it_is_one(se
         with connection.cursor() as cursor:
             cursor.execute("DROP OWNED BY snorky_weak")
             cursor.execute("DROP ROLE snorky_weak")
+
+
+def database_warnings() -> list[str]:
+    """What ``manage.py check --database default`` says of logical delivery (ids, then messages)."""
+    from django.core.checks import run_checks
+
+    found = run_checks(databases=["default"], tags=["snorky"])
+    return [
+        f"{message.id} {message.msg}"
+        for message in found
+        if message.id in ("snorky.W009", "snorky.W010", "snorky.W011")
+    ]
+
+
+@postgres_only
+def test_check_database_says_nothing_of_a_database_ready_for_logical_delivery(slot):
+    assert database_warnings() == []
+
+
+@postgres_only
+def test_check_database_warns_of_a_slot_not_created_yet(settings):
+    settings.SNORKY = {**settings.SNORKY, "DELIVERY": "logical"}
+    (warning,) = database_warnings()
+    assert warning.startswith("snorky.W011 Replication slot 'snorky' does not exist on database 'default' yet")
+
+
+@postgres_only
+def test_check_database_warns_of_a_user_without_the_replication_attribute(slot):
+    role = f"snorky_plain_{secrets.token_hex(4)}"  # (roles are the cluster's: one per test run)
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE ROLE {role}")
+        cursor.execute(f"SET ROLE {role}")
+    try:
+        (warning,) = database_warnings()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET ROLE")
+            cursor.execute(f"DROP ROLE {role}")
+    assert warning.startswith(f"snorky.W010 Database user '{role}' of 'default' has neither the REPLICATION")

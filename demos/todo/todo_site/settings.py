@@ -12,6 +12,8 @@ choose ports and a fresh database:
 | ``SNORKY_ALLOWED_ORIGINS`` | derived (loopback on ports 8000, 8080, ...) | comma-separated page origins |
 | ``SOCKJS_CLIENT_URL`` | sockjs-client 1.6.1 from a CDN | the script pages without WebSocket load |
 | ``DEMO_DATABASE`` | ``db.sqlite3`` beside ``manage.py`` | the SQLite file |
+| ``DEMO_DATABASE_URL`` | none (SQLite) | ``postgresql://user:password@host:port/name`` instead |
+| ``SNORKY_DELIVERY`` | ``direct`` | ``direct``, ``outbox`` or ``logical`` (PostgreSQL) |
 | ``SNORKY_BROKER`` | none (one process) | the Redis several ``manage.py snorky`` nodes share |
 | ``SNORKY_PUBLIC_URL`` | from the page's host and the frontend address | the pages' WebSocket URL |
 | ``SNORKY_BACKEND_URL`` | from ``SNORKY_BACKEND_ADDRESS`` | where Django posts |
@@ -21,6 +23,7 @@ With several nodes, the last two are a load balancer's URLs (see the demo's READ
 
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import django
 
@@ -76,6 +79,26 @@ DATABASES = {
         "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20} if django.VERSION >= (5, 1) else {"timeout": 20},
     }
 }
+
+
+def _postgresql(url: str) -> dict[str, object]:
+    """The ``DATABASES`` entry of a ``postgresql://user:password@host:port/name`` URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql") or not parts.path.strip("/"):
+        raise ValueError(f"DEMO_DATABASE_URL={url!r}: expected postgresql://user:password@host:port/name")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.strip("/")),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+    }
+
+
+if os.environ.get("DEMO_DATABASE_URL"):
+    DATABASES["default"] = _postgresql(os.environ["DEMO_DATABASE_URL"])
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 LOGIN_URL = "login"
@@ -115,4 +138,6 @@ SNORKY = {
     "BROKER": os.environ.get("SNORKY_BROKER") or None,
     "PUBLIC_URL": os.environ.get("SNORKY_PUBLIC_URL") or None,
     "BACKEND_URL": os.environ.get("SNORKY_BACKEND_URL") or None,
+    # "outbox" or "logical" (PostgreSQL: DEMO_DATABASE_URL) instead of straight from the request.
+    "DELIVERY": os.environ.get("SNORKY_DELIVERY") or "direct",
 }
