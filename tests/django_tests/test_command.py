@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.test import override_settings
 
@@ -38,12 +39,14 @@ class SnorkyProcess:
 
     def __init__(self, *args: str, **env: str) -> None:
         self.frontend_port, self.backend_port = free_port(), free_port()
+        # (A relay-only process serves no frontend: it refuses the flag.)
+        frontend = [] if "--relay-only" in args else [f"--frontend-address=127.0.0.1:{self.frontend_port}"]
         command = [
             sys.executable,
             "-m",
             "django",
             "snorky",
-            f"--frontend-address=127.0.0.1:{self.frontend_port}",
+            *frontend,
             f"--backend-address=127.0.0.1:{self.backend_port}",
             *args,
         ]
@@ -234,6 +237,12 @@ def test_address_warnings():
         [frontend] = address_warnings("127.0.0.1:8001", None)
         assert 'ws://127.0.0.1:5001/ws (SNORKY["PUBLIC_URL"])' in frontend
         assert address_warnings("127.0.0.1:5001", None) == []
+
+
+@pytest.mark.parametrize("flag", [["--frontend-address", "127.0.0.1:5101"], ["--broker", "redis://127.0.0.1:1/0"]])
+def test_a_relay_only_process_refuses_the_flags_of_a_server(flag):
+    with pytest.raises(CommandError, match=rf"--relay-only runs no server, so {flag[0]} would do nothing"):
+        call_command("snorky", "--relay-only", *flag)
 
 
 def test_a_relay_only_process_with_direct_delivery_warns_that_it_has_nothing_to_relay(processes):

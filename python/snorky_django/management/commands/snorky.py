@@ -81,6 +81,12 @@ class Command(BaseCommand):
         if options["relay_only"]:
             if options["no_relay"]:
                 raise CommandError("--relay-only and --no-relay exclude each other")
+            ignored = [f"--{key.replace('_', '-')}" for key in ("frontend_address", "broker") if options[key]]
+            if ignored:
+                raise CommandError(
+                    f"--relay-only runs no server, so {' and '.join(ignored)} would do nothing: the relay posts to "
+                    "BACKEND_URL (or --backend-address); give those to the server's own manage.py snorky"
+                )
             self._warn(address_warnings(None, options["backend_address"], relay_only=True))
             self._warn(leftover_slots())
             self._relay_only(options["backend_address"])
