@@ -80,6 +80,10 @@ _CRASH_AFTER_PUBLISH = os.environ.get("SNORKY_TEST_RELAY_CRASH") == "after-publi
 # lock another relay gave up); data on a stream ends the wait at once.
 _WAIT = 0.1
 
+# Seconds the relay waits for the next message of a transaction it is reading before it looks at
+# its other duties (the server sends them back to back; a large one may take a while to decode).
+_REST_OF_TRANSACTION = 0.1
+
 # Seconds a relay that found the slot's lock taken waits before trying again.
 _STANDBY_CHECK = 0.5
 
@@ -355,8 +359,15 @@ class _SlotReader:
         limit = max(self.relay.batch_size * 4, 1000)  # then the relay looks at its other duties
         read = 0
         while read < limit:
-            behind = until is not None and self.stream.received < until
-            message = self.stream.read(max(deadline - time.monotonic(), 0.0) if behind else 0.0)
+            if until is not None and self.stream.received < until:
+                wait = max(deadline - time.monotonic(), 0.0)
+            elif self.stream.in_transaction:
+                # The server sends a transaction's messages one after the other, each on its own:
+                # the rest of it is a moment away, and a pass per message would cost a pass each.
+                wait = _REST_OF_TRANSACTION
+            else:
+                wait = 0.0
+            message = self.stream.read(wait)
             if message is None:
                 break
             read += 1
@@ -444,6 +455,13 @@ class _SlotReader:
         accepted = len(deltas) - len(refused)
         self.sent += accepted
         self.relay.relayed += accepted
+        logger.debug(
+            "Snorky logical relay: %d delta(s) of %r accepted, %d refused (batch %s)",
+            accepted,
+            self.using,
+            len(refused),
+            key,
+        )
 
     def _advance(self) -> None:
         """Lets the slot move past everything delivered: to the end of the last commit read, or to

@@ -298,6 +298,13 @@ class OutboxRelay:
         with connections[using].cursor() as cursor:
             cursor.execute(f"DELETE FROM {table} WHERE batch = %s AND error = ''", [key])
         self.relayed += len(accepted)
+        logger.debug(
+            "Snorky outbox relay: %d delta(s) of %r accepted, %d refused (batch %s)",
+            len(accepted),
+            using,
+            len(failed_ids),
+            key,
+        )
         return len(accepted)
 
     def _busy_after_pass(self, using: str) -> bool:

@@ -122,6 +122,16 @@ def test_every_committed_change_reaches_the_browser_in_commit_order(live, ws_fac
 
 
 @postgres_only
+def test_each_batch_is_logged_at_debug_level(slot, live_plain, ws_factory, alice, caplog):
+    caplog.set_level("DEBUG", "snorky_django.logical")  # what manage.py snorky -v 2 logs
+    ws = watcher(live_plain, alice, ws_factory)
+    Task.objects.create(title="logged", owner=alice)
+    assert LogicalRelay(live_plain.backend()).drain() == 1
+    assert title(ws.delta()) == ("insert", "logged")
+    assert "1 delta(s) of 'default' accepted, 0 refused (batch snorky-logical:default:" in caplog.text
+
+
+@postgres_only
 def test_an_update_carries_the_old_row_and_a_no_op_update_publishes_nothing(live, ws_factory, alice, bob):
     ws = watcher(live, alice, ws_factory)
     task = Task.objects.create(title="mine", owner=alice, priority=1)

@@ -235,6 +235,7 @@ def test_server_unreachable_while_changes_commit_then_back(ws_factory, alice):
 
 
 def test_a_refused_entry_is_kept_aside_and_the_rest_delivered(live_outbox, ws_factory, alice, caplog):
+    caplog.set_level("DEBUG", "snorky_django.relay")  # what manage.py snorky -v 2 logs
     _, token = subscribe(client_for(alice), "/api/tasks/")
     ws = ws_factory(live_outbox.ws_url, user=alice)
     ws.acquire(token)
@@ -248,6 +249,7 @@ def test_a_refused_entry_is_kept_aside_and_the_rest_delivered(live_outbox, ws_fa
     refused = OutboxEntry.objects.get()
     assert refused.delta["model"] == "Ghost" and refused.error
     assert "Snorky refused outbox entry" in caplog.text
+    assert "2 delta(s) of 'default' accepted, 1 refused (batch " in caplog.text
 
 
 def test_outbox_mode_never_calls_the_server_from_the_request(outbox_mode, alice):
