@@ -61,7 +61,7 @@ from snorky_django.delivery import describe, get_backend, send_deltas
 from snorky_django.logical_messages import MESSAGE_PREFIX
 from snorky_django.logical_rows import DeltaMaker
 from snorky_django.logical_setup import Target, prepare, recreate_slot, relayed_databases
-from snorky_django.logical_stream import Keepalive, ReplicationStream, wait_readable
+from snorky_django.logical_stream import ReplicationStream, wait_readable
 from snorky_django.relay import OutboxRelay
 
 __all__ = ["LOCK", "LogicalRelay", "Position"]
@@ -83,6 +83,9 @@ _WAIT = 0.1
 # Seconds the relay waits for the next message of a transaction it is reading before it looks at
 # its other duties (the server sends them back to back; a large one may take a while to decode).
 _REST_OF_TRANSACTION = 0.1
+
+# Seconds between looks at the connection holding the lock while a stream is open.
+_LOCK_CHECK = 5.0
 
 # Seconds a relay that found the slot's lock taken waits before trying again.
 _STANDBY_CHECK = 0.5
@@ -109,6 +112,13 @@ class Position:
     def parse(cls, text: str) -> Position:
         lsn, change, part = text.split(".")
         return cls(int(lsn, 16), int(change), int(part))
+
+
+def _seconds(setting: str) -> float:
+    """A time setting as ``current_setting`` shows it (``60s``, ``500ms``, ``1min``, ``0``), in seconds."""
+    units = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+    number = setting.rstrip("abcdefghijklmnopqrstuvwxyz")
+    return float(number or 0) * units.get(setting[len(number) :], 0.001)
 
 
 def _lsn(text: str) -> int:
@@ -142,6 +152,9 @@ class LogicalRelay(OutboxRelay):
         self._claims: dict[str, _Claim | None] = {}
         self._readers: dict[str, dict[Any, Any]] = {}
         self._slot_readers: dict[str, _SlotReader] = {}
+        self._lock_checked: dict[str, float] = {}
+        # Per database: the server process of the last stream this relay dropped (see _drop_stream).
+        self._abandoned: dict[str, int] = {}
         self.old_rows_missing: set[str] = set()
         """The models whose missing old rows were logged (once per relay)."""
 
@@ -222,12 +235,27 @@ class LogicalRelay(OutboxRelay):
         return not self._relay_slot(using, self.backend or get_backend())[1]
 
     def _wait_idle(self) -> None:
-        """Waits for data on the open streams (for a while: see ``_WAIT``)."""
-        streams = [reader.stream for reader in self._slot_readers.values()]
-        if streams:
-            wait_readable(streams, self.poll_interval)
-        else:
+        """Waits for a message on the open streams, for ``poll_interval`` at most (see ``_WAIT``).
+        The keepalives the server sends after every flush of the WAL, whatever the table, are
+        taken here in passing, not by a pass each."""
+        if not self._slot_readers:
             self._wake.wait(self.poll_interval)
+            return
+        deadline = time.monotonic() + self.poll_interval
+        while not self._stop.is_set():
+            for using, reader in list(self._slot_readers.items()):
+                try:
+                    if reader.stream.has_message():
+                        return
+                except Exception as err:
+                    logger.warning("Snorky %s: %s; opening the stream again", self.name, err)
+                    self._claims.pop(using, None)  # as after any failed stream
+                    self._drop_stream(using)
+                    return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._slot_readers:
+                return
+            wait_readable([reader.stream for reader in self._slot_readers.values()], remaining)
 
     def _relay_slot(
         self, using: str, backend: SnorkyBackend, until: int | None = None, deadline: float = 0.0
@@ -245,6 +273,7 @@ class LogicalRelay(OutboxRelay):
             return 0, True
         if self._standby_until.pop(using, None) is not None:
             logger.info("Snorky: this relay now reads the slot of %r", using)
+        self._check_lock_connection(using)
         if self._unsent.pop(using, False):
             # The lock was just taken (again): another relay may have worked meanwhile, so the
             # record of the batch in flight is read from the database, not from memory.
@@ -274,16 +303,35 @@ class LogicalRelay(OutboxRelay):
             self._targets[using] = recreate_slot(using, f"cannot be decoded any more ({err})")
             return 0, True
 
+    def _check_lock_connection(self, using: str) -> None:
+        """Asks the lock's connection a trivial question now and then while streaming: if the
+        server ended that session (``idle_session_timeout``, an administrator), the lock went with
+        it and another relay may hold it now, so this one must stop streaming the slot."""
+        if using not in self._slot_readers or time.monotonic() < self._lock_checked.get(using, 0.0) + _LOCK_CHECK:
+            return
+        self._lock_checked[using] = time.monotonic()
+        try:
+            with connections[using].cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except DatabaseError:
+            self._drop_stream(using)
+            raise
+
     def _open_stream(self, using: str, target: Target) -> _SlotReader | None:
         """Starts streaming the slot of ``using``, or creates it again (``None``) if it is gone."""
         connection = connections[using]
         with connection.cursor() as cursor:
             cursor.execute(
-                "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text, wal_status "
+                "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text, wal_status, "
+                "current_setting('wal_sender_timeout'), active_pid "
                 "FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots ON slot_name = %s",
                 [target.slot],
             )
-            flushed_text, confirmed_text, wal_status = cursor.fetchone()
+            flushed_text, confirmed_text, wal_status, sender_timeout, holder = cursor.fetchone()
+            abandoned = self._abandoned.pop(using, None)
+            if holder is not None and holder == abandoned:
+                logger.info("Snorky: ending the server process %d of a stream this relay gave up", holder)
+                cursor.execute("SELECT pg_terminate_backend(%s)", [holder])
         if confirmed_text is None or wal_status == "lost":
             why = "was gone" if confirmed_text is None else "was invalidated (its WAL was removed)"
             self._targets[using] = recreate_slot(using, why)
@@ -293,14 +341,23 @@ class LogicalRelay(OutboxRelay):
             timezone=connection.timezone_name,
             slot=target.slot,
             publication=target.publication,
+            sender_timeout=_seconds(sender_timeout),
         )
-        reader = _SlotReader(self, target, using, stream, _lsn(confirmed_text), _lsn(flushed_text))
+        try:
+            reader = _SlotReader(self, target, using, stream, _lsn(confirmed_text), _lsn(flushed_text))
+        except BaseException:
+            stream.close(graceful=False)  # (left open, it would hold the slot against the next try)
+            raise
         self._slot_readers[using] = reader
+        self._lock_checked[using] = time.monotonic()
         return reader
 
     def _drop_stream(self, using: str) -> None:
         reader = self._slot_readers.pop(using, None)
         if reader is not None:
+            # Its server process may not know yet (after a network cut, not until
+            # wal_sender_timeout): it would hold the slot against the next stream meanwhile.
+            self._abandoned[using] = reader.stream.backend_pid
             reader.stream.close(graceful=False)
 
     def _close_own_connections(self) -> None:
@@ -367,12 +424,11 @@ class _SlotReader:
                 wait = _REST_OF_TRANSACTION
             else:
                 wait = 0.0
-            message = self.stream.read(wait)
+            message = self.stream.read(wait, until)
             if message is None:
                 break
             read += 1
-            if not isinstance(message, Keepalive):
-                self._take(message)
+            self._take(message)
         self._render()
         if self.claim is not None and self.stream.received > self.claim.last.commit_lsn:
             self._send_recovered()  # the stream is past the recorded batch: all of it is read
@@ -447,6 +503,7 @@ class _SlotReader:
         self._publish(deltas, key)
 
     def _publish(self, deltas: list[Any], key: str) -> None:
+        self.stream.keep_alive()  # (a pass sending many batches reads nothing meanwhile)
         refused = send_deltas(deltas, self.backend, key=key)
         if _CRASH_AFTER_PUBLISH:
             os._exit(70)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from pgcluster import PostgresCluster
 
@@ -353,6 +356,161 @@ def test_a_slot_another_session_streams_is_waited_for(slot, live_plain, ws_facto
     finally:
         relay.stop()
         other.close()
+
+
+class FreezingProxy:
+    """Forwards a port to PostgreSQL's; ``freeze()`` makes the connections open then pass nothing
+    more while staying open (new ones work): a network cut as a client sees it, a socket that
+    never fails and never becomes readable."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.generation = 0
+        self.closed = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                pipe = threading.Thread(target=self._pipe, args=(source, sink, self.generation), daemon=True)
+                self.threads.append(pipe)
+                pipe.start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, generation: int) -> None:
+        while not self.closed.is_set():
+            try:
+                data = source.recv(65536)
+                if not data:
+                    return
+                if generation != self.generation:
+                    self.closed.wait()  # frozen: hold the bytes, keep both sockets open
+                    return
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def freeze(self) -> None:
+        self.generation += 1
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+        for each in self.sockets:
+            each.close()
+        for thread in self.threads:
+            thread.join(TIMEOUT)
+
+
+@postgres_only
+def test_a_replication_connection_gone_silent_is_taken_for_dead_and_opened_again(
+    slot, live_plain, ws_factory, alice, monkeypatch, caplog
+):
+    from snorky_django import logical_stream
+
+    monkeypatch.setattr(logical_stream, "_STATUS_INTERVAL", 0.5)  # (10 s otherwise: dead after 30 s)
+    proxy = FreezingProxy(int(connection.settings_dict["PORT"]))
+    real_connect = logical_stream._connect
+    monkeypatch.setattr(
+        logical_stream, "_connect", lambda params, zone: real_connect({**params, "port": proxy.port}, zone)
+    )
+    ws = watcher(live_plain, alice, ws_factory)
+    relay = LogicalRelay(live_plain.backend(), poll_interval=0.01, max_retry_delay=0.2)
+    relay.start()
+    try:
+        Task.objects.create(title="before", owner=alice)
+        assert title(ws.delta()) == ("insert", "before")
+        proxy.freeze()
+        Task.objects.create(title="during the cut", owner=alice)
+        assert title(ws.delta(timeout=20)) == ("insert", "during the cut")
+        assert "no word from PostgreSQL for" in caplog.text and "opening the stream again" in caplog.text
+        ws.assert_silent()
+    finally:
+        relay.stop()
+        proxy.close()
+
+
+@postgres_only
+def test_a_pass_longer_than_wal_sender_timeout_keeps_its_stream(slot, live_plain, ws_factory, alice, monkeypatch):
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_database()")
+        database = cursor.fetchone()[0]
+        cursor.execute(f"ALTER DATABASE \"{database}\" SET wal_sender_timeout = '2s'")
+    connection.close()  # (the relay reads the setting in a new session)
+    opened: list[float] = []
+    real_open = LogicalRelay._open_stream
+
+    def counting_open(self: LogicalRelay, using: str, target: Any) -> Any:
+        opened.append(time.monotonic())
+        return real_open(self, using, target)
+
+    keys: list[str] = []
+    real_send = logical.send_deltas
+
+    def slow_send(deltas: list[Any], backend: Any, *, key: str) -> Any:
+        keys.append(key)
+        time.sleep(0.5)  # a server answering in 500 ms: the pass sends for 3 s, reading nothing
+        return real_send(deltas, backend, key=key)
+
+    monkeypatch.setattr(LogicalRelay, "_open_stream", counting_open)
+    monkeypatch.setattr(logical, "send_deltas", slow_send)
+    ws = watcher(live_plain, alice, ws_factory)
+    relay = LogicalRelay(live_plain.backend(), batch_size=2, poll_interval=0.01, max_retry_delay=0.2)
+    relay.start()
+    try:
+        wait_until(lambda: len(walsenders()) == 1, message="the relay streaming the slot")
+        Task.objects.bulk_create([Task(title=f"t{i}", owner=alice) for i in range(12)])
+        assert [d["data"]["title"] for d in ws.deltas(12, timeout=30)] == [f"t{i}" for i in range(12)]
+        ws.assert_silent()
+        assert (len(opened), len(keys), len(set(keys))) == (1, 6, 6)  # no stream cut, no batch again
+    finally:
+        relay.stop()
+        with connection.cursor() as cursor:
+            cursor.execute(f'ALTER DATABASE "{database}" RESET wal_sender_timeout')
+
+
+@postgres_only
+def test_a_failure_just_after_the_stream_opened_leaves_the_slot_free(slot, live_plain, ws_factory, alice, monkeypatch):
+    ws = watcher(live_plain, alice, ws_factory)
+    Task.objects.create(title="kept", owner=alice)
+    relay = LogicalRelay(live_plain.backend())
+    with monkeypatch.context() as patched:
+        patched.setattr(logical._SlotReader, "_claim", lambda reader: (_ for _ in ()).throw(DatabaseError("lost")))
+        with pytest.raises(DatabaseError, match="lost"):
+            relay.relay_once("default")
+    assert walsenders() == []  # the stream it opened was closed, not left holding the slot
+    assert relay.relay_once("default") == 1
+    assert title(ws.delta()) == ("insert", "kept")
+
+
+@postgres_only
+def test_messages_of_no_use_to_delivery_do_not_end_a_read(slot, alice):
+    from snorky_django import logical_stream
+
+    stream = logical_stream.ReplicationStream.open(
+        connection.get_connection_params(), timezone="UTC", slot="snorky", publication="snorky"
+    )
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_logical_emit_message(false, 'other', 'not in a transaction')")
+        Task.objects.create(title="after it", owner=alice)
+        kinds = []
+        while not kinds or kinds[-1] != "Commit":
+            message = stream.read(timeout=10)
+            assert message is not None, kinds  # (the non-transactional message came between)
+            kinds.append(type(message).__name__)
+        assert kinds == ["Begin", "Relation", "Change", "Commit"]
+    finally:
+        stream.close()
 
 
 @pytest.mark.skipif("connection.vendor == 'postgresql'", reason="starts a server of its own: run once, on SQLite")
