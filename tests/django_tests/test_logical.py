@@ -3,6 +3,7 @@ PostgreSQL logical replication slot, renders them, and publishes them in commit 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -406,7 +407,9 @@ class FreezingProxy:
         self.closed.set()
         self.listener.close()
         for each in self.sockets:
-            each.close()
+            with contextlib.suppress(OSError):
+                each.shutdown(socket.SHUT_RDWR)  # (a close alone leaves a thread's recv() waiting, and
+            each.close()  # the connection open: PostgreSQL's session with it)
         for thread in self.threads:
             thread.join(TIMEOUT)
 
@@ -437,6 +440,16 @@ def test_a_replication_connection_gone_silent_is_taken_for_dead_and_opened_again
     finally:
         relay.stop()
         proxy.close()
+    # The abandoned stream's server process was ended too (it would hold the slot, and the database).
+    wait_until(lambda: other_sessions() == 0, message="no session of the relay's left")
+
+
+def other_sessions() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return int(cursor.fetchone()[0])
 
 
 @postgres_only
@@ -487,7 +500,7 @@ def test_a_failure_just_after_the_stream_opened_leaves_the_slot_free(slot, live_
         patched.setattr(logical._SlotReader, "_claim", lambda reader: (_ for _ in ()).throw(DatabaseError("lost")))
         with pytest.raises(DatabaseError, match="lost"):
             relay.relay_once("default")
-    assert walsenders() == []  # the stream it opened was closed, not left holding the slot
+    wait_until(lambda: walsenders() == [], message="the stream it opened closed, not left holding the slot")
     assert relay.relay_once("default") == 1
     assert title(ws.delta()) == ("insert", "kept")
 
