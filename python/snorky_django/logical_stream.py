@@ -26,7 +26,7 @@ from django.db import DatabaseError
 
 from snorky_django import pgoutput
 
-__all__ = ["APPLICATION_NAME", "ReplicationError", "ReplicationStream", "lsn_text", "wait_readable"]
+__all__ = ["APPLICATION_NAME", "ReplicationError", "ReplicationStream", "wait_readable"]
 
 
 # Microseconds from the Unix epoch to PostgreSQL's (2000-01-01), for the status updates' clocks.
@@ -66,11 +66,6 @@ class ReplicationError(DatabaseError):
     def __init__(self, message: str, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.sqlstate = sqlstate
-
-
-def lsn_text(value: int) -> str:
-    """An LSN as PostgreSQL writes it (``16/B374D848``)."""
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
 def wait_readable(streams: list[ReplicationStream], timeout: float) -> None:
