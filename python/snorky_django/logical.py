@@ -114,13 +114,6 @@ class Position:
         return cls(int(lsn, 16), int(change), int(part))
 
 
-def _seconds(setting: str) -> float:
-    """A time setting as ``current_setting`` shows it (``60s``, ``500ms``, ``1min``, ``0``), in seconds."""
-    units = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-    number = setting.rstrip("abcdefghijklmnopqrstuvwxyz")
-    return float(number or 0) * units.get(setting[len(number) :], 0.001)
-
-
 def _lsn(text: str) -> int:
     high, low = text.split("/")
     return (int(high, 16) << 32) | int(low, 16)
@@ -323,7 +316,7 @@ class LogicalRelay(OutboxRelay):
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT pg_current_wal_flush_lsn()::text, confirmed_flush_lsn::text, wal_status, "
-                "current_setting('wal_sender_timeout'), active_pid "
+                "extract(epoch FROM current_setting('wal_sender_timeout')::interval), active_pid "
                 "FROM (SELECT 1) AS one LEFT JOIN pg_replication_slots ON slot_name = %s",
                 [target.slot],
             )
@@ -341,7 +334,7 @@ class LogicalRelay(OutboxRelay):
             timezone=connection.timezone_name,
             slot=target.slot,
             publication=target.publication,
-            sender_timeout=_seconds(sender_timeout),
+            sender_timeout=float(sender_timeout),
         )
         try:
             reader = _SlotReader(self, target, using, stream, _lsn(confirmed_text), _lsn(flushed_text))

@@ -160,7 +160,7 @@ class ReplicationStream:
         pgconn = self._pgconn
         while pgconn.is_busy():
             if time.monotonic() > deadline:
-                raise ReplicationError(f"replication slot {self.slot!r}: no answer from PostgreSQL")
+                raise self._failed("no answer from PostgreSQL")
             _wait([self.fileno()], select.POLLIN, min(deadline - time.monotonic(), 1.0))
             self._consume()
         return pgconn.get_result()
@@ -213,7 +213,7 @@ class ReplicationStream:
             try:
                 size, data = self._pgconn.get_copy_data(1)
             except Exception as err:  # psycopg's OperationalError: the connection failed
-                raise ReplicationError(f"replication slot {self.slot!r}: {_one_line(str(err))}") from err
+                raise self._failed(str(err)) from err
             if size == 0:
                 return None
             if size < 0:  # the server ended the stream (with an error, or shutting down)
@@ -242,13 +242,13 @@ class ReplicationStream:
             if data[17:18] == b"\x01":
                 self._report()
             return None
-        raise ReplicationError(f"replication slot {self.slot!r}: unexpected message {kind!r} in the stream")
+        raise self._failed(f"unexpected message {kind!r} in the stream")
 
     def _consume(self) -> None:
         try:
             self._pgconn.consume_input()
         except Exception as err:  # psycopg's OperationalError: the connection is gone
-            raise ReplicationError(f"replication slot {self.slot!r}: {_one_line(str(err))}") from err
+            raise self._failed(str(err)) from err
 
     def keep_alive(self) -> None:
         """Sends a status update if none went for a while (call it during long work between reads)."""
@@ -279,7 +279,7 @@ class ReplicationStream:
         try:
             self._pgconn.put_copy_data(update)
         except Exception as err:  # psycopg's OperationalError: the connection failed
-            raise ReplicationError(f"replication slot {self.slot!r}: {_one_line(str(err))}") from err
+            raise self._failed(str(err)) from err
         self._send_all()
         self._last_report = time.monotonic()
 
@@ -289,12 +289,12 @@ class ReplicationStream:
         try:
             while self._pgconn.flush():
                 if time.monotonic() > deadline:
-                    raise ReplicationError(f"replication slot {self.slot!r}: PostgreSQL stopped reading")
+                    raise self._failed("PostgreSQL stopped reading")
                 _wait([self.fileno()], select.POLLOUT, 1.0)
         except ReplicationError:
             raise
         except Exception as err:  # psycopg's OperationalError: the connection failed
-            raise ReplicationError(f"replication slot {self.slot!r}: {_one_line(str(err))}") from err
+            raise self._failed(str(err)) from err
 
     def close(self, graceful: bool = True) -> None:
         """Ends the stream (after a last status update, and once the server has read it, when
@@ -324,14 +324,16 @@ class ReplicationStream:
 
         message, sqlstate = "", None
         if result is not None:
-            message = _one_line(result.error_message.decode(errors="replace"))
+            message = result.error_message.decode(errors="replace").strip()
             code = result.error_field(pq.DiagnosticField.SQLSTATE)
             sqlstate = code.decode() if code else None
         if not message:
-            message = _one_line(self._pgconn.error_message.decode(errors="replace"))
-        if not message:
-            message = "PostgreSQL ended the stream (shutting down?)"
-        return ReplicationError(f"replication slot {self.slot!r}: {message}", sqlstate)
+            message = self._pgconn.error_message.decode(errors="replace").strip()
+        return self._failed(message or "PostgreSQL ended the stream (shutting down?)", sqlstate)
+
+    def _failed(self, why: str, sqlstate: str | None = None) -> ReplicationError:
+        """The error saying ``why`` (libpq's text, on one line) this slot's stream failed."""
+        return ReplicationError(f"replication slot {self.slot!r}: {_one_line(why)}", sqlstate)
 
 
 def _connect(params: dict[str, Any], timezone: str) -> Any:

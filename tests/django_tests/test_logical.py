@@ -394,7 +394,7 @@ class FreezingProxy:
                 if not data:
                     return
                 if generation != self.generation:
-                    self.closed.wait()  # frozen: hold the bytes, keep both sockets open
+                    self.closed.wait(60.0)  # frozen: hold the bytes, keep both sockets open
                     return
                 sink.sendall(data)
             except OSError:
