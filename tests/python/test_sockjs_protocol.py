@@ -12,15 +12,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -33,49 +36,63 @@ NOT_CACHED = "no-store, no-cache, no-transform, must-revalidate, max-age=0"
 LIMIT = 4096
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def drain_output(stream: IO[str], pattern: str, found: list[int]) -> None:
+    """Read a server's output to its end, noting the port the first line matching `pattern` names.
+
+    Draining it all keeps the server from ever blocking on a full pipe.
+    """
+    for line in stream:
+        if not found and (match := re.search(pattern, line)):
+            found.append(int(match.group(1)))
 
 
-def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+def reported_port(process: subprocess.Popen[str], found: list[int]) -> int:
+    """The port a server bound to port 0 reports.
+
+    Asking the OS for a free port and passing it on is racy when tests run in parallel: another
+    worker's server can take the port first, and a probe then finds the wrong server listening.
+    """
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server exited: {process.communicate()}"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listening on port {port}")
+    while not found and time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited with {process.returncode}"
+        time.sleep(0.05)
+    assert found, "the server did not report the port it listens on"
+    return found[0]
 
 
 @pytest.fixture(scope="module", params=["snorky", "reference"])
 def server(request: pytest.FixtureRequest) -> Iterator[str]:
     """The base URL of a running protocol test application."""
-    port = free_port()
     if request.param == "snorky":
-        command = [sys.executable, "-m", "snorky", "sockjs-echo", "--address", f"127.0.0.1:{port}"]
+        command = [sys.executable, "-m", "snorky", "sockjs-echo", "--address", "127.0.0.1:0"]
+        pattern = r"listening on http://127\.0\.0\.1:(\d+)"
     else:
         node = shutil.which("node")
         assert node, "node is needed for the reference SockJS server"
         assert (REPO / "tests" / "sockjs" / "node_modules" / "sockjs").is_dir(), (
             "run `npm ci` in tests/sockjs (scripts/setup does) for the reference SockJS server"
         )
-        command = [node, str(REFERENCE), "--port", str(port)]
+        command = [node, str(REFERENCE), "--port", "0"]
+        pattern = r"listening on (\d+)"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SNORKY_")}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The Snorky server logs to stderr, the reference server prints to stdout: read both as one.
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    found: list[int] = []
+    reader = threading.Thread(target=drain_output, args=(process.stdout, pattern, found), daemon=True)
+    reader.start()
     try:
-        wait_listening(port, process)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{reported_port(process, found)}"
     finally:
+        # The reader thread owns the output pipe, so wait rather than communicate.
         process.terminate()
         try:
-            process.communicate(timeout=10)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.communicate()
+            process.wait(timeout=10)
+        reader.join(timeout=10)
+        process.stdout.close()
 
 
 @dataclass
