@@ -1,7 +1,7 @@
 //! Rust errors → Python exceptions, in one place.
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBool, PyDict};
 use pyo3::PyErr;
 
 use super::{BackendError as PyBackendError, ConfigurationError, ServerError, SnorkyConnectionError};
@@ -51,12 +51,37 @@ pub fn service_options<T: serde::de::DeserializeOwned + Default>(
     }
 }
 
+/// Python's `True` is an `int`, so pythonize reads it as 1 where an option is a number, and
+/// `max_connections=True` would quietly allow one connection. A boolean is refused for any option
+/// that takes the number 2 (a boolean option does not).
+fn refuse_booleans_for_numbers<T: serde::de::DeserializeOwned>(
+    options: &Bound<'_, PyDict>,
+    what: &str,
+) -> PyResult<()> {
+    let py = options.py();
+    for (name, value) in options.iter() {
+        if !value.is_instance_of::<PyBool>() {
+            continue;
+        }
+        let probe = PyDict::new(py);
+        probe.set_item(&name, 2)?;
+        if pythonize::depythonize::<T>(probe.as_any()).is_ok() {
+            return Err(ConfigurationError::new_err(format!(
+                "invalid {what} option {name}={}: expected a number, not a boolean",
+                value.repr()?
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Options given as Python keyword arguments, as the struct they configure (every field with a
 /// default). A value of the wrong type is a `ConfigurationError` that names its option and
 /// quotes the value (not a secret's, nor an unknown name's): the conversion's own error does not
 /// say which option it was, so when the whole dict fails, each option is converted alone to find
 /// the one that did.
 pub fn options_from_dict<T: serde::de::DeserializeOwned>(options: &Bound<'_, PyDict>, what: &str) -> PyResult<T> {
+    refuse_booleans_for_numbers::<T>(options, what)?;
     let whole = match pythonize::depythonize(options.as_any()) {
         Ok(parsed) => return Ok(parsed),
         Err(err) => err,

@@ -47,6 +47,8 @@ def test_unknown_option_is_named():
         ("ping_interval", "often", "invalid server option ping_interval='often': "),
         ("max_frame_size", -1, "invalid server option max_frame_size=-1: "),
         ("max_connections", 2.5, "invalid server option max_connections=2.5: "),
+        ("max_connections", True, "invalid server option max_connections=True: expected a number, not a boolean"),
+        ("ping_interval", False, "invalid server option ping_interval=False: expected a number, not a boolean"),
         ("sockjs", "false", "invalid server option sockjs='false': "),
         ("sockjs", 0, "invalid server option sockjs=0: "),
         ("sockjs_prefix", ["x"] * 200, "invalid server option sockjs_prefix=['x', 'x'"),
