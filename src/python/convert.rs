@@ -1,7 +1,7 @@
 //! Rust errors → Python exceptions, in one place.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict};
+use pyo3::types::{PyBool, PyDict, PyString};
 use pyo3::PyErr;
 
 use super::{BackendError as PyBackendError, ConfigurationError, ServerError, SnorkyConnectionError};
@@ -52,20 +52,23 @@ pub fn service_options<T: serde::de::DeserializeOwned + Default>(
 }
 
 /// Python's `True` is an `int`, so pythonize reads it as 1 where an option is a number, and
-/// `max_connections=True` would quietly allow one connection. A boolean is refused for any option
-/// that takes the number 2 (a boolean option does not).
+/// `max_connections=True` would quietly allow one connection. A boolean is refused for an option
+/// that takes the number 2 but not a word: a switch (strict or read by its truth) and an
+/// any-value option take both, so they keep their booleans.
 fn refuse_booleans_for_numbers<T: serde::de::DeserializeOwned>(
     options: &Bound<'_, PyDict>,
     what: &str,
 ) -> PyResult<()> {
     let py = options.py();
+    let accepts = |name: &Bound<'_, PyAny>, probe: &Bound<'_, PyAny>| -> PyResult<bool> {
+        let alone = PyDict::new(py);
+        alone.set_item(name, probe)?;
+        Ok(pythonize::depythonize::<T>(alone.as_any()).is_ok())
+    };
+    let two = 2_i64.into_pyobject(py)?.into_any();
+    let word = PyString::new(py, "word").into_any();
     for (name, value) in options.iter() {
-        if !value.is_instance_of::<PyBool>() {
-            continue;
-        }
-        let probe = PyDict::new(py);
-        probe.set_item(&name, 2)?;
-        if pythonize::depythonize::<T>(probe.as_any()).is_ok() {
+        if value.is_instance_of::<PyBool>() && accepts(&name, &two)? && !accepts(&name, &word)? {
             return Err(ConfigurationError::new_err(format!(
                 "invalid {what} option {name}={}: expected a number, not a boolean",
                 value.repr()?
