@@ -9,26 +9,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
-# Ports this process handed out: the kernel may give the same free port to two binds in a row,
-# and a test asking for two (a frontend and a backend) would then get one twice.
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now, and not one this process handed out before."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no free port found that was not handed out already")
+from ports import free_port
 
 
 def postgres_binary(name: str) -> str | None:

@@ -11,18 +11,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from ports import free_port
 
 
 class RedisServer:
     """One ``redis-server`` on 127.0.0.1, keeping no data on disk."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="snorky-redis-")
         self.process: subprocess.Popen[bytes] | None = None
         self.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +13,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from ports import free_port
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsclient import TIMEOUT, WsClient
 
 from snorky import connection_token
 from snorky.backend import SnorkyBackend
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 FIXTURES = str(Path(__file__).parent / "fixtures")
 

@@ -1,0 +1,44 @@
+"""Loopback ports for servers the tests start and hand a port to (``snorky serve``, Redis,
+PostgreSQL, the demos).
+
+Asking the kernel for a free port (binding port 0) returns one from the ephemeral range, the same
+range every outgoing connection draws its local port from. Between the check and the server's own
+bind, a client socket of another test worker can take that port, and the server then fails to
+start. Ports here come from below the ephemeral range instead, where no client socket lands; each
+process walks them from its own random start, so parallel workers rarely meet, and every port is
+checked free before it is handed out.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+
+# Linux's default ephemeral range starts at 32768; stay well clear of it and of the well-known ports.
+_FIRST = 20000
+_LAST = 32000
+
+_handed_out: set[int] = set()
+_next = random.SystemRandom().randrange(_FIRST, _LAST)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, outside the ephemeral range, not handed out before
+    by this process."""
+    global _next
+    for _ in range(_LAST - _FIRST):
+        port = _next
+        _next = _FIRST if _next + 1 >= _LAST else _next + 1
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"no free loopback port left between {_FIRST} and {_LAST}")
