@@ -14,9 +14,20 @@ from __future__ import annotations
 import random
 import socket
 
-# Linux's default ephemeral range starts at 32768; stay well clear of it and of the well-known ports.
+
+def _ephemeral_start() -> int:
+    """Where this machine's ephemeral range begins (Linux's default is 32768)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as limits:
+            return int(limits.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Clear of the well-known ports below and of the ephemeral range above. On a machine whose
+# ephemeral range starts lower, the walk stays below it while a thousand ports remain.
 _FIRST = 20000
-_LAST = 32000
+_LAST = max(min(32000, _ephemeral_start()), _FIRST + 1000)
 
 _handed_out: set[int] = set()
 _next = random.SystemRandom().randrange(_FIRST, _LAST)
