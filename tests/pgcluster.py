@@ -49,6 +49,7 @@ class PostgresCluster:
         self.data, self.log = self.base / "data", self.base / "server.log"
         self.host = "127.0.0.1"
         self.port = free_port()
+        self._started = False
         self.max_connections = max_connections
         try:
             _run(
@@ -72,7 +73,24 @@ class PostgresCluster:
 
     def start(self, wal_level: str = "logical", **settings: str) -> None:
         """Starts the server and waits until it accepts connections (with ``wal_level = logical``
-        unless told otherwise: logical delivery reads the WAL; other ``settings`` as given)."""
+        unless told otherwise: logical delivery reads the WAL; other ``settings`` as given).
+
+        A first start whose port was taken in the moment between picking it and binding it tries
+        again on another; a restart keeps its port, which the crash tests rely on."""
+        for attempt in range(3):
+            try:
+                self._start_once(wal_level, settings)
+            except RuntimeError:
+                port_taken = self.log.exists() and "could not bind" in self.log.read_text()
+                if self._started or not port_taken or attempt == 2:
+                    raise
+                self.log.unlink()
+                self.port = free_port()
+            else:
+                self._started = True
+                return
+
+    def _start_once(self, wal_level: str, settings: dict[str, str]) -> None:
         options = (
             f"-p {self.port} -k {self.base} -c listen_addresses={self.host} -c fsync=off "
             f"-c synchronous_commit=off -c full_page_writes=off -c max_connections={self.max_connections} "

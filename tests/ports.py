@@ -5,8 +5,9 @@ Asking the kernel for a free port (binding port 0) returns one from the ephemera
 range every outgoing connection draws its local port from. Between the check and the server's own
 bind, a client socket of another test worker can take that port, and the server then fails to
 start. Ports here come from below the ephemeral range instead, where no client socket lands; each
-process walks them from its own random start, so parallel workers rarely meet, and every port is
-checked free before it is handed out.
+pick is random, so parallel workers rarely choose the same port in the same instant (a walk from a
+random start would not do: two walks that meet stay in step), and every port is checked free
+before it is handed out.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ def _ephemeral_start() -> int:
 
 
 # Clear of the well-known ports below and of the ephemeral range above. On a machine whose
-# ephemeral range starts lower, the walk stays below it while a thousand ports remain.
+# ephemeral range starts lower, the picks stay below it while a thousand ports remain.
 _FIRST = 20000
 _LAST = max(min(32000, _ephemeral_start()), _FIRST + 1000)
 
 _handed_out: set[int] = set()
-_next = random.SystemRandom().randrange(_FIRST, _LAST)
+_random = random.SystemRandom()
 
 
 def _bindable(port: int) -> bool:
@@ -45,11 +46,9 @@ def _bindable(port: int) -> bool:
 def free_port() -> int:
     """A loopback port nobody listens on now, outside the ephemeral range, not handed out before
     by this process."""
-    global _next
-    for _ in range(_LAST - _FIRST):
-        port = _next
-        _next = _FIRST if _next + 1 >= _LAST else _next + 1
+    for _ in range(1000):
+        port = _random.randrange(_FIRST, _LAST)
         if port not in _handed_out and _bindable(port):
             _handed_out.add(port)
             return port
-    raise RuntimeError(f"no free loopback port left between {_FIRST} and {_LAST}")
+    raise RuntimeError(f"no free loopback port found between {_FIRST} and {_LAST} in 1000 tries")
