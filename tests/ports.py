@@ -25,8 +25,8 @@ def _ephemeral_start() -> int:
         return 32768
 
 
-# Clear of the well-known ports below and of the ephemeral range above. On a machine whose
-# ephemeral range starts lower, the picks stay below it while a thousand ports remain.
+# Clear of the well-known ports below and of the ephemeral range above. A machine whose ephemeral
+# range starts below 21000 still gets a thousand ports to pick from, overlapping that range.
 _FIRST = 20000
 _LAST = max(min(32000, _ephemeral_start()), _FIRST + 1000)
 

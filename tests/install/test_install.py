@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from ports import free_port
 from wsclient import WsClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,13 +47,6 @@ def only(pattern: str) -> Path:
     if len(found) != 1:
         pytest.fail(f"expected one dist/{pattern}, found {[p.name for p in found]}: run `make dist`")
     return found[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def path_without_rust() -> str:
